@@ -1,0 +1,60 @@
+"""Names and literals used across the core, each defined once."""
+
+from __future__ import annotations
+
+# --- Seed component defaults (shared/seed/sft-component.md) -----------------
+DEFAULT_BASE_MODEL = "Qwen/Qwen2.5-1.5B-Instruct"  # training_base_model
+DEFAULT_EFFECTIVE_BATCH_SIZE = 128  # samples per optimizer step
+DEFAULT_MAX_TOKENS_PER_GPU = 10_000  # instructlab max_batch_len
+DEFAULT_MAX_SEQ_LEN = 8192  # longer samples are dropped by data processing
+DEFAULT_LEARNING_RATE = 5e-6  # "default: 5e-6" in the seed
+DEFAULT_NUM_EPOCHS = 1
+DEFAULT_CPU_PER_WORKER = "4"
+DEFAULT_GPU_PER_WORKER = 1
+DEFAULT_MEMORY_PER_WORKER = "64Gi"
+DEFAULT_NUM_PROCS_PER_WORKER = "auto"
+DEFAULT_NUM_WORKERS = 1
+
+# --- instructlab-training defaults for the seed's optional parameters -------
+# The seed leaves these `None` ("backend default"); we resolve them to the
+# values instructlab-training 0.16 uses so every run records what it used.
+DEFAULT_LR_WARMUP_STEPS = 0
+DEFAULT_CHECKPOINT_AT_EPOCH = True
+DEFAULT_ACCELERATE_FULL_STATE_AT_EPOCH = True
+DEFAULT_SEED = 42
+DEFAULT_USE_LIGER = False
+DEFAULT_LR_SCHEDULER = "cosine"
+DEFAULT_SAVE_SAMPLES = 0  # 0 = no mid-epoch checkpoints
+DEFAULT_FSDP_SHARDING_STRATEGY = "HYBRID_SHARD"
+
+# instructlab-training's optimizer settings (main_ds.py), mirrored by the CPU loop.
+ADAMW_BETAS = (0.9, 0.95)
+ADAMW_EPS = 1e-8
+ADAMW_WEIGHT_DECAY = 0.0
+GRAD_CLIP_NORM = 1.0
+
+# --- Files written by training (same names as instructlab-training) ---------
+METRICS_FILE = "training_params_and_metrics_global0.jsonl"  # rank-0 metrics JSONL
+HF_FORMAT_DIR = "hf_format"  # checkpoints: hf_format/samples_<N>/ or hf_format/last_epoch/
+SAMPLES_CHECKPOINT_PREFIX = "samples_"
+LAST_EPOCH_CHECKPOINT = "last_epoch"
+FULL_STATE_DIR = "full_state"  # full_state/epoch_<N>/ (optimizer + scheduler state)
+PROCESSED_DATA_FILE = "data.jsonl"  # instructlab data_process output
+RUN_CONFIG_FILE = "run_config.json"  # what the entrypoint was asked to do
+TRAIN_LOG_FILE = "train.log"  # stdout/stderr of the training process
+
+# --- Files written by export / report ----------------------------------------
+FINAL_MODEL_DIR = "final_model"
+MODEL_MANIFEST_FILE = "sft_manifest.json"  # sha256 of every file of the exported model
+METRICS_SUMMARY_FILE = "metrics.json"
+LOSS_CHART_FILE = "loss_chart.html"
+
+# --- Workspace layout ----------------------------------------------------------
+RUNS_DIR = "runs"  # <workspace>/runs/<run-name>/: one directory per training run
+DATASET_DIR = "dataset"
+
+# Perplexity is exp(loss) capped as the original component did: exp(min(loss, 10)).
+PERPLEXITY_LOSS_CAP = 10.0
+
+# Kubernetes quantities for the local backend's resource checks.
+GPU_RESOURCE_NAME = "nvidia.com/gpu"

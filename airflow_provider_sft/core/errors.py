@@ -1,0 +1,33 @@
+"""Exceptions raised by the core. Messages state the rule and the offending value."""
+
+from __future__ import annotations
+
+
+class SFTError(Exception):
+    """Base class of every error raised by airflow-provider-sft."""
+
+
+class InvalidParameterError(SFTError, ValueError):
+    """A training parameter is invalid. ``errors`` maps parameter name -> reason."""
+
+    def __init__(self, errors: dict[str, str]):
+        self.errors = dict(errors)
+        lines = [f"{name}: {reason}" for name, reason in self.errors.items()]
+        noun = "parameter" if len(lines) == 1 else "parameters"
+        super().__init__(f"Invalid training {noun}:\n  " + "\n  ".join(lines))
+
+
+class DatasetError(SFTError, ValueError):
+    """The training dataset cannot be used (missing, malformed, empty...)."""
+
+
+class TrainingFailedError(SFTError):
+    """The training process or job ended without success."""
+
+
+class TrainingTimeoutError(SFTError, TimeoutError):
+    """Training did not finish before its deadline."""
+
+
+class ExportError(SFTError):
+    """No usable checkpoint could be exported."""
