@@ -165,14 +165,22 @@ class SFTParams(BaseModel):
     effective_batch_size: Count = Field(
         c.DEFAULT_EFFECTIVE_BATCH_SIZE, description="Effective batch size per optimizer step."
     )
-    max_tokens_per_gpu: Count = Field(c.DEFAULT_MAX_TOKENS_PER_GPU, description="Max tokens per GPU (memory cap).")
+    max_tokens_per_gpu: Count = Field(
+        c.DEFAULT_MAX_TOKENS_PER_GPU, description="Max tokens per GPU (memory cap)."
+    )
     max_seq_len: Count = Field(c.DEFAULT_MAX_SEQ_LEN, description="Max sequence length in tokens.")
     learning_rate: float = Field(c.DEFAULT_LEARNING_RATE, description="Learning rate (default: 5e-6).")
-    lr_warmup_steps: NonNegativeInt = Field(c.DEFAULT_LR_WARMUP_STEPS, description="Learning rate warmup steps.")
-    checkpoint_at_epoch: bool = Field(c.DEFAULT_CHECKPOINT_AT_EPOCH, description="Save checkpoint at each epoch.")
+    lr_warmup_steps: NonNegativeInt = Field(
+        c.DEFAULT_LR_WARMUP_STEPS, description="Learning rate warmup steps."
+    )
+    checkpoint_at_epoch: bool = Field(
+        c.DEFAULT_CHECKPOINT_AT_EPOCH, description="Save checkpoint at each epoch."
+    )
     num_epochs: Count = Field(c.DEFAULT_NUM_EPOCHS, description="Number of training epochs (default: 1).")
     data_output_dir: str | None = Field(None, description="Directory for processed training data.")
-    envs: dict[str, str] = Field(default_factory=dict, description="Environment overrides as KEY=VAL,KEY=VAL.")
+    envs: dict[str, str] = Field(
+        default_factory=dict, description="Environment overrides as KEY=VAL,KEY=VAL."
+    )
     resource_cpu_per_worker: str = Field(c.DEFAULT_CPU_PER_WORKER, description="CPU cores per worker.")
     resource_gpu_per_worker: NonNegativeInt = Field(c.DEFAULT_GPU_PER_WORKER, description="GPUs per worker.")
     resource_memory_per_worker: str = Field(
@@ -182,7 +190,9 @@ class SFTParams(BaseModel):
         c.DEFAULT_NUM_PROCS_PER_WORKER, description="Processes per worker (auto or int)."
     )
     resource_num_workers: Count = Field(c.DEFAULT_NUM_WORKERS, description="Number of training pods.")
-    metadata_labels: dict[str, str] = Field(default_factory=dict, description="Pod labels as key=value,key=value.")
+    metadata_labels: dict[str, str] = Field(
+        default_factory=dict, description="Pod labels as key=value,key=value."
+    )
     metadata_annotations: dict[str, str] = Field(
         default_factory=dict, description="Pod annotations as key=value,key=value."
     )

@@ -1,0 +1,215 @@
+"""The embedded backend: the training entrypoint as a local process.
+
+The process runs in its own session (process group), so cancellation reaches
+everything it started (data-processing workers, torchrun children): SIGTERM to
+the group, then SIGKILL after a grace period. Log lines are streamed to the
+caller and kept in ``<run>/train.log``. ``resource_memory_per_worker`` is
+enforced like a kubelet would: the run is stopped when the resident memory of
+its process group goes above it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from airflow_provider_sft.core import constants as c
+from airflow_provider_sft.core.backends.base import (
+    BackendName,
+    JobHandle,
+    JobResult,
+    JobStatus,
+    LogSink,
+    TrainingBackend,
+)
+from airflow_provider_sft.core.clock import SYSTEM_CLOCK, Clock
+from airflow_provider_sft.core.entrypoint import ERROR_PREFIX, default_cache_env
+from airflow_provider_sft.core.errors import DatasetError
+from airflow_provider_sft.core.run import TrainingRun, plan_device
+
+_EOF = object()
+
+
+@dataclass
+class _Process:
+    popen: subprocess.Popen
+    lines: queue.Queue
+    log_path: Path
+    memory_limit_bytes: int
+    cancelled: bool = False
+
+
+def _cuda_devices() -> int:
+    try:
+        import torch
+    except ImportError:
+        return 0
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def _group_rss_bytes(pid: int) -> int:
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        processes = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0
+    total = 0
+    for process in processes:
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            total += process.memory_info().rss
+    return total
+
+
+class LocalProcessBackend(TrainingBackend):
+    """Runs the entrypoint with this interpreter, one run per process group."""
+
+    name = BackendName.LOCAL
+
+    def __init__(
+        self,
+        *,
+        python: str = sys.executable,
+        grace_period_seconds: float = 10.0,
+        poll_interval_seconds: float = 0.5,
+        clock: Clock = SYSTEM_CLOCK,
+    ):
+        self.python = python
+        self.grace_period_seconds = grace_period_seconds
+        self.poll_interval_seconds = poll_interval_seconds
+        self.clock = clock
+        self._processes: dict[str, _Process] = {}
+
+    def preflight(self, run: TrainingRun) -> None:
+        plan_device(
+            run.params, requested=run.device, cuda_devices=_cuda_devices(), cpu_count=os.cpu_count() or 1
+        )
+        if not Path(run.dataset_path).is_file():
+            raise DatasetError(f"Training data {run.dataset_path} does not exist or is not a file")
+        if run.params.resource_num_workers != 1:
+            from airflow_provider_sft.core.errors import InvalidParameterError
+
+            raise InvalidParameterError(
+                {
+                    "resource_num_workers": f"the local backend runs one worker, got {run.params.resource_num_workers}"
+                }
+            )
+
+    def environment(self, run: TrainingRun) -> dict[str, str]:
+        plan = plan_device(
+            run.params, requested=run.device, cuda_devices=_cuda_devices(), cpu_count=os.cpu_count() or 1
+        )
+        threads = str(plan.cpu_threads)
+        env = {
+            **os.environ,
+            **default_cache_env(Path(run.output_dir)),
+            "PYTHONUNBUFFERED": "1",
+            "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+            "OMP_NUM_THREADS": threads,
+            "MKL_NUM_THREADS": threads,
+            "TOKENIZERS_PARALLELISM": "false",
+        }
+        env.update(run.params.envs)  # the user's training_envs win
+        return env
+
+    def submit(self, run: TrainingRun) -> JobHandle:
+        self.preflight(run)
+        output_dir = Path(run.output_dir)
+        if output_dir.exists():
+            # An earlier attempt of this same run failed or was killed: never resume it by accident.
+            shutil.rmtree(output_dir)
+        config_path = run.write_config()
+        log_path = output_dir / c.TRAIN_LOG_FILE
+        popen = subprocess.Popen(
+            [self.python, "-m", "airflow_provider_sft.core.entrypoint", str(config_path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=output_dir,
+            env=self.environment(run),
+            start_new_session=True,
+        )
+        lines: queue.Queue = queue.Queue()
+        threading.Thread(
+            target=self._pump, args=(popen, lines), daemon=True, name=f"sft-log-{run.name}"
+        ).start()
+        self._processes[run.name] = _Process(popen, lines, log_path, run.params.memory_bytes)
+        return JobHandle(BackendName.LOCAL, run.name, str(output_dir), {"pid": popen.pid})
+
+    @staticmethod
+    def _pump(popen: subprocess.Popen, lines: queue.Queue) -> None:
+        assert popen.stdout is not None
+        for raw in popen.stdout:
+            lines.put(raw.decode("utf-8", errors="replace").rstrip("\n"))
+        lines.put(_EOF)
+
+    def wait(self, handle: JobHandle, *, on_log: LogSink, timeout_seconds: float | None = None) -> JobResult:
+        process = self._processes[handle.name]
+        deadline = None if timeout_seconds is None else self.clock.monotonic() + timeout_seconds
+        last_error = ""
+        tail: list[str] = []
+        with process.log_path.open("a", encoding="utf-8") as log_file:
+            while True:
+                try:
+                    line = process.lines.get(timeout=self.poll_interval_seconds)
+                except queue.Empty:
+                    line = None
+                if line is _EOF:
+                    break
+                if line is not None:
+                    log_file.write(line + "\n")
+                    on_log(line)
+                    tail = [*tail[-19:], line]
+                    if line.startswith(ERROR_PREFIX):
+                        last_error = line.removeprefix(ERROR_PREFIX)
+                    continue
+                if deadline is not None and self.clock.monotonic() >= deadline:
+                    self.cancel(handle)
+                    return JobResult(
+                        JobStatus.TIMED_OUT, f"training did not finish within {timeout_seconds:g}s"
+                    )
+                rss = _group_rss_bytes(process.popen.pid)
+                if rss > process.memory_limit_bytes:
+                    self.cancel(handle)
+                    return JobResult(
+                        JobStatus.FAILED,
+                        f"training used {rss / 2**20:.0f} MiB, over resource_memory_per_worker "
+                        f"({process.memory_limit_bytes / 2**20:.0f} MiB); the run was stopped",
+                    )
+        exit_code = process.popen.wait()
+        if process.cancelled:
+            return JobResult(JobStatus.CANCELLED, "training was cancelled", exit_code)
+        if exit_code == 0:
+            return JobResult(JobStatus.SUCCEEDED, "training completed", exit_code)
+        reason = last_error or "\n".join(tail[-5:]) or "no output"
+        return JobResult(
+            JobStatus.FAILED, f"training process exited with status {exit_code}: {reason}", exit_code
+        )
+
+    def cancel(self, handle: JobHandle) -> None:
+        process = self._processes.get(handle.name)
+        if process is None or process.popen.poll() is not None:
+            return
+        process.cancelled = True
+        self._signal_group(process.popen, signal.SIGTERM)
+        try:
+            process.popen.wait(timeout=self.grace_period_seconds)
+        except subprocess.TimeoutExpired:
+            pass
+        # Children may outlive the leader (e.g. data-processing workers): always sweep the group.
+        self._signal_group(process.popen, signal.SIGKILL)
+        process.popen.wait()
+
+    @staticmethod
+    def _signal_group(popen: subprocess.Popen, sig: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(popen.pid, sig)

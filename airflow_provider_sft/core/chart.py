@@ -1,0 +1,117 @@
+"""Interactive loss chart: one self-contained HTML file that works offline.
+
+plotly.js is inlined (no ``<script src=http...>``), so the file opens from a
+PVC, an artifact store or an air-gapped laptop. Long runs are downsampled with
+min/max buckets: every bucket keeps its first, lowest, highest and last point,
+so spikes and the overall shape survive while 100k steps stay a few thousand
+points.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from airflow_provider_sft.core.metrics import MetricsSummary, StepRecord
+
+DEFAULT_MAX_POINTS = 4000
+
+
+def downsample(x: Sequence[float], y: Sequence[float], max_points: int = DEFAULT_MAX_POINTS):
+    """Min/max bucket decimation keeping at most about ``max_points`` points; NaNs stay as gaps."""
+    xs, ys = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if len(xs) <= max_points:
+        return xs, ys
+    buckets = max(1, max_points // 4)
+    keep: list[int] = []
+    for chunk in np.array_split(np.arange(len(xs)), buckets):
+        values = ys[chunk]
+        finite = np.isfinite(values)
+        picks = {int(chunk[0]), int(chunk[-1])}
+        if finite.any():
+            picks.add(int(chunk[np.nanargmin(np.where(finite, values, np.nan))]))
+            picks.add(int(chunk[np.nanargmax(np.where(finite, values, np.nan))]))
+        keep.extend(sorted(picks))
+    index = np.asarray(keep)
+    return xs[index], ys[index]
+
+
+def build_figure(
+    records: Sequence[StepRecord], *, title: str = "Training loss", max_points: int = DEFAULT_MAX_POINTS
+):
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    steps = [r.step for r in records]
+    losses = [np.nan if r.loss is None else r.loss for r in records]
+    lrs = [np.nan if r.lr is None else r.lr for r in records]
+    figure = make_subplots(specs=[[{"secondary_y": True}]])
+    loss_x, loss_y = downsample(steps, losses, max_points)
+    figure.add_trace(
+        go.Scatter(
+            x=loss_x,
+            y=loss_y,
+            name="loss",
+            mode="lines",
+            hovertemplate="step %{x}<br>loss %{y:.4f}<extra></extra>",
+        ),
+        secondary_y=False,
+    )
+    lr_x, lr_y = downsample(steps, lrs, max_points)
+    figure.add_trace(
+        go.Scatter(
+            x=lr_x,
+            y=lr_y,
+            name="learning rate",
+            mode="lines",
+            line={"dash": "dot"},
+            hovertemplate="step %{x}<br>lr %{y:.3g}<extra></extra>",
+        ),
+        secondary_y=True,
+    )
+    figure.update_layout(
+        title=title, hovermode="x unified", template="plotly_white", legend={"orientation": "h"}
+    )
+    figure.update_xaxes(title_text="step", rangeslider={"visible": len(steps) > 50})
+    figure.update_yaxes(title_text="loss", secondary_y=False)
+    figure.update_yaxes(title_text="learning rate", secondary_y=True, exponentformat="e")
+    return figure
+
+
+def _subtitle(summary: MetricsSummary | None) -> str:
+    if summary is None:
+        return ""
+
+    def fmt(value: float | None, spec: str) -> str:
+        return "n/a" if value is None else format(value, spec)
+
+    return (
+        f"final loss {fmt(summary.final_loss, '.4f')} · min loss {fmt(summary.min_loss, '.4f')} · "
+        f"perplexity {fmt(summary.perplexity, '.2f')} · {summary.steps} steps · {summary.total_tokens} tokens"
+    )
+
+
+def write_loss_chart(
+    records: Sequence[StepRecord],
+    path: str | Path,
+    *,
+    summary: MetricsSummary | None = None,
+    title: str = "Training loss",
+    max_points: int = DEFAULT_MAX_POINTS,
+) -> Path:
+    """Write the chart to ``path`` atomically and return it."""
+    subtitle = _subtitle(summary)
+    full_title = (
+        f"{html.escape(title)}<br><sup>{html.escape(subtitle)}</sup>" if subtitle else html.escape(title)
+    )
+    figure = build_figure(records, title=full_title, max_points=max_points)
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp")
+    figure.write_html(tmp, include_plotlyjs=True, full_html=True, config={"displaylogo": False})
+    os.replace(tmp, target)
+    return target

@@ -1,0 +1,91 @@
+"""Tokenize chat data with instructlab-training's own data processing, and report what it dropped.
+
+instructlab's ``process_data`` applies the tokenizer's chat template and masks
+every label except assistant content (plus its end-of-turn token). It drops
+samples shorter than 20 tokens or at/over ``max_seq_len`` with only a log line;
+:func:`process_chat_data` counts them so the caller can report it before any
+training time is spent.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from airflow_provider_sft.core import constants as c
+from airflow_provider_sft.core.errors import DatasetError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ProcessingReport:
+    input_samples: int
+    kept_samples: int
+    dropped_samples: int
+    total_tokens: int
+    label_tokens: int
+    max_sample_tokens: int
+    processed_path: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def count_lines(path: Path) -> int:
+    with path.open("rb") as handle:
+        return sum(1 for line in handle if line.strip())
+
+
+def process_chat_data(
+    data_path: str | Path,
+    output_dir: str | Path,
+    *,
+    model_path: str,
+    max_seq_len: int,
+    num_cpu_procs: int = 1,
+) -> ProcessingReport:
+    """Run instructlab-training's data processing into ``output_dir/data.jsonl``."""
+    import orjson
+    from instructlab.training import data_process
+
+    data_path, output_dir = Path(data_path), Path(output_dir)
+    if not data_path.is_file():
+        raise DatasetError(f"Training data {data_path} does not exist or is not a file")
+    input_samples = count_lines(data_path)
+    if input_samples == 0:
+        raise DatasetError(f"Training data {data_path} is empty")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    data_process.process_data(
+        data_path=str(data_path),
+        data_output_path=str(output_dir),
+        max_seq_len=max_seq_len,
+        model_path=model_path,
+        num_cpu_procs=num_cpu_procs,
+    )
+    processed = output_dir / c.PROCESSED_DATA_FILE
+    kept = total = labelled = longest = 0
+    with processed.open("rb") as handle:
+        for line in handle:
+            if not line.strip():
+                continue
+            row = orjson.loads(line)
+            kept += 1
+            total += row["len"]
+            labelled += sum(1 for label in row["labels"] if label != -100)
+            longest = max(longest, row["len"])
+    if kept == 0:
+        raise DatasetError(
+            f"Data processing kept none of the {input_samples} samples of {data_path}: every sample is "
+            f"shorter than 20 tokens or at least max_seq_len={max_seq_len} tokens"
+        )
+    return ProcessingReport(
+        input_samples=input_samples,
+        kept_samples=kept,
+        dropped_samples=input_samples - kept,
+        total_tokens=total,
+        label_tokens=labelled,
+        max_sample_tokens=longest,
+        processed_path=str(processed),
+    )

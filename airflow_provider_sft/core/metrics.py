@@ -1,0 +1,160 @@
+"""Read instructlab-training's metrics JSONL and summarise it.
+
+The file mixes an hparams line, per-step lines and (with validation) ``val_loss``
+lines. Rules:
+
+* a step logged twice (a resumed run) counts once: the last line wins;
+* ``avg_loss`` (instructlab) or ``loss`` is the loss; 0.0 is a value;
+* NaN/inf losses are kept in the trace (the chart shows gaps) but excluded from
+  ``min_loss``; a NaN final loss is reported as ``None`` with a count;
+* a torn last line (the writer was killed mid-line) is skipped, not fatal.
+
+JSON lines written by Python's ``json`` may contain ``NaN``/``Infinity``, which
+``orjson`` rejects; those lines fall back to ``json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from airflow_provider_sft.core import constants as c
+
+LOSS_KEYS = ("avg_loss", "loss")
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    step: int
+    epoch: int | None
+    loss: float | None
+    lr: float | None
+    samples_seen: int | None
+    tokens: int | None
+    throughput: float | None
+    timestamp: str | None
+
+
+@dataclass(frozen=True)
+class MetricsSummary:
+    final_loss: float | None
+    min_loss: float | None
+    perplexity: float | None
+    steps: int
+    epochs: int
+    total_tokens: int
+    samples_seen: int
+    avg_throughput_samples_per_second: float | None
+    runtime_seconds: float | None
+    non_finite_losses: int
+    skipped_lines: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _loads(line: bytes) -> Any:
+    try:
+        return orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return json.loads(line)  # NaN / Infinity literals; raises on a torn line
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def read_step_records(path: str | Path) -> tuple[list[StepRecord], int]:
+    """Per-step records in step order (last line per step wins) and the number of unreadable lines."""
+    by_step: dict[int, StepRecord] = {}
+    skipped = 0
+    with Path(path).open("rb") as handle:
+        for line in handle:
+            if not line.strip():
+                continue
+            try:
+                row = _loads(line)
+            except ValueError:
+                skipped += 1
+                continue
+            if not isinstance(row, dict) or row.get("hparams") or "step" not in row:
+                continue
+            loss_key = next((key for key in LOSS_KEYS if key in row), None)
+            if loss_key is None:
+                continue  # validation or other non-training line
+            step = int(row["step"])
+            by_step[step] = StepRecord(
+                step=step,
+                epoch=row.get("epoch"),
+                loss=_number(row[loss_key]),
+                lr=_number(row.get("lr")),
+                samples_seen=row.get("samples_seen"),
+                tokens=row.get("num_tokens_rank0") or row.get("num_tokens"),
+                throughput=_number(row.get("overall_throughput")),
+                timestamp=row.get("timestamp"),
+            )
+    return [by_step[step] for step in sorted(by_step)], skipped
+
+
+def _runtime_seconds(records: list[StepRecord]) -> float | None:
+    from datetime import datetime
+
+    stamps = [r.timestamp for r in records if r.timestamp]
+    if len(stamps) < 2:
+        return None
+    try:
+        return (datetime.fromisoformat(stamps[-1]) - datetime.fromisoformat(stamps[0])).total_seconds()
+    except ValueError:
+        return None
+
+
+def perplexity(loss: float | None) -> float | None:
+    if loss is None or not math.isfinite(loss):
+        return None
+    return math.exp(min(loss, c.PERPLEXITY_LOSS_CAP))
+
+
+def summarize(records: list[StepRecord], *, skipped_lines: int = 0) -> MetricsSummary:
+    finite = [r.loss for r in records if r.loss is not None and math.isfinite(r.loss)]
+    final = records[-1].loss if records else None
+    final = final if final is not None and math.isfinite(final) else None
+    throughputs = [r.throughput for r in records if r.throughput is not None and math.isfinite(r.throughput)]
+    samples = [r.samples_seen for r in records if r.samples_seen is not None]
+    epochs = {r.epoch for r in records if r.epoch is not None}
+    return MetricsSummary(
+        final_loss=final,
+        min_loss=min(finite) if finite else None,
+        perplexity=perplexity(final),
+        steps=len(records),
+        epochs=len(epochs),
+        total_tokens=sum(r.tokens or 0 for r in records),
+        samples_seen=max(samples) if samples else 0,
+        avg_throughput_samples_per_second=sum(throughputs) / len(throughputs) if throughputs else None,
+        runtime_seconds=_runtime_seconds(records),
+        non_finite_losses=sum(1 for r in records if r.loss is not None and not math.isfinite(r.loss)),
+        skipped_lines=skipped_lines,
+    )
+
+
+def summarize_file(path: str | Path) -> MetricsSummary:
+    records, skipped = read_step_records(path)
+    return summarize(records, skipped_lines=skipped)
+
+
+def write_summary(summary: MetricsSummary, path: str | Path) -> Path:
+    """Write ``metrics.json`` (strict JSON: no NaN)."""
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.write_bytes(orjson.dumps(summary.to_dict(), option=orjson.OPT_INDENT_2))
+    tmp.replace(target)
+    return target

@@ -1,0 +1,154 @@
+"""One training run: what the entrypoint is asked to do, and where.
+
+A :class:`TrainingRun` is written as ``run_config.json`` into the run's own
+directory (``<workspace>/runs/<name>/``) and handed to the entrypoint, locally
+or in the training pod. Every run gets its own directory because
+instructlab-training resumes from any ``full_state/`` it finds in its output
+directory: a reused directory would silently continue an old run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from airflow_provider_sft.core import constants as c
+from airflow_provider_sft.core.errors import InvalidParameterError
+from airflow_provider_sft.core.params import SFTParams
+
+_NAME_UNSAFE = re.compile(r"[^a-z0-9-]+")
+
+
+class Device(str, Enum):
+    AUTO = "auto"
+    CPU = "cpu"
+    CUDA = "cuda"
+
+
+def run_name(*parts: str | int | None, max_length: int = 63) -> str:
+    """A deterministic DNS-1123 name from identifying parts (dag id, run id, task id, map index).
+
+    Readable prefix, then a hash of all parts so different runs never collide
+    even when the prefix is truncated or sanitised to the same text.
+    """
+    text = "|".join("" if part is None else str(part) for part in parts)
+    digest = hashlib.sha256(text.encode()).hexdigest()[:10]
+    readable = _NAME_UNSAFE.sub("-", "-".join(str(p) for p in parts if p not in (None, "")).lower()).strip(
+        "-"
+    )
+    readable = readable[: max_length - len(digest) - 1].strip("-") or "sft"
+    if not readable[0].isalpha():
+        readable = f"sft-{readable}"[: max_length - len(digest) - 1].strip("-")
+    return f"{readable}-{digest}"
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    """Inputs and output location of one training run."""
+
+    name: str
+    params: SFTParams
+    dataset_path: str
+    output_dir: str
+    device: Device = Device.AUTO
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def processed_data_dir(self) -> str:
+        return self.params.data_output_dir or str(Path(self.output_dir) / "data")
+
+    @property
+    def config_path(self) -> Path:
+        return Path(self.output_dir) / c.RUN_CONFIG_FILE
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "params": self.params.to_json_dict(),
+            "dataset_path": self.dataset_path,
+            "output_dir": self.output_dir,
+            "device": self.device.value,
+            "extra": self.extra,
+        }
+
+    @classmethod
+    def from_json_dict(cls, data: dict[str, Any]) -> TrainingRun:
+        return cls(
+            name=data["name"],
+            params=SFTParams.parse(data["params"]),
+            dataset_path=data["dataset_path"],
+            output_dir=data["output_dir"],
+            device=Device(data.get("device", "auto")),
+            extra=data.get("extra", {}),
+        )
+
+    def write_config(self) -> Path:
+        self.config_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.config_path.with_suffix(".tmp")
+        tmp.write_bytes(orjson.dumps(self.to_json_dict(), option=orjson.OPT_INDENT_2))
+        os.replace(tmp, self.config_path)
+        return self.config_path
+
+    @classmethod
+    def read_config(cls, path: str | Path) -> TrainingRun:
+        return cls.from_json_dict(orjson.loads(Path(path).read_bytes()))
+
+
+@dataclass(frozen=True)
+class DevicePlan:
+    """How the entrypoint will train on this machine."""
+
+    device: Device
+    processes: int
+    cpu_threads: int
+    notes: tuple[str, ...] = ()
+
+
+def plan_device(params: SFTParams, *, requested: Device, cuda_devices: int, cpu_count: int) -> DevicePlan:
+    """Decide CPU or CUDA for a single worker; reject parameters this machine cannot honour.
+
+    Raises :class:`InvalidParameterError` naming the parameter, before any work.
+    """
+    errors: dict[str, str] = {}
+    wants_gpu = params.resource_gpu_per_worker > 0
+    device = requested
+    if device is Device.AUTO:
+        device = Device.CUDA if wants_gpu and cuda_devices > 0 else Device.CPU
+    if wants_gpu and device is Device.CPU:
+        errors["resource_gpu_per_worker"] = (
+            f"asks for {params.resource_gpu_per_worker} GPU(s) but this machine has {cuda_devices} CUDA device(s); "
+            "set it to 0 to train on the CPU"
+        )
+    if device is Device.CUDA and params.resource_gpu_per_worker > cuda_devices:
+        errors["resource_gpu_per_worker"] = (
+            f"asks for {params.resource_gpu_per_worker} GPU(s) but only {cuda_devices} CUDA device(s) are visible"
+        )
+    if device is Device.CUDA and params.resource_gpu_per_worker == 0:
+        errors["resource_gpu_per_worker"] = "must be >= 1 to train on CUDA, got 0"
+    procs = params.resource_num_procs_per_worker
+    if device is Device.CPU:
+        if params.use_liger:
+            errors["use_liger"] = "Liger kernels need CUDA; set use_liger=false to train on the CPU"
+        if procs != "auto" and procs != 1:
+            errors["resource_num_procs_per_worker"] = f"the CPU trainer runs one process, got {procs}"
+        processes = 1
+    else:
+        processes = params.resource_gpu_per_worker if procs == "auto" else int(procs)
+    if errors:
+        raise InvalidParameterError(errors)
+    threads = max(1, min(cpu_count, math.floor(params.cpu_cores)))
+    notes = []
+    if device is Device.CPU:
+        notes.append(
+            f"fsdp_sharding_strategy={params.fsdp_sharding_strategy.value} applies to multi-GPU FSDP; "
+            "the single CPU process holds the whole model"
+        )
+    return DevicePlan(device=device, processes=processes, cpu_threads=threads, notes=tuple(notes))
