@@ -15,7 +15,6 @@ or none, never a partial one.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -27,10 +26,9 @@ from pathlib import Path
 
 from airflow_provider_sft.core import constants as c
 from airflow_provider_sft.core.errors import ExportError
+from airflow_provider_sft.core.files import sha256_file
 
 log = logging.getLogger(__name__)
-
-_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -119,14 +117,6 @@ def select_final_checkpoint(run_dir: str | Path) -> Path:
         or "no hf_format/samples_* or last_epoch directory"
     )
     raise ExportError(f"No complete checkpoint in {run_dir / c.HF_FORMAT_DIR} ({detail})")
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _link_or_copy(source: Path, target: Path) -> bool:

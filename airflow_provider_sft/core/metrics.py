@@ -24,6 +24,7 @@ from typing import Any
 import orjson
 
 from airflow_provider_sft.core import constants as c
+from airflow_provider_sft.core.files import atomic_write_bytes
 
 LOSS_KEYS = ("avg_loss", "loss")
 
@@ -153,8 +154,4 @@ def summarize_file(path: str | Path) -> MetricsSummary:
 
 def write_summary(summary: MetricsSummary, path: str | Path) -> Path:
     """Write ``metrics.json`` (strict JSON: no NaN)."""
-    target = Path(path)
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_bytes(orjson.dumps(summary.to_dict(), option=orjson.OPT_INDENT_2))
-    tmp.replace(target)
-    return target
+    return atomic_write_bytes(path, orjson.dumps(summary.to_dict(), option=orjson.OPT_INDENT_2))

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import re
 from dataclasses import dataclass, field
 from enum import Enum
@@ -22,6 +21,7 @@ import orjson
 
 from airflow_provider_sft.core import constants as c
 from airflow_provider_sft.core.errors import InvalidParameterError
+from airflow_provider_sft.core.files import atomic_write_bytes
 from airflow_provider_sft.core.params import SFTParams
 
 _NAME_UNSAFE = re.compile(r"[^a-z0-9-]+")
@@ -91,11 +91,9 @@ class TrainingRun:
         )
 
     def write_config(self) -> Path:
-        self.config_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.config_path.with_suffix(".tmp")
-        tmp.write_bytes(orjson.dumps(self.to_json_dict(), option=orjson.OPT_INDENT_2))
-        os.replace(tmp, self.config_path)
-        return self.config_path
+        return atomic_write_bytes(
+            self.config_path, orjson.dumps(self.to_json_dict(), option=orjson.OPT_INDENT_2)
+        )
 
     @classmethod
     def read_config(cls, path: str | Path) -> TrainingRun:

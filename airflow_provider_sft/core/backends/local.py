@@ -201,10 +201,8 @@ class LocalProcessBackend(TrainingBackend):
             return
         process.cancelled = True
         self._signal_group(process.popen, signal.SIGTERM)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             process.popen.wait(timeout=self.grace_period_seconds)
-        except subprocess.TimeoutExpired:
-            pass
         # Children may outlive the leader (e.g. data-processing workers): always sweep the group.
         self._signal_group(process.popen, signal.SIGKILL)
         process.popen.wait()

@@ -1,0 +1,7 @@
+"""Airflow operators: resolve dataset -> train -> export model -> report, linked by XCom."""
+
+from airflow_provider_sft.operators.dataset import ResolveDatasetOperator
+from airflow_provider_sft.operators.export import ExportModelOperator, LossChartOperator
+from airflow_provider_sft.operators.train import SFTTrainOperator
+
+__all__ = ["ExportModelOperator", "LossChartOperator", "ResolveDatasetOperator", "SFTTrainOperator"]
