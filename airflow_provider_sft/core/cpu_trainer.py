@@ -247,7 +247,7 @@ def train_on_cpu(
     checkpoints: list[str] = []
     step = samples_seen = tokens_seen = 0
     started = time.monotonic()
-    log_every = max(1, total_steps // 50)
+    log_every = max(1, total_steps // 20)  # about 20 progress lines per run
     try:
         for epoch in range(params.num_epochs):
             for step_samples in optimizer_steps(samples, params.effective_batch_size, params.seed, epoch):

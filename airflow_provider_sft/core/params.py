@@ -317,6 +317,17 @@ class SFTParams(BaseModel):
             raise ValueError(f"total size must be at most 256 KiB, got {size} bytes")
         return annotations
 
+    @model_validator(mode="after")
+    def _some_checkpoint_is_written(self) -> SFTParams:
+        # instructlab writes hf_format/ checkpoints only at epoch ends or every save_samples:
+        # with both off, hours of GPU time would end with no model to export.
+        if not self.checkpoint_at_epoch and self.save_samples == 0:
+            raise ValueError(
+                "checkpoint_at_epoch=false with save_samples=0 would write no model checkpoint; "
+                "enable checkpoint_at_epoch or set save_samples > 0"
+            )
+        return self
+
     # --- construction from each front end ------------------------------------
 
     @classmethod

@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Install everything into .venv, then run the example DAG end to end on the local backend (offline, CPU).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install.sh
+exec .venv/bin/sft-demo "$@"
