@@ -21,6 +21,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
 from airflow_provider_sft.core import constants as c
 from airflow_provider_sft.core.backends.base import (
     BackendName,
@@ -32,7 +34,7 @@ from airflow_provider_sft.core.backends.base import (
 )
 from airflow_provider_sft.core.clock import SYSTEM_CLOCK, Clock
 from airflow_provider_sft.core.entrypoint import ERROR_PREFIX, default_cache_env
-from airflow_provider_sft.core.errors import DatasetError
+from airflow_provider_sft.core.errors import DatasetError, InvalidParameterError
 from airflow_provider_sft.core.run import TrainingRun, plan_device
 
 _EOF = object()
@@ -55,16 +57,23 @@ def _cuda_devices() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def _group_rss_bytes(pid: int) -> int:
-    import psutil
-
+def _process_tree(pid: int) -> list[psutil.Process]:
     try:
         root = psutil.Process(pid)
-        processes = [root, *root.children(recursive=True)]
+        return [root, *root.children(recursive=True)]
     except psutil.NoSuchProcess:
-        return 0
-    total = 0
+        return []
+
+
+def _signal_all(processes: list[psutil.Process], sig: signal.Signals) -> None:
     for process in processes:
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            process.send_signal(sig)
+
+
+def _group_rss_bytes(pid: int) -> int:
+    total = 0
+    for process in _process_tree(pid):
         with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
             total += process.memory_info().rss
     return total
@@ -96,8 +105,6 @@ class LocalProcessBackend(TrainingBackend):
         if not Path(run.dataset_path).is_file():
             raise DatasetError(f"Training data {run.dataset_path} does not exist or is not a file")
         if run.params.resource_num_workers != 1:
-            from airflow_provider_sft.core.errors import InvalidParameterError
-
             raise InvalidParameterError(
                 {
                     "resource_num_workers": f"the local backend runs one worker, got {run.params.resource_num_workers}"
@@ -200,11 +207,15 @@ class LocalProcessBackend(TrainingBackend):
         if process is None or process.popen.poll() is not None:
             return
         process.cancelled = True
+        # The whole tree, collected before signalling: children that left the process
+        # group (setsid) are still ours to stop.
+        members = _process_tree(process.popen.pid)
         self._signal_group(process.popen, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.popen.wait(timeout=self.grace_period_seconds)
-        # Children may outlive the leader (e.g. data-processing workers): always sweep the group.
+        _signal_all(members, signal.SIGTERM)
+        _, survivors = psutil.wait_procs(members, timeout=self.grace_period_seconds)
         self._signal_group(process.popen, signal.SIGKILL)
+        _signal_all(survivors, signal.SIGKILL)
+        psutil.wait_procs(survivors, timeout=self.grace_period_seconds)
         process.popen.wait()
 
     @staticmethod

@@ -65,7 +65,7 @@ def test_no_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(ExportError, match="No complete checkpoint"):
         select_final_checkpoint(tmp_path)
     write_checkpoint(tmp_path / "hf_format" / "samples_5", complete=False)
-    with pytest.raises(ExportError, match="samples_5: model.safetensors is incomplete"):
+    with pytest.raises(ExportError, match=r"samples_5: model\.safetensors is incomplete"):
         select_final_checkpoint(tmp_path)
 
 

@@ -1,0 +1,31 @@
+#!/usr/bin/env python3
+"""Stand-in for the training interpreter in local-backend tests of waiting and cancellation.
+
+The local backend starts ``<python> -m airflow_provider_sft.core.entrypoint CONFIG``.
+Pointing it at this script instead gives a "training" whose behaviour the test
+chooses through FAKE_TRAINING: ``sleep`` (runs forever and starts a child
+process, like data-processing workers), ``memory`` (grows its memory) or
+``fail`` (prints an error line and exits 3). It stands in for a long real
+training run, which would make these tests take minutes.
+"""
+
+import os
+import subprocess
+import sys
+import time
+
+mode = os.environ.get("FAKE_TRAINING", "sleep")
+print(f"[fake] started pid={os.getpid()} args={sys.argv[1:]}", flush=True)
+if mode == "sleep":
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    print(f"[fake] child pid={child.pid}", flush=True)
+    while True:
+        time.sleep(0.1)
+elif mode == "memory":
+    blocks = []
+    while True:
+        blocks.append(bytearray(32 * 2**20))
+        time.sleep(0.05)
+elif mode == "fail":
+    print("ERROR: Invalid training parameter: something precise went wrong", flush=True)
+    sys.exit(3)

@@ -1,0 +1,160 @@
+"""The embedded local backend: streaming, exit status, timeout, memory limit and clean cancellation."""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from airflow_provider_sft.core import constants as c
+from airflow_provider_sft.core.backends import JobStatus, get_backend
+from airflow_provider_sft.core.backends.local import LocalProcessBackend
+from airflow_provider_sft.core.errors import DatasetError, InvalidParameterError
+from airflow_provider_sft.core.params import SFTParams
+from airflow_provider_sft.core.run import TrainingRun
+from airflow_provider_sft.core.sample_data import bundled_dataset_path
+
+FAKE_PYTHON = str(Path(__file__).resolve().parents[2] / "fakes" / "fake_training_python.py")
+
+
+def make_run(tmp_path, **values) -> TrainingRun:
+    base = {"resource_gpu_per_worker": 0, "resource_cpu_per_worker": "1", "resource_memory_per_worker": "4Gi"}
+    return TrainingRun(
+        name="test-run",
+        params=SFTParams.parse({**base, **values}),
+        dataset_path=str(bundled_dataset_path()),
+        output_dir=str(tmp_path / "runs" / "test-run"),
+    )
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def pids_from(lines: list[str]) -> list[int]:
+    return [int(m) for line in lines for m in re.findall(r"pid=(\d+)", line)]
+
+
+@pytest.mark.slow
+def test_real_training_run_streams_logs_and_succeeds(tiny_model, tmp_path):
+    run = make_run(
+        tmp_path, base_model=str(tiny_model), effective_batch_size=64, max_seq_len=512, learning_rate=1e-3
+    )
+    backend = get_backend("local")
+    handle = backend.submit(run)
+    lines: list[str] = []
+    result = backend.wait(handle, on_log=lines.append, timeout_seconds=600)
+    assert result.status is JobStatus.SUCCEEDED, result.message
+    assert any(line.startswith("[sft] step 4/4") for line in lines)
+    assert any("data processing: 235/235 samples kept" in line for line in lines)
+    log_file = Path(run.output_dir) / c.TRAIN_LOG_FILE
+    assert "[sft] done in" in log_file.read_text()
+    assert (Path(run.output_dir) / c.METRICS_FILE).exists()
+
+
+def test_failure_reason_is_the_error_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("FAKE_TRAINING", "fail")
+    backend = LocalProcessBackend(python=FAKE_PYTHON)
+    handle = backend.submit(make_run(tmp_path))
+    result = backend.wait(handle, on_log=lambda _line: None)
+    assert result.status is JobStatus.FAILED and result.exit_code == 3
+    assert (
+        result.message
+        == "training process exited with status 3: Invalid training parameter: something precise went wrong"
+    )
+
+
+def test_real_entrypoint_error_is_surfaced(tiny_model, tmp_path):
+    # Samples longer than max_tokens_per_gpu cannot fit one micro-batch: the CPU trainer refuses.
+    run = make_run(tmp_path, base_model=str(tiny_model), max_seq_len=512, max_tokens_per_gpu=30)
+    backend = get_backend("local")
+    result = backend.wait(backend.submit(run), on_log=lambda _line: None, timeout_seconds=300)
+    assert result.status is JobStatus.FAILED
+    assert "longer than max_tokens_per_gpu=30" in result.message
+
+
+def test_cancel_stops_the_whole_process_group(tmp_path, monkeypatch):
+    monkeypatch.setenv("FAKE_TRAINING", "sleep")
+    backend = LocalProcessBackend(python=FAKE_PYTHON, grace_period_seconds=2)
+    handle = backend.submit(make_run(tmp_path))
+    lines: list[str] = []
+    waiter = threading.Thread(target=lambda: lines.append(backend.wait(handle, on_log=lines.append)))
+    waiter.start()
+    deadline = time.monotonic() + 30
+    while len(pids_from(lines)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    pids = pids_from(lines)
+    assert len(pids) == 2 and all(alive(pid) for pid in pids)
+    backend.cancel(handle)
+    waiter.join(timeout=30)
+    assert lines[-1].status is JobStatus.CANCELLED
+    assert not any(alive(pid) for pid in pids), "a training process survived cancellation"
+    backend.cancel(handle)  # idempotent
+
+
+def test_timeout_cancels_and_reports(tmp_path, monkeypatch):
+    monkeypatch.setenv("FAKE_TRAINING", "sleep")
+    backend = LocalProcessBackend(python=FAKE_PYTHON, grace_period_seconds=2, poll_interval_seconds=0.1)
+    handle = backend.submit(make_run(tmp_path))
+    lines: list[str] = []
+    result = backend.wait(handle, on_log=lines.append, timeout_seconds=1.5)
+    assert result.status is JobStatus.TIMED_OUT
+    assert result.message == "training did not finish within 1.5s"
+    assert not any(alive(pid) for pid in pids_from(lines))
+
+
+def test_memory_limit_is_enforced(tmp_path, monkeypatch):
+    monkeypatch.setenv("FAKE_TRAINING", "memory")
+    backend = LocalProcessBackend(python=FAKE_PYTHON, grace_period_seconds=2, poll_interval_seconds=0.1)
+    handle = backend.submit(make_run(tmp_path, resource_memory_per_worker="256Mi"))
+    result = backend.wait(handle, on_log=lambda _line: None, timeout_seconds=60)
+    assert result.status is JobStatus.FAILED
+    assert "over resource_memory_per_worker (256 MiB)" in result.message
+
+
+def test_training_envs_reach_the_process_and_win(tmp_path):
+    run = make_run(tmp_path, envs="OMP_NUM_THREADS=3,MY_FLAG=on")
+    env = LocalProcessBackend().environment(run)
+    assert env["MY_FLAG"] == "on" and env["OMP_NUM_THREADS"] == "3"
+    assert env["HF_HOME"].startswith(run.output_dir)
+
+
+def test_previous_attempt_output_is_cleared(tmp_path, monkeypatch):
+    monkeypatch.setenv("FAKE_TRAINING", "fail")
+    run = make_run(tmp_path)
+    stale = Path(run.output_dir) / c.FULL_STATE_DIR / "epoch_0"
+    stale.mkdir(parents=True)
+    backend = LocalProcessBackend(python=FAKE_PYTHON)
+    backend.wait(backend.submit(run), on_log=lambda _line: None)
+    assert not stale.exists()  # never resumed by accident
+
+
+@pytest.mark.parametrize(
+    ("values", "error", "message"),
+    [
+        pytest.param({"resource_gpu_per_worker": 1}, InvalidParameterError, "CUDA device", id="gpu"),
+        pytest.param({"resource_num_workers": 2}, InvalidParameterError, "one worker", id="workers"),
+    ],
+)
+def test_preflight_rejects_before_anything_starts(tmp_path, values, error, message):
+    backend = LocalProcessBackend(python=FAKE_PYTHON)
+    run = make_run(tmp_path, **values)
+    with pytest.raises(error, match=message):
+        backend.submit(run)
+    assert not Path(run.output_dir).exists()
+
+
+def test_preflight_rejects_a_missing_dataset(tmp_path):
+    run = make_run(tmp_path)
+    run = TrainingRun(run.name, run.params, str(tmp_path / "missing.jsonl"), run.output_dir)
+    with pytest.raises(DatasetError, match="does not exist"):
+        LocalProcessBackend().submit(run)
+    assert not os.path.exists(run.output_dir)

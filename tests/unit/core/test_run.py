@@ -1,0 +1,75 @@
+"""Run names and the device plan (what a machine can honour, checked before any work)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from airflow_provider_sft.core.errors import InvalidParameterError
+from airflow_provider_sft.core.params import SFTParams
+from airflow_provider_sft.core.run import Device, TrainingRun, plan_device, run_name
+
+DNS_1123 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+
+
+def test_run_name_is_deterministic_dns_safe_and_distinct():
+    a = run_name("my_dag", "manual__2026-11-25T20:21:33+00:00", "train", -1)
+    assert a == run_name("my_dag", "manual__2026-11-25T20:21:33+00:00", "train", -1)
+    assert DNS_1123.match(a) and len(a) <= 63
+    assert a != run_name("my_dag", "manual__2026-11-25T20:21:33+00:00", "train", 0)
+    long = run_name("d" * 200, "r" * 200, "t", 3)
+    assert len(long) <= 63 and DNS_1123.match(long)
+    assert DNS_1123.match(run_name("1dag", "__", "T", None))
+    # Sanitising to the same text never makes two runs collide.
+    assert run_name("a_b", "r", "t") != run_name("a-b", "r", "t")
+
+
+def test_training_run_round_trips_through_its_config(tmp_path):
+    params = SFTParams.parse({"learning_rate": 1e-4, "envs": "A=1", "lr_scheduler": "linear"})
+    run = TrainingRun("n", params, "/data.jsonl", str(tmp_path / "out"), Device.CPU)
+    assert TrainingRun.read_config(run.write_config()) == run
+    assert run.processed_data_dir == str(tmp_path / "out" / "data")
+
+
+def plan(cuda=0, cpus=2, **values):
+    return plan_device(SFTParams.parse(values), requested=Device.AUTO, cuda_devices=cuda, cpu_count=cpus)
+
+
+def test_cpu_plan_uses_the_cpu_quantity_for_threads():
+    assert plan(resource_gpu_per_worker=0, resource_cpu_per_worker="500m").cpu_threads == 1
+    assert plan(resource_gpu_per_worker=0, resource_cpu_per_worker="4", cpus=2).cpu_threads == 2
+    assert plan(resource_gpu_per_worker=0).device is Device.CPU
+
+
+def test_cuda_plan():
+    result = plan(cuda=8, resource_gpu_per_worker=4)
+    assert (result.device, result.processes) == (Device.CUDA, 4)
+    assert plan(cuda=8, resource_gpu_per_worker=4, resource_num_procs_per_worker=2).processes == 2
+
+
+@pytest.mark.parametrize(
+    ("values", "cuda", "name", "message"),
+    [
+        pytest.param(
+            {}, 0, "resource_gpu_per_worker", "0 CUDA device(s); set it to 0", id="gpu-on-cpu-machine"
+        ),
+        pytest.param(
+            {"resource_gpu_per_worker": 4}, 2, "resource_gpu_per_worker", "only 2 CUDA", id="too-many-gpus"
+        ),
+        pytest.param(
+            {"resource_gpu_per_worker": 0, "use_liger": True}, 0, "use_liger", "need CUDA", id="liger-on-cpu"
+        ),
+        pytest.param(
+            {"resource_gpu_per_worker": 0, "resource_num_procs_per_worker": 2},
+            0,
+            "resource_num_procs_per_worker",
+            "one process",
+            id="procs-on-cpu",
+        ),
+    ],
+)
+def test_plan_rejects_what_the_machine_cannot_honour(values, cuda, name, message):
+    with pytest.raises(InvalidParameterError) as info:
+        plan(cuda=cuda, **values)
+    assert message in info.value.errors[name]
