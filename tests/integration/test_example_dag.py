@@ -1,0 +1,75 @@
+"""The example DAG end to end through real Airflow (`airflow dags test`) on the local backend."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import statistics
+
+import pytest
+
+from airflow_provider_sft.core import constants as c
+from airflow_provider_sft.core.export import verify_manifest
+from airflow_provider_sft.demo import DEMO_TRAINING, generate_reply, run_pipeline
+from tests.conftest import REPO_ROOT
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(tiny_model, tmp_path_factory):
+    workspace = tmp_path_factory.mktemp("workspace")
+    conf = {"base_model": str(tiny_model), "workspace": str(workspace), **DEMO_TRAINING}
+    log = run_pipeline(workspace, REPO_ROOT / "dags", conf, echo=False)
+    return workspace, log
+
+
+def xcoms(workspace, task_id):
+    with sqlite3.connect(workspace / "airflow" / "airflow.db") as db:
+        rows = db.execute("SELECT key, value FROM xcom WHERE task_id = ?", (task_id,)).fetchall()
+    # Airflow stores XCom values as JSON; SQLite hands scalars back already decoded.
+    return {key: json.loads(value) if isinstance(value, str | bytes) else value for key, value in rows}
+
+
+def test_dag_run_succeeds_with_every_task(pipeline_run):
+    workspace, log = pipeline_run
+    text = log.read_text()
+    assert "state=success" in text
+    for task in ("resolve_dataset", "train", "export_model", "report"):
+        assert f"task_id={task}" in text
+
+
+def test_exported_model_loads_and_generates(pipeline_run):
+    workspace, _ = pipeline_run
+    model_dir = workspace / c.FINAL_MODEL_DIR
+    assert verify_manifest(model_dir) == []
+    reply = generate_reply(model_dir, "What is the capital of Italy?")
+    assert isinstance(reply, str) and reply  # format learned; facts of a 2.5M-param model are not asserted
+
+
+def test_training_loss_falls(pipeline_run):
+    workspace, _ = pipeline_run
+    (run_dir,) = (workspace / c.RUNS_DIR).iterdir()
+    steps = [json.loads(line) for line in (run_dir / c.METRICS_FILE).read_text().splitlines()][1:]
+    losses = [s["avg_loss"] for s in steps]
+    assert len(losses) >= 20
+    assert statistics.mean(losses[-10:]) < statistics.mean(losses[:10])
+
+
+def test_metrics_and_chart_are_written_and_linked_by_xcom(pipeline_run):
+    workspace, _ = pipeline_run
+    metrics = json.loads((workspace / c.METRICS_SUMMARY_FILE).read_text())
+    assert metrics["steps"] == 90 and metrics["final_loss"] < metrics["perplexity"]
+    html = (workspace / c.LOSS_CHART_FILE).read_text()
+    assert "Plotly.newPlot" in html and '<script src="http' not in html
+
+    dataset = xcoms(workspace, "resolve_dataset")
+    train = xcoms(workspace, "train")
+    export = xcoms(workspace, "export_model")
+    report = xcoms(workspace, "report")
+    assert dataset["path"] == str(workspace / "dataset" / "train.jsonl") and dataset["records"] >= 200
+    assert train["output_dir"].startswith(str(workspace / c.RUNS_DIR))
+    assert train["training_job"]["backend"] == "local"
+    assert export["model_path"] == str(workspace / c.FINAL_MODEL_DIR)
+    assert export["metrics"]["final_loss"] == metrics["final_loss"]
+    assert report["chart_path"] == str(workspace / c.LOSS_CHART_FILE)

@@ -1,0 +1,104 @@
+"""SFTTrainOperator: its parameters are the seed's, validation happens before anything starts."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from airflow_provider_sft.core.errors import DatasetError, InvalidParameterError
+from airflow_provider_sft.core.params import SFTParams
+from airflow_provider_sft.operators.train import SFTTrainOperator
+from airflow_provider_sft.params_form import training_param_schemas
+
+
+class RecordingTI(SimpleNamespace):
+    """Stands in for the task instance in the context: identifiers + xcom_push recording."""
+
+    def xcom_push(self, key, value):
+        self.pushed[key] = value
+
+
+def context():
+    ti = RecordingTI(dag_id="dag", task_id="train", map_index=-1, pushed={})
+    return {"ti": ti, "run_id": "manual__1"}
+
+
+def test_operator_takes_every_training_parameter_and_templates_it():
+    signature = inspect.signature(SFTTrainOperator.__init__).parameters
+    for name in SFTParams.model_fields:
+        assert name in signature, name
+        assert signature[name].default is None  # None = the seed's default
+        assert name in SFTTrainOperator.template_fields
+    assert {"dataset_path", "workspace", "backend"} <= set(SFTTrainOperator.template_fields)
+
+
+def test_rendered_strings_are_validated_into_params(tmp_path):
+    op = SFTTrainOperator(
+        task_id="t", dataset_path="d", workspace=str(tmp_path), learning_rate="1e-4", envs="A=1"
+    )
+    params = op.training_params()
+    assert params.learning_rate == 1e-4 and params.envs == {"A": "1"}
+    assert params.effective_batch_size == 128
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        pytest.param(
+            {"resource_cpu_per_worker": "abc"}, InvalidParameterError, "resource_cpu_per_worker", id="cpu"
+        ),
+        pytest.param({"envs": "K"}, InvalidParameterError, "envs", id="envs"),
+        pytest.param(
+            {"fsdp_sharding_strategy": "ALL"}, InvalidParameterError, "fsdp_sharding_strategy", id="fsdp"
+        ),
+        pytest.param({"resource_gpu_per_worker": 1}, InvalidParameterError, "0 CUDA device", id="gpu-on-cpu"),
+        pytest.param({"dataset_path": "/nonexistent.jsonl"}, DatasetError, "does not exist", id="dataset"),
+        pytest.param({"backend": "slurm"}, ValueError, "'slurm' is not a valid BackendName", id="backend"),
+    ],
+)
+def test_bad_input_fails_before_anything_starts(tmp_path, kwargs, error, message):
+    values = {"dataset_path": str(tmp_path / "d.jsonl"), "resource_gpu_per_worker": 0, **kwargs}
+    (tmp_path / "d.jsonl").write_text("{}\n")
+    op = SFTTrainOperator(task_id="t", workspace=str(tmp_path / "ws"), **values)
+    ctx = context()
+    with pytest.raises(error, match=message):
+        op.execute(ctx)
+    assert not (tmp_path / "ws").exists()  # no run directory, no process
+    assert ctx["ti"].pushed == {}
+
+
+def test_run_name_is_stable_across_retries(tmp_path):
+    op = SFTTrainOperator(task_id="t", dataset_path="d", workspace=str(tmp_path))
+    first, second = op.build_run(context()), op.build_run(context())
+    assert first.name == second.name
+    assert Path(first.output_dir).parent == tmp_path / "runs"
+
+
+def test_trigger_form_schema_matches_the_params_model():
+    schemas = training_param_schemas()
+    assert list(schemas) == list(SFTParams.model_fields)
+    assert schemas["lr_scheduler"]["enum"] == [
+        "linear",
+        "cosine",
+        "cosine_with_restarts",
+        "polynomial",
+        "constant",
+        "constant_with_warmup",
+    ]
+    assert schemas["fsdp_sharding_strategy"]["enum"] == [
+        "FULL_SHARD",
+        "SHARD_GRAD_OP",
+        "NO_SHARD",
+        "HYBRID_SHARD",
+    ]
+    assert schemas["effective_batch_size"] == {
+        "title": "effective_batch_size",
+        "description": "Effective batch size per optimizer step.",
+        "type": "integer",
+        "default": 128,
+        "minimum": 1,
+    }
+    assert schemas["data_output_dir"]["type"] == ["string", "null"]
