@@ -32,7 +32,7 @@ def xcoms(workspace, task_id):
 
 
 def test_dag_run_succeeds_with_every_task(pipeline_run):
-    workspace, log = pipeline_run
+    _workspace, log = pipeline_run
     text = log.read_text()
     assert "state=success" in text
     for task in ("resolve_dataset", "train", "export_model", "report"):
