@@ -18,7 +18,7 @@ import math
 import re
 from collections.abc import Mapping
 from enum import Enum
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from kubernetes.utils import parse_quantity
 from pydantic import (
@@ -36,6 +36,7 @@ from airflow_provider_sft.core import constants as c
 from airflow_provider_sft.core.errors import InvalidParameterError
 
 COMPONENT_PARAMETER_PREFIX = "training_"
+REDACTED = "***"
 
 
 class FSDPShardingStrategy(str, Enum):
@@ -149,9 +150,6 @@ def _kubernetes_quantity(value: Any) -> str:
     return text
 
 
-Count = Annotated[PositiveInt, Field(strict=False)]
-
-
 class SFTParams(BaseModel):
     """The seed component's training parameters (without ``training_`` prefix).
 
@@ -162,13 +160,13 @@ class SFTParams(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", use_enum_values=False)
 
     base_model: str = Field(c.DEFAULT_BASE_MODEL, description="Base model (HuggingFace ID or local path).")
-    effective_batch_size: Count = Field(
+    effective_batch_size: PositiveInt = Field(
         c.DEFAULT_EFFECTIVE_BATCH_SIZE, description="Effective batch size per optimizer step."
     )
-    max_tokens_per_gpu: Count = Field(
+    max_tokens_per_gpu: PositiveInt = Field(
         c.DEFAULT_MAX_TOKENS_PER_GPU, description="Max tokens per GPU (memory cap)."
     )
-    max_seq_len: Count = Field(c.DEFAULT_MAX_SEQ_LEN, description="Max sequence length in tokens.")
+    max_seq_len: PositiveInt = Field(c.DEFAULT_MAX_SEQ_LEN, description="Max sequence length in tokens.")
     learning_rate: float = Field(c.DEFAULT_LEARNING_RATE, description="Learning rate (default: 5e-6).")
     lr_warmup_steps: NonNegativeInt = Field(
         c.DEFAULT_LR_WARMUP_STEPS, description="Learning rate warmup steps."
@@ -176,7 +174,9 @@ class SFTParams(BaseModel):
     checkpoint_at_epoch: bool = Field(
         c.DEFAULT_CHECKPOINT_AT_EPOCH, description="Save checkpoint at each epoch."
     )
-    num_epochs: Count = Field(c.DEFAULT_NUM_EPOCHS, description="Number of training epochs (default: 1).")
+    num_epochs: PositiveInt = Field(
+        c.DEFAULT_NUM_EPOCHS, description="Number of training epochs (default: 1)."
+    )
     data_output_dir: str | None = Field(None, description="Directory for processed training data.")
     envs: dict[str, str] = Field(
         default_factory=dict, description="Environment overrides as KEY=VAL,KEY=VAL."
@@ -189,7 +189,7 @@ class SFTParams(BaseModel):
     resource_num_procs_per_worker: Literal["auto"] | PositiveInt = Field(
         c.DEFAULT_NUM_PROCS_PER_WORKER, description="Processes per worker (auto or int)."
     )
-    resource_num_workers: Count = Field(c.DEFAULT_NUM_WORKERS, description="Number of training pods.")
+    resource_num_workers: PositiveInt = Field(c.DEFAULT_NUM_WORKERS, description="Number of training pods.")
     metadata_labels: dict[str, str] = Field(
         default_factory=dict, description="Pod labels as key=value,key=value."
     )
@@ -363,8 +363,15 @@ class SFTParams(BaseModel):
         return int(parse_quantity(self.resource_memory_per_worker))
 
     def to_json_dict(self) -> dict[str, Any]:
-        """JSON-safe dict (enums as values) for run configs and XCom."""
-        return self.model_dump(mode="json")
+        """JSON-safe dict (enums as values) for run configs, metrics and XCom.
+
+        Environment values are masked: ``envs`` may carry tokens, and this dict is
+        written to files and logs. The backends pass the real values to the
+        training process's environment only.
+        """
+        data = self.model_dump(mode="json")
+        data["envs"] = dict.fromkeys(self.envs, REDACTED)
+        return data
 
 
 def _explain(exc: ValidationError, name_prefix: str) -> dict[str, str]:

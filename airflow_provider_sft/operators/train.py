@@ -143,10 +143,9 @@ class SFTTrainOperator(BaseOperator):
     def execute(self, context: Any) -> dict[str, Any]:
         run = self.build_run(context)  # validates every parameter before anything starts
         backend = get_backend(self.backend)
-        backend.preflight(run)
         self.log.info("Training run %s on the %s backend -> %s", run.name, backend.name.value, run.output_dir)
         self._backend = backend
-        self._handle = backend.submit(run)
+        self._handle = backend.submit(run)  # preflight first: nothing starts on bad input
         context["ti"].xcom_push(key="training_job", value=self._handle.to_json_dict())
         timeout = self.execution_timeout.total_seconds() if self.execution_timeout else None
         result = backend.wait(self._handle, on_log=self.log.info, timeout_seconds=timeout)

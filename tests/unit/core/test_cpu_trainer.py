@@ -64,7 +64,7 @@ def params(**values):
 def test_loss_falls_and_instructlab_files_are_written(tiny_model, processed, tmp_path):
     run = tmp_path / "run"
     result = train_on_cpu(
-        params(effective_batch_size=8, lr_warmup_steps=5, save_samples=100),
+        params(effective_batch_size=8, lr_warmup_steps=5, save_samples=100, envs="HF_TOKEN=hf_leak_check"),
         model_path=str(tiny_model),
         processed_data=processed,
         output_dir=run,
@@ -98,6 +98,7 @@ def test_loss_falls_and_instructlab_files_are_written(tiny_model, processed, tmp
     assert checkpoints == ["samples_104", "samples_200", "samples_235"]
     assert all(checkpoint_problem(run / c.HF_FORMAT_DIR / name) is None for name in checkpoints)
     assert (run / c.FULL_STATE_DIR / "epoch_0" / "optimizer.bin").exists()
+    assert "hf_leak_check" not in (run / c.METRICS_FILE).read_text()
 
 
 @pytest.mark.parametrize(

@@ -28,8 +28,22 @@ def test_run_name_is_deterministic_dns_safe_and_distinct():
 def test_training_run_round_trips_through_its_config(tmp_path):
     params = SFTParams.parse({"learning_rate": 1e-4, "envs": "A=1", "lr_scheduler": "linear"})
     run = TrainingRun("n", params, "/data.jsonl", str(tmp_path / "out"), Device.CPU)
-    assert TrainingRun.read_config(run.write_config()) == run
+    again = TrainingRun.read_config(run.write_config())
+    assert again.params.model_dump(exclude={"envs"}) == run.params.model_dump(exclude={"envs"})
+    assert (again.name, again.dataset_path, again.output_dir, again.device) == (
+        "n",
+        "/data.jsonl",
+        run.output_dir,
+        Device.CPU,
+    )
+    assert again.params.envs == {"A": "***"}  # env values never reach files
     assert run.processed_data_dir == str(tmp_path / "out" / "data")
+
+
+def test_env_values_are_masked_wherever_params_are_serialised():
+    params = SFTParams.parse({"envs": "HF_TOKEN=hf_secret123,MODE=fast"})
+    assert "hf_secret123" not in str(params.to_json_dict())
+    assert params.envs["HF_TOKEN"] == "hf_secret123"  # the process environment still gets it
 
 
 def plan(cuda=0, cpus=2, **values):

@@ -1,0 +1,100 @@
+"""The CUDA path's torchrun + instructlab ``main_ds`` command, checked against the installed main_ds."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from airflow_provider_sft.core.instructlab_command import build_command, main_ds_path
+from airflow_provider_sft.core.params import SFTParams
+
+
+def main_ds_flags() -> set[str]:
+    """Every ``--flag`` the installed instructlab-training main_ds argparse accepts."""
+    source = Path(main_ds_path()).read_text()
+    return set(re.findall(r'add_argument\(\s*"(--[a-z_0-9-]+)"', source))
+
+
+def command(env=None, **values):
+    params = SFTParams.parse(values)
+    return build_command(
+        params,
+        model_path="/models/base",
+        processed_data_dir="/ws/runs/r/data",
+        output_dir="/ws/runs/r",
+        env=env or {},
+        gpus_visible=4,
+        flash_attn_available=False,
+    )
+
+
+def flags(cmd: list[str]) -> dict[str, str | bool]:
+    script = cmd.index(main_ds_path())
+    out: dict[str, str | bool] = {}
+    for arg in cmd[script + 1 :]:
+        name, sep, value = arg.partition("=")
+        out[name] = value if sep else True
+    return out
+
+
+def test_every_parameter_is_mapped():
+    cmd = command(
+        learning_rate=2e-5,
+        lr_scheduler="linear",
+        lr_warmup_steps=25,
+        seed=7,
+        save_samples=1000,
+        max_tokens_per_gpu=20000,
+        effective_batch_size=64,
+        num_epochs=2,
+        fsdp_sharding_strategy="FULL_SHARD",
+        use_liger=True,
+        checkpoint_at_epoch=True,
+        accelerate_full_state_at_epoch=False,
+    )
+    f = flags(cmd)
+    assert f["--learning_rate"] == "2e-05"
+    assert f["--lr_scheduler"] == "linear"  # dropped by run_training / the original component
+    assert f["--num_warmup_steps"] == "25"
+    assert f["--seed"] == "7"
+    assert f["--save_samples"] == "1000"
+    assert f["--max_batch_len"] == "20000"
+    assert f["--effective_batch_size"] == "64"
+    assert f["--num_epochs"] == "2"
+    assert f["--fsdp_sharding_strategy"] == "FULL_SHARD"
+    assert f["--use_liger"] is True and f["--checkpoint_at_epoch"] is True
+    assert "--accelerate_full_state_at_epoch" not in f
+    assert f["--data_path"] == "/ws/runs/r/data/data.jsonl"
+    assert f["--disable_flash_attn"] is True
+
+
+def test_every_flag_exists_in_the_installed_main_ds():
+    emitted = set(flags(command(use_liger=True)))
+    unknown = emitted - main_ds_flags()
+    assert not unknown, f"main_ds does not accept {sorted(unknown)}"
+
+
+@pytest.mark.parametrize(
+    ("env", "values", "expected"),
+    [
+        pytest.param(
+            {}, {}, ["--nproc-per-node=4", "--nnodes=1", "--node-rank=0", "--standalone"], id="local-auto"
+        ),
+        pytest.param({}, {"resource_num_procs_per_worker": 2}, ["--nproc-per-node=2"], id="explicit-procs"),
+        pytest.param(
+            {"PET_NNODES": "2", "PET_MASTER_ADDR": "job-node-0"},
+            {},
+            ["--nproc-per-node=4"],
+            id="kubeflow-pet-env",
+        ),
+    ],
+)
+def test_torchrun_launch(env, values, expected):
+    cmd = command(env=env, **values)
+    launch = cmd[3 : cmd.index(main_ds_path())]
+    assert cmd[1:3] == ["-m", "torch.distributed.run"]
+    assert launch[: len(expected)] == expected
+    if env:
+        assert launch == expected  # torchrun takes nnodes/rank/rendezvous from PET_*
