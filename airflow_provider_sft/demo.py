@@ -25,14 +25,14 @@ from airflow_provider_sft.core.tiny_model import build_tiny_model
 
 DAG_ID = "sft_pipeline"
 
-#: Sized for a 2-core machine: about 90 optimizer steps on the bundled dataset.
+#: Sized for a 2-core machine: 180 optimizer steps on the bundled dataset, about 40 s on one thread.
 DEMO_TRAINING = {
     "resource_gpu_per_worker": 0,
     "resource_cpu_per_worker": "1",
     "resource_memory_per_worker": "8Gi",
     "effective_batch_size": 8,
-    "num_epochs": 3,
-    "learning_rate": 1e-3,
+    "num_epochs": 6,
+    "learning_rate": 2e-3,
     "lr_warmup_steps": 10,
     "max_seq_len": 512,
     "max_tokens_per_gpu": 4096,
@@ -107,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     workspace = Path(args.workspace).resolve()
     dags_folder = Path(args.dags_folder).resolve()
     started = time.monotonic()
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
     base_model = workspace / "base-model"
     if not (base_model / "config.json").exists():
@@ -130,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"  loss chart: {chart_path}")
     print(f"  sample reply to 'What is the capital of France?': {reply!r}")
+    print("  (a 2.5M-parameter model trained for a minute learns the answer format, not the facts)")
     return 0
 
 

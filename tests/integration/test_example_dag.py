@@ -59,7 +59,7 @@ def test_training_loss_falls(pipeline_run):
 def test_metrics_and_chart_are_written_and_linked_by_xcom(pipeline_run):
     workspace, _ = pipeline_run
     metrics = json.loads((workspace / c.METRICS_SUMMARY_FILE).read_text())
-    assert metrics["steps"] == 90 and metrics["final_loss"] < metrics["perplexity"]
+    assert metrics["steps"] == 180 and metrics["final_loss"] < metrics["perplexity"]
     html = (workspace / c.LOSS_CHART_FILE).read_text()
     assert "Plotly.newPlot" in html and '<script src="http' not in html
 
