@@ -58,3 +58,40 @@ PERPLEXITY_LOSS_CAP = 10.0
 
 # Kubernetes quantities for the local backend's resource checks.
 GPU_RESOURCE_NAME = "nvidia.com/gpu"
+
+# --- Kubeflow Trainer API ----------------------------------------------------------
+TRAINER_GROUP = "trainer.kubeflow.org"  # API group of TrainJob / ClusterTrainingRuntime
+TRAINER_VERSION = "v1alpha1"  # served version
+TRAINER_API_VERSION = f"{TRAINER_GROUP}/{TRAINER_VERSION}"
+TRAINJOB_KIND = "TrainJob"
+TRAINJOB_PLURAL = "trainjobs"
+TRAINJOB_CRD_NAME = f"{TRAINJOB_PLURAL}.{TRAINER_GROUP}"  # for schema detection
+CLUSTER_TRAINING_RUNTIME_KIND = "ClusterTrainingRuntime"
+DEFAULT_RUNTIME = "training-hub"  # OpenShift AI's runtime; upstream: "torch-distributed"
+NODE = "node"  # replicated job and container name of the trainer in a runtime
+RUNTIME_PATCH_MANAGER = "airflow-provider-sft"  # our entry in spec.runtimePatches (v2.2+)
+
+# TrainJob status condition types (set by the Trainer controller).
+CONDITION_COMPLETE = "Complete"
+CONDITION_FAILED = "Failed"
+CONDITION_SUSPENDED = "Suspended"
+
+# Labels on every TrainJob (and its pods) so jobs are findable.
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_COMPONENT = "app.kubernetes.io/component"
+MANAGED_BY_VALUE = "airflow-provider-sft"
+LABEL_DAG_ID = "airflow-provider-sft/dag-id"
+LABEL_TASK_ID = "airflow-provider-sft/task-id"
+LABEL_RUN_ID = "airflow-provider-sft/run-id"
+LABEL_MAP_INDEX = "airflow-provider-sft/map-index"
+LABEL_JOBSET_NAME = "jobset.sigs.k8s.io/jobset-name"  # on the pods of a TrainJob's JobSet
+
+# Secret keys and the environment variables they feed.
+SECRET_HF_TOKEN_KEY = "hf-token"
+HF_TOKEN_ENV = "HF_TOKEN"
+OCI_PULL_SECRET_ENV = "OCI_PULL_SECRET_MODEL_DOWNLOAD"
+RUN_CONFIG_ENV = "SFT_RUN_CONFIG"  # the TrainingRun JSON handed to the entrypoint in the pod
+
+# Where the workspace PVC is mounted in the training pod.
+DEFAULT_WORKSPACE_MOUNT = "/workspace"
+WORKSPACE_VOLUME = "workspace"

@@ -33,7 +33,7 @@ class Device(str, Enum):
     CUDA = "cuda"
 
 
-def run_name(*parts: str | int | None, max_length: int = 63) -> str:
+def run_name(*parts: str | int | None, max_length: int = 40) -> str:
     """A deterministic DNS-1123 name from identifying parts (dag id, run id, task id, map index).
 
     Readable prefix, then a hash of all parts so different runs never collide
