@@ -64,6 +64,9 @@ class ApiServer:
 
     def start(self) -> ApiServer:
         import requests
+        import urllib3
+
+        urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)  # readiness probes only
 
         client, peer = free_port(), free_port()
         log = (self.dir / "etcd.log").open("w")

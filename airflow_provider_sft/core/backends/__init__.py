@@ -23,6 +23,6 @@ def get_backend(name: str | BackendName, **config) -> TrainingBackend:
         from airflow_provider_sft.core.backends.local import LocalProcessBackend
 
         return LocalProcessBackend(**config)
-    raise NotImplementedError(
-        f"backend {backend.value!r} is not available in this release; use backend='local'"
-    )
+    from airflow_provider_sft.core.backends.kubernetes import KubernetesBackend
+
+    return KubernetesBackend(**config)
