@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import datetime, timezone
 from typing import Protocol
 
 
 class Clock(Protocol):
+    def now(self) -> datetime: ...
+
     def monotonic(self) -> float: ...
 
     def sleep(self, seconds: float) -> None: ...
@@ -17,6 +20,9 @@ class Clock(Protocol):
 
 class SystemClock:
     """Real time."""
+
+    def now(self) -> datetime:
+        return datetime.now(timezone.utc)
 
     def monotonic(self) -> float:
         return time.monotonic()

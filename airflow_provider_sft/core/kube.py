@@ -313,3 +313,68 @@ class TrainJobClient:
                 yield pending.decode("utf-8", errors="replace")
         finally:
             response.release_conn()
+
+
+class AsyncTrainJobClient:
+    """Async client over a ``kubernetes_asyncio.client.ApiClient`` (the trigger's side)."""
+
+    def __init__(self, api_client: Any, *, retry: RetryPolicy | None = None, request_timeout: Any = 60):
+        from kubernetes_asyncio import client
+
+        self.api_client = api_client
+        self.custom = client.CustomObjectsApi(api_client)
+        self.retry = retry or RetryPolicy()
+        self.timeout = request_timeout
+
+    async def get_trainjob(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return await self.retry.acall(
+                f"Get TrainJob {namespace}/{name}",
+                lambda: self.custom.get_namespaced_custom_object(
+                    *_CRD, namespace, c.TRAINJOB_PLURAL, name, _request_timeout=self.timeout
+                ),
+            )
+        except KubeApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def delete_trainjob(self, namespace: str, name: str) -> bool:
+        try:
+            await self.retry.acall(
+                f"Delete TrainJob {namespace}/{name}",
+                lambda: self.custom.delete_namespaced_custom_object(
+                    *_CRD,
+                    namespace,
+                    c.TRAINJOB_PLURAL,
+                    name,
+                    propagation_policy="Background",
+                    _request_timeout=self.timeout,
+                ),
+            )
+            return True
+        except KubeApiError as exc:
+            if exc.status == 404:
+                return False
+            raise
+
+    async def watch_trainjob(
+        self, namespace: str, name: str, resource_version: str | None, timeout_seconds: int
+    ):
+        from kubernetes_asyncio import watch
+
+        stream = watch.Watch()
+        try:
+            async for event in stream.stream(
+                self.custom.list_namespaced_custom_object,
+                *_CRD,
+                namespace,
+                c.TRAINJOB_PLURAL,
+                field_selector=f"metadata.name={name}",
+                resource_version=resource_version,
+                timeout_seconds=timeout_seconds,
+                allow_watch_bookmarks=True,
+            ):
+                yield event
+        finally:
+            stream.stop()

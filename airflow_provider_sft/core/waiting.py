@@ -1,25 +1,85 @@
-"""Waiting for a TrainJob to end, with one watch (not a poll loop); sync driver.
+"""Waiting for a TrainJob to end with one watch (not a poll loop), sync and async.
 
-The async trigger implements the same algorithm over ``kubernetes_asyncio`` and
-the same :func:`classify`: read the job, then watch it from its
-resourceVersion; a 410 Gone (the version expired) re-reads and watches again;
-the deadline bounds the whole wait. Time comes from the injected clock.
+Both drivers run the same algorithm through :class:`WatchCursor`: read the job,
+then watch it from its resourceVersion; a 410 Gone (the version was compacted)
+re-reads and watches again; a DELETED event or a vanished job is a failure; the
+deadline bounds the whole wait. Time comes from the injected clock, so the wait
+is testable without sleeping.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from airflow_provider_sft.core.clock import Clock
-from airflow_provider_sft.core.kube import KubeApiError, TrainJobClient
+from airflow_provider_sft.core.kube import TRANSIENT_STATUS, KubeApiError
 from airflow_provider_sft.core.trainjob import JobPhase, JobState, classify
 
 GONE = JobState(JobPhase.FAILED, "NotFound", "the TrainJob was deleted before it finished")
 WATCH_WINDOW_SECONDS = 300  # a watch is re-opened (from its resourceVersion) at most this often
+RECONNECT_DELAY_SECONDS = 1.0
+
+
+class WatchCursor:
+    """Where a wait stands: the last state seen and the resourceVersion to watch from."""
+
+    def __init__(self, namespace: str, name: str, on_event: Callable[[JobState], None]):
+        self.namespace, self.name, self.on_event = namespace, name, on_event
+        self.last: JobState | None = None
+        self.resource_version: str | None = None  # None: (re-)list before watching
+
+    def observe(self, job: dict[str, Any] | None) -> JobState | None:
+        """Take a listed/watched object; returns the terminal state when the wait is over."""
+        if job is None:
+            return GONE
+        self.resource_version = job.get("metadata", {}).get("resourceVersion", self.resource_version)
+        state = classify(job)
+        if state != self.last:
+            self.on_event(state)
+            self.last = state
+        return state if state.terminal else None
+
+    def event(self, kind: str, obj: Any) -> JobState | None:
+        """Take one watch event; returns the terminal state when the wait is over."""
+        if kind == "ERROR":
+            code = int(obj.get("code", 0)) if isinstance(obj, dict) else 0
+            if code == 410:
+                self.resource_version = None
+                return None
+            raise KubeApiError(
+                f"Watch TrainJob {self.namespace}/{self.name}",
+                code,
+                obj.get("reason", ""),
+                obj.get("message", ""),
+            )
+        if kind == "BOOKMARK":
+            self.resource_version = obj["metadata"]["resourceVersion"]
+            return None
+        if kind == "DELETED":
+            return GONE
+        return self.observe(obj)
+
+    def failed_watch(self, exc: BaseException) -> None:
+        """Decide about an exception from a watch: relist on 410, retry transient ones, raise the rest."""
+        status = getattr(exc, "status", None)
+        if status == 410:
+            self.resource_version = None
+            return
+        if isinstance(exc, KubeApiError) or (status is not None and int(status) not in TRANSIENT_STATUS):
+            raise exc
+
+
+def _window(clock: Clock, deadline: float | None) -> int | None:
+    """Seconds for the next watch, or None when the deadline has passed."""
+    if deadline is None:
+        return WATCH_WINDOW_SECONDS
+    remaining = deadline - clock.monotonic()
+    return None if remaining <= 0 else max(1, min(WATCH_WINDOW_SECONDS, int(remaining) + 1))
 
 
 def wait_for_trainjob(
-    client: TrainJobClient,
+    client: Any,
     namespace: str,
     name: str,
     *,
@@ -29,62 +89,52 @@ def wait_for_trainjob(
 ) -> JobState | None:
     """The terminal state of the TrainJob, or None when ``timeout_seconds`` passed first."""
     deadline = None if timeout_seconds is None else clock.monotonic() + timeout_seconds
-    last: JobState | None = None
-    resource_version: str | None = None
+    cursor = WatchCursor(namespace, name, on_event)
     while True:
-        if resource_version is None:  # (re-)list: first time, or after 410 Gone
-            job = client.get_trainjob(namespace, name)
-            if job is None:
-                return GONE
-            state = classify(job)
-            if state != last:
-                on_event(state)
-                last = state
-            if state.terminal:
-                return state
-            resource_version = job["metadata"].get("resourceVersion")
-        window = WATCH_WINDOW_SECONDS
-        if deadline is not None:
-            remaining = deadline - clock.monotonic()
-            if remaining <= 0:
-                return None
-            window = max(1, min(window, int(remaining) + 1))
+        if cursor.resource_version is None and (done := cursor.observe(client.get_trainjob(namespace, name))):
+            return done
+        window = _window(clock, deadline)
+        if window is None:
+            return None
         try:
-            for event in client.watch_trainjob(namespace, name, resource_version, window):
-                kind, obj = event["type"], event["object"]
-                metadata = obj.get("metadata", {}) if isinstance(obj, dict) else {}
-                if kind == "ERROR":
-                    if obj.get("code") == 410:
-                        resource_version = None
-                        break
-                    raise KubeApiError(
-                        f"Watch TrainJob {namespace}/{name}",
-                        int(obj.get("code", 0)),
-                        obj.get("reason", ""),
-                        obj.get("message", ""),
-                    )
-                resource_version = metadata.get("resourceVersion", resource_version)
-                if kind == "BOOKMARK":
-                    continue
-                if kind == "DELETED":
-                    return GONE
-                state = classify(obj)
-                if state != last:
-                    on_event(state)
-                    last = state
-                if state.terminal:
-                    return state
-        except Exception as exc:  # the sync Watch raises ApiException(410) for an expired version
-            if getattr(exc, "status", None) == 410:
-                resource_version = None
-                continue
-            if isinstance(exc, KubeApiError) or getattr(exc, "status", None) not in (
-                None,
-                429,
-                500,
-                502,
-                503,
-                504,
-            ):
-                raise
-            clock.sleep(1.0)  # connection dropped or transient: re-watch from where we were
+            for event in client.watch_trainjob(namespace, name, cursor.resource_version, window):
+                if done := cursor.event(event["type"], event["object"]):
+                    return done
+                if cursor.resource_version is None:
+                    break
+        except Exception as exc:
+            cursor.failed_watch(exc)
+            if cursor.resource_version is not None:
+                clock.sleep(RECONNECT_DELAY_SECONDS)
+
+
+async def await_trainjob(
+    client: Any,
+    namespace: str,
+    name: str,
+    *,
+    clock: Clock,
+    timeout_seconds: float | None = None,
+    on_event: Callable[[JobState], None] = lambda _state: None,
+) -> JobState | None:
+    """Async twin of :func:`wait_for_trainjob` (the trigger's wait), same algorithm."""
+    deadline = None if timeout_seconds is None else clock.monotonic() + timeout_seconds
+    cursor = WatchCursor(namespace, name, on_event)
+    while True:
+        if cursor.resource_version is None and (
+            done := cursor.observe(await client.get_trainjob(namespace, name))
+        ):
+            return done
+        window = _window(clock, deadline)
+        if window is None:
+            return None
+        try:
+            async for event in client.watch_trainjob(namespace, name, cursor.resource_version, window):
+                if done := cursor.event(event["type"], event["object"]):
+                    return done
+                if cursor.resource_version is None:
+                    break
+        except Exception as exc:
+            cursor.failed_watch(exc)
+            if cursor.resource_version is not None:
+                await clock.asleep(RECONNECT_DELAY_SECONDS)

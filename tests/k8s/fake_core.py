@@ -60,13 +60,14 @@ class FakeCluster:
         return self
 
     def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(10)
+        asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(30)
         self._loop.call_soon_threadsafe(self._loop.stop)
+
+        self._thread.join(10)
 
     async def _shutdown(self) -> None:
         await self._runner.cleanup()
         await self._session.close()
-        self._thread.join(10)
 
     def _serve(self) -> None:
         asyncio.set_event_loop(self._loop)
@@ -83,9 +84,9 @@ class FakeCluster:
         app.router.add_route("*", "/{tail:.*}", self._proxy)
         context = ssl.create_default_context(cafile=self.server.ca_cert)
         self._session = ClientSession(connector=TCPConnector(ssl=context, limit=0), auto_decompress=False)
-        self._runner = web.AppRunner(app, access_log=None)
+        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
         await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port, shutdown_timeout=0.5).start()
 
     def api_client(self):
         from kubernetes import client
