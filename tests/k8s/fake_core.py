@@ -23,7 +23,10 @@ import datetime as dt
 import os
 import ssl
 import subprocess
+import sys
+import tempfile
 import threading
+from pathlib import Path
 from typing import Any
 
 from aiohttp import ClientSession, TCPConnector, web
@@ -225,11 +228,48 @@ class FakeCluster:
         if log or phase == "running":
             self.pods[(namespace, f"{name}-node-0-0-abcde")] = {"job": name, "log": log}
 
+    def auto_run(self, namespace: str, *, extra_env: dict[str, str] | None = None) -> threading.Thread:
+        """Run the pods of every TrainJob created in ``namespace`` (a background kubelet stand-in)."""
+        from kubernetes import watch
+
+        def loop() -> None:
+            started: set[str] = set()
+            stream = watch.Watch().stream(
+                self.custom().list_namespaced_custom_object,
+                GROUP,
+                VERSION,
+                namespace,
+                PLURAL,
+                timeout_seconds=900,
+            )
+            for event in stream:
+                name = event["object"]["metadata"]["name"]
+                if event["type"] == "ADDED" and name not in started:
+                    started.add(name)
+                    threading.Thread(
+                        target=self.run_pods,
+                        args=(namespace, name),
+                        kwargs={"extra_env": extra_env},
+                        daemon=True,
+                    ).start()
+
+        thread = threading.Thread(target=loop, daemon=True, name=f"fake-kubelet-{namespace}")
+        thread.start()
+        return thread
+
     def run_pods(self, namespace: str, name: str, *, extra_env: dict[str, str] | None = None) -> int:
-        """Run the trainer container's command of a TrainJob here, as its rank-0 pod would."""
+        """Run the trainer container's command of a TrainJob here, as its rank-0 pod would.
+
+        The stand-in image already has the provider installed: ``pip`` is a no-op and
+        ``python`` is this interpreter.
+        """
         job = self.custom().get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
         trainer = job["spec"]["trainer"]
-        env = {**os.environ, **(extra_env or {})}
+        image_bin = tempfile.mkdtemp(prefix="fake-image-bin-")
+        Path(image_bin, "pip").write_text("#!/bin/sh\nexit 0\n")
+        os.chmod(Path(image_bin, "pip"), 0o755)
+        os.symlink(sys.executable, Path(image_bin, "python"))
+        env = {**os.environ, **(extra_env or {}), "PATH": f"{image_bin}:{os.environ['PATH']}"}
         for entry in trainer.get("env", []):
             if "value" in entry:
                 env[entry["name"]] = entry["value"]

@@ -60,6 +60,7 @@ class KubernetesBackend(TrainingBackend):
     credentials: Credentials = field(default_factory=Credentials)
     run_labels: dict[str, str] = field(default_factory=dict)  # dag/task/run identifiers
     keep_failed: bool = False
+    delete_on_success: bool = True
     clock: Clock = SYSTEM_CLOCK
     name = BackendName.KUBERNETES
 
@@ -183,6 +184,8 @@ class KubernetesBackend(TrainingBackend):
                 JobStatus.TIMED_OUT, f"TrainJob {ns}/{handle.name} did not finish in time; it was deleted"
             )
         if state.phase is JobPhase.SUCCEEDED:
+            if self.delete_on_success:
+                self.cancel(handle)  # the job and its Secret (with the token) are not needed any more
             return JobResult(JobStatus.SUCCEEDED, "training completed")
         if not self.keep_failed:
             self.client.delete_trainjob(ns, handle.name)

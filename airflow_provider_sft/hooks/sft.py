@@ -1,0 +1,95 @@
+"""``SFTTrainingHook``: an Airflow connection (or the seed's environment variables) -> TrainJob clients.
+
+It reuses the cncf.kubernetes ``kubernetes`` connection type (in-cluster, kubeconfig
+path or content, context, namespace), so existing connections work unchanged. Like
+the original KFP component it also honours ``KUBERNETES_SERVER_URL`` +
+``KUBERNETES_AUTH_TOKEN`` from the environment (with ``KUBERNETES_CA_CERT`` or the
+in-cluster CA); the token is never logged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import AsyncIterator
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from airflow.providers.cncf.kubernetes.hooks.kubernetes import AsyncKubernetesHook, KubernetesHook
+from airflow.sdk.bases.hook import BaseHook
+
+from airflow_provider_sft.core.kube import AsyncTrainJobClient, RetryPolicy, TrainJobClient
+
+SERVER_URL_ENV = "KUBERNETES_SERVER_URL"
+AUTH_TOKEN_ENV = "KUBERNETES_AUTH_TOKEN"
+CA_CERT_ENV = "KUBERNETES_CA_CERT"
+IN_CLUSTER_CA = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
+
+
+class SFTTrainingHook(BaseHook):
+    """Clients for TrainJobs, pods, logs and secrets.
+
+    :param kubernetes_conn_id: a cncf.kubernetes ``kubernetes`` connection.
+    """
+
+    conn_name_attr = "kubernetes_conn_id"
+    default_conn_name = "kubernetes_default"
+    conn_type = "kubernetes"
+    hook_name = "SFT Training on Kubernetes"
+
+    def __init__(self, kubernetes_conn_id: str | None = default_conn_name, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.kubernetes_conn_id = kubernetes_conn_id
+
+    @staticmethod
+    def _env_server() -> tuple[str, str, str] | None:
+        """(url, token, ca) from the environment, or None when not configured there."""
+        url, token = os.environ.get(SERVER_URL_ENV), os.environ.get(AUTH_TOKEN_ENV)
+        if not url or not token:
+            return None
+        ca = os.environ.get(CA_CERT_ENV) or (IN_CLUSTER_CA if Path(IN_CLUSTER_CA).exists() else "")
+        if not ca:
+            raise ValueError(
+                f"{SERVER_URL_ENV} is set but no CA certificate was found: set {CA_CERT_ENV} to the "
+                "cluster CA bundle path (the token is not sent to an unverified server)"
+            )
+        return url, token, ca
+
+    @cached_property
+    def api_client(self) -> Any:
+        env = self._env_server()
+        if env is None:
+            return KubernetesHook(conn_id=self.kubernetes_conn_id).api_client
+        from kubernetes import client
+
+        url, token, ca = env
+        config = client.Configuration()
+        config.host, config.ssl_ca_cert = url, ca
+        config.api_key = {"authorization": f"Bearer {token}"}
+        return client.ApiClient(config)
+
+    def get_namespace(self) -> str | None:
+        if self._env_server() is not None:
+            return None
+        return KubernetesHook(conn_id=self.kubernetes_conn_id).get_namespace()
+
+    def get_conn(self) -> TrainJobClient:
+        return TrainJobClient(self.api_client, retry=RetryPolicy(log=self.log.warning))
+
+    @contextlib.asynccontextmanager
+    async def get_async_conn(self) -> AsyncIterator[AsyncTrainJobClient]:
+        """An async client; the underlying API client is always closed."""
+        env = self._env_server()
+        if env is None:
+            async with AsyncKubernetesHook(conn_id=self.kubernetes_conn_id).get_conn() as api:
+                yield AsyncTrainJobClient(api)
+            return
+        from kubernetes_asyncio import client
+
+        url, token, ca = env
+        config = client.Configuration()
+        config.host, config.ssl_ca_cert = url, ca
+        config.api_key = {"authorization": f"Bearer {token}"}
+        async with client.ApiClient(config) as api:
+            yield AsyncTrainJobClient(api)

@@ -1,0 +1,19 @@
+"""Operator extra links."""
+
+from __future__ import annotations
+
+from airflow.sdk import BaseOperatorLink
+from airflow.sdk.execution_time.xcom import XCom
+
+
+class TrainJobConsoleLink(BaseOperatorLink):
+    """The training run's TrainJob in the cluster console (``console_url_template`` of the operator)."""
+
+    name = "TrainJob"
+
+    def get_link(self, operator, *, ti_key) -> str:
+        template = getattr(operator, "console_url_template", None)
+        job = XCom.get_value(ti_key=ti_key, key="training_job")
+        if not template or not job or job.get("backend") != "kubernetes":
+            return ""
+        return template.format(namespace=job.get("namespace", ""), name=job.get("name", ""))
