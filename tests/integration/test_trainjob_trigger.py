@@ -98,9 +98,10 @@ def test_success_event(cluster, namespace, connection):
 @pytest.mark.crd("v2.2")
 def test_failure_event_carries_the_reason(cluster, namespace, connection):
     submit(cluster, namespace)
-    drive = lambda: cluster.drive(
-        namespace, "trig-job", "failed", reason="JobsFailed", message="node-0 OOMKilled"
-    )  # noqa: E731
+
+    def drive():
+        return cluster.drive(namespace, "trig-job", "failed", reason="JobsFailed", message="node-0 OOMKilled")
+
     event = asyncio.run(first_event(trigger(namespace, connection), drive))
     assert (event["status"], event["reason"], event["message"]) == (
         "failed",
