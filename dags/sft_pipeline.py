@@ -43,7 +43,18 @@ with DAG(
             type="string",
             description="'bundled' (sample shipped with the provider), a JSONL file or a directory of them.",
         ),
-        "workspace": Param(DEFAULT_WORKSPACE, type="string", description="Workspace root (PVC stand-in)."),
+        "workspace": Param(
+            DEFAULT_WORKSPACE,
+            type="string",
+            description="Workspace root: a local directory, or the PVC mount path in the training pod (kubernetes).",
+        ),
+        "namespace": Param(
+            "", type="string", description="Kubernetes: TrainJob namespace ('' = the connection's)."
+        ),
+        "runtime_name": Param(
+            "training-hub", type="string", description="Kubernetes: ClusterTrainingRuntime name."
+        ),
+        "pvc_name": Param("", type="string", description="Kubernetes: workspace PVC mounted at `workspace`."),
         **training_params(),
     },
 ) as dag:
@@ -55,6 +66,10 @@ with DAG(
         backend="{{ params.backend }}",
         dataset_path=resolve_dataset.output["path"],
         workspace="{{ params.workspace }}",
+        namespace="{{ params.namespace }}",
+        runtime_name="{{ params.runtime_name }}",
+        pvc_name="{{ params.pvc_name }}",
+        deferrable=True,  # kubernetes: wait in the triggerer, not in a worker slot
         **{name: "{{ params." + name + " }}" for name in TRAINING_PARAMETERS},
     )
     export_model = ExportModelOperator(

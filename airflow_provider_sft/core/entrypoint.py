@@ -1,6 +1,9 @@
 """The training program: runs in the training pod and as the local backend's process.
 
-    python -m airflow_provider_sft.core.entrypoint RUN_CONFIG_JSON
+    python -m airflow_provider_sft.core.entrypoint [RUN_CONFIG_JSON]
+
+Without an argument the run config is read from ``$SFT_RUN_CONFIG`` (JSON text): that
+is how the TrainJob hands it to the pod, which may not see the Airflow worker's files.
 
 1. tokenizes the chat data with instructlab-training's data processing and
    reports how many samples it dropped;
@@ -14,6 +17,7 @@ is the last ``ERROR:`` line of the output.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -56,9 +60,8 @@ def default_cache_env(run_dir: Path) -> dict[str, str]:
     }
 
 
-def run(run_config: str | Path) -> None:
+def run(training_run: TrainingRun) -> None:
     started = time.monotonic()
-    training_run = TrainingRun.read_config(run_config)
     params = training_run.params
     output_dir = Path(training_run.output_dir)
     for key, value in default_cache_env(output_dir).items():
@@ -131,14 +134,22 @@ def _train_on_cuda(training_run: TrainingRun, gpus: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
+    if len(args) > 1 or (not args and c.RUN_CONFIG_ENV not in os.environ):
         print(
-            f"usage: python -m {__spec__.name if __spec__ else 'entrypoint'} RUN_CONFIG_JSON", file=sys.stderr
+            f"usage: python -m {__spec__.name if __spec__ else 'entrypoint'} [RUN_CONFIG_JSON]",
+            file=sys.stderr,
+        )
+        print(
+            f"       (without an argument the run config is read from ${c.RUN_CONFIG_ENV})", file=sys.stderr
         )
         return 2
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        run(args[0])
+        if args:
+            training_run = TrainingRun.read_config(args[0])
+        else:
+            training_run = TrainingRun.from_json_dict(json.loads(os.environ[c.RUN_CONFIG_ENV]))
+        run(training_run)
     except SFTError as exc:
         print(f"{ERROR_PREFIX}{exc}", flush=True)
         return 1

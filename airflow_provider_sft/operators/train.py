@@ -81,6 +81,9 @@ class SFTTrainOperator(BaseOperator):
         "workspace",
         "backend",
         "run_name",
+        "namespace",
+        "runtime_name",
+        "pvc_name",
         *TRAINING_PARAMETERS,
     )
     template_fields_renderers = {"envs": "json", "metadata_labels": "json", "metadata_annotations": "json"}

@@ -268,7 +268,8 @@ class FakeCluster:
         image_bin = tempfile.mkdtemp(prefix="fake-image-bin-")
         Path(image_bin, "pip").write_text("#!/bin/sh\nexit 0\n")
         os.chmod(Path(image_bin, "pip"), 0o755)
-        os.symlink(sys.executable, Path(image_bin, "python"))
+        Path(image_bin, "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+        os.chmod(Path(image_bin, "python"), 0o755)
         env = {**os.environ, **(extra_env or {}), "PATH": f"{image_bin}:{os.environ['PATH']}"}
         for entry in trainer.get("env", []):
             if "value" in entry:

@@ -32,7 +32,9 @@ def test_operator_takes_every_training_parameter_and_templates_it():
         assert name in signature, name
         assert signature[name].default is None  # None = the seed's default
         assert name in SFTTrainOperator.template_fields
-    assert {"dataset_path", "workspace", "backend"} <= set(SFTTrainOperator.template_fields)
+    assert {"dataset_path", "workspace", "backend", "namespace", "runtime_name", "pvc_name"} <= set(
+        SFTTrainOperator.template_fields
+    )
 
 
 def test_rendered_strings_are_validated_into_params(tmp_path):

@@ -1,0 +1,74 @@
+"""The example DAG with backend="kubernetes" through `airflow dags test`, against the REAL API server.
+
+The training "pod" is run by the fake kubelet of tests/k8s/fake_core.py: it executes the
+TrainJob's trainer command on this machine with the env from the stored spec (HF_TOKEN
+resolved from the Secret), as a rank-0 pod with the workspace PVC mounted would.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import pytest
+
+from airflow_provider_sft.core import constants as c
+from airflow_provider_sft.core.kube import TrainJobClient
+from airflow_provider_sft.demo import DEMO_TRAINING, run_pipeline
+from tests.conftest import REPO_ROOT
+
+pytestmark = pytest.mark.slow
+TOKEN = "hf_DagLevelSecretToken987"
+
+
+@pytest.mark.crd("v2.2")
+def test_example_dag_on_kubernetes(cluster, namespace, tiny_model, tmp_path, monkeypatch):
+    kubeconfig = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "current-context": "test",
+        "clusters": [{"name": "test", "cluster": {"server": cluster.url}}],
+        "users": [{"name": "test", "user": {"token": "not-a-real-token"}}],
+        "contexts": [
+            {"name": "test", "context": {"cluster": "test", "user": "test", "namespace": namespace}}
+        ],
+    }
+    (tmp_path / "kubeconfig").write_text(json.dumps(kubeconfig))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_KUBERNETES_DEFAULT",
+        json.dumps(
+            {
+                "conn_type": "kubernetes",
+                "extra": {"kube_config_path": str(tmp_path / "kubeconfig"), "namespace": namespace},
+            }
+        ),
+    )
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    cluster.auto_run(namespace, extra_env={"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"})
+    workspace = tmp_path / "pvc"
+    conf = {
+        **DEMO_TRAINING,
+        "num_epochs": 1,
+        "backend": "kubernetes",
+        "base_model": str(tiny_model),
+        "workspace": str(workspace),  # the PVC, mounted at the same path in the (fake) pod
+        "pvc_name": "sft-workspace",
+    }
+    log = run_pipeline(workspace, REPO_ROOT / "dags", conf, echo=False)
+    text = log.read_text()
+
+    assert "state=success" in text
+    assert (workspace / c.FINAL_MODEL_DIR / "model.safetensors").exists()
+    assert json.loads((workspace / c.METRICS_SUMMARY_FILE).read_text())["steps"] == 30
+    assert "[sft] done in" in text  # the pod log tail reached the task log
+    client = TrainJobClient(cluster.api_client())
+    assert client.list_trainjobs(namespace)["items"] == []  # deleted after success
+    assert not [key for key in cluster.secrets if key[0] == namespace]  # and its Secret with it
+    assert TOKEN not in text
+    with sqlite3.connect(workspace / "airflow" / "airflow.db") as db:
+        stored = " ".join(str(row) for row in db.execute("SELECT value FROM xcom"))
+        job = next(
+            json.loads(v) for (k, v) in db.execute("SELECT key, value FROM xcom WHERE key = 'training_job'")
+        )
+    assert TOKEN not in stored
+    assert job["backend"] == "kubernetes" and job["namespace"] == namespace
