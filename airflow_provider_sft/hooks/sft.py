@@ -9,6 +9,7 @@ in-cluster CA); the token is never logged.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 from collections.abc import AsyncIterator
@@ -79,17 +80,60 @@ class SFTTrainingHook(BaseHook):
 
     @contextlib.asynccontextmanager
     async def get_async_conn(self) -> AsyncIterator[AsyncTrainJobClient]:
-        """An async client; the underlying API client is always closed."""
-        env = self._env_server()
-        if env is None:
-            async with AsyncKubernetesHook(conn_id=self.kubernetes_conn_id).get_conn() as api:
-                yield AsyncTrainJobClient(api)
-            return
+        """An async client on the API client this triggerer shares for this connection.
+
+        Every TrainJobTrigger of one triggerer process that uses the same connection
+        borrows the same ``kubernetes_asyncio`` client (one connection pool, watches
+        multiplexed over it) instead of building its own: that keeps a triggerer
+        following a thousand TrainJobs small. The client closes with its last user.
+        """
+        key = (self.kubernetes_conn_id, bool(self._env_server()))
+        async with _SHARED_ASYNC_CLIENTS.borrow(key, self._open_async_api) as api:
+            yield AsyncTrainJobClient(api)
+
+    async def _open_async_api(self, stack: contextlib.AsyncExitStack) -> Any:
         from kubernetes_asyncio import client
 
-        url, token, ca = env
         config = client.Configuration()
+        config.connection_pool_maxsize = ASYNC_POOL_SIZE  # one long-lived connection per watched job
+        env = self._env_server()
+        if env is None:
+            hook = AsyncKubernetesHook(conn_id=self.kubernetes_conn_id, client_configuration=config)
+            return await stack.enter_async_context(hook.get_conn())
+        url, token, ca = env
         config.host, config.ssl_ca_cert = url, ca
         config.api_key = {"authorization": f"Bearer {token}"}
-        async with client.ApiClient(config) as api:
-            yield AsyncTrainJobClient(api)
+        return await stack.enter_async_context(client.ApiClient(config))
+
+
+ASYNC_POOL_SIZE = 4096
+
+
+class _SharedAsyncClients:
+    """Reference-counted async API clients, one per (connection, event loop)."""
+
+    def __init__(self) -> None:
+        self._entries: dict[Any, list[Any]] = {}  # key -> [api, users, exit stack]
+        self._locks: dict[Any, asyncio.Lock] = {}
+
+    @contextlib.asynccontextmanager
+    async def borrow(self, key: Any, opener: Any) -> AsyncIterator[Any]:
+        key = (key, id(asyncio.get_running_loop()))
+        async with self._locks.setdefault(key, asyncio.Lock()):
+            entry = self._entries.get(key)
+            if entry is None:
+                stack = contextlib.AsyncExitStack()
+                entry = [await opener(stack), 0, stack]
+                self._entries[key] = entry
+            entry[1] += 1
+        try:
+            yield entry[0]
+        finally:
+            async with self._locks[key]:
+                entry[1] -= 1
+                if entry[1] == 0:
+                    del self._entries[key]
+                    await entry[2].aclose()
+
+
+_SHARED_ASYNC_CLIENTS = _SharedAsyncClients()

@@ -1,0 +1,186 @@
+"""One triggerer process following N concurrent TrainJobs: watch (ours) vs poll-every-N-seconds.
+
+    python benchmarks/trigger_scale.py [--jobs 100 500 1000] [--window 60] [--poll 10]
+
+Needs the test API server (tests/k8s/build-crdserver.sh, etcd). For each N it creates
+N running TrainJobs on the REAL server, then runs, each in a fresh child process (the
+"triggerer"), first our wait (``await_trainjob`` over ``AsyncTrainJobClient``, one
+API client per job as ``TrainJobTrigger`` has), then the baseline (one GET per job
+every ``--poll`` seconds). After a warm-up it counts the API requests the server
+receives during ``--window`` seconds, then completes every job and times how long
+the waiters take to see it. Requests are counted at the loopback proxy in front of
+the server (tests/k8s/fake_core.py). CPU seconds and peak RSS are the child's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import resource
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+WARMUP_SECONDS = 10  # at least; then until no request arrived for QUIET_SECONDS
+QUIET_SECONDS = 3
+
+
+def child(
+    mode: str, conn_env: str, namespace: str, names: list[str], poll: float, conn, go_complete, t0
+) -> None:
+    """The triggerer: one TrainJobTrigger per job (or the poll baseline); reports CPU, RSS, latency."""
+    import os
+
+    os.environ["AIRFLOW_CONN_BENCH_K8S"] = conn_env
+    from airflow_provider_sft.core.trainjob import classify
+    from airflow_provider_sft.hooks.sft import SFTTrainingHook
+    from airflow_provider_sft.triggers.trainjob import TrainJobTrigger
+
+    done_at: dict[str, float] = {}
+
+    async def watch_one(name: str) -> None:
+        trigger = TrainJobTrigger(name=name, namespace=namespace, kubernetes_conn_id="bench_k8s")
+        event = await trigger.run().__anext__()
+        assert event.payload["status"] == "success", event.payload
+        done_at[name] = time.monotonic()
+
+    async def poll_one(name: str) -> None:
+        async with SFTTrainingHook(kubernetes_conn_id="bench_k8s").get_async_conn() as jobs:
+            while not classify(await jobs.get_trainjob(namespace, name)).terminal:
+                await asyncio.sleep(poll)
+        done_at[name] = time.monotonic()
+
+    async def main() -> None:
+        waiter = watch_one if mode == "watch" else poll_one
+        tasks = [asyncio.create_task(waiter(name)) for name in names]
+        await asyncio.to_thread(go_complete.wait)  # the parent completes the jobs
+        await asyncio.gather(*tasks)
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        conn.send(
+            {
+                "cpu_seconds": usage.ru_utime + usage.ru_stime,
+                "peak_rss_mb": usage.ru_maxrss / 1024,
+                "latency_s": max(done_at.values()) - t0.value,
+            }
+        )
+
+    asyncio.run(main())
+
+
+def settle(cluster, limit_seconds: float = 180) -> None:
+    """Wait out the start-up burst (first GET + watch of every job) before counting."""
+    started = time.monotonic()
+    last, quiet = len(cluster.requests), 0
+    while time.monotonic() - started < limit_seconds:
+        time.sleep(1)
+        now = len(cluster.requests)
+        quiet = quiet + 1 if now == last else 0
+        last = now
+        if quiet >= QUIET_SECONDS and time.monotonic() - started >= WARMUP_SECONDS:
+            return
+
+
+def conn_env(url: str) -> str:
+    """An Airflow connection (cncf ``kubernetes`` type) with an inline kubeconfig for ``url``."""
+    kubeconfig = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "current-context": "b",
+        "clusters": [{"name": "b", "cluster": {"server": url}}],
+        "users": [{"name": "b", "user": {"token": "bench"}}],
+        "contexts": [{"name": "b", "context": {"cluster": "b", "user": "b"}}],
+    }
+    return json.dumps({"conn_type": "kubernetes", "extra": {"kube_config": json.dumps(kubeconfig)}})
+
+
+def measure(cluster, mode: str, namespace: str, names: list[str], window: float, poll: float) -> dict:
+    context = mp.get_context("spawn")  # a fresh interpreter, like a triggerer process
+    parent, child_end = context.Pipe()
+    go_complete = context.Event()
+    t0 = context.Value("d", 0.0)
+    process = context.Process(
+        target=child, args=(mode, conn_env(cluster.url), namespace, names, poll, child_end, go_complete, t0)
+    )
+    # reset status to running for every job, then start the triggerer
+    for name in names:
+        cluster.drive(namespace, name, "running")
+    process.start()
+    settle(cluster)
+    before = len(cluster.requests)
+    time.sleep(window)
+    steady = len(cluster.requests) - before
+    t0.value = time.monotonic()  # the first completion; latency = until the last waiter saw its own
+    for name in names:
+        cluster.drive(namespace, name, "complete", reason="JobsCompleted")
+    go_complete.set()
+    result = parent.recv()
+    process.join(60)
+    return {**result, "requests_per_job_minute": steady / len(names) / (window / 60)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--jobs", type=int, nargs="+", default=[100, 500, 1000])
+    parser.add_argument("--window", type=float, default=60.0)
+    parser.add_argument("--poll", type=float, default=10.0)
+    args = parser.parse_args()
+
+    from airflow_provider_sft.core.kube import TrainJobClient
+    from airflow_provider_sft.core.params import SFTParams
+    from airflow_provider_sft.core.run import TrainingRun
+    from airflow_provider_sft.core.trainjob import KubernetesOptions, SpecGeneration, build_trainjob
+    from tests.k8s import harness
+    from tests.k8s.fake_core import FakeCluster
+
+    if not harness.available():
+        print(harness.UNAVAILABLE)
+        return 1
+    server = harness.ApiServer().start()
+    cluster = FakeCluster(server).start()
+    rows = []
+    try:
+        server.install_crd(harness.trainjob_crd("v2.2"))
+        jobs = TrainJobClient(server.api_client())
+        for n in args.jobs:
+            namespace = f"bench-{n}"
+            names = [f"job-{i:04d}" for i in range(n)]
+            options = KubernetesOptions(namespace=namespace, spec_generation=SpecGeneration.V2_2)
+            for name in names:
+                run = TrainingRun(name, SFTParams(), "/workspace/d.jsonl", f"/workspace/runs/{name}")
+                jobs.create_trainjob(build_trainjob(run, options, generation=SpecGeneration.V2_2, labels={}))
+            for mode in ("watch", "poll"):
+                result = measure(cluster, mode, namespace, names, args.window, args.poll)
+                rows.append({"jobs": n, "mode": mode, **result})
+                print(json.dumps(rows[-1]), flush=True)
+    finally:
+        cluster.stop()
+        server.stop()
+
+    print(
+        f"\nOne triggerer process, {args.window:.0f} s steady-state window, baseline polls every {args.poll:.0f} s:"
+    )
+    print("| jobs | mode | requests / job-minute | CPU s | peak RSS MB | completion seen after s |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for row in rows:
+        print(
+            f"| {row['jobs']} | {'watch (ours)' if row['mode'] == 'watch' else f'poll {args.poll:.0f}s'} | "
+            f"{row['requests_per_job_minute']:.2f} | {row['cpu_seconds']:.1f} | {row['peak_rss_mb']:.0f} | {row['latency_s']:.2f} |"
+        )
+    for n in args.jobs:
+        watch, poll = (next(r for r in rows if r["jobs"] == n and r["mode"] == m) for m in ("watch", "poll"))
+        ratio = poll["requests_per_job_minute"] / max(watch["requests_per_job_minute"], 1e-9)
+        print(
+            f"N={n}: poll sends {ratio:.1f}x the requests of watch; CPU poll/watch = {poll['cpu_seconds'] / watch['cpu_seconds']:.2f}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
