@@ -110,7 +110,10 @@ def measure(cluster, mode: str, namespace: str, names: list[str], window: float,
     for name in names:
         cluster.drive(namespace, name, "running")
     process.start()
-    settle(cluster)
+    if mode == "watch":
+        settle(cluster)
+    else:  # a poll loop never goes quiet: skip one full poll round of start-up
+        time.sleep(WARMUP_SECONDS + poll)
     before = len(cluster.requests)
     time.sleep(window)
     steady = len(cluster.requests) - before
