@@ -274,3 +274,64 @@ def _until(check, timeout=20):
     while not check():
         assert time.monotonic() < deadline, "condition not reached"
         time.sleep(0.05)
+
+
+@pytest.mark.crd("v2.2")
+def test_non_deferrable_wait_streams_the_pod_log(cluster, namespace):
+    b = backend(cluster, namespace)
+    handle = b.submit(make_run())
+    logs: list[str] = []
+    result = {}
+    waiter = threading.Thread(
+        target=lambda: result.setdefault("r", b.wait(handle, on_log=logs.append, timeout_seconds=60))
+    )
+    # The pod "runs" and writes its log before the controller marks the job Running.
+    cluster.pods[(namespace, f"{handle.name}-node-0-0-abcde")] = {
+        "job": handle.name,
+        "log": "[sft] step 1/2 loss 3.0\n[sft] step 2/2 loss 2.0",
+    }
+    waiter.start()
+    _until(lambda: any("pending" in line for line in logs))
+    cluster.drive(namespace, handle.name, "running", log="[sft] step 1/2 loss 3.0\n[sft] step 2/2 loss 2.0")
+    _until(lambda: "[sft] step 2/2 loss 2.0" in logs)
+    cluster.drive(namespace, handle.name, "complete", reason="JobsCompleted")
+    waiter.join(30)
+    assert result["r"].status is JobStatus.SUCCEEDED
+    assert logs.count("[sft] step 2/2 loss 2.0") == 1  # streamed live, not copied again at the end
+    assert b.client.get_trainjob(namespace, handle.name) is None  # deleted after success by default
+
+
+@pytest.mark.crd("v2.2")
+def test_async_wait_relists_after_410(cluster, namespace):
+    import asyncio
+
+    from kubernetes_asyncio import client as aclient
+
+    from airflow_provider_sft.core.kube import AsyncTrainJobClient
+    from airflow_provider_sft.core.waiting import await_trainjob
+
+    handle = backend(cluster, namespace).submit(make_run())
+    watched = []
+
+    class StaleFirstWatch(AsyncTrainJobClient):
+        def watch_trainjob(self, namespace, name, resource_version, timeout_seconds):
+            watched.append(resource_version)
+            return super().watch_trainjob(
+                namespace, name, "1" if len(watched) == 1 else resource_version, timeout_seconds
+            )
+
+    async def main():
+        config = aclient.Configuration()
+        config.host = cluster.url
+        async with aclient.ApiClient(config) as api:
+            task = asyncio.ensure_future(
+                await_trainjob(
+                    StaleFirstWatch(api), namespace, handle.name, clock=SYSTEM_CLOCK, timeout_seconds=60
+                )
+            )
+            while len(watched) < 2:
+                await asyncio.sleep(0.05)
+            await asyncio.to_thread(cluster.drive, namespace, handle.name, "complete", reason="JobsCompleted")
+            return await asyncio.wait_for(task, 30)
+
+    assert asyncio.run(main()).phase is JobPhase.SUCCEEDED

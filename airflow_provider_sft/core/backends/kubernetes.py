@@ -9,6 +9,7 @@ again; a succeeded one is reused. Secrets go into a Secret owned by the TrainJob
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -159,8 +160,18 @@ class KubernetesBackend(TrainingBackend):
         return classify(job), job["metadata"].get("resourceVersion")
 
     def wait(self, handle: JobHandle, *, on_log: LogSink, timeout_seconds: float | None = None) -> JobResult:
-        """Block (in the worker) until the TrainJob ends, following its status with a watch."""
+        """Block (in the worker) until the TrainJob ends, following its status with a watch.
+
+        Once the job runs, the rank-0 pod's log is streamed live into ``on_log``.
+        """
         from airflow_provider_sft.core.waiting import wait_for_trainjob
+
+        streamer = _LogStreamer(self.client, handle.details["namespace"], handle.name, on_log)
+
+        def on_event(state: JobState) -> None:
+            on_log(f"TrainJob {handle.name}: {state.phase.value} {state.reason} {state.message}".rstrip())
+            if state.phase is JobPhase.RUNNING:
+                streamer.start()
 
         state = wait_for_trainjob(
             self.client,
@@ -168,16 +179,18 @@ class KubernetesBackend(TrainingBackend):
             handle.name,
             clock=self.clock,
             timeout_seconds=timeout_seconds,
-            on_event=lambda s: on_log(
-                f"TrainJob {handle.name}: {s.phase.value} {s.reason} {s.message}".rstrip()
-            ),
+            on_event=on_event,
         )
-        return self.finish(handle, state, on_log)
+        streamed = streamer.finish()
+        return self.finish(handle, state, on_log, copy_log=not streamed)
 
-    def finish(self, handle: JobHandle, state: JobState | None, on_log: LogSink) -> JobResult:
+    def finish(
+        self, handle: JobHandle, state: JobState | None, on_log: LogSink, *, copy_log: bool = True
+    ) -> JobResult:
         """Copy the tail of the rank-0 pod log, clean up by policy, and turn the state into a result."""
         ns = handle.details["namespace"]
-        self.copy_log_tail(handle, on_log)
+        if copy_log:
+            self.copy_log_tail(handle, on_log)
         if state is None:
             self.cancel(handle)
             return JobResult(
@@ -208,3 +221,34 @@ class KubernetesBackend(TrainingBackend):
         if self.client.delete_trainjob(ns, handle.name):
             log.info("Deleted TrainJob %s/%s", ns, handle.name)
         self.client.delete_secret(ns, secret_name(handle.name))
+
+
+class _LogStreamer:
+    """Follows the rank-0 pod's log in a thread while the worker waits on the TrainJob's status."""
+
+    def __init__(self, client: TrainJobClient, namespace: str, job_name: str, on_log: LogSink):
+        self.client, self.namespace, self.job_name, self.on_log = client, namespace, job_name, on_log
+        self._thread: threading.Thread | None = None
+        self.lines = 0
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._follow, daemon=True, name=f"log-{self.job_name}")
+            self._thread.start()
+
+    def _follow(self) -> None:
+        try:
+            pod = self.client.node0_pod(self.namespace, self.job_name)
+            if pod is None:
+                return
+            for line in self.client.stream_log(self.namespace, pod):
+                self.on_log(line)
+                self.lines += 1
+        except Exception as exc:  # the status watch decides the outcome; the log is best effort
+            self.on_log(f"Log streaming stopped: {type(exc).__name__}")
+
+    def finish(self, timeout_seconds: float = 10) -> bool:
+        """Wait briefly for the last lines; True when the log was streamed."""
+        if self._thread is not None:
+            self._thread.join(timeout_seconds)
+        return self.lines > 0
