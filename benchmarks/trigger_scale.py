@@ -25,6 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tests.k8s import harness
 
 WARMUP_SECONDS = 10  # at least; then until no request arrived for QUIET_SECONDS
 QUIET_SECONDS = 3
@@ -85,26 +86,14 @@ def settle(cluster, limit_seconds: float = 180) -> None:
             return
 
 
-def conn_env(url: str) -> str:
-    """An Airflow connection (cncf ``kubernetes`` type) with an inline kubeconfig for ``url``."""
-    kubeconfig = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "current-context": "b",
-        "clusters": [{"name": "b", "cluster": {"server": url}}],
-        "users": [{"name": "b", "user": {"token": "bench"}}],
-        "contexts": [{"name": "b", "context": {"cluster": "b", "user": "b"}}],
-    }
-    return json.dumps({"conn_type": "kubernetes", "extra": {"kube_config": json.dumps(kubeconfig)}})
-
-
 def measure(cluster, mode: str, namespace: str, names: list[str], window: float, poll: float) -> dict:
     context = mp.get_context("spawn")  # a fresh interpreter, like a triggerer process
     parent, child_end = context.Pipe()
     go_complete = context.Event()
     t0 = context.Value("d", 0.0)
     process = context.Process(
-        target=child, args=(mode, conn_env(cluster.url), namespace, names, poll, child_end, go_complete, t0)
+        target=child,
+        args=(mode, harness.connection_uri(cluster.url), namespace, names, poll, child_end, go_complete, t0),
     )
     # reset status to running for every job, then start the triggerer
     for name in names:
@@ -139,7 +128,6 @@ def main() -> int:
     from airflow_provider_sft.core.params import SFTParams
     from airflow_provider_sft.core.run import TrainingRun
     from airflow_provider_sft.core.trainjob import KubernetesOptions, SpecGeneration, build_trainjob
-    from tests.k8s import harness
     from tests.k8s.fake_core import FakeCluster
 
     if not harness.available():

@@ -45,3 +45,10 @@ def cluster(fake_cluster, request):
 @pytest.fixture
 def namespace():
     return f"t-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def k8s_connection(cluster, namespace, monkeypatch):
+    """``kubernetes_default`` (a cncf ``kubernetes`` connection) pointing at the test cluster."""
+    monkeypatch.setenv("AIRFLOW_CONN_KUBERNETES_DEFAULT", harness.connection_uri(cluster.url, namespace))
+    return "kubernetes_default"

@@ -22,27 +22,7 @@ TOKEN = "hf_DagLevelSecretToken987"
 
 
 @pytest.mark.crd("v2.2")
-def test_example_dag_on_kubernetes(cluster, namespace, tiny_model, tmp_path, monkeypatch):
-    kubeconfig = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "current-context": "test",
-        "clusters": [{"name": "test", "cluster": {"server": cluster.url}}],
-        "users": [{"name": "test", "user": {"token": "not-a-real-token"}}],
-        "contexts": [
-            {"name": "test", "context": {"cluster": "test", "user": "test", "namespace": namespace}}
-        ],
-    }
-    (tmp_path / "kubeconfig").write_text(json.dumps(kubeconfig))
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_KUBERNETES_DEFAULT",
-        json.dumps(
-            {
-                "conn_type": "kubernetes",
-                "extra": {"kube_config_path": str(tmp_path / "kubeconfig"), "namespace": namespace},
-            }
-        ),
-    )
+def test_example_dag_on_kubernetes(cluster, namespace, k8s_connection, tiny_model, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     cluster.auto_run(namespace, extra_env={"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"})
     workspace = tmp_path / "pvc"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from types import SimpleNamespace
 
 import pytest
@@ -28,20 +27,7 @@ class RecordingTI(SimpleNamespace):
         ),
     ],
 )
-def test_bad_input_creates_nothing(cluster, namespace, tmp_path, monkeypatch, kwargs, message):
-    kubeconfig = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "current-context": "t",
-        "clusters": [{"name": "t", "cluster": {"server": cluster.url}}],
-        "users": [{"name": "t", "user": {"token": "x"}}],
-        "contexts": [{"name": "t", "context": {"cluster": "t", "user": "t", "namespace": namespace}}],
-    }
-    (tmp_path / "kc").write_text(json.dumps(kubeconfig))
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_KUBERNETES_DEFAULT",
-        json.dumps({"conn_type": "kubernetes", "extra": {"kube_config_path": str(tmp_path / "kc")}}),
-    )
+def test_bad_input_creates_nothing(cluster, namespace, k8s_connection, monkeypatch, kwargs, message):
     monkeypatch.setenv("HF_TOKEN", "hf_x")
     op = SFTTrainOperator(
         task_id="train",

@@ -14,31 +14,15 @@ from airflow_provider_sft.core.params import SFTParams
 from airflow_provider_sft.core.run import TrainingRun
 from airflow_provider_sft.core.trainjob import KubernetesOptions, SpecGeneration
 from airflow_provider_sft.triggers.trainjob import TrainJobTrigger
+from tests.k8s import harness
 
 CONN_ID = "sft_test_k8s"
 
 
 @pytest.fixture
-def connection(cluster, namespace, tmp_path, monkeypatch):
+def connection(cluster, namespace, monkeypatch):
     """An Airflow connection of the cncf ``kubernetes`` type pointing at the test cluster."""
-    kubeconfig = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "current-context": "test",
-        "clusters": [{"name": "test", "cluster": {"server": cluster.url}}],
-        "users": [{"name": "test", "user": {"token": "not-a-real-token"}}],
-        "contexts": [
-            {"name": "test", "context": {"cluster": "test", "user": "test", "namespace": namespace}}
-        ],
-    }
-    path = tmp_path / "kubeconfig"
-    path.write_text(json.dumps(kubeconfig))
-    monkeypatch.setenv(
-        f"AIRFLOW_CONN_{CONN_ID.upper()}",
-        json.dumps(
-            {"conn_type": "kubernetes", "extra": {"kube_config_path": str(path), "namespace": namespace}}
-        ),
-    )
+    monkeypatch.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", harness.connection_uri(cluster.url, namespace))
     return CONN_ID
 
 

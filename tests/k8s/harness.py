@@ -179,6 +179,32 @@ def _exists(api, name: str) -> bool:
         raise
 
 
+def kubeconfig(server_url: str, namespace: str = "default") -> dict:
+    """A kubeconfig for ``server_url`` (the fake cluster's loopback endpoint)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "current-context": "test",
+        "clusters": [{"name": "test", "cluster": {"server": server_url}}],
+        "users": [{"name": "test", "user": {"token": "not-a-real-token"}}],
+        "contexts": [
+            {"name": "test", "context": {"cluster": "test", "user": "test", "namespace": namespace}}
+        ],
+    }
+
+
+def connection_uri(server_url: str, namespace: str = "default") -> str:
+    """An Airflow connection (cncf ``kubernetes`` type, JSON form) with an inline kubeconfig."""
+    import json
+
+    return json.dumps(
+        {
+            "conn_type": "kubernetes",
+            "extra": {"kube_config": json.dumps(kubeconfig(server_url, namespace)), "namespace": namespace},
+        }
+    )
+
+
 def trainjob_crd(generation: str = "both") -> dict:
     """The TrainJob CRD (tests/k8s/trainjob-crd.yaml) as served by one Trainer release.
 
