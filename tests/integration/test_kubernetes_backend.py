@@ -335,3 +335,9 @@ def test_async_wait_relists_after_410(cluster, namespace):
             return await asyncio.wait_for(task, 30)
 
     assert asyncio.run(main()).phase is JobPhase.SUCCEEDED
+
+
+def test_secret_looking_envs_are_refused(cluster, namespace):
+    with pytest.raises(InvalidParameterError, match="HF_TOKEN look") as info:
+        backend(cluster, namespace).submit(make_run(envs=f"HF_TOKEN={TOKEN},MODE=fast"))
+    assert TOKEN not in str(info.value)

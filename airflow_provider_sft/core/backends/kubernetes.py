@@ -9,6 +9,7 @@ again; a succeeded one is reused. Secrets go into a Secret owned by the TrainJob
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +42,7 @@ from airflow_provider_sft.core.trainjob import (
 )
 
 log = logging.getLogger(__name__)
+_SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|API_?KEY|CREDENTIAL", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,15 @@ class KubernetesBackend(TrainingBackend):
     # --- contract ---------------------------------------------------------------------------
 
     def preflight(self, run: TrainingRun) -> None:
+        secret_like = sorted(key for key in run.params.envs if _SECRET_NAME.search(key))
+        if secret_like:
+            raise InvalidParameterError(
+                {
+                    "envs": f"{', '.join(secret_like)} look(s) like a secret: envs become plain values in the "
+                    "TrainJob spec. Pass the HuggingFace token with hf_conn_id (or HF_TOKEN in the worker's "
+                    "environment), which goes through a Kubernetes Secret"
+                }
+            )
         if run.params.base_model.startswith("oci://"):
             raise InvalidParameterError(
                 {

@@ -104,3 +104,24 @@ def test_trigger_form_schema_matches_the_params_model():
         "minimum": 1,
     }
     assert schemas["data_output_dir"]["type"] == ["string", "null"]
+
+
+def test_console_link_points_at_the_trainjob(monkeypatch):
+    from airflow_provider_sft import links
+
+    job = {"backend": "kubernetes", "name": "sft-run-1", "namespace": "ml"}
+    # XCom.get_value stands in for the metadata database the link reads in a real webserver.
+    monkeypatch.setattr(
+        links.XCom, "get_value", staticmethod(lambda ti_key, key: job if key == "training_job" else None)
+    )
+    op = SFTTrainOperator(
+        task_id="t",
+        dataset_path="d",
+        workspace="/w",
+        console_url_template="https://console/ns/{namespace}/trainjobs/{name}",
+    )
+    assert (
+        links.TrainJobConsoleLink().get_link(op, ti_key=None) == "https://console/ns/ml/trainjobs/sft-run-1"
+    )
+    job["backend"] = "local"
+    assert links.TrainJobConsoleLink().get_link(op, ti_key=None) == ""
