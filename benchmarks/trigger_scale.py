@@ -166,10 +166,14 @@ def main() -> int:
         )
     for n in args.jobs:
         watch, poll = (next(r for r in rows if r["jobs"] == n and r["mode"] == m) for m in ("watch", "poll"))
-        ratio = poll["requests_per_job_minute"] / max(watch["requests_per_job_minute"], 1e-9)
-        print(
-            f"N={n}: poll sends {ratio:.1f}x the requests of watch; CPU poll/watch = {poll['cpu_seconds'] / watch['cpu_seconds']:.2f}"
-        )
+        cpu = poll["cpu_seconds"] / watch["cpu_seconds"]
+        if watch["requests_per_job_minute"] == 0:
+            print(
+                f"N={n}: poll {poll['requests_per_job_minute']:.1f} requests/job-minute, watch none in the window; CPU poll/watch = {cpu:.2f}"
+            )
+        else:
+            ratio = poll["requests_per_job_minute"] / watch["requests_per_job_minute"]
+            print(f"N={n}: poll sends {ratio:.1f}x the requests of watch; CPU poll/watch = {cpu:.2f}")
     return 0
 
 
