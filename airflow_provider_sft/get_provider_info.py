@@ -23,6 +23,14 @@ def get_provider_info() -> dict:
                 "tags": ["software"],
             }
         ],
+        "extra-links": [
+            "airflow_provider_sft.links.TrainJobConsoleLink",
+            "airflow_provider_sft.links.LossChartLink",
+        ],
+        "triggers": [
+            {"integration-name": INTEGRATION, "python-modules": ["airflow_provider_sft.triggers.trainjob"]}
+        ],
+        "hooks": [{"integration-name": INTEGRATION, "python-modules": ["airflow_provider_sft.hooks.sft"]}],
         "operators": [
             {
                 "integration-name": INTEGRATION,

@@ -17,3 +17,16 @@ class TrainJobConsoleLink(BaseOperatorLink):
         if not template or not job or job.get("backend") != "kubernetes":
             return ""
         return template.format(namespace=job.get("namespace", ""), name=job.get("name", ""))
+
+
+class LossChartLink(BaseOperatorLink):
+    """The loss chart the report task wrote (``chart_url_template`` maps its path to a URL)."""
+
+    name = "Loss chart"
+
+    def get_link(self, operator, *, ti_key) -> str:
+        path = XCom.get_value(ti_key=ti_key, key="chart_path")
+        if not path:
+            return ""
+        template = getattr(operator, "chart_url_template", None) or "file://{path}"
+        return template.format(path=path)

@@ -12,6 +12,7 @@ from airflow_provider_sft.core import constants as c
 from airflow_provider_sft.core.chart import write_loss_chart
 from airflow_provider_sft.core.export import export_model
 from airflow_provider_sft.core.metrics import read_step_records, summarize, write_summary
+from airflow_provider_sft.links import LossChartLink
 
 
 class ExportModelOperator(BaseOperator):
@@ -65,21 +66,31 @@ class LossChartOperator(BaseOperator):
     :param training_output_dir: the training run's directory. (templated)
     :param chart_path: output HTML path, default ``<workspace>/loss_chart.html``. (templated)
     :param workspace: workspace root. (templated)
+    :param chart_url_template: how the "Loss chart" extra link reaches the file, with a ``{path}``
+        placeholder, e.g. ``https://files.example.com{path}``; default ``file://{path}``.
 
     Returns (XCom) ``chart_path``.
     """
 
     template_fields: Sequence[str] = ("training_output_dir", "workspace", "chart_path")
     ui_color = "#fdf2e9"
+    operator_extra_links = (LossChartLink(),)
 
     def __init__(
-        self, *, training_output_dir: str, workspace: str, chart_path: str | None = None, **kwargs: Any
+        self,
+        *,
+        training_output_dir: str,
+        workspace: str,
+        chart_path: str | None = None,
+        chart_url_template: str | None = None,
+        **kwargs: Any,
     ):
         kwargs.setdefault("multiple_outputs", True)  # each result key is its own XCom too
         super().__init__(**kwargs)
         self.training_output_dir = training_output_dir
         self.workspace = workspace
         self.chart_path = chart_path
+        self.chart_url_template = chart_url_template
 
     def execute(self, context: Any) -> dict[str, Any]:
         records, skipped = read_step_records(Path(self.training_output_dir) / c.METRICS_FILE)

@@ -48,7 +48,12 @@ def test_provider_entry_point_and_info_match_airflows_schema():
     assert info["versions"] == [airflow_provider_sft.__version__]
 
 
-def test_every_registered_module_imports():
-    for group in get_provider_info()["operators"]:
-        for module in group["python-modules"]:
-            importlib.import_module(module)
+def test_every_registered_module_and_link_imports():
+    info = get_provider_info()
+    for kind in ("operators", "triggers", "hooks"):
+        for group in info[kind]:
+            for module in group["python-modules"]:
+                importlib.import_module(module)
+    for link in info["extra-links"]:
+        module, _, name = link.rpartition(".")
+        assert getattr(importlib.import_module(module), name)

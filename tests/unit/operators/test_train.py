@@ -125,3 +125,18 @@ def test_console_link_points_at_the_trainjob(monkeypatch):
     )
     job["backend"] = "local"
     assert links.TrainJobConsoleLink().get_link(op, ti_key=None) == ""
+
+
+def test_loss_chart_link(monkeypatch):
+    from airflow_provider_sft import links
+    from airflow_provider_sft.operators.export import LossChartOperator
+
+    monkeypatch.setattr(
+        links.XCom,
+        "get_value",
+        staticmethod(lambda ti_key, key: "/ws/loss_chart.html" if key == "chart_path" else None),
+    )
+    op = LossChartOperator(task_id="report", training_output_dir="/ws/runs/r", workspace="/ws")
+    assert links.LossChartLink().get_link(op, ti_key=None) == "file:///ws/loss_chart.html"
+    op.chart_url_template = "https://files.example.com{path}"
+    assert links.LossChartLink().get_link(op, ti_key=None) == "https://files.example.com/ws/loss_chart.html"
