@@ -3,6 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
+bash scripts/install.sh kfp
 # A real Kubernetes API server for the TrainJob tests: etcd (Debian) + crdserver built from
 # Debian's Go sources (cached in ~/.cache; about 5 minutes the first time). Without them those
 # tests skip with the reason, except in CI where a failed setup fails the run.
@@ -13,4 +14,6 @@ fi
 bash tests/k8s/build-crdserver.sh >/dev/null || [ "${CI:-}" != true ] || exit 1
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 .venv/bin/ruff check .
+# The KFP shim in its own venv (kfp's pins conflict with Airflow's), then everything else.
+.venv-kfp/bin/python -m pytest tests/kfp -p no:cacheprovider "$@"
 exec .venv/bin/python -m pytest "$@"

@@ -122,6 +122,45 @@ class RetryPolicy:
 
 _CRD = (c.TRAINER_GROUP, c.TRAINER_VERSION)
 
+SERVER_URL_ENV = "KUBERNETES_SERVER_URL"
+AUTH_TOKEN_ENV = "KUBERNETES_AUTH_TOKEN"
+CA_CERT_ENV = "KUBERNETES_CA_CERT"
+IN_CLUSTER_CA = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
+IN_CLUSTER_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+
+
+def environment_server() -> tuple[str, str, str] | None:
+    """(url, token, CA path) from ``KUBERNETES_SERVER_URL``/``KUBERNETES_AUTH_TOKEN`` (the seed's
+    variables), or None when they are not set. The token is never sent to an unverified server."""
+    import os
+    from pathlib import Path
+
+    url, token = os.environ.get(SERVER_URL_ENV), os.environ.get(AUTH_TOKEN_ENV)
+    if not url or not token:
+        return None
+    ca = os.environ.get(CA_CERT_ENV) or (IN_CLUSTER_CA if Path(IN_CLUSTER_CA).exists() else "")
+    if not ca:
+        raise ValueError(
+            f"{SERVER_URL_ENV} is set but no CA certificate was found: set {CA_CERT_ENV} to the "
+            "cluster CA bundle path (the token is not sent to an unverified server)"
+        )
+    return url, token, ca
+
+
+def api_client_from_environment() -> Any:
+    """A sync ApiClient from the seed's environment variables, else the in-cluster service account."""
+    from kubernetes import client, config
+
+    server = environment_server()
+    if server is None:
+        config.load_incluster_config()
+        return client.ApiClient()
+    url, token, ca = server
+    configuration = client.Configuration()
+    configuration.host, configuration.ssl_ca_cert = url, ca
+    configuration.api_key = {"authorization": f"Bearer {token}"}
+    return client.ApiClient(configuration)
+
 
 class TrainJobClient:
     """Sync client over a ``kubernetes.client.ApiClient``."""

@@ -11,21 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 from collections.abc import AsyncIterator
 from functools import cached_property
-from pathlib import Path
 from typing import Any
 
 from airflow.providers.cncf.kubernetes.hooks.kubernetes import AsyncKubernetesHook, KubernetesHook
 from airflow.sdk.bases.hook import BaseHook
 
-from airflow_provider_sft.core.kube import AsyncTrainJobClient, RetryPolicy, TrainJobClient
-
-SERVER_URL_ENV = "KUBERNETES_SERVER_URL"
-AUTH_TOKEN_ENV = "KUBERNETES_AUTH_TOKEN"
-CA_CERT_ENV = "KUBERNETES_CA_CERT"
-IN_CLUSTER_CA = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
+from airflow_provider_sft.core.kube import (
+    AsyncTrainJobClient,
+    RetryPolicy,
+    TrainJobClient,
+    api_client_from_environment,
+    environment_server,
+)
 
 
 class SFTTrainingHook(BaseHook):
@@ -45,30 +44,13 @@ class SFTTrainingHook(BaseHook):
 
     @staticmethod
     def _env_server() -> tuple[str, str, str] | None:
-        """(url, token, ca) from the environment, or None when not configured there."""
-        url, token = os.environ.get(SERVER_URL_ENV), os.environ.get(AUTH_TOKEN_ENV)
-        if not url or not token:
-            return None
-        ca = os.environ.get(CA_CERT_ENV) or (IN_CLUSTER_CA if Path(IN_CLUSTER_CA).exists() else "")
-        if not ca:
-            raise ValueError(
-                f"{SERVER_URL_ENV} is set but no CA certificate was found: set {CA_CERT_ENV} to the "
-                "cluster CA bundle path (the token is not sent to an unverified server)"
-            )
-        return url, token, ca
+        return environment_server()
 
     @cached_property
     def api_client(self) -> Any:
-        env = self._env_server()
-        if env is None:
+        if self._env_server() is None:
             return KubernetesHook(conn_id=self.kubernetes_conn_id).api_client
-        from kubernetes import client
-
-        url, token, ca = env
-        config = client.Configuration()
-        config.host, config.ssl_ca_cert = url, ca
-        config.api_key = {"authorization": f"Bearer {token}"}
-        return client.ApiClient(config)
+        return api_client_from_environment()
 
     def get_namespace(self) -> str | None:
         if self._env_server() is not None:

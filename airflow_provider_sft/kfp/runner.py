@@ -1,0 +1,155 @@
+"""What the KFP component does, on the shared core (no KFP import here).
+
+``run_train_model`` receives the component's arguments as they are (artifacts are
+duck-typed: ``.path``, ``.metadata``, ``.log_metric``) and does what the original
+"SFT Training Component" did, on the same core as the Airflow operator:
+
+1. validate every ``training_*`` parameter (errors name them, before any work);
+2. resolve the dataset artifact (or the PVC's ``dataset/train.jsonl``) into
+   ``<pvc_path>/dataset/train.jsonl``;
+3. train: as a TrainJob when the pod can reach a cluster (``KUBERNETES_SERVER_URL`` +
+   ``KUBERNETES_AUTH_TOKEN``, or an in-cluster service account), else on the
+   embedded local backend (``SFT_BACKEND=local|kubernetes`` forces one);
+4. export ``<pvc_path>/final_model`` and the model artifact, log the metrics, write
+   the loss chart; return ``"training completed"``.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+from airflow_provider_sft.core import constants as c
+from airflow_provider_sft.core.backends import BackendName, JobStatus, TrainingBackend
+from airflow_provider_sft.core.chart import write_loss_chart
+from airflow_provider_sft.core.dataset import resolve_dataset
+from airflow_provider_sft.core.errors import DatasetError, TrainingFailedError
+from airflow_provider_sft.core.export import export_model
+from airflow_provider_sft.core.metrics import read_step_records, summarize, write_summary
+from airflow_provider_sft.core.params import COMPONENT_PARAMETER_PREFIX, SFTParams
+from airflow_provider_sft.core.run import TrainingRun, run_name
+
+COMPLETED = "training completed"
+BACKEND_ENV = "SFT_BACKEND"
+LOGGED_METRICS = (
+    "final_loss",
+    "min_loss",
+    "perplexity",
+    "steps",
+    "total_tokens",
+    "samples_seen",
+    "avg_throughput_samples_per_second",
+    "runtime_seconds",
+)
+
+
+def choose_backend() -> BackendName:
+    forced = os.environ.get(BACKEND_ENV)
+    if forced:
+        return BackendName(forced)
+    from airflow_provider_sft.core.kube import IN_CLUSTER_CA, environment_server
+
+    if environment_server() is not None or Path(IN_CLUSTER_CA).exists():
+        return BackendName.KUBERNETES
+    return BackendName.LOCAL
+
+
+def _dataset_path(dataset: Any, pvc_path: str) -> str:
+    if dataset is not None and getattr(dataset, "path", None):
+        return resolve_dataset(dataset.path, pvc_path).path
+    existing = Path(pvc_path) / c.DATASET_DIR / "train.jsonl"
+    if existing.is_file():
+        return resolve_dataset(str(existing), Path(pvc_path) / ".sft-resolve").path
+    raise DatasetError(f"No dataset: pass the `dataset` input or put the data at {existing}")
+
+
+def _pvc_from_task_config(task_config: Any, pvc_path: str) -> str | None:
+    """The PVC claim mounted at ``pvc_path`` according to the KFP TaskConfig passthrough."""
+    if task_config is None:
+        return None
+    mounts = {m.get("name"): m.get("mountPath") for m in (getattr(task_config, "volume_mounts", None) or [])}
+    for volume in getattr(task_config, "volumes", None) or []:
+        claim = (volume.get("persistentVolumeClaim") or {}).get("claimName")
+        if claim and mounts.get(volume.get("name")) in (pvc_path, None):
+            return claim
+    return None
+
+
+def _backend(kind: BackendName, task_config: Any, pvc_path: str) -> TrainingBackend:
+    if kind is BackendName.LOCAL:
+        from airflow_provider_sft.core.backends.local import LocalProcessBackend
+
+        return LocalProcessBackend()
+    from airflow_provider_sft.core.backends.kubernetes import Credentials, KubernetesBackend
+    from airflow_provider_sft.core.kube import (
+        IN_CLUSTER_NAMESPACE,
+        TrainJobClient,
+        api_client_from_environment,
+    )
+    from airflow_provider_sft.core.trainjob import KubernetesOptions
+
+    namespace_file = Path(IN_CLUSTER_NAMESPACE)
+    namespace = os.environ.get("SFT_NAMESPACE") or (
+        namespace_file.read_text().strip() if namespace_file.exists() else "default"
+    )
+    return KubernetesBackend(
+        TrainJobClient(api_client_from_environment()),
+        options=KubernetesOptions(
+            namespace=namespace,
+            runtime_name=os.environ.get("SFT_RUNTIME", c.DEFAULT_RUNTIME),
+            pvc_name=_pvc_from_task_config(task_config, pvc_path),
+            workspace_mount_path=pvc_path,
+        ),
+        credentials=Credentials(
+            hf_token=os.environ.get(c.HF_TOKEN_ENV) or None,
+            oci_pull_secret=os.environ.get(c.OCI_PULL_SECRET_ENV) or None,
+        ),
+    )
+
+
+def run_train_model(
+    *,
+    pvc_path: str,
+    output_model: Any,
+    output_metrics: Any,
+    output_loss_chart: Any,
+    dataset: Any = None,
+    kubernetes_config: Any = None,
+    **training: Any,
+) -> str:
+    params = SFTParams.from_component_kwargs(**training)  # fails here, before any work
+    unknown = [name for name in training if not name.startswith(COMPONENT_PARAMETER_PREFIX)]
+    assert not unknown, unknown  # from_component_kwargs already rejects these
+    dataset_path = _dataset_path(dataset, pvc_path)
+    name = run_name("kfp", os.environ.get("KFP_RUN_ID") or uuid.uuid4().hex)
+    run = TrainingRun(name, params, dataset_path, str(Path(pvc_path) / c.RUNS_DIR / name))
+    backend = _backend(choose_backend(), kubernetes_config, pvc_path)
+    handle = backend.submit(run)
+    result = backend.wait(handle, on_log=lambda line: print(line, flush=True))
+    if result.status is not JobStatus.SUCCEEDED:
+        raise TrainingFailedError(f"Training run {name} failed: {result.message}")
+
+    final = export_model(run.output_dir, Path(pvc_path) / c.FINAL_MODEL_DIR)
+    artifact = export_model(run.output_dir, output_model.path)
+    output_model.metadata.update(
+        {
+            "base_model": params.base_model,
+            "source_checkpoint": final.source_checkpoint,
+            "pvc_model_path": final.model_path,
+            "files": artifact.files,
+            "bytes": artifact.bytes,
+            "algorithm": "sft",
+            "backend": "instructlab-training",
+        }
+    )
+    records, skipped = read_step_records(Path(run.output_dir) / c.METRICS_FILE)
+    summary = summarize(records, skipped_lines=skipped)
+    write_summary(summary, Path(pvc_path) / c.METRICS_SUMMARY_FILE)
+    for key in LOGGED_METRICS:
+        value = getattr(summary, key)
+        if value is not None:
+            output_metrics.log_metric(key, float(value))
+    write_loss_chart(records, output_loss_chart.path, summary=summary, title=f"SFT loss — {name}")
+    return COMPLETED

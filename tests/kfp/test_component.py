@@ -1,0 +1,241 @@
+"""The KFP shim keeps the seed component's exact interface and runs on the shared core.
+
+Runs in .venv-kfp (kfp 2.17.0, no Airflow): scripts/test.sh creates it.
+"""
+
+import inspect
+import json
+import re
+import typing
+from pathlib import Path
+
+import pytest
+import yaml
+from kfp import compiler, dsl, local
+from kfp.dsl.types import type_annotations
+
+from airflow_provider_sft.core.errors import InvalidParameterError
+from airflow_provider_sft.kfp import PACKAGES_TO_INSTALL, make_train_model, train_model
+from airflow_provider_sft.kfp.runner import run_train_model
+from tests.conftest import REPO_ROOT
+
+SHARED_SEED = REPO_ROOT.parent / "shared" / "seed" / "sft-component.md"
+VENDORED_SEED = Path(__file__).with_name("seed-sft-component.md")
+
+
+def seed_table() -> list[tuple[str, str, str, str]]:
+    """(name, type, default, description) rows of the seed's Inputs table."""
+    text = (SHARED_SEED if SHARED_SEED.exists() else VENDORED_SEED).read_text()
+    section = text.split("## Inputs", 1)[1].split("## Outputs", 1)[0]
+    rows = []
+    for line in section.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and cells[0].startswith("`"):
+            rows.append(tuple(cell.strip("`") for cell in cells))
+    return rows
+
+
+def test_vendored_seed_is_the_shared_one():
+    if SHARED_SEED.exists():
+        assert VENDORED_SEED.read_text() == SHARED_SEED.read_text()
+
+
+def annotation_text(annotation) -> str:
+    """The seed table's spelling of a parameter annotation."""
+    if annotation is dsl.TaskConfig:
+        return "dsl.TaskConfig"
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:  # dsl.Input[...] / dsl.Output[...]
+        artifact, marker = typing.get_args(annotation)
+        kind = "Output" if marker is type_annotations.OutputAnnotation else "Input"
+        return f"dsl.{kind}[dsl.{artifact.__name__}]"
+    if origin is typing.Union:
+        (inner,) = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+        return f"Optional[{inner.__name__}]"
+    return annotation.__name__
+
+
+def default_text(parameter: inspect.Parameter) -> str:
+    if parameter.default is inspect.Parameter.empty:
+        return "Required"
+    value = parameter.default
+    if value is None:
+        return "None"
+    if value == "" or (isinstance(value, str) and value.isdigit()):
+        return json.dumps(value)  # the table quotes "" and "4"
+    return str(value)
+
+
+def test_signature_matches_the_seed_table_exactly():
+    rows = seed_table()
+    parameters = list(inspect.signature(train_model.python_func).parameters.values())
+    assert [p.name for p in parameters] == [row[0] for row in rows]  # names and order
+    for parameter, (name, type_text, default, description) in zip(parameters, rows, strict=True):
+        assert annotation_text(parameter.annotation) == type_text, name
+        expected_default = (
+            default.strip('"')
+            if default.startswith('"') and default != '""' and not default.strip('"').isdigit()
+            else default
+        )
+        assert default_text(parameter) == expected_default, name
+        assert description in inspect.getdoc(train_model.python_func), name
+    assert inspect.signature(train_model.python_func).return_annotation is str
+    assert len(rows) == 29
+
+
+def test_packages_to_install_is_the_published_provider():
+    assert PACKAGES_TO_INSTALL[0].startswith("airflow-provider-sft[train]==")
+    command = " ".join(train_model.component_spec.implementation.container.command)
+    assert "airflow-provider-sft[train]==" in command
+    custom = make_train_model(packages_to_install=["airflow-provider-sft @ file:///wheels/x.whl"])
+    assert "file:///wheels/x.whl" in " ".join(custom.component_spec.implementation.container.command)
+
+
+def test_seed_example_pipeline_compiles(tmp_path):
+    @dsl.pipeline(
+        name="my-sft-pipeline", pipeline_config=dsl.PipelineConfig(workspace=dsl.WorkspaceConfig(size="10Gi"))
+    )
+    def my_pipeline():
+        train_model(
+            pvc_path=dsl.WORKSPACE_PATH_PLACEHOLDER,
+            training_base_model="Qwen/Qwen2.5-1.5B-Instruct",
+            training_num_epochs=1,
+            training_effective_batch_size=128,
+            training_max_seq_len=8192,
+            training_max_tokens_per_gpu=10000,
+        )
+
+    package = tmp_path / "pipeline.yaml"
+    compiler.Compiler().compile(my_pipeline, str(package))
+    spec, *platform = yaml.safe_load_all(package.read_text())  # pipeline spec, then platform spec
+    component = spec["components"]["comp-train-model"]
+    parameters = component["inputDefinitions"]["parameters"]
+    assert parameters["training_effective_batch_size"] == {
+        "defaultValue": 128.0,
+        "description": "Effective batch size per optimizer step.",
+        "isOptional": True,
+        "parameterType": "NUMBER_INTEGER",
+    }
+    described = {**parameters, **component["inputDefinitions"]["artifacts"]}
+    for name, _type, _default, description in seed_table():
+        if name in described:
+            assert described[name].get("description") == description, name
+    assert parameters["training_learning_rate"]["parameterType"] == "NUMBER_DOUBLE"
+    assert parameters["training_envs"]["defaultValue"] == ""
+    assert parameters["pvc_path"]["parameterType"] == "STRING" and "isOptional" not in parameters["pvc_path"]
+    assert parameters["kubernetes_config"]["parameterType"] == "TASK_CONFIG"
+    assert (
+        component["inputDefinitions"]["artifacts"]["dataset"]["artifactType"]["schemaTitle"]
+        == "system.Dataset"
+    )
+    outputs = component["outputDefinitions"]
+    assert {name: a["artifactType"]["schemaTitle"] for name, a in outputs["artifacts"].items()} == {
+        "output_model": "system.Model",
+        "output_metrics": "system.Metrics",
+        "output_loss_chart": "system.HTML",
+    }
+    assert outputs["parameters"]["Output"]["parameterType"] == "STRING"
+
+
+class Artifact:
+    """Stands in for a KFP output artifact when the runner is called directly."""
+
+    def __init__(self, path):
+        self.path, self.metadata, self.metrics = str(path), {}, {}
+
+    def log_metric(self, key, value):
+        self.metrics[key] = value
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        pytest.param({"training_envs": "K"}, "training_envs: item 1 ('K') is not KEY=VALUE", id="envs"),
+        pytest.param(
+            {"training_resource_cpu_per_worker": "abc"},
+            "training_resource_cpu_per_worker: must be a Kubernetes quantity",
+            id="cpu",
+        ),
+        pytest.param(
+            {"training_fsdp_sharding_strategy": "ALL"},
+            "training_fsdp_sharding_strategy: must be one of",
+            id="fsdp",
+        ),
+    ],
+)
+def test_bad_inputs_fail_before_any_work(tmp_path, kwargs, message):
+    pvc = tmp_path / "pvc"
+    with pytest.raises(InvalidParameterError, match=re.escape(message)):
+        run_train_model(
+            pvc_path=str(pvc),
+            output_model=Artifact(tmp_path / "m"),
+            output_metrics=Artifact(tmp_path / "x"),
+            output_loss_chart=Artifact(tmp_path / "c.html"),
+            **kwargs,
+        )
+    assert not pvc.exists()
+
+
+@dsl.component(packages_to_install=[], install_kfp_package=False, base_image="python:3.11")
+def bundled_dataset(data: dsl.Output[dsl.Dataset]):
+    """Writes the chat dataset shipped with the provider as a Dataset artifact."""
+    import shutil
+
+    from airflow_provider_sft.core.sample_data import bundled_dataset_path
+
+    shutil.copy(bundled_dataset_path(), data.path)
+
+
+@pytest.mark.slow
+def test_kfp_local_run_end_to_end(tiny_model, tmp_path, monkeypatch):
+    monkeypatch.setenv("SFT_BACKEND", "local")  # the embedded backend: no cluster here
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "outputs"))
+    component = make_train_model(packages_to_install=[], install_kfp_package=False)  # already installed here
+    pvc = tmp_path / "pvc"
+
+    @dsl.pipeline(name="sft-local")
+    def pipeline():
+        data = bundled_dataset()
+        component(
+            pvc_path=str(pvc),
+            dataset=data.outputs["data"],
+            training_base_model=str(tiny_model),
+            training_effective_batch_size=32,
+            training_max_seq_len=512,
+            training_max_tokens_per_gpu=4096,
+            training_learning_rate=1e-3,
+            training_resource_gpu_per_worker=0,
+            training_resource_cpu_per_worker="1",
+            training_resource_memory_per_worker="8Gi",
+            # kfp.local 2.17.0 casts every Optional[int] input with int(), so None defaults crash it
+            # (executor_input_utils.py); remote KFP passes them through. Give them values here.
+            training_lr_warmup_steps=2,
+            training_num_epochs=1,
+            training_seed=7,
+            training_save_samples=0,
+        )
+
+    pipeline()
+    (task_dir,) = (tmp_path / "outputs").glob("sft-local-*/train-model")
+    executor = json.loads((task_dir / "executor_output.json").read_text())
+    assert executor["parameterValues"]["Output"] == "training completed"
+
+    from transformers import AutoModelForCausalLM
+
+    model_dir = task_dir / "output_model"
+    assert AutoModelForCausalLM.from_pretrained(model_dir).num_parameters() > 0
+    assert (model_dir / "sft_manifest.json").exists()
+    model_meta = executor["artifacts"]["output_model"]["artifacts"][0]["metadata"]
+    assert model_meta["base_model"] == str(tiny_model) and model_meta["pvc_model_path"] == str(
+        pvc / "final_model"
+    )
+    assert (pvc / "final_model" / "model.safetensors").exists()  # as the original: <pvc>/final_model
+
+    metrics = executor["artifacts"]["output_metrics"]["artifacts"][0]["metadata"]
+    assert {"final_loss", "min_loss", "perplexity", "steps", "total_tokens", "runtime_seconds"} <= set(
+        metrics
+    )
+    assert metrics["steps"] == 8 and metrics["min_loss"] <= metrics["final_loss"]
+
+    html = (task_dir / "output_loss_chart").read_text()
+    assert "Plotly.newPlot" in html and not re.search(r"<script[^>]+src=[\"']?https?:", html)
