@@ -107,7 +107,7 @@ def test_seed_example_pipeline_compiles(tmp_path):
 
     package = tmp_path / "pipeline.yaml"
     compiler.Compiler().compile(my_pipeline, str(package))
-    spec, *platform = yaml.safe_load_all(package.read_text())  # pipeline spec, then platform spec
+    spec, *_platform = yaml.safe_load_all(package.read_text())  # pipeline spec, then platform spec
     component = spec["components"]["comp-train-model"]
     parameters = component["inputDefinitions"]["parameters"]
     assert parameters["training_effective_batch_size"] == {
