@@ -1,6 +1,7 @@
 """The KFP v2 component. No ``from __future__ import annotations``: KFP reads the real annotations."""
 
 import os
+from typing import Optional
 
 from kfp import dsl
 
@@ -31,11 +32,11 @@ def train_model(
     training_effective_batch_size: int = 128,
     training_max_tokens_per_gpu: int = 10000,
     training_max_seq_len: int = 8192,
-    training_learning_rate: float | None = None,
-    training_lr_warmup_steps: int | None = None,
-    training_checkpoint_at_epoch: bool | None = None,
-    training_num_epochs: int | None = None,
-    training_data_output_dir: str | None = None,
+    training_learning_rate: Optional[float] = None,
+    training_lr_warmup_steps: Optional[int] = None,
+    training_checkpoint_at_epoch: Optional[bool] = None,
+    training_num_epochs: Optional[int] = None,
+    training_data_output_dir: Optional[str] = None,
     training_envs: str = "",
     training_resource_cpu_per_worker: str = "4",
     training_resource_gpu_per_worker: int = 1,
@@ -44,12 +45,12 @@ def train_model(
     training_resource_num_workers: int = 1,
     training_metadata_labels: str = "",
     training_metadata_annotations: str = "",
-    training_seed: int | None = None,
-    training_use_liger: bool | None = None,
-    training_lr_scheduler: str | None = None,
-    training_save_samples: int | None = None,
-    training_accelerate_full_state_at_epoch: bool | None = None,
-    training_fsdp_sharding_strategy: str | None = None,
+    training_seed: Optional[int] = None,
+    training_use_liger: Optional[bool] = None,
+    training_lr_scheduler: Optional[str] = None,
+    training_save_samples: Optional[int] = None,
+    training_accelerate_full_state_at_epoch: Optional[bool] = None,
+    training_fsdp_sharding_strategy: Optional[str] = None,
     kubernetes_config: dsl.TaskConfig = None,
 ) -> str:
     """Train model using SFT (Supervised Fine-Tuning) via TrainingHub (instructlab-training backend).

@@ -239,3 +239,29 @@ def test_kfp_local_run_end_to_end(tiny_model, tmp_path, monkeypatch):
 
     html = (task_dir / "output_loss_chart").read_text()
     assert "Plotly.newPlot" in html and not re.search(r"<script[^>]+src=[\"']?https?:", html)
+
+
+def test_bad_input_fails_the_kfp_task_with_the_core_message(tmp_path, capfd, monkeypatch):
+    monkeypatch.setenv("SFT_BACKEND", "local")
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "outputs"))
+    component = make_train_model(packages_to_install=[], install_kfp_package=False)
+    pvc = tmp_path / "pvc"
+
+    @dsl.pipeline(name="sft-bad-input")
+    def pipeline():
+        component(
+            pvc_path=str(pvc),
+            training_envs="K",
+            training_resource_cpu_per_worker="abc",
+            training_lr_warmup_steps=0,
+            training_num_epochs=1,
+            training_seed=1,
+            training_save_samples=0,
+        )
+
+    with pytest.raises(RuntimeError, match="Inner task failed"):
+        pipeline()
+    out = capfd.readouterr().out
+    assert "training_envs: item 1 ('K') is not KEY=VALUE" in out
+    assert "training_resource_cpu_per_worker: must be a Kubernetes quantity" in out
+    assert not pvc.exists()  # nothing was started or written
