@@ -27,19 +27,13 @@ from pathlib import Path
 
 from airflow_provider_sft.core import constants as c
 from airflow_provider_sft.core.errors import SFTError, TrainingFailedError
-from airflow_provider_sft.core.run import Device, TrainingRun, plan_device
+from airflow_provider_sft.core.run import Device, TrainingRun, cuda_device_count, plan_device
 
 ERROR_PREFIX = "ERROR: "
 
 
 def _log(message: str) -> None:
     print(f"[sft] {message}", flush=True)
-
-
-def _cuda_devices() -> int:
-    import torch
-
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def _flash_attn_available() -> bool:
@@ -68,7 +62,7 @@ def run(training_run: TrainingRun) -> None:
         os.environ.setdefault(key, value)
 
     plan = plan_device(
-        params, requested=training_run.device, cuda_devices=_cuda_devices(), cpu_count=os.cpu_count() or 1
+        params, requested=training_run.device, cuda_devices=cuda_device_count(), cpu_count=os.cpu_count() or 1
     )
     _log(
         f"run {training_run.name}: device {plan.device.value}, {plan.processes} process(es), base model {params.base_model}"

@@ -100,6 +100,15 @@ class TrainingRun:
         return cls.from_json_dict(orjson.loads(Path(path).read_bytes()))
 
 
+def cuda_device_count() -> int:
+    """CUDA devices this process can use (0 without torch or CUDA)."""
+    try:
+        import torch
+    except ImportError:
+        return 0
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
 @dataclass(frozen=True)
 class DevicePlan:
     """How the entrypoint will train on this machine."""

@@ -28,7 +28,7 @@ from airflow_provider_sft.core.dataset import resolve_dataset
 from airflow_provider_sft.core.errors import DatasetError, TrainingFailedError
 from airflow_provider_sft.core.export import export_model
 from airflow_provider_sft.core.metrics import read_step_records, summarize, write_summary
-from airflow_provider_sft.core.params import COMPONENT_PARAMETER_PREFIX, SFTParams
+from airflow_provider_sft.core.params import SFTParams
 from airflow_provider_sft.core.run import TrainingRun, run_name
 
 COMPLETED = "training completed"
@@ -120,8 +120,6 @@ def run_train_model(
     **training: Any,
 ) -> str:
     params = SFTParams.from_component_kwargs(**training)  # fails here, before any work
-    unknown = [name for name in training if not name.startswith(COMPONENT_PARAMETER_PREFIX)]
-    assert not unknown, unknown  # from_component_kwargs already rejects these
     dataset_path = _dataset_path(dataset, pvc_path)
     name = run_name("kfp", os.environ.get("KFP_RUN_ID") or uuid.uuid4().hex)
     run = TrainingRun(name, params, dataset_path, str(Path(pvc_path) / c.RUNS_DIR / name))

@@ -35,7 +35,7 @@ from airflow_provider_sft.core.backends.base import (
 from airflow_provider_sft.core.clock import SYSTEM_CLOCK, Clock
 from airflow_provider_sft.core.entrypoint import ERROR_PREFIX, default_cache_env
 from airflow_provider_sft.core.errors import DatasetError, InvalidParameterError
-from airflow_provider_sft.core.run import TrainingRun, plan_device
+from airflow_provider_sft.core.run import TrainingRun, cuda_device_count, plan_device
 
 _EOF = object()
 
@@ -47,14 +47,6 @@ class _Process:
     log_path: Path
     memory_limit_bytes: int
     cancelled: bool = False
-
-
-def _cuda_devices() -> int:
-    try:
-        import torch
-    except ImportError:
-        return 0
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def _process_tree(pid: int) -> list[psutil.Process]:
@@ -100,7 +92,7 @@ class LocalProcessBackend(TrainingBackend):
 
     def preflight(self, run: TrainingRun) -> None:
         plan_device(
-            run.params, requested=run.device, cuda_devices=_cuda_devices(), cpu_count=os.cpu_count() or 1
+            run.params, requested=run.device, cuda_devices=cuda_device_count(), cpu_count=os.cpu_count() or 1
         )
         if not Path(run.dataset_path).is_file():
             raise DatasetError(f"Training data {run.dataset_path} does not exist or is not a file")
@@ -113,7 +105,7 @@ class LocalProcessBackend(TrainingBackend):
 
     def environment(self, run: TrainingRun) -> dict[str, str]:
         plan = plan_device(
-            run.params, requested=run.device, cuda_devices=_cuda_devices(), cpu_count=os.cpu_count() or 1
+            run.params, requested=run.device, cuda_devices=cuda_device_count(), cpu_count=os.cpu_count() or 1
         )
         threads = str(plan.cpu_threads)
         env = {
