@@ -153,6 +153,11 @@ def plan_device(params: SFTParams, *, requested: Device, cuda_devices: int, cpu_
         raise InvalidParameterError(errors)
     threads = max(1, min(cpu_count, math.floor(params.cpu_cores)))
     notes = []
+    if params.metadata_labels or params.metadata_annotations:
+        notes.append(
+            "metadata_labels/metadata_annotations label Kubernetes pods; a local run records them in "
+            "run_config.json only"
+        )
     if device is Device.CPU:
         notes.append(
             f"fsdp_sharding_strategy={params.fsdp_sharding_strategy.value} applies to multi-GPU FSDP; "

@@ -87,3 +87,8 @@ def test_plan_rejects_what_the_machine_cannot_honour(values, cuda, name, message
     with pytest.raises(InvalidParameterError) as info:
         plan(cuda=cuda, **values)
     assert message in info.value.errors[name]
+
+
+def test_pod_metadata_on_a_local_run_is_reported_not_dropped_silently():
+    notes = plan(resource_gpu_per_worker=0, metadata_labels="team=ml").notes
+    assert any("metadata_labels" in note for note in notes)
