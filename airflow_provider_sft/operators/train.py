@@ -245,7 +245,9 @@ class SFTTrainOperator(BaseOperator):
     def _backend_for(self, context: Any) -> TrainingBackend:
         if BackendName(self.backend) is BackendName.KUBERNETES:
             return self.kubernetes_backend(context)
-        return get_backend(self.backend)
+        credentials = self._credentials()
+        secret_env = {c.HF_TOKEN_ENV: credentials.hf_token} if credentials.hf_token else {}
+        return get_backend(self.backend, secret_env=secret_env)
 
     # --- Airflow hooks ------------------------------------------------------------------
 

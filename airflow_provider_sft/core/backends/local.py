@@ -83,11 +83,13 @@ class LocalProcessBackend(TrainingBackend):
         grace_period_seconds: float = 10.0,
         poll_interval_seconds: float = 0.5,
         clock: Clock = SYSTEM_CLOCK,
+        secret_env: dict[str, str] | None = None,
     ):
         self.python = python
         self.grace_period_seconds = grace_period_seconds
         self.poll_interval_seconds = poll_interval_seconds
         self.clock = clock
+        self.secret_env = dict(secret_env or {})  # e.g. HF_TOKEN: only ever in the process environment
         self._processes: dict[str, _Process] = {}
 
     def preflight(self, run: TrainingRun) -> None:
@@ -117,6 +119,7 @@ class LocalProcessBackend(TrainingBackend):
             "MKL_NUM_THREADS": threads,
             "TOKENIZERS_PARALLELISM": "false",
         }
+        env.update(self.secret_env)
         env.update(run.params.envs)  # the user's training_envs win
         return env
 

@@ -158,3 +158,10 @@ def test_preflight_rejects_a_missing_dataset(tmp_path):
     with pytest.raises(DatasetError, match="does not exist"):
         LocalProcessBackend().submit(run)
     assert not os.path.exists(run.output_dir)
+
+
+def test_secret_env_reaches_the_process_but_never_the_run_config(tmp_path):
+    run = make_run(tmp_path)
+    backend = LocalProcessBackend(secret_env={"HF_TOKEN": "hf_local_secret"})
+    assert backend.environment(run)["HF_TOKEN"] == "hf_local_secret"
+    assert "hf_local_secret" not in str(run.to_json_dict())

@@ -140,3 +140,15 @@ def test_loss_chart_link(monkeypatch):
     assert links.LossChartLink().get_link(op, ti_key=None) == "file:///ws/loss_chart.html"
     op.chart_url_template = "https://files.example.com{path}"
     assert links.LossChartLink().get_link(op, ti_key=None) == "https://files.example.com/ws/loss_chart.html"
+
+
+def test_hf_connection_token_reaches_the_local_backend_environment(monkeypatch, tmp_path):
+    import json
+
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_HF", json.dumps({"conn_type": "generic", "password": "hf_from_connection"})
+    )
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    op = SFTTrainOperator(task_id="t", dataset_path="d", workspace=str(tmp_path), hf_conn_id="hf")
+    backend = op._backend_for(context())
+    assert backend.secret_env == {"HF_TOKEN": "hf_from_connection"}
