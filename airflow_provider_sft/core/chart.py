@@ -74,11 +74,15 @@ def build_figure(
         secondary_y=True,
     )
     figure.update_layout(
-        title=title, hovermode="x unified", template="plotly_white", legend={"orientation": "h"}
+        title=title,
+        hovermode="x unified",
+        template="plotly_white",
+        margin={"t": 110},
+        legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "xanchor": "right", "x": 1},
     )
     figure.update_xaxes(title_text="step", rangeslider={"visible": len(steps) > 50})
     figure.update_yaxes(title_text="loss", secondary_y=False)
-    figure.update_yaxes(title_text="learning rate", secondary_y=True, exponentformat="e")
+    figure.update_yaxes(title_text="learning rate", secondary_y=True, tickformat=".1e", showgrid=False)
     return figure
 
 
