@@ -4,11 +4,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
 bash scripts/install.sh kfp
-# A real Kubernetes API server for the TrainJob tests: etcd (Debian) + crdserver built from
-# Debian's Go sources (cached in ~/.cache; about 5 minutes the first time). Without them those
-# tests skip with the reason, except in CI where a failed setup fails the run.
-if ! command -v etcd >/dev/null && [ "$(id -u)" = 0 ]; then
-  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server >/dev/null) \
+# System packages some tests need, from Debian when run as root: etcd (with crdserver, built from
+# Debian's Go sources into ~/.cache, about 5 minutes the first time) for the real Kubernetes API
+# server, chromium to render the loss chart offline. Without them those tests skip with the
+# reason, except in CI where a failed setup fails the run.
+missing=()
+command -v etcd >/dev/null || missing+=(etcd-server)
+command -v chromium >/dev/null || missing+=(chromium)
+if [ ${#missing[@]} -gt 0 ] && [ "$(id -u)" = 0 ]; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null) \
     || [ "${CI:-}" != true ] || exit 1
 fi
 bash tests/k8s/build-crdserver.sh >/dev/null || [ "${CI:-}" != true ] || exit 1
