@@ -16,9 +16,45 @@ from airflow_provider_sft.core.params import SFTParams
 
 _MAPPINGS = {"envs", "metadata_labels", "metadata_annotations"}
 
+#: Trigger-form sections (Airflow renders each as a collapsible group).
+SECTIONS = {
+    "Model and data": ("base_model", "max_seq_len", "data_output_dir"),
+    "Optimisation": (
+        "effective_batch_size",
+        "max_tokens_per_gpu",
+        "learning_rate",
+        "lr_scheduler",
+        "lr_warmup_steps",
+        "num_epochs",
+        "seed",
+    ),
+    "Checkpoints": ("checkpoint_at_epoch", "save_samples", "accelerate_full_state_at_epoch"),
+    "Resources": (
+        "resource_cpu_per_worker",
+        "resource_gpu_per_worker",
+        "resource_memory_per_worker",
+        "resource_num_procs_per_worker",
+        "resource_num_workers",
+        "fsdp_sharding_strategy",
+        "use_liger",
+    ),
+    "Pod metadata and environment": ("envs", "metadata_labels", "metadata_annotations"),
+}
+_SECTION_OF = {name: section for section, names in SECTIONS.items() for name in names}
+_ACRONYMS = {"lr": "LR", "gpu": "GPU", "cpu": "CPU", "fsdp": "FSDP", "procs": "processes"}
+
+
+def _title(name: str) -> str:
+    words = [_ACRONYMS.get(word, word) for word in name.split("_")]
+    return " ".join(words)[:1].upper() + " ".join(words)[1:]
+
 
 def _schema_for(name: str, prop: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
-    schema: dict[str, Any] = {"title": name, "description": prop.get("description", "")}
+    schema: dict[str, Any] = {
+        "title": _title(name),
+        "description": prop.get("description", ""),
+        "section": _SECTION_OF[name],
+    }
     if name in _MAPPINGS:
         return {**schema, "type": "string", "default": ""}
     if name == "resource_num_procs_per_worker":

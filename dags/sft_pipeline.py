@@ -41,12 +41,16 @@ with DAG(
         "dataset": Param(
             BUNDLED_SOURCE,
             type="string",
+            title="Dataset",
             description="'bundled' (sample shipped with the provider), a JSONL file or a directory of them.",
+            section="Pipeline",
         ),
         "workspace": Param(
             DEFAULT_WORKSPACE,
             type="string",
+            title="Workspace",
             description="Workspace root: a local directory, or the PVC mount path in the training pod (kubernetes).",
+            section="Pipeline",
         ),
         "namespace": Param(
             "", type="string", description="Kubernetes: TrainJob namespace ('' = the connection's)."
@@ -54,7 +58,13 @@ with DAG(
         "runtime_name": Param(
             "training-hub", type="string", description="Kubernetes: ClusterTrainingRuntime name."
         ),
-        "pvc_name": Param("", type="string", description="Kubernetes: workspace PVC mounted at `workspace`."),
+        "pvc_name": Param(
+            "",
+            type="string",
+            title="PVC",
+            description="Workspace PVC mounted at `workspace`.",
+            section="Kubernetes",
+        ),
         **training_params(),
     },
 ) as dag:

@@ -11,7 +11,7 @@ import pytest
 from airflow_provider_sft.core.errors import DatasetError, InvalidParameterError
 from airflow_provider_sft.core.params import SFTParams
 from airflow_provider_sft.operators.train import SFTTrainOperator
-from airflow_provider_sft.params_form import training_param_schemas
+from airflow_provider_sft.params_form import SECTIONS, training_param_schemas
 
 
 class RecordingTI(SimpleNamespace):
@@ -97,12 +97,15 @@ def test_trigger_form_schema_matches_the_params_model():
         "HYBRID_SHARD",
     ]
     assert schemas["effective_batch_size"] == {
-        "title": "effective_batch_size",
+        "title": "Effective batch size",
         "description": "Effective batch size per optimizer step.",
+        "section": "Optimisation",
         "type": "integer",
         "default": 128,
         "minimum": 1,
     }
+    assert schemas["resource_gpu_per_worker"]["title"] == "Resource GPU per worker"
+    assert {schema["section"] for schema in schemas.values()} == set(SECTIONS)
     assert schemas["data_output_dir"]["type"] == ["string", "null"]
 
 
