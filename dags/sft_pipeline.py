@@ -36,7 +36,12 @@ with DAG(
     render_template_as_native_obj=True,  # params keep their types (None stays None)
     params={
         "backend": Param(
-            "local", type="string", enum=["local", "kubernetes"], description="Where training runs."
+            "local",
+            type="string",
+            enum=["local", "kubernetes"],
+            title="Backend",
+            description="Where training runs.",
+            section="Pipeline",
         ),
         "dataset": Param(
             BUNDLED_SOURCE,
@@ -53,10 +58,18 @@ with DAG(
             section="Pipeline",
         ),
         "namespace": Param(
-            "", type="string", description="Kubernetes: TrainJob namespace ('' = the connection's)."
+            "",
+            type="string",
+            title="Namespace",
+            description="TrainJob namespace ('' = the connection's).",
+            section="Kubernetes",
         ),
         "runtime_name": Param(
-            "training-hub", type="string", description="Kubernetes: ClusterTrainingRuntime name."
+            "training-hub",
+            type="string",
+            title="Runtime",
+            description="ClusterTrainingRuntime name.",
+            section="Kubernetes",
         ),
         "pvc_name": Param(
             "",
