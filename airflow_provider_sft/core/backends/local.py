@@ -35,7 +35,7 @@ from airflow_provider_sft.core.backends.base import (
 from airflow_provider_sft.core.clock import SYSTEM_CLOCK, Clock
 from airflow_provider_sft.core.entrypoint import ERROR_PREFIX, default_cache_env
 from airflow_provider_sft.core.errors import DatasetError, InvalidParameterError
-from airflow_provider_sft.core.run import TrainingRun, cuda_device_count, plan_device
+from airflow_provider_sft.core.run import DevicePlan, TrainingRun, cuda_device_count, plan_device
 
 _EOF = object()
 
@@ -93,7 +93,11 @@ class LocalProcessBackend(TrainingBackend):
         self._processes: dict[str, _Process] = {}
 
     def preflight(self, run: TrainingRun) -> None:
-        plan_device(
+        self._checked_plan(run)
+
+    def _checked_plan(self, run: TrainingRun) -> DevicePlan:
+        """Everything preflight rejects, and the device plan the run will use (computed once per submit)."""
+        plan = plan_device(
             run.params, requested=run.device, cuda_devices=cuda_device_count(), cpu_count=os.cpu_count() or 1
         )
         if not Path(run.dataset_path).is_file():
@@ -104,9 +108,10 @@ class LocalProcessBackend(TrainingBackend):
                     "resource_num_workers": f"the local backend runs one worker, got {run.params.resource_num_workers}"
                 }
             )
+        return plan
 
-    def environment(self, run: TrainingRun) -> dict[str, str]:
-        plan = plan_device(
+    def environment(self, run: TrainingRun, plan: DevicePlan | None = None) -> dict[str, str]:
+        plan = plan or plan_device(
             run.params, requested=run.device, cuda_devices=cuda_device_count(), cpu_count=os.cpu_count() or 1
         )
         threads = str(plan.cpu_threads)
@@ -124,7 +129,7 @@ class LocalProcessBackend(TrainingBackend):
         return env
 
     def submit(self, run: TrainingRun) -> JobHandle:
-        self.preflight(run)
+        plan = self._checked_plan(run)
         output_dir = Path(run.output_dir)
         if output_dir.exists():
             # An earlier attempt of this same run failed or was killed: never resume it by accident.
@@ -137,7 +142,7 @@ class LocalProcessBackend(TrainingBackend):
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             cwd=output_dir,
-            env=self.environment(run),
+            env=self.environment(run, plan),
             start_new_session=True,
         )
         lines: queue.Queue = queue.Queue()
