@@ -54,9 +54,16 @@ def demo_environment(workspace: Path, dags_folder: Path) -> dict[str, str]:
     }
 
 
-def run_pipeline(workspace: Path, dags_folder: Path, conf: dict, *, echo: bool = True) -> Path:
+def run_pipeline(
+    workspace: Path,
+    dags_folder: Path,
+    conf: dict,
+    *,
+    echo: bool = True,
+    extra_env: dict[str, str] | None = None,
+) -> Path:
     """``airflow db migrate`` then ``airflow dags test``; returns the log file. Raises on failure."""
-    env = demo_environment(workspace, dags_folder)
+    env = {**demo_environment(workspace, dags_folder), **(extra_env or {})}
     Path(env["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
     airflow = [sys.executable, "-m", "airflow"]
     subprocess.run([*airflow, "db", "migrate"], env=env, check=True, capture_output=True)

@@ -2,9 +2,33 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from airflow_provider_sft import __version__
 
 INTEGRATION = "Supervised Fine-Tuning (SFT)"
+
+#: The ``huggingface`` connection form, declared so the UI needs no hook import.
+HUGGINGFACE_CONNECTION: dict[str, Any] = {
+    "hook-class-name": "airflow_provider_sft.hooks.huggingface.HuggingFaceHook",
+    "hook-name": "Hugging Face Hub",
+    "connection-type": "huggingface",
+    "conn-fields": {
+        "revision": {
+            "label": "Default revision",
+            "description": "Branch, tag or commit used when a dataset source names none (e.g. main).",
+            "schema": {"type": ["string", "null"]},
+        },
+    },
+    "ui-field-behaviour": {
+        "hidden-fields": ["schema", "port", "login", "extra"],
+        "relabeling": {"host": "Hub endpoint", "password": "Access token"},
+        "placeholders": {
+            "host": "https://huggingface.co (leave empty for the public Hub)",
+            "password": "hf_...",
+        },
+    },
+}
 
 
 def get_provider_info() -> dict:
@@ -30,7 +54,17 @@ def get_provider_info() -> dict:
         "triggers": [
             {"integration-name": INTEGRATION, "python-modules": ["airflow_provider_sft.triggers.trainjob"]}
         ],
-        "hooks": [{"integration-name": INTEGRATION, "python-modules": ["airflow_provider_sft.hooks.sft"]}],
+        "hooks": [
+            {
+                "integration-name": INTEGRATION,
+                "python-modules": [
+                    "airflow_provider_sft.hooks.sft",
+                    "airflow_provider_sft.hooks.huggingface",
+                ],
+            }
+        ],
+        # The Kubernetes side reuses cncf.kubernetes' ``kubernetes`` connection type.
+        "connection-types": [HUGGINGFACE_CONNECTION],
         "operators": [
             {
                 "integration-name": INTEGRATION,

@@ -8,9 +8,10 @@ from typing import Any
 from airflow.sdk import BaseOperator
 
 from airflow_provider_sft.core.dataset import BUNDLED_SOURCE, resolve_dataset
+from airflow_provider_sft.lineage import LineageMixin
 
 
-class ResolveDatasetOperator(BaseOperator):
+class ResolveDatasetOperator(LineageMixin, BaseOperator):
     """Validate a chat dataset and write it to ``<workspace>/dataset/train.jsonl``.
 
     :param source: ``"bundled"`` (the sample shipped with the package), a JSONL file, or a
@@ -40,4 +41,5 @@ class ResolveDatasetOperator(BaseOperator):
             stats.bytes,
             stats.path,
         )
+        self.record_lineage(inputs=[(stats.source, "datasets")], outputs=[(stats.path, "datasets")])
         return stats.to_dict()

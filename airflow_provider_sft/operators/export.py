@@ -12,10 +12,11 @@ from airflow_provider_sft.core import constants as c
 from airflow_provider_sft.core.chart import write_loss_chart
 from airflow_provider_sft.core.export import export_model
 from airflow_provider_sft.core.metrics import read_step_records, summarize, write_summary
+from airflow_provider_sft.lineage import LineageMixin
 from airflow_provider_sft.links import LossChartLink
 
 
-class ExportModelOperator(BaseOperator):
+class ExportModelOperator(LineageMixin, BaseOperator):
     """Publish the run's final checkpoint as ``<workspace>/final_model`` and write ``metrics.json``.
 
     :param training_output_dir: the training run's directory (XCom of the train task). (templated)
@@ -52,6 +53,9 @@ class ExportModelOperator(BaseOperator):
         summary = summarize(records, skipped_lines=skipped)
         metrics_path = write_summary(summary, Path(self.workspace) / c.METRICS_SUMMARY_FILE)
         self.log.info("Metrics: %s", summary.to_dict())
+        self.record_lineage(
+            inputs=[(result.source_checkpoint, "models")], outputs=[(result.model_path, "models")]
+        )
         return {
             "model_path": result.model_path,
             "source_checkpoint": result.source_checkpoint,

@@ -26,6 +26,7 @@ from airflow_provider_sft.core.errors import TrainingFailedError, TrainingTimeou
 from airflow_provider_sft.core.params import SFTParams
 from airflow_provider_sft.core.run import Device, TrainingRun, run_name
 from airflow_provider_sft.core.trainjob import JobPhase, JobState, KubernetesOptions, SpecGeneration
+from airflow_provider_sft.lineage import LineageMixin
 from airflow_provider_sft.links import TrainJobConsoleLink
 from airflow_provider_sft.triggers.events import EventStatus, validate_event
 
@@ -33,7 +34,7 @@ from airflow_provider_sft.triggers.events import EventStatus, validate_event
 TRAINING_PARAMETERS: tuple[str, ...] = tuple(SFTParams.model_fields)
 
 
-class SFTTrainOperator(BaseOperator):
+class SFTTrainOperator(LineageMixin, BaseOperator):
     """Fine-tune a causal LM with SFT (instructlab-training) on a backend.
 
     Every training parameter of the seed "SFT Training Component" is an argument
@@ -63,7 +64,7 @@ class SFTTrainOperator(BaseOperator):
     :param spec_generation: ``"auto"`` (read the served CRD), ``"v2.1"`` or ``"v2.2"``.
     :param image: trainer image override; ``package_spec``: what the pod pip-installs to get this
         provider's entrypoint (``None`` when the image already has it).
-    :param hf_conn_id: connection whose password is the HuggingFace token; default: ``HF_TOKEN``
+    :param hf_conn_id: a ``huggingface`` connection (its password is the token); default: ``HF_TOKEN``
         from the worker's environment. ``OCI_PULL_SECRET_MODEL_DOWNLOAD`` is read from the
         environment. Both reach the pod through a Secret owned by the TrainJob, never the spec.
     :param deferrable: wait in the triggerer (default: ``[operators] default_deferrable``).
@@ -233,14 +234,10 @@ class SFTTrainOperator(BaseOperator):
         )
 
     def _credentials(self) -> Credentials:
-        token = os.environ.get(c.HF_TOKEN_ENV)
-        if self.hf_conn_id:
-            from airflow.sdk.bases.hook import BaseHook
+        from airflow_provider_sft.hooks.huggingface import HuggingFaceHook
 
-            token = BaseHook.get_connection(self.hf_conn_id).password
-        return Credentials(
-            hf_token=token or None, oci_pull_secret=os.environ.get(c.OCI_PULL_SECRET_ENV) or None
-        )
+        token = HuggingFaceHook(self.hf_conn_id).get_token()  # no connection id: $HF_TOKEN
+        return Credentials(hf_token=token, oci_pull_secret=os.environ.get(c.OCI_PULL_SECRET_ENV) or None)
 
     def _backend_for(self, context: Any) -> TrainingBackend:
         if BackendName(self.backend) is BackendName.KUBERNETES:
@@ -304,6 +301,11 @@ class SFTTrainOperator(BaseOperator):
             raise TrainingTimeoutError(f"Training run {handle.name} timed out: {result.message}")
         if not result.succeeded:
             raise TrainingFailedError(f"Training run {handle.name} failed: {result.message}")
+        base_model = self.base_model or c.DEFAULT_BASE_MODEL
+        self.record_lineage(
+            inputs=[(self.dataset_path, "datasets"), (base_model, "models")],
+            outputs=[(handle.output_dir, "models")],
+        )
         return {
             "run_name": handle.name,
             "backend": backend.name.value,

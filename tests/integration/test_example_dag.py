@@ -20,7 +20,10 @@ pytestmark = pytest.mark.slow
 def pipeline_run(tiny_model, tmp_path_factory):
     workspace = tmp_path_factory.mktemp("workspace")
     conf = {"base_model": str(tiny_model), "workspace": str(workspace), **DEMO_TRAINING}
-    log = run_pipeline(workspace, REPO_ROOT / "dags", conf, echo=False)
+    # OpenLineage (installed with the test extra) writes its events to a file: one transport, no server.
+    transport = {"type": "file", "log_file_path": str(workspace / "openlineage.jsonl"), "append": True}
+    extra_env = {"AIRFLOW__OPENLINEAGE__TRANSPORT": json.dumps(transport)}
+    log = run_pipeline(workspace, REPO_ROOT / "dags", conf, echo=False, extra_env=extra_env)
     return workspace, log
 
 
@@ -73,3 +76,24 @@ def test_metrics_and_chart_are_written_and_linked_by_xcom(pipeline_run):
     assert export["model_path"] == str(workspace / c.FINAL_MODEL_DIR)
     assert export["metrics"]["final_loss"] == metrics["final_loss"]
     assert report["chart_path"] == str(workspace / c.LOSS_CHART_FILE)
+
+
+def test_openlineage_links_dataset_to_model(pipeline_run):
+    workspace, _ = pipeline_run
+    events = [json.loads(line) for line in (workspace / "openlineage.jsonl").read_text().splitlines()]
+    done = {
+        e["job"]["name"].rsplit(".", 1)[-1]: e
+        for e in events
+        if e["eventType"] == "COMPLETE" and e["job"]["name"].startswith("sft_pipeline.")
+    }
+
+    def names(event, side):
+        return [(d["namespace"], d["name"]) for d in event[side]]
+
+    dataset_file = ("file", str(workspace / "dataset" / "train.jsonl"))
+    assert dataset_file in names(done["resolve_dataset"], "outputs")
+    assert dataset_file in names(done["train"], "inputs")
+    (run_dir,) = (workspace / c.RUNS_DIR).iterdir()
+    assert names(done["train"], "outputs") == [("file", str(run_dir))]
+    assert names(done["export_model"], "outputs") == [("file", str(workspace / c.FINAL_MODEL_DIR))]
+    assert names(done["export_model"], "inputs")[0][1].startswith(str(run_dir))

@@ -128,3 +128,17 @@ def test_invalid_conf_is_rejected_naming_the_field(airflow_api):
     )
     assert answer.status_code == 400, answer.text
     assert "lr_scheduler" in answer.text
+
+
+def test_connection_form_of_the_huggingface_type_is_served(airflow_api):
+    """What the UI's connection form is built from: the API server's hook metadata."""
+    base, session = airflow_api
+    answer = session.get(f"{base}/ui/connections/hook_meta", timeout=30)
+    assert answer.status_code == 200, answer.text
+    (meta,) = [m for m in answer.json() if m["connection_type"] == "huggingface"]
+    assert meta["hook_name"] == "Hugging Face Hub"
+    fields = meta["standard_fields"]
+    assert fields["host"]["title"] == "Hub endpoint" and not fields["host"]["hidden"]
+    assert fields["password"]["title"] == "Access token"
+    assert fields["login"]["hidden"] and fields["port"]["hidden"]
+    assert meta["extra_fields"]["revision"]["schema"]["title"] == "Default revision"

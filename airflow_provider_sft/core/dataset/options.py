@@ -1,0 +1,101 @@
+"""Options of a dataset resolution, validated up front (pydantic); secrets are ``SecretStr``."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from airflow_provider_sft.core.dataset.formats import Format
+from airflow_provider_sft.core.dataset.records import Mapping
+from airflow_provider_sft.core.errors import InvalidParameterError
+
+
+class OnBadRecord(str, Enum):
+    FAIL = "fail"  # the first bad record stops the resolution, nothing is written
+    SKIP = "skip"  # bad records are counted (and a few reasons kept) in the stats
+
+
+class S3Options(BaseModel):
+    """Where and as whom to read ``s3://``: unset credentials fall back to boto3's own chain (env, profile, IAM)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    endpoint_url: str | None = Field(
+        None, description="S3-compatible endpoint (MinIO, Ceph...); default AWS."
+    )
+    region_name: str | None = None
+    access_key_id: SecretStr | None = None
+    secret_access_key: SecretStr | None = None
+    session_token: SecretStr | None = None
+
+    def client(self) -> Any:
+        import boto3
+        from botocore.config import Config
+
+        secret = {
+            "aws_access_key_id": self.access_key_id,
+            "aws_secret_access_key": self.secret_access_key,
+            "aws_session_token": self.session_token,
+        }
+        return boto3.session.Session().client(
+            "s3",
+            endpoint_url=self.endpoint_url or None,
+            region_name=self.region_name or None,
+            config=Config(
+                retries={"max_attempts": 5, "mode": "standard"}, connect_timeout=10, read_timeout=120
+            ),
+            **{k: v.get_secret_value() for k, v in secret.items() if v is not None},
+        )
+
+
+class DatasetOptions(BaseModel):
+    """How to read a source. Every field is a parameter of ``ResolveDatasetOperator``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_enum_values=False)
+
+    format: Format = Field(
+        Format.AUTO, description="jsonl, json (array), parquet, csv; auto: by name, then content."
+    )
+    mapping: Mapping = Field(
+        Mapping.MESSAGES,
+        description="messages (as is), prompt_completion or instruction (Alpaca): converted to chat messages.",
+    )
+    on_bad_record: OnBadRecord = Field(OnBadRecord.FAIL, description="fail, or skip and count bad records.")
+    split: str | None = Field(None, description="HuggingFace split (default train).")
+    subset: str | None = Field(None, description="HuggingFace subset (configuration) directory.")
+    revision: str | None = Field(None, description="HuggingFace branch, tag or commit.")
+    tokenizer: str | None = Field(
+        None, description="tokenizer.json (or its directory) to count approximate tokens."
+    )
+    hf_endpoint: str | None = Field(
+        None, description="HuggingFace Hub endpoint; default HF_ENDPOINT or the public Hub."
+    )
+    hf_token: SecretStr | None = None
+    s3: S3Options = Field(default_factory=S3Options)
+
+    @field_validator("split", "subset", "revision", "tokenizer", "hf_endpoint")
+    @classmethod
+    def _blank_is_none(cls, value: str | None) -> str | None:
+        return value.strip() or None if isinstance(value, str) else value
+
+    def cache_key(self) -> dict[str, Any]:
+        """What changes the output for the same source files (never secrets)."""
+        return {
+            "format": self.format.value,
+            "mapping": self.mapping.value,
+            "on_bad_record": self.on_bad_record.value,
+        }
+
+    @classmethod
+    def build(cls, **values: Any) -> DatasetOptions:
+        """Like the constructor, but every problem reported at once as :class:`InvalidParameterError`."""
+        try:
+            return cls(**{k: v for k, v in values.items() if v is not None})
+        except ValidationError as error:
+            problems = {}
+            for item in error.errors():
+                name = ".".join(str(part) for part in item["loc"]) or "options"
+                problems[name] = item["msg"]
+            raise InvalidParameterError(problems) from None

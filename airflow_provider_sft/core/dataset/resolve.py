@@ -1,0 +1,254 @@
+"""Resolve a dataset source into ``<workspace>/dataset/train.jsonl``: validated, streamed, atomic.
+
+Records flow one at a time from the source's byte stream through a format reader and
+the chat validation into a temporary file that is renamed into place at the end, so
+memory stays flat whatever the dataset's size and a failure never leaves a partial
+(or a stale) ``train.jsonl``. A small manifest (source identity, options, sha256) lets
+a re-run skip the work when nothing changed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from airflow_provider_sft.core import constants as c
+from airflow_provider_sft.core.dataset import formats
+from airflow_provider_sft.core.dataset.formats import Format
+from airflow_provider_sft.core.dataset.options import DatasetOptions, OnBadRecord
+from airflow_provider_sft.core.dataset.records import BadRecordError, Mapping, chat_messages
+from airflow_provider_sft.core.dataset.sources import Source, SourceFile, parse_source
+from airflow_provider_sft.core.dataset.streams import DECOMPRESSION_ERRORS, decoded
+from airflow_provider_sft.core.errors import DatasetError
+from airflow_provider_sft.core.files import atomic_write_bytes, sha256_file
+
+TRAIN_FILE = "train.jsonl"
+MANIFEST_FILE = "manifest.json"
+MANIFEST_VERSION = 2
+SKIP_REASONS_KEPT = 5
+TOKEN_BATCH = 512
+
+
+@dataclass(frozen=True)
+class DatasetStats:
+    """What the training task needs to know (the operator's XCom)."""
+
+    path: str
+    source: str
+    records: int
+    bytes: int
+    sha256: str
+    files: int = 1
+    skipped: int = 0
+    skip_reasons: list[str] = field(default_factory=list)
+    approx_tokens: int | None = None
+    seconds: float = 0.0
+    reused: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class _TokenCounter:
+    """Approximate token count of every message's content, batched through a fast tokenizer."""
+
+    def __init__(self, location: str):
+        from tokenizers import Tokenizer
+
+        path = Path(location)
+        path = path / "tokenizer.json" if path.is_dir() else path
+        if not path.is_file():
+            raise DatasetError(
+                f"tokenizer: {path} not found (give a tokenizer.json or a directory holding one)"
+            )
+        self._tokenizer = Tokenizer.from_file(str(path))
+        self._pending: list[str] = []
+        self.total = 0
+
+    def add(self, messages: list[dict[str, Any]]) -> None:
+        self._pending.extend(m["content"] for m in messages)
+        if len(self._pending) >= TOKEN_BATCH:
+            self.flush()
+
+    def flush(self) -> int:
+        if self._pending:
+            encodings = self._tokenizer.encode_batch(self._pending, add_special_tokens=False)
+            self.total += sum(len(e.ids) for e in encodings)
+            self._pending.clear()
+        return self.total
+
+
+def _records(file: SourceFile, options: DatasetOptions, spool_dir: Path) -> Iterator[formats.Item]:
+    """The raw items of one file, in whatever format it turns out to be."""
+    with file.opener() as raw, decoded(raw) as stream:  # type: ignore[arg-type]
+        try:
+            fmt = formats.choose_format(file.name, options.format, stream.peek(8)[:8])  # type: ignore[attr-defined]
+        except DECOMPRESSION_ERRORS as error:
+            raise DatasetError(f"{file.name}: cannot be decompressed ({error})") from None
+        if fmt is Format.JSONL:
+            yield from formats.read_jsonl(stream, file.name)
+        elif fmt is Format.JSON:
+            yield from formats.read_json_array(stream, file.name)
+        elif fmt is Format.CSV:
+            yield from formats.read_csv(stream, file.name, options.mapping)
+        elif file.local_path is not None and stream is raw:
+            yield from formats.read_parquet(file.local_path, file.name, options.mapping)
+        else:  # Parquet needs a seekable file: spool the (decompressed) bytes next to the output
+            with tempfile.NamedTemporaryFile(dir=spool_dir, prefix=".spool-", suffix=".parquet") as spool:
+                shutil.copyfileobj(stream, spool, 1 << 20)
+                spool.flush()
+                yield from formats.read_parquet(Path(spool.name), file.name, options.mapping)
+
+
+class _Writer:
+    """Counts, hashes and writes normalized lines; fails or skips bad records by policy."""
+
+    def __init__(self, handle: Any, options: DatasetOptions, tokens: _TokenCounter | None):
+        self.handle, self.options, self.tokens = handle, options, tokens
+        self.digest = hashlib.sha256()
+        self.records = self.bytes = self.skipped = 0
+        self.skip_reasons: list[str] = []
+        self._messages_mapping = options.mapping is Mapping.MESSAGES
+
+    def bad(self, error: BadRecordError) -> None:
+        if self.options.on_bad_record is OnBadRecord.FAIL:
+            raise error
+        self.skipped += 1
+        if len(self.skip_reasons) < SKIP_REASONS_KEPT:
+            self.skip_reasons.append(str(error))
+
+    def add(self, where: str, record: Any, raw_line: bytes | None) -> None:
+        if isinstance(record, BadRecordError):
+            self.bad(record)
+            return
+        try:
+            messages = chat_messages(record, where, self.options.mapping)
+        except BadRecordError as error:
+            self.bad(error)
+            return
+        if (
+            raw_line is not None
+            and self._messages_mapping
+            and len(record) == 1
+            and messages is record["messages"]
+        ):
+            line = raw_line.rstrip(b"\r\n") + b"\n"  # already a clean one-line chat record: keep its bytes
+        else:
+            line = orjson.dumps({"messages": messages}) + b"\n"
+        self.handle.write(line)
+        self.digest.update(line)
+        self.records += 1
+        self.bytes += len(line)
+        if self.tokens is not None:
+            self.tokens.add(messages)
+
+
+def _read_manifest(path: Path) -> dict[str, Any] | None:
+    try:
+        return orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return None
+
+
+def _output_dir(workspace: Path) -> Path:
+    """``<workspace>/dataset``, refusing a symlinked directory that leads out of the workspace."""
+    out_dir = workspace / c.DATASET_DIR
+    if out_dir.is_symlink() or out_dir.exists():
+        real, root = out_dir.resolve(), workspace.resolve()
+        if root not in real.parents:
+            raise DatasetError(f"{out_dir} resolves to {real}, outside the workspace {workspace}; refused")
+    return out_dir
+
+
+def resolve_dataset(
+    source: str | Source,
+    workspace: str | Path,
+    options: DatasetOptions | None = None,
+    *,
+    log: Callable[[str], None] | None = None,
+) -> DatasetStats:
+    """Validate ``source`` and write it to ``<workspace>/dataset/train.jsonl``; skip when unchanged.
+
+    Raises :class:`DatasetError` naming the source, file, line/row and field of the first
+    problem (or, with ``on_bad_record="skip"``, when no good record is left); nothing is
+    left in place of ``train.jsonl`` then.
+    """
+    started = time.monotonic()
+    options = options or DatasetOptions()
+    workspace = Path(workspace)
+    parsed = parse_source(source, workspace, options) if isinstance(source, str) else source
+    out_dir = _output_dir(workspace)
+    target, manifest_path = out_dir / TRAIN_FILE, out_dir / MANIFEST_FILE
+    files = parsed.files()
+    identity = {
+        "version": MANIFEST_VERSION,
+        "source": parsed.uri,
+        "files": [f.identity for f in files],
+        "options": options.cache_key(),
+        "tokenizer": options.tokenizer,
+    }
+    manifest = _read_manifest(manifest_path) if target.exists() else None
+    if manifest and manifest.get("identity") == identity and manifest.get("sha256") == sha256_file(target):
+        return DatasetStats(**{**manifest["stats"], "reused": True, "seconds": time.monotonic() - started})
+    # Whatever is there was made from something else: it must not outlive a failure below.
+    for stale in (manifest_path, target):
+        stale.unlink(missing_ok=True)
+    tokens = _TokenCounter(options.tokenizer) if options.tokenizer else None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / f".{TRAIN_FILE}.{os.getpid()}.tmp"
+    try:
+        with tmp.open("wb", buffering=1 << 20) as handle:
+            writer = _Writer(handle, options, tokens)
+            for file in files:
+                before = writer.records
+                try:
+                    for where, record, raw_line in _records(file, options, out_dir):
+                        writer.add(where, record, raw_line)
+                except UnicodeDecodeError as error:
+                    raise DatasetError(
+                        f"{file.name}: not UTF-8 text ({error.reason} at byte {error.start})"
+                    ) from None
+                except EOFError:
+                    raise DatasetError(f"{file.name}: compressed stream is truncated") from None
+                except DECOMPRESSION_ERRORS as error:
+                    raise DatasetError(f"{file.name}: cannot be decompressed ({error})") from None
+                if log:
+                    log(f"{file.name}: {writer.records - before} records")
+        if writer.records == 0:
+            if writer.skipped:
+                raise DatasetError(
+                    f"Dataset {parsed.uri} has no usable records ({writer.skipped} bad records skipped; "
+                    f"first: {writer.skip_reasons[0]})"
+                )
+            raise DatasetError(f"Dataset {parsed.uri} has no records")
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    stats = DatasetStats(
+        path=str(target),
+        source=parsed.uri,
+        records=writer.records,
+        bytes=writer.bytes,
+        sha256=writer.digest.hexdigest(),
+        files=len(files),
+        skipped=writer.skipped,
+        skip_reasons=writer.skip_reasons,
+        approx_tokens=tokens.flush() if tokens else None,
+        seconds=round(time.monotonic() - started, 3),
+    )
+    with contextlib.suppress(OSError):  # a missing manifest only costs a re-resolve next time
+        atomic_write_bytes(
+            manifest_path,
+            orjson.dumps({"identity": identity, "sha256": stats.sha256, "stats": stats.to_dict()}),
+        )
+    return stats

@@ -1,0 +1,404 @@
+"""Where a dataset comes from: parse a source string and list its data files.
+
+One string names the source, as in the original component:
+
+- ``bundled``: the sample chat dataset shipped with the package;
+- a path: absolute, or relative to the workspace (the PVC root); ``pvc://rel/path`` is the
+  same relative form. A directory contributes every data file below it, in path order;
+- ``s3://bucket/key`` (one object) or ``s3://bucket/prefix/`` (every data object under it);
+- ``http(s)://...``: one file;
+- ``hf://org/name[@revision][:split]`` or a bare ``org/name``: a HuggingFace Hub dataset.
+
+Every source lists :class:`SourceFile` entries with a stable identity (size, mtime, ETag or
+commit) so an unchanged source is not resolved twice. Sources never write anything.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, BinaryIO
+from urllib.parse import urlsplit, urlunsplit
+
+from airflow_provider_sft.core.dataset.formats import is_data_file
+from airflow_provider_sft.core.dataset.options import DatasetOptions, S3Options
+from airflow_provider_sft.core.dataset.streams import ChunkReader, buffered
+from airflow_provider_sft.core.errors import DatasetError
+from airflow_provider_sft.core.sample_data import bundled_dataset_path
+
+BUNDLED_SOURCE = "bundled"
+HUB_PREFIX = "hf://"
+PVC_PREFIX = "pvc://"
+_HUB_ID = re.compile(
+    r"^(?:datasets/)?(?P<repo>[\w.-]+/[\w.-]+)(?:@(?P<revision>[^:]+))?(?::(?P<split>[\w.-]+))?$"
+)
+_SPLIT_WORDS = {"train": ("train", "training"), "validation": ("validation", "valid", "val", "dev")}
+_SPLIT_WORDS |= {"test": ("test", "testing", "eval", "evaluation")}
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """One data file of a source: its display name, identity, and how to open it."""
+
+    name: str
+    identity: dict[str, Any]
+    opener: Callable[[], contextlib.AbstractContextManager[BinaryIO]]
+    local_path: Path | None = None  # set when the file is on disk (Parquet reads it in place)
+
+
+@dataclass
+class Source:
+    """A parsed dataset source. ``uri`` is its canonical, secret-free name (stats, lineage, errors)."""
+
+    uri: str
+    lister: Callable[[], list[SourceFile]] = field(repr=False)
+
+    def files(self) -> list[SourceFile]:
+        files = self.lister()
+        if not files:
+            raise DatasetError(
+                f"Dataset source {self.uri} holds no data files (.jsonl, .json, .parquet, .csv)"
+            )
+        return files
+
+
+# --- local files and PVC paths ------------------------------------------------------------------
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
+def _open_local(path: Path) -> Callable[[], contextlib.AbstractContextManager[BinaryIO]]:
+    return lambda: path.open("rb", buffering=1 << 20)
+
+
+def _local_file(path: Path, name: str | None = None) -> SourceFile:
+    stat = path.stat()
+    identity = {"path": str(path), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    return SourceFile(name or str(path), identity, _open_local(path), local_path=path)
+
+
+def _list_local(path: Path, shown: str) -> list[SourceFile]:
+    if path.is_file():
+        return [_local_file(path, shown)]
+    root = path.resolve()
+    files = []
+    for candidate in sorted(path.rglob("*")):
+        relative = candidate.relative_to(path)
+        if any(part.startswith((".", "_")) for part in relative.parts) or not is_data_file(candidate.name):
+            continue
+        if not candidate.is_file():
+            continue
+        if not _inside(candidate.resolve(), root):
+            raise DatasetError(f"{candidate}: symlink points outside the dataset directory {path}; refused")
+        files.append(_local_file(candidate))
+    return files
+
+
+def local_source(location: str, workspace: Path) -> Source:
+    """An absolute path as given; a relative or ``pvc://`` path confined to the workspace."""
+    relative = location.removeprefix(PVC_PREFIX) if location.startswith(PVC_PREFIX) else None
+    if relative is None and not os.path.isabs(location):
+        relative = location
+    if relative is not None:
+        if PurePosixPath(relative).is_absolute() or ".." in PurePosixPath(relative).parts:
+            raise DatasetError(f"Dataset path {location!r} escapes the workspace {workspace}; refused")
+        path = workspace / relative
+        if path.exists() and not _inside(path.resolve(), workspace.resolve()):
+            raise DatasetError(
+                f"Dataset path {location!r} is a symlink out of the workspace {workspace}; refused"
+            )
+    else:
+        path = Path(location)
+    if not path.exists():
+        raise DatasetError(f"Dataset path {path} does not exist")
+    return Source(str(path), lambda: _list_local(path, str(path)))
+
+
+# --- S3 -----------------------------------------------------------------------------------------
+
+
+def _s3_error(error: Exception, uri: str, options: S3Options) -> DatasetError:
+    from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+
+    if isinstance(error, NoCredentialsError):
+        return DatasetError(
+            f"{uri}: no S3 credentials (set aws_conn_id, or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)"
+        )
+    if isinstance(error, EndpointConnectionError):
+        return DatasetError(
+            f"{uri}: cannot reach the S3 endpoint {options.endpoint_url or 'of AWS'} ({error})"
+        )
+    if isinstance(error, ClientError):
+        code = str(error.response.get("Error", {}).get("Code", "unknown"))
+        hints = {
+            "NoSuchBucket": "the bucket does not exist",
+            "NoSuchKey": "the object does not exist",
+            "404": "the object does not exist",
+            "InvalidAccessKeyId": "the access key id is not known to the server (check the credentials)",
+            "SignatureDoesNotMatch": "the secret access key is wrong (check the credentials)",
+            "AccessDenied": "access denied for these credentials",
+            "403": "access denied for these credentials",
+        }
+        return DatasetError(f"{uri}: S3 refused the request: {code}: {hints.get(code, error)}")
+    return DatasetError(f"{uri}: S3 request failed ({type(error).__name__})")
+
+
+def _s3_key_is_safe(relative: str) -> bool:
+    parts = PurePosixPath(relative).parts
+    return not relative.startswith("/") and ".." not in parts and "\\" not in relative
+
+
+def s3_source(location: str, options: S3Options) -> Source:
+    parts = urlsplit(location)
+    bucket, key = parts.netloc, parts.path.lstrip("/")
+    if not bucket:
+        raise DatasetError(f"Dataset source {location!r}: an S3 URL needs a bucket (s3://bucket/key)")
+    uri = f"s3://{bucket}/{key}"
+
+    def client() -> Any:
+        return options.client()
+
+    def opener(object_key: str) -> Callable[[], contextlib.AbstractContextManager[BinaryIO]]:
+        @contextlib.contextmanager
+        def open_object() -> Iterator[BinaryIO]:
+            try:
+                body = client().get_object(Bucket=bucket, Key=object_key)["Body"]
+            except Exception as error:
+                raise _s3_error(error, f"s3://{bucket}/{object_key}", options) from None
+            with contextlib.closing(body):
+                yield buffered(ChunkReader(read=body.read))
+
+        return open_object
+
+    def entry(obj_key: str, size: int, etag: str) -> SourceFile:
+        identity = {"key": obj_key, "bytes": size, "etag": etag.strip('"')}
+        return SourceFile(f"s3://{bucket}/{obj_key}", identity, opener(obj_key))
+
+    def lister() -> list[SourceFile]:
+        s3 = client()
+        try:
+            if key and not key.endswith("/"):
+                try:
+                    head = s3.head_object(Bucket=bucket, Key=key)
+                    return [entry(key, head["ContentLength"], head.get("ETag", ""))]
+                except Exception as error:  # a prefix without the trailing slash is not an object
+                    if getattr(error, "response", {}).get("Error", {}).get("Code") not in (
+                        "404",
+                        "NoSuchKey",
+                    ):
+                        raise
+            prefix = key if not key or key.endswith("/") else key + "/"
+            files = []
+            for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+                for obj in page.get("Contents", []):
+                    relative = obj["Key"][len(prefix) :]
+                    if not _s3_key_is_safe(relative):
+                        raise DatasetError(
+                            f"s3://{bucket}/{obj['Key']}: key would resolve outside the prefix; refused"
+                        )
+                    name = PurePosixPath(relative).name
+                    if relative and is_data_file(name) and not name.startswith((".", "_")):
+                        files.append(entry(obj["Key"], obj["Size"], obj.get("ETag", "")))
+        except DatasetError:
+            raise
+        except Exception as error:
+            raise _s3_error(error, uri, options) from None
+        if not files:
+            raise DatasetError(f"{uri}: no such object, and no data files under the prefix {prefix or '/'}")
+        return sorted(files, key=lambda f: f.name)
+
+    return Source(uri, lister)
+
+
+# --- HTTP(S) ------------------------------------------------------------------------------------
+
+
+def display_url(url: str) -> str:
+    """The URL without user info or query string (those may carry credentials or signatures)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "…" if parts.query else "", ""))
+
+
+def _http_stream(url: str, shown: str, headers: dict[str, str] | None = None, session: Any = None):
+    import httpx
+
+    @contextlib.contextmanager
+    def open_url() -> Iterator[BinaryIO]:
+        client = session or httpx.Client(follow_redirects=True, timeout=httpx.Timeout(60.0, connect=10.0))
+        try:
+            with client.stream("GET", url, headers=headers or {}, follow_redirects=True) as response:
+                if response.status_code >= 400:
+                    raise DatasetError(f"{shown}: HTTP {response.status_code} {response.reason_phrase}")
+                yield buffered(ChunkReader(chunks=response.iter_raw(1 << 20)))
+        except httpx.HTTPError as error:
+            raise DatasetError(f"{shown}: request failed ({type(error).__name__})") from None
+        finally:
+            if session is None:
+                client.close()
+
+    return open_url
+
+
+def http_source(url: str) -> Source:
+    import httpx
+
+    shown = display_url(url)
+
+    def lister() -> list[SourceFile]:
+        try:
+            head = httpx.head(url, follow_redirects=True, timeout=10.0)
+        except httpx.HTTPError as error:
+            raise DatasetError(f"{shown}: cannot reach the server ({type(error).__name__})") from None
+        if head.status_code >= 400 and head.status_code != 405:
+            raise DatasetError(f"{shown}: HTTP {head.status_code} {head.reason_phrase}")
+        identity = {
+            "url": shown,
+            "etag": head.headers.get("etag"),
+            "last_modified": head.headers.get("last-modified"),
+            "bytes": head.headers.get("content-length"),
+        }
+        if not (identity["etag"] or identity["last_modified"]):
+            identity["unversioned"] = os.urandom(8).hex()  # no validator: never reuse
+        return [SourceFile(shown, identity, _http_stream(url, shown))]
+
+    return Source(shown, lister)
+
+
+# --- HuggingFace Hub ----------------------------------------------------------------------------
+
+
+def parse_hub_id(location: str) -> re.Match[str] | None:
+    return _HUB_ID.match(location.removeprefix(HUB_PREFIX))
+
+
+def _split_matches(path: str, split: str) -> bool:
+    words = _SPLIT_WORDS.get(split, (split,))
+    pattern = r"(^|[/_.-])(" + "|".join(map(re.escape, words)) + r")([/_.-]|$)"
+    return re.search(pattern, path) is not None
+
+
+def select_split(paths: list[str], split: str, subset: str | None) -> list[str]:
+    """HuggingFace's file layout conventions: ``[data/][<subset>/]<split>[-NNNNN-of-NNNNN].<ext>``."""
+    candidates = [
+        p
+        for p in paths
+        if is_data_file(p) and not any(part.startswith((".", "_")) for part in PurePosixPath(p).parts)
+    ]
+    if subset:
+        candidates = [p for p in candidates if p.startswith((f"{subset}/", f"data/{subset}/"))]
+    chosen = [p for p in candidates if _split_matches(p, split)]
+    if not chosen and split == "train":
+        named = [p for p in candidates if any(_split_matches(p, s) for s in _SPLIT_WORDS)]
+        chosen = [] if named else candidates  # no split names at all: every file is "train"
+    return sorted(chosen)
+
+
+def hub_source(location: str, options: DatasetOptions) -> Source:
+    match = parse_hub_id(location)
+    if match is None:
+        raise DatasetError(
+            f"Dataset source {location!r} is not a HuggingFace dataset id (org/name[@revision][:split])"
+        )
+    repo_id = match["repo"]
+    revision = options.revision or match["revision"]
+    split = options.split or match["split"] or "train"
+    subset = options.subset
+    uri = f"{HUB_PREFIX}{repo_id}"
+
+    def lister() -> list[SourceFile]:
+        from huggingface_hub import HfApi, hf_hub_url
+        from huggingface_hub.errors import (
+            GatedRepoError,
+            HfHubHTTPError,
+            OfflineModeIsEnabled,
+            RepositoryNotFoundError,
+            RevisionNotFoundError,
+        )
+        from huggingface_hub.utils import build_hf_headers, get_session
+
+        token = options.hf_token.get_secret_value() if options.hf_token else None
+        api = HfApi(endpoint=options.hf_endpoint, token=token)
+        try:
+            info = api.dataset_info(repo_id, revision=revision)
+        except GatedRepoError:
+            raise DatasetError(
+                f"{uri}: the dataset is gated; accept its terms and pass a token (hf_conn_id)"
+            ) from None
+        except RepositoryNotFoundError:
+            raise DatasetError(
+                f"{uri}: no such dataset on {api.endpoint}, or it is private and the token (hf_conn_id / HF_TOKEN) "
+                "is missing or not allowed"
+            ) from None
+        except RevisionNotFoundError:
+            raise DatasetError(f"{uri}: revision {revision!r} does not exist") from None
+        except OfflineModeIsEnabled:
+            raise DatasetError(
+                f"{uri}: HF_HUB_OFFLINE is set, so the Hub cannot be asked for this dataset"
+            ) from None
+        except HfHubHTTPError as error:
+            status = error.response.status_code if error.response is not None else "?"
+            raise DatasetError(f"{uri}: the Hub answered HTTP {status}") from None
+        except Exception as error:  # connection errors from httpx
+            raise DatasetError(
+                f"{uri}: cannot reach the Hub at {api.endpoint} ({type(error).__name__})"
+            ) from None
+        paths = [s.rfilename for s in info.siblings or []]
+        chosen = select_split(paths, split, subset)
+        if not chosen:
+            where = f"subset {subset!r}, " if subset else ""
+            raise DatasetError(
+                f"{uri}@{info.sha}: no data files for {where}split {split!r} (files: {', '.join(paths[:10]) or 'none'})"
+            )
+        headers = build_hf_headers(token=token)
+        files = []
+        for path in chosen:
+            url = hf_hub_url(
+                repo_id, path, repo_type="dataset", revision=info.sha, endpoint=options.hf_endpoint
+            )
+            name = f"{uri}@{info.sha[:12]}/{path}"
+            identity = {"repo": repo_id, "commit": info.sha, "path": path}
+            files.append(SourceFile(name, identity, _http_stream(url, name, headers, session=get_session())))
+        return files
+
+    return Source(
+        uri + (f"@{revision}" if revision else "") + (f":{split}" if split != "train" else ""), lister
+    )
+
+
+# --- dispatch -----------------------------------------------------------------------------------
+
+
+def parse_source(location: str, workspace: Path, options: DatasetOptions) -> Source:
+    """The :class:`Source` for ``location``; raises :class:`DatasetError` naming what is wrong."""
+    location = location.strip()
+    if not location:
+        raise DatasetError("Dataset source is empty")
+    if location == BUNDLED_SOURCE:
+        path = bundled_dataset_path()
+        return Source(str(path), lambda: [_local_file(path)])
+    scheme = urlsplit(location).scheme.lower()
+    if scheme == "s3":
+        return s3_source(location, options.s3)
+    if scheme in ("http", "https"):
+        return http_source(location)
+    if location.startswith(HUB_PREFIX):
+        return hub_source(location, options)
+    if scheme == "file":
+        return local_source(urlsplit(location).path, workspace)
+    if scheme and scheme not in ("pvc",) and len(scheme) > 1:
+        raise DatasetError(
+            f"Dataset source {location!r}: unsupported scheme {scheme!r} (s3, http(s), hf, pvc, file)"
+        )
+    relative = location.removeprefix(PVC_PREFIX)
+    looks_local = os.path.isabs(location) or (workspace / relative).exists() or is_data_file(location)
+    if not looks_local and parse_hub_id(location):
+        return hub_source(location, options)
+    return local_source(location, workspace)
