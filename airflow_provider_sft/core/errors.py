@@ -10,11 +10,11 @@ class SFTError(Exception):
 class InvalidParameterError(SFTError, ValueError):
     """A training parameter is invalid. ``errors`` maps parameter name -> reason."""
 
-    def __init__(self, errors: dict[str, str]):
+    def __init__(self, errors: dict[str, str], *, kind: str = "training"):
         self.errors = dict(errors)
         lines = [f"{name}: {reason}" for name, reason in self.errors.items()]
         noun = "parameter" if len(lines) == 1 else "parameters"
-        super().__init__(f"Invalid training {noun}:\n  " + "\n  ".join(lines))
+        super().__init__(f"Invalid {kind} {noun}:\n  " + "\n  ".join(lines))
 
 
 class DatasetError(SFTError, ValueError):

@@ -7,39 +7,126 @@ from typing import Any
 
 from airflow.sdk import BaseOperator
 
-from airflow_provider_sft.core.dataset import BUNDLED_SOURCE, resolve_dataset
+from airflow_provider_sft.core.dataset import BUNDLED_SOURCE, DatasetOptions, resolve_dataset
 from airflow_provider_sft.lineage import LineageMixin
 
 
 class ResolveDatasetOperator(LineageMixin, BaseOperator):
-    """Validate a chat dataset and write it to ``<workspace>/dataset/train.jsonl``.
+    """Validate a chat dataset from anywhere and write it to ``<workspace>/dataset/train.jsonl``.
 
-    :param source: ``"bundled"`` (the sample shipped with the package), a JSONL file, or a
-        directory of ``*.jsonl`` files. (templated)
+    Records stream one at a time into a temporary file renamed into place, so memory stays
+    flat and a failure leaves no ``train.jsonl``; an unchanged source is not resolved twice.
+
+    :param source: where the data is (templated):
+        ``"bundled"`` (the sample shipped with the package); a path, absolute or relative to
+        the workspace (``pvc://rel/path`` too), file or directory of shards;
+        ``s3://bucket/key`` or ``s3://bucket/prefix/``; an ``http(s)://`` URL; a HuggingFace
+        dataset ``org/name`` or ``hf://org/name[@revision][:split]``.
     :param workspace: workspace root, the local stand-in for the training PVC. (templated)
+    :param format: ``auto`` (by file name, then content), ``jsonl``, ``json`` (an array),
+        ``parquet`` or ``csv``; gzip/zstd compression is recognised by its magic bytes.
+    :param mapping: ``messages`` (records are chat samples), or convert ``prompt_completion``
+        (``prompt``, ``completion``) or ``instruction`` (``instruction``, ``input``, ``output``)
+        records. Never guessed.
+    :param on_bad_record: ``fail`` (default: the first bad record fails the task naming file,
+        line and field) or ``skip`` (counted in ``skipped``, first reasons in ``skip_reasons``).
+    :param split: HuggingFace split (default ``train``); ``subset``: its subset directory;
+        ``revision``: branch, tag or commit (default: the connection's, else ``main``).
+    :param tokenizer: a ``tokenizer.json`` (or its directory) to report ``approx_tokens``.
+    :param hf_conn_id: a ``huggingface`` connection (token, endpoint); default ``HF_TOKEN``/``HF_ENDPOINT``.
+    :param aws_conn_id: an ``aws`` connection for ``s3://`` (keys, region, ``endpoint_url`` extra);
+        default: boto3's chain (environment, profile, role).
+    :param s3_endpoint_url: S3-compatible endpoint (MinIO, Ceph...), overriding the connection's.
+    :param region_name: S3 region, overriding the connection's.
 
-    Returns (XCom) the dataset stats: ``path``, ``records``, ``bytes``, ``sha256``, ``source``, ``reused``.
+    Returns (XCom) the stats: ``path``, ``source``, ``records``, ``skipped``, ``skip_reasons``,
+    ``bytes``, ``sha256``, ``files``, ``approx_tokens``, ``seconds``, ``reused``.
     """
 
-    template_fields: Sequence[str] = ("source", "workspace")
+    template_fields: Sequence[str] = (
+        "source",
+        "workspace",
+        "format",
+        "mapping",
+        "on_bad_record",
+        "split",
+        "subset",
+        "revision",
+        "tokenizer",
+        "s3_endpoint_url",
+        "region_name",
+    )
     ui_color = "#e8f4fd"
 
-    def __init__(self, *, workspace: str, source: str = BUNDLED_SOURCE, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        workspace: str,
+        source: str = BUNDLED_SOURCE,
+        format: str = "auto",
+        mapping: str = "messages",
+        on_bad_record: str = "fail",
+        split: str | None = None,
+        subset: str | None = None,
+        revision: str | None = None,
+        tokenizer: str | None = None,
+        hf_conn_id: str | None = None,
+        aws_conn_id: str | None = None,
+        s3_endpoint_url: str | None = None,
+        region_name: str | None = None,
+        **kwargs: Any,
+    ) -> None:
         kwargs.setdefault("multiple_outputs", True)  # each result key is its own XCom too
         super().__init__(**kwargs)
         self.source = source
         self.workspace = workspace
+        self.format = format
+        self.mapping = mapping
+        self.on_bad_record = on_bad_record
+        self.split = split
+        self.subset = subset
+        self.revision = revision
+        self.tokenizer = tokenizer
+        self.hf_conn_id = hf_conn_id
+        self.aws_conn_id = aws_conn_id
+        self.s3_endpoint_url = s3_endpoint_url
+        self.region_name = region_name
+
+    def build_options(self) -> DatasetOptions:
+        """The validated options, credentials from the connections (never logged or returned)."""
+        from airflow_provider_sft.hooks.huggingface import HuggingFaceHook
+        from airflow_provider_sft.hooks.storage import s3_options
+
+        hub = HuggingFaceHook(self.hf_conn_id)
+        return DatasetOptions.build(
+            format=self.format,
+            mapping=self.mapping,
+            on_bad_record=self.on_bad_record,
+            split=self.split,
+            subset=self.subset,
+            revision=self.revision or (hub.get_revision() if self.hf_conn_id else None),
+            tokenizer=self.tokenizer,
+            hf_endpoint=hub.get_endpoint(),
+            hf_token=hub.get_token(),
+            s3=s3_options(self.aws_conn_id, endpoint_url=self.s3_endpoint_url, region_name=self.region_name),
+        )
 
     def execute(self, context: Any) -> dict[str, Any]:
-        stats = resolve_dataset(self.source, self.workspace)
+        options = self.build_options()
+        stats = resolve_dataset(self.source, self.workspace, options, log=self.log.info)
         verb = "Reused unchanged" if stats.reused else "Resolved"
         self.log.info(
-            "%s dataset %s: %d records, %d bytes -> %s",
+            "%s dataset %s: %d records (%d skipped) from %d file(s), %d bytes in %.1f s -> %s",
             verb,
             stats.source,
             stats.records,
+            stats.skipped,
+            stats.files,
             stats.bytes,
+            stats.seconds,
             stats.path,
         )
+        for reason in stats.skip_reasons:
+            self.log.warning("Skipped: %s", reason)
         self.record_lineage(inputs=[(stats.source, "datasets")], outputs=[(stats.path, "datasets")])
         return stats.to_dict()

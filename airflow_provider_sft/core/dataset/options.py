@@ -98,4 +98,4 @@ class DatasetOptions(BaseModel):
             for item in error.errors():
                 name = ".".join(str(part) for part in item["loc"]) or "options"
                 problems[name] = item["msg"]
-            raise InvalidParameterError(problems) from None
+            raise InvalidParameterError(problems, kind="dataset") from None

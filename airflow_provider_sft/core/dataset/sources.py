@@ -16,6 +16,7 @@ commit) so an unchanged source is not resolved twice. Sources never write anythi
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 from collections.abc import Callable, Iterator
@@ -143,7 +144,7 @@ def _s3_error(error: Exception, uri: str, options: S3Options) -> DatasetError:
             "InvalidAccessKeyId": "the access key id is not known to the server (check the credentials)",
             "SignatureDoesNotMatch": "the secret access key is wrong (check the credentials)",
             "AccessDenied": "access denied for these credentials",
-            "403": "access denied for these credentials",
+            "403": "access denied (wrong credentials, or no permission for this object)",
         }
         return DatasetError(f"{uri}: S3 refused the request: {code}: {hints.get(code, error)}")
     return DatasetError(f"{uri}: S3 request failed ({type(error).__name__})")
@@ -161,7 +162,8 @@ def s3_source(location: str, options: S3Options) -> Source:
         raise DatasetError(f"Dataset source {location!r}: an S3 URL needs a bucket (s3://bucket/key)")
     uri = f"s3://{bucket}/{key}"
 
-    def client() -> Any:
+    @functools.cache
+    def client() -> Any:  # one boto3 client per source: building one costs ~0.1-0.5 s
         return options.client()
 
     def opener(object_key: str) -> Callable[[], contextlib.AbstractContextManager[BinaryIO]]:
@@ -228,23 +230,30 @@ def display_url(url: str) -> str:
 
 
 def _http_stream(url: str, shown: str, headers: dict[str, str] | None = None, session: Any = None):
+    """Open ``url`` as a buffered byte stream (``session``: the Hub's shared client, else a fresh httpx one)."""
     import httpx
 
     @contextlib.contextmanager
     def open_url() -> Iterator[BinaryIO]:
-        client = session or httpx.Client(follow_redirects=True, timeout=httpx.Timeout(60.0, connect=10.0))
+        client = session or httpx.Client(timeout=httpx.Timeout(60.0, connect=10.0))
         try:
             with client.stream("GET", url, headers=headers or {}, follow_redirects=True) as response:
                 if response.status_code >= 400:
                     raise DatasetError(f"{shown}: HTTP {response.status_code} {response.reason_phrase}")
                 yield buffered(ChunkReader(chunks=response.iter_raw(1 << 20)))
-        except httpx.HTTPError as error:
-            raise DatasetError(f"{shown}: request failed ({type(error).__name__})") from None
+        except DatasetError:
+            raise
+        except Exception as error:  # transport errors of httpx (or the Hub's httpx2): never echo the raw URL
+            raise DatasetError(f"{shown}: request failed ({_transport_error(error, url, shown)})") from None
         finally:
             if session is None:
                 client.close()
 
     return open_url
+
+
+def _transport_error(error: Exception, url: str, shown: str) -> str:
+    return f"{type(error).__name__}: {str(error).replace(url, shown)}"
 
 
 def http_source(url: str) -> Source:
@@ -256,7 +265,9 @@ def http_source(url: str) -> Source:
         try:
             head = httpx.head(url, follow_redirects=True, timeout=10.0)
         except httpx.HTTPError as error:
-            raise DatasetError(f"{shown}: cannot reach the server ({type(error).__name__})") from None
+            raise DatasetError(
+                f"{shown}: cannot reach the server ({_transport_error(error, url, shown)})"
+            ) from None
         if head.status_code >= 400 and head.status_code != 405:
             raise DatasetError(f"{shown}: HTTP {head.status_code} {head.reason_phrase}")
         identity = {
