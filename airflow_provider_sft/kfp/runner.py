@@ -24,7 +24,7 @@ from typing import Any
 from airflow_provider_sft.core import constants as c
 from airflow_provider_sft.core.backends import BackendName, JobStatus, TrainingBackend
 from airflow_provider_sft.core.chart import write_loss_chart
-from airflow_provider_sft.core.dataset import resolve_dataset
+from airflow_provider_sft.core.dataset import artifact_location, resolve_dataset
 from airflow_provider_sft.core.errors import DatasetError, TrainingFailedError
 from airflow_provider_sft.core.export import export_model
 from airflow_provider_sft.core.metrics import read_step_records, summarize, write_summary
@@ -57,8 +57,18 @@ def choose_backend() -> BackendName:
 
 
 def _dataset_path(dataset: Any, pvc_path: str) -> str:
-    if dataset is not None and getattr(dataset, "path", None):
-        return resolve_dataset(dataset.path, pvc_path).path
+    """The artifact (its path, metadata ``pvc_path``/``pvc_dir``/``artifact_path``, or uri) -> the PVC.
+
+    Credentials come from the pod's environment: ``HF_TOKEN``/``HF_ENDPOINT`` for the Hub,
+    boto3's chain (``AWS_ACCESS_KEY_ID``..., ``AWS_ENDPOINT_URL_S3``) for S3.
+    """
+    if dataset is not None:
+        location = artifact_location(
+            getattr(dataset, "path", None), getattr(dataset, "metadata", None), getattr(dataset, "uri", None)
+        )
+        stats = resolve_dataset(location, pvc_path, log=print)
+        print(f"Dataset {stats.source}: {stats.records} records, {stats.skipped} skipped -> {stats.path}")
+        return stats.path
     existing = Path(pvc_path) / c.DATASET_DIR / "train.jsonl"
     if existing.is_file():
         return resolve_dataset(str(existing), Path(pvc_path) / ".sft-resolve").path

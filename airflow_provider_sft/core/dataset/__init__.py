@@ -4,7 +4,7 @@ from airflow_provider_sft.core.dataset.formats import Format
 from airflow_provider_sft.core.dataset.options import DatasetOptions, OnBadRecord, S3Options
 from airflow_provider_sft.core.dataset.records import ROLES, BadRecordError, Mapping, validate_record
 from airflow_provider_sft.core.dataset.resolve import MANIFEST_FILE, TRAIN_FILE, DatasetStats, resolve_dataset
-from airflow_provider_sft.core.dataset.sources import BUNDLED_SOURCE, Source, parse_source
+from airflow_provider_sft.core.dataset.sources import BUNDLED_SOURCE, Source, artifact_location, parse_source
 
 __all__ = [
     "BUNDLED_SOURCE",
@@ -19,6 +19,7 @@ __all__ = [
     "OnBadRecord",
     "S3Options",
     "Source",
+    "artifact_location",
     "parse_source",
     "resolve_dataset",
     "validate_record",

@@ -384,6 +384,33 @@ def hub_source(location: str, options: DatasetOptions) -> Source:
     )
 
 
+# --- KFP artifacts ------------------------------------------------------------------------------
+
+#: Metadata keys of a KFP ``Dataset`` artifact that point at the data, in the original's order.
+ARTIFACT_PATH_KEYS = ("pvc_path", "pvc_dir", "artifact_path")
+
+
+def artifact_location(path: str | None, metadata: dict[str, Any] | None, uri: str | None = None) -> str:
+    """Where a KFP ``Dataset`` artifact's data is, resolved as the original component did.
+
+    Its local ``path`` when the file or directory exists; else metadata ``pvc_path`` /
+    ``pvc_dir`` (a path on the PVC), then ``artifact_path`` (``s3://``, ``http(s)://``,
+    ``hf://`` or a path); else the artifact's remote ``uri``.
+    """
+    if path and Path(path).exists():
+        return path
+    for key in ARTIFACT_PATH_KEYS:
+        value = (metadata or {}).get(key)
+        if isinstance(value, str) and value.strip():
+            return value.strip()
+    if uri and urlsplit(uri).scheme in ("s3", "http", "https", "hf"):
+        return uri
+    raise DatasetError(
+        f"Dataset artifact has no data: {path or 'its path'} does not exist and its metadata has none of "
+        f"{', '.join(ARTIFACT_PATH_KEYS)}"
+    )
+
+
 # --- dispatch -----------------------------------------------------------------------------------
 
 
