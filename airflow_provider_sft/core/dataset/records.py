@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from enum import Enum
-from typing import Any
+from typing import Any, NoReturn
 
 from airflow_provider_sft.core.errors import DatasetError
 
 ROLES = ("system", "user", "assistant")
+_ROLE_SET = frozenset(ROLES)
 MESSAGE_KEYS = frozenset(("role", "content"))
 
 
@@ -48,11 +49,31 @@ OPTIONAL_FIELDS = {
 
 
 def validate_messages(messages: Any, where: str) -> bool:
-    """Raise :class:`BadRecordError` naming ``where`` and the field; return whether messages are exactly role+content."""
+    """Raise :class:`BadRecordError` naming ``where`` and the field; return whether messages are exactly role+content.
+
+    The loop is the resolver's hot path (every message of every record): it checks with
+    cheap type tests and, only when something is wrong, walks again to say exactly what.
+    """
+    if type(messages) is not list or not messages:
+        _explain(messages, where)
+    plain, has_assistant = True, False
+    for message in messages:
+        if type(message) is not dict:
+            _explain(messages, where)
+        role, content = message.get("role"), message.get("content")
+        if role not in _ROLE_SET or type(content) is not str or not content or content.isspace():
+            _explain(messages, where)
+        has_assistant = has_assistant or role == "assistant"
+        plain = plain and len(message) == 2
+    if not has_assistant:
+        raise BadRecordError(f"{where}: 'messages' has no assistant turn to train on")
+    return plain
+
+
+def _explain(messages: Any, where: str) -> NoReturn:
+    """The precise error for messages the fast check rejected."""
     if not isinstance(messages, list) or not messages:
         raise BadRecordError(f"{where}: field 'messages' must be a non-empty list")
-    plain = True
-    has_assistant = False
     for index, message in enumerate(messages):
         if not isinstance(message, dict):
             raise BadRecordError(f"{where}: messages[{index}] must be an object with 'role' and 'content'")
@@ -68,11 +89,9 @@ def validate_messages(messages: Any, where: str) -> bool:
             )
         if not content.strip():
             raise BadRecordError(f"{where}: messages[{index}].content is empty")
-        has_assistant = has_assistant or role == "assistant"
-        plain = plain and len(message) == 2
-    if not has_assistant:
-        raise BadRecordError(f"{where}: 'messages' has no assistant turn to train on")
-    return plain
+    raise BadRecordError(
+        f"{where}: field 'messages' is invalid"
+    )  # unreachable for what the fast check rejects
 
 
 def validate_record(record: Any, where: str) -> None:

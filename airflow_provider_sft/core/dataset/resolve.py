@@ -90,6 +90,14 @@ class _TokenCounter:
 
 def _records(file: SourceFile, options: DatasetOptions, spool_dir: Path) -> Iterator[formats.Item]:
     """The raw items of one file, in whatever format it turns out to be."""
+    named = formats.format_from_name(file.name) if options.format is Format.AUTO else options.format
+    plain = formats.strip_compression_suffix(file.name) == file.name
+    if named is Format.PARQUET and plain and file.local_path is None and file.download is not None:
+        with _spool(spool_dir) as spool:  # Parquet needs a seekable file: fetch it whole, fast
+            file.download(spool)
+            spool.flush()
+            yield from formats.read_parquet(Path(spool.name), file.name, options.mapping)
+        return
     with file.opener() as raw, decoded(raw) as stream:  # type: ignore[arg-type]
         try:
             fmt = formats.choose_format(file.name, options.format, stream.peek(8)[:8])  # type: ignore[attr-defined]
@@ -104,10 +112,14 @@ def _records(file: SourceFile, options: DatasetOptions, spool_dir: Path) -> Iter
         elif file.local_path is not None and stream is raw:
             yield from formats.read_parquet(file.local_path, file.name, options.mapping)
         else:  # Parquet needs a seekable file: spool the (decompressed) bytes next to the output
-            with tempfile.NamedTemporaryFile(dir=spool_dir, prefix=".spool-", suffix=".parquet") as spool:
+            with _spool(spool_dir) as spool:
                 shutil.copyfileobj(stream, spool, 1 << 20)
                 spool.flush()
                 yield from formats.read_parquet(Path(spool.name), file.name, options.mapping)
+
+
+def _spool(spool_dir: Path) -> Any:
+    return tempfile.NamedTemporaryFile(dir=spool_dir, prefix=".spool-", suffix=".parquet")
 
 
 class _Writer:

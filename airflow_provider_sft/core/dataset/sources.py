@@ -49,6 +49,7 @@ class SourceFile:
     identity: dict[str, Any]
     opener: Callable[[], contextlib.AbstractContextManager[BinaryIO]]
     local_path: Path | None = None  # set when the file is on disk (Parquet reads it in place)
+    download: Callable[[BinaryIO], None] | None = None  # a faster whole-file copy (S3: parallel ranges)
 
 
 @dataclass
@@ -178,9 +179,18 @@ def s3_source(location: str, options: S3Options) -> Source:
 
         return open_object
 
+    def downloader(object_key: str) -> Callable[[BinaryIO], None]:
+        def download(target: BinaryIO) -> None:
+            try:
+                client().download_fileobj(bucket, object_key, target)  # s3transfer: concurrent ranged GETs
+            except Exception as error:
+                raise _s3_error(error, f"s3://{bucket}/{object_key}", options) from None
+
+        return download
+
     def entry(obj_key: str, size: int, etag: str) -> SourceFile:
         identity = {"key": obj_key, "bytes": size, "etag": etag.strip('"')}
-        return SourceFile(f"s3://{bucket}/{obj_key}", identity, opener(obj_key))
+        return SourceFile(f"s3://{bucket}/{obj_key}", identity, opener(obj_key), download=downloader(obj_key))
 
     def lister() -> list[SourceFile]:
         s3 = client()
