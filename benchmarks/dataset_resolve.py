@@ -107,7 +107,11 @@ print(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split(
 
 def record(rng: random.Random) -> dict:
     def text(n: int) -> str:
-        return " ".join(rng.choice(WORDS) for _ in range(n)).capitalize() + "."
+        words = [rng.choice(WORDS) for _ in range(n)]
+        if rng.random() < 0.2:  # quotes and line breaks, as real chat text has
+            words[rng.randrange(n)] = '"' + words[0] + '"'
+        sentence = " ".join(words).capitalize() + "."
+        return sentence.replace(" code ", ":\n\n    code\n") if rng.random() < 0.5 else sentence
 
     messages = [{"role": "system", "content": text(8)}] if rng.random() < 0.3 else []
     for _ in range(rng.randint(1, 3)):
@@ -121,7 +125,7 @@ def generate(data_dir: Path, size_mb: int) -> tuple[Path, Path]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    jsonl, parquet = data_dir / f"chat-{size_mb}mb.jsonl", data_dir / f"chat-{size_mb}mb.parquet"
+    jsonl, parquet = data_dir / f"chat-v2-{size_mb}mb.jsonl", data_dir / f"chat-v2-{size_mb}mb.parquet"
     if jsonl.exists() and parquet.exists():
         return jsonl, parquet
     data_dir.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,7 @@ import os
 
 from airflow.sdk import DAG, Param
 
-from airflow_provider_sft.core.dataset import BUNDLED_SOURCE
+from airflow_provider_sft.core.dataset import BUNDLED_SOURCE, Format, Mapping, OnBadRecord
 from airflow_provider_sft.operators import (
     ExportModelOperator,
     LossChartOperator,
@@ -46,9 +46,73 @@ with DAG(
         "dataset": Param(
             BUNDLED_SOURCE,
             type="string",
-            title="Dataset",
-            description="'bundled' (sample shipped with the provider), a JSONL file or a directory of them.",
-            section="Pipeline",
+            minLength=1,
+            title="Dataset source",
+            description=(
+                "'bundled' (sample shipped with the provider); a path (absolute, or relative to the workspace) "
+                "to a file or a directory of shards; s3://bucket/key-or-prefix/; an http(s):// URL; or a "
+                "HuggingFace dataset org/name[@revision][:split]."
+            ),
+            section="Dataset",
+        ),
+        "dataset_format": Param(
+            Format.AUTO.value,
+            type="string",
+            enum=[f.value for f in Format],
+            title="Format",
+            description="auto: from the file name, then the content. gzip/zstd are recognised by themselves.",
+            section="Dataset",
+        ),
+        "dataset_mapping": Param(
+            Mapping.MESSAGES.value,
+            type="string",
+            enum=[m.value for m in Mapping],
+            title="Record layout",
+            description="messages (chat samples), or convert prompt/completion or instruction/input/output records.",
+            section="Dataset",
+        ),
+        "on_bad_record": Param(
+            OnBadRecord.FAIL.value,
+            type="string",
+            enum=[o.value for o in OnBadRecord],
+            title="Bad records",
+            description="fail on the first bad record (naming file, line and field), or skip and count them.",
+            section="Dataset",
+        ),
+        "dataset_split": Param(
+            "",
+            type="string",
+            title="HF split",
+            description="HuggingFace split ('' = train).",
+            section="Dataset",
+        ),
+        "dataset_subset": Param(
+            "",
+            type="string",
+            title="HF subset",
+            description="HuggingFace subset directory.",
+            section="Dataset",
+        ),
+        "dataset_revision": Param(
+            "",
+            type="string",
+            title="HF revision",
+            description="Branch, tag or commit ('' = main).",
+            section="Dataset",
+        ),
+        "hf_conn_id": Param(
+            "",
+            type="string",
+            title="HuggingFace connection",
+            description="A 'huggingface' connection id (token, endpoint); '' = HF_TOKEN from the environment.",
+            section="Dataset",
+        ),
+        "aws_conn_id": Param(
+            "",
+            type="string",
+            title="S3 connection",
+            description="An 'aws' connection id for s3:// sources (keys, region, endpoint_url); '' = environment.",
+            section="Dataset",
         ),
         "workspace": Param(
             DEFAULT_WORKSPACE,
@@ -82,7 +146,17 @@ with DAG(
     },
 ) as dag:
     resolve_dataset = ResolveDatasetOperator(
-        task_id="resolve_dataset", source="{{ params.dataset }}", workspace="{{ params.workspace }}"
+        task_id="resolve_dataset",
+        source="{{ params.dataset }}",
+        workspace="{{ params.workspace }}",
+        format="{{ params.dataset_format }}",
+        mapping="{{ params.dataset_mapping }}",
+        on_bad_record="{{ params.on_bad_record }}",
+        split="{{ params.dataset_split }}",
+        subset="{{ params.dataset_subset }}",
+        revision="{{ params.dataset_revision }}",
+        hf_conn_id="{{ params.hf_conn_id }}",
+        aws_conn_id="{{ params.aws_conn_id }}",
     )
     train = SFTTrainOperator(
         task_id="train",
@@ -92,6 +166,7 @@ with DAG(
         namespace="{{ params.namespace }}",
         runtime_name="{{ params.runtime_name }}",
         pvc_name="{{ params.pvc_name }}",
+        hf_conn_id="{{ params.hf_conn_id }}",
         deferrable=True,  # kubernetes: wait in the triggerer, not in a worker slot
         **{name: "{{ params." + name + " }}" for name in TRAINING_PARAMETERS},
     )

@@ -55,6 +55,8 @@ class ResolveDatasetOperator(LineageMixin, BaseOperator):
         "tokenizer",
         "s3_endpoint_url",
         "region_name",
+        "hf_conn_id",
+        "aws_conn_id",
     )
     ui_color = "#e8f4fd"
 
@@ -88,7 +90,7 @@ class ResolveDatasetOperator(LineageMixin, BaseOperator):
         self.revision = revision
         self.tokenizer = tokenizer
         self.hf_conn_id = hf_conn_id
-        self.aws_conn_id = aws_conn_id
+        self.aws_conn_id = aws_conn_id  # "" (an empty form field) means none, like None
         self.s3_endpoint_url = s3_endpoint_url
         self.region_name = region_name
 
@@ -97,7 +99,7 @@ class ResolveDatasetOperator(LineageMixin, BaseOperator):
         from airflow_provider_sft.hooks.huggingface import HuggingFaceHook
         from airflow_provider_sft.hooks.storage import s3_options
 
-        hub = HuggingFaceHook(self.hf_conn_id)
+        hub = HuggingFaceHook(self.hf_conn_id or None)
         return DatasetOptions.build(
             format=self.format,
             mapping=self.mapping,
@@ -108,7 +110,9 @@ class ResolveDatasetOperator(LineageMixin, BaseOperator):
             tokenizer=self.tokenizer,
             hf_endpoint=hub.get_endpoint(),
             hf_token=hub.get_token(),
-            s3=s3_options(self.aws_conn_id, endpoint_url=self.s3_endpoint_url, region_name=self.region_name),
+            s3=s3_options(
+                self.aws_conn_id or None, endpoint_url=self.s3_endpoint_url, region_name=self.region_name
+            ),
         )
 
     def execute(self, context: Any) -> dict[str, Any]:

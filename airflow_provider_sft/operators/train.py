@@ -85,6 +85,7 @@ class SFTTrainOperator(LineageMixin, BaseOperator):
         "namespace",
         "runtime_name",
         "pvc_name",
+        "hf_conn_id",
         *TRAINING_PARAMETERS,
     )
     template_fields_renderers = {"envs": "json", "metadata_labels": "json", "metadata_annotations": "json"}
@@ -236,7 +237,7 @@ class SFTTrainOperator(LineageMixin, BaseOperator):
     def _credentials(self) -> Credentials:
         from airflow_provider_sft.hooks.huggingface import HuggingFaceHook
 
-        token = HuggingFaceHook(self.hf_conn_id).get_token()  # no connection id: $HF_TOKEN
+        token = HuggingFaceHook(self.hf_conn_id or None).get_token()  # no connection id: $HF_TOKEN
         return Credentials(hf_token=token, oci_pull_secret=os.environ.get(c.OCI_PULL_SECRET_ENV) or None)
 
     def _backend_for(self, context: Any) -> TrainingBackend:

@@ -8,6 +8,7 @@ which these machines cannot reach).
 
 from __future__ import annotations
 
+import http.server
 import json
 
 import pytest
@@ -366,3 +367,36 @@ def test_huggingface_connection_test_button_against_the_stand_in(hub, online, mo
     )
     ok, message = HuggingFaceHook("hub").test_connection()
     assert not ok and "hf_wrong" not in message
+
+
+class _Flaky(http.server.SimpleHTTPRequestHandler):
+    """Answers 503 to the first ``failures`` GETs of each path (HEAD always works)."""
+
+    failures = 2
+    seen: dict = {}
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        count = self.seen[self.path] = self.seen.get(self.path, 0) + 1
+        if count <= self.failures or self.path.startswith("/always"):
+            self.send_error(503, "Busy")
+            return
+        super().do_GET()
+
+
+def test_http_transient_errors_are_retried(tmp_path, monkeypatch):
+    from airflow_provider_sft.core.dataset import sources
+
+    monkeypatch.setattr(sources, "HTTP_BACKOFF_S", 0.01)
+    (tmp_path / "www").mkdir()
+    (tmp_path / "www" / "chat.jsonl").write_bytes(jsonl_bytes(ROWS))
+    (tmp_path / "www" / "always.jsonl").write_bytes(jsonl_bytes(ROWS))
+    with serve_directory(tmp_path / "www", _Flaky) as url:
+        assert resolve_dataset(f"{url}/chat.jsonl", tmp_path / "ws").records == 5
+        assert _Flaky.seen["/chat.jsonl"] == 3
+        with pytest.raises(DatasetError, match="HTTP 503 Busy after 4 attempts"):
+            resolve_dataset(f"{url}/always.jsonl", tmp_path / "ws2")
+        assert _Flaky.seen["/always.jsonl"] == 4
+    assert_nothing_written(tmp_path / "ws2")

@@ -90,14 +90,6 @@ class _TokenCounter:
 
 def _records(file: SourceFile, options: DatasetOptions, spool_dir: Path) -> Iterator[formats.Item]:
     """The raw items of one file, in whatever format it turns out to be."""
-    named = formats.format_from_name(file.name) if options.format is Format.AUTO else options.format
-    plain = formats.strip_compression_suffix(file.name) == file.name
-    if named is Format.PARQUET and plain and file.local_path is None and file.download is not None:
-        with _spool(spool_dir) as spool:  # Parquet needs a seekable file: fetch it whole, fast
-            file.download(spool)
-            spool.flush()
-            yield from formats.read_parquet(Path(spool.name), file.name, options.mapping)
-        return
     with file.opener() as raw, decoded(raw) as stream:  # type: ignore[arg-type]
         try:
             fmt = formats.choose_format(file.name, options.format, stream.peek(8)[:8])  # type: ignore[attr-defined]
@@ -110,12 +102,16 @@ def _records(file: SourceFile, options: DatasetOptions, spool_dir: Path) -> Iter
         elif fmt is Format.CSV:
             yield from formats.read_csv(stream, file.name, options.mapping)
         elif file.local_path is not None and stream is raw:
-            yield from formats.read_parquet(file.local_path, file.name, options.mapping)
+            yield from formats.read_parquet(
+                file.local_path, file.name, options.mapping, fast=not options.tokenizer
+            )
         else:  # Parquet needs a seekable file: spool the (decompressed) bytes next to the output
             with _spool(spool_dir) as spool:
                 shutil.copyfileobj(stream, spool, 1 << 20)
                 spool.flush()
-                yield from formats.read_parquet(Path(spool.name), file.name, options.mapping)
+                yield from formats.read_parquet(
+                    Path(spool.name), file.name, options.mapping, fast=not options.tokenizer
+                )
 
 
 def _spool(spool_dir: Path) -> Any:
@@ -140,6 +136,9 @@ class _Writer:
             self.skip_reasons.append(str(error))
 
     def add(self, where: str, record: Any, raw_line: bytes | None) -> None:
+        if isinstance(record, formats.Validated):  # a batch checked as a whole: its output lines
+            self._write(raw_line, record.count)  # type: ignore[arg-type]
+            return
         if isinstance(record, BadRecordError):
             self.bad(record)
             return
@@ -157,12 +156,15 @@ class _Writer:
             line = raw_line.rstrip(b"\r\n") + b"\n"  # already a clean one-line chat record: keep its bytes
         else:
             line = orjson.dumps({"messages": messages}) + b"\n"
-        self.handle.write(line)
-        self.digest.update(line)
-        self.records += 1
-        self.bytes += len(line)
+        self._write(line)
         if self.tokens is not None:
             self.tokens.add(messages)
+
+    def _write(self, lines: bytes | memoryview, count: int = 1) -> None:
+        self.handle.write(lines)
+        self.digest.update(lines)
+        self.records += count
+        self.bytes += len(lines)
 
 
 def _read_manifest(path: Path) -> dict[str, Any] | None:

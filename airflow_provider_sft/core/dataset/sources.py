@@ -49,7 +49,6 @@ class SourceFile:
     identity: dict[str, Any]
     opener: Callable[[], contextlib.AbstractContextManager[BinaryIO]]
     local_path: Path | None = None  # set when the file is on disk (Parquet reads it in place)
-    download: Callable[[BinaryIO], None] | None = None  # a faster whole-file copy (S3: parallel ranges)
 
 
 @dataclass
@@ -179,18 +178,9 @@ def s3_source(location: str, options: S3Options) -> Source:
 
         return open_object
 
-    def downloader(object_key: str) -> Callable[[BinaryIO], None]:
-        def download(target: BinaryIO) -> None:
-            try:
-                client().download_fileobj(bucket, object_key, target)  # s3transfer: concurrent ranged GETs
-            except Exception as error:
-                raise _s3_error(error, f"s3://{bucket}/{object_key}", options) from None
-
-        return download
-
     def entry(obj_key: str, size: int, etag: str) -> SourceFile:
         identity = {"key": obj_key, "bytes": size, "etag": etag.strip('"')}
-        return SourceFile(f"s3://{bucket}/{obj_key}", identity, opener(obj_key), download=downloader(obj_key))
+        return SourceFile(f"s3://{bucket}/{obj_key}", identity, opener(obj_key))
 
     def lister() -> list[SourceFile]:
         s3 = client()
@@ -239,23 +229,63 @@ def display_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, "…" if parts.query else "", ""))
 
 
+#: Answers worth another try: rate limits and server-side trouble.
+RETRY_STATUS = frozenset((408, 429, 500, 502, 503, 504))
+HTTP_ATTEMPTS = 4
+HTTP_BACKOFF_S = 0.5  # first wait; doubles, at most 8 s
+
+
+class _RetryableStatus(Exception):
+    def __init__(self, status: int, reason: str):
+        super().__init__(f"HTTP {status} {reason}")
+
+
+def _retryable(error: BaseException) -> bool:
+    """Status codes above, and transport errors (connect, read, timeouts) of httpx or the Hub's httpx2."""
+    return isinstance(error, _RetryableStatus) or type(error).__module__.split(".")[0] in ("httpx", "httpx2")
+
+
 def _http_stream(url: str, shown: str, headers: dict[str, str] | None = None, session: Any = None):
-    """Open ``url`` as a buffered byte stream (``session``: the Hub's shared client, else a fresh httpx one)."""
+    """Open ``url`` as a buffered byte stream (``session``: the Hub's shared client, else a fresh httpx one).
+
+    Opening is retried (tenacity, exponential backoff) on 408/429/5xx and transport errors;
+    other 4xx answers fail at once, naming the status.
+    """
     import httpx
+    from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
+
+    def send(client: Any) -> Any:
+        request = client.build_request("GET", url, headers=headers or {})
+        response = client.send(request, stream=True, follow_redirects=True)
+        if response.status_code in RETRY_STATUS:
+            response.close()
+            raise _RetryableStatus(response.status_code, response.reason_phrase)
+        return response
 
     @contextlib.contextmanager
     def open_url() -> Iterator[BinaryIO]:
         client = session or httpx.Client(timeout=httpx.Timeout(60.0, connect=10.0))
+        response = None
         try:
-            with client.stream("GET", url, headers=headers or {}, follow_redirects=True) as response:
-                if response.status_code >= 400:
-                    raise DatasetError(f"{shown}: HTTP {response.status_code} {response.reason_phrase}")
-                yield buffered(ChunkReader(chunks=response.iter_raw(1 << 20)))
+            retrying = Retrying(
+                stop=stop_after_attempt(HTTP_ATTEMPTS),
+                wait=wait_exponential(multiplier=HTTP_BACKOFF_S, max=8.0),
+                retry=retry_if_exception(_retryable),
+                reraise=True,
+            )
+            response = retrying(send, client)
+            if response.status_code >= 400:
+                raise DatasetError(f"{shown}: HTTP {response.status_code} {response.reason_phrase}")
+            yield buffered(ChunkReader(chunks=response.iter_raw(1 << 20)))
         except DatasetError:
             raise
+        except _RetryableStatus as error:
+            raise DatasetError(f"{shown}: {error} after {HTTP_ATTEMPTS} attempts") from None
         except Exception as error:  # transport errors of httpx (or the Hub's httpx2): never echo the raw URL
             raise DatasetError(f"{shown}: request failed ({_transport_error(error, url, shown)})") from None
         finally:
+            if response is not None:
+                response.close()
             if session is None:
                 client.close()
 

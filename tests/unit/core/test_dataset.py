@@ -461,3 +461,37 @@ def test_invalid_options_name_the_parameter():
     with pytest.raises(InvalidParameterError) as info:
         DatasetOptions.build(mapping="alpaca", on_bad_record="ignore", format="xml")
     assert set(info.value.errors) == {"mapping", "on_bad_record", "format"}
+
+
+def test_parquet_columnar_fast_path_writes_what_the_row_path_writes(tmp_path):
+    """Valid chat batches skip the per-row path; the bytes must be what orjson writes row by row."""
+    import orjson
+
+    from airflow_provider_sft.core.dataset.formats import Validated, read_parquet
+    from airflow_provider_sft.core.dataset.records import Mapping
+
+    tricky = 'a "quoted" \\ back\\slash é ✓ line\nbreak\ttab\r\x08\x0c'
+    rows = [*ROWS, chat(("q", tricky))] * 700  # several batches
+    path = write_parquet(tmp_path / "d.parquet", rows)
+    fast = list(read_parquet(path, "d", Mapping.MESSAGES))
+    assert {type(record) for _, record, _ in fast} == {Validated}
+    assert sum(record.count for _, record, _ in fast) == len(rows)
+    row_path = [record for _, record, _ in read_parquet(path, "d", Mapping.MESSAGES, fast=False)]
+    expected = b"".join(orjson.dumps(r) + b"\n" for r in row_path)
+    assert b"".join(bytes(blob) for _, _, blob in fast) == expected
+    resolve_dataset(str(path), tmp_path / "ws")
+    assert (tmp_path / "ws" / "dataset" / "train.jsonl").read_bytes() == expected
+    assert read_output(tmp_path / "ws") == rows
+
+
+def test_parquet_rare_control_characters_take_the_row_path(tmp_path):
+    import orjson
+
+    from airflow_provider_sft.core.dataset.formats import Validated, read_parquet
+    from airflow_provider_sft.core.dataset.records import Mapping
+
+    rows = [chat(("bell \x07 and \x01", "ok"))]
+    items = list(read_parquet(write_parquet(tmp_path / "d.parquet", rows), "d", Mapping.MESSAGES))
+    assert not any(isinstance(record, Validated) for _, record, _ in items)
+    resolve_dataset(str(tmp_path / "d.parquet"), tmp_path / "ws")
+    assert (tmp_path / "ws" / "dataset" / "train.jsonl").read_bytes() == orjson.dumps(rows[0]) + b"\n"
