@@ -51,8 +51,15 @@ def format_from_name(name: str) -> Format | None:
     return SUFFIXES.get(Path(strip_compression_suffix(name)).suffix.lower())
 
 
+#: JSON files that sit next to data shards but describe them (HF ``save_to_disk``, our manifest).
+METADATA_NAMES = frozenset(
+    ("dataset_info.json", "dataset_infos.json", "dataset_dict.json", "state.json", "manifest.json")
+)
+
+
 def is_data_file(name: str) -> bool:
-    return format_from_name(name) is not None
+    """Whether a file found in a directory, S3 prefix or Hub repo is data (by suffix, metadata excluded)."""
+    return format_from_name(name) is not None and Path(name).name not in METADATA_NAMES
 
 
 def sniff(head: bytes) -> Format | None:

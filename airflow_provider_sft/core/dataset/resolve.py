@@ -204,6 +204,11 @@ def resolve_dataset(
     out_dir = _output_dir(workspace)
     target, manifest_path = out_dir / TRAIN_FILE, out_dir / MANIFEST_FILE
     files = parsed.files()
+    for file in files:  # resolving would first delete what it is about to read
+        if file.local_path is not None and out_dir.resolve() in file.local_path.resolve().parents:
+            raise DatasetError(
+                f"{file.name}: the source lies in the output directory {out_dir}; move it elsewhere"
+            )
     identity = {
         "version": MANIFEST_VERSION,
         "source": parsed.uri,

@@ -25,7 +25,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 from urllib.parse import urlsplit, urlunsplit
 
-from airflow_provider_sft.core.dataset.formats import is_data_file
+from airflow_provider_sft.core.dataset.formats import format_from_name, is_data_file
 from airflow_provider_sft.core.dataset.options import DatasetOptions, S3Options
 from airflow_provider_sft.core.dataset.streams import ChunkReader, buffered
 from airflow_provider_sft.core.errors import DatasetError
@@ -476,7 +476,9 @@ def parse_source(location: str, workspace: Path, options: DatasetOptions) -> Sou
             f"Dataset source {location!r}: unsupported scheme {scheme!r} (s3, http(s), hf, pvc, file)"
         )
     relative = location.removeprefix(PVC_PREFIX)
-    looks_local = os.path.isabs(location) or (workspace / relative).exists() or is_data_file(location)
+    looks_local = (
+        os.path.isabs(location) or (workspace / relative).exists() or format_from_name(location) is not None
+    )
     if not looks_local and parse_hub_id(location):
         return hub_source(location, options)
     return local_source(location, workspace)

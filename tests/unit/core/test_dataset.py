@@ -88,6 +88,7 @@ def test_directory_of_mixed_shards_in_path_order_and_hidden_files_ignored(tmp_pa
     write_parquet(shards / "a.parquet", [chat(("a", "A")), chat(("a2", "A2"))])
     write_json_array(shards / "part2" / "c.json", [chat(("c", "C"))])
     (shards / "README.md").write_text("ignored")
+    (shards / "dataset_info.json").write_text('{"description": "metadata, not data"}')
     write_jsonl(shards / ".hidden.jsonl", [{"broken": True}])
     write_jsonl(shards / "_SUCCESS.jsonl", [{"broken": True}])
     stats = resolve_dataset(str(shards), tmp_path / "ws")
@@ -442,6 +443,14 @@ def test_bad_locations_are_refused_before_reading(tmp_path, location, message):
     with pytest.raises(DatasetError, match=message):
         resolve_dataset(location, workspace)
     assert_nothing_written(workspace)
+
+
+def test_the_output_directory_is_never_its_own_source(tmp_path):
+    resolve_dataset(str(write_jsonl(tmp_path / "d.jsonl", [GOOD])), tmp_path / "ws")
+    for location in ("dataset/train.jsonl", "dataset", str(tmp_path / "ws" / "dataset" / "train.jsonl")):
+        with pytest.raises(DatasetError, match="the source lies in the output directory"):
+            resolve_dataset(location, tmp_path / "ws", DatasetOptions(mapping="prompt_completion"))
+        assert read_output(tmp_path / "ws") == [GOOD]
 
 
 def test_a_workspace_symlink_out_of_the_workspace_is_refused(tmp_path):
