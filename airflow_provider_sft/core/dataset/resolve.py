@@ -63,7 +63,12 @@ class _TokenCounter:
     """Approximate token count of every message's content, batched through a fast tokenizer."""
 
     def __init__(self, location: str):
-        from tokenizers import Tokenizer
+        try:
+            from tokenizers import Tokenizer
+        except ImportError:
+            raise DatasetError(
+                "tokenizer: counting tokens needs the 'tokenizers' package (pip install 'airflow-provider-sft[train]')"
+            ) from None
 
         path = Path(location)
         path = path / "tokenizer.json" if path.is_dir() else path
