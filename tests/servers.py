@@ -26,8 +26,6 @@ import time
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-import requests
-
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -193,11 +191,3 @@ class HubStandIn:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
-
-
-def wait_http(url: str) -> None:
-    for _ in range(50):
-        with contextlib.suppress(requests.RequestException):
-            requests.get(url, timeout=1)
-            return
-        time.sleep(0.1)

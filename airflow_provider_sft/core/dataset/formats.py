@@ -23,8 +23,6 @@ import orjson
 
 from airflow_provider_sft.core.dataset.records import OPTIONAL_FIELDS, ROLES, BadRecordError, Mapping
 from airflow_provider_sft.core.dataset.streams import strip_compression_suffix
-
-__all__ = ["Format", "choose_format", "format_from_name", "is_data_file", "strip_compression_suffix"]
 from airflow_provider_sft.core.errors import DatasetError
 
 #: The largest single record a JSON array may hold before it is called malformed.

@@ -16,7 +16,6 @@ from airflow_provider_sft.core.errors import DatasetError
 
 ROLES = ("system", "user", "assistant")
 _ROLE_SET = frozenset(ROLES)
-MESSAGE_KEYS = frozenset(("role", "content"))
 
 
 class BadRecordError(DatasetError):
@@ -92,11 +91,6 @@ def _explain(messages: Any, where: str) -> NoReturn:
     raise BadRecordError(
         f"{where}: field 'messages' is invalid"
     )  # unreachable for what the fast check rejects
-
-
-def validate_record(record: Any, where: str) -> None:
-    """Raise :class:`DatasetError` naming ``where`` and the field when ``record`` is not a chat sample."""
-    chat_messages(record, where, Mapping.MESSAGES)
 
 
 def _text(record: dict[str, Any], field: str, where: str, *, required: bool) -> str | None:
