@@ -12,6 +12,7 @@ put the token in Params, XComs or TrainJob specs.
 from __future__ import annotations
 
 import os
+from functools import cached_property
 from typing import Any
 
 from airflow.sdk.bases.hook import BaseHook
@@ -35,23 +36,25 @@ class HuggingFaceHook(BaseHook):
         super().__init__(**kwargs)
         self.hf_conn_id = hf_conn_id
 
+    @cached_property
     def _connection(self) -> Any | None:
+        """Looked up once per hook: a lookup may reach a secrets backend, and every getter needs it."""
         return self.get_connection(self.hf_conn_id) if self.hf_conn_id else None
 
     def get_token(self) -> str | None:
-        connection = self._connection()
+        connection = self._connection
         token = connection.password if connection else os.environ.get(c.HF_TOKEN_ENV)
         return token or None
 
     def get_endpoint(self) -> str | None:
-        connection = self._connection()
+        connection = self._connection
         host = (connection.host if connection else None) or os.environ.get("HF_ENDPOINT")
         if host and "://" not in host:
             host = f"https://{host}"
         return host.rstrip("/") if host else None
 
     def get_revision(self) -> str | None:
-        connection = self._connection()
+        connection = self._connection
         return (connection.extra_dejson.get("revision") if connection else None) or None
 
     def get_conn(self) -> Any:
