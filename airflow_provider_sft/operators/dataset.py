@@ -31,7 +31,8 @@ class ResolveDatasetOperator(LineageMixin, BaseOperator):
     :param on_bad_record: ``fail`` (default: the first bad record fails the task naming file,
         line and field) or ``skip`` (counted in ``skipped``, first reasons in ``skip_reasons``).
     :param split: HuggingFace split (default ``train``); ``subset``: its subset directory;
-        ``revision``: branch, tag or commit (default: the connection's, else ``main``).
+        ``revision``: branch, tag or commit (default: the source's ``@rev``, then the connection's,
+        else ``main``). Given for any other kind of source, these three are an error.
     :param tokenizer: a ``tokenizer.json`` (or its directory) to report ``approx_tokens``.
     :param hf_conn_id: a ``huggingface`` connection (token, endpoint); default ``HF_TOKEN``/``HF_ENDPOINT``.
     :param aws_conn_id: an ``aws`` connection for ``s3://`` (keys, region, ``endpoint_url`` extra);
@@ -106,7 +107,8 @@ class ResolveDatasetOperator(LineageMixin, BaseOperator):
             on_bad_record=self.on_bad_record,
             split=self.split,
             subset=self.subset,
-            revision=self.revision or (hub.get_revision() if self.hf_conn_id else None),
+            revision=self.revision,
+            hf_default_revision=hub.get_revision(),
             tokenizer=self.tokenizer,
             hf_endpoint=hub.get_endpoint(),
             hf_token=hub.get_token(),

@@ -66,6 +66,9 @@ class DatasetOptions(BaseModel):
     split: str | None = Field(None, description="HuggingFace split (default train).")
     subset: str | None = Field(None, description="HuggingFace subset (configuration) directory.")
     revision: str | None = Field(None, description="HuggingFace branch, tag or commit.")
+    hf_default_revision: str | None = Field(
+        None, description="Revision when neither ``revision`` nor the source names one (the connection's)."
+    )
     tokenizer: str | None = Field(
         None, description="tokenizer.json (or its directory) to count approximate tokens."
     )
@@ -75,7 +78,7 @@ class DatasetOptions(BaseModel):
     hf_token: SecretStr | None = None
     s3: S3Options = Field(default_factory=S3Options)
 
-    @field_validator("split", "subset", "revision", "tokenizer", "hf_endpoint")
+    @field_validator("split", "subset", "revision", "hf_default_revision", "tokenizer", "hf_endpoint")
     @classmethod
     def _blank_is_none(cls, value: str | None) -> str | None:
         return value.strip() or None if isinstance(value, str) else value

@@ -359,7 +359,7 @@ def hub_source(location: str, options: DatasetOptions) -> Source:
             f"Dataset source {location!r} is not a HuggingFace dataset id (org/name[@revision][:split])"
         )
     repo_id = match["repo"]
-    revision = options.revision or match["revision"]
+    revision = options.revision or match["revision"] or options.hf_default_revision
     split = options.split or match["split"] or "train"
     subset = options.subset
     uri = f"{HUB_PREFIX}{repo_id}"
@@ -454,9 +454,20 @@ def artifact_location(path: str | None, metadata: dict[str, Any] | None, uri: st
 # --- dispatch -----------------------------------------------------------------------------------
 
 
+#: Options that select within a HuggingFace dataset: given for any other source, they are an error.
+HUB_ONLY_OPTIONS = ("split", "subset", "revision")
+
+
 def parse_source(location: str, workspace: Path, options: DatasetOptions) -> Source:
     """The :class:`Source` for ``location``; raises :class:`DatasetError` naming what is wrong."""
-    location = location.strip()
+    source = _source_for(location.strip(), workspace, options)
+    given = [name for name in HUB_ONLY_OPTIONS if getattr(options, name)]
+    if given and not source.uri.startswith(HUB_PREFIX):
+        raise DatasetError(f"{', '.join(given)}: only for a HuggingFace dataset source, not {source.uri}")
+    return source
+
+
+def _source_for(location: str, workspace: Path, options: DatasetOptions) -> Source:
     if not location:
         raise DatasetError("Dataset source is empty")
     if location == BUNDLED_SOURCE:

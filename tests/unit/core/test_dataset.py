@@ -504,3 +504,15 @@ def test_parquet_rare_control_characters_take_the_row_path(tmp_path):
     assert not any(isinstance(record, Validated) for _, record, _ in items)
     resolve_dataset(str(tmp_path / "d.parquet"), tmp_path / "ws")
     assert (tmp_path / "ws" / "dataset" / "train.jsonl").read_bytes() == orjson.dumps(rows[0]) + b"\n"
+
+
+@pytest.mark.parametrize("option", [{"split": "test"}, {"subset": "fr"}, {"revision": "v1"}])
+def test_hub_only_options_on_another_source_are_an_error_not_ignored(tmp_path, option):
+    source = write_jsonl(tmp_path / "d.jsonl", [GOOD])
+    with pytest.raises(DatasetError, match=f"{next(iter(option))}: only for a HuggingFace dataset source"):
+        resolve_dataset(str(source), tmp_path / "ws", DatasetOptions(**option))
+    assert_nothing_written(tmp_path / "ws")
+    # A connection's default revision is not the user's choice: it applies to Hub sources only.
+    assert (
+        resolve_dataset(str(source), tmp_path / "ws", DatasetOptions(hf_default_revision="main")).records == 1
+    )
