@@ -8,6 +8,7 @@ from typing import Any
 from airflow.sdk import BaseOperator
 
 from airflow_provider_sft.core.dataset import BUNDLED_SOURCE, DatasetOptions, resolve_dataset
+from airflow_provider_sft.core.errors import InvalidParameterError
 from airflow_provider_sft.lineage import LineageMixin
 
 
@@ -38,7 +39,7 @@ class ResolveDatasetOperator(LineageMixin, BaseOperator):
     :param aws_conn_id: an ``aws`` connection for ``s3://`` (keys, region, ``endpoint_url`` extra);
         default: boto3's chain (environment, profile, role).
     :param s3_endpoint_url: S3-compatible endpoint (MinIO, Ceph...), overriding the connection's.
-    :param region_name: S3 region, overriding the connection's.
+    :param region_name: S3 region, overriding the connection's. Both are an error for a non-S3 source.
 
     Returns (XCom) the stats: ``path``, ``source``, ``records``, ``skipped``, ``skip_reasons``,
     ``bytes``, ``sha256``, ``files``, ``approx_tokens``, ``seconds``, ``reused``.
@@ -100,6 +101,10 @@ class ResolveDatasetOperator(LineageMixin, BaseOperator):
         from airflow_provider_sft.hooks.huggingface import HuggingFaceHook
         from airflow_provider_sft.hooks.storage import s3_options
 
+        s3_settings = {"s3_endpoint_url": self.s3_endpoint_url, "region_name": self.region_name}
+        misplaced = {name: "only for an s3:// source" for name, value in s3_settings.items() if value}
+        if misplaced and not str(self.source).strip().startswith("s3://"):
+            raise InvalidParameterError(misplaced, kind="dataset")
         hub = HuggingFaceHook(self.hf_conn_id or None)
         return DatasetOptions.build(
             format=self.format,

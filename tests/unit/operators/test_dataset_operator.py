@@ -71,3 +71,12 @@ def test_every_option_is_templated():
         "subset",
         "revision",
     } <= set(ResolveDatasetOperator.template_fields)
+
+
+def test_s3_settings_for_a_non_s3_source_are_an_error_not_ignored(tmp_path):
+    operator = ResolveDatasetOperator(
+        task_id="r", workspace=str(tmp_path), source="bundled", s3_endpoint_url="http://minio:9000"
+    )
+    with pytest.raises(InvalidParameterError, match="s3_endpoint_url: only for an s3:// source"):
+        operator.execute({})
+    assert not (tmp_path / "dataset").exists()
