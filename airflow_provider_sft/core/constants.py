@@ -67,9 +67,15 @@ TRAINJOB_KIND = "TrainJob"
 TRAINJOB_PLURAL = "trainjobs"
 TRAINJOB_CRD_NAME = f"{TRAINJOB_PLURAL}.{TRAINER_GROUP}"  # for schema detection
 CLUSTER_TRAINING_RUNTIME_KIND = "ClusterTrainingRuntime"
-DEFAULT_RUNTIME = "training-hub"  # OpenShift AI's runtime; upstream: "torch-distributed"
+CLUSTER_TRAINING_RUNTIME_PLURAL = "clustertrainingruntimes"
+TRAINING_RUNTIME_KIND = "TrainingRuntime"  # namespaced
+TRAINING_RUNTIME_PLURAL = "trainingruntimes"
+# A runtime every upstream install has (manifests/base/runtimes); OpenShift AI adds "training-hub".
+DEFAULT_RUNTIME = "torch-distributed"
 NODE = "node"  # replicated job and container name of the trainer in a runtime
-RUNTIME_PATCH_MANAGER = "airflow-provider-sft"  # our entry in spec.runtimePatches (v2.2+)
+# Our entry in spec.runtimePatches (v2.2+). The Trainer webhook requires a domain-prefixed
+# path (validation.IsDomainPrefixedPath), like Kueue's "kueue.x-k8s.io/manager".
+RUNTIME_PATCH_MANAGER = "airflow-provider-sft/sft-train-operator"
 
 # TrainJob status condition types (set by the Trainer controller).
 CONDITION_COMPLETE = "Complete"
@@ -95,3 +101,4 @@ RUN_CONFIG_ENV = "SFT_RUN_CONFIG"  # the TrainingRun JSON handed to the entrypoi
 # Where the workspace PVC is mounted in the training pod.
 DEFAULT_WORKSPACE_MOUNT = "/workspace"
 WORKSPACE_VOLUME = "workspace"
+SHM_VOLUME = "dshm"  # memory-backed /dev/shm (shm_size)

@@ -135,7 +135,31 @@ def _reject_bool(value: Any) -> Any:
     return value
 
 
-def _kubernetes_quantity(value: Any) -> str:
+def parse_labels(value: Any) -> dict[str, str]:
+    """Kubernetes labels from ``"k=v,k=v"`` or a mapping; keys and values in Kubernetes syntax."""
+    labels = _coerce_mapping(value, reveal_values=True)
+    for key, label_value in labels.items():
+        _check_qualified_key(key)
+        if len(label_value) > 63 or not _LABEL_VALUE.match(label_value):
+            raise ValueError(
+                f"value {label_value!r} of {key!r} must be at most 63 alphanumerics, '-', '_' or '.', "
+                "starting and ending with an alphanumeric"
+            )
+    return labels
+
+
+def parse_annotations(value: Any) -> dict[str, str]:
+    """Kubernetes annotations from ``"k=v,k=v"`` or a mapping (qualified keys, 256 KiB in all)."""
+    annotations = _coerce_mapping(value, reveal_values=True)
+    for key in annotations:
+        _check_qualified_key(key)
+    size = sum(len(k) + len(v) for k, v in annotations.items())
+    if size > _MAX_ANNOTATIONS_BYTES:
+        raise ValueError(f"total size must be at most 256 KiB, got {size} bytes")
+    return annotations
+
+
+def kubernetes_quantity(value: Any) -> str:
     if isinstance(value, bool) or not isinstance(value, str | int | float):
         raise ValueError(f"must be a Kubernetes quantity such as '500m', '4' or '64Gi', got {value!r}")
     text = str(value).strip()
@@ -268,7 +292,7 @@ class SFTParams(BaseModel):
     @field_validator("resource_cpu_per_worker", "resource_memory_per_worker", mode="before")
     @classmethod
     def _quantity(cls, value: Any) -> str:
-        return _kubernetes_quantity(value)
+        return kubernetes_quantity(value)
 
     @field_validator("resource_num_procs_per_worker", mode="before")
     @classmethod
@@ -296,26 +320,12 @@ class SFTParams(BaseModel):
     @field_validator("metadata_labels", mode="before")
     @classmethod
     def _labels(cls, value: Any) -> dict[str, str]:
-        labels = _coerce_mapping(value, reveal_values=True)
-        for key, label_value in labels.items():
-            _check_qualified_key(key)
-            if len(label_value) > 63 or not _LABEL_VALUE.match(label_value):
-                raise ValueError(
-                    f"value {label_value!r} of {key!r} must be at most 63 alphanumerics, '-', '_' or '.', "
-                    "starting and ending with an alphanumeric"
-                )
-        return labels
+        return parse_labels(value)
 
     @field_validator("metadata_annotations", mode="before")
     @classmethod
     def _annotations(cls, value: Any) -> dict[str, str]:
-        annotations = _coerce_mapping(value, reveal_values=True)
-        for key in annotations:
-            _check_qualified_key(key)
-        size = sum(len(k) + len(v) for k, v in annotations.items())
-        if size > _MAX_ANNOTATIONS_BYTES:
-            raise ValueError(f"total size must be at most 256 KiB, got {size} bytes")
-        return annotations
+        return parse_annotations(value)
 
     @model_validator(mode="after")
     def _some_checkpoint_is_written(self) -> SFTParams:
@@ -340,7 +350,7 @@ class SFTParams(BaseModel):
         try:
             return cls.model_validate(dict(values))
         except ValidationError as exc:
-            raise InvalidParameterError(_explain(exc, name_prefix)) from None
+            raise InvalidParameterError(explain(exc, name_prefix)) from None
 
     @classmethod
     def from_component_kwargs(cls, **kwargs: Any) -> SFTParams:
@@ -374,8 +384,11 @@ class SFTParams(BaseModel):
         return data
 
 
-def _explain(exc: ValidationError, name_prefix: str) -> dict[str, str]:
-    known = list(SFTParams.model_fields)
+def explain(
+    exc: ValidationError, name_prefix: str = "", model: type[BaseModel] | None = None
+) -> dict[str, str]:
+    """A pydantic error as {parameter: reason}, with "did you mean" for unknown names."""
+    known = list((model or SFTParams).model_fields)
     errors: dict[str, str] = {}
     for error in exc.errors():
         field = str(error["loc"][0]) if error["loc"] else "parameters"

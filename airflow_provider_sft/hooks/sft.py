@@ -12,23 +12,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from functools import cached_property
 from typing import Any
 
 from airflow.providers.cncf.kubernetes.hooks.kubernetes import AsyncKubernetesHook, KubernetesHook
 from airflow.sdk.bases.hook import BaseHook
 
-from airflow_provider_sft.core.kube import (
-    AsyncTrainJobClient,
-    RetryPolicy,
-    TrainJobClient,
-    api_client_from_environment,
+from airflow_provider_sft.core.backends.kubernetes.client import (
+    KubeClient,
+    environment_configuration,
     environment_server,
 )
+from airflow_provider_sft.core.backends.kubernetes.retry import RetryPolicy
 
 
 class SFTTrainingHook(BaseHook):
-    """Clients for TrainJobs, pods, logs and secrets.
+    """The async Kubernetes client for TrainJobs, runtimes, pods, events, logs and secrets.
+
+    There is one client and it is async: the trigger awaits it, the operator's blocking
+    calls run it under ``asyncio.run`` (see ``KubernetesBackend``).
 
     :param kubernetes_conn_id: a cncf.kubernetes ``kubernetes`` connection.
     """
@@ -46,23 +47,14 @@ class SFTTrainingHook(BaseHook):
     def _env_server() -> tuple[str, str, str] | None:
         return environment_server()
 
-    @cached_property
-    def api_client(self) -> Any:
-        if self._env_server() is None:
-            return KubernetesHook(conn_id=self.kubernetes_conn_id).api_client
-        return api_client_from_environment()
-
     def get_namespace(self) -> str | None:
         if self._env_server() is not None:
             return None
         return KubernetesHook(conn_id=self.kubernetes_conn_id).get_namespace()
 
-    def get_conn(self) -> TrainJobClient:
-        return TrainJobClient(self.api_client, retry=RetryPolicy(log=self.log.warning))
-
     @contextlib.asynccontextmanager
-    async def get_async_conn(self) -> AsyncIterator[AsyncTrainJobClient]:
-        """An async client on the API client this triggerer shares for this connection.
+    async def connect(self) -> AsyncIterator[KubeClient]:
+        """A client on the API client this process shares for this connection (and event loop).
 
         Every TrainJobTrigger of one triggerer process that uses the same connection
         borrows the same ``kubernetes_asyncio`` client (one connection pool, watches
@@ -71,20 +63,18 @@ class SFTTrainingHook(BaseHook):
         """
         key = (self.kubernetes_conn_id, bool(self._env_server()))
         async with _SHARED_ASYNC_CLIENTS.borrow(key, self._open_async_api) as api:
-            yield AsyncTrainJobClient(api)
+            yield KubeClient(api, retry=RetryPolicy(log=self.log.warning))
 
     async def _open_async_api(self, stack: contextlib.AsyncExitStack) -> Any:
         from kubernetes_asyncio import client
 
-        config = client.Configuration()
-        config.connection_pool_maxsize = ASYNC_POOL_SIZE  # one long-lived connection per watched job
-        env = self._env_server()
-        if env is None:
+        if self._env_server() is None:
+            config = client.Configuration()
+            config.connection_pool_maxsize = ASYNC_POOL_SIZE  # one long-lived connection per watched job
             hook = AsyncKubernetesHook(conn_id=self.kubernetes_conn_id, client_configuration=config)
             return await stack.enter_async_context(hook.get_conn())
-        url, token, ca = env
-        config.host, config.ssl_ca_cert = url, ca
-        config.api_key = {"authorization": f"Bearer {token}"}
+        config = environment_configuration()
+        config.connection_pool_maxsize = ASYNC_POOL_SIZE
         return await stack.enter_async_context(client.ApiClient(config))
 
 

@@ -49,7 +49,7 @@ def choose_backend() -> BackendName:
     forced = os.environ.get(BACKEND_ENV)
     if forced:
         return BackendName(forced)
-    from airflow_provider_sft.core.kube import IN_CLUSTER_CA, environment_server
+    from airflow_provider_sft.core.backends.kubernetes.client import IN_CLUSTER_CA, environment_server
 
     if environment_server() is not None or Path(IN_CLUSTER_CA).exists():
         return BackendName.KUBERNETES
@@ -75,16 +75,36 @@ def _dataset_path(dataset: Any, pvc_path: str) -> str:
     raise DatasetError(f"No dataset: pass the `dataset` input or put the data at {existing}")
 
 
-def _pvc_from_task_config(task_config: Any, pvc_path: str) -> str | None:
-    """The PVC claim mounted at ``pvc_path`` according to the KFP TaskConfig passthrough."""
+def task_config_settings(task_config: Any, pvc_path: str) -> dict[str, Any]:
+    """The KFP TaskConfig passthrough as Kubernetes backend settings: every field forwarded.
+
+    The volume mounted at ``pvc_path`` is the workspace PVC (``pvc_name``); every other volume
+    and mount, the env entries (``valueFrom`` included), tolerations, node selector and affinity
+    go to the node pods as they are; resources are merged with the ``training_resource_*``
+    ones, and a different value for the same resource is an error, not a silent choice.
+    """
     if task_config is None:
-        return None
-    mounts = {m.get("name"): m.get("mountPath") for m in (getattr(task_config, "volume_mounts", None) or [])}
-    for volume in getattr(task_config, "volumes", None) or []:
+        return {}
+    volumes = list(getattr(task_config, "volumes", None) or [])
+    mounts = list(getattr(task_config, "volume_mounts", None) or [])
+    workspace_mounts = [m for m in mounts if m.get("mountPath") == pvc_path]
+    workspace_names = {m.get("name") for m in workspace_mounts}
+    pvc_name = None
+    for volume in volumes:
         claim = (volume.get("persistentVolumeClaim") or {}).get("claimName")
-        if claim and mounts.get(volume.get("name")) in (pvc_path, None):
-            return claim
-    return None
+        if claim and (volume.get("name") in workspace_names or not workspace_mounts):
+            pvc_name, workspace_names = claim, {volume.get("name")}
+            break
+    return {
+        "pvc_name": pvc_name,
+        "volumes": [v for v in volumes if v.get("name") not in workspace_names],
+        "volume_mounts": [m for m in mounts if m.get("name") not in workspace_names],
+        "env": list(getattr(task_config, "env", None) or []),
+        "tolerations": list(getattr(task_config, "tolerations", None) or []),
+        "node_selector": dict(getattr(task_config, "node_selector", None) or {}),
+        "affinity": getattr(task_config, "affinity", None) or None,
+        "resources": dict(getattr(task_config, "resources", None) or {}),
+    }
 
 
 def _backend(kind: BackendName, task_config: Any, pvc_path: str) -> TrainingBackend:
@@ -92,26 +112,27 @@ def _backend(kind: BackendName, task_config: Any, pvc_path: str) -> TrainingBack
         from airflow_provider_sft.core.backends.local import LocalProcessBackend
 
         return LocalProcessBackend()
-    from airflow_provider_sft.core.backends.kubernetes import Credentials, KubernetesBackend
-    from airflow_provider_sft.core.kube import (
+    from airflow_provider_sft.core.backends.kubernetes import Credentials, KubernetesBackend, KubernetesConfig
+    from airflow_provider_sft.core.backends.kubernetes.client import (
         IN_CLUSTER_NAMESPACE,
-        TrainJobClient,
-        api_client_from_environment,
+        connect,
+        environment_configuration,
     )
-    from airflow_provider_sft.core.trainjob import KubernetesOptions
 
     namespace_file = Path(IN_CLUSTER_NAMESPACE)
     namespace = os.environ.get("SFT_NAMESPACE") or (
         namespace_file.read_text().strip() if namespace_file.exists() else "default"
     )
+    config = KubernetesConfig.build(
+        namespace=namespace,
+        runtime_name=os.environ.get("SFT_RUNTIME"),
+        workspace_mount_path=pvc_path,
+        **task_config_settings(task_config, pvc_path),
+    )
+    configuration = environment_configuration()
     return KubernetesBackend(
-        TrainJobClient(api_client_from_environment()),
-        options=KubernetesOptions(
-            namespace=namespace,
-            runtime_name=os.environ.get("SFT_RUNTIME", c.DEFAULT_RUNTIME),
-            pvc_name=_pvc_from_task_config(task_config, pvc_path),
-            workspace_mount_path=pvc_path,
-        ),
+        config=config,
+        connect=lambda: connect(configuration),
         credentials=Credentials(
             hf_token=os.environ.get(c.HF_TOKEN_ENV) or None,
             oci_pull_secret=os.environ.get(c.OCI_PULL_SECRET_ENV) or None,

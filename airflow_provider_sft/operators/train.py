@@ -20,18 +20,42 @@ from airflow_provider_sft.core.backends import (
     TrainingBackend,
     get_backend,
 )
-from airflow_provider_sft.core.backends.kubernetes import Credentials, KubernetesBackend
+from airflow_provider_sft.core.backends.kubernetes import (
+    Credentials,
+    KubernetesBackend,
+    KubernetesConfig,
+    RuntimeKind,
+    SpecGeneration,
+)
 from airflow_provider_sft.core.clock import SYSTEM_CLOCK
 from airflow_provider_sft.core.errors import TrainingFailedError, TrainingTimeoutError
 from airflow_provider_sft.core.params import SFTParams
 from airflow_provider_sft.core.run import Device, TrainingRun, run_name
-from airflow_provider_sft.core.trainjob import JobPhase, JobState, KubernetesOptions, SpecGeneration
 from airflow_provider_sft.lineage import LineageMixin
 from airflow_provider_sft.links import TrainJobConsoleLink
 from airflow_provider_sft.triggers.events import EventStatus, validate_event
 
 #: The training parameters, in the seed component's order (names without ``training_``).
 TRAINING_PARAMETERS: tuple[str, ...] = tuple(SFTParams.model_fields)
+#: Kubernetes backend settings that are operator parameters of the same name (templated).
+KUBERNETES_PARAMETERS: tuple[str, ...] = (
+    "namespace",
+    "runtime_name",
+    "runtime_kind",
+    "pvc_name",
+    "service_account",
+    "job_labels",
+    "job_annotations",
+    "tolerations",
+    "node_selector",
+    "affinity",
+    "priority_class_name",
+    "shm_size",
+    "start_timeout",
+)
+#: The trigger's deadline fires this long before Airflow's own deferral timeout, so the trigger's
+#: timeout event (which deletes the TrainJob) wins; ``resume_execution`` cleans up if it ever does not.
+DEFERRAL_TIMEOUT_MARGIN = timedelta(minutes=5)
 
 
 class SFTTrainOperator(LineageMixin, BaseOperator):
@@ -53,14 +77,30 @@ class SFTTrainOperator(LineageMixin, BaseOperator):
     :param device: ``"auto"``, ``"cpu"`` or ``"cuda"`` for the local backend.
 
     Kubernetes backend (a Kubeflow Trainer TrainJob; ``workspace`` is then the PVC's mount path
-    in the training pod):
+    in the training pod). All of these are templated; maps take a dict or ``"k=v,k=v"``,
+    tolerations and affinity a list/dict or its JSON:
 
     :param kubernetes_conn_id: a cncf.kubernetes ``kubernetes`` connection. ``KUBERNETES_SERVER_URL``
         and ``KUBERNETES_AUTH_TOKEN`` in the environment take precedence, as in the KFP component.
-    :param namespace: namespace of the TrainJob; default: the connection's, else ``default``. (templated)
-    :param runtime_name: ClusterTrainingRuntime to run on (``training-hub`` on OpenShift AI,
-        ``torch-distributed`` upstream). (templated)
-    :param pvc_name: the workspace PersistentVolumeClaim mounted at ``workspace``. (templated)
+    :param namespace: namespace of the TrainJob; default: the connection's, else ``default``.
+    :param runtime_name: the training runtime (default ``torch-distributed``, which every upstream
+        install has; ``training-hub`` on OpenShift AI). It is read before anything is created: a
+        missing one fails the task with the runtimes that exist.
+    :param runtime_kind: ``ClusterTrainingRuntime`` (default) or a namespaced ``TrainingRuntime``.
+    :param pvc_name: the workspace PersistentVolumeClaim mounted at ``workspace``.
+    :param service_account: service account of the training pods.
+    :param job_labels: labels of the TrainJob itself, e.g. ``kueue.x-k8s.io/queue-name=gpu-queue``
+        or ``kueue.x-k8s.io/priority-class=high`` (``metadata_labels`` go on the pods).
+    :param job_annotations: annotations of the TrainJob itself.
+    :param tolerations: tolerations of the node pods, e.g. ``[{"key": "nvidia.com/gpu", "operator": "Exists"}]``.
+    :param node_selector: node selector of the node pods.
+    :param affinity: affinity of the node pods (a Kubernetes ``Affinity`` object).
+    :param priority_class_name: pod priority class. The TrainJob API has no field for it, so it
+        must be the one the runtime sets; anything else is refused with what to do instead.
+    :param shm_size: size of a memory-backed ``/dev/shm`` in the node pods (e.g. ``"16Gi"``).
+    :param start_timeout: seconds the job may stay queued (suspended) or pending before it is
+        deleted and the task fails, with the scheduler's events in the message. ``execution_timeout``
+        bounds the whole run and also becomes the TrainJob's ``activeDeadlineSeconds`` (v2.2+).
     :param spec_generation: ``"auto"`` (read the served CRD), ``"v2.1"`` or ``"v2.2"``.
     :param image: trainer image override; ``package_spec``: what the pod pip-installs to get this
         provider's entrypoint (``None`` when the image already has it).
@@ -82,13 +122,18 @@ class SFTTrainOperator(LineageMixin, BaseOperator):
         "workspace",
         "backend",
         "run_name",
-        "namespace",
-        "runtime_name",
-        "pvc_name",
+        *KUBERNETES_PARAMETERS,
         "hf_conn_id",
         *TRAINING_PARAMETERS,
     )
-    template_fields_renderers = {"envs": "json", "metadata_labels": "json", "metadata_annotations": "json"}
+    template_fields_renderers = {
+        "envs": "json",
+        "metadata_labels": "json",
+        "metadata_annotations": "json",
+        "job_labels": "json",
+        "tolerations": "json",
+        "affinity": "json",
+    }
     ui_color = "#f4ecf7"
     operator_extra_links = (TrainJobConsoleLink(),)
 
@@ -126,7 +171,17 @@ class SFTTrainOperator(LineageMixin, BaseOperator):
         kubernetes_conn_id: str | None = "kubernetes_default",
         namespace: str | None = None,
         runtime_name: str = c.DEFAULT_RUNTIME,
+        runtime_kind: str = RuntimeKind.CLUSTER.value,
         pvc_name: str | None = None,
+        service_account: str | None = None,
+        job_labels: str | dict[str, str] | None = None,
+        job_annotations: str | dict[str, str] | None = None,
+        tolerations: str | list[dict[str, Any]] | None = None,
+        node_selector: str | dict[str, str] | None = None,
+        affinity: str | dict[str, Any] | None = None,
+        priority_class_name: str | None = None,
+        shm_size: str | None = None,
+        start_timeout: float | str | None = None,
         spec_generation: str = SpecGeneration.AUTO.value,
         image: str | None = None,
         package_spec: str | None = "airflow-provider-sft",
@@ -170,7 +225,17 @@ class SFTTrainOperator(LineageMixin, BaseOperator):
         self.kubernetes_conn_id = kubernetes_conn_id
         self.namespace = namespace
         self.runtime_name = runtime_name
+        self.runtime_kind = runtime_kind
         self.pvc_name = pvc_name
+        self.service_account = service_account
+        self.job_labels = job_labels
+        self.job_annotations = job_annotations
+        self.tolerations = tolerations
+        self.node_selector = node_selector
+        self.affinity = affinity
+        self.priority_class_name = priority_class_name
+        self.shm_size = shm_size
+        self.start_timeout = start_timeout
         self.spec_generation = SpecGeneration(spec_generation)  # checked now: not templated
         self.image = image
         self.package_spec = package_spec
@@ -204,6 +269,20 @@ class SFTTrainOperator(LineageMixin, BaseOperator):
             device=Device(self.device),
         )
 
+    def kubernetes_config(self, namespace_default: str | None = None) -> KubernetesConfig:
+        """The rendered Kubernetes parameters, validated (raises ``InvalidParameterError``)."""
+        values = {name: getattr(self, name) for name in KUBERNETES_PARAMETERS}
+        values["namespace"] = self.namespace or namespace_default or "default"
+        return KubernetesConfig.build(
+            **values,
+            workspace_mount_path=str(self.workspace),
+            spec_generation=self.spec_generation,
+            image=self.image,
+            package_spec=self.package_spec,
+            keep_failed_jobs=self.keep_failed_jobs,
+            delete_on_success=self.delete_on_success,
+        )
+
     def kubernetes_backend(self, context: Any | None = None) -> KubernetesBackend:
         from airflow_provider_sft.hooks.sft import SFTTrainingHook
 
@@ -218,20 +297,10 @@ class SFTTrainOperator(LineageMixin, BaseOperator):
                 c.LABEL_MAP_INDEX: str(getattr(ti, "map_index", -1)),
             }
         return KubernetesBackend(
-            client=hook.get_conn(),
-            options=KubernetesOptions(
-                namespace=self.namespace or hook.get_namespace() or "default",
-                runtime_name=self.runtime_name,
-                pvc_name=self.pvc_name,
-                workspace_mount_path=str(self.workspace),
-                spec_generation=self.spec_generation,
-                image=self.image,
-                package_spec=self.package_spec,
-            ),
+            config=self.kubernetes_config(None if self.namespace else hook.get_namespace()),
+            connect=hook.connect,
             credentials=self._credentials(),
             run_labels=run_labels,
-            keep_failed=self.keep_failed_jobs,
-            delete_on_success=self.delete_on_success,
         )
 
     def _credentials(self) -> Credentials:
@@ -253,49 +322,76 @@ class SFTTrainOperator(LineageMixin, BaseOperator):
         run = self.build_run(context)  # validates every parameter before anything starts
         backend = self._backend_for(context)
         self.log.info("Training run %s on the %s backend -> %s", run.name, backend.name.value, run.output_dir)
-        self._backend = backend
-        self._handle = backend.submit(run)  # preflight first: nothing starts on bad input
-        context["ti"].xcom_push(key="training_job", value=self._handle.to_json_dict())
         timeout = self.execution_timeout.total_seconds() if self.execution_timeout else None
-        if isinstance(backend, KubernetesBackend) and self.deferrable:
-            state, _ = backend.state(self._handle)
-            if not state.terminal:
-                self._defer(backend, timeout)
-            return self._complete(backend, self._handle, backend.finish(self._handle, state, self.log.info))
+        self._backend = backend
+        self._handle = backend.submit(
+            run, timeout_seconds=timeout
+        )  # preflight first: nothing starts on bad input
+        context["ti"].xcom_push(key="training_job", value=self._handle.to_json_dict())
+        if self.deferrable and backend.deferrable:
+            result = backend.poll(self._handle)
+            if not result.ended:
+                self._defer(self._handle, timeout)
+            return self._complete(
+                backend, self._handle, backend.complete(self._handle, result, on_log=self.log.info)
+            )
         result = backend.wait(self._handle, on_log=self.log.info, timeout_seconds=timeout)
         return self._complete(backend, self._handle, result)
 
-    def _defer(self, backend: KubernetesBackend, timeout_seconds: float | None) -> None:
+    def _defer(self, handle: JobHandle, timeout_seconds: float | None) -> None:
         from airflow_provider_sft.triggers.trainjob import TrainJobTrigger
 
-        deadline = None
+        now = SYSTEM_CLOCK.now()
+        deadline = start_deadline = None
         if timeout_seconds is not None:
-            deadline = (SYSTEM_CLOCK.now() + timedelta(seconds=timeout_seconds)).isoformat()
+            deadline = (now + timedelta(seconds=timeout_seconds)).isoformat()
+        start_timeout = float(self.start_timeout) if self.start_timeout else None
+        if start_timeout is not None:
+            start_deadline = (now + timedelta(seconds=start_timeout)).isoformat()
         self.defer(
             trigger=TrainJobTrigger(
-                name=self._handle.name,
-                namespace=backend.options.namespace,
+                job=handle.to_json_dict(),
                 kubernetes_conn_id=self.kubernetes_conn_id,
                 deadline=deadline,
+                start_deadline=start_deadline,
+                start_timeout=start_timeout,
             ),
             method_name="execute_complete",
-            timeout=None if timeout_seconds is None else timedelta(seconds=timeout_seconds),
+            timeout=None
+            if timeout_seconds is None
+            else timedelta(seconds=timeout_seconds) + DEFERRAL_TIMEOUT_MARGIN,
         )
 
     def execute_complete(self, context: Any, event: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Resume after the trigger: copy the pod log tail, clean up by policy, return or raise."""
+        """Resume after the trigger, on the coordinates its event carries: log tail, clean-up, result."""
         trainjob_event = validate_event(event)
-        run = self.build_run(context)
-        backend = self.kubernetes_backend(context)
-        handle = backend.handle(run.name, run.output_dir)
+        handle = JobHandle.from_json_dict(trainjob_event.job)
+        backend = self._backend_for(context)
         if trainjob_event.status is EventStatus.ERROR:
-            raise TrainingFailedError(f"Lost track of TrainJob {handle.name}: {trainjob_event.message}")
-        state = {
-            EventStatus.SUCCESS: JobState(JobPhase.SUCCEEDED, trainjob_event.reason, trainjob_event.message),
-            EventStatus.FAILED: JobState(JobPhase.FAILED, trainjob_event.reason, trainjob_event.message),
-            EventStatus.TIMEOUT: None,
-        }[trainjob_event.status]
-        return self._complete(backend, handle, backend.finish(handle, state, self.log.info))
+            backend.cancel(handle)  # we cannot follow it any more: it must not run on unobserved
+            raise TrainingFailedError(
+                f"Lost track of TrainJob {handle.name}: {trainjob_event.message}; the TrainJob was deleted"
+            )
+        result = backend.complete(handle, trainjob_event.job_result(), on_log=self.log.info)
+        return self._complete(backend, handle, result)
+
+    def resume_execution(self, next_method: str, next_kwargs: dict[str, Any] | None, context: Any) -> Any:
+        """Also clean up when Airflow itself ends the deferral (its trigger timeout, a trigger crash).
+
+        Those never reach ``execute_complete``: Airflow raises ``TaskDeferralTimeout`` or
+        ``TaskDeferralError`` from here instead, and the TrainJob would keep its GPUs.
+        """
+        from airflow.sdk.exceptions import TaskDeferralError, TaskDeferralTimeout
+
+        try:
+            return super().resume_execution(next_method, next_kwargs, context)
+        except (TaskDeferralTimeout, TaskDeferralError):
+            job = context["ti"].xcom_pull(task_ids=self.task_id, key="training_job")
+            if job:
+                handle = JobHandle.from_json_dict(job)
+                self.log.warning("The deferral ended without an event: deleting TrainJob %s", handle.name)
+                self._backend_for(context).cancel(handle)
+            raise
 
     def _complete(self, backend: TrainingBackend, handle: JobHandle, result: JobResult) -> dict[str, Any]:
         if result.status is JobStatus.TIMED_OUT:

@@ -10,9 +10,9 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from airflow_provider_sft.core.backends.kubernetes import result_of
+from airflow_provider_sft.core.backends.kubernetes.watch import follow_trainjob
 from airflow_provider_sft.core.clock import SYSTEM_CLOCK, Clock
-from airflow_provider_sft.core.trainjob import JobPhase
-from airflow_provider_sft.core.waiting import await_trainjob
 from airflow_provider_sft.hooks.sft import SFTTrainingHook
 from airflow_provider_sft.triggers.events import EventStatus, TrainJobEvent
 
@@ -20,11 +20,13 @@ from airflow_provider_sft.triggers.events import EventStatus, TrainJobEvent
 class TrainJobTrigger(BaseTrigger):
     """Wait for a TrainJob to end.
 
-    :param name: TrainJob name.
-    :param namespace: its namespace.
+    :param job: the run's ``JobHandle`` as a dict (``name``, ``namespace``, ``output_dir``...);
+        the event carries it back, so the operator resumes on exactly these coordinates.
     :param kubernetes_conn_id: connection to reach the cluster.
-    :param deadline: absolute UTC deadline (ISO-8601) or None; it crosses the deferral as a
-        wall-clock time so a triggerer restart does not extend the wait.
+    :param deadline: absolute UTC deadline (ISO-8601) of the run, or None. Deadlines cross
+        the deferral as wall-clock times so a triggerer restart does not extend the wait.
+    :param start_deadline: absolute UTC deadline for the job to start (leave its queue and
+        have its pods running), or None; ``start_timeout`` is its length, for the message.
     :param delete_on_kill: delete the TrainJob when a user kills the task (Airflow >= 3.3
         calls ``on_kill`` only for user kills, never for a triggerer restart).
     """
@@ -32,30 +34,41 @@ class TrainJobTrigger(BaseTrigger):
     def __init__(
         self,
         *,
-        name: str,
-        namespace: str,
+        job: dict[str, Any],
         kubernetes_conn_id: str | None = SFTTrainingHook.default_conn_name,
         deadline: str | None = None,
+        start_deadline: str | None = None,
+        start_timeout: float | None = None,
         delete_on_kill: bool = True,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         super().__init__()
-        self.name = name
-        self.namespace = namespace
+        self.job = dict(job)
         self.kubernetes_conn_id = kubernetes_conn_id
         self.deadline = deadline
+        self.start_deadline = start_deadline
+        self.start_timeout = start_timeout
         self.delete_on_kill = delete_on_kill
         self.clock = clock
         self._fired_event = False
+
+    @property
+    def name(self) -> str:
+        return self.job["name"]
+
+    @property
+    def namespace(self) -> str:
+        return self.job["namespace"]
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
             f"{type(self).__module__}.{type(self).__qualname__}",
             {
-                "name": self.name,
-                "namespace": self.namespace,
+                "job": self.job,
                 "kubernetes_conn_id": self.kubernetes_conn_id,
                 "deadline": self.deadline,
+                "start_deadline": self.start_deadline,
+                "start_timeout": self.start_timeout,
                 "delete_on_kill": self.delete_on_kill,
             },
         )
@@ -64,46 +77,47 @@ class TrainJobTrigger(BaseTrigger):
     def hook(self) -> SFTTrainingHook:
         return SFTTrainingHook(kubernetes_conn_id=self.kubernetes_conn_id)
 
-    def _remaining_seconds(self) -> float | None:
-        if self.deadline is None:
+    def _remaining(self, deadline: str | None) -> float | None:
+        if deadline is None:
             return None
-        return (datetime.fromisoformat(self.deadline) - self.clock.now()).total_seconds()
+        return max(0.0, (datetime.fromisoformat(deadline) - self.clock.now()).total_seconds())
 
-    def _event(self, status: EventStatus, reason: str = "", message: str = "") -> TriggerEvent:
+    def _event(self, event: TrainJobEvent) -> TriggerEvent:
         self._fired_event = True
-        return TriggerEvent(TrainJobEvent(status, self.name, self.namespace, reason, message).to_payload())
+        return TriggerEvent(event.to_payload())
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         try:
-            async with self.hook.get_async_conn() as client:
-                state = await await_trainjob(
+            async with self.hook.connect() as client:
+                waited = await follow_trainjob(
                     client,
                     self.namespace,
                     self.name,
                     clock=self.clock,
-                    timeout_seconds=self._remaining_seconds(),
-                    on_event=lambda s: self.log.info(
-                        "TrainJob %s/%s: %s %s", self.namespace, self.name, s.phase.value, s.reason
+                    timeout_seconds=self._remaining(self.deadline),
+                    start_timeout_seconds=self._remaining(self.start_deadline),
+                    on_state=lambda s: self.log.info(
+                        "TrainJob %s/%s: %s", self.namespace, self.name, s.describe()
                     ),
+                    on_note=self.log.warning,
                 )
+            result = result_of(self.namespace, self.name, waited, start_timeout=self.start_timeout)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            yield self._event(EventStatus.ERROR, type(exc).__name__, str(exc))
+            self.log.error("Lost track of TrainJob %s/%s: %s", self.namespace, self.name, exc)
+            yield self._event(TrainJobEvent(EventStatus.ERROR, self.job, message=str(exc)))
             return
-        if state is None:
-            yield self._event(EventStatus.TIMEOUT, "DeadlineExceeded", f"deadline {self.deadline} passed")
-        elif state.phase is JobPhase.SUCCEEDED:
-            yield self._event(EventStatus.SUCCESS, state.reason, state.message)
-        else:
-            yield self._event(EventStatus.FAILED, state.reason, state.message)
+        yield self._event(
+            TrainJobEvent(EventStatus.of(result), self.job, result.to_payload(), result.message)
+        )
 
     async def on_kill(self) -> None:
         if self._fired_event or not self.delete_on_kill:
             return
         self.log.info("Task killed: deleting TrainJob %s/%s", self.namespace, self.name)
         try:
-            async with self.hook.get_async_conn() as client:
+            async with self.hook.connect() as client:
                 await client.delete_trainjob(self.namespace, self.name)
         except Exception:
             self.log.exception("Could not delete TrainJob %s/%s", self.namespace, self.name)

@@ -1,4 +1,8 @@
-"""Fixtures for tests against a real Kubernetes API server (skipped with a reason when it cannot be built)."""
+"""Fixtures for tests against a real Kubernetes API server with the upstream Trainer CRDs.
+
+Skipped with the reason when the server cannot be built. ``@pytest.mark.trainer("v2.1.0")``
+picks the Trainer release whose CRDs a test runs against (default: the newest).
+"""
 
 from __future__ import annotations
 
@@ -8,13 +12,15 @@ import pytest
 
 from tests.k8s import harness
 
+NEWEST = "v2.3.0"
+
 
 @pytest.fixture(scope="session")
 def k8s_server():
     if not harness.available():
         pytest.skip(harness.UNAVAILABLE)
     server = harness.ApiServer().start()
-    server.generation = None
+    server.release = None
     yield server
     server.stop()
 
@@ -28,17 +34,19 @@ def fake_cluster(k8s_server):
     cluster.stop()
 
 
-def use_crd(server, generation: str) -> None:
-    if server.generation != generation:
-        server.install_crd(harness.trainjob_crd(generation))
-        server.generation = generation
+def use_release(server, release: str) -> None:
+    if server.release != release:
+        harness.install_trainer(server, release)
+        server.release = release
 
 
 @pytest.fixture
 def cluster(fake_cluster, request):
-    """The fake cluster with the TrainJob CRD of the generation a test asks for (default v2.2)."""
-    marker = request.node.get_closest_marker("crd")
-    use_crd(fake_cluster.server, marker.args[0] if marker else "v2.2")
+    """The fake cluster with the upstream CRDs of the Trainer release a test asks for."""
+    marker = request.node.get_closest_marker("trainer")
+    release = marker.args[0] if marker else NEWEST
+    use_release(fake_cluster.server, release)
+    fake_cluster.release = release
     return fake_cluster
 
 

@@ -11,9 +11,9 @@ import json
 import sqlite3
 
 import pytest
+from airflow_provider_sft.core.kube import TrainJobClient
 
 from airflow_provider_sft.core import constants as c
-from airflow_provider_sft.core.kube import TrainJobClient
 from airflow_provider_sft.demo import DEMO_TRAINING, run_pipeline
 from tests.conftest import REPO_ROOT
 

@@ -1,11 +1,12 @@
-"""The Kubernetes backend against a REAL API server (crdserver + etcd) with the TrainJob CRD.
+"""The Kubernetes backend against a REAL API server (crdserver + etcd) with the UPSTREAM Trainer CRDs.
 
-Pods, logs, secrets and the Trainer controller do not exist here: tests/k8s/fake_core.py
+Pods, logs, events, secrets and the Trainer controller do not exist here: tests/k8s/fake_core.py
 stands in for them (it says how), and drives TrainJob status through the real /status.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 
@@ -13,14 +14,20 @@ import pytest
 
 from airflow_provider_sft.core import constants as c
 from airflow_provider_sft.core.backends.base import JobStatus
-from airflow_provider_sft.core.backends.kubernetes import Credentials, KubernetesBackend
+from airflow_provider_sft.core.backends.kubernetes import (
+    Credentials,
+    JobPhase,
+    KubeApiError,
+    KubernetesBackend,
+    KubernetesConfig,
+    SpecGeneration,
+)
+from airflow_provider_sft.core.backends.kubernetes.client import KubeClient
+from airflow_provider_sft.core.backends.kubernetes.watch import follow_trainjob
 from airflow_provider_sft.core.clock import SYSTEM_CLOCK
 from airflow_provider_sft.core.errors import InvalidParameterError
-from airflow_provider_sft.core.kube import KubeApiError, TrainJobClient
 from airflow_provider_sft.core.params import SFTParams
 from airflow_provider_sft.core.run import TrainingRun
-from airflow_provider_sft.core.trainjob import JobPhase, KubernetesOptions, SpecGeneration
-from airflow_provider_sft.core.waiting import wait_for_trainjob
 
 TOKEN = "hf_ThisIsTheSecretTokenValue42"
 PULL = '{"auths": {"quay.io": {"auth": "c2VjcmV0OnB1bGw="}}}'
@@ -33,15 +40,14 @@ def make_run(name="sft-run-1", **values):
     return TrainingRun(name, params, "/workspace/dataset/train.jsonl", f"/workspace/runs/{name}")
 
 
-def backend(cluster, namespace, generation=SpecGeneration.AUTO, **kwargs):
-    options = KubernetesOptions(
-        namespace=namespace, pvc_name="sft-workspace", spec_generation=generation, **kwargs.pop("options", {})
-    )
+def backend(cluster, namespace, generation=SpecGeneration.AUTO, credentials=None, **config):
     return KubernetesBackend(
-        TrainJobClient(cluster.api_client()),
-        options=options,
+        config=KubernetesConfig.build(
+            namespace=namespace, pvc_name="sft-workspace", spec_generation=generation, **config
+        ),
+        connect=cluster.connect,
+        credentials=credentials or Credentials(),
         run_labels={c.LABEL_DAG_ID: "sft_pipeline", c.LABEL_RUN_ID: "manual__2026-11-25T20:00:00+00:00"},
-        **kwargs,
     )
 
 
@@ -51,15 +57,52 @@ def stored(cluster, namespace, name):
     )
 
 
-@pytest.mark.crd("v2.2")
-def test_v22_trainjob_is_created_and_nothing_is_pruned(cluster, namespace):
-    handle = backend(cluster, namespace).submit(make_run())
-    job = stored(cluster, namespace, handle.name)
-    patch = job["spec"]["runtimePatches"][0]
-    assert patch["manager"] == "airflow-provider-sft"
-    pod = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"][
-        "template"
-    ]
+def exists(cluster, namespace, name) -> bool:
+    from kubernetes.client.rest import ApiException
+
+    try:
+        stored(cluster, namespace, name)
+        return True
+    except ApiException as exc:
+        assert exc.status == 404
+        return False
+
+
+def trainjobs(cluster, namespace):
+    return cluster.custom().list_namespaced_custom_object(
+        c.TRAINER_GROUP, c.TRAINER_VERSION, namespace, c.TRAINJOB_PLURAL
+    )["items"]
+
+
+def in_thread(fn):
+    """Run ``fn`` in a thread; returns (thread, result dict)."""
+    result = {}
+    thread = threading.Thread(target=lambda: result.setdefault("value", fn()), daemon=True)
+    thread.start()
+    return thread, result
+
+
+def manager_patch(job):
+    return job["spec"]["runtimePatches"][0]
+
+
+def patched_pod(job):
+    replicated = manager_patch(job)["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]
+    return replicated["template"]["spec"]["template"]
+
+
+@pytest.mark.parametrize("release", ["v2.2.1", "v2.3.0"])
+def test_v22_trainjob_is_admitted_and_nothing_is_pruned(fake_cluster, namespace, release):
+    from tests.integration.conftest import use_release
+
+    use_release(fake_cluster.server, release)
+    handle = backend(fake_cluster, namespace).submit(make_run(), timeout_seconds=3600)
+    job = stored(fake_cluster, namespace, handle.name)
+    patch = manager_patch(job)
+    assert (
+        patch["manager"] == "airflow-provider-sft/sft-train-operator"
+    )  # domain-prefixed, as the webhook wants
+    pod = patched_pod(job)
     assert pod["metadata"]["labels"]["team"] == "ml"
     assert pod["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"] == "sft-workspace"
     assert pod["spec"]["containers"][0]["volumeMounts"][0]["mountPath"] == "/workspace"
@@ -67,44 +110,158 @@ def test_v22_trainjob_is_created_and_nothing_is_pruned(cluster, namespace):
     assert trainer["numNodes"] == 1 and "numProcPerNode" not in trainer  # "auto": the runtime decides
     assert trainer["resourcesPerNode"]["limits"] == {"cpu": "4", "memory": "64Gi", "nvidia.com/gpu": "1"}
     assert job["spec"]["runtimeRef"] == {
-        "name": "training-hub",
+        "name": "torch-distributed",  # a runtime every upstream install has
         "apiGroup": "trainer.kubeflow.org",
         "kind": "ClusterTrainingRuntime",
     }
+    assert job["spec"]["activeDeadlineSeconds"] == 3601  # the run's timeout, enforced by the Trainer too
     labels = job["metadata"]["labels"]
     assert labels["app.kubernetes.io/managed-by"] == "airflow-provider-sft"
     assert labels["airflow-provider-sft/run-id"] == "manual__2026-11-25T20-00-00-00-00"
 
 
-@pytest.mark.crd("v2.1")
+@pytest.mark.trainer("v2.1.0")
 def test_v21_trainjob_is_created_with_pod_template_overrides(cluster, namespace):
-    handle = backend(cluster, namespace).submit(make_run(resource_num_procs_per_worker=2))
+    handle = backend(cluster, namespace).submit(make_run(resource_num_procs_per_worker=2), timeout_seconds=60)
     job = stored(cluster, namespace, handle.name)
     override = job["spec"]["podTemplateOverrides"][0]
     assert override["targetJobs"] == [{"name": "node"}]
     assert override["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"] == "sft-workspace"
     assert job["spec"]["labels"] == {"team": "ml"}
     assert job["spec"]["trainer"]["numProcPerNode"] == 2
-    assert "runtimePatches" not in job["spec"]
+    assert "runtimePatches" not in job["spec"] and "activeDeadlineSeconds" not in job["spec"]
 
 
-@pytest.mark.crd("v2.2")
-def test_wrong_generation_is_rejected_not_silently_pruned(cluster, namespace):
-    with pytest.raises(KubeApiError, match=r'400 .*unknown field \\?"spec.podTemplateOverrides\\?"') as info:
-        backend(cluster, namespace, SpecGeneration.V2_1).submit(make_run())
+@pytest.mark.parametrize(
+    ("release", "generation", "unknown"),
+    [
+        ("v2.2.1", SpecGeneration.V2_1, "spec.podTemplateOverrides"),
+        ("v2.3.0", SpecGeneration.V2_1, "spec.podTemplateOverrides"),
+        ("v2.1.0", SpecGeneration.V2_2, "spec.runtimePatches"),
+    ],
+)
+def test_wrong_generation_is_rejected_not_silently_pruned(
+    fake_cluster, namespace, release, generation, unknown
+):
+    from tests.integration.conftest import use_release
+
+    use_release(fake_cluster.server, release)
+    with pytest.raises(KubeApiError, match=rf'400 .*unknown field \\?"{unknown}\\?"') as info:
+        backend(fake_cluster, namespace, generation).submit(make_run())
     assert info.value.status == 400
+    assert trainjobs(fake_cluster, namespace) == [] and not fake_cluster.secrets_in(namespace)
 
 
-@pytest.mark.crd("v2.2")
 def test_server_side_validation_errors_are_surfaced_with_the_field(cluster, namespace):
     with pytest.raises(KubeApiError) as info:
-        backend(cluster, namespace, options={"runtime_name": ""}).submit(make_run())
+        bad = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": "a"}}}
+        backend(cluster, namespace, affinity=bad).submit(make_run())
     assert info.value.status == 422
-    assert "spec.runtimeRef.name" in str(info.value)
-    assert not cluster.secrets  # nothing half-created
+    assert "nodeSelectorTerms" in str(info.value)
+    assert not cluster.secrets_in(namespace)  # nothing half-created
 
 
-@pytest.mark.crd("v2.2")
+def test_a_missing_runtime_is_named_with_those_that_exist_and_nothing_is_created(cluster, namespace):
+    b = backend(cluster, namespace, runtime_name="training-hub", credentials=Credentials(hf_token=TOKEN))
+    with pytest.raises(InvalidParameterError) as info:
+        b.submit(make_run())
+    message = str(info.value)
+    assert "runtime_name: ClusterTrainingRuntime 'training-hub' does not exist" in message
+    assert "available: torch-distributed" in message
+    assert trainjobs(cluster, namespace) == [] and not cluster.secrets_in(namespace)
+
+
+def test_a_namespaced_runtime_is_read_from_the_jobs_namespace(cluster, namespace):
+    with pytest.raises(
+        InvalidParameterError,
+        match=f"TrainingRuntime 'torch-distributed' does not exist in namespace {namespace}; there is no TrainingRuntime",
+    ):
+        backend(cluster, namespace, runtime_kind="TrainingRuntime").submit(make_run())
+    runtime = cluster.custom().get_cluster_custom_object(
+        c.TRAINER_GROUP, c.TRAINER_VERSION, "clustertrainingruntimes", "torch-distributed"
+    )
+    body = {**runtime, "kind": "TrainingRuntime", "metadata": {"name": "team-torch", "namespace": namespace}}
+    cluster.custom().create_namespaced_custom_object(
+        c.TRAINER_GROUP, c.TRAINER_VERSION, namespace, "trainingruntimes", body
+    )
+    handle = backend(cluster, namespace, runtime_kind="TrainingRuntime", runtime_name="team-torch").submit(
+        make_run()
+    )
+    assert stored(cluster, namespace, handle.name)["spec"]["runtimeRef"]["kind"] == "TrainingRuntime"
+
+
+def test_admission_rules_run_against_the_real_runtime(cluster, namespace):
+    """A runtime without a ``node`` job (a custom one) cannot take our patch: refused before create."""
+    runtime = cluster.custom().get_cluster_custom_object(
+        c.TRAINER_GROUP, c.TRAINER_VERSION, "clustertrainingruntimes", "torch-distributed"
+    )
+    runtime["spec"]["template"]["spec"]["replicatedJobs"][0]["name"] = "trainer"
+    body = {
+        "apiVersion": runtime["apiVersion"],
+        "kind": "TrainingRuntime",
+        "spec": runtime["spec"],
+        "metadata": {"name": "custom", "namespace": namespace},
+    }
+    cluster.custom().create_namespaced_custom_object(
+        c.TRAINER_GROUP, c.TRAINER_VERSION, namespace, "trainingruntimes", body
+    )
+    with pytest.raises(InvalidParameterError) as info:
+        backend(cluster, namespace, runtime_kind="TrainingRuntime", runtime_name="custom").submit(
+            make_run(envs="PET_NODE_RANK=3")
+        )
+    errors = info.value.errors
+    assert (
+        "'node' is not among the replicated jobs of TrainingRuntime 'custom' (trainer)"
+        in errors["spec.runtimePatches"]
+    )
+    assert "[PET_NODE_RANK]" in errors["spec.trainer.env"]
+    assert trainjobs(cluster, namespace) == []
+
+
+def test_queue_labels_and_scheduling_hints_reach_the_job_and_its_pods(cluster, namespace):
+    b = backend(
+        cluster,
+        namespace,
+        job_labels="kueue.x-k8s.io/queue-name=gpu-queue,kueue.x-k8s.io/priority-class=high",
+        job_annotations={"team.example.com/cost-center": "ml-42"},
+        tolerations='[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]',
+        node_selector="nvidia.com/gpu.product=H100",
+        affinity={
+            "nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {
+                    "nodeSelectorTerms": [
+                        {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]}
+                    ]
+                }
+            }
+        },
+        shm_size="16Gi",
+        service_account="trainer",
+    )
+    job = stored(cluster, namespace, b.submit(make_run()).name)
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-queue"
+    assert job["metadata"]["annotations"]["team.example.com/cost-center"] == "ml-42"
+    pod = patched_pod(job)["spec"]
+    assert (
+        "kueue.x-k8s.io/queue-name" not in patched_pod(job)["metadata"]["labels"]
+    )  # the job's, not the pods'
+    assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "H100"}
+    assert pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert pod["serviceAccountName"] == "trainer"
+    assert {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}} in pod["volumes"]
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in pod["containers"][0]["volumeMounts"]
+
+
+def test_a_priority_class_the_api_cannot_set_is_refused_with_what_to_do(cluster, namespace):
+    with pytest.raises(
+        InvalidParameterError, match="priority_class_name: the TrainJob API has no field"
+    ) as info:
+        backend(cluster, namespace, priority_class_name="high-priority").submit(make_run())
+    assert "kueue.x-k8s.io/priority-class" in str(info.value)
+    assert trainjobs(cluster, namespace) == []
+
+
 def test_duplicate_submit_reattaches(cluster, namespace):
     b = backend(cluster, namespace)
     first = b.submit(make_run())
@@ -112,13 +269,9 @@ def test_duplicate_submit_reattaches(cluster, namespace):
     again = b.submit(make_run())
     assert again == first
     assert stored(cluster, namespace, first.name)["metadata"]["uid"] == uid
-    jobs = TrainJobClient(cluster.api_client()).list_trainjobs(
-        namespace, "app.kubernetes.io/managed-by=airflow-provider-sft"
-    )
-    assert len(jobs["items"]) == 1
+    assert len(trainjobs(cluster, namespace)) == 1
 
 
-@pytest.mark.crd("v2.2")
 def test_a_failed_job_is_deleted_and_submitted_again(cluster, namespace):
     b = backend(cluster, namespace)
     handle = b.submit(make_run())
@@ -128,7 +281,6 @@ def test_a_failed_job_is_deleted_and_submitted_again(cluster, namespace):
     assert stored(cluster, namespace, handle.name)["metadata"]["uid"] != uid
 
 
-@pytest.mark.crd("v2.2")
 def test_secrets_never_reach_the_spec(cluster, namespace):
     b = backend(cluster, namespace, credentials=Credentials(hf_token=TOKEN, oci_pull_secret=PULL))
     handle = b.submit(make_run(envs="MODE=fast"))
@@ -147,11 +299,8 @@ def test_secrets_never_reach_the_spec(cluster, namespace):
     assert secret["type"] == "kubernetes.io/dockerconfigjson"
     assert (
         secret["metadata"]["ownerReferences"][0]["uid"] == job["metadata"]["uid"]
-    )  # garbage-collected with the job
-    pod = job["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]
-    assert pod["template"]["spec"]["template"]["spec"]["imagePullSecrets"] == [
-        {"name": f"{handle.name}-secrets"}
-    ]
+    )  # garbage-collected with it
+    assert patched_pod(job)["spec"]["imagePullSecrets"] == [{"name": f"{handle.name}-secrets"}]
 
 
 def test_oci_models_are_rejected_before_anything_is_sent(cluster, namespace):
@@ -159,24 +308,35 @@ def test_oci_models_are_rejected_before_anything_is_sent(cluster, namespace):
         backend(cluster, namespace).submit(make_run(base_model="oci://quay.io/models/granite:1"))
 
 
-@pytest.mark.crd("v2.2")
-def test_status_transitions_and_the_failure_reason(cluster, namespace):
+def _until(check, timeout=20):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.05)
+
+
+def follow(cluster, namespace, name, **kwargs):
+    async def main():
+        async with cluster.connect() as kube:
+            return await follow_trainjob(kube, namespace, name, clock=SYSTEM_CLOCK, **kwargs)
+
+    return asyncio.run(main())
+
+
+def test_status_transitions_pending_is_not_running_and_the_failure_reason(cluster, namespace):
     b = backend(cluster, namespace)
     handle = b.submit(make_run())
     seen = []
-    result = {}
-    waiter = threading.Thread(
-        target=lambda: result.setdefault(
-            "state",
-            wait_for_trainjob(
-                b.client, namespace, handle.name, clock=SYSTEM_CLOCK, timeout_seconds=60, on_event=seen.append
-            ),
-        )
+    waiter, result = in_thread(
+        lambda: follow(cluster, namespace, handle.name, timeout_seconds=60, on_state=seen.append)
     )
-    waiter.start()
     _until(lambda: seen)
     cluster.drive(namespace, handle.name, "suspended", reason="Suspended", message="queued by Kueue")
     _until(lambda: seen[-1].phase is JobPhase.SUSPENDED)
+    cluster.drive(namespace, handle.name, "pending")  # pods exist (active) but none is ready
+    _until(lambda: seen[-1].reason == "PodsNotReady")
     cluster.drive(namespace, handle.name, "running")
     _until(lambda: seen[-1].phase is JobPhase.RUNNING)
     cluster.drive(
@@ -191,142 +351,87 @@ def test_status_transitions_and_the_failure_reason(cluster, namespace):
     assert [s.phase for s in seen] == [
         JobPhase.PENDING,
         JobPhase.SUSPENDED,
+        JobPhase.PENDING,
         JobPhase.RUNNING,
         JobPhase.FAILED,
     ]
-    assert result["state"].reason == "JobsFailed"
+    from airflow_provider_sft.core.backends.kubernetes import result_of
+
+    failed = result_of(namespace, handle.name, result["value"])
     logs = []
-    final = b.finish(handle, result["state"], logs.append)
+    final = b.complete(handle, failed, on_log=logs.append)
     assert final.status is JobStatus.FAILED
     assert (
         final.message == f"TrainJob {namespace}/{handle.name} failed: JobsFailed: node-0 exited with code 1"
     )
     assert logs[-1] == "ERROR: CUDA out of memory"  # the pod log tail reaches the task log
-    assert b.client.get_trainjob(namespace, handle.name) is None  # deleted on failure
+    assert not exists(cluster, namespace, handle.name)  # deleted on failure
 
 
-@pytest.mark.crd("v2.2")
+def test_a_pending_job_reports_the_scheduler_and_times_out_with_it(cluster, namespace):
+    b = backend(cluster, namespace, start_timeout=3, credentials=Credentials(hf_token=TOKEN))
+    handle = b.submit(make_run())
+    cluster.drive(namespace, handle.name, "pending")
+    pod = cluster.add_pod(namespace, handle.name, phase="Pending")
+    message = "0/3 nodes are available: 3 Insufficient nvidia.com/gpu. preemption: 0/3 nodes are available."
+    cluster.add_event(namespace, "Pod", pod, "FailedScheduling", message)
+    logs: list[str] = []
+    result = b.wait(handle, on_log=logs.append, timeout_seconds=60)
+    expected = f"pod {pod}: FailedScheduling: {message}"
+    assert f"TrainJob {handle.name} not running yet: {expected}" in logs  # in the task log while it waits
+    assert result.status is JobStatus.TIMED_OUT
+    assert result.message == f"TrainJob {namespace}/{handle.name} did not start within 3s ({expected})"
+    assert not exists(cluster, namespace, handle.name) and not cluster.secrets_in(namespace)
+
+
+def test_image_pull_backoff_is_reported(cluster, namespace):
+    b = backend(cluster, namespace, start_timeout=2)
+    handle = b.submit(make_run())
+    cluster.drive(namespace, handle.name, "pending")
+    cluster.add_pod(namespace, handle.name, phase="Pending", waiting="ImagePullBackOff")
+    result = b.wait(handle, on_log=lambda _l: None)
+    assert "container node: ImagePullBackOff" in result.message
+
+
+def test_a_job_left_suspended_by_its_queue_times_out_about_admission(cluster, namespace):
+    b = backend(cluster, namespace, start_timeout=2, job_labels="kueue.x-k8s.io/queue-name=gpu")
+    handle = b.submit(make_run())
+    cluster.drive(namespace, handle.name, "suspended", reason="Suspended", message="queued by Kueue")
+    result = b.wait(handle, on_log=lambda _l: None)
+    assert result.status is JobStatus.TIMED_OUT
+    assert "stayed suspended for 2s: no queue admitted it" in result.message
+    assert "LocalQueue" in result.message
+
+
 def test_keep_failed_jobs_for_debugging(cluster, namespace):
-    b = backend(cluster, namespace, keep_failed=True)
+    b = backend(cluster, namespace, keep_failed_jobs=True)
     handle = b.submit(make_run())
     cluster.drive(namespace, handle.name, "failed", reason="JobsFailed")
-    state, _ = b.state(handle)
-    assert b.finish(handle, state, lambda _l: None).status is JobStatus.FAILED
-    assert b.client.get_trainjob(namespace, handle.name) is not None
+    result = b.poll(handle)
+    assert result.status is JobStatus.FAILED
+    assert b.complete(handle, result, on_log=lambda _l: None).status is JobStatus.FAILED
+    assert exists(cluster, namespace, handle.name)
 
 
-@pytest.mark.crd("v2.2")
 def test_410_gone_relists_and_keeps_waiting(cluster, namespace):
-    b = backend(cluster, namespace)
-    handle = b.submit(make_run())
-
-    class StaleFirstWatch(TrainJobClient):
-        watched = []
-
-        def watch_trainjob(self, namespace, name, resource_version, timeout_seconds):
-            self.watched.append(resource_version)
-            if len(self.watched) == 1:
-                resource_version = "1"  # long compacted: the server answers 410 Gone
-            return super().watch_trainjob(namespace, name, resource_version, timeout_seconds)
-
-    client = StaleFirstWatch(cluster.api_client())
-    result = {}
-    waiter = threading.Thread(
-        target=lambda: result.setdefault(
-            "state", wait_for_trainjob(client, namespace, handle.name, clock=SYSTEM_CLOCK, timeout_seconds=60)
-        )
-    )
-    waiter.start()
-    _until(lambda: len(client.watched) >= 2)
-    cluster.drive(namespace, handle.name, "complete", reason="JobsCompleted")
-    waiter.join(30)
-    assert result["state"].phase is JobPhase.SUCCEEDED
-
-
-@pytest.mark.crd("v2.2")
-def test_timeout_deletes_the_job_and_its_secret(cluster, namespace):
-    b = backend(cluster, namespace, credentials=Credentials(hf_token=TOKEN))
-    handle = b.submit(make_run())
-    result = b.wait(handle, on_log=lambda _l: None, timeout_seconds=1)
-    assert result.status is JobStatus.TIMED_OUT
-    assert b.client.get_trainjob(namespace, handle.name) is None
-    assert (namespace, f"{handle.name}-secrets") not in cluster.secrets
-
-
-@pytest.mark.crd("v2.2")
-def test_cancel_deletes_the_job(cluster, namespace):
-    b = backend(cluster, namespace)
-    handle = b.submit(make_run())
-    b.cancel(handle)
-    assert b.client.get_trainjob(namespace, handle.name) is None
-    b.cancel(handle)  # idempotent
-
-
-@pytest.mark.crd("v2.2")
-def test_detects_the_generation_from_the_served_crd(cluster, namespace):
-    assert backend(cluster, namespace).generation() is SpecGeneration.V2_2
-
-
-def _until(check, timeout=20):
-    import time
-
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.05)
-
-
-@pytest.mark.crd("v2.2")
-def test_non_deferrable_wait_streams_the_pod_log(cluster, namespace):
-    b = backend(cluster, namespace)
-    handle = b.submit(make_run())
-    logs: list[str] = []
-    result = {}
-    waiter = threading.Thread(
-        target=lambda: result.setdefault("r", b.wait(handle, on_log=logs.append, timeout_seconds=60))
-    )
-    # The pod "runs" and writes its log before the controller marks the job Running.
-    cluster.pods[(namespace, f"{handle.name}-node-0-0-abcde")] = {
-        "job": handle.name,
-        "log": "[sft] step 1/2 loss 3.0\n[sft] step 2/2 loss 2.0",
-    }
-    waiter.start()
-    _until(lambda: any("pending" in line for line in logs))
-    cluster.drive(namespace, handle.name, "running", log="[sft] step 1/2 loss 3.0\n[sft] step 2/2 loss 2.0")
-    _until(lambda: "[sft] step 2/2 loss 2.0" in logs)
-    cluster.drive(namespace, handle.name, "complete", reason="JobsCompleted")
-    waiter.join(30)
-    assert result["r"].status is JobStatus.SUCCEEDED
-    assert logs.count("[sft] step 2/2 loss 2.0") == 1  # streamed live, not copied again at the end
-    assert b.client.get_trainjob(namespace, handle.name) is None  # deleted after success by default
-
-
-@pytest.mark.crd("v2.2")
-def test_async_wait_relists_after_410(cluster, namespace):
-    import asyncio
-
-    from kubernetes_asyncio import client as aclient
-
-    from airflow_provider_sft.core.kube import AsyncTrainJobClient
-    from airflow_provider_sft.core.waiting import await_trainjob
-
     handle = backend(cluster, namespace).submit(make_run())
     watched = []
 
-    class StaleFirstWatch(AsyncTrainJobClient):
-        def watch_trainjob(self, namespace, name, resource_version, timeout_seconds):
+    class StaleFirstWatch(KubeClient):
+        def watch_trainjob(self, namespace, name, resource_version, timeout_seconds, idle_timeout=90):
             watched.append(resource_version)
-            return super().watch_trainjob(
-                namespace, name, "1" if len(watched) == 1 else resource_version, timeout_seconds
-            )
+            stale = "1" if len(watched) == 1 else resource_version  # long compacted: 410 Gone
+            return super().watch_trainjob(namespace, name, stale, timeout_seconds, idle_timeout)
 
     async def main():
-        config = aclient.Configuration()
-        config.host = cluster.url
-        async with aclient.ApiClient(config) as api:
+        async with cluster.connect() as kube:
             task = asyncio.ensure_future(
-                await_trainjob(
-                    StaleFirstWatch(api), namespace, handle.name, clock=SYSTEM_CLOCK, timeout_seconds=60
+                follow_trainjob(
+                    StaleFirstWatch(kube.api_client),
+                    namespace,
+                    handle.name,
+                    clock=SYSTEM_CLOCK,
+                    timeout_seconds=60,
                 )
             )
             while len(watched) < 2:
@@ -334,7 +439,67 @@ def test_async_wait_relists_after_410(cluster, namespace):
             await asyncio.to_thread(cluster.drive, namespace, handle.name, "complete", reason="JobsCompleted")
             return await asyncio.wait_for(task, 30)
 
-    assert asyncio.run(main()).phase is JobPhase.SUCCEEDED
+    assert asyncio.run(main()).state.phase is JobPhase.SUCCEEDED
+
+
+def test_timeout_deletes_the_job_and_its_secret(cluster, namespace):
+    b = backend(cluster, namespace, credentials=Credentials(hf_token=TOKEN))
+    handle = b.submit(make_run())
+    result = b.wait(handle, on_log=lambda _l: None, timeout_seconds=1)
+    assert result.status is JobStatus.TIMED_OUT
+    assert not exists(cluster, namespace, handle.name)
+    assert (namespace, f"{handle.name}-secrets") not in cluster.secrets
+
+
+def test_cancel_deletes_the_job(cluster, namespace):
+    b = backend(cluster, namespace)
+    handle = b.submit(make_run())
+    b.cancel(handle)
+    assert not exists(cluster, namespace, handle.name)
+    b.cancel(handle)  # idempotent
+
+
+@pytest.mark.parametrize(
+    ("release", "generation"),
+    [("v2.1.0", SpecGeneration.V2_1), ("v2.2.1", SpecGeneration.V2_2), ("v2.3.0", SpecGeneration.V2_2)],
+)
+def test_detects_the_generation_from_the_served_crd(fake_cluster, namespace, release, generation):
+    from tests.integration.conftest import use_release
+
+    use_release(fake_cluster.server, release)
+
+    async def detect():
+        async with fake_cluster.connect() as kube:
+            return await backend(fake_cluster, namespace).generation(kube)
+
+    assert asyncio.run(detect()) is generation
+
+
+def test_non_deferrable_wait_streams_the_pod_log_once_the_container_starts(cluster, namespace):
+    b = backend(cluster, namespace)
+    handle = b.submit(make_run())
+    logs: list[str] = []
+    pod = cluster.add_pod(
+        namespace,
+        handle.name,
+        phase="Pending",
+        waiting="ContainerCreating",
+        log="[sft] step 1/2 loss 3.0\n[sft] step 2/2 loss 2.0",
+    )
+    waiter, result = in_thread(lambda: b.wait(handle, on_log=logs.append, timeout_seconds=60))
+    _until(lambda: any("pending" in line for line in logs))
+    cluster.drive(namespace, handle.name, "running")  # ready, but the log still answers 400 for a moment
+    import time
+
+    time.sleep(1)
+    cluster.pods[(namespace, pod)].update(waiting=None, phase="Running")
+    _until(lambda: "[sft] step 2/2 loss 2.0" in logs)
+    cluster.drive(namespace, handle.name, "complete", reason="JobsCompleted")
+    waiter.join(30)
+    assert result["value"].status is JobStatus.SUCCEEDED
+    assert logs.count("[sft] step 2/2 loss 2.0") == 1  # streamed live, not copied again at the end
+    assert not any("Log streaming stopped" in line for line in logs)  # the 400 was waited out
+    assert not exists(cluster, namespace, handle.name)  # deleted after success by default
 
 
 def test_secret_looking_envs_are_refused(cluster, namespace):

@@ -5,9 +5,9 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
+from airflow_provider_sft.core.kube import TrainJobClient
 
 from airflow_provider_sft.core.errors import InvalidParameterError
-from airflow_provider_sft.core.kube import TrainJobClient
 from airflow_provider_sft.operators.train import SFTTrainOperator
 
 

@@ -7,12 +7,12 @@ import json
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from airflow_provider_sft.core.kube import TrainJobClient
+from airflow_provider_sft.core.trainjob import KubernetesOptions, SpecGeneration
 
 from airflow_provider_sft.core.backends.kubernetes import KubernetesBackend
-from airflow_provider_sft.core.kube import TrainJobClient
 from airflow_provider_sft.core.params import SFTParams
 from airflow_provider_sft.core.run import TrainingRun
-from airflow_provider_sft.core.trainjob import KubernetesOptions, SpecGeneration
 from airflow_provider_sft.triggers.trainjob import TrainJobTrigger
 from tests.k8s import harness
 

@@ -4,8 +4,12 @@ One loopback HTTP endpoint that a client uses as its only API server:
 
 * ``/apis/...`` (TrainJobs, CRDs, watches) is proxied, streaming, to the REAL crdserver;
 * ``/api/v1/.../secrets`` is a small in-memory store (crdserver has no core API);
-* ``/api/v1/.../pods`` and ``pods/{name}/log`` serve the pods of TrainJobs that the
-  status driver "started".
+* ``/api/v1/.../pods``, ``pods/{name}/log`` and ``events`` serve the pods of TrainJobs
+  that the status driver "started", and the events a test adds. As a kubelet does, a pod
+  whose container waits answers its log with a 400 ("is waiting to start").
+
+When the real server is down the proxy drops the client's connection, as a restarting
+API server does; when it is frozen the proxy hangs with it.
 
 The status driver stands in for the Trainer controller, JobSet and the kubelet
 (no GPU pods here): tests call :meth:`FakeCluster.drive` to set a TrainJob's status
@@ -45,8 +49,11 @@ class FakeCluster:
         self.server = server
         self.port = free_port()
         self.secrets: dict[tuple[str, str], dict[str, Any]] = {}
-        self.pods: dict[tuple[str, str], dict[str, Any]] = {}  # (ns, pod) -> {"job": name, "log": str}
+        # (ns, pod) -> {"job": name, "log": str, "phase": "Running"|"Pending"|..., "waiting": reason or None}
+        self.pods: dict[tuple[str, str], dict[str, Any]] = {}
+        self.events: list[dict[str, Any]] = []
         self.requests: list[tuple[str, str]] = []  # (method, path) of every request, for request counting
+        self.queries: list[tuple[str, str, str]] = []  # (method, path, query string), for RBAC checks
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True, name="fake-core")
@@ -79,11 +86,12 @@ class FakeCluster:
         self._loop.run_forever()
 
     async def _setup(self) -> None:
-        app = web.Application(client_max_size=64 * 2**20)
+        app = web.Application(client_max_size=64 * 2**20, middlewares=[self._record])
         app.router.add_route("*", "/api/v1/namespaces/{ns}/secrets", self._secrets)
         app.router.add_route("*", "/api/v1/namespaces/{ns}/secrets/{name}", self._secret)
         app.router.add_get("/api/v1/namespaces/{ns}/pods", self._pods)
         app.router.add_get("/api/v1/namespaces/{ns}/pods/{name}/log", self._log)
+        app.router.add_get("/api/v1/namespaces/{ns}/events", self._events)
         app.router.add_route("*", "/{tail:.*}", self._proxy)
         context = ssl.create_default_context(cafile=self.server.ca_cert)
         self._session = ClientSession(connector=TCPConnector(ssl=context, limit=0), auto_decompress=False)
@@ -92,28 +100,52 @@ class FakeCluster:
         await web.TCPSite(self._runner, "127.0.0.1", self.port, shutdown_timeout=0.5).start()
 
     def api_client(self):
+        """A sync client for the tests' own reads and writes (the provider itself is async)."""
         from kubernetes import client
 
         config = client.Configuration()
         config.host = self.url
         return client.ApiClient(config)
 
+    def secrets_in(self, namespace: str) -> list[str]:
+        return [name for (ns, name) in self.secrets if ns == namespace]
+
+    def connect(self, **kwargs):
+        """The provider's client on this cluster: ``async with cluster.connect() as kube``."""
+        from kubernetes_asyncio import client
+
+        from airflow_provider_sft.core.backends.kubernetes.client import connect
+
+        config = client.Configuration()
+        config.host = self.url
+        return connect(config, **kwargs)
+
     # --- proxy to the real crdserver --------------------------------------------------------
 
-    async def _proxy(self, request: web.Request) -> web.StreamResponse:
+    @web.middleware
+    async def _record(self, request: web.Request, handler):
         self.requests.append((request.method, request.path))
+        self.queries.append((request.method, request.path, request.query_string))
+        return await handler(request)
+
+    async def _proxy(self, request: web.Request) -> web.StreamResponse:
         headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")}
         body = await request.read()
-        upstream = await self._session.request(
-            request.method,
-            f"{self.server.url}{request.rel_url}",
-            headers=headers,
-            data=body or None,
-            timeout=None,
-        )
+        try:
+            upstream = await self._session.request(
+                request.method,
+                f"{self.server.url}{request.rel_url}",
+                headers=headers,
+                data=body or None,
+                timeout=None,
+            )
+        except OSError:  # the API server is down: the client sees its connection dropped
+            if request.transport is not None:
+                request.transport.abort()
+            raise asyncio.CancelledError from None
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
         for key, value in upstream.headers.items():
-            if key.lower() not in ("content-length", "transfer-encoding", "connection", "content-encoding"):
+            if key.lower() not in ("content-length", "transfer-encoding", "connection"):
                 response.headers[key] = value
         await response.prepare(request)
         try:
@@ -128,7 +160,6 @@ class FakeCluster:
     # --- fake secrets ------------------------------------------------------------------------
 
     async def _secrets(self, request: web.Request) -> web.Response:
-        self.requests.append((request.method, request.path))
         ns = request.match_info["ns"]
         if request.method != "POST":
             items = [s for (n, _), s in self.secrets.items() if n == ns]
@@ -142,10 +173,9 @@ class FakeCluster:
         return web.json_response(body, status=201)
 
     async def _secret(self, request: web.Request) -> web.Response:
-        self.requests.append((request.method, request.path))
         key = (request.match_info["ns"], request.match_info["name"])
         if key not in self.secrets and request.method != "PUT":
-            return _status(404, "NotFound", f'secrets "{key[1]}" not found')
+            return _status(404, "NotFound", f'secrets "{key[1]}" not found', name=key[1], kind="secrets")
         if request.method == "DELETE":
             self.secrets.pop(key)
             return web.json_response({"kind": "Status", "status": "Success"})
@@ -159,7 +189,6 @@ class FakeCluster:
     # --- fake pods and logs -------------------------------------------------------------------
 
     async def _pods(self, request: web.Request) -> web.Response:
-        self.requests.append((request.method, request.path))
         ns, selector = request.match_info["ns"], request.query.get("labelSelector", "")
         wanted = selector.partition("=")[2]
         items = [
@@ -168,7 +197,8 @@ class FakeCluster:
                     "name": pod,
                     "namespace": n,
                     "labels": {"jobset.sigs.k8s.io/jobset-name": info["job"]},
-                }
+                },
+                "status": _pod_status(info),
             }
             for (n, pod), info in self.pods.items()
             if n == ns and (not wanted or info["job"] == wanted)
@@ -176,13 +206,57 @@ class FakeCluster:
         return web.json_response({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items})
 
     async def _log(self, request: web.Request) -> web.Response:
-        self.requests.append((request.method, request.path))
         key = (request.match_info["ns"], request.match_info["name"])
         if key not in self.pods:
-            return _status(404, "NotFound", f'pods "{key[1]}" not found')
-        lines = self.pods[key]["log"].splitlines()
+            return _status(404, "NotFound", f'pods "{key[1]}" not found', name=key[1], kind="pods")
+        pod = self.pods[key]
+        if pod.get("waiting"):
+            return _status(
+                400,
+                "BadRequest",
+                f'container "node" in pod "{key[1]}" is waiting to start: {pod["waiting"]}',
+            )
+        lines = pod["log"].splitlines()
         tail = int(request.query.get("tailLines", 0) or 0)
         return web.Response(text="\n".join(lines[-tail:] if tail else lines) + "\n")
+
+    async def _events(self, request: web.Request) -> web.Response:
+        ns, selector = request.match_info["ns"], request.query.get("fieldSelector", "")
+        wanted = dict(part.split("=", 1) for part in selector.split(",") if "=" in part)
+        items = [
+            event
+            for event in self.events
+            if event["metadata"]["namespace"] == ns
+            and all(
+                (event["involvedObject"].get(key.removeprefix("involvedObject.")) == value)
+                for key, value in wanted.items()
+            )
+        ]
+        return web.json_response({"kind": "EventList", "apiVersion": "v1", "metadata": {}, "items": items})
+
+    def add_pod(
+        self, namespace: str, job: str, *, index: int = 0, phase: str = "Pending", waiting=None, log=""
+    ):
+        """A pod of ``job`` as JobSet names them (``<job>-node-0-<index>-xxxxx``)."""
+        name = f"{job}-node-0-{index}-abcde"
+        self.pods[(namespace, name)] = {"job": job, "log": log, "phase": phase, "waiting": waiting}
+        return name
+
+    def add_event(
+        self, namespace: str, kind: str, name: str, reason: str, message: str, *, type: str = "Warning"
+    ):
+        """An event as the scheduler or kubelet records it (core/v1 Event)."""
+        self.events.append(
+            {
+                "metadata": {"name": f"{name}.{len(self.events):x}", "namespace": namespace},
+                "involvedObject": {"kind": kind, "name": name, "namespace": namespace},
+                "reason": reason,
+                "message": message,
+                "type": type,
+                "lastTimestamp": _now(),
+                "count": 1,
+            }
+        )
 
     # --- status driver (stands in for the Trainer controller + kubelet) ----------------------
 
@@ -195,8 +269,10 @@ class FakeCluster:
         self, namespace: str, name: str, phase: str, *, reason: str = "", message: str = "", log: str = ""
     ) -> None:
         """Set the TrainJob status like the controller does for ``phase``: running/complete/failed/suspended."""
-        conditions, active = [], 0
+        conditions, active, ready = [], 0, 0
         if phase == "running":
+            active = ready = 1
+        elif phase == "pending":  # pods created (JobSet counts Pending pods as active), none ready
             active = 1
         elif phase in ("complete", "failed", "suspended"):
             kind = {"complete": "Complete", "failed": "Failed", "suspended": "Suspended"}[phase]
@@ -214,7 +290,7 @@ class FakeCluster:
             "jobsStatus": [
                 {
                     "name": "node",
-                    "ready": active,
+                    "ready": ready,
                     "succeeded": int(phase == "complete"),
                     "failed": int(phase == "failed"),
                     "active": active,
@@ -225,8 +301,9 @@ class FakeCluster:
         self.custom().patch_namespaced_custom_object_status(
             GROUP, VERSION, namespace, PLURAL, name, {"status": status}
         )
-        if log or phase == "running":
-            self.pods[(namespace, f"{name}-node-0-0-abcde")] = {"job": name, "log": log}
+        pod = (namespace, f"{name}-node-0-0-abcde")
+        if log or (phase == "running" and pod not in self.pods):
+            self.pods[pod] = {"job": name, "log": log, "phase": "Running"}
 
     def auto_run(self, namespace: str, *, extra_env: dict[str, str] | None = None) -> threading.Thread:
         """Run the pods of every TrainJob created in ``namespace`` (a background kubelet stand-in)."""
@@ -282,6 +359,7 @@ class FakeCluster:
         self.pods[(namespace, f"{name}-node-0-0-abcde")] = {
             "job": name,
             "log": completed.stdout + completed.stderr,
+            "phase": "Succeeded" if completed.returncode == 0 else "Failed",
         }
         if completed.returncode == 0:
             self.drive(namespace, name, "complete", reason="JobsCompleted", message="jobs completed")
@@ -296,15 +374,21 @@ class FakeCluster:
         return completed.returncode
 
 
-def _status(code: int, reason: str, message: str) -> web.Response:
-    return web.json_response(
-        {
-            "kind": "Status",
-            "apiVersion": "v1",
-            "status": "Failure",
-            "message": message,
-            "reason": reason,
-            "code": code,
-        },
-        status=code,
-    )
+def _pod_status(info: dict[str, Any]) -> dict[str, Any]:
+    waiting = info.get("waiting")
+    state = {"waiting": {"reason": waiting}} if waiting else {"running": {"startedAt": _now()}}
+    return {"phase": info.get("phase", "Running"), "containerStatuses": [{"name": "node", "state": state}]}
+
+
+def _status(code: int, reason: str, message: str, **details: str) -> web.Response:
+    body = {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code,
+    }
+    if details:
+        body["details"] = details
+    return web.json_response(body, status=code)

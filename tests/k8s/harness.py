@@ -22,7 +22,26 @@ import yaml
 
 HERE = Path(__file__).resolve().parent
 CRDSERVER = HERE / ".build" / "crdserver"
-CRD_FILE = HERE / "trainjob-crd.yaml"
+UPSTREAM = HERE / "upstream"
+#: Trainer releases the tests run against, and the upstream files each one installs.
+RELEASES = {
+    "v2.1.0": (
+        "trainjobs-v2.1.0.yaml",
+        "clustertrainingruntimes-v2.1.0.yaml",
+        "runtime-torch-distributed-v2.1.0.yaml",
+    ),
+    "v2.2.1": (
+        "trainjobs-v2.2.1.yaml",
+        "clustertrainingruntimes-v2.3.0.yaml",
+        "runtime-torch-distributed-v2.3.0.yaml",
+    ),
+    "v2.3.0": (
+        "trainjobs-v2.3.0.yaml",
+        "clustertrainingruntimes-v2.3.0.yaml",
+        "runtime-torch-distributed-v2.3.0.yaml",
+    ),
+}
+TRAINING_RUNTIMES_CRD = "trainingruntimes-v2.3.0.yaml"
 UNAVAILABLE = "k8s test apiserver unavailable: run tests/k8s/build-crdserver.sh; apt-get install etcd-server"
 
 
@@ -69,55 +88,76 @@ class ApiServer:
         urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)  # readiness probes only
 
         client, peer = free_port(), free_port()
+        self.etcd_url = f"http://127.0.0.1:{client}"
         log = (self.dir / "etcd.log").open("w")
-        self.processes.append(
-            subprocess.Popen(
-                [
-                    "etcd",
-                    "--name",
-                    "test",
-                    "--data-dir",
-                    str(self.dir / "etcd"),
-                    "--log-level",
-                    "warn",
-                    "--unsafe-no-fsync",
-                    "--listen-client-urls",
-                    f"http://127.0.0.1:{client}",
-                    "--advertise-client-urls",
-                    f"http://127.0.0.1:{client}",
-                    "--listen-peer-urls",
-                    f"http://127.0.0.1:{peer}",
-                    "--initial-advertise-peer-urls",
-                    f"http://127.0.0.1:{peer}",
-                    "--initial-cluster",
-                    f"test=http://127.0.0.1:{peer}",
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+        self.etcd = subprocess.Popen(
+            [
+                "etcd",
+                "--name",
+                "test",
+                "--data-dir",
+                str(self.dir / "etcd"),
+                "--log-level",
+                "warn",
+                "--unsafe-no-fsync",
+                "--listen-client-urls",
+                self.etcd_url,
+                "--advertise-client-urls",
+                self.etcd_url,
+                "--listen-peer-urls",
+                f"http://127.0.0.1:{peer}",
+                "--initial-advertise-peer-urls",
+                f"http://127.0.0.1:{peer}",
+                "--initial-cluster",
+                f"test=http://127.0.0.1:{peer}",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
-        _wait_until(lambda: requests.get(f"http://127.0.0.1:{client}/health", timeout=1).ok, "etcd")
-        log = (self.dir / "crdserver.log").open("w")
-        self.processes.append(
-            subprocess.Popen(
-                [
-                    str(CRDSERVER),
-                    f"--etcd-servers=http://127.0.0.1:{client}",
-                    "--bind-address=127.0.0.1",
-                    f"--secure-port={self.port}",
-                    f"--cert-dir={self.dir / 'certs'}",
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        )
-        _wait_until(
-            lambda: requests.get(f"{self.url}/readyz", verify=False, timeout=1).text == "ok", "crdserver"
-        )
+        self.processes.append(self.etcd)
+        _wait_until(lambda: requests.get(f"{self.etcd_url}/health", timeout=1).ok, "etcd")
+        self.start_apiserver()
         return self
+
+    def start_apiserver(self, *, wait: bool = True) -> None:
+        """(Re)start crdserver on the same port and certificates, over the same etcd."""
+        import requests
+
+        log = (self.dir / "crdserver.log").open("a")
+        self.apiserver = subprocess.Popen(
+            [
+                str(CRDSERVER),
+                f"--etcd-servers={self.etcd_url}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={self.port}",
+                f"--cert-dir={self.dir / 'certs'}",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        self.processes.append(self.apiserver)
+        if wait:
+            _wait_until(
+                lambda: requests.get(f"{self.url}/readyz", verify=False, timeout=1).text == "ok", "crdserver"
+            )
+
+    def stop_apiserver(self) -> None:
+        """Stop crdserver as a restart would (etcd keeps every object)."""
+        self.apiserver.send_signal(signal.SIGTERM)
+        self.apiserver.wait(timeout=30)
+        self.processes.remove(self.apiserver)
+
+    def freeze(self) -> None:
+        """SIGSTOP the API server: connections stay open and nothing answers (a half-open peer)."""
+        self.apiserver.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        self.apiserver.send_signal(signal.SIGCONT)
 
     def stop(self) -> None:
         for process in reversed(self.processes):
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGCONT)
             with contextlib.suppress(ProcessLookupError):
                 process.send_signal(signal.SIGTERM)
             try:
@@ -161,10 +201,11 @@ class ApiServer:
             crd["spec"]["versions"][0]["name"],
             crd["spec"]["names"]["plural"],
         )
-        _wait_until(
-            lambda: objects.list_namespaced_custom_object(group, version, "default", plural) is not None,
-            "CRD serving",
-        )
+        if crd["spec"]["scope"] == "Cluster":
+            probe = lambda: objects.list_cluster_custom_object(group, version, plural)  # noqa: E731
+        else:
+            probe = lambda: objects.list_namespaced_custom_object(group, version, "default", plural)  # noqa: E731
+        _wait_until(lambda: probe() is not None, "CRD serving")
 
 
 def _exists(api, name: str) -> bool:
@@ -205,27 +246,30 @@ def connection_uri(server_url: str, namespace: str = "default") -> str:
     )
 
 
-def trainjob_crd(generation: str = "both") -> dict:
-    """The TrainJob CRD (tests/k8s/trainjob-crd.yaml) as served by one Trainer release.
+def upstream(name: str) -> list[dict]:
+    """The objects of one upstream fixture file."""
+    return [doc for doc in yaml.safe_load_all((UPSTREAM / name).read_text()) if doc]
 
-    ``v2.1``: spec.labels/annotations/podTemplateOverrides, no runtimePatches;
-    ``v2.2``: runtimePatches only (the v2.1 fields were removed); ``both``: the file as is.
-    """
-    crd = yaml.safe_load(CRD_FILE.read_text())
-    spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
-    if generation == "v2.1":
-        spec.pop("runtimePatches")
-        spec["trainer"]["properties"]["numProcPerNode"] = {"x-kubernetes-int-or-string": True}
-    elif generation == "v2.2":
-        for key in ("labels", "annotations", "podTemplateOverrides"):
-            spec.pop(key)
-    return crd
+
+def install_trainer(server: ApiServer, release: str) -> None:
+    """The CRDs of one Trainer release (TrainJob, both runtime kinds) and its torch-distributed runtime."""
+    from kubernetes import client
+
+    trainjobs, cluster_runtimes, runtime = RELEASES[release]
+    for name in (trainjobs, cluster_runtimes, TRAINING_RUNTIMES_CRD):
+        for crd in upstream(name):
+            server.install_crd(crd)
+    objects = client.CustomObjectsApi(server.api_client())
+    for body in upstream(runtime):
+        objects.create_cluster_custom_object(
+            "trainer.kubeflow.org", "v1alpha1", "clustertrainingruntimes", body
+        )
 
 
 if __name__ == "__main__":  # manual check: python tests/k8s/harness.py
     server = ApiServer().start()
     try:
-        server.install_crd(trainjob_crd())
+        install_trainer(server, "v2.3.0")
         print("ready at", server.url, "pid", os.getpid())
     finally:
         server.stop()

@@ -128,7 +128,7 @@ class LocalProcessBackend(TrainingBackend):
         env.update(run.params.envs)  # the user's training_envs win
         return env
 
-    def submit(self, run: TrainingRun) -> JobHandle:
+    def submit(self, run: TrainingRun, *, timeout_seconds: float | None = None) -> JobHandle:
         plan = self._checked_plan(run)
         output_dir = Path(run.output_dir)
         if output_dir.exists():

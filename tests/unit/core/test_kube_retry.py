@@ -6,7 +6,6 @@ import asyncio
 import json
 
 import pytest
-
 from airflow_provider_sft.core.kube import KubeApiError, RetryPolicy
 
 

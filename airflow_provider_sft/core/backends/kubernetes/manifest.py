@@ -1,19 +1,18 @@
-"""Kubeflow Trainer ``TrainJob`` manifests and status, as pure functions.
+"""Kubeflow Trainer ``TrainJob`` manifests, as pure functions.
 
 ``build_trainjob`` turns a validated :class:`TrainingRun` into a TrainJob for
 either spec generation:
 
 * ``v2.1``: ``spec.labels``/``spec.annotations`` and ``spec.podTemplateOverrides``
   targeting the ``node`` job;
-* ``v2.2`` and later: one ``spec.runtimePatches`` entry owned by this provider.
+* ``v2.2`` and later: one ``spec.runtimePatches`` entry owned by this provider (its
+  ``manager`` a domain-prefixed path, as the Trainer webhook requires), and
+  ``spec.activeDeadlineSeconds`` from the run's timeout.
 
 Nothing secret is ever written into the manifest: ``HF_TOKEN`` is a
 ``secretKeyRef`` and the OCI pull secret an ``imagePullSecrets`` entry, both
 naming the Secret built by ``build_secret`` (owned by the TrainJob, so it is
 garbage-collected with it).
-
-``classify`` reads a TrainJob back into a :class:`JobState`; the sync waiter and
-the async trigger share it.
 """
 
 from __future__ import annotations
@@ -21,61 +20,15 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
-from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any
 
 import orjson
+from kubernetes.utils import parse_quantity
 
 from airflow_provider_sft.core import constants as c
+from airflow_provider_sft.core.backends.kubernetes.config import KubernetesConfig, SpecGeneration
 from airflow_provider_sft.core.errors import InvalidParameterError
 from airflow_provider_sft.core.run import TrainingRun
-
-
-class SpecGeneration(str, Enum):
-    AUTO = "auto"  # detect from the served CRD
-    V2_1 = "v2.1"  # podTemplateOverrides
-    V2_2 = "v2.2"  # runtimePatches (v2.2 and later)
-
-
-class JobPhase(str, Enum):
-    PENDING = "pending"  # created, pods not running yet
-    SUSPENDED = "suspended"  # queued (e.g. by Kueue): waiting, not stuck
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-
-    @property
-    def terminal(self) -> bool:
-        return self in (JobPhase.SUCCEEDED, JobPhase.FAILED)
-
-
-@dataclass(frozen=True)
-class JobState:
-    phase: JobPhase
-    reason: str = ""
-    message: str = ""
-
-    @property
-    def terminal(self) -> bool:
-        return self.phase.terminal
-
-
-@dataclass(frozen=True)
-class KubernetesOptions:
-    """Where and how TrainJobs run; everything here is cluster configuration, not training."""
-
-    namespace: str = "default"
-    runtime_name: str = c.DEFAULT_RUNTIME
-    pvc_name: str | None = None  # the workspace PVC; None = the runtime provides storage
-    workspace_mount_path: str = c.DEFAULT_WORKSPACE_MOUNT
-    spec_generation: SpecGeneration = SpecGeneration.AUTO
-    image: str | None = None  # override the runtime's trainer image
-    # The pod installs this provider unless the image already has it (set to None then).
-    package_spec: str | None = "airflow-provider-sft"
-    service_account: str | None = None
-    extra_labels: dict[str, str] = field(default_factory=dict)
-
 
 _LABEL_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
@@ -131,8 +84,8 @@ def owner_reference(trainjob: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _pod_env(run: TrainingRun, options: KubernetesOptions, *, has_hf_token: bool) -> list[dict[str, Any]]:
-    cache = f"{options.workspace_mount_path}/.cache"
+def _pod_env(run: TrainingRun, config: KubernetesConfig, *, has_hf_token: bool) -> list[dict[str, Any]]:
+    cache = f"{config.workspace_mount_path}/.cache"
     env = {
         "PYTHONUNBUFFERED": "1",
         "NCCL_DEBUG": "WARN",
@@ -144,6 +97,8 @@ def _pod_env(run: TrainingRun, options: KubernetesOptions, *, has_hf_token: bool
     env.update(run.params.envs)  # the user's training_envs win over our defaults
     entries: list[dict[str, Any]] = [{"name": name, "value": value} for name, value in env.items()]
     entries.append({"name": c.RUN_CONFIG_ENV, "value": orjson.dumps(run.to_json_dict()).decode()})
+    forwarded = {entry["name"] for entry in config.env}
+    entries = [entry for entry in entries if entry["name"] not in forwarded] + [dict(e) for e in config.env]
     if has_hf_token:
         entries.append(
             {
@@ -154,78 +109,111 @@ def _pod_env(run: TrainingRun, options: KubernetesOptions, *, has_hf_token: bool
     return entries
 
 
-def _command(options: KubernetesOptions) -> list[str]:
+def _command(config: KubernetesConfig) -> list[str]:
     run = "exec python -m airflow_provider_sft.core.entrypoint"
-    if not options.package_spec:
+    if not config.package_spec:
         return ["bash", "-c", run]
     # Installs into the user site so an arbitrary UID (OpenShift) can write it.
-    install = f"pip install --quiet --user --no-warn-script-location '{options.package_spec}'"
+    install = f"pip install --quiet --user --no-warn-script-location '{config.package_spec}'"
     return ["bash", "-c", f"{install} && {run}"]
 
 
-def _pod_spec_patch(run: TrainingRun, options: KubernetesOptions, *, has_pull_secret: bool) -> dict[str, Any]:
+def _pod_spec_patch(run: TrainingRun, config: KubernetesConfig, *, has_pull_secret: bool) -> dict[str, Any]:
     spec: dict[str, Any] = {}
     container: dict[str, Any] = {"name": c.NODE}
-    if options.pvc_name:
-        spec["volumes"] = [
-            {"name": c.WORKSPACE_VOLUME, "persistentVolumeClaim": {"claimName": options.pvc_name}}
-        ]
-        container["volumeMounts"] = [{"name": c.WORKSPACE_VOLUME, "mountPath": options.workspace_mount_path}]
+    volumes, mounts = [], []
+    if config.pvc_name:
+        volumes.append({"name": c.WORKSPACE_VOLUME, "persistentVolumeClaim": {"claimName": config.pvc_name}})
+        mounts.append({"name": c.WORKSPACE_VOLUME, "mountPath": config.workspace_mount_path})
+    volumes += [dict(volume) for volume in config.volumes]
+    mounts += [dict(mount) for mount in config.volume_mounts]
+    if config.shm_size:  # NCCL and DataLoader workers need more than the container default of 64 Mi
+        volumes.append({"name": c.SHM_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": config.shm_size}})
+        mounts.append({"name": c.SHM_VOLUME, "mountPath": "/dev/shm"})
+    if volumes:
+        spec["volumes"] = volumes
+        container["volumeMounts"] = mounts
     spec["containers"] = [container]
     if has_pull_secret:
         spec["imagePullSecrets"] = [{"name": secret_name(run.name)}]
-    if options.service_account:
-        spec["serviceAccountName"] = options.service_account
+    if config.service_account:
+        spec["serviceAccountName"] = config.service_account
+    if config.node_selector:
+        spec["nodeSelector"] = dict(config.node_selector)
+    if config.tolerations:
+        spec["tolerations"] = [dict(toleration) for toleration in config.tolerations]
+    if config.affinity:
+        spec["affinity"] = dict(config.affinity)
     return spec
 
 
-def _resources(run: TrainingRun) -> dict[str, Any]:
+def _resources(run: TrainingRun, config: KubernetesConfig) -> dict[str, Any]:
+    """requests = limits (Guaranteed QoS) from the training parameters, plus ``config.resources``."""
     quantities = {"cpu": run.params.resource_cpu_per_worker, "memory": run.params.resource_memory_per_worker}
     if run.params.resource_gpu_per_worker:
         quantities[c.GPU_RESOURCE_NAME] = str(run.params.resource_gpu_per_worker)
-    return {"requests": dict(quantities), "limits": dict(quantities)}  # requests = limits: Guaranteed QoS
+    resources = {"requests": dict(quantities), "limits": dict(quantities)}
+    conflicts = {}
+    for kind, extra in config.resources.items():
+        for resource, value in (extra or {}).items():
+            ours = resources[kind].get(resource)
+            if ours is not None and parse_quantity(str(ours)) != parse_quantity(str(value)):
+                conflicts[f"resources.{kind}.{resource}"] = (
+                    f"{value!r} disagrees with {ours!r} from {_RESOURCE_PARAMETER.get(resource, 'the training parameters')}"
+                )
+            resources[kind][resource] = ours if ours is not None else str(value)
+    if conflicts:
+        raise InvalidParameterError(conflicts, kind="Kubernetes")
+    return resources
+
+
+_RESOURCE_PARAMETER = {
+    "cpu": "resource_cpu_per_worker",
+    "memory": "resource_memory_per_worker",
+    c.GPU_RESOURCE_NAME: "resource_gpu_per_worker",
+}
 
 
 def build_trainjob(
     run: TrainingRun,
-    options: KubernetesOptions,
+    config: KubernetesConfig,
     *,
     generation: SpecGeneration,
     labels: dict[str, str],
     has_hf_token: bool = False,
     has_pull_secret: bool = False,
+    active_deadline_seconds: int | None = None,
 ) -> dict[str, Any]:
-    """The TrainJob for ``run`` in the given spec generation (never ``AUTO``: detect first)."""
+    """The TrainJob for ``run`` in the given spec generation (never ``AUTO``: detect first).
+
+    ``labels`` identify the run (managed-by, dag/task/run ids) and go on the TrainJob and
+    its pods, with ``job_labels`` (Kueue's queue name, say) on the TrainJob only and
+    ``metadata_labels`` on the pods only. ``active_deadline_seconds`` is set where the
+    CRD has it (v2.2+); on v2.1 the wait enforces the timeout by deleting the job.
+    """
     if generation is SpecGeneration.AUTO:
         raise ValueError("resolve SpecGeneration.AUTO with detect_generation() before building")
-    if run.params.base_model.startswith("oci://"):
-        raise InvalidParameterError(
-            {
-                "base_model": "oci:// base models are not supported yet; use a HuggingFace id or a path on the PVC"
-            }
-        )
     params = run.params
     trainer: dict[str, Any] = {
         "numNodes": params.resource_num_workers,
-        "resourcesPerNode": _resources(run),
-        "command": _command(options),
-        "env": _pod_env(run, options, has_hf_token=has_hf_token),
+        "resourcesPerNode": _resources(run, config),
+        "command": _command(config),
+        "env": _pod_env(run, config, has_hf_token=has_hf_token),
     }
     if params.resource_num_procs_per_worker != "auto":  # "auto": the runtime decides (one per GPU)
         trainer["numProcPerNode"] = params.resource_num_procs_per_worker
-    if options.image:
-        trainer["image"] = options.image
-    job_labels = {**labels, **options.extra_labels}
+    if config.image:
+        trainer["image"] = config.image
     pod_metadata = {
-        "labels": {**job_labels, **params.metadata_labels},
+        "labels": {**labels, **params.metadata_labels},
         "annotations": dict(params.metadata_annotations),
     }
-    pod_spec = _pod_spec_patch(run, options, has_pull_secret=has_pull_secret)
+    pod_spec = _pod_spec_patch(run, config, has_pull_secret=has_pull_secret)
     spec: dict[str, Any] = {
         "runtimeRef": {
-            "name": options.runtime_name,
+            "name": config.runtime_name,
             "apiGroup": c.TRAINER_GROUP,
-            "kind": c.CLUSTER_TRAINING_RUNTIME_KIND,
+            "kind": config.runtime_kind.value,
         },
         "trainer": trainer,
     }
@@ -236,6 +224,8 @@ def build_trainjob(
             {"targetJobs": [{"name": c.NODE}], "metadata": pod_metadata, "spec": pod_spec}
         ]
     else:
+        if active_deadline_seconds is not None:
+            spec["activeDeadlineSeconds"] = max(1, int(active_deadline_seconds))
         replicated_job = {
             "name": c.NODE,
             "template": {"spec": {"template": {"metadata": pod_metadata, "spec": pod_spec}}},
@@ -251,9 +241,9 @@ def build_trainjob(
         "kind": c.TRAINJOB_KIND,
         "metadata": {
             "name": run.name,
-            "namespace": options.namespace,
-            "labels": job_labels,
-            "annotations": dict(params.metadata_annotations),
+            "namespace": config.namespace,
+            "labels": {**labels, **config.job_labels},
+            "annotations": {**params.metadata_annotations, **config.job_annotations},
         },
         "spec": spec,
     }
@@ -273,25 +263,3 @@ def detect_generation(crd: dict[str, Any] | None) -> SpecGeneration:
         if "podTemplateOverrides" in properties:
             return SpecGeneration.V2_1
     return SpecGeneration.V2_2
-
-
-def classify(trainjob: dict[str, Any]) -> JobState:
-    """The phase of a TrainJob from its status conditions and job counts."""
-    status = trainjob.get("status") or {}
-    conditions = {cond.get("type"): cond for cond in status.get("conditions") or []}
-
-    def true(kind: str) -> dict[str, Any] | None:
-        cond = conditions.get(kind)
-        return cond if cond and cond.get("status") == "True" else None
-
-    if cond := true(c.CONDITION_FAILED):
-        return JobState(JobPhase.FAILED, cond.get("reason", ""), cond.get("message", ""))
-    if cond := true(c.CONDITION_COMPLETE):
-        return JobState(JobPhase.SUCCEEDED, cond.get("reason", ""), cond.get("message", ""))
-    if (cond := true(c.CONDITION_SUSPENDED)) or (trainjob.get("spec") or {}).get("suspend"):
-        cond = cond or {}
-        return JobState(JobPhase.SUSPENDED, cond.get("reason", "Suspended"), cond.get("message", ""))
-    jobs = status.get("jobsStatus") or []
-    if any((job.get("active") or 0) > 0 or (job.get("ready") or 0) > 0 for job in jobs):
-        return JobState(JobPhase.RUNNING)
-    return JobState(JobPhase.PENDING)

@@ -1,0 +1,199 @@
+"""The Kubeflow Trainer admission webhook's rules, checked before anything is created.
+
+The Trainer's validating webhook (``failurePolicy: Fail``) runs the ``Validate``
+functions of the runtime's plugins on every TrainJob. A TrainJob it refuses is
+never created, and the task would fail with a server message about fields the
+user never wrote. This module applies the same rules to the manifest and the
+runtime it references, with the webhook's field paths and wording, and says which
+operator parameter to change.
+
+Read from kubeflow/trainer at v2.1.0, v2.2.1 and v2.3.0 (``pkg/webhooks/trainjob_webhook.go``,
+``pkg/runtime/core/*trainingruntime.go``, ``pkg/runtime/framework/plugins/{jobset,torch,mpi,
+xgboost,volcano}``, ``pkg/constants/constants.go``):
+
+* the runtime exists (the webhook's ``specified clusterTrainingRuntime must be created
+  before the TrainJob is created``; see ``KubernetesBackend.runtime``);
+* ``runtimePatches[].manager`` is a domain-prefixed path (``validation.IsDomainPrefixedPath``);
+* every replicated job named in a patch or ``podTemplateOverrides`` target exists in the
+  runtime's template (v2.1.0 and v2.2.1 refuse it; v2.3.0 admits it and the JobSet
+  fails later, so it is refused here at every version);
+* no patch sets ``env`` on the ``node``, ``dataset-initializer`` or ``model-initializer``
+  containers: trainer env belongs in ``spec.trainer.env``;
+* ``spec.trainer.env`` holds none of the names the runtime's ML policy injects itself
+  (torch: ``PET_*``; MPI: ``OMPI_MCA_*``, v2.3.0; XGBoost: ``DMLC_*``, v2.2.1+);
+* a Volcano runtime's queue-name annotation is not empty.
+
+Stricter than the webhook, because the job could only fail later: a container named in a
+patch must exist in the runtime (the webhook merges it in as a container without an
+image), and a ``priority_class_name`` must be the runtime's (the TrainJob API cannot set it).
+Rules that the CRD schema enforces (types, enums, CEL) are left to the API server.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from airflow_provider_sft.core import constants as c
+from airflow_provider_sft.core.backends.kubernetes.config import SpecGeneration
+from airflow_provider_sft.core.errors import InvalidParameterError
+
+#: Env names each ML policy sets in the node container itself (pkg/constants).
+RESERVED_ENV_NAMES = {
+    "torch": frozenset(
+        {"PET_NNODES", "PET_NPROC_PER_NODE", "PET_NODE_RANK", "PET_MASTER_ADDR", "PET_MASTER_PORT"}
+    ),
+    "mpi": frozenset(
+        {
+            "OMPI_MCA_orte_default_hostfile",
+            "OMPI_MCA_plm_rsh_args",
+            "OMPI_MCA_orte_keep_fqdn_hostnames",
+            "OMPI_MCA_orte_set_default_slots",
+        }
+    ),
+    "xgboost": frozenset({"DMLC_TRACKER_URI", "DMLC_TRACKER_PORT", "DMLC_TASK_ID", "DMLC_NUM_WORKER"}),
+}
+VOLCANO_QUEUE_ANNOTATION = "scheduling.volcano.sh/queue-name"
+#: Containers whose env may only come from ``spec.trainer``/``spec.initializer``, never a patch.
+ENV_OWNED_CONTAINERS = frozenset({c.NODE, "dataset-initializer", "model-initializer"})
+
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_HTTP_PATH = re.compile(r"^[A-Za-z0-9/\-._~%!$&'()*+,;=:]+$")
+
+
+def domain_prefixed_path_errors(value: str) -> list[str]:
+    """``validation.IsDomainPrefixedPath`` of k8s.io/apimachinery: ``<dns-subdomain>/<http path>``."""
+    if not value:
+        return ["Required value"]
+    host, slash, path = value.partition("/")
+    if not slash or not host or not path:
+        return ['must be a domain-prefixed path (such as "acme.io/foo")']
+    errors = []
+    if len(host) > 253 or not _DNS_SUBDOMAIN.match(host):
+        errors.append(
+            f"{host!r}: a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.'"
+        )
+    if not _HTTP_PATH.match(path):
+        errors.append(f"{path!r}: Invalid path")
+    return errors
+
+
+def _runtime_jobs(runtime: dict[str, Any]) -> dict[str, dict[str, set[str]]]:
+    """replicated job -> {"containers": names, "initContainers": names} of a runtime's template."""
+    jobs = {}
+    for job in ((runtime.get("spec") or {}).get("template") or {}).get("spec", {}).get(
+        "replicatedJobs"
+    ) or []:
+        pod_spec = (((job.get("template") or {}).get("spec") or {}).get("template") or {}).get("spec") or {}
+        jobs[job.get("name")] = {
+            kind: {container.get("name") for container in pod_spec.get(kind) or []}
+            for kind in ("containers", "initContainers")
+        }
+    return jobs
+
+
+def _runtime_pod_spec(runtime: dict[str, Any], job_name: str) -> dict[str, Any]:
+    for job in ((runtime.get("spec") or {}).get("template") or {}).get("spec", {}).get(
+        "replicatedJobs"
+    ) or []:
+        if job.get("name") == job_name:
+            return (((job.get("template") or {}).get("spec") or {}).get("template") or {}).get("spec") or {}
+    return {}
+
+
+def _patched_jobs(
+    trainjob: dict[str, Any], generation: SpecGeneration
+) -> list[tuple[str, str, dict[str, Any]]]:
+    """(field path, replicated job name, pod spec patch) of every patch in the manifest."""
+    spec = trainjob["spec"]
+    found = []
+    if generation is SpecGeneration.V2_1:
+        for i, override in enumerate(spec.get("podTemplateOverrides") or []):
+            for j, target in enumerate(override.get("targetJobs") or []):
+                found.append(
+                    (
+                        f"spec.podTemplateOverrides[{i}].targetJobs[{j}]",
+                        target.get("name"),
+                        override.get("spec") or {},
+                    )
+                )
+        return found
+    for i, patch in enumerate(spec.get("runtimePatches") or []):
+        jobs = ((patch.get("trainingRuntimeSpec") or {}).get("template") or {}).get("spec", {}).get(
+            "replicatedJobs"
+        ) or []
+        for j, job in enumerate(jobs):
+            pod_spec = (((job.get("template") or {}).get("spec") or {}).get("template") or {}).get(
+                "spec"
+            ) or {}
+            path = f"spec.runtimePatches[{i}].trainingRuntimeSpec.template.spec.replicatedJobs[{j}]"
+            found.append((path, job.get("name"), pod_spec))
+    return found
+
+
+def check(
+    trainjob: dict[str, Any],
+    runtime: dict[str, Any],
+    generation: SpecGeneration,
+    *,
+    priority_class_name: str | None = None,
+) -> None:
+    """Raise :class:`InvalidParameterError` for what the Trainer webhook (or the pod) would refuse.
+
+    Keys are the webhook's field paths; each message says which parameter sets the field.
+    """
+    errors: dict[str, str] = {}
+    runtime_name = f"{runtime.get('kind', 'runtime')} {runtime.get('metadata', {}).get('name', '')!r}"
+    spec = trainjob["spec"]
+    v21 = generation is SpecGeneration.V2_1
+    patches_path = "spec.podTemplateOverrides" if v21 else "spec.runtimePatches"
+    if not v21:
+        for patch in spec.get("runtimePatches") or []:
+            if problems := domain_prefixed_path_errors(patch.get("manager", "")):
+                errors["spec.runtimePatches.manager"] = f"{patch.get('manager', '')!r}: " + "; ".join(
+                    problems
+                )
+    jobs = _runtime_jobs(runtime)
+    for _, job_name, pod_spec in _patched_jobs(trainjob, generation):
+        if job_name not in jobs:
+            what = "targetJob" if v21 else "replicated job"
+            errors[patches_path] = (
+                f"must not have {what} that doesn't exist in the runtime job template: {job_name!r} is not "
+                f"among the replicated jobs of {runtime_name} ({', '.join(sorted(jobs)) or 'none'}); "
+                "use a runtime with a 'node' job (runtime_name)"
+            )
+            continue
+        for kind in ("containers", "initContainers"):
+            for container in pod_spec.get(kind) or []:
+                name = container.get("name")
+                if name not in jobs[job_name][kind]:
+                    errors[patches_path] = (
+                        f"must not have {kind[:-1]} that doesn't exist in the runtime job {job_name}: "
+                        f"{name!r} is not in {runtime_name}"
+                    )
+                elif kind == "containers" and container.get("env") and name in ENV_OWNED_CONTAINERS:
+                    errors[patches_path] = (
+                        "must not have envs for the dataset-initializer, model-initializer, node containers"
+                    )
+    ml_policy = (runtime.get("spec") or {}).get("mlPolicy") or {}
+    env_names = {entry.get("name") for entry in spec["trainer"].get("env") or []}
+    for policy, names in RESERVED_ENV_NAMES.items():
+        if policy in ml_policy and (reserved := sorted(names & env_names)):
+            errors["spec.trainer.env"] = (
+                f"must not have reserved envs, invalid envs configured: [{' '.join(reserved)}] "
+                f"(the {policy} runtime sets them for each node; remove them from envs)"
+            )
+    if "volcano" in ((runtime.get("spec") or {}).get("podGroupPolicy") or {}):
+        annotations = spec.get("annotations") if v21 else (trainjob.get("metadata") or {}).get("annotations")
+        if (annotations or {}).get(VOLCANO_QUEUE_ANNOTATION, None) == "":
+            errors[f"spec.annotations[{VOLCANO_QUEUE_ANNOTATION}]"] = "Volcano queue name must not be empty"
+    if priority_class_name is not None:
+        has = _runtime_pod_spec(runtime, c.NODE).get("priorityClassName")
+        if has != priority_class_name:
+            errors["priority_class_name"] = (
+                f"the TrainJob API has no field for a pod priorityClassName, and {runtime_name} sets "
+                f"{has!r}: use a runtime that sets {priority_class_name!r}, or give Kueue's workload "
+                "priority with job_labels='kueue.x-k8s.io/priority-class=<name>'"
+            )
+    if errors:
+        raise InvalidParameterError(errors, kind="TrainJob (refused by the Trainer admission rules)")

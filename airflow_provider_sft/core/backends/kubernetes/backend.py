@@ -1,0 +1,341 @@
+"""The Kubernetes backend: a training run as a Kubeflow Trainer TrainJob.
+
+Submission is idempotent: the TrainJob name is the run name (deterministic per
+dag/run/task/map index), so a retry or a restarted worker finds the job it
+created and attaches to it. A job that already failed is deleted and submitted
+again (its pod starts from a clean run directory: see the entrypoint). A
+succeeded one is reused. Secrets go into a Secret owned by the TrainJob.
+
+Before anything is created, the referenced runtime is read and the TrainJob is
+checked against the rules of the Trainer's admission webhook (:mod:`.admission`).
+
+Blocking calls run the async client under ``asyncio.run``; the deferrable path
+(``poll``, a trigger running :func:`follow_trainjob`, then ``complete``) shares
+every piece with ``wait``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from airflow_provider_sft.core import constants as c
+from airflow_provider_sft.core.backends.base import (
+    BackendName,
+    JobHandle,
+    JobResult,
+    JobStatus,
+    LogSink,
+    TrainingBackend,
+)
+from airflow_provider_sft.core.backends.kubernetes import admission
+from airflow_provider_sft.core.backends.kubernetes.client import KubeClient
+from airflow_provider_sft.core.backends.kubernetes.config import KubernetesConfig, SpecGeneration
+from airflow_provider_sft.core.backends.kubernetes.logs import copy_log_tail, follow_log
+from airflow_provider_sft.core.backends.kubernetes.manifest import (
+    build_secret,
+    build_trainjob,
+    detect_generation,
+    label_value,
+    owner_reference,
+    secret_name,
+)
+from airflow_provider_sft.core.backends.kubernetes.retry import KubeApiError
+from airflow_provider_sft.core.backends.kubernetes.status import JobPhase, JobState, classify
+from airflow_provider_sft.core.backends.kubernetes.watch import WaitResult, follow_trainjob
+from airflow_provider_sft.core.clock import SYSTEM_CLOCK, Clock
+from airflow_provider_sft.core.errors import InvalidParameterError
+from airflow_provider_sft.core.run import TrainingRun
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+_SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|API_?KEY|CREDENTIAL", re.IGNORECASE)
+Connector = Callable[[], contextlib.AbstractAsyncContextManager[KubeClient]]
+DELETE_WAIT_SECONDS = 120
+LOG_DRAIN_SECONDS = 10
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """Secrets handed to the training pod through a Kubernetes Secret, never the spec."""
+
+    hf_token: str | None = None
+    oci_pull_secret: str | None = None
+
+    def __repr__(self) -> str:  # never print the values
+        shown = {
+            k: "***" if v else None
+            for k, v in (("hf_token", self.hf_token), ("oci_pull_secret", self.oci_pull_secret))
+        }
+        return f"Credentials(hf_token={shown['hf_token']}, oci_pull_secret={shown['oci_pull_secret']})"
+
+
+def result_of(
+    namespace: str, name: str, waited: WaitResult, *, start_timeout: float | None = None
+) -> JobResult:
+    """What a finished wait means for the run (the trigger's event carries this)."""
+    job = f"TrainJob {namespace}/{name}"
+    state = waited.state
+    pending = f" ({'; '.join(waited.pending)})" if waited.pending else ""
+    if waited.timeout == "start":
+        if state.phase is JobPhase.SUSPENDED:
+            return JobResult(
+                JobStatus.TIMED_OUT,
+                f"{job} stayed suspended for {start_timeout:g}s: no queue admitted it. With Kueue, check "
+                "that the kueue.x-k8s.io/queue-name label (job_labels) names a LocalQueue and that its "
+                f"ClusterQueue has quota for the requested resources{pending}",
+                reason="StartTimeout",
+            )
+        return JobResult(
+            JobStatus.TIMED_OUT,
+            f"{job} did not start within {start_timeout:g}s{pending or ': its pods were never ready'}",
+            reason="StartTimeout",
+        )
+    if waited.timeout == "run":
+        not_started = "" if state.phase.started else f", it never started{pending}"
+        return JobResult(
+            JobStatus.TIMED_OUT, f"{job} did not finish in time{not_started}", reason="DeadlineExceeded"
+        )
+    if state.phase is JobPhase.SUCCEEDED:
+        return JobResult(JobStatus.SUCCEEDED, "training completed", reason=state.reason)
+    detail = ": ".join(part for part in (state.reason, state.message) if part) or "no reason given"
+    return JobResult(JobStatus.FAILED, f"{job} failed: {detail}", reason=state.reason)
+
+
+@dataclass
+class KubernetesBackend(TrainingBackend):
+    config: KubernetesConfig
+    connect: Connector
+    credentials: Credentials = field(default_factory=Credentials)
+    run_labels: dict[str, str] = field(default_factory=dict)  # dag/task/run identifiers
+    clock: Clock = SYSTEM_CLOCK
+    name = BackendName.KUBERNETES
+    deferrable = True
+
+    def _run(self, work: Callable[[KubeClient], Awaitable[T]]) -> T:
+        async def main() -> T:
+            async with self.connect() as client:
+                return await work(client)
+
+        return asyncio.run(main())
+
+    # --- checks before anything is sent ---------------------------------------------------
+
+    def preflight(self, run: TrainingRun) -> None:
+        secret_like = sorted(key for key in run.params.envs if _SECRET_NAME.search(key))
+        if secret_like:
+            raise InvalidParameterError(
+                {
+                    "envs": f"{', '.join(secret_like)} look(s) like a secret: envs become plain values in the "
+                    "TrainJob spec. Pass the HuggingFace token with hf_conn_id (or HF_TOKEN in the worker's "
+                    "environment), which goes through a Kubernetes Secret"
+                }
+            )
+        if run.params.base_model.startswith("oci://"):
+            raise InvalidParameterError(
+                {
+                    "base_model": "oci:// base models are not supported yet; use a HuggingFace id or a path on the PVC"
+                }
+            )
+
+    def labels(self) -> dict[str, str]:
+        base = {c.LABEL_MANAGED_BY: c.MANAGED_BY_VALUE, c.LABEL_COMPONENT: "sft-training"}
+        return {**base, **{key: label_value(value) for key, value in self.run_labels.items()}}
+
+    def manifest(
+        self, run: TrainingRun, generation: SpecGeneration, timeout_seconds: float | None = None
+    ) -> dict[str, Any]:
+        return build_trainjob(
+            run,
+            self.config,
+            generation=generation,
+            labels=self.labels(),
+            has_hf_token=bool(self.credentials.hf_token),
+            has_pull_secret=bool(self.credentials.oci_pull_secret),
+            active_deadline_seconds=None if timeout_seconds is None else int(timeout_seconds) + 1,
+        )
+
+    async def generation(self, client: KubeClient) -> SpecGeneration:
+        if self.config.spec_generation is not SpecGeneration.AUTO:
+            return self.config.spec_generation
+        return detect_generation(await client.read_trainjob_crd())
+
+    async def runtime(self, client: KubeClient) -> dict[str, Any]:
+        """The referenced runtime; a missing one is an error that lists those that exist."""
+        kind, name, ns = self.config.runtime_kind.value, self.config.runtime_name, self.config.namespace
+        runtime = await client.get_runtime(kind, ns, name)
+        if runtime is not None:
+            return runtime
+        where = "" if kind == c.CLUSTER_TRAINING_RUNTIME_KIND else f" in namespace {ns}"
+        try:
+            names = await client.list_runtime_names(kind, ns)
+            available = f"available: {', '.join(names)}" if names else f"there is no {kind}{where}"
+        except KubeApiError as exc:
+            available = f"the {kind}s could not be listed ({exc.status} {exc.reason})"
+        other = "TrainingRuntime" if kind == c.CLUSTER_TRAINING_RUNTIME_KIND else "ClusterTrainingRuntime"
+        raise InvalidParameterError(
+            {
+                "runtime_name": f"{kind} {name!r} does not exist{where}; {available}. Set runtime_name "
+                f"(and runtime_kind={other!r} for a runtime of the other scope)"
+            }
+        )
+
+    # --- the contract ---------------------------------------------------------------------
+
+    def submit(self, run: TrainingRun, *, timeout_seconds: float | None = None) -> JobHandle:
+        """Create the TrainJob, or attach to the one an earlier attempt created."""
+        self.preflight(run)
+        return self._run(lambda client: self._submit(client, run, timeout_seconds))
+
+    async def _submit(self, client: KubeClient, run: TrainingRun, timeout_seconds: float | None) -> JobHandle:
+        ns = self.config.namespace
+        generation = await self.generation(client)
+        runtime = await self.runtime(client)
+        body = self.manifest(run, generation, timeout_seconds)
+        admission.check(body, runtime, generation, priority_class_name=self.config.priority_class_name)
+        handle = self.handle(run.name, run.output_dir)
+        existing = await client.get_trainjob(ns, run.name)
+        if existing is not None:
+            state = classify(existing)
+            if state.phase is not JobPhase.FAILED:
+                log.info("Attaching to existing TrainJob %s/%s (%s)", ns, run.name, state.phase.value)
+                return handle
+            log.info(
+                "TrainJob %s/%s failed earlier (%s); deleting it to submit again", ns, run.name, state.reason
+            )
+            await self._delete_and_wait(client, ns, run.name)
+        secret = build_secret(
+            run.name,
+            ns,
+            hf_token=self.credentials.hf_token,
+            oci_pull_secret=self.credentials.oci_pull_secret,
+            labels=self.labels(),
+        )
+        if secret is not None:
+            await client.put_secret(secret)
+        try:
+            created = await client.create_trainjob(body)
+        except KubeApiError as exc:
+            if exc.status == 409:  # created by a concurrent or earlier attempt: attach
+                return handle
+            if secret is not None:
+                await client.delete_secret(ns, secret_name(run.name))
+            raise
+        if secret is not None:
+            await client.set_secret_owner(ns, secret_name(run.name), owner_reference(created))
+        log.info("Created TrainJob %s/%s", ns, run.name)
+        return handle
+
+    def handle(self, run_name: str, output_dir: str) -> JobHandle:
+        return JobHandle(BackendName.KUBERNETES, run_name, output_dir, {"namespace": self.config.namespace})
+
+    async def _delete_and_wait(self, client: KubeClient, namespace: str, name: str) -> None:
+        await client.delete_trainjob(namespace, name)
+        deadline = self.clock.monotonic() + DELETE_WAIT_SECONDS
+        while await client.get_trainjob(namespace, name) is not None:
+            if self.clock.monotonic() >= deadline:
+                raise KubeApiError(
+                    f"Delete TrainJob {namespace}/{name}", 0, "Timeout", "still present after deletion"
+                )
+            await self.clock.asleep(1.0)
+
+    def poll(self, handle: JobHandle) -> JobResult:
+        async def read(client: KubeClient) -> JobResult:
+            job = await client.get_trainjob(handle.details["namespace"], handle.name)
+            state = classify(job) if job is not None else None
+            if state is not None and not state.terminal:
+                return JobResult(JobStatus.RUNNING, state.describe())
+            waited = WaitResult(
+                state or JobState(JobPhase.FAILED, "NotFound", "the TrainJob was deleted before it finished")
+            )
+            return result_of(handle.details["namespace"], handle.name, waited)
+
+        return self._run(read)
+
+    def wait(self, handle: JobHandle, *, on_log: LogSink, timeout_seconds: float | None = None) -> JobResult:
+        """Block (in the worker) until the TrainJob ends, following its status with a watch.
+
+        Once the job runs, the rank-0 pod's log is streamed live into ``on_log``.
+        """
+        ns = handle.details["namespace"]
+
+        async def work(client: KubeClient) -> JobResult:
+            log_task: asyncio.Task | None = None
+
+            def on_state(state: JobState) -> None:
+                nonlocal log_task
+                on_log(f"TrainJob {handle.name}: {state.describe()}")
+                if state.phase.started and log_task is None:
+                    log_task = asyncio.ensure_future(
+                        follow_log(client, ns, handle.name, on_log, clock=self.clock)
+                    )
+
+            try:
+                waited = await follow_trainjob(
+                    client,
+                    ns,
+                    handle.name,
+                    clock=self.clock,
+                    timeout_seconds=timeout_seconds,
+                    start_timeout_seconds=self.config.start_timeout,
+                    on_state=on_state,
+                    on_note=on_log,
+                )
+            finally:
+                streamed = await _drain(log_task)
+            result = result_of(ns, handle.name, waited, start_timeout=self.config.start_timeout)
+            return await self._complete(client, handle, result, on_log, copy_log=not streamed)
+
+        return self._run(work)
+
+    def complete(self, handle: JobHandle, result: JobResult, *, on_log: LogSink) -> JobResult:
+        return self._run(lambda client: self._complete(client, handle, result, on_log))
+
+    async def _complete(
+        self,
+        client: KubeClient,
+        handle: JobHandle,
+        result: JobResult,
+        on_log: LogSink,
+        *,
+        copy_log: bool = True,
+    ) -> JobResult:
+        """Copy the tail of the rank-0 pod log and clean up by policy; the result is unchanged."""
+        ns = handle.details["namespace"]
+        if copy_log:
+            await copy_log_tail(client, ns, handle.name, on_log)
+        keep = (result.succeeded and not self.config.delete_on_success) or (
+            result.status is JobStatus.FAILED and self.config.keep_failed_jobs
+        )
+        if not keep:  # success, or a failure nobody keeps; a timeout never leaves its job running
+            await self._cancel(client, handle)
+        elif not result.succeeded:
+            on_log(f"Kept the failed TrainJob {ns}/{handle.name} for debugging (keep_failed_jobs)")
+        return result
+
+    def cancel(self, handle: JobHandle) -> None:
+        self._run(lambda client: self._cancel(client, handle))
+
+    async def _cancel(self, client: KubeClient, handle: JobHandle) -> None:
+        ns = handle.details["namespace"]
+        if await client.delete_trainjob(ns, handle.name):
+            log.info("Deleted TrainJob %s/%s", ns, handle.name)
+        await client.delete_secret(ns, secret_name(handle.name))
+
+
+async def _drain(task: asyncio.Task | None) -> bool:
+    """Give the log follower a moment for its last lines; True when it streamed any."""
+    if task is None:
+        return False
+    try:
+        return await asyncio.wait_for(asyncio.shield(task), LOG_DRAIN_SECONDS) > 0
+    except (asyncio.TimeoutError, Exception):
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+        return False

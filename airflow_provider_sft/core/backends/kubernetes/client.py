@@ -1,0 +1,351 @@
+"""The Kubernetes API calls the backend makes, one method each, on ``kubernetes_asyncio``.
+
+There is one client, and it is async: the triggerer awaits it, the worker's
+blocking calls run it under ``asyncio.run`` (as the cncf provider's
+``await_pod_start`` does). Every request goes through the one
+:class:`RetryPolicy` and has a request timeout, watches included: a half-open TCP
+connection must not hang a worker or the triggerer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+from airflow_provider_sft.core import constants as c
+from airflow_provider_sft.core.backends.kubernetes.retry import KubeApiError, RetryPolicy
+
+REQUEST_TIMEOUT = (10, 30)  # (connect, read) seconds for every plain request
+# A watch may be silent between events; the server sends a bookmark about every minute,
+# so a read that stalls longer than this is a dead connection and the watch is re-opened.
+WATCH_IDLE_TIMEOUT = 90
+RUNTIME_PLURALS = {
+    c.CLUSTER_TRAINING_RUNTIME_KIND: c.CLUSTER_TRAINING_RUNTIME_PLURAL,
+    c.TRAINING_RUNTIME_KIND: c.TRAINING_RUNTIME_PLURAL,
+}
+
+SERVER_URL_ENV = "KUBERNETES_SERVER_URL"
+AUTH_TOKEN_ENV = "KUBERNETES_AUTH_TOKEN"
+CA_CERT_ENV = "KUBERNETES_CA_CERT"
+IN_CLUSTER_CA = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
+IN_CLUSTER_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+
+_CRD = (c.TRAINER_GROUP, c.TRAINER_VERSION)
+
+
+def environment_server() -> tuple[str, str, str] | None:
+    """(url, token, CA path) from ``KUBERNETES_SERVER_URL``/``KUBERNETES_AUTH_TOKEN`` (the seed's
+    variables), or None when they are not set. The token is never sent to an unverified server."""
+    url, token = os.environ.get(SERVER_URL_ENV), os.environ.get(AUTH_TOKEN_ENV)
+    if not url or not token:
+        return None
+    ca = os.environ.get(CA_CERT_ENV) or (IN_CLUSTER_CA if Path(IN_CLUSTER_CA).exists() else "")
+    if not ca:
+        raise ValueError(
+            f"{SERVER_URL_ENV} is set but no CA certificate was found: set {CA_CERT_ENV} to the "
+            "cluster CA bundle path (the token is not sent to an unverified server)"
+        )
+    return url, token, ca
+
+
+def environment_configuration() -> Any:
+    """A ``kubernetes_asyncio`` Configuration from the seed's variables, else the in-cluster account."""
+    from kubernetes_asyncio import client, config
+
+    server = environment_server()
+    configuration = client.Configuration()
+    if server is None:
+        config.load_incluster_config(client_configuration=configuration)
+        return configuration
+    url, token, ca = server
+    configuration.host, configuration.ssl_ca_cert = url, ca
+    configuration.api_key = {"authorization": f"Bearer {token}"}
+    return configuration
+
+
+@contextlib.asynccontextmanager
+async def connect(configuration: Any, *, retry: RetryPolicy | None = None) -> AsyncIterator[KubeClient]:
+    """A :class:`KubeClient` on a fresh API client for ``configuration``, closed on exit."""
+    from kubernetes_asyncio import client
+
+    async with client.ApiClient(configuration) as api:
+        yield KubeClient(api, retry=retry)
+
+
+class KubeClient:
+    """TrainJobs, runtimes, secrets, pods, events and logs over one ``kubernetes_asyncio`` ApiClient."""
+
+    def __init__(self, api_client: Any, *, retry: RetryPolicy | None = None):
+        from kubernetes_asyncio import client
+
+        self.api_client = api_client
+        self.custom = client.CustomObjectsApi(api_client)
+        self.core = client.CoreV1Api(api_client)
+        self.extensions = client.ApiextensionsV1Api(api_client)
+        self.retry = retry or RetryPolicy()
+
+    async def _call(self, action: str, request: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return await self.retry.call(
+            action, lambda: request(*args, _request_timeout=REQUEST_TIMEOUT, **kwargs)
+        )
+
+    async def _open(
+        self, action: str, request: Callable[..., Any], *args: Any, timeout: Any = REQUEST_TIMEOUT, **kwargs: Any
+    ) -> Any:
+        """A request whose body the caller reads (watch, logs, plain JSON lists).
+
+        Without preloading, the generated client does not check the status: done here,
+        inside the retried attempt, so a 5xx is retried and a 4xx is a ``KubeApiError``.
+        """
+        from kubernetes_asyncio.client.rest import ApiException
+
+        async def attempt() -> Any:
+            response = await request(*args, _preload_content=False, _request_timeout=timeout, **kwargs)
+            if 200 <= response.status <= 299:
+                return response
+            try:
+                error = ApiException(status=response.status, reason=response.reason)
+                error.body = (await response.read()).decode("utf-8", errors="replace")
+                error.headers = dict(response.headers)
+            finally:
+                response.release()
+            raise error
+
+        return await self.retry.call(action, attempt)
+
+    async def _get_or_none(self, action: str, request: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return await self._call(action, request, *args)
+        except KubeApiError as exc:
+            if exc.object_not_found:
+                return None
+            raise
+
+    async def _delete(self, action: str, request: Callable[..., Any], *args: Any, **kwargs: Any) -> bool:
+        """Delete; False when it was already gone."""
+        try:
+            await self._call(action, request, *args, **kwargs)
+            return True
+        except KubeApiError as exc:
+            if exc.object_not_found:
+                return False
+            raise
+
+    # --- TrainJobs ------------------------------------------------------------------------
+
+    async def create_trainjob(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Create with strict field validation: an unknown field is a 400, never silently pruned."""
+        ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
+        return await self._call(
+            f"Create TrainJob {ns}/{name}",
+            self.custom.create_namespaced_custom_object,
+            *_CRD,
+            ns,
+            c.TRAINJOB_PLURAL,
+            body,
+            field_validation="Strict",
+        )
+
+    async def get_trainjob(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return await self._get_or_none(
+            f"Get TrainJob {namespace}/{name}",
+            self.custom.get_namespaced_custom_object,
+            *_CRD,
+            namespace,
+            c.TRAINJOB_PLURAL,
+            name,
+        )
+
+    async def delete_trainjob(self, namespace: str, name: str) -> bool:
+        return await self._delete(
+            f"Delete TrainJob {namespace}/{name}",
+            self.custom.delete_namespaced_custom_object,
+            *_CRD,
+            namespace,
+            c.TRAINJOB_PLURAL,
+            name,
+            propagation_policy="Background",
+        )
+
+    async def list_trainjobs(self, namespace: str, label_selector: str = "") -> list[dict[str, Any]]:
+        listed = await self._call(
+            f"List TrainJobs in {namespace}",
+            self.custom.list_namespaced_custom_object,
+            *_CRD,
+            namespace,
+            c.TRAINJOB_PLURAL,
+            label_selector=label_selector,
+        )
+        return listed.get("items", [])
+
+    async def watch_trainjob(
+        self,
+        namespace: str,
+        name: str,
+        resource_version: str | None,
+        timeout_seconds: int,
+        idle_timeout: float = WATCH_IDLE_TIMEOUT,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Watch events of one TrainJob as dicts (``type``, ``object``), read straight off the stream.
+
+        Not ``kubernetes_asyncio.watch.Watch``: it builds a new ApiClient (a connection pool
+        and session) per watch and never closes it, about half a megabyte per watched job in
+        a triggerer. The read timeout (``idle_timeout``) ends a watch whose connection went
+        silent; the server ends a healthy one after ``timeout_seconds``. Opening the watch is
+        retried by the policy; errors while reading are the caller's (it re-lists).
+        """
+        response = await self._open(
+            f"Watch TrainJob {namespace}/{name}",
+            self.custom.list_namespaced_custom_object,
+            *_CRD,
+            namespace,
+            c.TRAINJOB_PLURAL,
+            field_selector=f"metadata.name={name}",
+            resource_version=resource_version,
+            timeout_seconds=timeout_seconds,
+            allow_watch_bookmarks=True,
+            watch=True,
+            timeout=(REQUEST_TIMEOUT[0], idle_timeout),
+        )
+        try:
+            async for line in response.content:
+                if line.strip():
+                    yield json.loads(line)
+        finally:
+            response.release()
+
+    async def read_trainjob_crd(self) -> dict[str, Any] | None:
+        """The served TrainJob CRD, or None when it cannot be read (403 for namespaced users)."""
+        try:
+            crd = await self._call(
+                "Read TrainJob CRD", self.extensions.read_custom_resource_definition, c.TRAINJOB_CRD_NAME
+            )
+        except KubeApiError as exc:
+            if exc.status in (401, 403, 404):
+                return None
+            raise
+        return self.api_client.sanitize_for_serialization(crd)
+
+    # --- Runtimes ---------------------------------------------------------------------------
+
+    async def get_runtime(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        plural = RUNTIME_PLURALS[kind]
+        if kind == c.CLUSTER_TRAINING_RUNTIME_KIND:
+            return await self._get_or_none(
+                f"Get {kind} {name}", self.custom.get_cluster_custom_object, *_CRD, plural, name
+            )
+        return await self._get_or_none(
+            f"Get {kind} {namespace}/{name}",
+            self.custom.get_namespaced_custom_object,
+            *_CRD,
+            namespace,
+            plural,
+            name,
+        )
+
+    async def list_runtime_names(self, kind: str, namespace: str) -> list[str]:
+        plural = RUNTIME_PLURALS[kind]
+        if kind == c.CLUSTER_TRAINING_RUNTIME_KIND:
+            listed = await self._call(f"List {kind}s", self.custom.list_cluster_custom_object, *_CRD, plural)
+        else:
+            listed = await self._call(
+                f"List {kind}s in {namespace}",
+                self.custom.list_namespaced_custom_object,
+                *_CRD,
+                namespace,
+                plural,
+            )
+        return sorted(item["metadata"]["name"] for item in listed.get("items", []))
+
+    # --- Secrets ----------------------------------------------------------------------------
+
+    async def put_secret(self, body: dict[str, Any]) -> None:
+        """Create the Secret, or replace the one an earlier attempt left."""
+        ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
+        try:
+            await self._call(f"Create Secret {ns}/{name}", self.core.create_namespaced_secret, ns, body)
+        except KubeApiError as exc:
+            if exc.status != 409:
+                raise
+            await self._call(
+                f"Replace Secret {ns}/{name}", self.core.replace_namespaced_secret, name, ns, body
+            )
+
+    async def set_secret_owner(self, namespace: str, name: str, owner: dict[str, Any]) -> None:
+        await self._call(
+            f"Patch Secret {namespace}/{name}",
+            self.core.patch_namespaced_secret,
+            name,
+            namespace,
+            {"metadata": {"ownerReferences": [owner]}},
+        )
+
+    async def delete_secret(self, namespace: str, name: str) -> None:
+        await self._delete(
+            f"Delete Secret {namespace}/{name}", self.core.delete_namespaced_secret, name, namespace
+        )
+
+    # --- Pods, events and logs ----------------------------------------------------------------
+
+    async def _list_json(self, action: str, request: Callable[..., Any], *args: Any, **kwargs: Any) -> list[dict]:
+        """A list call read as plain JSON: no model classes (faster, and lenient about fields)."""
+        response = await self._open(action, request, *args, **kwargs)
+        try:
+            return json.loads(await response.read()).get("items") or []
+        finally:
+            response.release()
+
+    async def list_job_pods(self, namespace: str, job_name: str) -> list[dict[str, Any]]:
+        """The pods of a TrainJob (its JobSet's), as plain dicts, in name order."""
+        items = await self._list_json(
+            f"List pods of TrainJob {namespace}/{job_name}",
+            self.core.list_namespaced_pod,
+            namespace,
+            label_selector=f"{c.LABEL_JOBSET_NAME}={job_name}",
+        )
+        return sorted(items, key=lambda pod: pod["metadata"]["name"])
+
+    async def list_events(self, namespace: str, involved_name: str) -> list[dict[str, Any]]:
+        """Events about one object (a pod or the TrainJob), as plain dicts."""
+        return await self._list_json(
+            f"List events of {namespace}/{involved_name}",
+            self.core.list_namespaced_event,
+            namespace,
+            field_selector=f"involvedObject.name={involved_name}",
+        )
+
+    async def read_log_tail(self, namespace: str, pod: str, tail_lines: int) -> str:
+        # Raw bytes, decoded here: the generated client turns a text/plain body into repr(bytes).
+        response = await self._open(
+            f"Read log of pod {namespace}/{pod}",
+            self.core.read_namespaced_pod_log,
+            pod,
+            namespace,
+            container=c.NODE,
+            tail_lines=tail_lines,
+        )
+        try:
+            return (await response.read()).decode("utf-8", errors="replace")
+        finally:
+            response.release()
+
+    async def stream_log(self, namespace: str, pod: str) -> AsyncIterator[str]:
+        """Follow a pod's log line by line until the container ends (a 400 while it has not started)."""
+        response = await self._open(
+            f"Follow log of pod {namespace}/{pod}",
+            self.core.read_namespaced_pod_log,
+            pod,
+            namespace,
+            container=c.NODE,
+            follow=True,
+            timeout=(REQUEST_TIMEOUT[0], None),
+        )
+        try:
+            async for line in response.content:
+                yield line.decode("utf-8", errors="replace").rstrip("\n")
+        finally:
+            response.release()

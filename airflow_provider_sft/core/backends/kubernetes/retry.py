@@ -1,0 +1,145 @@
+"""One retry policy for every Kubernetes API call, on tenacity.
+
+Modelled on the cncf provider's ``generic_api_retry``: only transient failures are
+retried (429 and 5xx answers, connection errors, request timeouts), ``Retry-After``
+is honoured, and each sleep is logged. Everything else becomes a :class:`KubeApiError`
+at once, carrying the server's status, reason and message but never the request
+body (it may hold a Secret). A 403 is never retried: its message names the RBAC
+rules to grant (``deploy/rbac.yaml``).
+
+Sleeping goes through the injected clock, so tests of backoff need no real time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import tenacity
+
+from airflow_provider_sft.core.clock import SYSTEM_CLOCK, Clock
+from airflow_provider_sft.core.errors import SFTError
+
+T = TypeVar("T")
+TRANSIENT_STATUS = frozenset({429, 500, 502, 503, 504})
+RBAC_HINT = (
+    "Grant the Airflow service account the provider's Role (deploy/rbac.yaml in the provider's "
+    "repository: trainjobs, trainingruntimes, clustertrainingruntimes, pods, pods/log, events, secrets)."
+)
+
+
+class KubeApiError(SFTError):
+    """A Kubernetes API call failed; ``status`` is the HTTP status (0: no answer)."""
+
+    def __init__(self, action: str, status: int, reason: str, message: str, *, details: dict | None = None):
+        self.action, self.status, self.reason, self.server_message = action, status, reason, message
+        self.details = details or {}
+        hint = f" {RBAC_HINT}" if status == 403 else ""
+        super().__init__(f"{action}: {status} {reason}: {message}.{hint}".replace("..", "."))
+
+    @property
+    def object_not_found(self) -> bool:
+        """A 404 about one named object (it does not exist), not an API that is not served.
+
+        While an API server restarts, a custom resource's URL answers a bare 404 page
+        until its CRD is registered again: that is not "the TrainJob is gone".
+        """
+        return self.status == 404 and bool(self.details.get("name"))
+
+
+def server_message(exc: BaseException) -> tuple[int, str, str, dict]:
+    """(status, reason, message, details) of an ApiException-shaped error (status 0: no answer)."""
+    status = int(getattr(exc, "status", 0) or 0)
+    reason = str(getattr(exc, "reason", "") or type(exc).__name__)
+    body = getattr(exc, "body", None)
+    message, details = "", {}
+    if body:
+        try:
+            parsed = json.loads(body)
+            message, details = parsed.get("message", ""), parsed.get("details") or {}
+        except (ValueError, AttributeError):
+            pass
+    if not status and not message:
+        message = str(exc) or type(exc).__name__
+    return status, reason, message or reason, details
+
+
+def as_api_error(action: str, exc: BaseException) -> KubeApiError:
+    if isinstance(exc, KubeApiError):
+        return exc
+    status, reason, message, details = server_message(exc)
+    return KubeApiError(action, status, reason, message, details=details)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Worth another try: a 429/5xx answer, no answer at all, or a request that timed out."""
+    if isinstance(exc, KubeApiError):
+        return exc.status in TRANSIENT_STATUS or exc.status == 0
+    status = getattr(exc, "status", None)
+    if isinstance(status, int) and status:
+        return status in TRANSIENT_STATUS
+    if isinstance(exc, OSError | TimeoutError | asyncio.TimeoutError):
+        return True
+    return type(exc).__module__.startswith(("aiohttp", "urllib3"))
+
+
+def retry_after_seconds(exc: BaseException) -> float | None:
+    headers = getattr(exc, "headers", None) or {}
+    try:
+        return float(headers.get("Retry-After"))
+    except (TypeError, ValueError):
+        return None
+
+
+class RetryPolicy:
+    """Exponential backoff for transient failures; ``Retry-After`` wins when the server sends it."""
+
+    def __init__(
+        self,
+        *,
+        attempts: int = 5,
+        base_seconds: float = 0.5,
+        max_seconds: float = 30.0,
+        clock: Clock = SYSTEM_CLOCK,
+        log: Callable[[str], None] | None = None,
+    ):
+        self.attempts, self.base_seconds, self.max_seconds = attempts, base_seconds, max_seconds
+        self.clock, self.log = clock, log
+
+    def _wait(self, state: tenacity.RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        backoff = self.base_seconds * 2 ** (state.attempt_number - 1)
+        return min(self.max_seconds, (exc and retry_after_seconds(exc)) or backoff)
+
+    def _before_sleep(self, action: str) -> Callable[[tenacity.RetryCallState], None]:
+        def log(state: tenacity.RetryCallState) -> None:
+            if self.log and state.outcome is not None and state.next_action is not None:
+                _, reason, _, _ = server_message(state.outcome.exception())
+                self.log(
+                    f"{action}: transient error ({reason}), retry {state.attempt_number} "
+                    f"in {state.next_action.sleep:.1f}s"
+                )
+
+        return log
+
+    async def call(self, action: str, fn: Callable[[], Awaitable[T]]) -> T:
+        """Run ``fn`` (one API request) under the policy; failures become :class:`KubeApiError`."""
+        retrying = tenacity.AsyncRetrying(
+            retry=tenacity.retry_if_exception(is_transient),
+            stop=tenacity.stop_after_attempt(self.attempts),
+            wait=self._wait,
+            sleep=self.clock.asleep,
+            before_sleep=self._before_sleep(action),
+            reraise=True,
+        )
+        async def attempt() -> T:  # a coroutine function: tenacity awaits only those
+            return await fn()
+
+        try:
+            return await retrying(attempt)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            raise as_api_error(action, exc) from exc

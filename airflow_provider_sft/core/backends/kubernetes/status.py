@@ -1,0 +1,114 @@
+"""What a TrainJob's status means, and why its pods are not running yet: pure functions.
+
+The Trainer copies its JobSet's ``replicatedJobsStatus`` into ``status.jobsStatus``.
+There, ``active`` counts child Jobs with a pod that is running *or Pending*
+(unschedulable, pulling its image), so it says nothing about training having
+started; ``ready`` counts Jobs whose pods are all ready. A job is therefore
+running only once some ``ready`` is positive; before that it is pending, and the
+pods' waiting reasons and the scheduler's and kubelet's events say why.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from airflow_provider_sft.core import constants as c
+
+
+class JobPhase(str, Enum):
+    PENDING = "pending"  # created, pods not running yet (scheduling, pulling images)
+    SUSPENDED = "suspended"  # queued (e.g. by Kueue): waiting for admission, not stuck
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobPhase.SUCCEEDED, JobPhase.FAILED)
+
+    @property
+    def started(self) -> bool:
+        return self not in (JobPhase.PENDING, JobPhase.SUSPENDED)
+
+
+@dataclass(frozen=True)
+class JobState:
+    phase: JobPhase
+    reason: str = ""
+    message: str = ""
+
+    @property
+    def terminal(self) -> bool:
+        return self.phase.terminal
+
+    def describe(self) -> str:
+        return ": ".join(part for part in (self.phase.value, self.reason, self.message) if part)
+
+
+GONE = JobState(JobPhase.FAILED, "NotFound", "the TrainJob was deleted before it finished")
+
+
+def classify(trainjob: dict[str, Any]) -> JobState:
+    """The phase of a TrainJob from its status conditions and job counts."""
+    status = trainjob.get("status") or {}
+    conditions = {cond.get("type"): cond for cond in status.get("conditions") or []}
+
+    def true(kind: str) -> dict[str, Any] | None:
+        cond = conditions.get(kind)
+        return cond if cond and cond.get("status") == "True" else None
+
+    if cond := true(c.CONDITION_FAILED):
+        return JobState(JobPhase.FAILED, cond.get("reason", ""), cond.get("message", ""))
+    if cond := true(c.CONDITION_COMPLETE):
+        return JobState(JobPhase.SUCCEEDED, cond.get("reason", ""), cond.get("message", ""))
+    if (cond := true(c.CONDITION_SUSPENDED)) or (trainjob.get("spec") or {}).get("suspend"):
+        cond = cond or {}
+        return JobState(JobPhase.SUSPENDED, cond.get("reason", "Suspended"), cond.get("message", ""))
+    jobs = status.get("jobsStatus") or []
+    if any((job.get("ready") or 0) > 0 for job in jobs):
+        return JobState(JobPhase.RUNNING)
+    if any((job.get("active") or 0) > 0 for job in jobs):
+        return JobState(JobPhase.PENDING, "PodsNotReady", "pods created, not running yet")
+    return JobState(JobPhase.PENDING)
+
+
+def _event_time(event: dict[str, Any]) -> str:
+    return (
+        event.get("lastTimestamp")
+        or event.get("eventTime")
+        or (event.get("series") or {}).get("lastObservedTime")
+        or event.get("firstTimestamp")
+        or (event.get("metadata") or {}).get("creationTimestamp")
+        or ""
+    )
+
+
+def pending_reasons(pods: list[dict[str, Any]], events: list[dict[str, Any]], limit: int = 3) -> list[str]:
+    """Why the pods do not run yet, newest first: container waiting reasons, then Warning events.
+
+    For example ``pod sft-x-node-0-0-abcde: FailedScheduling: 0/3 nodes are available:
+    3 Insufficient nvidia.com/gpu.`` or ``container node: ImagePullBackOff: Back-off pulling image``.
+    """
+    reasons: list[str] = []
+    for pod in pods:
+        name = pod["metadata"]["name"]
+        for container in (pod.get("status") or {}).get("containerStatuses") or []:
+            waiting = (container.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") and waiting["reason"] not in ("ContainerCreating", "PodInitializing"):
+                detail = f": {waiting['message']}" if waiting.get("message") else ""
+                reasons.append(f"pod {name} container {container.get('name')}: {waiting['reason']}{detail}")
+    newest = sorted(events, key=_event_time, reverse=True)
+    seen: set[tuple[str, str]] = set()
+    for event in newest:
+        if event.get("type") != "Warning":
+            continue
+        involved = (event.get("involvedObject") or {}).get("name", "")
+        key = (involved, event.get("reason", ""))
+        if key in seen:
+            continue
+        seen.add(key)
+        kind = (event.get("involvedObject") or {}).get("kind", "").lower() or "object"
+        reasons.append(f"{kind} {involved}: {event.get('reason', '')}: {event.get('message', '').strip()}")
+    return reasons[:limit]

@@ -1,0 +1,244 @@
+"""Waiting for a TrainJob to end with one watch, not a poll loop: the only wait there is.
+
+The triggerer awaits :func:`follow_trainjob`; the worker's blocking wait runs the
+same coroutine under ``asyncio.run``. The decisions live in :class:`WatchCursor`,
+which does no I/O and reads time only from what it is given, so they are unit
+tested on a fake clock:
+
+* read the job, then watch it from its resourceVersion; a 410 Gone (the version was
+  compacted) re-reads and watches again; a DELETED event or a vanished job is a failure;
+* an API server restart (no answer, 5xx, a bare 404 while the CRD re-registers) is
+  waited out with backoff, for at most ``max_outage_seconds`` in a row; a 403 or any
+  other refusal ends the wait at once;
+* a job that has not started (pending pods, or suspended in a queue) is looked at
+  every ``pending_poll_seconds``: its pods' waiting reasons and Warning events are
+  reported, and ``start_timeout_seconds`` bounds how long it may stay so;
+* ``timeout_seconds`` bounds the whole wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from airflow_provider_sft.core.backends.kubernetes.client import WATCH_IDLE_TIMEOUT, KubeClient
+from airflow_provider_sft.core.backends.kubernetes.retry import (
+    TRANSIENT_STATUS,
+    KubeApiError,
+    as_api_error,
+)
+from airflow_provider_sft.core.backends.kubernetes.status import (
+    GONE,
+    JobPhase,
+    JobState,
+    classify,
+    pending_reasons,
+)
+from airflow_provider_sft.core.clock import Clock
+
+WATCH_WINDOW_SECONDS = 300  # a healthy watch is re-opened (from its resourceVersion) this often
+PENDING_POLL_SECONDS = 30  # how often the pods and events of a job that has not started are read
+MAX_OUTAGE_SECONDS = 600  # the longest run of failed calls a wait rides out
+RECONNECT_BASE_SECONDS = 1.0
+RECONNECT_MAX_SECONDS = 15.0
+
+
+@dataclass(frozen=True)
+class WaitResult:
+    """How a wait ended: a terminal state, or a timeout (``"start"`` or ``"run"``) in ``state``."""
+
+    state: JobState
+    timeout: str | None = None
+    pending: tuple[str, ...] = ()  # the last reasons seen for pods that did not run
+
+
+@dataclass
+class WatchCursor:
+    """Where a wait stands, and what to do next. Pure: no I/O, time passed in."""
+
+    namespace: str
+    name: str
+    started_at: float
+    timeout_seconds: float | None = None
+    start_timeout_seconds: float | None = None
+    on_state: Callable[[JobState], None] = lambda _state: None
+    last: JobState | None = None
+    resource_version: str | None = None  # None: (re-)read before watching
+    started: bool = False  # running was seen once: the start timeout no longer applies
+    pending: tuple[str, ...] = ()
+    next_pending_check: float = 0.0
+    failing_since: float | None = None
+    failures: int = 0
+
+    # --- what the server said ---------------------------------------------------------------
+
+    def observe(self, job: dict[str, Any] | None) -> JobState | None:
+        """Take a read or watched object; returns the terminal state when the wait is over."""
+        if job is None:
+            return GONE
+        self.resource_version = (job.get("metadata") or {}).get("resourceVersion", self.resource_version)
+        state = classify(job)
+        self.started = self.started or state.phase.started
+        if state != self.last:
+            self.on_state(state)
+            self.last = state
+        return state if state.terminal else None
+
+    def event(self, kind: str, obj: Any) -> JobState | None:
+        """Take one watch event; returns the terminal state when the wait is over."""
+        if kind == "ERROR":
+            code = int(obj.get("code", 0)) if isinstance(obj, dict) else 0
+            if code == 410:  # compacted: read again, then watch from the new version
+                self.resource_version = None
+                return None
+            obj = obj if isinstance(obj, dict) else {}
+            raise KubeApiError(
+                f"Watch TrainJob {self.namespace}/{self.name}",
+                code,
+                obj.get("reason", ""),
+                obj.get("message", ""),
+            )
+        if kind == "BOOKMARK":
+            self.resource_version = obj["metadata"]["resourceVersion"]
+            return None
+        if kind == "DELETED":
+            return GONE
+        return self.observe(obj)
+
+    def succeeded_call(self) -> None:
+        self.failing_since, self.failures = None, 0
+
+    def failed_call(self, exc: BaseException, now: float) -> float:
+        """Decide about a failed call: the seconds to back off before trying again, or raise.
+
+        Ridden out: no answer, 429/5xx, 410 (re-read) and a 404 that is not about our object
+        (the CRD is being registered again after a restart). Raised: everything else, a 403
+        first of all, and any outage longer than ``MAX_OUTAGE_SECONDS``.
+        """
+        error = as_api_error(f"Watch TrainJob {self.namespace}/{self.name}", exc)
+        if error.status == 410:
+            self.resource_version = None
+            return 0.0
+        transient = error.status in TRANSIENT_STATUS or error.status == 0
+        re_registering = error.status == 404 and not error.object_not_found
+        if not (transient or re_registering):
+            raise error
+        self.failing_since = now if self.failing_since is None else self.failing_since
+        if now - self.failing_since > MAX_OUTAGE_SECONDS:
+            raise error
+        self.failures += 1
+        self.resource_version = None  # after an outage, read the job again before watching
+        return min(RECONNECT_MAX_SECONDS, RECONNECT_BASE_SECONDS * 2 ** (self.failures - 1))
+
+    # --- what to do next ------------------------------------------------------------------
+
+    def timed_out(self, now: float) -> str | None:
+        """``"run"``/``"start"`` when that deadline has passed, else None."""
+        if self.timeout_seconds is not None and now - self.started_at >= self.timeout_seconds:
+            return "run"
+        if (
+            not self.started
+            and self.start_timeout_seconds is not None
+            and now - self.started_at >= self.start_timeout_seconds
+        ):
+            return "start"
+        return None
+
+    def pending_check_due(self, now: float) -> bool:
+        return not self.started and now >= self.next_pending_check
+
+    def checked_pending(self, now: float, reasons: tuple[str, ...]) -> None:
+        self.next_pending_check = now + PENDING_POLL_SECONDS
+        self.pending = reasons or self.pending
+
+    def window(self, now: float) -> int:
+        """Seconds for the next watch: never past a deadline, short while the job has not started."""
+        limits = [WATCH_WINDOW_SECONDS]
+        if self.timeout_seconds is not None:
+            limits.append(self.started_at + self.timeout_seconds - now)
+        if not self.started:
+            limits.append(self.next_pending_check - now)
+            if self.start_timeout_seconds is not None:
+                limits.append(self.started_at + self.start_timeout_seconds - now)
+        return max(1, int(min(limits) + 0.999))
+
+    def result(self, state: JobState | None = None, timeout: str | None = None) -> WaitResult:
+        return WaitResult(state or self.last or JobState(JobPhase.PENDING), timeout, self.pending)
+
+
+@dataclass
+class PendingReporter:
+    """Reads why a job's pods do not run and reports each new reason once."""
+
+    client: KubeClient
+    namespace: str
+    name: str
+    on_note: Callable[[str], None]
+    reported: set[str] = field(default_factory=set)
+    unreadable: bool = False
+
+    async def __call__(self) -> tuple[str, ...]:
+        try:
+            pods = await self.client.list_job_pods(self.namespace, self.name)
+            events: list[dict[str, Any]] = []
+            for involved in [self.name, *(pod["metadata"]["name"] for pod in pods)]:
+                events += await self.client.list_events(self.namespace, involved)
+        except KubeApiError as exc:
+            if not self.unreadable:  # the wait goes on without them; say so once
+                self.on_note(f"Cannot read the pods and events of TrainJob {self.name}: {exc}")
+                self.unreadable = True
+            return ()
+        reasons = tuple(pending_reasons(pods, events))
+        for reason in reasons:
+            if reason not in self.reported:
+                self.reported.add(reason)
+                self.on_note(f"TrainJob {self.name} not running yet: {reason}")
+        return reasons
+
+
+async def follow_trainjob(
+    client: KubeClient,
+    namespace: str,
+    name: str,
+    *,
+    clock: Clock,
+    timeout_seconds: float | None = None,
+    start_timeout_seconds: float | None = None,
+    on_state: Callable[[JobState], None] = lambda _state: None,
+    on_note: Callable[[str], None] = lambda _note: None,
+    idle_timeout: float = WATCH_IDLE_TIMEOUT,
+) -> WaitResult:
+    """Wait for the TrainJob to end or a deadline to pass (see the module docstring)."""
+    cursor = WatchCursor(
+        namespace, name, clock.monotonic(), timeout_seconds, start_timeout_seconds, on_state=on_state
+    )
+    report_pending = PendingReporter(client, namespace, name, on_note)
+    while True:
+        try:
+            if cursor.resource_version is None and (
+                done := cursor.observe(await client.get_trainjob(namespace, name))
+            ):
+                return cursor.result(done)
+            if cursor.pending_check_due(clock.monotonic()):
+                cursor.checked_pending(clock.monotonic(), await report_pending())
+            if timeout := cursor.timed_out(clock.monotonic()):
+                return cursor.result(timeout=timeout)
+            window = cursor.window(clock.monotonic())
+            async for event in client.watch_trainjob(
+                namespace, name, cursor.resource_version, window, idle_timeout
+            ):
+                cursor.succeeded_call()
+                if done := cursor.event(event["type"], event["object"]):
+                    return cursor.result(done)
+                if cursor.resource_version is None or cursor.pending_check_due(clock.monotonic()):
+                    break
+            cursor.succeeded_call()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            delay = cursor.failed_call(exc, clock.monotonic())
+            if timeout := cursor.timed_out(clock.monotonic()):
+                return cursor.result(timeout=timeout)
+            await clock.asleep(delay)
