@@ -3,9 +3,9 @@
     python benchmarks/trigger_scale.py [--jobs 100 500 1000] [--window 60] [--poll 10]
 
 Needs the test API server (tests/k8s/build-crdserver.sh, etcd). For each N it creates
-N running TrainJobs on the REAL server, then runs, each in a fresh child process (the
-"triggerer"), first our wait (``await_trainjob`` over ``AsyncTrainJobClient``, one
-API client per job as ``TrainJobTrigger`` has), then the baseline (one GET per job
+N running TrainJobs on the REAL server (the upstream v2.3.0 CRDs), then runs, each in a
+fresh child process (the "triggerer"), first our wait (one ``TrainJobTrigger`` per job:
+``follow_trainjob`` over the shared async client), then the baseline (one GET per job
 every ``--poll`` seconds). After a warm-up it counts the API requests the server
 receives during ``--window`` seconds, then completes every job and times how long
 the waiters take to see it. Requests are counted at the loopback proxy in front of
@@ -38,20 +38,26 @@ def child(
     import os
 
     os.environ["AIRFLOW_CONN_BENCH_K8S"] = conn_env
-    from airflow_provider_sft.core.trainjob import classify
+    from airflow_provider_sft.core.backends.kubernetes.status import classify
     from airflow_provider_sft.hooks.sft import SFTTrainingHook
     from airflow_provider_sft.triggers.trainjob import TrainJobTrigger
 
     done_at: dict[str, float] = {}
 
     async def watch_one(name: str) -> None:
-        trigger = TrainJobTrigger(name=name, namespace=namespace, kubernetes_conn_id="bench_k8s")
+        job = {
+            "backend": "kubernetes",
+            "name": name,
+            "output_dir": f"/workspace/runs/{name}",
+            "namespace": namespace,
+        }
+        trigger = TrainJobTrigger(job=job, kubernetes_conn_id="bench_k8s")
         event = await trigger.run().__anext__()
         assert event.payload["status"] == "success", event.payload
         done_at[name] = time.monotonic()
 
     async def poll_one(name: str) -> None:
-        async with SFTTrainingHook(kubernetes_conn_id="bench_k8s").get_async_conn() as jobs:
+        async with SFTTrainingHook(kubernetes_conn_id="bench_k8s").connect() as jobs:
             while not classify(await jobs.get_trainjob(namespace, name)).terminal:
                 await asyncio.sleep(poll)
         done_at[name] = time.monotonic()
@@ -124,10 +130,12 @@ def main() -> int:
     parser.add_argument("--poll", type=float, default=10.0)
     args = parser.parse_args()
 
-    from airflow_provider_sft.core.kube import TrainJobClient
+    from kubernetes import client
+
+    from airflow_provider_sft.core.backends.kubernetes import KubernetesConfig, SpecGeneration
+    from airflow_provider_sft.core.backends.kubernetes.manifest import build_trainjob
     from airflow_provider_sft.core.params import SFTParams
     from airflow_provider_sft.core.run import TrainingRun
-    from airflow_provider_sft.core.trainjob import KubernetesOptions, SpecGeneration, build_trainjob
     from tests.k8s.fake_core import FakeCluster
 
     if not harness.available():
@@ -137,15 +145,18 @@ def main() -> int:
     cluster = FakeCluster(server).start()
     rows = []
     try:
-        server.install_crd(harness.trainjob_crd("v2.2"))
-        jobs = TrainJobClient(server.api_client())
+        harness.install_trainer(server, "v2.3.0")
+        objects = client.CustomObjectsApi(server.api_client())
         for n in args.jobs:
             namespace = f"bench-{n}"
             names = [f"job-{i:04d}" for i in range(n)]
-            options = KubernetesOptions(namespace=namespace, spec_generation=SpecGeneration.V2_2)
+            config = KubernetesConfig.build(namespace=namespace)
             for name in names:
                 run = TrainingRun(name, SFTParams(), "/workspace/d.jsonl", f"/workspace/runs/{name}")
-                jobs.create_trainjob(build_trainjob(run, options, generation=SpecGeneration.V2_2, labels={}))
+                body = build_trainjob(run, config, generation=SpecGeneration.V2_2, labels={})
+                objects.create_namespaced_custom_object(
+                    "trainer.kubeflow.org", "v1alpha1", namespace, "trainjobs", body
+                )
             for mode in ("watch", "poll"):
                 result = measure(cluster, mode, namespace, names, args.window, args.poll)
                 rows.append({"jobs": n, "mode": mode, **result})

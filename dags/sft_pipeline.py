@@ -129,10 +129,17 @@ with DAG(
             section="Kubernetes",
         ),
         "runtime_name": Param(
-            "training-hub",
+            "torch-distributed",
             type="string",
             title="Runtime",
-            description="ClusterTrainingRuntime name.",
+            description="ClusterTrainingRuntime: torch-distributed upstream, training-hub on OpenShift AI.",
+            section="Kubernetes",
+        ),
+        "job_labels": Param(
+            "",
+            type="string",
+            title="TrainJob labels",
+            description="Labels of the TrainJob itself, k=v,k=v: e.g. kueue.x-k8s.io/queue-name=gpu-queue.",
             section="Kubernetes",
         ),
         "pvc_name": Param(
@@ -165,6 +172,7 @@ with DAG(
         workspace="{{ params.workspace }}",
         namespace="{{ params.namespace }}",
         runtime_name="{{ params.runtime_name }}",
+        job_labels="{{ params.job_labels }}",
         pvc_name="{{ params.pvc_name }}",
         hf_conn_id="{{ params.hf_conn_id }}",
         deferrable=True,  # kubernetes: wait in the triggerer, not in a worker slot

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -54,10 +55,39 @@ def default_cache_env(run_dir: Path) -> dict[str, str]:
     }
 
 
+#: What an earlier attempt of the same run leaves in its directory, and a new attempt must not
+#: inherit: instructlab-training resumes from any ``full_state/`` it finds, unconditionally.
+EARLIER_ATTEMPT_STATE = (c.FULL_STATE_DIR, c.HF_FORMAT_DIR, c.METRICS_FILE)
+
+
+def start_clean(output_dir: Path) -> list[str]:
+    """Remove an earlier attempt's training state (node rank 0 only); returns what was removed.
+
+    A retried TrainJob reuses its run directory on the PVC. The other nodes cannot load the
+    state before this runs: their training starts only after torchrun's rendezvous with rank 0,
+    which happens after this. Resuming on purpose is a separate feature, not an accident.
+    """
+    if os.environ.get("PET_NODE_RANK", "0") != "0":
+        return []
+    removed = []
+    for name in EARLIER_ATTEMPT_STATE:
+        path = output_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+        else:
+            continue
+        removed.append(name)
+    return removed
+
+
 def run(training_run: TrainingRun) -> None:
     started = time.monotonic()
     params = training_run.params
     output_dir = Path(training_run.output_dir)
+    if removed := start_clean(output_dir):
+        _log(f"starting clean: removed {', '.join(removed)} of an earlier attempt (no accidental resume)")
     for key, value in default_cache_env(output_dir).items():
         os.environ.setdefault(key, value)
 

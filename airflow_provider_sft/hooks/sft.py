@@ -23,6 +23,7 @@ from airflow_provider_sft.core.backends.kubernetes.client import (
     environment_server,
 )
 from airflow_provider_sft.core.backends.kubernetes.retry import RetryPolicy
+from airflow_provider_sft.core.clock import SYSTEM_CLOCK, Clock
 
 
 class SFTTrainingHook(BaseHook):
@@ -53,7 +54,7 @@ class SFTTrainingHook(BaseHook):
         return KubernetesHook(conn_id=self.kubernetes_conn_id).get_namespace()
 
     @contextlib.asynccontextmanager
-    async def connect(self) -> AsyncIterator[KubeClient]:
+    async def connect(self, clock: Clock = SYSTEM_CLOCK) -> AsyncIterator[KubeClient]:
         """A client on the API client this process shares for this connection (and event loop).
 
         Every TrainJobTrigger of one triggerer process that uses the same connection
@@ -63,7 +64,7 @@ class SFTTrainingHook(BaseHook):
         """
         key = (self.kubernetes_conn_id, bool(self._env_server()))
         async with _SHARED_ASYNC_CLIENTS.borrow(key, self._open_async_api) as api:
-            yield KubeClient(api, retry=RetryPolicy(log=self.log.warning))
+            yield KubeClient(api, retry=RetryPolicy(clock=clock, log=self.log.warning))
 
     async def _open_async_api(self, stack: contextlib.AsyncExitStack) -> Any:
         from kubernetes_asyncio import client

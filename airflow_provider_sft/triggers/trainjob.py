@@ -88,7 +88,7 @@ class TrainJobTrigger(BaseTrigger):
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         try:
-            async with self.hook.connect() as client:
+            async with self.hook.connect(self.clock) as client:
                 waited = await follow_trainjob(
                     client,
                     self.namespace,

@@ -11,17 +11,16 @@ import json
 import sqlite3
 
 import pytest
-from airflow_provider_sft.core.kube import TrainJobClient
 
 from airflow_provider_sft.core import constants as c
 from airflow_provider_sft.demo import DEMO_TRAINING, run_pipeline
 from tests.conftest import REPO_ROOT
+from tests.integration.test_kubernetes_backend import trainjobs
 
 pytestmark = pytest.mark.slow
 TOKEN = "hf_DagLevelSecretToken987"
 
 
-@pytest.mark.crd("v2.2")
 def test_example_dag_on_kubernetes(cluster, namespace, k8s_connection, tiny_model, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     cluster.auto_run(namespace, extra_env={"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"})
@@ -41,8 +40,7 @@ def test_example_dag_on_kubernetes(cluster, namespace, k8s_connection, tiny_mode
     assert (workspace / c.FINAL_MODEL_DIR / "model.safetensors").exists()
     assert json.loads((workspace / c.METRICS_SUMMARY_FILE).read_text())["steps"] == 30
     assert "[sft] done in" in text  # the pod log tail reached the task log
-    client = TrainJobClient(cluster.api_client())
-    assert client.list_trainjobs(namespace)["items"] == []  # deleted after success
+    assert trainjobs(cluster, namespace) == []  # deleted after success
     assert not [key for key in cluster.secrets if key[0] == namespace]  # and its Secret with it
     assert TOKEN not in text
     with sqlite3.connect(workspace / "airflow" / "airflow.db") as db:

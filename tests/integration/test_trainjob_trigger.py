@@ -7,13 +7,12 @@ import json
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from airflow_provider_sft.core.kube import TrainJobClient
-from airflow_provider_sft.core.trainjob import KubernetesOptions, SpecGeneration
 
-from airflow_provider_sft.core.backends.kubernetes import KubernetesBackend
+from airflow_provider_sft.core.backends.kubernetes import KubernetesBackend, KubernetesConfig
 from airflow_provider_sft.core.params import SFTParams
 from airflow_provider_sft.core.run import TrainingRun
 from airflow_provider_sft.triggers.trainjob import TrainJobTrigger
+from tests.integration.test_kubernetes_backend import exists
 from tests.k8s import harness
 
 CONN_ID = "sft_test_k8s"
@@ -27,16 +26,22 @@ def connection(cluster, namespace, monkeypatch):
 
 
 def submit(cluster, namespace, name="trig-job"):
-    backend = KubernetesBackend(
-        TrainJobClient(cluster.api_client()),
-        options=KubernetesOptions(namespace=namespace, spec_generation=SpecGeneration.V2_2),
-    )
+    backend = KubernetesBackend(config=KubernetesConfig.build(namespace=namespace), connect=cluster.connect)
     run = TrainingRun(name, SFTParams(), "/workspace/d.jsonl", f"/workspace/runs/{name}")
     return backend.submit(run)
 
 
+def job(namespace, name="trig-job"):
+    return {
+        "backend": "kubernetes",
+        "name": name,
+        "output_dir": f"/workspace/runs/{name}",
+        "namespace": namespace,
+    }
+
+
 def trigger(namespace, conn, **kwargs):
-    return TrainJobTrigger(name="trig-job", namespace=namespace, kubernetes_conn_id=conn, **kwargs)
+    return TrainJobTrigger(job=job(namespace), kubernetes_conn_id=conn, **kwargs)
 
 
 async def first_event(trig, drive=None):
@@ -49,10 +54,11 @@ async def first_event(trig, drive=None):
 
 def test_serialize_round_trip():
     kwargs = {
-        "name": "n",
-        "namespace": "ns",
+        "job": job("ns", "n"),
         "kubernetes_conn_id": "k",
         "deadline": "2026-11-25T21:00:00+00:00",
+        "start_deadline": "2026-11-25T20:10:00+00:00",
+        "start_timeout": 600.0,
         "delete_on_kill": False,
     }
     classpath, serialized = TrainJobTrigger(**kwargs).serialize()
@@ -61,8 +67,7 @@ def test_serialize_round_trip():
     assert TrainJobTrigger(**serialized).serialize() == (classpath, kwargs)
 
 
-@pytest.mark.crd("v2.2")
-def test_success_event(cluster, namespace, connection):
+def test_success_event_carries_the_coordinates_and_the_result(cluster, namespace, connection):
     submit(cluster, namespace)
     event = asyncio.run(
         first_event(
@@ -72,14 +77,17 @@ def test_success_event(cluster, namespace, connection):
     )
     assert event == {
         "status": "success",
-        "name": "trig-job",
-        "namespace": namespace,
-        "reason": "JobsCompleted",
-        "message": "",
+        "job": job(namespace),
+        "result": {
+            "status": "succeeded",
+            "message": "training completed",
+            "exit_code": None,
+            "reason": "JobsCompleted",
+        },
+        "message": "training completed",
     }
 
 
-@pytest.mark.crd("v2.2")
 def test_failure_event_carries_the_reason(cluster, namespace, connection):
     submit(cluster, namespace)
 
@@ -87,30 +95,42 @@ def test_failure_event_carries_the_reason(cluster, namespace, connection):
         return cluster.drive(namespace, "trig-job", "failed", reason="JobsFailed", message="node-0 OOMKilled")
 
     event = asyncio.run(first_event(trigger(namespace, connection), drive))
-    assert (event["status"], event["reason"], event["message"]) == (
-        "failed",
-        "JobsFailed",
-        "node-0 OOMKilled",
-    )
+    assert event["status"] == "failed" and event["result"]["reason"] == "JobsFailed"
+    assert event["message"] == f"TrainJob {namespace}/trig-job failed: JobsFailed: node-0 OOMKilled"
 
 
-@pytest.mark.crd("v2.2")
 def test_deadline_gives_a_timeout_event(cluster, namespace, connection):
     submit(cluster, namespace)
     deadline = (datetime.now(timezone.utc) + timedelta(seconds=1)).isoformat()
     event = asyncio.run(first_event(trigger(namespace, connection, deadline=deadline)))
-    assert event["status"] == "timeout"
+    assert event["status"] == "timeout" and event["result"]["reason"] == "DeadlineExceeded"
 
 
-@pytest.mark.crd("v2.2")
+def test_start_deadline_gives_a_timeout_event_with_the_scheduler_events(cluster, namespace, connection):
+    submit(cluster, namespace)
+    cluster.drive(namespace, "trig-job", "pending")
+    pod = cluster.add_pod(namespace, "trig-job")
+    cluster.add_event(
+        namespace, "Pod", pod, "FailedScheduling", "0/1 nodes are available: 1 Insufficient nvidia.com/gpu."
+    )
+    start_deadline = (datetime.now(timezone.utc) + timedelta(seconds=2)).isoformat()
+    event = asyncio.run(
+        first_event(trigger(namespace, connection, start_deadline=start_deadline, start_timeout=2))
+    )
+    assert event["status"] == "timeout" and event["result"]["reason"] == "StartTimeout"
+    assert "Insufficient nvidia.com/gpu" in event["message"]
+
+
 def test_a_deleted_job_is_a_failure_not_a_hang(cluster, namespace, connection):
     submit(cluster, namespace)
-    drive = lambda: TrainJobClient(cluster.api_client()).delete_trainjob(namespace, "trig-job")  # noqa: E731
+    drive = lambda: cluster.custom().delete_namespaced_custom_object(  # noqa: E731
+        "trainer.kubeflow.org", "v1alpha1", namespace, "trainjobs", "trig-job"
+    )
     event = asyncio.run(first_event(trigger(namespace, connection), drive))
-    assert (event["status"], event["reason"]) == ("failed", "NotFound")
+    assert (event["status"], event["result"]["reason"]) == ("failed", "NotFound")
 
 
-def test_unreachable_cluster_is_an_error_event(namespace, tmp_path, monkeypatch):
+def test_an_unreachable_cluster_is_waited_out_until_the_deadline(namespace, tmp_path, monkeypatch):
     kubeconfig = {
         "apiVersion": "v1",
         "kind": "Config",
@@ -124,39 +144,47 @@ def test_unreachable_cluster_is_an_error_event(namespace, tmp_path, monkeypatch)
         "AIRFLOW_CONN_DOWN",
         json.dumps({"conn_type": "kubernetes", "extra": {"kube_config_path": str(tmp_path / "kc")}}),
     )
-    trig = TrainJobTrigger(name="x", namespace="ns", kubernetes_conn_id="down")
+    trig = TrainJobTrigger(job=job("ns", "x"), kubernetes_conn_id="down", deadline=_in(30))
     trig.clock = _InstantClock()
     event = asyncio.run(first_event(trig))
-    assert event["status"] == "error" and "Get TrainJob ns/x" in event["message"]
+    assert event["status"] == "timeout"  # an unreachable server is waited out until the deadline
 
 
-@pytest.mark.crd("v2.2")
+def _in(seconds):
+    return (datetime.now(timezone.utc) + timedelta(seconds=seconds)).isoformat()
+
+
 def test_user_kill_deletes_the_job_but_not_after_the_event(cluster, namespace, connection):
     submit(cluster, namespace)
     trig = trigger(namespace, connection)
     asyncio.run(trig.on_kill())
-    assert TrainJobClient(cluster.api_client()).get_trainjob(namespace, "trig-job") is None
+    assert not exists(cluster, namespace, "trig-job")
 
     submit(cluster, namespace)
     fired = trigger(namespace, connection)
     asyncio.run(first_event(fired, lambda: cluster.drive(namespace, "trig-job", "complete")))
     asyncio.run(fired.on_kill())
-    assert TrainJobClient(cluster.api_client()).get_trainjob(namespace, "trig-job") is not None
+    assert exists(cluster, namespace, "trig-job")
 
 
 class _InstantClock:
-    """Retry backoff without waiting (the real clock otherwise)."""
+    """Backoff without waiting: each sleep moves this clock on instead."""
+
+    def __init__(self):
+        import time
+
+        self.offset, self.start = 0.0, time.monotonic()
 
     def now(self):
-        return datetime.now(timezone.utc)
+        return datetime.now(timezone.utc) + timedelta(seconds=self.offset)
 
     def monotonic(self):
         import time
 
-        return time.monotonic()
+        return time.monotonic() + self.offset
 
     def sleep(self, seconds):
-        pass
+        self.offset += seconds
 
     async def asleep(self, seconds):
-        pass
+        self.offset += seconds

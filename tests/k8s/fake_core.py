@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,7 @@ class FakeCluster:
         # (ns, pod) -> {"job": name, "log": str, "phase": "Running"|"Pending"|..., "waiting": reason or None}
         self.pods: dict[tuple[str, str], dict[str, Any]] = {}
         self.events: list[dict[str, Any]] = []
+        self.forbidden = ""  # a path suffix answered with 403 (a missing RBAC rule), "" for none
         self.requests: list[tuple[str, str]] = []  # (method, path) of every request, for request counting
         self.queries: list[tuple[str, str, str]] = []  # (method, path, query string), for RBAC checks
         self._loop = asyncio.new_event_loop()
@@ -126,6 +128,14 @@ class FakeCluster:
     async def _record(self, request: web.Request, handler):
         self.requests.append((request.method, request.path))
         self.queries.append((request.method, request.path, request.query_string))
+        if self.forbidden and request.path.endswith(self.forbidden):
+            # FAKE RBAC: what the real API server answers a service account without the verb.
+            return _status(
+                403,
+                "Forbidden",
+                f'{self.forbidden} is forbidden: User "system:serviceaccount:airflow:worker" cannot '
+                f"{'watch' if 'watch=true' in request.query_string.lower() else request.method.lower()} resource",
+            )
         return await handler(request)
 
     async def _proxy(self, request: web.Request) -> web.StreamResponse:
@@ -311,24 +321,29 @@ class FakeCluster:
 
         def loop() -> None:
             started: set[str] = set()
-            stream = watch.Watch().stream(
-                self.custom().list_namespaced_custom_object,
-                GROUP,
-                VERSION,
-                namespace,
-                PLURAL,
-                timeout_seconds=900,
-            )
-            for event in stream:
-                name = event["object"]["metadata"]["name"]
-                if event["type"] == "ADDED" and name not in started:
-                    started.add(name)
-                    threading.Thread(
-                        target=self.run_pods,
-                        args=(namespace, name),
-                        kwargs={"extra_env": extra_env},
-                        daemon=True,
-                    ).start()
+            while True:  # re-watch on errors, e.g. the watch cache of a just-installed CRD lagging behind
+                try:
+                    stream = watch.Watch().stream(
+                        self.custom().list_namespaced_custom_object,
+                        GROUP,
+                        VERSION,
+                        namespace,
+                        PLURAL,
+                        timeout_seconds=900,
+                    )
+                    for event in stream:
+                        name = event["object"]["metadata"]["name"]
+                        if event["type"] == "ADDED" and name not in started:
+                            started.add(name)
+                            threading.Thread(
+                                target=self.run_pods,
+                                args=(namespace, name),
+                                kwargs={"extra_env": extra_env},
+                                daemon=True,
+                            ).start()
+                    return
+                except Exception:
+                    time.sleep(0.2)
 
         thread = threading.Thread(target=loop, daemon=True, name=f"fake-kubelet-{namespace}")
         thread.start()

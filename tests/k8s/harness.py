@@ -142,9 +142,13 @@ class ApiServer:
             )
 
     def stop_apiserver(self) -> None:
-        """Stop crdserver as a restart would (etcd keeps every object)."""
+        """Stop crdserver as a restart would (etcd keeps every object); killed if it lingers on watches."""
         self.apiserver.send_signal(signal.SIGTERM)
-        self.apiserver.wait(timeout=30)
+        try:
+            self.apiserver.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.apiserver.kill()
+            self.apiserver.wait()
         self.processes.remove(self.apiserver)
 
     def freeze(self) -> None:

@@ -98,3 +98,19 @@ def test_torchrun_launch(env, values, expected):
     assert launch[: len(expected)] == expected
     if env:
         assert launch == expected  # torchrun takes nnodes/rank/rendezvous from PET_*
+
+
+def test_a_retry_starts_clean_instead_of_resuming(tmp_path, monkeypatch):
+    """instructlab-training resumes from any full_state/: an earlier attempt's is removed first."""
+    from airflow_provider_sft.core.entrypoint import start_clean
+
+    (tmp_path / "full_state" / "epoch_0").mkdir(parents=True)
+    (tmp_path / "hf_format" / "samples_64").mkdir(parents=True)
+    (tmp_path / "training_params_and_metrics_global0.jsonl").write_text("{}\n")
+    (tmp_path / "data").mkdir()
+    monkeypatch.setenv("PET_NODE_RANK", "1")
+    assert start_clean(tmp_path) == []  # only node 0 cleans, before the rendezvous the others wait on
+    monkeypatch.setenv("PET_NODE_RANK", "0")
+    assert start_clean(tmp_path) == ["full_state", "hf_format", "training_params_and_metrics_global0.jsonl"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+    assert start_clean(tmp_path) == []

@@ -94,7 +94,12 @@ class KubeClient:
         )
 
     async def _open(
-        self, action: str, request: Callable[..., Any], *args: Any, timeout: Any = REQUEST_TIMEOUT, **kwargs: Any
+        self,
+        action: str,
+        request: Callable[..., Any],
+        *args: Any,
+        timeout: Any = REQUEST_TIMEOUT,
+        **kwargs: Any,
     ) -> Any:
         """A request whose body the caller reads (watch, logs, plain JSON lists).
 
@@ -170,17 +175,6 @@ class KubeClient:
             name,
             propagation_policy="Background",
         )
-
-    async def list_trainjobs(self, namespace: str, label_selector: str = "") -> list[dict[str, Any]]:
-        listed = await self._call(
-            f"List TrainJobs in {namespace}",
-            self.custom.list_namespaced_custom_object,
-            *_CRD,
-            namespace,
-            c.TRAINJOB_PLURAL,
-            label_selector=label_selector,
-        )
-        return listed.get("items", [])
 
     async def watch_trainjob(
         self,
@@ -291,7 +285,9 @@ class KubeClient:
 
     # --- Pods, events and logs ----------------------------------------------------------------
 
-    async def _list_json(self, action: str, request: Callable[..., Any], *args: Any, **kwargs: Any) -> list[dict]:
+    async def _list_json(
+        self, action: str, request: Callable[..., Any], *args: Any, **kwargs: Any
+    ) -> list[dict]:
         """A list call read as plain JSON: no model classes (faster, and lenient about fields)."""
         response = await self._open(action, request, *args, **kwargs)
         try:

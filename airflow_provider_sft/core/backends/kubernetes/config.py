@@ -86,9 +86,12 @@ class KubernetesConfig(BaseModel):
 
     @classmethod
     def build(cls, **values: Any) -> KubernetesConfig:
-        """Validate; one :class:`InvalidParameterError` lists every bad parameter."""
+        """Validate; one :class:`InvalidParameterError` lists every bad parameter.
+
+        ``None`` and ``""`` mean "not set" (a template or an empty form field renders ``""``).
+        """
         try:
-            return cls.model_validate({k: v for k, v in values.items() if v is not None})
+            return cls.model_validate({k: v for k, v in values.items() if v is not None and v != ""})
         except ValidationError as exc:
             raise InvalidParameterError(explain(exc, model=cls)) from None
 

@@ -134,6 +134,7 @@ class RetryPolicy:
             before_sleep=self._before_sleep(action),
             reraise=True,
         )
+
         async def attempt() -> T:  # a coroutine function: tenacity awaits only those
             return await fn()
 

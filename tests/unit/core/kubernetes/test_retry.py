@@ -1,4 +1,4 @@
-"""The one retry policy of the Kubernetes clients, on a fake clock (no real sleeping)."""
+"""The one retry policy of the Kubernetes client (tenacity), on a fake clock (no real sleeping)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import asyncio
 import json
 
 import pytest
-from airflow_provider_sft.core.kube import KubeApiError, RetryPolicy
+
+from airflow_provider_sft.core.backends.kubernetes.retry import KubeApiError, RetryPolicy
 
 
 class FakeClock:
@@ -47,7 +48,7 @@ class ApiError(Exception):
 def script(*outcomes):
     calls = []
 
-    def call():
+    async def call():
         outcome = outcomes[len(calls)]
         calls.append(outcome)
         if isinstance(outcome, BaseException):
@@ -57,12 +58,16 @@ def script(*outcomes):
     return call, calls
 
 
+def run(policy, action, call):
+    return asyncio.run(policy.call(action, call))
+
+
 def test_transient_errors_are_retried_with_backoff_and_retry_after():
     clock = FakeClock()
     call, _calls = script(
         ApiError(503), ApiError(429, headers={"Retry-After": "7"}), ConnectionResetError(), "ok"
     )
-    assert RetryPolicy(clock=clock, base_seconds=0.5).call("Get TrainJob ns/a", call) == "ok"
+    assert run(RetryPolicy(clock=clock, base_seconds=0.5), "Get TrainJob ns/a", call) == "ok"
     assert clock.slept == [0.5, 7.0, 2.0]  # exponential, except where the server said when
 
 
@@ -74,33 +79,57 @@ def test_client_errors_are_not_retried_and_carry_the_server_message():
     with pytest.raises(
         KubeApiError, match=r"Create TrainJob ns/x: 422 Unprocessable Entity: .*spec.trainer.numNodes"
     ) as info:
-        RetryPolicy(clock=clock).call("Create TrainJob ns/x", call)
+        run(RetryPolicy(clock=clock), "Create TrainJob ns/x", call)
     assert info.value.status == 422 and len(calls) == 1 and clock.slept == []
 
 
 def test_forbidden_names_the_permissions_to_grant():
     call, _ = script(ApiError(403, "trainjobs is forbidden"))
     with pytest.raises(KubeApiError, match="Grant the Airflow service account"):
-        RetryPolicy(clock=FakeClock()).call("List TrainJobs in ns", call)
+        run(RetryPolicy(clock=FakeClock()), "List TrainJobs in ns", call)
 
 
 def test_retries_run_out():
     clock = FakeClock()
     call, calls = script(*[ApiError(503)] * 3)
     with pytest.raises(KubeApiError, match="503"):
-        RetryPolicy(clock=clock, attempts=3).call("Get TrainJob ns/a", call)
+        run(RetryPolicy(clock=clock, attempts=3), "Get TrainJob ns/a", call)
     assert len(calls) == 3 and len(clock.slept) == 2
 
 
-def test_async_retries_use_the_same_policy():
+def test_forbidden_is_never_retried():
     clock = FakeClock()
-    outcomes = [ApiError(500), "ok"]
+    call, calls = script(ApiError(403, "trainjobs is forbidden"), "ok")
+    with pytest.raises(KubeApiError) as info:
+        run(RetryPolicy(clock=clock), "Get TrainJob ns/a", call)
+    assert info.value.status == 403 and len(calls) == 1 and clock.slept == []
+    assert "deploy/rbac.yaml" in str(info.value)
 
-    async def call():
-        outcome = outcomes.pop(0)
-        if isinstance(outcome, BaseException):
-            raise outcome
-        return outcome
 
-    assert asyncio.run(RetryPolicy(clock=clock).acall("Get TrainJob ns/a", call)) == "ok"
-    assert clock.slept == [0.5]
+def test_each_retry_is_logged():
+    logged = []
+    call, _ = script(ApiError(503), "ok")
+    run(RetryPolicy(clock=FakeClock(), log=logged.append), "Get TrainJob ns/a", call)
+    assert logged == ["Get TrainJob ns/a: transient error (Service Unavailable), retry 1 in 0.5s"]
+
+
+def test_no_answer_is_transient_and_named():
+    clock = FakeClock()
+    call, calls = script(*[TimeoutError()] * 2)
+    with pytest.raises(KubeApiError, match="Get TrainJob ns/a: 0 TimeoutError") as info:
+        run(RetryPolicy(clock=clock, attempts=2), "Get TrainJob ns/a", call)
+    assert info.value.status == 0 and len(calls) == 2
+
+
+def test_a_404_about_an_object_differs_from_an_api_not_served():
+    gone = ApiError(404, 'trainjobs.trainer.kubeflow.org "a" not found')
+    gone.body = json.dumps(
+        {"kind": "Status", "message": "not found", "details": {"name": "a", "kind": "trainjobs"}}
+    )
+    not_served = ApiError(404)
+    not_served.body = "404 page not found"
+    for error, object_not_found in ((gone, True), (not_served, False)):
+        call, _ = script(error)
+        with pytest.raises(KubeApiError) as info:
+            run(RetryPolicy(clock=FakeClock()), "Get TrainJob ns/a", call)
+        assert info.value.object_not_found is object_not_found

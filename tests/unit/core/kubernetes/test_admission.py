@@ -1,0 +1,197 @@
+"""The preflight refuses what the upstream Trainer admission webhook refuses.
+
+Cases adapted from kubeflow/trainer's webhook tests (pkg/webhooks/trainjob_webhook_test.go,
+pkg/runtime/framework/plugins/{jobset,torch,mpi,xgboost,volcano}/*_test.go) at v2.1.0,
+v2.2.1 and v2.3.0, applied to manifests this provider builds, with the upstream
+torch-distributed runtime (tests/k8s/upstream) as the referenced runtime.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+
+from airflow_provider_sft.core.backends.kubernetes.admission import check, domain_prefixed_path_errors
+from airflow_provider_sft.core.backends.kubernetes.config import KubernetesConfig, SpecGeneration
+from airflow_provider_sft.core.backends.kubernetes.manifest import build_trainjob
+from airflow_provider_sft.core.errors import InvalidParameterError
+from airflow_provider_sft.core.params import SFTParams
+from airflow_provider_sft.core.run import TrainingRun
+from tests.conftest import REPO_ROOT
+
+UPSTREAM = REPO_ROOT / "tests" / "k8s" / "upstream"
+V21, V22 = SpecGeneration.V2_1, SpecGeneration.V2_2
+
+
+def runtime(release="v2.3.0", **changes):
+    body = yaml.safe_load((UPSTREAM / f"runtime-torch-distributed-{release}.yaml").read_text())
+    for path, value in changes.items():
+        target = body
+        *parents, leaf = path.split(".")
+        for part in parents:
+            target = target[int(part)] if part.isdigit() else target[part]
+        target[leaf] = value
+    return body
+
+
+def manifest(generation, envs="", **config):
+    run = TrainingRun("r", SFTParams.parse({"envs": envs}), "/workspace/d.jsonl", "/workspace/runs/r")
+    return build_trainjob(
+        run, KubernetesConfig.build(pvc_name="ws", **config), generation=generation, labels={}
+    )
+
+
+def errors(trainjob, rt, generation, **kwargs):
+    with pytest.raises(InvalidParameterError) as info:
+        check(trainjob, rt, generation, **kwargs)
+    return info.value.errors
+
+
+@pytest.mark.parametrize(("generation", "release"), [(V21, "v2.1.0"), (V22, "v2.3.0")])
+def test_what_we_build_is_admitted(generation, release):
+    check(manifest(generation, envs="NCCL_DEBUG=INFO"), runtime(release), generation)
+
+
+@pytest.mark.parametrize(
+    ("manager", "accepted"),
+    [
+        ("kueue.x-k8s.io/manager", True),  # upstream 24b
+        ("acme.io/manager-one", True),
+        ("localhost/x", True),
+        ("airflow-provider-sft/sft-train-operator", True),  # ours
+        ("kueue.k8s.io/", False),  # upstream 24: no path
+        ("manager-1", False),  # no domain prefix
+        ("airflow-provider-sft", False),  # the value this provider used to send
+        ("Acme.io/foo", False),  # upstream 24c: the host must be lowercase
+        ("acme.io/with space", False),
+    ],
+)
+def test_manager_is_a_domain_prefixed_path(manager, accepted):
+    assert (domain_prefixed_path_errors(manager) == []) is accepted
+    trainjob = manifest(V22)
+    trainjob["spec"]["runtimePatches"][0]["manager"] = manager
+    if accepted:
+        check(trainjob, runtime(), V22)
+    else:
+        assert "spec.runtimePatches.manager" in errors(trainjob, runtime(), V22)
+
+
+@pytest.mark.parametrize(
+    ("generation", "path"), [(V21, "spec.podTemplateOverrides"), (V22, "spec.runtimePatches")]
+)
+def test_a_patched_job_missing_from_the_runtime_is_refused(generation, path):
+    """Upstream 25 and 28 (v2.3.0 admits it, and the JobSet fails later: refused at every version)."""
+    rt = runtime(**{"spec.template.spec.replicatedJobs.0.name": "trainer"})
+    found = errors(manifest(generation), rt, generation)
+    assert "doesn't exist in the runtime job template" in found[path]
+    assert "(trainer)" in found[path]
+
+
+def test_env_in_a_patch_on_the_node_container_is_refused():
+    """Upstream 26 / 26b: trainer env belongs in spec.trainer.env."""
+    for generation, path in ((V22, "spec.runtimePatches"), (V21, "spec.podTemplateOverrides")):
+        trainjob = manifest(generation)
+        if generation is V22:
+            pod = trainjob["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"][
+                "replicatedJobs"
+            ][0]
+            container = pod["template"]["spec"]["template"]["spec"]["containers"][0]
+        else:
+            container = trainjob["spec"]["podTemplateOverrides"][0]["spec"]["containers"][0]
+        container["env"] = [{"name": "ENV_NAME", "value": "OVERRIDE"}]
+        assert errors(trainjob, runtime(), generation)[path] == (
+            "must not have envs for the dataset-initializer, model-initializer, node containers"
+        )
+
+
+def test_a_container_missing_from_the_runtime_is_refused():
+    """Stricter than upstream 27: the webhook merges it in as a container without an image."""
+    trainjob = manifest(V22)
+    rj = trainjob["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]
+    rj["template"]["spec"]["template"]["spec"]["containers"][0]["name"] = "invalid"
+    assert (
+        "'invalid' is not in ClusterTrainingRuntime"
+        in errors(trainjob, runtime(), V22)["spec.runtimePatches"]
+    )
+
+
+@pytest.mark.parametrize("generation", [V21, V22])
+def test_torch_reserved_env_names_are_refused(generation):
+    """Upstream 7 / 8b: the torch plugin sets PET_* itself."""
+    found = errors(
+        manifest(generation, envs="test=value,PET_NPROC_PER_NODE=1,PET_NODE_RANK=1"), runtime(), generation
+    )
+    assert found["spec.trainer.env"].startswith(
+        "must not have reserved envs, invalid envs configured: [PET_NODE_RANK PET_NPROC_PER_NODE]"
+    )
+
+
+def test_reserved_names_follow_the_runtimes_ml_policy():
+    """Upstream 19 (MPI, v2.3.0) and 20 (XGBoost, v2.2.1+); PET_* is fine for a non-torch runtime."""
+    mpi = runtime(**{"spec.mlPolicy": {"numNodes": 1, "mpi": {}}})
+    assert (
+        "[OMPI_MCA_plm_rsh_args]"
+        in errors(manifest(V22, envs="OMPI_MCA_plm_rsh_args=x"), mpi, V22)["spec.trainer.env"]
+    )
+    check(manifest(V22, envs="PET_NODE_RANK=1"), mpi, V22)
+    xgb = runtime(**{"spec.mlPolicy": {"numNodes": 1, "xgboost": {}}})
+    assert (
+        "[DMLC_TASK_ID]" in errors(manifest(V22, envs="FOO=1,DMLC_TASK_ID=3"), xgb, V22)["spec.trainer.env"]
+    )
+
+
+def test_an_empty_volcano_queue_name_is_refused():
+    """Upstream 30 (v2.1.0: spec.annotations)."""
+    volcano = runtime("v2.1.0", **{"spec.podGroupPolicy": {"volcano": {}}})
+    trainjob = manifest(V21)
+    trainjob["spec"]["annotations"] = {"scheduling.volcano.sh/queue-name": ""}
+    assert errors(trainjob, volcano, V21) == {
+        "spec.annotations[scheduling.volcano.sh/queue-name]": "Volcano queue name must not be empty"
+    }
+
+
+def test_priority_class_must_be_the_runtimes():
+    rt = runtime()
+    found = errors(manifest(V22), rt, V22, priority_class_name="high")
+    assert "no field for a pod priorityClassName" in found["priority_class_name"]
+    rt = copy.deepcopy(rt)
+    rt["spec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"][
+        "priorityClassName"
+    ] = "high"
+    check(manifest(V22), rt, V22, priority_class_name="high")
+
+
+def test_every_problem_is_reported_at_once():
+    rt = runtime(**{"spec.template.spec.replicatedJobs.0.name": "trainer"})
+    trainjob = manifest(V22, envs="PET_MASTER_PORT=1")
+    trainjob["spec"]["runtimePatches"][0]["manager"] = "manager-1"
+    assert set(errors(trainjob, rt, V22)) == {
+        "spec.runtimePatches.manager",
+        "spec.runtimePatches",
+        "spec.trainer.env",
+    }
+
+
+@pytest.mark.parametrize(
+    ("values", "field", "message"),
+    [
+        ({"namespace": "ML_Team"}, "namespace", "DNS-1123 label"),
+        ({"runtime_name": ""}, "runtime_name", "Kubernetes object name"),
+        ({"runtime_kind": "Runtime"}, "runtime_kind", "ClusterTrainingRuntime"),
+        ({"job_labels": "kueue.x-k8s.io/queue-name"}, "job_labels", "no '='"),
+        ({"tolerations": '[{"key": "gpu", "operator": "Exist"}]'}, "tolerations", "Exists or Equal"),
+        ({"tolerations": "{not json"}, "tolerations", "must be JSON"),
+        ({"affinity": {"nodeAfinity": {}}}, "affinity", "unknown field"),
+        ({"shm_size": "16 GB"}, "shm_size", "Kubernetes quantity"),
+        ({"start_timeout": 0}, "start_timeout", "must be > 0"),
+        ({"workspace_mount_path": "workspace"}, "workspace_mount_path", "absolute path"),
+        ({"node_selector": {"Bad Key": "x"}}, "node_selector", "name part"),
+    ],
+)
+def test_bad_kubernetes_settings_name_the_parameter(values, field, message):
+    with pytest.raises(InvalidParameterError) as info:
+        KubernetesConfig.build(**values)
+    assert list(info.value.errors) == [field]
+    assert message in info.value.errors[field]

@@ -1,0 +1,220 @@
+"""The one wait: ``WatchCursor``'s decisions and the driver, on a fake clock and a scripted client.
+
+No server and no real time: the clock advances only when the driver sleeps or a
+scripted watch "lasts" its window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from airflow_provider_sft.core.backends.kubernetes.retry import KubeApiError
+from airflow_provider_sft.core.backends.kubernetes.status import JobPhase, JobState
+from airflow_provider_sft.core.backends.kubernetes.watch import (
+    MAX_OUTAGE_SECONDS,
+    PENDING_POLL_SECONDS,
+    WATCH_WINDOW_SECONDS,
+    WatchCursor,
+    follow_trainjob,
+)
+
+
+class FakeClock:
+    def __init__(self):
+        self.t = 1000.0
+        self.slept: list[float] = []
+
+    def monotonic(self):
+        return self.t
+
+    async def asleep(self, seconds):
+        self.slept.append(seconds)
+        self.t += seconds
+
+
+def job(rv="1", *, ready=0, active=0, conditions=(), suspend=False):
+    return {
+        "metadata": {"name": "j", "resourceVersion": rv},
+        "spec": {"suspend": suspend},
+        "status": {
+            "conditions": [
+                {"type": t, "status": "True", "reason": r, "message": m} for t, r, m in conditions
+            ],
+            "jobsStatus": [{"name": "node", "ready": ready, "active": active}],
+        },
+    }
+
+
+def api_error(status, message="", name=None):
+    error = Exception(status)
+    error.status, error.reason = (
+        status,
+        {403: "Forbidden", 503: "Service Unavailable", 404: "Not Found"}.get(status, ""),
+    )
+    error.body = json.dumps({"kind": "Status", "message": message, "details": {"name": name} if name else {}})
+    return error
+
+
+# --- the cursor alone ------------------------------------------------------------------
+
+
+def test_pending_pods_are_not_running():
+    cursor = WatchCursor("ns", "j", started_at=0)
+    cursor.observe(job(active=1))
+    assert cursor.last.phase is JobPhase.PENDING and not cursor.started
+    cursor.observe(job(active=1, ready=1))
+    assert cursor.last.phase is JobPhase.RUNNING and cursor.started
+
+
+def test_states_are_reported_once_each():
+    seen = []
+    cursor = WatchCursor("ns", "j", started_at=0, on_state=seen.append)
+    for obj in (job(), job("2"), job("3", suspend=True), job("4", ready=1), job("5", ready=1)):
+        cursor.observe(obj)
+    assert [s.phase for s in seen] == [JobPhase.PENDING, JobPhase.SUSPENDED, JobPhase.RUNNING]
+
+
+def test_watch_events():
+    cursor = WatchCursor("ns", "j", started_at=0)
+    assert cursor.event("BOOKMARK", {"metadata": {"resourceVersion": "9"}}) is None
+    assert cursor.resource_version == "9"
+    assert cursor.event("ERROR", {"code": 410}) is None and cursor.resource_version is None
+    assert cursor.event("DELETED", job()).reason == "NotFound"
+    done = cursor.event("MODIFIED", job(conditions=[("Complete", "JobsCompleted", "")]))
+    assert done == JobState(JobPhase.SUCCEEDED, "JobsCompleted", "")
+    with pytest.raises(KubeApiError, match="Watch TrainJob ns/j: 500"):
+        cursor.event("ERROR", {"code": 500, "reason": "InternalError", "message": "boom"})
+
+
+def test_deadlines_on_the_injected_clock():
+    cursor = WatchCursor("ns", "j", started_at=100, timeout_seconds=50, start_timeout_seconds=20)
+    assert cursor.timed_out(119) is None
+    assert cursor.timed_out(120) == "start"  # never started
+    cursor.observe(job(ready=1))
+    assert cursor.timed_out(140) is None  # started: the start timeout no longer applies
+    assert cursor.timed_out(150) == "run"
+
+
+def test_windows_end_at_the_next_deadline_or_look_at_pending_pods():
+    cursor = WatchCursor("ns", "j", started_at=0, timeout_seconds=1000, start_timeout_seconds=500)
+    cursor.checked_pending(0, ())
+    assert cursor.window(0) == PENDING_POLL_SECONDS  # not started: look again soon
+    cursor.observe(job(ready=1))
+    assert cursor.window(0) == WATCH_WINDOW_SECONDS  # running: a long watch
+    assert cursor.window(990.2) == 10  # never past the deadline (rounded up)
+
+
+def test_failures_back_off_ride_out_outages_and_raise_the_rest():
+    cursor = WatchCursor("ns", "j", started_at=0)
+    cursor.resource_version = "5"
+    assert cursor.failed_call(ConnectionRefusedError(), now=0) == 1.0
+    assert cursor.resource_version is None  # after an outage, read again before watching
+    assert cursor.failed_call(api_error(503), now=1) == 2.0
+    assert cursor.failed_call(api_error(404, "404 page not found"), now=3) == 4.0  # CRD re-registering
+    with pytest.raises(KubeApiError, match="503"):
+        cursor.failed_call(api_error(503), now=MAX_OUTAGE_SECONDS + 1)
+    cursor.succeeded_call()
+    assert cursor.failed_call(api_error(503), now=MAX_OUTAGE_SECONDS + 2) == 1.0  # a new outage
+    with pytest.raises(KubeApiError, match="403 Forbidden") as info:
+        cursor.failed_call(api_error(403, "trainjobs is forbidden"), now=0)
+    assert "deploy/rbac.yaml" in str(info.value)
+    with pytest.raises(KubeApiError):
+        cursor.failed_call(api_error(404, "not found", name="j"), now=0)  # our object: not an outage
+
+
+# --- the driver, with a scripted client --------------------------------------------------
+
+
+class ScriptedClient:
+    """``get_trainjob`` answers from ``gets``; each watch yields one list of ``watches`` (or raises)."""
+
+    def __init__(self, clock, gets, watches, pods=(), events=()):
+        self.clock, self.gets, self.watches = clock, list(gets), list(watches)
+        self.pods, self.events = list(pods), list(events)
+        self.calls: list[str] = []
+
+    async def get_trainjob(self, namespace, name):
+        self.calls.append("get")
+        outcome = self.gets.pop(0)
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    async def watch_trainjob(self, namespace, name, resource_version, timeout_seconds, idle_timeout):
+        self.calls.append(f"watch {resource_version} {timeout_seconds}")
+        events = self.watches.pop(0) if self.watches else []
+        if isinstance(events, BaseException):
+            raise events
+        for event in events:
+            yield event
+        self.clock.t += timeout_seconds  # a watch that saw nothing more lasted its window
+
+    async def list_job_pods(self, namespace, name):
+        self.calls.append("pods")
+        return self.pods
+
+    async def list_events(self, namespace, name):
+        self.calls.append(f"events {name}")
+        return [e for e in self.events if e["involvedObject"]["name"] == name]
+
+
+def follow(client, clock, **kwargs):
+    return asyncio.run(follow_trainjob(client, "ns", "j", clock=clock, **kwargs))
+
+
+def test_an_outage_is_ridden_out_then_the_job_read_again():
+    clock = FakeClock()
+    client = ScriptedClient(
+        clock,
+        gets=[
+            job("1", ready=1),
+            api_error(404, "404 page not found"),
+            job("7", conditions=[("Complete", "Done", "")]),
+        ],
+        watches=[ConnectionResetError()],
+    )
+    result = follow(client, clock)
+    assert result.state.phase is JobPhase.SUCCEEDED
+    assert client.calls == ["get", "watch 1 300", "get", "get"]
+    assert clock.slept == [1.0, 2.0]
+
+
+def test_a_403_ends_the_wait_at_once():
+    clock = FakeClock()
+    client = ScriptedClient(clock, gets=[job("1", ready=1)], watches=[api_error(403, "forbidden")])
+    with pytest.raises(KubeApiError, match="403"):
+        follow(client, clock)
+    assert clock.slept == []
+
+
+def test_a_pending_job_is_described_and_its_start_timeout_ends_the_wait():
+    clock = FakeClock()
+    pod = {"metadata": {"name": "j-node-0-0-x"}, "status": {"phase": "Pending"}}
+    event = {
+        "type": "Warning",
+        "reason": "FailedScheduling",
+        "message": "0/2 nodes are available: 2 Insufficient nvidia.com/gpu.",
+        "involvedObject": {"kind": "Pod", "name": "j-node-0-0-x"},
+        "lastTimestamp": "2026-12-01T10:00:00Z",
+    }
+    notes = []
+    client = ScriptedClient(clock, gets=[job("1", active=1)], watches=[], pods=[pod], events=[event])
+    result = follow(client, clock, timeout_seconds=3600, start_timeout_seconds=70, on_note=notes.append)
+    assert result.timeout == "start"
+    assert result.pending == (
+        "pod j-node-0-0-x: FailedScheduling: 0/2 nodes are available: 2 Insufficient nvidia.com/gpu.",
+    )
+    assert notes == [f"TrainJob j not running yet: {result.pending[0]}"]  # reported once, not every look
+    assert [c for c in client.calls if c.startswith("watch")] == ["watch 1 30", "watch 1 30", "watch 1 10"]
+    assert clock.t == 1070.0
+
+
+def test_the_run_deadline_ends_a_wait_on_a_running_job():
+    clock = FakeClock()
+    client = ScriptedClient(clock, gets=[job("1", ready=1)], watches=[])
+    result = follow(client, clock, timeout_seconds=700)
+    assert result.timeout == "run" and result.state.phase is JobPhase.RUNNING
+    assert [c for c in client.calls if c.startswith("watch")] == ["watch 1 300", "watch 1 300", "watch 1 100"]
