@@ -266,13 +266,19 @@ class KubernetesBackend(TrainingBackend):
 
         async def work(client: KubeClient) -> JobResult:
             log_task: asyncio.Task | None = None
+            streamed = 0
+
+            def stream_line(line: str) -> None:
+                nonlocal streamed
+                streamed += 1
+                on_log(line)
 
             def on_state(state: JobState) -> None:
                 nonlocal log_task
                 on_log(f"TrainJob {handle.name}: {state.describe()}")
                 if state.phase.started and log_task is None:
                     log_task = asyncio.ensure_future(
-                        follow_log(client, ns, handle.name, on_log, clock=self.clock)
+                        follow_log(client, ns, handle.name, stream_line, clock=self.clock)
                     )
 
             try:
@@ -287,9 +293,9 @@ class KubernetesBackend(TrainingBackend):
                     on_note=on_log,
                 )
             finally:
-                streamed = await _drain(log_task)
+                await _drain(log_task)
             result = result_of(ns, handle.name, waited, start_timeout=self.config.start_timeout)
-            return await self._complete(client, handle, result, on_log, copy_log=not streamed)
+            return await self._complete(client, handle, result, on_log, copy_log=streamed == 0)
 
         return self._run(work)
 
@@ -328,14 +334,13 @@ class KubernetesBackend(TrainingBackend):
         await client.delete_secret(ns, secret_name(handle.name))
 
 
-async def _drain(task: asyncio.Task | None) -> bool:
-    """Give the log follower a moment for its last lines; True when it streamed any."""
+async def _drain(task: asyncio.Task | None) -> None:
+    """Give the log follower a moment for its last lines, then stop it."""
     if task is None:
-        return False
-    try:
-        return await asyncio.wait_for(asyncio.shield(task), LOG_DRAIN_SECONDS) > 0
-    except (asyncio.TimeoutError, Exception):
+        return
+    with contextlib.suppress(asyncio.TimeoutError, Exception):
+        await asyncio.wait_for(asyncio.shield(task), LOG_DRAIN_SECONDS)
+    if not task.done():
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await task
-        return False

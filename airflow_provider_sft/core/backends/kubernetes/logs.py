@@ -30,33 +30,32 @@ async def follow_log(
     *,
     clock: Clock,
     start_timeout: float = LOG_START_TIMEOUT_SECONDS,
-) -> int:
-    """Stream the rank-0 pod's log into ``on_log`` until the container ends; returns the lines seen.
+) -> None:
+    """Stream the rank-0 pod's log into ``on_log`` until the container ends.
 
     The pod may not exist yet, and its log answers 400 while the container waits to
     start: both are asked again every few seconds, for at most ``start_timeout``.
     Best effort: the status watch decides the outcome, never the log.
     """
-    lines, deadline = 0, clock.monotonic() + start_timeout
+    deadline = clock.monotonic() + start_timeout
     while True:
         try:
             pod = await node0_pod(client, namespace, job_name)
             if pod is not None:
                 async for line in client.stream_log(namespace, pod):
                     on_log(line)
-                    lines += 1
-                return lines
+                return
         except asyncio.CancelledError:
             raise
         except KubeApiError as exc:
             if exc.status not in (400, 404) or clock.monotonic() >= deadline:
                 on_log(f"Log streaming stopped: {exc}")
-                return lines
+                return
         except Exception as exc:  # a dropped connection: the tail is copied at the end instead
             on_log(f"Log streaming stopped: {type(exc).__name__}")
-            return lines
+            return
         if clock.monotonic() >= deadline:
-            return lines
+            return
         await clock.asleep(LOG_RETRY_SECONDS)
 
 

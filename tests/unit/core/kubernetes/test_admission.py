@@ -178,7 +178,7 @@ def test_every_problem_is_reported_at_once():
     ("values", "field", "message"),
     [
         ({"namespace": "ML_Team"}, "namespace", "DNS-1123 label"),
-        ({"runtime_name": ""}, "runtime_name", "Kubernetes object name"),
+        ({"runtime_name": "Training_Hub"}, "runtime_name", "Kubernetes object name"),
         ({"runtime_kind": "Runtime"}, "runtime_kind", "ClusterTrainingRuntime"),
         ({"job_labels": "kueue.x-k8s.io/queue-name"}, "job_labels", "no '='"),
         ({"tolerations": '[{"key": "gpu", "operator": "Exist"}]'}, "tolerations", "Exists or Equal"),
