@@ -46,7 +46,7 @@ from airflow_provider_sft.core.backends.kubernetes.manifest import (
     secret_name,
 )
 from airflow_provider_sft.core.backends.kubernetes.retry import KubeApiError
-from airflow_provider_sft.core.backends.kubernetes.status import JobPhase, JobState, classify
+from airflow_provider_sft.core.backends.kubernetes.status import GONE, JobPhase, JobState, classify
 from airflow_provider_sft.core.backends.kubernetes.watch import WaitResult, follow_trainjob
 from airflow_provider_sft.core.clock import SYSTEM_CLOCK, Clock
 from airflow_provider_sft.core.errors import InvalidParameterError
@@ -68,11 +68,10 @@ class Credentials:
     oci_pull_secret: str | None = None
 
     def __repr__(self) -> str:  # never print the values
-        shown = {
-            k: "***" if v else None
-            for k, v in (("hf_token", self.hf_token), ("oci_pull_secret", self.oci_pull_secret))
-        }
-        return f"Credentials(hf_token={shown['hf_token']}, oci_pull_secret={shown['oci_pull_secret']})"
+        def shown(value: str | None) -> str:
+            return "'***'" if value else "None"
+
+        return f"Credentials(hf_token={shown(self.hf_token)}, oci_pull_secret={shown(self.oci_pull_secret)})"
 
 
 def result_of(
@@ -247,13 +246,10 @@ class KubernetesBackend(TrainingBackend):
     def poll(self, handle: JobHandle) -> JobResult:
         async def read(client: KubeClient) -> JobResult:
             job = await client.get_trainjob(handle.details["namespace"], handle.name)
-            state = classify(job) if job is not None else None
-            if state is not None and not state.terminal:
+            state = classify(job) if job is not None else GONE
+            if not state.terminal:
                 return JobResult(JobStatus.RUNNING, state.describe())
-            waited = WaitResult(
-                state or JobState(JobPhase.FAILED, "NotFound", "the TrainJob was deleted before it finished")
-            )
-            return result_of(handle.details["namespace"], handle.name, waited)
+            return result_of(handle.details["namespace"], handle.name, WaitResult(state))
 
         return self._run(read)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import typing
 from enum import Enum
 from typing import Any
 
@@ -88,10 +89,15 @@ class KubernetesConfig(BaseModel):
     def build(cls, **values: Any) -> KubernetesConfig:
         """Validate; one :class:`InvalidParameterError` lists every bad parameter.
 
-        ``None`` and ``""`` mean "not set" (a template or an empty form field renders ``""``).
+        ``""`` means "not set" (a template or an empty form field renders ``""``), and so does
+        ``None`` for a setting that cannot be None (``package_spec=None`` is a value: no install).
         """
+        nullable = {
+            name for name, f in cls.model_fields.items() if type(None) in typing.get_args(f.annotation)
+        }
+        kept = {k: v for k, v in values.items() if v != "" and (v is not None or k in nullable)}
         try:
-            return cls.model_validate({k: v for k, v in values.items() if v is not None and v != ""})
+            return cls.model_validate(kept)
         except ValidationError as exc:
             raise InvalidParameterError(explain(exc, model=cls)) from None
 

@@ -195,3 +195,14 @@ def test_bad_kubernetes_settings_name_the_parameter(values, field, message):
         KubernetesConfig.build(**values)
     assert list(info.value.errors) == [field]
     assert message in info.value.errors[field]
+
+
+def test_empty_means_not_set_and_none_only_where_it_is_no_value():
+    config = KubernetesConfig.build(pvc_name="", runtime_name=None, tolerations=None, job_labels="")
+    assert (config.pvc_name, config.runtime_name, config.tolerations, config.job_labels) == (
+        None,
+        "torch-distributed",
+        [],
+        {},
+    )
+    assert KubernetesConfig.build(package_spec=None).package_spec is None  # the image has the provider
