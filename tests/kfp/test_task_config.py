@@ -61,7 +61,10 @@ def test_every_task_config_field_reaches_the_node_pods():
     assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "H100"}
     assert "nodeAffinity" in pod["affinity"]
     env = {e["name"]: e for e in job["spec"]["trainer"]["env"]}
-    assert env["HF_HOME"] == {"name": "HF_HOME", "value": "/cache/hf"}  # the TaskConfig's wins over our default
+    assert env["HF_HOME"] == {
+        "name": "HF_HOME",
+        "value": "/cache/hf",
+    }  # the TaskConfig's wins over our default
     assert env["WANDB_API_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "wandb"
     limits = job["spec"]["trainer"]["resourcesPerNode"]["limits"]
     assert limits["ephemeral-storage"] == "100Gi" and limits["nvidia.com/gpu"] == "1"
@@ -72,4 +75,6 @@ def test_a_resource_that_disagrees_with_a_training_parameter_is_refused():
     config = KubernetesConfig.build(workspace_mount_path=PVC_PATH, **settings)
     with pytest.raises(InvalidParameterError) as info:
         manifest(config, resource_cpu_per_worker="8")
-    assert info.value.errors == {"resources.limits.cpu": "'16' disagrees with '8' from resource_cpu_per_worker"}
+    assert info.value.errors == {
+        "resources.limits.cpu": "'16' disagrees with '8' from resource_cpu_per_worker"
+    }

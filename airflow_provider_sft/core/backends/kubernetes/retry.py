@@ -143,4 +143,6 @@ class RetryPolicy:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            if not (is_transient(exc) or getattr(exc, "status", None)):
+                raise  # not an API failure (a bug, a bad certificate file): as it is
             raise as_api_error(action, exc) from exc

@@ -28,6 +28,7 @@ from airflow_provider_sft.core.backends.kubernetes.retry import (
     TRANSIENT_STATUS,
     KubeApiError,
     as_api_error,
+    is_transient,
 )
 from airflow_provider_sft.core.backends.kubernetes.status import (
     GONE,
@@ -117,6 +118,8 @@ class WatchCursor:
         (the CRD is being registered again after a restart). Raised: everything else, a 403
         first of all, and any outage longer than ``MAX_OUTAGE_SECONDS``.
         """
+        if not (isinstance(exc, KubeApiError) or getattr(exc, "status", None) or is_transient(exc)):
+            raise exc  # not the server's doing (a bug): never ridden out
         error = as_api_error(f"Watch TrainJob {self.namespace}/{self.name}", exc)
         if error.status == 410:
             self.resource_version = None

@@ -123,6 +123,8 @@ def test_failures_back_off_ride_out_outages_and_raise_the_rest():
     assert "deploy/rbac.yaml" in str(info.value)
     with pytest.raises(KubeApiError):
         cursor.failed_call(api_error(404, "not found", name="j"), now=0)  # our object: not an outage
+    with pytest.raises(KeyError):
+        cursor.failed_call(KeyError("type"), now=0)  # a bug is never ridden out as an outage
 
 
 # --- the driver, with a scripted client --------------------------------------------------
