@@ -418,7 +418,7 @@ def test_410_gone_relists_and_keeps_waiting(cluster, namespace):
     watched = []
 
     class StaleFirstWatch(KubeClient):
-        def watch_trainjob(self, namespace, name, resource_version, timeout_seconds, idle_timeout=90):
+        def watch_trainjob(self, namespace, name, resource_version, timeout_seconds, idle_timeout=None):
             watched.append(resource_version)
             stale = "1" if len(watched) == 1 else resource_version  # long compacted: 410 Gone
             return super().watch_trainjob(namespace, name, stale, timeout_seconds, idle_timeout)

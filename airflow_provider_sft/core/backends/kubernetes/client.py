@@ -20,9 +20,10 @@ from airflow_provider_sft.core import constants as c
 from airflow_provider_sft.core.backends.kubernetes.retry import KubeApiError, RetryPolicy
 
 REQUEST_TIMEOUT = (10, 30)  # (connect, read) seconds for every plain request
-# A watch may be silent between events; the server sends a bookmark about every minute,
-# so a read that stalls longer than this is a dead connection and the watch is re-opened.
-WATCH_IDLE_TIMEOUT = 90
+# A healthy watch ends when the server closes it after its timeoutSeconds; one that is still
+# silent this much later sits on a dead (half-open) connection, and is dropped and re-opened.
+# Not shorter: servers need not send bookmarks in between (this test server sends none).
+WATCH_TIMEOUT_MARGIN = 30
 RUNTIME_PLURALS = {
     c.CLUSTER_TRAINING_RUNTIME_KIND: c.CLUSTER_TRAINING_RUNTIME_PLURAL,
     c.TRAINING_RUNTIME_KIND: c.TRAINING_RUNTIME_PLURAL,
@@ -182,15 +183,16 @@ class KubeClient:
         name: str,
         resource_version: str | None,
         timeout_seconds: int,
-        idle_timeout: float = WATCH_IDLE_TIMEOUT,
+        idle_timeout: float | None = None,
     ) -> AsyncIterator[dict[str, Any]]:
         """Watch events of one TrainJob as dicts (``type``, ``object``), read straight off the stream.
 
         Not ``kubernetes_asyncio.watch.Watch``: it builds a new ApiClient (a connection pool
         and session) per watch and never closes it, about half a megabyte per watched job in
-        a triggerer. The read timeout (``idle_timeout``) ends a watch whose connection went
-        silent; the server ends a healthy one after ``timeout_seconds``. Opening the watch is
-        retried by the policy; errors while reading are the caller's (it re-lists).
+        a triggerer. The server ends a healthy watch after ``timeout_seconds``; the read
+        timeout (``idle_timeout``, default that plus ``WATCH_TIMEOUT_MARGIN``) ends one whose
+        connection went silent. Opening the watch is retried by the policy; errors while
+        reading are the caller's (it re-reads).
         """
         response = await self._open(
             f"Watch TrainJob {namespace}/{name}",
@@ -203,7 +205,7 @@ class KubeClient:
             timeout_seconds=timeout_seconds,
             allow_watch_bookmarks=True,
             watch=True,
-            timeout=(REQUEST_TIMEOUT[0], idle_timeout),
+            timeout=(REQUEST_TIMEOUT[0], idle_timeout or timeout_seconds + WATCH_TIMEOUT_MARGIN),
         )
         try:
             async for line in response.content:

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from airflow_provider_sft.core.backends.kubernetes.client import WATCH_IDLE_TIMEOUT, KubeClient
+from airflow_provider_sft.core.backends.kubernetes.client import KubeClient
 from airflow_provider_sft.core.backends.kubernetes.retry import (
     TRANSIENT_STATUS,
     KubeApiError,
@@ -211,7 +211,7 @@ async def follow_trainjob(
     start_timeout_seconds: float | None = None,
     on_state: Callable[[JobState], None] = lambda _state: None,
     on_note: Callable[[str], None] = lambda _note: None,
-    idle_timeout: float = WATCH_IDLE_TIMEOUT,
+    idle_timeout: float | None = None,
 ) -> WaitResult:
     """Wait for the TrainJob to end or a deadline to pass (see the module docstring)."""
     cursor = WatchCursor(
