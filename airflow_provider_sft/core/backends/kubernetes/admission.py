@@ -78,57 +78,41 @@ def domain_prefixed_path_errors(value: str) -> list[str]:
     return errors
 
 
-def _runtime_jobs(runtime: dict[str, Any]) -> dict[str, dict[str, set[str]]]:
-    """replicated job -> {"containers": names, "initContainers": names} of a runtime's template."""
-    jobs = {}
-    for job in ((runtime.get("spec") or {}).get("template") or {}).get("spec", {}).get(
-        "replicatedJobs"
-    ) or []:
-        pod_spec = (((job.get("template") or {}).get("spec") or {}).get("template") or {}).get("spec") or {}
-        jobs[job.get("name")] = {
-            kind: {container.get("name") for container in pod_spec.get(kind) or []}
-            for kind in ("containers", "initContainers")
-        }
-    return jobs
+def _dig(obj: Any, *keys: str) -> Any:
+    """``obj[k1][k2]...`` of a manifest, or None where a level is missing."""
+    for key in keys:
+        obj = obj.get(key) if isinstance(obj, dict) else None
+    return obj
 
 
-def _runtime_pod_spec(runtime: dict[str, Any], job_name: str) -> dict[str, Any]:
-    for job in ((runtime.get("spec") or {}).get("template") or {}).get("spec", {}).get(
-        "replicatedJobs"
-    ) or []:
-        if job.get("name") == job_name:
-            return (((job.get("template") or {}).get("spec") or {}).get("template") or {}).get("spec") or {}
-    return {}
+def _replicated_jobs(training_runtime_spec: Any) -> list[dict[str, Any]]:
+    """The replicated jobs of a runtime's (or a patch's) ``spec.template``."""
+    return _dig(training_runtime_spec, "template", "spec", "replicatedJobs") or []
 
 
-def _patched_jobs(
-    trainjob: dict[str, Any], generation: SpecGeneration
-) -> list[tuple[str, str, dict[str, Any]]]:
-    """(field path, replicated job name, pod spec patch) of every patch in the manifest."""
+def _pod_spec(replicated_job: dict[str, Any]) -> dict[str, Any]:
+    return _dig(replicated_job, "template", "spec", "template", "spec") or {}
+
+
+def _runtime_jobs(runtime: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """replicated job name -> its pod spec, in a runtime's template."""
+    return {job.get("name"): _pod_spec(job) for job in _replicated_jobs(runtime.get("spec"))}
+
+
+def _patched_jobs(trainjob: dict[str, Any], generation: SpecGeneration) -> list[tuple[str, dict[str, Any]]]:
+    """(replicated job name, pod spec patch) of every patch or override in the manifest."""
     spec = trainjob["spec"]
-    found = []
     if generation is SpecGeneration.V2_1:
-        for i, override in enumerate(spec.get("podTemplateOverrides") or []):
-            for j, target in enumerate(override.get("targetJobs") or []):
-                found.append(
-                    (
-                        f"spec.podTemplateOverrides[{i}].targetJobs[{j}]",
-                        target.get("name"),
-                        override.get("spec") or {},
-                    )
-                )
-        return found
-    for i, patch in enumerate(spec.get("runtimePatches") or []):
-        jobs = ((patch.get("trainingRuntimeSpec") or {}).get("template") or {}).get("spec", {}).get(
-            "replicatedJobs"
-        ) or []
-        for j, job in enumerate(jobs):
-            pod_spec = (((job.get("template") or {}).get("spec") or {}).get("template") or {}).get(
-                "spec"
-            ) or {}
-            path = f"spec.runtimePatches[{i}].trainingRuntimeSpec.template.spec.replicatedJobs[{j}]"
-            found.append((path, job.get("name"), pod_spec))
-    return found
+        return [
+            (target.get("name"), override.get("spec") or {})
+            for override in spec.get("podTemplateOverrides") or []
+            for target in override.get("targetJobs") or []
+        ]
+    return [
+        (job.get("name"), _pod_spec(job))
+        for patch in spec.get("runtimePatches") or []
+        for job in _replicated_jobs(patch.get("trainingRuntimeSpec"))
+    ]
 
 
 def check(
@@ -154,7 +138,7 @@ def check(
                     problems
                 )
     jobs = _runtime_jobs(runtime)
-    for _, job_name, pod_spec in _patched_jobs(trainjob, generation):
+    for job_name, pod_spec in _patched_jobs(trainjob, generation):
         if job_name not in jobs:
             what = "targetJob" if v21 else "replicated job"
             errors[patches_path] = (
@@ -166,7 +150,7 @@ def check(
         for kind in ("containers", "initContainers"):
             for container in pod_spec.get(kind) or []:
                 name = container.get("name")
-                if name not in jobs[job_name][kind]:
+                if name not in {known.get("name") for known in jobs[job_name].get(kind) or []}:
                     errors[patches_path] = (
                         f"must not have {kind[:-1]} that doesn't exist in the runtime job {job_name}: "
                         f"{name!r} is not in {runtime_name}"
@@ -188,7 +172,7 @@ def check(
         if (annotations or {}).get(VOLCANO_QUEUE_ANNOTATION, None) == "":
             errors[f"spec.annotations[{VOLCANO_QUEUE_ANNOTATION}]"] = "Volcano queue name must not be empty"
     if priority_class_name is not None:
-        has = _runtime_pod_spec(runtime, c.NODE).get("priorityClassName")
+        has = _runtime_jobs(runtime).get(c.NODE, {}).get("priorityClassName")
         if has != priority_class_name:
             errors["priority_class_name"] = (
                 f"the TrainJob API has no field for a pod priorityClassName, and {runtime_name} sets "

@@ -215,16 +215,22 @@ class KubeClient:
             response.release()
 
     async def read_trainjob_crd(self) -> dict[str, Any] | None:
-        """The served TrainJob CRD, or None when it cannot be read (403 for namespaced users)."""
+        """The served TrainJob CRD, or None when it cannot be read (403 for namespaced users).
+
+        Read as plain JSON: the CRD is megabytes of schema, not worth building models for.
+        """
         try:
-            crd = await self._call(
+            response = await self._open(
                 "Read TrainJob CRD", self.extensions.read_custom_resource_definition, c.TRAINJOB_CRD_NAME
             )
         except KubeApiError as exc:
             if exc.status in (401, 403, 404):
                 return None
             raise
-        return self.api_client.sanitize_for_serialization(crd)
+        try:
+            return json.loads(await response.read())
+        finally:
+            response.release()
 
     # --- Runtimes ---------------------------------------------------------------------------
 

@@ -8,10 +8,10 @@ tested on a fake clock:
 * read the job, then watch it from its resourceVersion; a 410 Gone (the version was
   compacted) re-reads and watches again; a DELETED event or a vanished job is a failure;
 * an API server restart (no answer, 5xx, a bare 404 while the CRD re-registers) is
-  waited out with backoff, for at most ``max_outage_seconds`` in a row; a 403 or any
+  waited out with backoff, for at most ``MAX_OUTAGE_SECONDS`` in a row; a 403 or any
   other refusal ends the wait at once;
 * a job that has not started (pending pods, or suspended in a queue) is looked at
-  every ``pending_poll_seconds``: its pods' waiting reasons and Warning events are
+  every ``PENDING_POLL_SECONDS``: its pods' waiting reasons and Warning events are
   reported, and ``start_timeout_seconds`` bounds how long it may stay so;
 * ``timeout_seconds`` bounds the whole wait.
 """
@@ -25,7 +25,6 @@ from typing import Any
 
 from airflow_provider_sft.core.backends.kubernetes.client import KubeClient
 from airflow_provider_sft.core.backends.kubernetes.retry import (
-    TRANSIENT_STATUS,
     KubeApiError,
     as_api_error,
     is_transient,
@@ -124,9 +123,8 @@ class WatchCursor:
         if error.status == 410:
             self.resource_version = None
             return 0.0
-        transient = error.status in TRANSIENT_STATUS or error.status == 0
         re_registering = error.status == 404 and not error.object_not_found
-        if not (transient or re_registering):
+        if not (is_transient(error) or re_registering):
             raise error
         self.failing_since = now if self.failing_since is None else self.failing_since
         if now - self.failing_since > MAX_OUTAGE_SECONDS:
