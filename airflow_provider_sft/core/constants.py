@@ -92,13 +92,16 @@ LABEL_RUN_ID = "airflow-provider-sft/run-id"
 LABEL_MAP_INDEX = "airflow-provider-sft/map-index"
 LABEL_JOBSET_NAME = "jobset.sigs.k8s.io/jobset-name"  # on the pods of a TrainJob's JobSet
 
-# Secret keys and the environment variables they feed.
-SECRET_HF_TOKEN_KEY = "hf-token"
+# The environment variables secrets reach a pod as (each stored in the job's Secret under its name).
 HF_TOKEN_ENV = "HF_TOKEN"
 OCI_PULL_SECRET_ENV = "OCI_PULL_SECRET_MODEL_DOWNLOAD"
-RUN_CONFIG_ENV = "SFT_RUN_CONFIG"  # the TrainingRun JSON handed to the entrypoint in the pod
+# The pod program's ConfigMap: provider version (label) and sha256 of the program (annotation).
+LABEL_PROGRAM_VERSION = "airflow-provider-sft/program-version"
+ANNOTATION_PROGRAM_SHA256 = "airflow-provider-sft/program-sha256"
 
 # Where the workspace PVC is mounted in the training pod.
 DEFAULT_WORKSPACE_MOUNT = "/workspace"
 WORKSPACE_VOLUME = "workspace"
 SHM_VOLUME = "dshm"  # memory-backed /dev/shm (shm_size)
+PROGRAM_VOLUME = "sft-program"  # the pod program's ConfigMap
+TMP_VOLUME = "tmp"  # an emptyDir at /tmp

@@ -16,6 +16,11 @@ cannot tell the difference:
   per step) and ``hf_format/samples_<N>/`` checkpoints, each written to a
   temporary directory and renamed, so a reader never sees half of one;
 * ``full_state/epoch_<N>/`` (model, optimizer, scheduler) when asked.
+
+With more than one node (``PET_NNODES`` > 1) the nodes train as one job over
+``torch.distributed`` with gloo: every node holds the model, takes its share of each
+step's samples, and the gradients are summed before the optimizer step, so the
+result is the single-process one. Only node 0 writes metrics and checkpoints.
 """
 
 from __future__ import annotations
@@ -30,10 +35,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from airflow_provider_sft.core import constants as c
+from airflow_provider_sft.core import jsonio
 from airflow_provider_sft.core.errors import DatasetError
+from airflow_provider_sft.core.nodes import Topology
 from airflow_provider_sft.core.params import SFTParams
 
 Logger = Callable[[str], None]
@@ -74,7 +79,7 @@ def load_processed_samples(path: str | Path, *, max_tokens_per_gpu: int) -> list
         for line_number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
-            row = orjson.loads(line)
+            row = jsonio.loads(line)
             sample = Sample(row["input_ids"], row["labels"])
             if sample.length > max_tokens_per_gpu:
                 too_long.append((line_number, sample.length))
@@ -124,11 +129,41 @@ class MetricsWriter:
 
     def write(self, record: dict[str, Any]) -> None:
         record = {**record, "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())}
-        self._handle.write(orjson.dumps(record) + b"\n")
+        self._handle.write(jsonio.dumps(record) + b"\n")
         self._handle.flush()
 
     def close(self) -> None:
         self._handle.close()
+
+
+class _NoMetrics:
+    """Nodes other than 0 write no metrics file (instructlab writes ``..._global0`` on rank 0)."""
+
+    def write(self, record: dict[str, Any]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _sum_over_nodes(model: Any, loss_sum: float) -> float:
+    """Sum gradients and the loss over the nodes (a node with no sample this step adds zeros)."""
+    import torch
+    import torch.distributed as dist
+
+    grads = []
+    for parameter in model.parameters():
+        if parameter.requires_grad:
+            if parameter.grad is None:
+                parameter.grad = torch.zeros_like(parameter)
+            grads.append(parameter.grad)
+    flat = torch.cat([g.reshape(-1) for g in grads] + [torch.tensor([loss_sum], dtype=grads[0].dtype)])
+    dist.all_reduce(flat)
+    offset = 0
+    for grad in grads:
+        grad.copy_(flat[offset : offset + grad.numel()].view_as(grad))
+        offset += grad.numel()
+    return float(flat[-1])
 
 
 def _collate(batch: Sequence[Sample], pad_id: int):
@@ -163,11 +198,30 @@ def train_on_cpu(
     output_dir: str | Path,
     threads: int = 1,
     log: Logger = print,
+    topology: Topology | None = None,
 ) -> CPUTrainingResult:
     """Train ``model_path`` on instructlab-processed data; write metrics and checkpoints to ``output_dir``."""
     import torch
     import torch.nn.functional as F
     from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler
+
+    topology = topology or Topology()
+    rank, world = topology.node_rank, topology.num_nodes
+    if world > 1:
+        import datetime
+
+        import torch.distributed as dist
+
+        log(
+            f"joining {world} nodes over gloo at {topology.master_addr}:{topology.master_port} as rank {rank}"
+        )
+        dist.init_process_group(
+            "gloo",
+            init_method=f"tcp://{topology.master_addr}:{topology.master_port}",
+            rank=rank,
+            world_size=world,
+            timeout=datetime.timedelta(minutes=30),
+        )
 
     torch.set_num_threads(threads)
     torch.manual_seed(params.seed)
@@ -197,7 +251,7 @@ def train_on_cpu(
         num_training_steps=total_steps,
     )
 
-    metrics = MetricsWriter(out / c.METRICS_FILE)
+    metrics = MetricsWriter(out / c.METRICS_FILE) if rank == 0 else _NoMetrics()
     metrics.write(
         {
             **params.to_json_dict(),
@@ -216,7 +270,7 @@ def train_on_cpu(
     log(
         f"CPU SFT: {len(samples)} samples, {params.num_epochs} epoch(s) x {steps_per_epoch} step(s), "
         f"effective batch {params.effective_batch_size}, lr {params.learning_rate:g} ({params.lr_scheduler.value}, "
-        f"warmup {params.lr_warmup_steps}), {threads} thread(s)"
+        f"warmup {params.lr_warmup_steps}), {threads} thread(s)" + (f", {world} nodes" if world > 1 else "")
     )
 
     def save_checkpoint(samples_seen: int) -> str:
@@ -238,7 +292,7 @@ def train_on_cpu(
             torch.save(optimizer.state_dict(), tmp / "optimizer.bin")
             torch.save(scheduler.state_dict(), tmp / "scheduler.bin")
             (tmp / "training_metadata.json").write_bytes(
-                orjson.dumps({"current_epoch": epoch, "samples_seen": samples_seen, "global_step": step})
+                jsonio.dumps({"current_epoch": epoch, "samples_seen": samples_seen, "global_step": step})
             )
 
         _save_atomically(target, write)
@@ -252,7 +306,7 @@ def train_on_cpu(
         for epoch in range(params.num_epochs):
             for step_samples in optimizer_steps(samples, params.effective_batch_size, params.seed, epoch):
                 step_started = time.monotonic()
-                micro_batches = pack_micro_batches(step_samples, params.max_tokens_per_gpu)
+                micro_batches = pack_micro_batches(step_samples[rank::world], params.max_tokens_per_gpu)
                 label_tokens = sum(s.label_tokens for s in step_samples)
                 step_tokens = sum(s.length for s in step_samples)
                 loss_sum = 0.0
@@ -267,6 +321,8 @@ def train_on_cpu(
                     )
                     (loss / max(label_tokens, 1)).backward()
                     loss_sum += loss.item()
+                if world > 1:  # each node's loss is already over the whole step's tokens: sum
+                    loss_sum = _sum_over_nodes(model, loss_sum)
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), c.GRAD_CLIP_NORM).item()
                 lr = scheduler.get_last_lr()[0]
                 optimizer.step()
@@ -298,7 +354,7 @@ def train_on_cpu(
                         "tokens_per_second": step_tokens / elapsed if elapsed else 0.0,
                     }
                 )
-                if step % log_every == 0 or step in (1, total_steps):
+                if rank == 0 and (step % log_every == 0 or step in (1, total_steps)):
                     spent = time.monotonic() - started
                     eta = spent / step * (total_steps - step)
                     log(
@@ -307,8 +363,10 @@ def train_on_cpu(
                         f"ETA {eta:.0f}s"
                     )
                 save_every = params.save_samples
-                if save_every > 0 and samples_seen // save_every > previous_seen // save_every:
+                if rank == 0 and save_every > 0 and samples_seen // save_every > previous_seen // save_every:
                     checkpoints.append(save_checkpoint(samples_seen))
+            if rank != 0:
+                continue
             if params.checkpoint_at_epoch and (
                 not checkpoints or not checkpoints[-1].endswith(f"_{samples_seen}")
             ):
@@ -317,6 +375,11 @@ def train_on_cpu(
                 save_full_state(epoch, samples_seen, step)
     finally:
         metrics.close()
+        if world > 1:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
     return CPUTrainingResult(
         steps=step,
         samples_seen=samples_seen,

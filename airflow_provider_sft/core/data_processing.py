@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from airflow_provider_sft.core import constants as c
+from airflow_provider_sft.core import jsonio
 from airflow_provider_sft.core.errors import DatasetError
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,6 @@ def process_chat_data(
     num_cpu_procs: int = 1,
 ) -> ProcessingReport:
     """Run instructlab-training's data processing into ``output_dir/data.jsonl``."""
-    import orjson
     from instructlab.training import data_process
 
     data_path, output_dir = Path(data_path), Path(output_dir)
@@ -70,7 +70,7 @@ def process_chat_data(
         for line in handle:
             if not line.strip():
                 continue
-            row = orjson.loads(line)
+            row = jsonio.loads(line)
             kept += 1
             total += row["len"]
             labelled += sum(1 for label in row["labels"] if label != -100)

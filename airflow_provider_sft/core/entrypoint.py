@@ -1,23 +1,27 @@
-"""The training program: runs in the training pod and as the local backend's process.
+"""The program of the training pod and of the local backend's process.
 
-    python -m airflow_provider_sft.core.entrypoint [RUN_CONFIG_JSON]
+    python -m airflow_provider_sft.core.entrypoint train RUN_CONFIG_JSON
+    python program.pyz {train,resolve,export} CONFIG_JSON      (in a pod: see program.py)
 
-Without an argument the run config is read from ``$SFT_RUN_CONFIG`` (JSON text): that
-is how the TrainJob hands it to the pod, which may not see the Airflow worker's files.
+``train``:
 
-1. tokenizes the chat data with instructlab-training's data processing and
-   reports how many samples it dropped;
+1. node 0 tokenizes the chat data with instructlab-training's data processing and
+   reports how many samples it dropped; the other nodes wait for its marker;
 2. trains: on CUDA with instructlab-training's ``main_ds`` under torchrun, every
    parameter mapped (see :mod:`instructlab_command`); on a CPU with the loop in
-   :mod:`cpu_trainer`, which writes the same files.
+   :mod:`cpu_trainer`, which writes the same files (over gloo on several nodes).
 
-Exit status 0 means a model was trained; anything else is a failure whose reason
-is the last ``ERROR:`` line of the output.
+``resolve`` and ``export`` are the workspace steps of :mod:`steps`; their result is
+printed as the last line (``SFT_RESULT {...}``).
+
+Exit status 0 means success; anything else is a failure whose reason is the last
+line of the output, ``ERROR: ...``. Only the standard library, torch, transformers and
+instructlab-training (with their dependencies) may be imported here: it is what the
+training image has.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -27,14 +31,19 @@ import time
 from pathlib import Path
 
 from airflow_provider_sft.core import constants as c
+from airflow_provider_sft.core import jsonio
 from airflow_provider_sft.core.errors import SFTError, TrainingFailedError
+from airflow_provider_sft.core.nodes import Topology, clear_data_ready, mark_data_ready, wait_for_data
 from airflow_provider_sft.core.run import Device, TrainingRun, cuda_device_count, plan_device
 
 ERROR_PREFIX = "ERROR: "
 
 
+_PREFIX = "[sft] "
+
+
 def _log(message: str) -> None:
-    print(f"[sft] {message}", flush=True)
+    print(f"{_PREFIX}{message}", flush=True)
 
 
 def _flash_attn_available() -> bool:
@@ -60,14 +69,14 @@ def default_cache_env(run_dir: Path) -> dict[str, str]:
 EARLIER_ATTEMPT_STATE = (c.FULL_STATE_DIR, c.HF_FORMAT_DIR, c.METRICS_FILE)
 
 
-def start_clean(output_dir: Path) -> list[str]:
+def start_clean(output_dir: Path, topology: Topology) -> list[str]:
     """Remove an earlier attempt's training state (node rank 0 only); returns what was removed.
 
     A retried TrainJob reuses its run directory on the PVC. The other nodes cannot load the
     state before this runs: their training starts only after torchrun's rendezvous with rank 0,
     which happens after this. Resuming on purpose is a separate feature, not an accident.
     """
-    if os.environ.get("PET_NODE_RANK", "0") != "0":
+    if not topology.is_first:
         return []
     removed = []
     for name in EARLIER_ATTEMPT_STATE:
@@ -82,11 +91,41 @@ def start_clean(output_dir: Path) -> list[str]:
     return removed
 
 
+def _check_writable(directory: Path) -> None:
+    """Fail early, naming the directory, when the workspace is not writable by this UID."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise TrainingFailedError(
+            f"cannot write the run directory {directory}: {exc.strerror or exc} (uid {os.getuid()}, gid "
+            f"{os.getgid()}). The workspace PVC must be writable by the pod's user: give the volume group "
+            "write access for the pod's fsGroup or GID 0, or a StorageClass that does"
+        ) from None
+
+
+def _check_base_model(model: str) -> None:
+    """A local base model that is not there is named before the libraries fail on it."""
+    if model.startswith(("/", "./", "../")) and not Path(model).is_dir():
+        raise TrainingFailedError(
+            f"base_model {model} does not exist in the pod: a local base model must be a directory on "
+            "a volume the node container mounts (the workspace PVC), or use a HuggingFace model id"
+        )
+
+
 def run(training_run: TrainingRun) -> None:
+    global _PREFIX
     started = time.monotonic()
     params = training_run.params
     output_dir = Path(training_run.output_dir)
-    if removed := start_clean(output_dir):
+    topology = Topology.from_env()
+    if topology.num_nodes > 1:
+        _PREFIX = f"[sft node {topology.node_rank}/{topology.num_nodes}] "
+    _check_writable(output_dir)
+    _check_base_model(params.base_model)
+    if removed := start_clean(output_dir, topology):
         _log(f"starting clean: removed {', '.join(removed)} of an earlier attempt (no accidental resume)")
     for key, value in default_cache_env(output_dir).items():
         os.environ.setdefault(key, value)
@@ -100,20 +139,27 @@ def run(training_run: TrainingRun) -> None:
     for note in plan.notes:
         _log(note)
 
-    from airflow_provider_sft.core.data_processing import process_chat_data
+    processed_dir = Path(training_run.processed_data_dir)
+    if topology.is_first:
+        from airflow_provider_sft.core.data_processing import process_chat_data
 
-    report = process_chat_data(
-        training_run.dataset_path,
-        training_run.processed_data_dir,
-        model_path=params.base_model,
-        max_seq_len=params.max_seq_len,
-        num_cpu_procs=max(1, min(plan.cpu_threads, 8)),
-    )
-    _log(
-        f"data processing: {report.kept_samples}/{report.input_samples} samples kept, "
-        f"{report.dropped_samples} dropped (shorter than 20 tokens or >= max_seq_len={params.max_seq_len}), "
-        f"{report.total_tokens} tokens, {report.label_tokens} trained on"
-    )
+        clear_data_ready(processed_dir)
+        report = process_chat_data(
+            training_run.dataset_path,
+            processed_dir,
+            model_path=params.base_model,
+            max_seq_len=params.max_seq_len,
+            num_cpu_procs=max(1, min(plan.cpu_threads, 8)),
+        ).to_dict()
+        mark_data_ready(processed_dir, training_run.attempt, report)
+        _log(
+            f"data processing: {report['kept_samples']}/{report['input_samples']} samples kept, "
+            f"{report['dropped_samples']} dropped (shorter than 20 tokens or >= max_seq_len={params.max_seq_len}), "
+            f"{report['total_tokens']} tokens, {report['label_tokens']} trained on"
+        )
+    else:
+        report = wait_for_data(processed_dir, training_run.attempt, log=_log)
+        _log(f"using node 0's processed data: {report['kept_samples']} samples")
 
     if plan.device is Device.CUDA:
         _train_on_cuda(training_run, plan.processes)
@@ -123,10 +169,11 @@ def run(training_run: TrainingRun) -> None:
         result = train_on_cpu(
             params,
             model_path=params.base_model,
-            processed_data=report.processed_path,
+            processed_data=report["processed_path"],
             output_dir=output_dir,
             threads=plan.cpu_threads,
             log=_log,
+            topology=topology,
         )
         _log(
             f"trained {result.steps} steps, {result.samples_seen} samples, {result.tokens_seen} tokens "
@@ -156,26 +203,52 @@ def _train_on_cuda(training_run: TrainingRun, gpus: int) -> None:
         raise TrainingFailedError(f"instructlab-training finished without writing {metrics}")
 
 
+USAGE = "usage: entrypoint {train,resolve,export} CONFIG_JSON"
+
+
+def _import_problem(exc: ImportError) -> str:
+    missing = exc.name or str(exc)
+    return (
+        f"the training image lacks the Python module {missing!r} ({exc}). The node container needs "
+        "Python with torch and instructlab-training (and their dependencies) in its image: set image= "
+        "to one that has them (see the README's Containerfile)"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if len(args) > 1 or (not args and c.RUN_CONFIG_ENV not in os.environ):
-        print(
-            f"usage: python -m {__spec__.name if __spec__ else 'entrypoint'} [RUN_CONFIG_JSON]",
-            file=sys.stderr,
-        )
-        print(
-            f"       (without an argument the run config is read from ${c.RUN_CONFIG_ENV})", file=sys.stderr
-        )
+    if len(args) == 1:  # a config alone: train (what earlier versions ran)
+        args = ["train", *args]
+    if len(args) != 2 or args[0] not in ("train", "resolve", "export"):
+        print(USAGE, file=sys.stderr)
         return 2
+    step, config_path = args
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        if args:
-            training_run = TrainingRun.read_config(args[0])
+        try:
+            config = jsonio.loads(Path(config_path).read_bytes())
+        except (OSError, ValueError) as exc:
+            raise TrainingFailedError(f"cannot read the config {config_path}: {exc}") from None
+        if step == "train":
+            run(TrainingRun.from_json_dict(config))
         else:
-            training_run = TrainingRun.from_json_dict(json.loads(os.environ[c.RUN_CONFIG_ENV]))
-        run(training_run)
+            from airflow_provider_sft.core.steps import STEPS, result_line
+
+            print(result_line(STEPS[step](config, log=_log)), flush=True)
     except SFTError as exc:
         print(f"{ERROR_PREFIX}{exc}", flush=True)
+        return 1
+    except ImportError as exc:
+        print(f"{ERROR_PREFIX}{_import_problem(exc)}", flush=True)
+        return 1
+    except PermissionError as exc:
+        print(f"{ERROR_PREFIX}permission denied: {exc.filename or exc} (uid {os.getuid()})", flush=True)
+        return 1
+    except Exception as exc:  # a bug or a library failure: its traceback, then the one line
+        import traceback
+
+        traceback.print_exc()
+        print(f"{ERROR_PREFIX}{step} failed: {type(exc).__name__}: {exc}", flush=True)
         return 1
     return 0
 

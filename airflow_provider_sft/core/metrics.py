@@ -21,9 +21,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from airflow_provider_sft.core import constants as c
+from airflow_provider_sft.core import jsonio
 from airflow_provider_sft.core.files import atomic_write_bytes
 
 LOSS_KEYS = ("avg_loss", "loss")
@@ -61,8 +60,8 @@ class MetricsSummary:
 
 def _loads(line: bytes) -> Any:
     try:
-        return orjson.loads(line)
-    except orjson.JSONDecodeError:
+        return jsonio.loads(line)
+    except ValueError:
         return json.loads(line)  # NaN / Infinity literals; raises on a torn line
 
 
@@ -154,4 +153,4 @@ def summarize_file(path: str | Path) -> MetricsSummary:
 
 def write_summary(summary: MetricsSummary, path: str | Path) -> Path:
     """Write ``metrics.json`` (strict JSON: no NaN)."""
-    return atomic_write_bytes(path, orjson.dumps(summary.to_dict(), option=orjson.OPT_INDENT_2))
+    return atomic_write_bytes(path, jsonio.dumps(summary.to_dict(), indent=True))

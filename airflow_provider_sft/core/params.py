@@ -20,7 +20,6 @@ from collections.abc import Mapping
 from enum import Enum
 from typing import Any, Literal
 
-from kubernetes.utils import parse_quantity
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -34,6 +33,7 @@ from pydantic import (
 
 from airflow_provider_sft.core import constants as c
 from airflow_provider_sft.core.errors import InvalidParameterError
+from airflow_provider_sft.core.quantity import parse_quantity
 
 COMPONENT_PARAMETER_PREFIX = "training_"
 REDACTED = "***"
@@ -348,9 +348,33 @@ class SFTParams(BaseModel):
         passes ``"training_"``).
         """
         try:
-            return cls.model_validate(dict(values))
+            params = cls.model_validate(dict(values))
         except ValidationError as exc:
             raise InvalidParameterError(explain(exc, name_prefix)) from None
+        if problems := params.topology_problems():
+            raise InvalidParameterError({f"{name_prefix}{k}": v for k, v in problems.items()})
+        return params
+
+    def topology_problems(self) -> dict[str, str]:
+        """Worker/process/GPU combinations that cannot train, by parameter name."""
+        problems: dict[str, str] = {}
+        procs, gpus = self.resource_num_procs_per_worker, self.resource_gpu_per_worker
+        if gpus == 0 and procs not in ("auto", 1):
+            problems["resource_num_procs_per_worker"] = (
+                f"the CPU trainer (resource_gpu_per_worker=0) runs one process per worker, got {procs}; "
+                "use more workers instead"
+            )
+        elif gpus > 0 and procs != "auto" and int(procs) > gpus:
+            problems["resource_num_procs_per_worker"] = (
+                f"{procs} processes per worker, but each worker has {gpus} GPU(s): one process drives one GPU"
+            )
+        if self.world_size > self.effective_batch_size and not problems:
+            problems["effective_batch_size"] = (
+                f"{self.effective_batch_size} is smaller than the world size {self.world_size} "
+                f"({self.resource_num_workers} worker(s) x {self.world_size // self.resource_num_workers} "
+                "process(es)): every process needs at least one sample per step"
+            )
+        return problems
 
     @classmethod
     def from_component_kwargs(cls, **kwargs: Any) -> SFTParams:
@@ -363,6 +387,17 @@ class SFTParams(BaseModel):
         return cls.parse(values, name_prefix=COMPONENT_PARAMETER_PREFIX)
 
     # --- derived values ----------------------------------------------------------
+
+    @property
+    def world_size(self) -> int:
+        """Training processes over all workers: one per GPU (or as set), one per CPU worker."""
+        procs = self.resource_num_procs_per_worker
+        per_worker = (
+            1
+            if self.resource_gpu_per_worker == 0
+            else (self.resource_gpu_per_worker if procs == "auto" else int(procs))
+        )
+        return self.resource_num_workers * per_worker
 
     @property
     def cpu_cores(self) -> float:

@@ -17,9 +17,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from airflow_provider_sft.core import constants as c
+from airflow_provider_sft.core import jsonio
 from airflow_provider_sft.core.errors import InvalidParameterError
 from airflow_provider_sft.core.files import atomic_write_bytes
 from airflow_provider_sft.core.params import SFTParams
@@ -60,6 +59,9 @@ class TrainingRun:
     output_dir: str
     device: Device = Device.AUTO
     extra: dict[str, Any] = field(default_factory=dict)
+    # Names one submission of the run: the nodes of a multi-node job tell a marker written by
+    # this attempt's node 0 from one an earlier attempt left on the PVC.
+    attempt: str = ""
 
     @property
     def processed_data_dir(self) -> str:
@@ -77,6 +79,7 @@ class TrainingRun:
             "output_dir": self.output_dir,
             "device": self.device.value,
             "extra": self.extra,
+            "attempt": self.attempt,
         }
 
     @classmethod
@@ -88,16 +91,15 @@ class TrainingRun:
             output_dir=data["output_dir"],
             device=Device(data.get("device", "auto")),
             extra=data.get("extra", {}),
+            attempt=data.get("attempt", ""),
         )
 
     def write_config(self) -> Path:
-        return atomic_write_bytes(
-            self.config_path, orjson.dumps(self.to_json_dict(), option=orjson.OPT_INDENT_2)
-        )
+        return atomic_write_bytes(self.config_path, jsonio.dumps(self.to_json_dict(), indent=True))
 
     @classmethod
     def read_config(cls, path: str | Path) -> TrainingRun:
-        return cls.from_json_dict(orjson.loads(Path(path).read_bytes()))
+        return cls.from_json_dict(jsonio.loads(Path(path).read_bytes()))
 
 
 def cuda_device_count() -> int:

@@ -7,12 +7,13 @@ from typing import Any
 
 from airflow.sdk import BaseOperator
 
-from airflow_provider_sft.core.dataset import BUNDLED_SOURCE, DatasetOptions, resolve_dataset
+from airflow_provider_sft.core.dataset import BUNDLED_SOURCE, DatasetOptions
 from airflow_provider_sft.core.errors import InvalidParameterError
 from airflow_provider_sft.lineage import LineageMixin
+from airflow_provider_sft.operators.workspace import STEP_TEMPLATE_FIELDS, WorkspaceStepsMixin
 
 
-class ResolveDatasetOperator(LineageMixin, BaseOperator):
+class ResolveDatasetOperator(WorkspaceStepsMixin, LineageMixin, BaseOperator):
     """Validate a chat dataset from anywhere and write it to ``<workspace>/dataset/train.jsonl``.
 
     Records stream one at a time into a temporary file renamed into place, so memory stays
@@ -41,6 +42,13 @@ class ResolveDatasetOperator(LineageMixin, BaseOperator):
     :param s3_endpoint_url: S3-compatible endpoint (MinIO, Ceph...), overriding the connection's.
     :param region_name: S3 region, overriding the connection's. Both are an error for a non-S3 source.
 
+    On the ``kubernetes`` backend in ``cluster`` workspace mode (see
+    :class:`~airflow_provider_sft.operators.workspace.WorkspaceStepsMixin` for ``backend``,
+    ``workspace_mode``, ``pvc_mount_path``, ``kubernetes``, ``kubernetes_conn_id``) the
+    resolution runs in a pod that mounts the PVC, with the connections' secrets in a Secret;
+    paths are then paths on the PVC. The image must have what the source needs (``boto3``
+    for ``s3://``, ``httpx`` for ``http(s)://``; the hub and local files need nothing more).
+
     Returns (XCom) the stats: ``path``, ``source``, ``records``, ``skipped``, ``skip_reasons``,
     ``bytes``, ``sha256``, ``files``, ``approx_tokens``, ``seconds``, ``reused``.
     """
@@ -59,6 +67,7 @@ class ResolveDatasetOperator(LineageMixin, BaseOperator):
         "region_name",
         "hf_conn_id",
         "aws_conn_id",
+        *STEP_TEMPLATE_FIELDS,
     )
     ui_color = "#e8f4fd"
 
@@ -78,10 +87,16 @@ class ResolveDatasetOperator(LineageMixin, BaseOperator):
         aws_conn_id: str | None = None,
         s3_endpoint_url: str | None = None,
         region_name: str | None = None,
+        backend: str = "local",
+        workspace_mode: str | None = None,
+        pvc_mount_path: str | None = None,
+        kubernetes: dict[str, Any] | None = None,
+        kubernetes_conn_id: str | None = "kubernetes_default",
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("multiple_outputs", True)  # each result key is its own XCom too
         super().__init__(**kwargs)
+        self._init_steps(backend, workspace_mode, pvc_mount_path, kubernetes, kubernetes_conn_id)
         self.source = source
         self.workspace = workspace
         self.format = format
@@ -124,20 +139,21 @@ class ResolveDatasetOperator(LineageMixin, BaseOperator):
 
     def execute(self, context: Any) -> dict[str, Any]:
         options = self.build_options()
-        stats = resolve_dataset(self.source, self.workspace, options, log=self.log.info)
-        verb = "Reused unchanged" if stats.reused else "Resolved"
+        config = {"source": self.source, "workspace": self.step_workspace, "settings": options.settings()}
+        stats = self.run_step(context, "resolve", config, secret_env=options.secret_env())
+        verb = "Reused unchanged" if stats["reused"] else "Resolved"
         self.log.info(
             "%s dataset %s: %d records (%d skipped) from %d file(s), %d bytes in %.1f s -> %s",
             verb,
-            stats.source,
-            stats.records,
-            stats.skipped,
-            stats.files,
-            stats.bytes,
-            stats.seconds,
-            stats.path,
+            stats["source"],
+            stats["records"],
+            stats["skipped"],
+            stats["files"],
+            stats["bytes"],
+            stats["seconds"],
+            stats["path"],
         )
-        for reason in stats.skip_reasons:
+        for reason in stats["skip_reasons"]:
             self.log.warning("Skipped: %s", reason)
-        self.record_lineage(inputs=[(stats.source, "datasets")], outputs=[(stats.path, "datasets")])
-        return stats.to_dict()
+        self.record_lineage(inputs=[(stats["source"], "datasets")], outputs=[(stats["path"], "datasets")])
+        return stats

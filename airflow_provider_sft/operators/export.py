@@ -10,57 +10,72 @@ from airflow.sdk import BaseOperator
 
 from airflow_provider_sft.core import constants as c
 from airflow_provider_sft.core.chart import write_loss_chart
-from airflow_provider_sft.core.export import export_model
-from airflow_provider_sft.core.metrics import read_step_records, summarize, write_summary
+from airflow_provider_sft.core.metrics import StepRecord, read_step_records, summarize
 from airflow_provider_sft.lineage import LineageMixin
 from airflow_provider_sft.links import LossChartLink
+from airflow_provider_sft.operators.workspace import STEP_TEMPLATE_FIELDS, WorkspaceStepsMixin
 
 
-class ExportModelOperator(LineageMixin, BaseOperator):
+class ExportModelOperator(WorkspaceStepsMixin, LineageMixin, BaseOperator):
     """Publish the run's final checkpoint as ``<workspace>/final_model`` and write ``metrics.json``.
 
     :param training_output_dir: the training run's directory (XCom of the train task). (templated)
     :param workspace: workspace root. (templated)
     :param model_dir: where to publish the model; default ``<workspace>/final_model``. (templated)
 
-    Returns (XCom) ``model_path``, ``source_checkpoint``, ``metrics_path`` and ``metrics`` (the summary).
+    On the ``kubernetes`` backend in ``cluster`` workspace mode the export runs in a pod that
+    mounts the PVC (see :class:`~airflow_provider_sft.operators.workspace.WorkspaceStepsMixin`);
+    the model and ``metrics.json`` are then on the PVC.
+
+    Returns (XCom) ``model_path``, ``source_checkpoint``, ``metrics_path``, ``metrics`` (the
+    summary) and ``steps`` (the per-step loss curve the report task draws).
     """
 
-    template_fields: Sequence[str] = ("training_output_dir", "workspace", "model_dir")
+    template_fields: Sequence[str] = ("training_output_dir", "workspace", "model_dir", *STEP_TEMPLATE_FIELDS)
     ui_color = "#eafaf1"
 
     def __init__(
-        self, *, training_output_dir: str, workspace: str, model_dir: str | None = None, **kwargs: Any
+        self,
+        *,
+        training_output_dir: str,
+        workspace: str,
+        model_dir: str | None = None,
+        backend: str = "local",
+        workspace_mode: str | None = None,
+        pvc_mount_path: str | None = None,
+        kubernetes: dict[str, Any] | None = None,
+        kubernetes_conn_id: str | None = "kubernetes_default",
+        **kwargs: Any,
     ):
         kwargs.setdefault("multiple_outputs", True)  # each result key is its own XCom too
         super().__init__(**kwargs)
         self.training_output_dir = training_output_dir
         self.workspace = workspace
         self.model_dir = model_dir
+        self._init_steps(backend, workspace_mode, pvc_mount_path, kubernetes, kubernetes_conn_id)
 
     def execute(self, context: Any) -> dict[str, Any]:
-        run_dir = Path(self.training_output_dir)
-        destination = Path(self.model_dir or Path(self.workspace) / c.FINAL_MODEL_DIR)
-        result = export_model(run_dir, destination)
+        root = Path(self.step_workspace)
+        config = {
+            "run_dir": str(self.training_output_dir),
+            "model_dir": str(self.model_dir or root / c.FINAL_MODEL_DIR),
+            "metrics_path": str(root / c.METRICS_SUMMARY_FILE),
+        }
+        result = self.run_step(context, "export", config)
         self.log.info(
             "Exported %s -> %s (%d files, %d bytes)",
-            result.source_checkpoint,
-            destination,
-            result.files,
-            result.bytes,
+            result["source_checkpoint"],
+            result["model_path"],
+            result["files"],
+            result["bytes"],
         )
-        records, skipped = read_step_records(run_dir / c.METRICS_FILE)
-        summary = summarize(records, skipped_lines=skipped)
-        metrics_path = write_summary(summary, Path(self.workspace) / c.METRICS_SUMMARY_FILE)
-        self.log.info("Metrics: %s", summary.to_dict())
+        self.log.info("Metrics: %s", result["metrics"])
         self.record_lineage(
-            inputs=[(result.source_checkpoint, "models")], outputs=[(result.model_path, "models")]
+            inputs=[(result["source_checkpoint"], "models")], outputs=[(result["model_path"], "models")]
         )
         return {
-            "model_path": result.model_path,
-            "source_checkpoint": result.source_checkpoint,
-            "metrics_path": str(metrics_path),
-            "metrics": summary.to_dict(),
+            key: result[key]
+            for key in ("model_path", "source_checkpoint", "metrics_path", "metrics", "steps")
         }
 
 
@@ -68,7 +83,10 @@ class LossChartOperator(BaseOperator):
     """Write the interactive loss chart (one self-contained HTML file) for a training run.
 
     :param training_output_dir: the training run's directory. (templated)
-    :param chart_path: output HTML path, default ``<workspace>/loss_chart.html``. (templated)
+    :param steps: the loss curve, the ``steps`` XCom of :class:`ExportModelOperator`; without it
+        the run's metrics file is read (the worker must then see the workspace). (templated)
+    :param chart_path: output HTML path, default ``<workspace>/loss_chart.html``: the chart is
+        drawn on the Airflow side, in this worker's ``workspace``. (templated)
     :param workspace: workspace root. (templated)
     :param chart_url_template: how the "Loss chart" extra link reaches the file, with a ``{path}``
         placeholder, e.g. ``https://files.example.com{path}``; default ``file://{path}``.
@@ -76,7 +94,7 @@ class LossChartOperator(BaseOperator):
     Returns (XCom) ``chart_path``.
     """
 
-    template_fields: Sequence[str] = ("training_output_dir", "workspace", "chart_path")
+    template_fields: Sequence[str] = ("training_output_dir", "workspace", "chart_path", "steps")
     ui_color = "#fdf2e9"
     operator_extra_links = (LossChartLink(),)
 
@@ -87,6 +105,7 @@ class LossChartOperator(BaseOperator):
         workspace: str,
         chart_path: str | None = None,
         chart_url_template: str | None = None,
+        steps: list[dict[str, Any]] | None = None,
         **kwargs: Any,
     ):
         kwargs.setdefault("multiple_outputs", True)  # each result key is its own XCom too
@@ -95,9 +114,13 @@ class LossChartOperator(BaseOperator):
         self.workspace = workspace
         self.chart_path = chart_path
         self.chart_url_template = chart_url_template
+        self.steps = steps
 
     def execute(self, context: Any) -> dict[str, Any]:
-        records, skipped = read_step_records(Path(self.training_output_dir) / c.METRICS_FILE)
+        if self.steps is not None:
+            records, skipped = [StepRecord(**step) for step in self.steps], 0
+        else:
+            records, skipped = read_step_records(Path(self.training_output_dir) / c.METRICS_FILE)
         target = Path(self.chart_path or Path(self.workspace) / c.LOSS_CHART_FILE)
         chart = write_loss_chart(
             records,

@@ -33,6 +33,7 @@ from airflow_provider_sft.core.params import SFTParams
 from airflow_provider_sft.core.run import Device, TrainingRun, run_name
 from airflow_provider_sft.lineage import LineageMixin
 from airflow_provider_sft.links import TrainJobConsoleLink
+from airflow_provider_sft.operators.workspace import WorkspaceMode, kubernetes_backend, workspace_mode
 from airflow_provider_sft.triggers.events import EventStatus, validate_event
 
 #: The training parameters, in the seed component's order (names without ``training_``).
@@ -69,16 +70,20 @@ class SFTTrainOperator(LineageMixin, BaseOperator):
 
     :param dataset_path: chat JSONL to train on, e.g. the ``path`` XCom of
         :class:`ResolveDatasetOperator`. (templated)
-    :param workspace: workspace root; the run writes to ``<workspace>/runs/<run name>/``. (templated)
+    :param workspace: workspace root; the run writes to ``<workspace>/runs/<run name>/`` (on the
+        ``kubernetes`` backend in ``cluster`` mode: ``<pvc_mount_path>/runs/<run name>/``). (templated)
     :param backend: ``"local"`` (this machine; CUDA when present, else the CPU loop) or
         ``"kubernetes"`` (a Kubeflow Trainer TrainJob). (templated)
     :param run_name: name of the run; default derived from dag id, run id, task id and
         map index, so a retry of the same task reuses the name. (templated)
     :param device: ``"auto"``, ``"cpu"`` or ``"cuda"`` for the local backend.
 
-    Kubernetes backend (a Kubeflow Trainer TrainJob; ``workspace`` is then the PVC's mount path
-    in the training pod). All of these are templated; maps take a dict or ``"k=v,k=v"``,
-    tolerations and affinity a list/dict or its JSON:
+    Kubernetes backend (a Kubeflow Trainer TrainJob). All of these are templated; maps take a
+    dict or ``"k=v,k=v"``, tolerations and affinity a list/dict or its JSON:
+
+    :param workspace_mode: ``cluster`` (default: only the cluster mounts the PVC, at
+        ``pvc_mount_path``) or ``shared`` (the workers mount it too, at ``workspace``).
+    :param pvc_mount_path: where the node pods mount the PVC in ``cluster`` mode (``/workspace``).
 
     :param kubernetes_conn_id: a cncf.kubernetes ``kubernetes`` connection. ``KUBERNETES_SERVER_URL``
         and ``KUBERNETES_AUTH_TOKEN`` in the environment take precedence, as in the KFP component.
@@ -87,7 +92,7 @@ class SFTTrainOperator(LineageMixin, BaseOperator):
         install has; ``training-hub`` on OpenShift AI). It is read before anything is created: a
         missing one fails the task with the runtimes that exist.
     :param runtime_kind: ``ClusterTrainingRuntime`` (default) or a namespaced ``TrainingRuntime``.
-    :param pvc_name: the workspace PersistentVolumeClaim mounted at ``workspace``.
+    :param pvc_name: the workspace PersistentVolumeClaim (required): ReadWriteMany for more than one worker.
     :param service_account: service account of the training pods.
     :param job_labels: labels of the TrainJob itself, e.g. ``kueue.x-k8s.io/queue-name=gpu-queue``
         or ``kueue.x-k8s.io/priority-class=high`` (``metadata_labels`` go on the pods).
@@ -102,8 +107,8 @@ class SFTTrainOperator(LineageMixin, BaseOperator):
         deleted and the task fails, with the scheduler's events in the message. ``execution_timeout``
         bounds the whole run and also becomes the TrainJob's ``activeDeadlineSeconds`` (v2.2+).
     :param spec_generation: ``"auto"`` (read the served CRD), ``"v2.1"`` or ``"v2.2"``.
-    :param image: trainer image override; ``package_spec``: what the pod pip-installs to get this
-        provider's entrypoint (``None`` when the image already has it).
+    :param image: trainer image override. The node container needs Python with torch and
+        instructlab-training; nothing is installed at start (the program comes in a ConfigMap).
     :param hf_conn_id: a ``huggingface`` connection (its password is the token); default: ``HF_TOKEN``
         from the worker's environment. ``OCI_PULL_SECRET_MODEL_DOWNLOAD`` is read from the
         environment. Both reach the pod through a Secret owned by the TrainJob, never the spec.
@@ -122,6 +127,8 @@ class SFTTrainOperator(LineageMixin, BaseOperator):
         "workspace",
         "backend",
         "run_name",
+        "workspace_mode",
+        "pvc_mount_path",
         *KUBERNETES_PARAMETERS,
         "hf_conn_id",
         *TRAINING_PARAMETERS,
@@ -184,7 +191,8 @@ class SFTTrainOperator(LineageMixin, BaseOperator):
         start_timeout: float | str | None = None,
         spec_generation: str = SpecGeneration.AUTO.value,
         image: str | None = None,
-        package_spec: str | None = "airflow-provider-sft",
+        workspace_mode: str | None = None,
+        pvc_mount_path: str | None = None,
         hf_conn_id: str | None = None,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         keep_failed_jobs: bool = False,
@@ -238,7 +246,8 @@ class SFTTrainOperator(LineageMixin, BaseOperator):
         self.start_timeout = start_timeout
         self.spec_generation = SpecGeneration(spec_generation)  # checked now: not templated
         self.image = image
-        self.package_spec = package_spec
+        self.workspace_mode = workspace_mode
+        self.pvc_mount_path = pvc_mount_path
         self.hf_conn_id = hf_conn_id
         self.deferrable = deferrable
         self.keep_failed_jobs = keep_failed_jobs
@@ -259,48 +268,45 @@ class SFTTrainOperator(LineageMixin, BaseOperator):
         ti = context["ti"]
         return run_name(ti.dag_id, context["run_id"], ti.task_id, getattr(ti, "map_index", -1))
 
+    def pod_workspace(self) -> str:
+        """The workspace root as the training process sees it."""
+        if workspace_mode(self.backend, self.workspace_mode) is WorkspaceMode.CLUSTER:
+            return self.pvc_mount_path or c.DEFAULT_WORKSPACE_MOUNT
+        return str(self.workspace)
+
     def build_run(self, context: Any) -> TrainingRun:
         name = self._run_name(context)
         return TrainingRun(
             name=name,
             params=self.training_params(),
             dataset_path=str(self.dataset_path),
-            output_dir=str(Path(self.workspace) / c.RUNS_DIR / name),
+            output_dir=str(Path(self.pod_workspace()) / c.RUNS_DIR / name),
             device=Device(self.device),
         )
 
+    def kubernetes_settings(self) -> dict[str, Any]:
+        """The rendered Kubernetes parameters (``KubernetesConfig`` fields)."""
+        return {
+            **{name: getattr(self, name) for name in KUBERNETES_PARAMETERS},
+            "workspace_mount_path": self.pod_workspace(),
+            "spec_generation": self.spec_generation,
+            "image": self.image,
+            "keep_failed_jobs": self.keep_failed_jobs,
+            "delete_on_success": self.delete_on_success,
+        }
+
     def kubernetes_config(self, namespace_default: str | None = None) -> KubernetesConfig:
         """The rendered Kubernetes parameters, validated (raises ``InvalidParameterError``)."""
-        values = {name: getattr(self, name) for name in KUBERNETES_PARAMETERS}
+        values = self.kubernetes_settings()
         values["namespace"] = self.namespace or namespace_default or "default"
-        return KubernetesConfig.build(
-            **values,
-            workspace_mount_path=str(self.workspace),
-            spec_generation=self.spec_generation,
-            image=self.image,
-            package_spec=self.package_spec,
-            keep_failed_jobs=self.keep_failed_jobs,
-            delete_on_success=self.delete_on_success,
-        )
+        return KubernetesConfig.build(**values)
 
     def kubernetes_backend(self, context: Any | None = None) -> KubernetesBackend:
-        from airflow_provider_sft.hooks.sft import SFTTrainingHook
-
-        hook = SFTTrainingHook(kubernetes_conn_id=self.kubernetes_conn_id)
-        ti = context["ti"] if context else None
-        run_labels = {}
-        if ti is not None:
-            run_labels = {
-                c.LABEL_DAG_ID: ti.dag_id,
-                c.LABEL_TASK_ID: ti.task_id,
-                c.LABEL_RUN_ID: context["run_id"],
-                c.LABEL_MAP_INDEX: str(getattr(ti, "map_index", -1)),
-            }
-        return KubernetesBackend(
-            config=self.kubernetes_config(None if self.namespace else hook.get_namespace()),
-            connect=hook.connect,
+        return kubernetes_backend(
+            conn_id=self.kubernetes_conn_id,
+            settings=self.kubernetes_settings(),
+            context=context,
             credentials=self._credentials(),
-            run_labels=run_labels,
         )
 
     def _credentials(self) -> Credentials:

@@ -3,7 +3,7 @@
 One loopback HTTP endpoint that a client uses as its only API server:
 
 * ``/apis/...`` (TrainJobs, CRDs, watches) is proxied, streaming, to the REAL crdserver;
-* ``/api/v1/.../secrets`` is a small in-memory store (crdserver has no core API);
+* ``/api/v1/.../secrets`` and ``configmaps`` are a small in-memory store (crdserver has no core API);
 * ``/api/v1/.../pods``, ``pods/{name}/log`` and ``events`` serve the pods of TrainJobs
   that the status driver "started", and the events a test adds. As a kubelet does, a pod
   whose container waits answers its log with a 400 ("is waiting to start").
@@ -11,24 +11,19 @@ One loopback HTTP endpoint that a client uses as its only API server:
 When the real server is down the proxy drops the client's connection, as a restarting
 API server does; when it is frozen the proxy hangs with it.
 
-The status driver stands in for the Trainer controller, JobSet and the kubelet
-(no GPU pods here): tests call :meth:`FakeCluster.drive` to set a TrainJob's status
-the way the controller would (through the real ``/status`` subresource), and
-:meth:`FakeCluster.run_pods` to execute the trainer container's command locally,
-with the env from the TrainJob spec (secretKeyRef resolved from the fake store),
-then mark the job Complete or Failed by its exit code.
+The status driver stands in for the Trainer controller's status updates: tests call
+:meth:`FakeCluster.drive` to set a TrainJob's status the way the controller would
+(through the real ``/status`` subresource). :meth:`FakeCluster.run_pods` runs a
+TrainJob's pods with the stand-in controller and kubelet of :mod:`tests.k8s.standin`
+(merged with the real runtime object, sandboxed), then marks the job Complete or
+Failed by the nodes' exit codes.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import datetime as dt
-import os
 import ssl
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -37,6 +32,7 @@ from typing import Any
 from aiohttp import ClientSession, TCPConnector, web
 
 from tests.k8s.harness import ApiServer, free_port
+from tests.k8s.standin import Kubelet, PodFailed
 
 GROUP, VERSION, PLURAL = "trainer.kubeflow.org", "v1alpha1", "trainjobs"
 
@@ -50,6 +46,8 @@ class FakeCluster:
         self.server = server
         self.port = free_port()
         self.secrets: dict[tuple[str, str], dict[str, Any]] = {}
+        self.configmaps: dict[tuple[str, str], dict[str, Any]] = {}
+        self.kubelet = Kubelet(self)
         # (ns, pod) -> {"job": name, "log": str, "phase": "Running"|"Pending"|..., "waiting": reason or None}
         self.pods: dict[tuple[str, str], dict[str, Any]] = {}
         self.events: list[dict[str, Any]] = []
@@ -89,8 +87,9 @@ class FakeCluster:
 
     async def _setup(self) -> None:
         app = web.Application(client_max_size=64 * 2**20, middlewares=[self._record])
-        app.router.add_route("*", "/api/v1/namespaces/{ns}/secrets", self._secrets)
-        app.router.add_route("*", "/api/v1/namespaces/{ns}/secrets/{name}", self._secret)
+        for plural in ("secrets", "configmaps"):
+            app.router.add_route("*", f"/api/v1/namespaces/{{ns}}/{plural}", self._objects)
+            app.router.add_route("*", f"/api/v1/namespaces/{{ns}}/{plural}/{{name}}", self._object)
         app.router.add_get("/api/v1/namespaces/{ns}/pods", self._pods)
         app.router.add_get("/api/v1/namespaces/{ns}/pods/{name}/log", self._log)
         app.router.add_get("/api/v1/namespaces/{ns}/events", self._events)
@@ -111,6 +110,12 @@ class FakeCluster:
 
     def secrets_in(self, namespace: str) -> list[str]:
         return [name for (ns, name) in self.secrets if ns == namespace]
+
+    def configmaps_in(self, namespace: str) -> list[str]:
+        return [name for (ns, name) in self.configmaps if ns == namespace]
+
+    def _store(self, request: web.Request) -> dict[tuple[str, str], dict[str, Any]]:
+        return self.configmaps if "/configmaps" in request.path else self.secrets
 
     def connect(self, **kwargs):
         """The provider's client on this cluster: ``async with cluster.connect() as kube``."""
@@ -167,34 +172,36 @@ class FakeCluster:
             upstream.release()
         return response
 
-    # --- fake secrets ------------------------------------------------------------------------
+    # --- fake Secrets and ConfigMaps ---------------------------------------------------------
 
-    async def _secrets(self, request: web.Request) -> web.Response:
-        ns = request.match_info["ns"]
+    async def _objects(self, request: web.Request) -> web.Response:
+        ns, store = request.match_info["ns"], self._store(request)
+        plural = "configmaps" if store is self.configmaps else "secrets"
         if request.method != "POST":
-            items = [s for (n, _), s in self.secrets.items() if n == ns]
-            return web.json_response({"kind": "SecretList", "apiVersion": "v1", "items": items})
+            items = [s for (n, _), s in store.items() if n == ns]
+            return web.json_response({"kind": "List", "apiVersion": "v1", "items": items})
         body = await request.json()
         name = body["metadata"]["name"]
-        if (ns, name) in self.secrets:
-            return _status(409, "AlreadyExists", f'secrets "{name}" already exists')
+        if (ns, name) in store:
+            return _status(409, "AlreadyExists", f'{plural} "{name}" already exists')
         body["metadata"].update(namespace=ns, uid=f"uid-{name}", resourceVersion="1")
-        self.secrets[(ns, name)] = body
+        store[(ns, name)] = body
         return web.json_response(body, status=201)
 
-    async def _secret(self, request: web.Request) -> web.Response:
-        key = (request.match_info["ns"], request.match_info["name"])
-        if key not in self.secrets and request.method != "PUT":
-            return _status(404, "NotFound", f'secrets "{key[1]}" not found', name=key[1], kind="secrets")
+    async def _object(self, request: web.Request) -> web.Response:
+        key, store = (request.match_info["ns"], request.match_info["name"]), self._store(request)
+        plural = "configmaps" if store is self.configmaps else "secrets"
+        if key not in store and request.method != "PUT":
+            return _status(404, "NotFound", f'{plural} "{key[1]}" not found', name=key[1], kind=plural)
         if request.method == "DELETE":
-            self.secrets.pop(key)
+            store.pop(key)
             return web.json_response({"kind": "Status", "status": "Success"})
         if request.method == "PATCH":
             patch = await request.json()
-            self.secrets[key]["metadata"].update(patch.get("metadata", {}))
+            store[key]["metadata"].update(patch.get("metadata", {}))
         elif request.method == "PUT":
-            self.secrets[key] = await request.json()
-        return web.json_response(self.secrets[key])
+            store[key] = await request.json()
+        return web.json_response(store[key])
 
     # --- fake pods and logs -------------------------------------------------------------------
 
@@ -226,7 +233,23 @@ class FakeCluster:
                 "BadRequest",
                 f'container "node" in pod "{key[1]}" is waiting to start: {pod["waiting"]}',
             )
-        lines = pod["log"].splitlines()
+        log = pod["log"]
+        if isinstance(log, Path) and request.query.get("follow") == "true":  # stream until the pod ends
+            response = web.StreamResponse()
+            await response.prepare(request)
+            with log.open("rb") as handle:
+                while True:
+                    ended = pod["phase"] in ("Succeeded", "Failed")
+                    chunk = handle.read()
+                    if chunk:
+                        await response.write(chunk)
+                    elif ended:
+                        break
+                    else:
+                        await asyncio.sleep(0.2)
+            await response.write_eof()
+            return response
+        lines = (log.read_text(errors="replace") if isinstance(log, Path) else log).splitlines()
         tail = int(request.query.get("tailLines", 0) or 0)
         return web.Response(text="\n".join(lines[-tail:] if tail else lines) + "\n")
 
@@ -312,7 +335,8 @@ class FakeCluster:
             GROUP, VERSION, namespace, PLURAL, name, {"status": status}
         )
         pod = (namespace, f"{name}-node-0-0-abcde")
-        if log or (phase == "running" and pod not in self.pods):
+        has_pods = any(info["job"] == name for (n, _), info in self.pods.items() if n == namespace)
+        if log or (phase == "running" and not has_pods):
             self.pods[pod] = {"job": name, "log": log, "phase": "Running"}
 
     def auto_run(self, namespace: str, *, extra_env: dict[str, str] | None = None) -> threading.Thread:
@@ -349,44 +373,38 @@ class FakeCluster:
         thread.start()
         return thread
 
-    def run_pods(self, namespace: str, name: str, *, extra_env: dict[str, str] | None = None) -> int:
-        """Run the trainer container's command of a TrainJob here, as its rank-0 pod would.
-
-        The stand-in image already has the provider installed: ``pip`` is a no-op and
-        ``python`` is this interpreter.
-        """
+    def run_pods(self, namespace: str, name: str, *, extra_env: dict[str, str] | None = None) -> list[int]:
+        """Run the TrainJob's node pods with the stand-in controller and kubelet; mark it done."""
         job = self.custom().get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
-        trainer = job["spec"]["trainer"]
-        image_bin = tempfile.mkdtemp(prefix="fake-image-bin-")
-        Path(image_bin, "pip").write_text("#!/bin/sh\nexit 0\n")
-        os.chmod(Path(image_bin, "pip"), 0o755)
-        Path(image_bin, "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
-        os.chmod(Path(image_bin, "python"), 0o755)
-        env = {**os.environ, **(extra_env or {}), "PATH": f"{image_bin}:{os.environ['PATH']}"}
-        for entry in trainer.get("env", []):
-            if "value" in entry:
-                env[entry["name"]] = entry["value"]
-            elif ref := entry.get("valueFrom", {}).get("secretKeyRef"):
-                data = self.secrets[(namespace, ref["name"])]["data"][ref["key"]]
-                env[entry["name"]] = base64.b64decode(data).decode()
-        self.drive(namespace, name, "running")
-        completed = subprocess.run(trainer["command"], env=env, capture_output=True, text=True, check=False)
-        self.pods[(namespace, f"{name}-node-0-0-abcde")] = {
-            "job": name,
-            "log": completed.stdout + completed.stderr,
-            "phase": "Succeeded" if completed.returncode == 0 else "Failed",
-        }
-        if completed.returncode == 0:
+        ref = job["spec"]["runtimeRef"]
+        if ref.get("kind", "ClusterTrainingRuntime") == "ClusterTrainingRuntime":
+            runtime = self.custom().get_cluster_custom_object(
+                GROUP, VERSION, "clustertrainingruntimes", ref["name"]
+            )
+        else:
+            runtime = self.custom().get_namespaced_custom_object(
+                GROUP, VERSION, namespace, "trainingruntimes", ref["name"]
+            )
+        self.kubelet.extra_env = dict(extra_env or {})
+        try:
+            codes = self.kubelet.run(
+                namespace, job, runtime, on_started=lambda: self.drive(namespace, name, "running")
+            )
+        except PodFailed as exc:
+            self.drive(namespace, name, "failed", reason="JobsFailed", message=str(exc))
+            return [1]
+        if all(code == 0 for code in codes):
             self.drive(namespace, name, "complete", reason="JobsCompleted", message="jobs completed")
         else:
+            failed = next(rank for rank, code in enumerate(codes) if code)
             self.drive(
                 namespace,
                 name,
                 "failed",
                 reason="JobsFailed",
-                message=f"container node exited with code {completed.returncode}",
+                message=f"container node of node {failed} exited with code {codes[failed]}",
             )
-        return completed.returncode
+        return codes
 
 
 def _pod_status(info: dict[str, Any]) -> dict[str, Any]:

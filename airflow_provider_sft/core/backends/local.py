@@ -137,7 +137,7 @@ class LocalProcessBackend(TrainingBackend):
         config_path = run.write_config()
         log_path = output_dir / c.TRAIN_LOG_FILE
         popen = subprocess.Popen(
-            [self.python, "-m", "airflow_provider_sft.core.entrypoint", str(config_path)],
+            [self.python, "-m", "airflow_provider_sft.core.entrypoint", "train", str(config_path)],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

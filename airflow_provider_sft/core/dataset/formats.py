@@ -19,8 +19,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import orjson
-
+from airflow_provider_sft.core import jsonio
 from airflow_provider_sft.core.dataset.records import OPTIONAL_FIELDS, ROLES, BadRecordError, Mapping
 from airflow_provider_sft.core.dataset.streams import strip_compression_suffix
 from airflow_provider_sft.core.errors import DatasetError
@@ -90,8 +89,8 @@ def read_jsonl(stream: BinaryIO, name: str) -> Iterator[Item]:
             continue
         where = f"{name}:{line_number}"
         try:
-            yield where, orjson.loads(line), line
-        except orjson.JSONDecodeError as error:
+            yield where, jsonio.loads(line), line
+        except ValueError as error:
             yield where, BadRecordError(f"{where}: invalid JSON ({error})"), None
 
 
@@ -332,8 +331,8 @@ def read_csv(stream: BinaryIO, name: str, mapping: Mapping) -> Iterator[Item]:
         where = f"{name}:{reader.line_num}"
         if mapping is Mapping.MESSAGES:
             try:
-                record = {**record, "messages": orjson.loads(record["messages"] or "null")}
-            except orjson.JSONDecodeError as error:
+                record = {**record, "messages": jsonio.loads(record["messages"] or "null")}
+            except ValueError as error:
                 yield where, BadRecordError(f"{where}: column 'messages' is not valid JSON ({error})"), None
                 continue
         yield where, record, None

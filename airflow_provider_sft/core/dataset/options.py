@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from enum import Enum
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
@@ -90,6 +90,44 @@ class DatasetOptions(BaseModel):
             "mapping": self.mapping.value,
             "on_bad_record": self.on_bad_record.value,
         }
+
+    # --- handing the options to a pod: settings in its config, secrets in its environment ------
+
+    SECRET_ENV: ClassVar[dict[str, str]] = {
+        "hf_token": "HF_TOKEN",
+        "s3.access_key_id": "AWS_ACCESS_KEY_ID",
+        "s3.secret_access_key": "AWS_SECRET_ACCESS_KEY",
+        "s3.session_token": "AWS_SESSION_TOKEN",
+    }
+
+    def settings(self) -> dict[str, Any]:
+        """Everything but the secrets, JSON-safe (for a pod's config)."""
+        data = self.model_dump(
+            mode="json",
+            exclude={"hf_token": True, "s3": {"access_key_id", "secret_access_key", "session_token"}},
+        )
+        return data
+
+    def secret_env(self) -> dict[str, str]:
+        """The secrets as the environment variables :meth:`from_settings` reads them from."""
+        values = {
+            "hf_token": self.hf_token,
+            "s3.access_key_id": self.s3.access_key_id,
+            "s3.secret_access_key": self.s3.secret_access_key,
+            "s3.session_token": self.s3.session_token,
+        }
+        return {self.SECRET_ENV[k]: v.get_secret_value() for k, v in values.items() if v is not None}
+
+    @classmethod
+    def from_settings(cls, settings: dict[str, Any], env: Any) -> DatasetOptions:
+        """The inverse of :meth:`settings` plus :meth:`secret_env`, in the pod."""
+        s3 = dict(settings.get("s3") or {})
+        for key, name in cls.SECRET_ENV.items():
+            if key.startswith("s3.") and env.get(name):
+                s3[key.removeprefix("s3.")] = env[name]
+        return cls.build(
+            **{**settings, "s3": S3Options(**s3), "hf_token": env.get(cls.SECRET_ENV["hf_token"])}
+        )
 
     @classmethod
     def build(cls, **values: Any) -> DatasetOptions:

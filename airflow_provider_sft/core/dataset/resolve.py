@@ -20,9 +20,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from airflow_provider_sft.core import constants as c
+from airflow_provider_sft.core import jsonio
 from airflow_provider_sft.core.dataset import formats
 from airflow_provider_sft.core.dataset.formats import Format
 from airflow_provider_sft.core.dataset.options import DatasetOptions, OnBadRecord
@@ -160,7 +159,7 @@ class _Writer:
         ):
             line = raw_line.rstrip(b"\r\n") + b"\n"  # already a clean one-line chat record: keep its bytes
         else:
-            line = orjson.dumps({"messages": messages}) + b"\n"
+            line = jsonio.dumps({"messages": messages}) + b"\n"
         self._write(line)
         if self.tokens is not None:
             self.tokens.add(messages)
@@ -174,8 +173,8 @@ class _Writer:
 
 def _read_manifest(path: Path) -> dict[str, Any] | None:
     try:
-        return orjson.loads(path.read_bytes())
-    except (OSError, orjson.JSONDecodeError):
+        return jsonio.loads(path.read_bytes())
+    except (OSError, ValueError):
         return None
 
 
@@ -273,6 +272,6 @@ def resolve_dataset(
     with contextlib.suppress(OSError):  # a missing manifest only costs a re-resolve next time
         atomic_write_bytes(
             manifest_path,
-            orjson.dumps({"identity": identity, "sha256": stats.sha256, "stats": stats.to_dict()}),
+            jsonio.dumps({"identity": identity, "sha256": stats.sha256, "stats": stats.to_dict()}),
         )
     return stats

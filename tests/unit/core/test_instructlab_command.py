@@ -100,17 +100,17 @@ def test_torchrun_launch(env, values, expected):
         assert launch == expected  # torchrun takes nnodes/rank/rendezvous from PET_*
 
 
-def test_a_retry_starts_clean_instead_of_resuming(tmp_path, monkeypatch):
+def test_a_retry_starts_clean_instead_of_resuming(tmp_path):
     """instructlab-training resumes from any full_state/: an earlier attempt's is removed first."""
     from airflow_provider_sft.core.entrypoint import start_clean
+    from airflow_provider_sft.core.nodes import Topology
 
     (tmp_path / "full_state" / "epoch_0").mkdir(parents=True)
     (tmp_path / "hf_format" / "samples_64").mkdir(parents=True)
     (tmp_path / "training_params_and_metrics_global0.jsonl").write_text("{}\n")
     (tmp_path / "data").mkdir()
-    monkeypatch.setenv("PET_NODE_RANK", "1")
-    assert start_clean(tmp_path) == []  # only node 0 cleans, before the rendezvous the others wait on
-    monkeypatch.setenv("PET_NODE_RANK", "0")
-    assert start_clean(tmp_path) == ["full_state", "hf_format", "training_params_and_metrics_global0.jsonl"]
+    second, first = Topology(node_rank=1, num_nodes=2), Topology(node_rank=0, num_nodes=2)
+    assert start_clean(tmp_path, second) == []  # only node 0 cleans, before the rendezvous the others wait on
+    assert start_clean(tmp_path, first) == ["full_state", "hf_format", "training_params_and_metrics_global0.jsonl"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
-    assert start_clean(tmp_path) == []
+    assert start_clean(tmp_path, first) == []

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import re
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -38,19 +40,23 @@ from airflow_provider_sft.core.backends.kubernetes.client import KubeClient
 from airflow_provider_sft.core.backends.kubernetes.config import KubernetesConfig, SpecGeneration
 from airflow_provider_sft.core.backends.kubernetes.logs import copy_log_tail, follow_log
 from airflow_provider_sft.core.backends.kubernetes.manifest import (
+    build_program_configmap,
     build_secret,
+    build_step_trainjob,
     build_trainjob,
     detect_generation,
     label_value,
     owner_reference,
+    program_configmap_name,
     secret_name,
 )
 from airflow_provider_sft.core.backends.kubernetes.retry import KubeApiError
 from airflow_provider_sft.core.backends.kubernetes.status import GONE, JobPhase, JobState, classify
 from airflow_provider_sft.core.backends.kubernetes.watch import WaitResult, follow_trainjob
 from airflow_provider_sft.core.clock import SYSTEM_CLOCK, Clock
-from airflow_provider_sft.core.errors import InvalidParameterError
+from airflow_provider_sft.core.errors import InvalidParameterError, TrainingFailedError
 from airflow_provider_sft.core.run import TrainingRun
+from airflow_provider_sft.core.steps import RESULT_PREFIX, parse_result
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -66,12 +72,21 @@ class Credentials:
 
     hf_token: str | None = None
     oci_pull_secret: str | None = None
+    env: dict[str, str] = field(default_factory=dict)  # more secret variables (a step's S3 keys)
+
+    def secret_env(self) -> dict[str, str]:
+        """What the pod reads from the job's Secret, by variable name."""
+        values = {c.HF_TOKEN_ENV: self.hf_token, **self.env}
+        return {name: value for name, value in values.items() if value}
 
     def __repr__(self) -> str:  # never print the values
         def shown(value: str | None) -> str:
             return "'***'" if value else "None"
 
-        return f"Credentials(hf_token={shown(self.hf_token)}, oci_pull_secret={shown(self.oci_pull_secret)})"
+        return (
+            f"Credentials(hf_token={shown(self.hf_token)}, oci_pull_secret={shown(self.oci_pull_secret)}, "
+            f"env={sorted(self.env)})"
+        )
 
 
 def result_of(
@@ -125,7 +140,18 @@ class KubernetesBackend(TrainingBackend):
 
     # --- checks before anything is sent ---------------------------------------------------
 
+    def require_pvc(self) -> None:
+        if not self.config.pvc_name:
+            raise InvalidParameterError(
+                {
+                    "pvc_name": "is required on the kubernetes backend: the workspace PersistentVolumeClaim "
+                    "the node pods mount (ReadWriteMany for more than one worker). A pod's own filesystem "
+                    "is gone with the pod, and the model with it"
+                }
+            )
+
     def preflight(self, run: TrainingRun) -> None:
+        self.require_pvc()
         secret_like = sorted(key for key in run.params.envs if _SECRET_NAME.search(key))
         if secret_like:
             raise InvalidParameterError(
@@ -154,7 +180,7 @@ class KubernetesBackend(TrainingBackend):
             self.config,
             generation=generation,
             labels=self.labels(),
-            has_hf_token=bool(self.credentials.hf_token),
+            secret_env=list(self.credentials.secret_env()),
             has_pull_secret=bool(self.credentials.oci_pull_secret),
             active_deadline_seconds=None if timeout_seconds is None else int(timeout_seconds) + 1,
         )
@@ -208,27 +234,49 @@ class KubernetesBackend(TrainingBackend):
                 "TrainJob %s/%s failed earlier (%s); deleting it to submit again", ns, run.name, state.reason
             )
             await self._delete_and_wait(client, ns, run.name)
+        try:
+            await self._create_training(client, run, body)
+        except KubeApiError as exc:
+            if exc.status == 409:  # created by a concurrent or earlier attempt: attach
+                return handle
+            raise
+        return handle
+
+    async def _create_training(self, client: KubeClient, run: TrainingRun, body: dict[str, Any]) -> None:
+        ns = self.config.namespace
+        # A new attempt id: the nodes of this job ignore a data marker an earlier attempt left.
+        config = dataclasses.replace(run, attempt=uuid.uuid4().hex[:12]).to_json_dict()
+        await self._create(client, body, config)
+        log.info("Created TrainJob %s/%s", ns, run.name)
+
+    async def _create(self, client: KubeClient, body: dict[str, Any], config: dict[str, Any]) -> None:
+        """The Secret and the program's ConfigMap, then the TrainJob that owns them.
+
+        A 409 on the TrainJob (a concurrent attempt created it) is left to the caller; any
+        other failure removes the two objects again.
+        """
+        ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
+        owned = [build_program_configmap(name, ns, config=config, labels=self.labels())]
         secret = build_secret(
-            run.name,
+            name,
             ns,
-            hf_token=self.credentials.hf_token,
+            env=self.credentials.secret_env(),
             oci_pull_secret=self.credentials.oci_pull_secret,
             labels=self.labels(),
         )
         if secret is not None:
-            await client.put_secret(secret)
+            owned.append(secret)
+        for item in owned:
+            await client.put_owned(item)
         try:
             created = await client.create_trainjob(body)
         except KubeApiError as exc:
-            if exc.status == 409:  # created by a concurrent or earlier attempt: attach
-                return handle
-            if secret is not None:
-                await client.delete_secret(ns, secret_name(run.name))
+            if exc.status != 409:
+                for item in owned:
+                    await client.delete_owned(item["kind"], ns, item["metadata"]["name"])
             raise
-        if secret is not None:
-            await client.set_secret_owner(ns, secret_name(run.name), owner_reference(created))
-        log.info("Created TrainJob %s/%s", ns, run.name)
-        return handle
+        for item in owned:
+            await client.set_owner(item["kind"], ns, item["metadata"]["name"], owner_reference(created))
 
     def handle(self, run_name: str, output_dir: str) -> JobHandle:
         return JobHandle(BackendName.KUBERNETES, run_name, output_dir, {"namespace": self.config.namespace})
@@ -258,42 +306,106 @@ class KubernetesBackend(TrainingBackend):
 
         Once the job runs, the rank-0 pod's log is streamed live into ``on_log``.
         """
+        return self._run(lambda client: self._follow(client, handle, on_log, timeout_seconds))
+
+    async def _follow(
+        self, client: KubeClient, handle: JobHandle, on_log: LogSink, timeout_seconds: float | None
+    ) -> JobResult:
         ns = handle.details["namespace"]
+        log_task: asyncio.Task | None = None
+        streamed = 0
 
-        async def work(client: KubeClient) -> JobResult:
-            log_task: asyncio.Task | None = None
-            streamed = 0
+        def stream_line(line: str) -> None:
+            nonlocal streamed
+            streamed += 1
+            on_log(line)
 
-            def stream_line(line: str) -> None:
-                nonlocal streamed
-                streamed += 1
+        def on_state(state: JobState) -> None:
+            nonlocal log_task
+            on_log(f"TrainJob {handle.name}: {state.describe()}")
+            if state.phase.started and log_task is None:
+                log_task = asyncio.ensure_future(
+                    follow_log(client, ns, handle.name, stream_line, clock=self.clock)
+                )
+
+        try:
+            waited = await follow_trainjob(
+                client,
+                ns,
+                handle.name,
+                clock=self.clock,
+                timeout_seconds=timeout_seconds,
+                start_timeout_seconds=self.config.start_timeout,
+                on_state=on_state,
+                on_note=on_log,
+            )
+        finally:
+            await _drain(log_task)
+        result = result_of(ns, handle.name, waited, start_timeout=self.config.start_timeout)
+        return await self._complete(client, handle, result, on_log, copy_log=streamed == 0)
+
+    # --- workspace steps --------------------------------------------------------------------
+
+    def run_step(
+        self,
+        step: str,
+        job_name: str,
+        config: dict[str, Any],
+        *,
+        on_log: LogSink,
+        timeout_seconds: float | None = None,
+    ) -> dict[str, Any]:
+        """Run a workspace step of the pod program as a one-node TrainJob next to the PVC; its result.
+
+        The step's log goes to ``on_log`` (its result line excepted); a failure raises
+        :class:`TrainingFailedError` with the pod's ``ERROR:`` line.
+        """
+        self.require_pvc()
+        return self._run(
+            lambda client: self._run_step(client, step, job_name, config, on_log, timeout_seconds)
+        )
+
+    async def _run_step(
+        self,
+        client: KubeClient,
+        step: str,
+        name: str,
+        config: dict[str, Any],
+        on_log: LogSink,
+        timeout_seconds: float | None,
+    ) -> dict[str, Any]:
+        ns = self.config.namespace
+        generation = await self.generation(client)
+        runtime = await self.runtime(client)
+        body = build_step_trainjob(
+            name,
+            step,
+            self.config,
+            generation=generation,
+            labels={**self.labels(), c.LABEL_COMPONENT: f"sft-{step}"},
+            secret_env=list(self.credentials.secret_env()),
+            has_pull_secret=bool(self.credentials.oci_pull_secret),
+        )
+        admission.check(body, runtime, generation, priority_class_name=self.config.priority_class_name)
+        if await client.get_trainjob(ns, name) is not None:  # a step is cheap: always run it afresh
+            await self._delete_and_wait(client, ns, name)
+        await self._create(client, body, config)
+        log.info("Created TrainJob %s/%s for the %s step", ns, name, step)
+        lines: list[str] = []
+
+        def capture(line: str) -> None:
+            lines.append(line)
+            if not line.startswith(RESULT_PREFIX):
                 on_log(line)
 
-            def on_state(state: JobState) -> None:
-                nonlocal log_task
-                on_log(f"TrainJob {handle.name}: {state.describe()}")
-                if state.phase.started and log_task is None:
-                    log_task = asyncio.ensure_future(
-                        follow_log(client, ns, handle.name, stream_line, clock=self.clock)
-                    )
-
-            try:
-                waited = await follow_trainjob(
-                    client,
-                    ns,
-                    handle.name,
-                    clock=self.clock,
-                    timeout_seconds=timeout_seconds,
-                    start_timeout_seconds=self.config.start_timeout,
-                    on_state=on_state,
-                    on_note=on_log,
-                )
-            finally:
-                await _drain(log_task)
-            result = result_of(ns, handle.name, waited, start_timeout=self.config.start_timeout)
-            return await self._complete(client, handle, result, on_log, copy_log=streamed == 0)
-
-        return self._run(work)
+        result = await self._follow(client, self.handle(name, ""), capture, timeout_seconds)
+        if result.succeeded and (output := parse_result(lines)) is not None:
+            return output
+        error = next((line for line in reversed(lines) if line.startswith("ERROR: ")), None)
+        raise TrainingFailedError(
+            f"The {step} step (TrainJob {ns}/{name}) failed: "
+            + (error.removeprefix("ERROR: ") if error else result.message or "it printed no result")
+        )
 
     def complete(self, handle: JobHandle, result: JobResult, *, on_log: LogSink) -> JobResult:
         return self._run(lambda client: self._complete(client, handle, result, on_log))
@@ -327,7 +439,10 @@ class KubernetesBackend(TrainingBackend):
         ns = handle.details["namespace"]
         if await client.delete_trainjob(ns, handle.name):
             log.info("Deleted TrainJob %s/%s", ns, handle.name)
-        await client.delete_secret(ns, secret_name(handle.name))
+        # Owned by the job, so garbage-collected with it; deleted here too for clusters (and
+        # test servers) without the garbage collector, and for a job never created.
+        await client.delete_owned("Secret", ns, secret_name(handle.name))
+        await client.delete_owned("ConfigMap", ns, program_configmap_name(handle.name))
 
 
 async def _drain(task: asyncio.Task | None) -> None:

@@ -263,33 +263,41 @@ class KubeClient:
             )
         return sorted(item["metadata"]["name"] for item in listed.get("items", []))
 
-    # --- Secrets ----------------------------------------------------------------------------
+    # --- Secrets and ConfigMaps (the objects a TrainJob owns) ---------------------------------
 
-    async def put_secret(self, body: dict[str, Any]) -> None:
-        """Create the Secret, or replace the one an earlier attempt left."""
-        ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    def _core_methods(
+        self, kind: str
+    ) -> tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any], Callable[..., Any]]:
+        suffix = {"Secret": "secret", "ConfigMap": "config_map"}[kind]
+        return tuple(
+            getattr(self.core, f"{verb}_namespaced_{suffix}")
+            for verb in ("create", "replace", "patch", "delete")
+        )  # type: ignore[return-value]
+
+    async def put_owned(self, body: dict[str, Any]) -> None:
+        """Create the Secret or ConfigMap, or replace the one an earlier attempt left."""
+        kind, ns, name = body["kind"], body["metadata"]["namespace"], body["metadata"]["name"]
+        create, replace, _, _ = self._core_methods(kind)
         try:
-            await self._call(f"Create Secret {ns}/{name}", self.core.create_namespaced_secret, ns, body)
+            await self._call(f"Create {kind} {ns}/{name}", create, ns, body)
         except KubeApiError as exc:
             if exc.status != 409:
                 raise
-            await self._call(
-                f"Replace Secret {ns}/{name}", self.core.replace_namespaced_secret, name, ns, body
-            )
+            await self._call(f"Replace {kind} {ns}/{name}", replace, name, ns, body)
 
-    async def set_secret_owner(self, namespace: str, name: str, owner: dict[str, Any]) -> None:
+    async def set_owner(self, kind: str, namespace: str, name: str, owner: dict[str, Any]) -> None:
+        """Make the object garbage-collected with ``owner`` (its TrainJob)."""
+        patch = self._core_methods(kind)[2]
         await self._call(
-            f"Patch Secret {namespace}/{name}",
-            self.core.patch_namespaced_secret,
+            f"Patch {kind} {namespace}/{name}",
+            patch,
             name,
             namespace,
             {"metadata": {"ownerReferences": [owner]}},
         )
 
-    async def delete_secret(self, namespace: str, name: str) -> None:
-        await self._delete(
-            f"Delete Secret {namespace}/{name}", self.core.delete_namespaced_secret, name, namespace
-        )
+    async def delete_owned(self, kind: str, namespace: str, name: str) -> None:
+        await self._delete(f"Delete {kind} {namespace}/{name}", self._core_methods(kind)[3], name, namespace)
 
     # --- Pods, events and logs ----------------------------------------------------------------
 

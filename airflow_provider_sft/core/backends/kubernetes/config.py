@@ -60,12 +60,10 @@ class KubernetesConfig(BaseModel):
     namespace: str = "default"
     runtime_name: str = c.DEFAULT_RUNTIME
     runtime_kind: RuntimeKind = RuntimeKind.CLUSTER
-    pvc_name: str | None = None  # the workspace PVC; None: the pod's own filesystem
+    pvc_name: str | None = None  # the workspace PVC: required to submit (outputs must outlive the pod)
     workspace_mount_path: str = c.DEFAULT_WORKSPACE_MOUNT
     spec_generation: SpecGeneration = SpecGeneration.AUTO
-    image: str | None = None  # overrides the runtime's trainer image
-    # The pod installs this provider unless the image already has it (None then).
-    package_spec: str | None = "airflow-provider-sft"
+    image: str | None = None  # overrides the runtime's trainer image (it needs instructlab-training)
     service_account: str | None = None
     job_labels: dict[str, str] = {}  # on the TrainJob itself: kueue.x-k8s.io/queue-name, ...
     job_annotations: dict[str, str] = {}
@@ -90,7 +88,7 @@ class KubernetesConfig(BaseModel):
         """Validate; one :class:`InvalidParameterError` lists every bad parameter.
 
         ``""`` means "not set" (a template or an empty form field renders ``""``), and so does
-        ``None`` for a setting that cannot be None (``package_spec=None`` is a value: no install).
+        ``None`` for a setting that cannot be None.
         """
         nullable = {
             name for name, f in cls.model_fields.items() if type(None) in typing.get_args(f.annotation)

@@ -17,7 +17,7 @@ TAIL_LINES = 200
 
 async def node0_pod(client: KubeClient, namespace: str, job_name: str) -> str | None:
     """Name of the rank-0 trainer pod of a TrainJob (its JobSet's ``node`` job, index 0)."""
-    prefix = f"{job_name}-{c.NODE}-0-"
+    prefix = f"{job_name}-{c.NODE}-0-0-"  # replicated job 0, completion index (node rank) 0
     names = [pod["metadata"]["name"] for pod in await client.list_job_pods(namespace, job_name)]
     return next((name for name in names if name.startswith(prefix)), None)
 

@@ -9,10 +9,15 @@ either spec generation:
   ``manager`` a domain-prefixed path, as the Trainer webhook requires), and
   ``spec.activeDeadlineSeconds`` from the run's timeout.
 
-Nothing secret is ever written into the manifest: ``HF_TOKEN`` is a
-``secretKeyRef`` and the OCI pull secret an ``imagePullSecrets`` entry, both
-naming the Secret built by ``build_secret`` (owned by the TrainJob, so it is
-garbage-collected with it).
+The node container runs the pod program (:mod:`.program`) from a ConfigMap that
+``build_program_configmap`` makes, mounted read-only; nothing is installed at start.
+``build_step_trainjob`` makes the one-node TrainJob of a workspace step (dataset
+resolution, model export) that runs next to the PVC when the worker cannot mount it.
+
+Nothing secret is ever written into the manifest: ``HF_TOKEN`` (and a step's S3 keys)
+are ``secretKeyRef``s and the OCI pull secret an ``imagePullSecrets`` entry, all
+naming the Secret built by ``build_secret``. The Secret and the ConfigMap are owned
+by the TrainJob, so they are garbage-collected with it.
 """
 
 from __future__ import annotations
@@ -22,12 +27,12 @@ import hashlib
 import re
 from typing import Any
 
-import orjson
-from kubernetes.utils import parse_quantity
-
 from airflow_provider_sft.core import constants as c
+from airflow_provider_sft.core import jsonio
+from airflow_provider_sft.core.backends.kubernetes import program
 from airflow_provider_sft.core.backends.kubernetes.config import KubernetesConfig, SpecGeneration
 from airflow_provider_sft.core.errors import InvalidParameterError
+from airflow_provider_sft.core.quantity import parse_quantity
 from airflow_provider_sft.core.run import TrainingRun
 
 _LABEL_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
@@ -46,18 +51,26 @@ def secret_name(job_name: str) -> str:
     return f"{job_name}-secrets"
 
 
+def program_configmap_name(job_name: str) -> str:
+    return f"{job_name}-program"
+
+
+#: A workspace step copies files; it needs neither a GPU nor the training's memory.
+STEP_RESOURCES = {"cpu": "1", "memory": "4Gi"}
+
+
 def build_secret(
     job_name: str,
     namespace: str,
     *,
-    hf_token: str | None,
+    env: dict[str, str],
     oci_pull_secret: str | None,
     labels: dict[str, str],
 ) -> dict[str, Any] | None:
-    """A Secret holding the HF token and/or the OCI pull secret (dockerconfigjson), or None if neither."""
-    data: dict[str, str] = {}
-    if hf_token:
-        data[c.SECRET_HF_TOKEN_KEY] = base64.b64encode(hf_token.encode()).decode()
+    """A Secret holding secret env values (under their names) and/or the OCI pull secret, or None."""
+    data: dict[str, str] = {
+        name: base64.b64encode(value.encode()).decode() for name, value in sorted(env.items()) if value
+    }
     if oci_pull_secret:
         data[".dockerconfigjson"] = base64.b64encode(oci_pull_secret.encode()).decode()
     if not data:
@@ -69,6 +82,25 @@ def build_secret(
         # dockerconfigjson lets the same Secret serve imagePullSecrets; it then must hold that key.
         "type": "kubernetes.io/dockerconfigjson" if oci_pull_secret else "Opaque",
         "data": data,
+    }
+
+
+def build_program_configmap(
+    job_name: str, namespace: str, *, config: dict[str, Any], labels: dict[str, str]
+) -> dict[str, Any]:
+    """The pod program and the config it runs, mounted into the node container."""
+    from airflow_provider_sft import __version__
+
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": program_configmap_name(job_name),
+            "namespace": namespace,
+            "labels": {**labels, c.LABEL_PROGRAM_VERSION: label_value(__version__)},
+            "annotations": {c.ANNOTATION_PROGRAM_SHA256: program.program_digest()},
+        },
+        **program.configmap_data(jsonio.dumps(config, indent=True)),
     }
 
 
@@ -84,7 +116,9 @@ def owner_reference(trainjob: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _pod_env(run: TrainingRun, config: KubernetesConfig, *, has_hf_token: bool) -> list[dict[str, Any]]:
+def _pod_env(
+    job_name: str, config: KubernetesConfig, user_env: dict[str, str], secret_env: list[str]
+) -> list[dict[str, Any]]:
     cache = f"{config.workspace_mount_path}/.cache"
     env = {
         "PYTHONUNBUFFERED": "1",
@@ -94,48 +128,43 @@ def _pod_env(run: TrainingRun, config: KubernetesConfig, *, has_hf_token: bool) 
         "XDG_CACHE_HOME": cache,
         "HF_HUB_DISABLE_PROGRESS_BARS": "1",
     }
-    env.update(run.params.envs)  # the user's training_envs win over our defaults
+    env.update(user_env)  # the user's training_envs win over our defaults
     entries: list[dict[str, Any]] = [{"name": name, "value": value} for name, value in env.items()]
-    entries.append({"name": c.RUN_CONFIG_ENV, "value": orjson.dumps(run.to_json_dict()).decode()})
     forwarded = {entry["name"] for entry in config.env}
     entries = [entry for entry in entries if entry["name"] not in forwarded] + [dict(e) for e in config.env]
-    if has_hf_token:
+    for name in sorted(secret_env):
         entries.append(
-            {
-                "name": c.HF_TOKEN_ENV,
-                "valueFrom": {"secretKeyRef": {"name": secret_name(run.name), "key": c.SECRET_HF_TOKEN_KEY}},
-            }
+            {"name": name, "valueFrom": {"secretKeyRef": {"name": secret_name(job_name), "key": name}}}
         )
     return entries
 
 
-def _command(config: KubernetesConfig) -> list[str]:
-    run = "exec python -m airflow_provider_sft.core.entrypoint"
-    if not config.package_spec:
-        return ["bash", "-c", run]
-    # Installs into the user site so an arbitrary UID (OpenShift) can write it.
-    install = f"pip install --quiet --user --no-warn-script-location '{config.package_spec}'"
-    return ["bash", "-c", f"{install} && {run}"]
-
-
-def _pod_spec_patch(run: TrainingRun, config: KubernetesConfig, *, has_pull_secret: bool) -> dict[str, Any]:
+def _pod_spec_patch(job_name: str, config: KubernetesConfig, *, has_pull_secret: bool) -> dict[str, Any]:
     spec: dict[str, Any] = {}
     container: dict[str, Any] = {"name": c.NODE}
-    volumes, mounts = [], []
-    if config.pvc_name:
-        volumes.append({"name": c.WORKSPACE_VOLUME, "persistentVolumeClaim": {"claimName": config.pvc_name}})
-        mounts.append({"name": c.WORKSPACE_VOLUME, "mountPath": config.workspace_mount_path})
+    volumes: list[dict[str, Any]] = [
+        {"name": c.WORKSPACE_VOLUME, "persistentVolumeClaim": {"claimName": config.pvc_name}},
+        {
+            "name": c.PROGRAM_VOLUME,
+            "configMap": {"name": program_configmap_name(job_name), "defaultMode": 0o444},
+        },
+        {"name": c.TMP_VOLUME, "emptyDir": {}},  # /tmp, for images with a read-only root filesystem
+    ]
+    mounts: list[dict[str, Any]] = [
+        {"name": c.WORKSPACE_VOLUME, "mountPath": config.workspace_mount_path},
+        {"name": c.PROGRAM_VOLUME, "mountPath": program.PROGRAM_DIR, "readOnly": True},
+        {"name": c.TMP_VOLUME, "mountPath": "/tmp"},
+    ]
     volumes += [dict(volume) for volume in config.volumes]
     mounts += [dict(mount) for mount in config.volume_mounts]
     if config.shm_size:  # NCCL and DataLoader workers need more than the container default of 64 Mi
         volumes.append({"name": c.SHM_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": config.shm_size}})
         mounts.append({"name": c.SHM_VOLUME, "mountPath": "/dev/shm"})
-    if volumes:
-        spec["volumes"] = volumes
-        container["volumeMounts"] = mounts
+    spec["volumes"] = volumes
+    container["volumeMounts"] = mounts
     spec["containers"] = [container]
     if has_pull_secret:
-        spec["imagePullSecrets"] = [{"name": secret_name(run.name)}]
+        spec["imagePullSecrets"] = [{"name": secret_name(job_name)}]
     if config.service_account:
         spec["serviceAccountName"] = config.service_account
     if config.node_selector:
@@ -180,7 +209,7 @@ def build_trainjob(
     *,
     generation: SpecGeneration,
     labels: dict[str, str],
-    has_hf_token: bool = False,
+    secret_env: list[str] = (),  # type: ignore[assignment]
     has_pull_secret: bool = False,
     active_deadline_seconds: int | None = None,
 ) -> dict[str, Any]:
@@ -188,27 +217,84 @@ def build_trainjob(
 
     ``labels`` identify the run (managed-by, dag/task/run ids) and go on the TrainJob and
     its pods, with ``job_labels`` (Kueue's queue name, say) on the TrainJob only and
-    ``metadata_labels`` on the pods only. ``active_deadline_seconds`` is set where the
-    CRD has it (v2.2+); on v2.1 the wait enforces the timeout by deleting the job.
+    ``metadata_labels`` on the pods only. ``secret_env`` names the variables the pod reads
+    from the run's Secret (``HF_TOKEN``). ``active_deadline_seconds`` is set where the CRD
+    has it (v2.2+); on v2.1 the wait enforces the timeout by deleting the job.
     """
-    if generation is SpecGeneration.AUTO:
-        raise ValueError("resolve SpecGeneration.AUTO with detect_generation() before building")
     params = run.params
     trainer: dict[str, Any] = {
         "numNodes": params.resource_num_workers,
         "resourcesPerNode": _resources(run, config),
-        "command": _command(config),
-        "env": _pod_env(run, config, has_hf_token=has_hf_token),
+        "command": program.command("train"),
+        "env": _pod_env(run.name, config, params.envs, list(secret_env)),
     }
     if params.resource_num_procs_per_worker != "auto":  # "auto": the runtime decides (one per GPU)
         trainer["numProcPerNode"] = params.resource_num_procs_per_worker
-    if config.image:
-        trainer["image"] = config.image
     pod_metadata = {
         "labels": {**labels, **params.metadata_labels},
         "annotations": dict(params.metadata_annotations),
     }
-    pod_spec = _pod_spec_patch(run, config, has_pull_secret=has_pull_secret)
+    return _trainjob(
+        run.name,
+        config,
+        generation=generation,
+        trainer=trainer,
+        job_labels=labels,
+        pod_metadata=pod_metadata,
+        has_pull_secret=has_pull_secret,
+        annotations=dict(params.metadata_annotations),
+        active_deadline_seconds=active_deadline_seconds,
+    )
+
+
+def build_step_trainjob(
+    job_name: str,
+    step: str,
+    config: KubernetesConfig,
+    *,
+    generation: SpecGeneration,
+    labels: dict[str, str],
+    secret_env: list[str] = (),  # type: ignore[assignment]
+    has_pull_secret: bool = False,
+) -> dict[str, Any]:
+    """A one-node TrainJob running the workspace step ``step`` of the pod program, without a GPU."""
+    resources = {"requests": dict(STEP_RESOURCES), "limits": dict(STEP_RESOURCES)}
+    trainer = {
+        "numNodes": 1,
+        "resourcesPerNode": resources,
+        "command": program.command(step),
+        "env": _pod_env(job_name, config, {}, list(secret_env)),
+    }
+    return _trainjob(
+        job_name,
+        config,
+        generation=generation,
+        trainer=trainer,
+        job_labels=labels,
+        pod_metadata={"labels": dict(labels), "annotations": {}},
+        has_pull_secret=has_pull_secret,
+        annotations={},
+        active_deadline_seconds=None,
+    )
+
+
+def _trainjob(
+    name: str,
+    config: KubernetesConfig,
+    *,
+    generation: SpecGeneration,
+    trainer: dict[str, Any],
+    job_labels: dict[str, str],
+    pod_metadata: dict[str, Any],
+    has_pull_secret: bool,
+    annotations: dict[str, str],
+    active_deadline_seconds: int | None,
+) -> dict[str, Any]:
+    if generation is SpecGeneration.AUTO:
+        raise ValueError("resolve SpecGeneration.AUTO with detect_generation() before building")
+    if config.image:
+        trainer["image"] = config.image
+    pod_spec = _pod_spec_patch(name, config, has_pull_secret=has_pull_secret)
     spec: dict[str, Any] = {
         "runtimeRef": {
             "name": config.runtime_name,
@@ -217,9 +303,10 @@ def build_trainjob(
         },
         "trainer": trainer,
     }
+    pod_labels = {k: v for k, v in pod_metadata["labels"].items() if k not in job_labels}
     if generation is SpecGeneration.V2_1:
-        spec["labels"] = dict(params.metadata_labels)
-        spec["annotations"] = dict(params.metadata_annotations)
+        spec["labels"] = pod_labels
+        spec["annotations"] = dict(pod_metadata["annotations"])
         spec["podTemplateOverrides"] = [
             {"targetJobs": [{"name": c.NODE}], "metadata": pod_metadata, "spec": pod_spec}
         ]
@@ -240,10 +327,10 @@ def build_trainjob(
         "apiVersion": c.TRAINER_API_VERSION,
         "kind": c.TRAINJOB_KIND,
         "metadata": {
-            "name": run.name,
+            "name": name,
             "namespace": config.namespace,
-            "labels": {**labels, **config.job_labels},
-            "annotations": {**params.metadata_annotations, **config.job_annotations},
+            "labels": {**job_labels, **config.job_labels},
+            "annotations": {**annotations, **config.job_annotations},
         },
         "spec": spec,
     }

@@ -1,0 +1,87 @@
+"""The pod program: what the training pod runs, delivered without installing anything.
+
+The node container runs with what its image has (Python, torch, instructlab-training and their
+dependencies) and nothing else: no ``pip install`` at start, no network, any UID, ``HOME``
+unwritable. So the program travels with the job. The core modules the pod needs go into one
+zip file that Python runs as it is (``python program.pyz``, PEP 441), stored in a ConfigMap the
+TrainJob owns, next to the JSON config of the run, and mounted read-only at
+:data:`PROGRAM_DIR`. The Kubeflow SDK embeds a function's source in the container command for
+the same reason; a zip keeps it one code base with the local backend, not a second copy.
+
+The zip is built from this installed package, byte for byte reproducibly (fixed timestamps,
+sorted entries), so its sha256 names the exact program a pod ran. It leaves out what the pod
+never imports and the image does not have: the backends (Kubernetes clients), the chart
+(plotly) and the test-model builder.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import hashlib
+import io
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import airflow_provider_sft
+
+PROGRAM_DIR = "/opt/airflow-provider-sft"  # where the ConfigMap is mounted in the node container
+PROGRAM_FILE = "program.pyz"
+CONFIG_FILE = "config.json"
+_PACKAGE = Path(airflow_provider_sft.__file__).parent
+_LEFT_OUT = ("core/backends/", "core/chart.py", "core/tiny_model.py")
+_MAIN = b"""import sys
+
+from airflow_provider_sft.core.entrypoint import main
+
+sys.exit(main())
+"""
+# A ConfigMap holds at most 1 MiB (data and binaryData together, base64 counted).
+CONFIGMAP_LIMIT = 1024 * 1024
+
+
+def _members() -> list[tuple[str, bytes]]:
+    files = [_PACKAGE / "__init__.py"]
+    for path in sorted((_PACKAGE / "core").rglob("*")):
+        relative = path.relative_to(_PACKAGE).as_posix()
+        if path.is_dir() or "__pycache__" in relative or relative.startswith(_LEFT_OUT):
+            continue
+        if path.suffix == ".py" or relative.startswith("core/data/"):
+            files.append(path)
+    members = [(f"airflow_provider_sft/{p.relative_to(_PACKAGE).as_posix()}", p.read_bytes()) for p in files]
+    return [("__main__.py", _MAIN), *members]
+
+
+@functools.cache
+def program_zip() -> bytes:
+    """The pod program as zip bytes, identical for identical sources."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in _members():
+            info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o444 << 16
+            archive.writestr(info, data, compresslevel=9)
+    return buffer.getvalue()
+
+
+def program_digest() -> str:
+    return hashlib.sha256(program_zip()).hexdigest()
+
+
+def command(step: str) -> list[str]:
+    """The node container's command for ``step`` (``train``, ``resolve`` or ``export``)."""
+    return ["python", f"{PROGRAM_DIR}/{PROGRAM_FILE}", step, f"{PROGRAM_DIR}/{CONFIG_FILE}"]
+
+
+def configmap_data(config_json: bytes) -> dict[str, Any]:
+    """The ConfigMap's ``data`` and ``binaryData``: the program and the config beside it."""
+    data = {
+        "data": {CONFIG_FILE: config_json.decode()},
+        "binaryData": {PROGRAM_FILE: base64.b64encode(program_zip()).decode()},
+    }
+    size = len(data["data"][CONFIG_FILE]) + len(data["binaryData"][PROGRAM_FILE])
+    if size > CONFIGMAP_LIMIT:  # a config that large is a bug (data never goes in a config)
+        raise ValueError(f"the pod program and its config take {size} bytes, over a ConfigMap's 1 MiB")
+    return data

@@ -1,0 +1,70 @@
+"""The workspace steps of the pipeline, each one function run where the workspace is mounted.
+
+``resolve`` writes the validated dataset into the workspace and ``export`` publishes the
+final model there; each returns the small JSON result its Airflow task pushes to XCom.
+They run in the Airflow worker when it mounts the workspace (the local backend, or a PVC
+mounted on the worker), and otherwise in a pod next to the PVC, as the pod program's
+``resolve`` and ``export`` commands. The function and its result are the same in both
+places; only the transport differs (a pod prints its result on its last log line).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from airflow_provider_sft.core import constants as c
+from airflow_provider_sft.core import jsonio
+
+RESULT_PREFIX = "SFT_RESULT "
+Logger = Callable[[str], None]
+
+
+def resolve(config: Mapping[str, Any], *, log: Logger, env: Mapping[str, str] = os.environ) -> dict[str, Any]:
+    """``config``: ``source``, ``workspace`` and the dataset option ``settings`` (secrets from ``env``)."""
+    from airflow_provider_sft.core.dataset import DatasetOptions, resolve_dataset
+
+    options = DatasetOptions.from_settings(config.get("settings", {}), env)
+    return resolve_dataset(config["source"], config["workspace"], options, log=log).to_dict()
+
+
+def export(config: Mapping[str, Any], *, log: Logger, env: Mapping[str, str] = os.environ) -> dict[str, Any]:
+    """``config``: ``run_dir``, ``model_dir``, ``metrics_path``. The result carries the loss curve."""
+    from airflow_provider_sft.core.export import export_model
+    from airflow_provider_sft.core.metrics import read_step_records, summarize, write_summary
+
+    run_dir = Path(config["run_dir"])
+    result = export_model(run_dir, config["model_dir"])
+    log(
+        f"exported {result.source_checkpoint} -> {result.model_path} ({result.files} files, {result.bytes} bytes)"
+    )
+    records, skipped = read_step_records(run_dir / c.METRICS_FILE)
+    summary = summarize(records, skipped_lines=skipped)
+    metrics_path = write_summary(summary, Path(config["metrics_path"]))
+    return {
+        "model_path": result.model_path,
+        "source_checkpoint": result.source_checkpoint,
+        "files": result.files,
+        "bytes": result.bytes,
+        "metrics_path": str(metrics_path),
+        "metrics": summary.to_dict(),
+        "steps": [asdict(record) for record in records],
+    }
+
+
+STEPS: dict[str, Callable[..., dict[str, Any]]] = {"resolve": resolve, "export": export}
+
+
+def result_line(result: dict[str, Any]) -> str:
+    return RESULT_PREFIX + jsonio.dumps(result).decode()
+
+
+def parse_result(lines: list[str]) -> dict[str, Any] | None:
+    """The result a step printed (its last ``SFT_RESULT`` line), or None."""
+    for line in reversed(lines):
+        if line.startswith(RESULT_PREFIX):
+            return jsonio.loads(line.removeprefix(RESULT_PREFIX))
+    return None

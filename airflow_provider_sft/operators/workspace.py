@@ -1,0 +1,140 @@
+"""Where the workspace is, and where the tasks that touch it run.
+
+Two workspace modes on the ``kubernetes`` backend:
+
+* ``cluster`` (the default): only the cluster mounts the PVC, at ``pvc_mount_path``
+  (``/workspace``). Dataset resolution and model export run as one-node TrainJobs next to
+  the data (the pod program's ``resolve`` and ``export`` steps); their small JSON results
+  come back to XCom, and the loss chart is drawn on the Airflow side from them.
+* ``shared``: the Airflow workers mount the same PVC at ``workspace`` (a KubernetesExecutor
+  ``pod_override``, a Celery worker with a ReadWriteMany mount), and the steps run in the task.
+
+The ``local`` backend always runs the steps in the task, on ``workspace``.
+"""
+
+from __future__ import annotations
+
+import os
+from enum import Enum
+from typing import Any
+
+from airflow_provider_sft.core import constants as c
+from airflow_provider_sft.core.backends.base import BackendName
+from airflow_provider_sft.core.errors import InvalidParameterError
+from airflow_provider_sft.core.run import run_name
+from airflow_provider_sft.core.steps import STEPS
+
+
+class WorkspaceMode(str, Enum):
+    CLUSTER = "cluster"  # only the training cluster mounts the PVC
+    SHARED = "shared"  # the worker mounts it too, at the same path
+
+
+STEP_TEMPLATE_FIELDS = ("backend", "workspace_mode", "pvc_mount_path", "kubernetes", "kubernetes_conn_id")
+
+
+def workspace_mode(backend: str, mode: str | None) -> WorkspaceMode | None:
+    """The mode for ``backend`` (None: local), ``""``/None meaning the default."""
+    try:
+        kind = BackendName(backend)
+    except ValueError:
+        raise InvalidParameterError(
+            {"backend": f"must be one of {[b.value for b in BackendName]}, got {backend!r}"}
+        ) from None
+    if kind is not BackendName.KUBERNETES:
+        return None
+    try:
+        return WorkspaceMode(mode or WorkspaceMode.CLUSTER.value)
+    except ValueError:
+        raise InvalidParameterError(
+            {"workspace_mode": f"must be 'cluster' or 'shared', got {mode!r}"}
+        ) from None
+
+
+def run_labels(context: Any | None) -> dict[str, str]:
+    ti = context["ti"] if context else None
+    if ti is None:
+        return {}
+    return {
+        c.LABEL_DAG_ID: ti.dag_id,
+        c.LABEL_TASK_ID: ti.task_id,
+        c.LABEL_RUN_ID: context["run_id"],
+        c.LABEL_MAP_INDEX: str(getattr(ti, "map_index", -1)),
+    }
+
+
+def kubernetes_backend(
+    *, conn_id: str | None, settings: dict[str, Any], context: Any | None, credentials: Any = None
+) -> Any:
+    """A KubernetesBackend on the connection, ``settings`` validated (``KubernetesConfig`` fields)."""
+    from airflow_provider_sft.core.backends.kubernetes import Credentials, KubernetesBackend, KubernetesConfig
+    from airflow_provider_sft.hooks.sft import SFTTrainingHook
+
+    hook = SFTTrainingHook(kubernetes_conn_id=conn_id)
+    values = dict(settings)
+    if not values.get("namespace"):
+        values["namespace"] = hook.get_namespace() or "default"
+    return KubernetesBackend(
+        config=KubernetesConfig.build(**values),
+        connect=hook.connect,
+        credentials=credentials or Credentials(),
+        run_labels=run_labels(context),
+    )
+
+
+class WorkspaceStepsMixin:
+    """Runs a workspace step here or, in ``cluster`` mode, as a TrainJob next to the PVC.
+
+    :param backend: ``local`` or ``kubernetes``. (templated)
+    :param workspace_mode: on ``kubernetes``: ``cluster`` (default) or ``shared``. (templated)
+    :param pvc_mount_path: where the PVC is mounted in the cluster's pods (``cluster`` mode). (templated)
+    :param kubernetes: the TrainJob settings of the step, the ``SFTTrainOperator`` parameters of
+        the same names: ``namespace``, ``pvc_name`` (required), ``runtime_name``, ``image``,
+        ``service_account``, ``job_labels``, ``tolerations``, ``node_selector``... (templated)
+    :param kubernetes_conn_id: a cncf.kubernetes ``kubernetes`` connection. (templated)
+    """
+
+    workspace: str
+
+    def _init_steps(
+        self,
+        backend: str,
+        workspace_mode: str | None,
+        pvc_mount_path: str | None,
+        kubernetes: dict[str, Any] | None,
+        kubernetes_conn_id: str | None,
+    ) -> None:
+        self.backend = backend
+        self.workspace_mode = workspace_mode
+        self.pvc_mount_path = pvc_mount_path
+        self.kubernetes = kubernetes
+        self.kubernetes_conn_id = kubernetes_conn_id
+
+    @property
+    def in_cluster(self) -> bool:
+        return workspace_mode(self.backend, self.workspace_mode) is WorkspaceMode.CLUSTER
+
+    @property
+    def step_workspace(self) -> str:
+        """The workspace root as the step sees it."""
+        return (self.pvc_mount_path or c.DEFAULT_WORKSPACE_MOUNT) if self.in_cluster else str(self.workspace)
+
+    def run_step(
+        self, context: Any, step: str, config: dict[str, Any], *, secret_env: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        secret_env = secret_env or {}
+        if not self.in_cluster:
+            return STEPS[step](config, log=self.log.info, env={**os.environ, **secret_env})  # type: ignore[attr-defined]
+        from airflow_provider_sft.core.backends.kubernetes import Credentials
+
+        hf_token = secret_env.pop(c.HF_TOKEN_ENV, None)
+        backend = kubernetes_backend(
+            conn_id=self.kubernetes_conn_id,
+            settings={**(self.kubernetes or {}), "workspace_mount_path": self.step_workspace},
+            context=context,
+            credentials=Credentials(hf_token=hf_token, env=secret_env),
+        )
+        ti = context["ti"]
+        name = run_name(ti.dag_id, context["run_id"], ti.task_id, getattr(ti, "map_index", -1))
+        timeout = self.execution_timeout.total_seconds() if self.execution_timeout else None  # type: ignore[attr-defined]
+        return backend.run_step(step, name, config, on_log=self.log.info, timeout_seconds=timeout)  # type: ignore[attr-defined]

@@ -1,0 +1,110 @@
+"""STAND-IN for a container runtime: run the containers of a pod's nodes as a kubelet would.
+
+Started by :mod:`tests.k8s.standin` as root inside fresh network and mount namespaces
+(``unshare -n -m``), with a JSON plan on stdin. It:
+
+* brings up loopback only: no network, and the nodes of one job share it, as pods
+  reach each other by their hostnames (``/etc/hosts`` maps them to 127.0.0.1);
+* builds the "image": a tmpfs at ``/opt`` holding the Python interpreter and a
+  ``site-packages`` that has only the image's distributions (torch, instructlab-training
+  and their dependencies, not this provider and not pip), read-only;
+* mounts the pod's volumes at their mount paths (the PVC's directory, the ConfigMap's
+  files read-only, emptyDirs as tmpfs), then makes the root filesystem read-only;
+* runs each node's command as a non-root UID with GID 0 (OpenShift's restricted
+  policy), ``HOME=/`` (unwritable), its env exactly as the controller merged it, and
+  writes each node's output to its log file.
+
+It prints ``{"exit_codes": [...]}`` when every node has ended.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+IMAGE = "/opt/image"
+GRACE_SECONDS = 5  # terminationGracePeriodSeconds, shortened
+
+
+def sh(*argv: str) -> None:
+    subprocess.run(argv, check=True)
+
+
+def bind(source: str, target: str, *, read_only: bool) -> None:
+    os.makedirs(target, exist_ok=True) if os.path.isdir(source) else None
+    sh("mount", "--bind", source, target)
+    if read_only:
+        sh("mount", "-o", "remount,bind,ro", target)
+
+
+def build_image(plan: dict) -> None:
+    """The image's filesystem under /opt: interpreter, filtered site-packages, bin/python."""
+    sh("mount", "-t", "tmpfs", "-o", "mode=755,size=64m", "tmpfs", "/opt")
+    os.makedirs(f"{IMAGE}/bin")
+    bind(plan["python_prefix"], f"{IMAGE}/python", read_only=True)
+    bind(plan["site_packages"], f"{IMAGE}/.all-site-packages", read_only=True)
+    os.makedirs(f"{IMAGE}/site-packages")
+    for name in plan["image_entries"]:  # only the image's distributions
+        os.symlink(f"{IMAGE}/.all-site-packages/{name}", f"{IMAGE}/site-packages/{name}")
+    python = f"{IMAGE}/python/bin/{plan['python_name']}"
+    # -S: the interpreter's own site-packages are not the image's (and .pth files are not read)
+    for name in ("python", "python3"):
+        with open(f"{IMAGE}/bin/{name}", "w") as handle:
+            handle.write(f'#!/bin/sh\nexec {python} -S "$@"\n')
+        os.chmod(f"{IMAGE}/bin/{name}", 0o755)
+    for name in ("pip", "pip3"):  # what a pod that tries to install would meet: no index here
+        with open(f"{IMAGE}/bin/{name}", "w") as handle:
+            handle.write('#!/bin/sh\necho "STAND-IN IMAGE: pip ran in the pod" >&2\nexit 1\n')
+        os.chmod(f"{IMAGE}/bin/{name}", 0o755)
+
+
+def main() -> int:
+    plan = json.load(sys.stdin)
+    sh("ip", "link", "set", "lo", "up")
+    # The logs are opened before /tmp is covered, through a mount of their own: files open for
+    # writing through the root mount would keep it from becoming read-only.
+    log_dir = os.path.dirname(plan["nodes"][0]["log"])
+    sh("mount", "--bind", log_dir, log_dir)
+    logs = [open(node["log"], "wb", buffering=0) for node in plan["nodes"]]  # noqa: SIM115
+    build_image(plan)
+    # Binds first: their sources may live under a path an emptyDir then covers (/tmp).
+    for mount in plan["mounts"]:
+        if mount["kind"] != "emptyDir":
+            os.makedirs(mount["path"], exist_ok=True)
+            bind(mount["source"], mount["path"], read_only=mount["read_only"])
+    bind(plan["hosts_file"], "/etc/hosts", read_only=True)
+    for mount in plan["mounts"]:
+        if mount["kind"] == "emptyDir":
+            os.makedirs(mount["path"], exist_ok=True)
+            sh("mount", "-t", "tmpfs", "-o", "mode=1777,size=2g", "tmpfs", mount["path"])
+    sh("mount", "-o", "remount,ro", "/opt")
+    sh("mount", "-o", "remount,bind,ro", "/")
+    user = ["setpriv", f"--reuid={plan['uid']}", f"--regid={plan['gid']}", "--clear-groups", "--"]
+    processes = [
+        subprocess.Popen(user + node["argv"], env=node["env"], cwd="/", stdout=log, stderr=subprocess.STDOUT)
+        for node, log in zip(plan["nodes"], logs, strict=False)
+    ]
+    # As JobSet's default failure policy does: once a node fails, the job fails and the
+    # other nodes' pods are deleted (SIGTERM, then SIGKILL after the grace period).
+    while any(process.poll() is None for process in processes):
+        if any(process.poll() not in (None, 0) for process in processes):
+            for process in processes:
+                if process.poll() is None:
+                    process.terminate()
+            for process in processes:
+                try:
+                    process.wait(GRACE_SECONDS)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+            break
+        time.sleep(0.2)
+    codes = [process.wait() for process in processes]
+    print(json.dumps({"exit_codes": codes}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

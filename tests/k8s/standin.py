@@ -1,0 +1,318 @@
+"""STAND-IN for the Trainer controller, JobSet and the kubelet: the parts of a cluster that run pods.
+
+There are no GPUs, kubelet or Trainer controller here. This module does their part of the
+work for a TrainJob stored in the REAL API server, against the REAL runtime object:
+
+* :func:`merge_node_pods` is what the controller does (``pkg/runtime/framework/plugins``):
+  the runtime's ``node`` pod template, with the TrainJob's ``trainer`` (image, command,
+  args, env, ``resourcesPerNode``) applied, then its ``runtimePatches`` (v2.2+) or
+  ``podTemplateOverrides`` (v2.1), then the torch plugin's ``PET_*`` variables for each node;
+* :class:`Kubelet` runs those pods like a kubelet: volumes resolved (a PVC is a directory
+  registered with :meth:`Kubelet.add_pvc`, a ConfigMap or Secret comes from the fake core
+  store), every node its own process in :mod:`tests.k8s.sandbox` (no network, non-root,
+  read-only root, an image Python that cannot import this provider).
+
+Status goes back through the real ``/status`` subresource (``FakeCluster.drive``).
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import functools
+import importlib.metadata
+import json
+import os
+import re
+import subprocess
+import sys
+import sysconfig
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from packaging.requirements import Requirement
+
+NODE = "node"
+POD_UID, POD_GID = 1000770000, 0  # an OpenShift restricted-SCC UID, root group
+MASTER_PORT = 29500
+IMAGE_PATH = "/opt/image/bin:/usr/local/bin:/usr/bin:/bin"
+IMAGE_DISTRIBUTION = "instructlab-training"  # the training image: this and what it requires
+
+
+# --- the Trainer controller ---------------------------------------------------------------------
+
+
+def _replicated_job(runtime: dict[str, Any]) -> dict[str, Any]:
+    jobs = runtime["spec"]["template"]["spec"]["replicatedJobs"]
+    return next(job for job in jobs if job["name"] == NODE)
+
+
+def _merge_named(ours: list[dict[str, Any]], patch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Strategic merge by ``name`` (containers, volumes, mounts, env)."""
+    merged = {item["name"]: item for item in copy.deepcopy(ours)}
+    for item in patch:
+        if item["name"] in merged and isinstance(item, dict):
+            base = merged[item["name"]]
+            for key, value in item.items():
+                if key in ("volumeMounts", "env") and key in base:
+                    base[key] = _merge_named(base[key], value)
+                else:
+                    base[key] = copy.deepcopy(value)
+        else:
+            merged[item["name"]] = copy.deepcopy(item)
+    return list(merged.values())
+
+
+def _apply_pod_patch(template: dict[str, Any], metadata: dict[str, Any], spec: dict[str, Any]) -> None:
+    for key in ("labels", "annotations"):
+        template.setdefault("metadata", {}).setdefault(key, {}).update(metadata.get(key) or {})
+    pod = template.setdefault("spec", {})
+    for key, value in spec.items():
+        if key in ("containers", "initContainers", "volumes"):
+            pod[key] = _merge_named(pod.get(key, []), value)
+        else:
+            pod[key] = copy.deepcopy(value)
+
+
+def merge_node_pods(trainjob: dict[str, Any], runtime: dict[str, Any]) -> list[dict[str, Any]]:
+    """The pods of the TrainJob's ``node`` job, one per node, as the controller would create them."""
+    name = trainjob["metadata"]["name"]
+    spec = trainjob["spec"]
+    template = copy.deepcopy(_replicated_job(runtime)["template"]["spec"]["template"])
+    trainer = spec.get("trainer", {})
+    container = next(c for c in template["spec"]["containers"] if c["name"] == NODE)
+    for key in ("image", "command", "args"):
+        if key in trainer:
+            container[key] = trainer[key]
+    if "env" in trainer:
+        container["env"] = _merge_named(container.get("env", []), trainer["env"])
+    if "resourcesPerNode" in trainer:
+        container["resources"] = trainer["resourcesPerNode"]
+    for patch in spec.get("runtimePatches", []):  # v2.2+
+        for job in (
+            patch.get("trainingRuntimeSpec", {}).get("template", {}).get("spec", {}).get("replicatedJobs", [])
+        ):
+            if job["name"] == NODE:
+                pod = job.get("template", {}).get("spec", {}).get("template", {})
+                _apply_pod_patch(template, pod.get("metadata", {}), pod.get("spec", {}))
+    for override in spec.get("podTemplateOverrides", []):  # v2.1
+        if any(target["name"] == NODE for target in override["targetJobs"]):
+            _apply_pod_patch(template, override.get("metadata", {}), override.get("spec", {}))
+    policy = runtime["spec"].get("mlPolicy", {})
+    nodes = int(trainer.get("numNodes", policy.get("numNodes", 1)))
+    procs = trainer.get("numProcPerNode", policy.get("torch", {}).get("numProcPerNode", "auto"))
+    pods = []
+    for rank in range(nodes):
+        pod = copy.deepcopy(template)
+        pod.setdefault("metadata", {})["name"] = f"{name}-{NODE}-0-{rank}-{rank:05x}"
+        node = next(c for c in pod["spec"]["containers"] if c["name"] == NODE)
+        node["env"] = [
+            *node.get("env", []),  # the torch plugin's TorchRunReservedEnvNames
+            {"name": "PET_NNODES", "value": str(nodes)},
+            {"name": "PET_NPROC_PER_NODE", "value": str(procs)},
+            {"name": "PET_NODE_RANK", "value": str(rank)},
+            {"name": "PET_MASTER_ADDR", "value": f"{name}-{NODE}-0-0.{name}"},
+            {"name": "PET_MASTER_PORT", "value": str(MASTER_PORT)},
+        ]
+        pods.append(pod)
+    return pods
+
+
+# --- the image ------------------------------------------------------------------------------
+
+
+@functools.cache
+def image_entries() -> tuple[str, ...]:
+    """Top-level site-packages entries of instructlab-training and everything it requires."""
+    seen: dict[str, importlib.metadata.Distribution] = {}
+    todo = [IMAGE_DISTRIBUTION]
+    while todo:
+        wanted = re.sub(r"[-_.]+", "-", todo.pop()).lower()
+        if wanted in seen:
+            continue
+        try:
+            dist = importlib.metadata.distribution(wanted)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        seen[wanted] = dist
+        for text in dist.requires or []:
+            requirement = Requirement(text)
+            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                todo.append(requirement.name)
+    entries = set()
+    for dist in seen.values():
+        for file in dist.files or []:
+            top = file.parts[0]
+            if top not in ("..", "__pycache__") and not top.endswith(".pth"):
+                entries.add(top.removesuffix(".py") + (".py" if top.endswith(".py") else ""))
+    site = Path(sysconfig.get_paths()["purelib"])
+    return tuple(sorted(e for e in entries if (site / e).exists()))
+
+
+# --- the kubelet --------------------------------------------------------------------------------
+
+
+class PodFailed(Exception):
+    """A pod that cannot start (a missing Secret or ConfigMap, an unknown PVC)."""
+
+
+class Kubelet:
+    def __init__(self, cluster: Any):
+        self.cluster = cluster  # FakeCluster: the core objects (Secrets, ConfigMaps) and pod records
+        self.pvcs: dict[str, Path] = {}
+        self.extra_env: dict[str, str] = {}
+
+    def add_pvc(self, claim: str, directory: Path) -> Path:
+        """A PersistentVolumeClaim, backed by ``directory`` (group 0 writable, as OpenShift's fsGroup)."""
+        directory.mkdir(parents=True, exist_ok=True)
+        os.chmod(directory, 0o2775)
+        os.chown(directory, 0, POD_GID)
+        self.pvcs[claim] = directory
+        return directory
+
+    def _object(self, kind: str, namespace: str, name: str) -> dict[str, Any]:
+        store = self.cluster.secrets if kind == "Secret" else self.cluster.configmaps
+        if (namespace, name) not in store:
+            raise PodFailed(f'CreateContainerConfigError: {kind.lower()} "{name}" not found')
+        return store[(namespace, name)]
+
+    def _env(self, namespace: str, container: dict[str, Any]) -> dict[str, str]:
+        env = {  # the image's ENV, then the container's
+            "PATH": IMAGE_PATH,
+            "HOME": "/",
+            "PYTHONPATH": "/opt/image/site-packages",
+            "LD_LIBRARY_PATH": "/opt/image/python/lib",
+            **self.extra_env,
+        }
+        for entry in container.get("env", []):
+            if "value" in entry:
+                env[entry["name"]] = entry["value"]
+            elif ref := entry.get("valueFrom", {}).get("secretKeyRef"):
+                data = self._object("Secret", namespace, ref["name"]).get("data", {})
+                if ref["key"] not in data:
+                    raise PodFailed(
+                        f'CreateContainerConfigError: key "{ref["key"]}" not in secret "{ref["name"]}"'
+                    )
+                env[entry["name"]] = base64.b64decode(data[ref["key"]]).decode()
+        return env
+
+    def _mounts(
+        self, namespace: str, pod: dict[str, Any], container: dict[str, Any], scratch: Path
+    ) -> list[dict[str, Any]]:
+        volumes = {volume["name"]: volume for volume in pod["spec"].get("volumes", [])}
+        mounts = []
+        for mount in container.get("volumeMounts", []):
+            volume = volumes[mount["name"]]
+            read_only = bool(mount.get("readOnly"))
+            if "persistentVolumeClaim" in volume:
+                claim = volume["persistentVolumeClaim"]["claimName"]
+                if claim not in self.pvcs:
+                    raise PodFailed(f'FailedScheduling: persistentvolumeclaim "{claim}" not found')
+                mounts.append(
+                    {
+                        "kind": "pvc",
+                        "source": str(self.pvcs[claim]),
+                        "path": mount["mountPath"],
+                        "read_only": read_only,
+                    }
+                )
+            elif "configMap" in volume or "secret" in volume:
+                kind, ref = (
+                    ("ConfigMap", volume["configMap"])
+                    if "configMap" in volume
+                    else ("Secret", volume["secret"])
+                )
+                item = self._object(kind, namespace, ref.get("name") or ref.get("secretName"))
+                files = scratch / mount["name"]
+                files.mkdir(mode=0o755)
+                for key, text in (item.get("data") or {}).items():
+                    content = base64.b64decode(text) if kind == "Secret" else text.encode()
+                    (files / key).write_bytes(content)
+                for key, text in (item.get("binaryData") or {}).items():
+                    (files / key).write_bytes(base64.b64decode(text))
+                for path in files.iterdir():
+                    os.chmod(path, ref.get("defaultMode", 0o644))
+                mounts.append(
+                    {"kind": kind, "source": str(files), "path": mount["mountPath"], "read_only": True}
+                )
+            elif "emptyDir" in volume:
+                mounts.append({"kind": "emptyDir", "path": mount["mountPath"]})
+            else:
+                raise PodFailed(f"the stand-in kubelet cannot mount volume {mount['name']}: {volume}")
+        return mounts
+
+    def run(
+        self, namespace: str, trainjob: dict[str, Any], runtime: dict[str, Any], *, on_started: Any = None
+    ) -> list[int]:
+        """Run every node pod of ``trainjob`` to completion; their exit codes."""
+        name = trainjob["metadata"]["name"]
+        pods = merge_node_pods(trainjob, runtime)
+        scratch = Path(tempfile.mkdtemp(prefix=f"kubelet-{name}-"))
+        os.chmod(scratch, 0o755)
+        nodes = []
+        for pod in pods:
+            container = next(c for c in pod["spec"]["containers"] if c["name"] == NODE)
+            pod_name = pod["metadata"]["name"]
+            log = scratch / f"{pod_name}.log"
+            log.touch()
+            self.cluster.pods[(namespace, pod_name)] = {
+                "job": name,
+                "log": log,
+                "phase": "Running",
+                "pod": pod,
+            }
+            nodes.append(
+                {
+                    "env": self._env(namespace, container),
+                    "argv": container["command"] + container.get("args", []),
+                    "log": str(log),
+                }
+            )
+        mounts = self._mounts(
+            namespace, pods[0], next(c for c in pods[0]["spec"]["containers"] if c["name"] == NODE), scratch
+        )
+        hosts = scratch / "hosts"
+        hosts.write_text(
+            "127.0.0.1 localhost\n"
+            + "".join(
+                f"127.0.0.1 {name}-{NODE}-0-{rank}.{name} {pod['metadata']['name']}\n"
+                for rank, pod in enumerate(pods)
+            )
+        )
+        plan = {
+            "nodes": nodes,
+            "mounts": mounts,
+            "hosts_file": str(hosts),
+            "uid": POD_UID,
+            "gid": POD_GID,
+            "python_prefix": sys.base_prefix,
+            "python_name": f"python{sys.version_info.major}.{sys.version_info.minor}",
+            "site_packages": sysconfig.get_paths()["purelib"],
+            "image_entries": list(image_entries()),
+        }
+        if on_started is not None:
+            on_started()
+        completed = subprocess.run(
+            [
+                "unshare",
+                "--net",
+                "--mount",
+                "--propagation",
+                "private",
+                sys.executable,
+                str(Path(__file__).with_name("sandbox.py")),
+            ],
+            input=json.dumps(plan),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if completed.returncode != 0:
+            raise RuntimeError(f"the sandbox failed: {completed.stderr[-3000:]}")
+        codes = json.loads(completed.stdout.strip().splitlines()[-1])["exit_codes"]
+        for pod, code in zip(pods, codes, strict=False):
+            self.cluster.pods[(namespace, pod["metadata"]["name"])]["phase"] = (
+                "Succeeded" if code == 0 else "Failed"
+            )
+        return codes
