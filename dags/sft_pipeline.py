@@ -6,7 +6,10 @@ Trigger it from the UI form, the REST API (``conf``) or ``airflow dags test``:
 
 Each task hands its result to the next through XCom: the dataset path and stats,
 the training run directory, the exported model path and metrics, the chart path.
-Files go under ``workspace`` (the local stand-in for the training PVC).
+Files go under ``workspace``. On the kubernetes backend the training PVC (``pvc_name``) is the
+workspace of the cluster: in ``cluster`` mode (the default) the worker does not mount it, and
+dataset resolution and export run in pods next to it; in ``shared`` mode the worker mounts
+it at ``workspace``. The loss chart is always drawn here, under ``workspace``.
 """
 
 from __future__ import annotations
@@ -26,6 +29,19 @@ from airflow_provider_sft.operators.train import TRAINING_PARAMETERS
 from airflow_provider_sft.params_form import training_params
 
 DEFAULT_WORKSPACE = os.environ.get("SFT_WORKSPACE", "/tmp/airflow-sft-workspace")
+
+#: The TrainJob settings the workspace steps (resolve, export) share with training.
+STEP_KUBERNETES = {
+    "namespace": "{{ params.namespace }}",
+    "runtime_name": "{{ params.runtime_name }}",
+    "job_labels": "{{ params.job_labels }}",
+    "pvc_name": "{{ params.pvc_name }}",
+}
+WORKSPACE_STEPS = {
+    "backend": "{{ params.backend }}",
+    "workspace_mode": "{{ params.workspace_mode }}",
+    "kubernetes": STEP_KUBERNETES,
+}
 
 with DAG(
     dag_id="sft_pipeline",
@@ -118,7 +134,7 @@ with DAG(
             DEFAULT_WORKSPACE,
             type="string",
             title="Workspace",
-            description="Workspace root: a local directory, or the PVC mount path in the training pod (kubernetes).",
+            description="Workspace on the Airflow side: the local backend's files and the loss chart; in shared mode, where the worker mounts the PVC.",
             section="Pipeline",
         ),
         "namespace": Param(
@@ -142,11 +158,19 @@ with DAG(
             description="Labels of the TrainJob itself, k=v,k=v: e.g. kueue.x-k8s.io/queue-name=gpu-queue.",
             section="Kubernetes",
         ),
+        "workspace_mode": Param(
+            "cluster",
+            type="string",
+            enum=["cluster", "shared"],
+            title="Workspace mode",
+            description="cluster: only the cluster mounts the PVC (at /workspace); shared: the worker mounts it at `workspace` too.",
+            section="Kubernetes",
+        ),
         "pvc_name": Param(
             "",
             type="string",
             title="PVC",
-            description="Workspace PVC mounted at `workspace`.",
+            description="The workspace PVC (required on kubernetes; ReadWriteMany for more than one worker).",
             section="Kubernetes",
         ),
         **training_params(),
@@ -164,6 +188,7 @@ with DAG(
         revision="{{ params.dataset_revision }}",
         hf_conn_id="{{ params.hf_conn_id }}",
         aws_conn_id="{{ params.aws_conn_id }}",
+        **WORKSPACE_STEPS,
     )
     train = SFTTrainOperator(
         task_id="train",
@@ -174,6 +199,7 @@ with DAG(
         runtime_name="{{ params.runtime_name }}",
         job_labels="{{ params.job_labels }}",
         pvc_name="{{ params.pvc_name }}",
+        workspace_mode="{{ params.workspace_mode }}",
         hf_conn_id="{{ params.hf_conn_id }}",
         deferrable=True,  # kubernetes: wait in the triggerer, not in a worker slot
         **{name: "{{ params." + name + " }}" for name in TRAINING_PARAMETERS},
@@ -182,8 +208,12 @@ with DAG(
         task_id="export_model",
         training_output_dir=train.output["output_dir"],
         workspace="{{ params.workspace }}",
+        **WORKSPACE_STEPS,
     )
     report = LossChartOperator(
-        task_id="report", training_output_dir=train.output["output_dir"], workspace="{{ params.workspace }}"
+        task_id="report",
+        training_output_dir=train.output["output_dir"],
+        steps=export_model.output["steps"],
+        workspace="{{ params.workspace }}",
     )
     resolve_dataset >> train >> export_model >> report

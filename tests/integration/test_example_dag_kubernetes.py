@@ -1,13 +1,15 @@
-"""The example DAG with backend="kubernetes" through `airflow dags test`, against the REAL API server.
+"""The example DAG with backend="kubernetes" through `airflow dags test`, against the REAL API server
+with the upstream CRDs, the worker NOT mounting the PVC (workspace_mode="cluster").
 
-The training "pod" is run by the fake kubelet of tests/k8s/fake_core.py: it executes the
-TrainJob's trainer command on this machine with the env from the stored spec (HF_TOKEN
-resolved from the Secret), as a rank-0 pod with the workspace PVC mounted would.
+Every TrainJob (dataset resolution, training, export) runs on the stand-in controller and kubelet
+of tests/k8s/standin.py: merged with the upstream torch-distributed runtime, no network, a non-root
+UID, an image Python that cannot import this provider, and the PVC a directory of its own.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
 
 import pytest
@@ -21,32 +23,49 @@ pytestmark = pytest.mark.slow
 TOKEN = "hf_DagLevelSecretToken987"
 
 
-def test_example_dag_on_kubernetes(cluster, namespace, k8s_connection, tiny_model, tmp_path, monkeypatch):
+def test_example_dag_on_kubernetes_without_the_pvc_on_the_worker(
+    cluster, namespace, k8s_connection, tiny_model, tmp_path, monkeypatch
+):
     monkeypatch.setenv("HF_TOKEN", TOKEN)
+    pvc = cluster.kubelet.add_pvc("sft-workspace", tmp_path / "pvc")
+    shutil.copytree(tiny_model, pvc / "models" / "tiny")
+    for path in [pvc / "models", *(pvc / "models").rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
     cluster.auto_run(namespace, extra_env={"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"})
-    workspace = tmp_path / "pvc"
+    worker = tmp_path / "worker"  # the Airflow side: not the PVC
     conf = {
         **DEMO_TRAINING,
         "num_epochs": 1,
         "backend": "kubernetes",
-        "base_model": str(tiny_model),
-        "workspace": str(workspace),  # the PVC, mounted at the same path in the (fake) pod
+        "base_model": "/workspace/models/tiny",  # a path in the pod, on the PVC
+        "workspace": str(worker),
         "pvc_name": "sft-workspace",
     }
-    log = run_pipeline(workspace, REPO_ROOT / "dags", conf, echo=False)
+    log = run_pipeline(worker, REPO_ROOT / "dags", conf, echo=False)
     text = log.read_text()
 
-    assert "state=success" in text
-    assert (workspace / c.FINAL_MODEL_DIR / "model.safetensors").exists()
-    assert json.loads((workspace / c.METRICS_SUMMARY_FILE).read_text())["steps"] == 30
-    assert "[sft] done in" in text  # the pod log tail reached the task log
-    assert trainjobs(cluster, namespace) == []  # deleted after success
-    assert not [key for key in cluster.secrets if key[0] == namespace]  # and its Secret with it
+    assert "state=success" in text, text[-5000:]
+    # the dataset, the run and the model are on the PVC; nothing of them on the worker
+    assert (pvc / "dataset" / "train.jsonl").is_file()
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(pvc / c.FINAL_MODEL_DIR)
+    assert json.loads((pvc / c.METRICS_SUMMARY_FILE).read_text())["steps"] == 30
+    assert not (worker / c.FINAL_MODEL_DIR).exists() and not (worker / "dataset").exists()
+    # the loss chart reached the Airflow side, drawn from the export's XCom
+    assert "Plotly" in (worker / c.LOSS_CHART_FILE).read_text()
+    assert "[sft] done in" in text  # the pod log reached the task log
+    assert "STAND-IN IMAGE: pip ran" not in text
+    assert trainjobs(cluster, namespace) == []  # every job deleted after success
+    assert cluster.secrets_in(namespace) == [] and cluster.configmaps_in(namespace) == []
     assert TOKEN not in text
-    with sqlite3.connect(workspace / "airflow" / "airflow.db") as db:
-        stored = " ".join(str(row) for row in db.execute("SELECT value FROM xcom"))
-        job = next(
-            json.loads(v) for (k, v) in db.execute("SELECT key, value FROM xcom WHERE key = 'training_job'")
-        )
+    with sqlite3.connect(worker / "airflow" / "airflow.db") as db:
+        rows = db.execute("SELECT task_id, key, value FROM xcom").fetchall()
+    xcoms = {(task, key): json.loads(value) if isinstance(value, str) else value for task, key, value in rows}
+    stored = json.dumps(list(xcoms.values()))
     assert TOKEN not in stored
+    assert xcoms[("resolve_dataset", "path")] == "/workspace/dataset/train.jsonl"
+    assert xcoms[("export_model", "metrics")]["steps"] == 30
+    assert len(xcoms[("export_model", "steps")]) == 30
+    job = xcoms[("train", "training_job")]
     assert job["backend"] == "kubernetes" and job["namespace"] == namespace

@@ -30,7 +30,12 @@ def pvc(cluster, tmp_path, tiny_model) -> Path:
     shutil.copytree(tiny_model, root / "models" / "tiny")
     (root / "dataset").mkdir()
     shutil.copy(bundled_dataset_path(), root / "dataset" / "train.jsonl")
-    for path in [root / "models", root / "dataset", *(root / "models").rglob("*"), *(root / "dataset").rglob("*")]:
+    for path in [
+        root / "models",
+        root / "dataset",
+        *(root / "models").rglob("*"),
+        *(root / "dataset").rglob("*"),
+    ]:
         path.chmod(0o755 if path.is_dir() else 0o644)  # what the pod's UID may read
     return root
 
@@ -46,7 +51,9 @@ def training_run(name: str, **params) -> TrainingRun:
 
 
 def backend(cluster, namespace) -> KubernetesBackend:
-    return KubernetesBackend(config=KubernetesConfig.build(namespace=namespace, pvc_name=CLAIM), connect=cluster.connect)
+    return KubernetesBackend(
+        config=KubernetesConfig.build(namespace=namespace, pvc_name=CLAIM), connect=cluster.connect
+    )
 
 
 def run(cluster, namespace, training: TrainingRun) -> tuple[list[int], list[str], object]:
@@ -106,8 +113,22 @@ def test_the_stand_in_pod_is_what_a_cluster_gives(cluster, namespace, pvc):
                                     "spec": {
                                         "template": {
                                             "spec": {
-                                                "volumes": [{"name": "w", "persistentVolumeClaim": {"claimName": CLAIM}}, {"name": "t", "emptyDir": {}}],
-                                                "containers": [{"name": "node", "volumeMounts": [{"name": "w", "mountPath": "/workspace"}, {"name": "t", "mountPath": "/tmp"}]}],
+                                                "volumes": [
+                                                    {
+                                                        "name": "w",
+                                                        "persistentVolumeClaim": {"claimName": CLAIM},
+                                                    },
+                                                    {"name": "t", "emptyDir": {}},
+                                                ],
+                                                "containers": [
+                                                    {
+                                                        "name": "node",
+                                                        "volumeMounts": [
+                                                            {"name": "w", "mountPath": "/workspace"},
+                                                            {"name": "t", "mountPath": "/tmp"},
+                                                        ],
+                                                    }
+                                                ],
                                             }
                                         }
                                     }
@@ -138,7 +159,9 @@ def test_two_cpu_nodes_train_one_model(cluster, namespace, pvc):
     assert "using node 0's processed data" in node1
     assert "joining 2 nodes over gloo" in node0 and "joining 2 nodes over gloo" in node1
     run_dir = pvc / "runs" / training.name
-    assert sorted(p.name for p in (run_dir / c.HF_FORMAT_DIR).iterdir()) == ["samples_235"]  # one model, from node 0
+    assert sorted(p.name for p in (run_dir / c.HF_FORMAT_DIR).iterdir()) == [
+        "samples_235"
+    ]  # one model, from node 0
     records, _ = read_step_records(run_dir / c.METRICS_FILE)
     losses = [r.loss for r in records]
     assert len(losses) == 30 and sum(losses[-5:]) < sum(losses[:5])

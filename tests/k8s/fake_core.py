@@ -234,7 +234,9 @@ class FakeCluster:
                 f'container "node" in pod "{key[1]}" is waiting to start: {pod["waiting"]}',
             )
         log = pod["log"]
-        if isinstance(log, Path) and request.query.get("follow") == "true":  # stream until the pod ends
+        if (
+            isinstance(log, Path) and request.query.get("follow", "").lower() == "true"
+        ):  # stream until the pod ends
             response = web.StreamResponse()
             await response.prepare(request)
             with log.open("rb") as handle:

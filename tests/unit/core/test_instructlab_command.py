@@ -111,6 +111,10 @@ def test_a_retry_starts_clean_instead_of_resuming(tmp_path):
     (tmp_path / "data").mkdir()
     second, first = Topology(node_rank=1, num_nodes=2), Topology(node_rank=0, num_nodes=2)
     assert start_clean(tmp_path, second) == []  # only node 0 cleans, before the rendezvous the others wait on
-    assert start_clean(tmp_path, first) == ["full_state", "hf_format", "training_params_and_metrics_global0.jsonl"]
+    assert start_clean(tmp_path, first) == [
+        "full_state",
+        "hf_format",
+        "training_params_and_metrics_global0.jsonl",
+    ]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
     assert start_clean(tmp_path, first) == []

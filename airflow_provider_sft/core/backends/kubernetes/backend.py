@@ -309,8 +309,16 @@ class KubernetesBackend(TrainingBackend):
         return self._run(lambda client: self._follow(client, handle, on_log, timeout_seconds))
 
     async def _follow(
-        self, client: KubeClient, handle: JobHandle, on_log: LogSink, timeout_seconds: float | None
+        self,
+        client: KubeClient,
+        handle: JobHandle,
+        on_log: LogSink,
+        timeout_seconds: float | None,
+        *,
+        missed: Callable[[], bool] = lambda: False,
     ) -> JobResult:
+        """Follow the job to its end, then complete it. The log tail is copied at the end when
+        nothing was streamed, or when ``missed()`` says a line the caller needs did not arrive."""
         ns = handle.details["namespace"]
         log_task: asyncio.Task | None = None
         streamed = 0
@@ -342,7 +350,7 @@ class KubernetesBackend(TrainingBackend):
         finally:
             await _drain(log_task)
         result = result_of(ns, handle.name, waited, start_timeout=self.config.start_timeout)
-        return await self._complete(client, handle, result, on_log, copy_log=streamed == 0)
+        return await self._complete(client, handle, result, on_log, copy_log=streamed == 0 or missed())
 
     # --- workspace steps --------------------------------------------------------------------
 
@@ -398,7 +406,13 @@ class KubernetesBackend(TrainingBackend):
             if not line.startswith(RESULT_PREFIX):
                 on_log(line)
 
-        result = await self._follow(client, self.handle(name, ""), capture, timeout_seconds)
+        result = await self._follow(
+            client,
+            self.handle(name, ""),
+            capture,
+            timeout_seconds,
+            missed=lambda: parse_result(lines) is None,
+        )
         if result.succeeded and (output := parse_result(lines)) is not None:
             return output
         error = next((line for line in reversed(lines) if line.startswith("ERROR: ")), None)
