@@ -35,8 +35,7 @@ from airflow_provider_sft.core import jsonio
 from airflow_provider_sft.core.errors import SFTError, TrainingFailedError
 from airflow_provider_sft.core.nodes import Topology, clear_data_ready, mark_data_ready, wait_for_data
 from airflow_provider_sft.core.run import Device, TrainingRun, cuda_device_count, plan_device
-
-ERROR_PREFIX = "ERROR: "
+from airflow_provider_sft.core.steps import ERROR_PREFIX
 
 
 _PREFIX = "[sft] "
@@ -242,7 +241,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{ERROR_PREFIX}{_import_problem(exc)}", flush=True)
         return 1
     except PermissionError as exc:
-        print(f"{ERROR_PREFIX}permission denied: {exc.filename or exc} (uid {os.getuid()})", flush=True)
+        print(
+            f"{ERROR_PREFIX}permission denied: {exc.filename or exc}: the pod's user (uid {os.getuid()}, "
+            f"gid {os.getgid()}) may not access it",
+            flush=True,
+        )
         return 1
     except Exception as exc:  # a bug or a library failure: its traceback, then the one line
         import traceback

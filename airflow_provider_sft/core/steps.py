@@ -20,6 +20,7 @@ from airflow_provider_sft.core import constants as c
 from airflow_provider_sft.core import jsonio
 
 RESULT_PREFIX = "SFT_RESULT "
+ERROR_PREFIX = "ERROR: "  # the last line of a failed pod program
 Logger = Callable[[str], None]
 
 

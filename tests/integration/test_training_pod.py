@@ -167,3 +167,34 @@ def test_two_cpu_nodes_train_one_model(cluster, namespace, pvc):
     assert len(losses) == 30 and sum(losses[-5:]) < sum(losses[:5])
     assert "STAND-IN IMAGE: pip ran" not in node0 + node1
     assert any("[sft node 0/2] done in" in line for line in lines)  # node 0's log reached the task log
+
+
+def _fails_with(cluster, namespace, training: TrainingRun, reason: str) -> None:
+    codes, lines, result = run(cluster, namespace, training)
+    assert codes == [1]
+    errors = [line for line in lines if line.startswith("ERROR: ")]
+    assert len(errors) == 1 and reason in errors[0], lines[-20:]
+    assert not result.succeeded and reason in result.message  # what the task fails with
+    assert "Traceback" not in "\n".join(lines)
+
+
+def test_a_missing_base_model_is_named(cluster, namespace, pvc):
+    training = training_run("no-model", base_model="/workspace/models/missing")
+    _fails_with(
+        cluster, namespace, training, "base_model /workspace/models/missing does not exist in the pod"
+    )
+
+
+def test_an_unreadable_dataset_is_named(cluster, namespace, pvc):
+    (pvc / "dataset" / "train.jsonl").chmod(0o600)  # root's, not the pod user's
+    training = training_run("unreadable")
+    _fails_with(cluster, namespace, training, "permission denied: /workspace/dataset/train.jsonl")
+
+
+def test_a_read_only_pvc_is_named(cluster, namespace, pvc):
+    pvc.chmod(0o555)
+    try:
+        training = training_run("read-only")
+        _fails_with(cluster, namespace, training, "cannot write the run directory /workspace/runs/read-only")
+    finally:
+        pvc.chmod(0o2775)

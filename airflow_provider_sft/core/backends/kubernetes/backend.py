@@ -56,7 +56,7 @@ from airflow_provider_sft.core.backends.kubernetes.watch import WaitResult, foll
 from airflow_provider_sft.core.clock import SYSTEM_CLOCK, Clock
 from airflow_provider_sft.core.errors import InvalidParameterError, TrainingFailedError
 from airflow_provider_sft.core.run import TrainingRun
-from airflow_provider_sft.core.steps import RESULT_PREFIX, parse_result
+from airflow_provider_sft.core.steps import ERROR_PREFIX, RESULT_PREFIX, parse_result
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -322,6 +322,7 @@ class KubernetesBackend(TrainingBackend):
         ns = handle.details["namespace"]
         log_task: asyncio.Task | None = None
         streamed = 0
+        on_log = _ErrorLine.tracking(on_log)
 
         def stream_line(line: str) -> None:
             nonlocal streamed
@@ -415,10 +416,8 @@ class KubernetesBackend(TrainingBackend):
         )
         if result.succeeded and (output := parse_result(lines)) is not None:
             return output
-        error = next((line for line in reversed(lines) if line.startswith("ERROR: ")), None)
         raise TrainingFailedError(
-            f"The {step} step (TrainJob {ns}/{name}) failed: "
-            + (error.removeprefix("ERROR: ") if error else result.message or "it printed no result")
+            f"The {step} step failed: {result.message if not result.succeeded else 'it printed no result'}"
         )
 
     def complete(self, handle: JobHandle, result: JobResult, *, on_log: LogSink) -> JobResult:
@@ -433,10 +432,16 @@ class KubernetesBackend(TrainingBackend):
         *,
         copy_log: bool = True,
     ) -> JobResult:
-        """Copy the tail of the rank-0 pod log and clean up by policy; the result is unchanged."""
+        """Copy the tail of the rank-0 pod log and clean up by policy.
+
+        A failure's message gains the pod's own reason, its last ``ERROR:`` line.
+        """
         ns = handle.details["namespace"]
+        on_log = _ErrorLine.tracking(on_log)
         if copy_log:
             await copy_log_tail(client, ns, handle.name, on_log)
+        if not result.succeeded and on_log.last:
+            result = dataclasses.replace(result, message=f"{result.message}; the pod reported: {on_log.last}")
         keep = (result.succeeded and not self.config.delete_on_success) or (
             result.status is JobStatus.FAILED and self.config.keep_failed_jobs
         )
@@ -457,6 +462,23 @@ class KubernetesBackend(TrainingBackend):
         # test servers) without the garbage collector, and for a job never created.
         await client.delete_owned("Secret", ns, secret_name(handle.name))
         await client.delete_owned("ConfigMap", ns, program_configmap_name(handle.name))
+
+
+class _ErrorLine:
+    """A log sink that remembers the last ``ERROR:`` line the pod program printed."""
+
+    def __init__(self, sink: LogSink):
+        self.sink = sink
+        self.last: str | None = None
+
+    @classmethod
+    def tracking(cls, sink: LogSink) -> _ErrorLine:
+        return sink if isinstance(sink, cls) else cls(sink)
+
+    def __call__(self, line: str) -> None:
+        if line.startswith(ERROR_PREFIX):
+            self.last = line.removeprefix(ERROR_PREFIX)
+        self.sink(line)
 
 
 async def _drain(task: asyncio.Task | None) -> None:
