@@ -35,8 +35,7 @@ from airflow_provider_sft.core import jsonio
 from airflow_provider_sft.core.errors import SFTError, TrainingFailedError
 from airflow_provider_sft.core.nodes import Topology, clear_data_ready, mark_data_ready, wait_for_data
 from airflow_provider_sft.core.run import Device, TrainingRun, cuda_device_count, plan_device
-from airflow_provider_sft.core.steps import ERROR_PREFIX
-
+from airflow_provider_sft.core.steps import ERROR_PREFIX, missing_module
 
 _PREFIX = "[sft] "
 
@@ -205,15 +204,6 @@ def _train_on_cuda(training_run: TrainingRun, gpus: int) -> None:
 USAGE = "usage: entrypoint {train,resolve,export} CONFIG_JSON"
 
 
-def _import_problem(exc: ImportError) -> str:
-    missing = exc.name or str(exc)
-    return (
-        f"the training image lacks the Python module {missing!r} ({exc}). The node container needs "
-        "Python with torch and instructlab-training (and their dependencies) in its image: set image= "
-        "to one that has them (see the README's Containerfile)"
-    )
-
-
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) == 1:  # a config alone: train (what earlier versions ran)
@@ -238,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{ERROR_PREFIX}{exc}", flush=True)
         return 1
     except ImportError as exc:
-        print(f"{ERROR_PREFIX}{_import_problem(exc)}", flush=True)
+        print(f"{ERROR_PREFIX}{missing_module(exc)}", flush=True)
         return 1
     except PermissionError as exc:
         print(

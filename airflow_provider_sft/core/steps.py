@@ -59,6 +59,15 @@ def export(config: Mapping[str, Any], *, log: Logger, env: Mapping[str, str] = o
 STEPS: dict[str, Callable[..., dict[str, Any]]] = {"resolve": resolve, "export": export}
 
 
+def missing_module(exc: ImportError) -> str:
+    """What a pod whose image lacks a module the program imports reports."""
+    return (
+        f"the training image lacks the Python module {exc.name or exc!r} ({exc}). The node container needs "
+        "Python with torch and instructlab-training (and their dependencies) in its image: set image= to "
+        "one that has them (see deploy/Containerfile.training)"
+    )
+
+
 def result_line(result: dict[str, Any]) -> str:
     return RESULT_PREFIX + jsonio.dumps(result).decode()
 

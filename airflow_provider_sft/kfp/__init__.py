@@ -7,7 +7,7 @@ inside KFP's container ``kfp.dsl`` is the slim runtime build, and the runner mus
 
 from typing import Any
 
-__all__ = ["PACKAGES_TO_INSTALL", "make_train_model", "train_model"]
+__all__ = ["BASE_IMAGE", "PACKAGES_TO_INSTALL", "make_train_model", "train_model"]
 
 
 def __getattr__(name: str) -> Any:

@@ -7,8 +7,11 @@ from kfp import dsl
 
 from airflow_provider_sft import __version__
 
-#: What KFP's container installs at run time to get this provider (override with SFT_KFP_PACKAGE).
-PACKAGES_TO_INSTALL = [os.environ.get("SFT_KFP_PACKAGE", f"airflow-provider-sft[train]=={__version__}")]
+#: The component's container image: the provider and kfp preinstalled (deploy/Containerfile.kfp),
+#: so nothing is pip-installed when the step starts. SFT_KFP_BASE_IMAGE names your build of it.
+BASE_IMAGE = os.environ.get("SFT_KFP_BASE_IMAGE", f"airflow-provider-sft-kfp:{__version__}")
+#: Nothing is installed at run time by default (the provider is not on PyPI; the image has it).
+PACKAGES_TO_INSTALL: list[str] = []
 
 #: The TaskConfig fields forwarded to the TrainJob (volumes and env are also applied to this task,
 #: so it sees the same workspace PVC as the training pods).
@@ -98,11 +101,15 @@ def train_model(
 _train_model_function = train_model
 
 
-def make_train_model(*, packages_to_install=None, install_kfp_package: bool = True, base_image="python:3.11"):
-    """Build the component; ``packages_to_install`` defaults to the published provider."""
+def make_train_model(*, packages_to_install=None, install_kfp_package: bool = False, base_image=None):
+    """Build the component on ``base_image`` (default :data:`BASE_IMAGE`, which has the provider and kfp).
+
+    ``packages_to_install`` (and ``install_kfp_package=True``) are for a base image without them,
+    such as ``python:3.11`` with an index that serves your wheel of this provider.
+    """
     return dsl.component(
         _train_model_function,
-        base_image=base_image,
+        base_image=base_image or BASE_IMAGE,
         packages_to_install=PACKAGES_TO_INSTALL if packages_to_install is None else packages_to_install,
         install_kfp_package=install_kfp_package,
         task_config_passthroughs=TASK_CONFIG_PASSTHROUGHS,

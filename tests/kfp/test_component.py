@@ -15,7 +15,7 @@ from kfp import compiler, dsl, local
 from kfp.dsl.types import type_annotations
 
 from airflow_provider_sft.core.errors import InvalidParameterError
-from airflow_provider_sft.kfp import PACKAGES_TO_INSTALL, make_train_model, train_model
+from airflow_provider_sft.kfp import BASE_IMAGE, PACKAGES_TO_INSTALL, make_train_model, train_model
 from airflow_provider_sft.kfp.runner import run_train_model
 from tests.conftest import REPO_ROOT
 
@@ -83,12 +83,18 @@ def test_signature_matches_the_seed_table_exactly():
     assert len(rows) == 29
 
 
-def test_packages_to_install_is_the_published_provider():
-    assert PACKAGES_TO_INSTALL[0].startswith("airflow-provider-sft[train]==")
-    command = " ".join(train_model.component_spec.implementation.container.command)
-    assert "airflow-provider-sft[train]==" in command
-    custom = make_train_model(packages_to_install=["airflow-provider-sft @ file:///wheels/x.whl"])
+def test_nothing_is_installed_when_the_step_starts():
+    """The default needs no index: the base image has the provider and kfp (deploy/Containerfile.kfp)."""
+    container = train_model.component_spec.implementation.container
+    assert PACKAGES_TO_INSTALL == []
+    assert container.image == BASE_IMAGE and BASE_IMAGE.startswith("airflow-provider-sft-kfp:")
+    assert "pip install" not in " ".join(container.command)
+    custom = make_train_model(
+        base_image="python:3.11", packages_to_install=["airflow-provider-sft @ file:///wheels/x.whl"]
+    )
     assert "file:///wheels/x.whl" in " ".join(custom.component_spec.implementation.container.command)
+    containerfile = (Path(__file__).parents[2] / "deploy" / "Containerfile.kfp").read_text()
+    assert "kfp==2.17.0" in containerfile and "/tmp/src[data]" in containerfile
 
 
 def test_seed_example_pipeline_compiles(tmp_path):

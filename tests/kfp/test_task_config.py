@@ -52,9 +52,11 @@ def test_every_task_config_field_reaches_the_node_pods():
     assert config.pvc_name == "pipeline-ws"  # the volume mounted at pvc_path is the workspace
     rj = job["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]
     pod = rj["template"]["spec"]["template"]["spec"]
-    assert [v["name"] for v in pod["volumes"]] == ["workspace", "cache"]
+    assert [v["name"] for v in pod["volumes"]] == ["workspace", "sft-program", "tmp", "cache"]
     assert pod["containers"][0]["volumeMounts"] == [
         {"name": "workspace", "mountPath": PVC_PATH},
+        {"name": "sft-program", "mountPath": "/opt/airflow-provider-sft", "readOnly": True},
+        {"name": "tmp", "mountPath": "/tmp"},
         {"name": "cache", "mountPath": "/cache"},
     ]
     assert pod["tolerations"][0]["key"] == "nvidia.com/gpu"

@@ -71,6 +71,7 @@ def test_string_values_from_templates_are_coerced():
             "learning_rate": "1e-5",
             "use_liger": "false",
             "resource_num_procs_per_worker": "2",
+            "resource_gpu_per_worker": "2",
         }
     )
     assert (params.effective_batch_size, params.learning_rate, params.use_liger) == (64, 1e-5, False)
@@ -213,3 +214,41 @@ def test_a_run_that_would_write_no_checkpoint_is_rejected():
     with pytest.raises(InvalidParameterError, match="would write no model checkpoint"):
         SFTParams.parse({"checkpoint_at_epoch": False, "save_samples": 0})
     assert SFTParams.parse({"checkpoint_at_epoch": False, "save_samples": 64}).save_samples == 64
+
+
+@pytest.mark.parametrize(
+    ("values", "field", "reason"),
+    [
+        (
+            {"resource_gpu_per_worker": 2, "resource_num_procs_per_worker": 4},
+            "resource_num_procs_per_worker",
+            "each worker has 2 GPU(s)",
+        ),
+        (
+            {"resource_gpu_per_worker": 0, "resource_num_procs_per_worker": 2},
+            "resource_num_procs_per_worker",
+            "one process per worker",
+        ),
+        (
+            {"resource_gpu_per_worker": 4, "resource_num_workers": 4, "effective_batch_size": 8},
+            "effective_batch_size",
+            "smaller than the world size 16",
+        ),
+        (
+            {"resource_gpu_per_worker": 0, "resource_num_workers": 3, "effective_batch_size": 2},
+            "effective_batch_size",
+            "world size 3",
+        ),
+    ],
+)
+def test_topologies_that_cannot_train_are_refused(values, field, reason):
+    with pytest.raises(InvalidParameterError) as info:
+        SFTParams.parse(values)
+    assert list(info.value.errors) == [field] and reason in info.value.errors[field]
+
+
+def test_a_topology_that_can_train_is_accepted():
+    params = SFTParams.parse(
+        {"resource_gpu_per_worker": 0, "resource_num_workers": 2, "effective_batch_size": 2}
+    )
+    assert params.world_size == 2

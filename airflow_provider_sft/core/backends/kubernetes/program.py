@@ -33,8 +33,13 @@ _PACKAGE = Path(airflow_provider_sft.__file__).parent
 _LEFT_OUT = ("core/backends/", "core/chart.py", "core/tiny_model.py")
 _MAIN = b"""import sys
 
-from airflow_provider_sft.core.entrypoint import main
+from airflow_provider_sft.core.steps import ERROR_PREFIX, missing_module  # stdlib only
 
+try:
+    from airflow_provider_sft.core.entrypoint import main
+except ImportError as exc:  # the image lacks a module the program needs: one line that says which
+    print(ERROR_PREFIX + missing_module(exc), flush=True)
+    sys.exit(1)
 sys.exit(main())
 """
 # A ConfigMap holds at most 1 MiB (data and binaryData together, base64 counted).
