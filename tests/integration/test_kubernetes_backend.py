@@ -122,7 +122,9 @@ def test_v22_trainjob_is_admitted_and_nothing_is_pruned(fake_cluster, namespace,
 
 @pytest.mark.trainer("v2.1.0")
 def test_v21_trainjob_is_created_with_pod_template_overrides(cluster, namespace):
-    handle = backend(cluster, namespace).submit(make_run(resource_num_procs_per_worker=2), timeout_seconds=60)
+    handle = backend(cluster, namespace).submit(
+        make_run(resource_num_procs_per_worker=2, resource_gpu_per_worker=2), timeout_seconds=60
+    )
     job = stored(cluster, namespace, handle.name)
     override = job["spec"]["podTemplateOverrides"][0]
     assert override["targetJobs"] == [{"name": "node"}]
@@ -293,7 +295,7 @@ def test_secrets_never_reach_the_spec(cluster, namespace):
     env = {e["name"]: e for e in job["spec"]["trainer"]["env"]}
     assert env["HF_TOKEN"]["valueFrom"]["secretKeyRef"] == {
         "name": f"{handle.name}-secrets",
-        "key": "hf-token",
+        "key": "HF_TOKEN",
     }
     secret = cluster.secrets[(namespace, f"{handle.name}-secrets")]
     assert secret["type"] == "kubernetes.io/dockerconfigjson"
@@ -362,7 +364,8 @@ def test_status_transitions_pending_is_not_running_and_the_failure_reason(cluste
     final = b.complete(handle, failed, on_log=logs.append)
     assert final.status is JobStatus.FAILED
     assert (
-        final.message == f"TrainJob {namespace}/{handle.name} failed: JobsFailed: node-0 exited with code 1"
+        final.message
+        == f"TrainJob {namespace}/{handle.name} failed: JobsFailed: node-0 exited with code 1; the pod reported: CUDA out of memory"
     )
     assert logs[-1] == "ERROR: CUDA out of memory"  # the pod log tail reaches the task log
     assert not exists(cluster, namespace, handle.name)  # deleted on failure
@@ -506,3 +509,25 @@ def test_secret_looking_envs_are_refused(cluster, namespace):
     with pytest.raises(InvalidParameterError, match="HF_TOKEN look") as info:
         backend(cluster, namespace).submit(make_run(envs=f"HF_TOKEN={TOKEN},MODE=fast"))
     assert TOKEN not in str(info.value)
+
+
+def test_the_pod_program_travels_in_a_configmap_the_job_owns(cluster, namespace):
+    from airflow_provider_sft.core.backends.kubernetes.program import program_digest
+
+    b = backend(cluster, namespace)
+    handle = b.submit(make_run())
+    job = stored(cluster, namespace, handle.name)
+    assert job["spec"]["trainer"]["command"] == [
+        "python",
+        "/opt/airflow-provider-sft/program.pyz",
+        "train",
+        "/opt/airflow-provider-sft/config.json",
+    ]
+    assert "pip install" not in json.dumps(job["spec"])  # nothing is installed when the pod starts
+    configmap = cluster.configmaps[(namespace, f"{handle.name}-program")]
+    assert configmap["metadata"]["ownerReferences"][0]["uid"] == job["metadata"]["uid"]
+    assert configmap["metadata"]["annotations"]["airflow-provider-sft/program-sha256"] == program_digest()
+    config = json.loads(configmap["data"]["config.json"])
+    assert config["name"] == handle.name and config["attempt"]  # the run config, beside the program
+    b.cancel(handle)
+    assert cluster.configmaps_in(namespace) == [] and not exists(cluster, namespace, handle.name)

@@ -33,7 +33,7 @@ def operator(namespace, **kwargs):
         workspace="/workspace",
         namespace=namespace,
         deferrable=True,
-        **kwargs,
+        **{"pvc_name": "sft-workspace", **kwargs},
     )
 
 

@@ -26,7 +26,9 @@ def connection(cluster, namespace, monkeypatch):
 
 
 def submit(cluster, namespace, name="trig-job"):
-    backend = KubernetesBackend(config=KubernetesConfig.build(namespace=namespace), connect=cluster.connect)
+    backend = KubernetesBackend(
+        config=KubernetesConfig.build(namespace=namespace, pvc_name="sft-workspace"), connect=cluster.connect
+    )
     run = TrainingRun(name, SFTParams(), "/workspace/d.jsonl", f"/workspace/runs/{name}")
     return backend.submit(run)
 

@@ -82,7 +82,12 @@ def test_every_flag_exists_in_the_installed_main_ds():
         pytest.param(
             {}, {}, ["--nproc-per-node=4", "--nnodes=1", "--node-rank=0", "--standalone"], id="local-auto"
         ),
-        pytest.param({}, {"resource_num_procs_per_worker": 2}, ["--nproc-per-node=2"], id="explicit-procs"),
+        pytest.param(
+            {},
+            {"resource_num_procs_per_worker": 2, "resource_gpu_per_worker": 4},
+            ["--nproc-per-node=2"],
+            id="explicit-procs",
+        ),
         pytest.param(
             {"PET_NNODES": "2", "PET_MASTER_ADDR": "job-node-0"},
             {},

@@ -58,7 +58,7 @@ def test_rendered_strings_are_validated_into_params(tmp_path):
         ),
         pytest.param({"resource_gpu_per_worker": 1}, InvalidParameterError, "0 CUDA device", id="gpu-on-cpu"),
         pytest.param({"dataset_path": "/nonexistent.jsonl"}, DatasetError, "does not exist", id="dataset"),
-        pytest.param({"backend": "slurm"}, ValueError, "'slurm' is not a valid BackendName", id="backend"),
+        pytest.param({"backend": "slurm"}, InvalidParameterError, "backend: must be one of", id="backend"),
     ],
 )
 def test_bad_input_fails_before_anything_starts(tmp_path, kwargs, error, message):

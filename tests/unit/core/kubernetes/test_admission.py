@@ -205,4 +205,4 @@ def test_empty_means_not_set_and_none_only_where_it_is_no_value():
         [],
         {},
     )
-    assert KubernetesConfig.build(package_spec=None).package_spec is None  # the image has the provider
+    assert KubernetesConfig.build(image=None).image is None

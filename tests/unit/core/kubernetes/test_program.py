@@ -43,7 +43,9 @@ def test_the_program_runs_from_its_zip_and_prints_its_usage(tmp_path):
 def test_an_image_without_a_module_the_program_needs_gets_one_error_line(tmp_path):
     path = tmp_path / "program.pyz"
     path.write_bytes(program.program_zip())
-    done = subprocess.run([sys.executable, "-S", str(path), "train", "x.json"], capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-S", str(path), "train", "x.json"], capture_output=True, text=True
+    )
     assert done.returncode == 1
     last = done.stdout.splitlines()[-1]
     assert last.startswith("ERROR: the training image lacks the Python module 'pydantic'"), last
