@@ -69,3 +69,31 @@ def test_example_dag_on_kubernetes_without_the_pvc_on_the_worker(
     assert len(xcoms[("export_model", "steps")]) == 30
     job = xcoms[("train", "training_job")]
     assert job["backend"] == "kubernetes" and job["namespace"] == namespace
+
+
+def test_example_dag_on_kubernetes_with_the_pvc_mounted_on_the_worker(
+    cluster, namespace, k8s_connection, tiny_model, tmp_path
+):
+    """workspace_mode="shared": the worker mounts the PVC at `workspace`, the pods at the same path."""
+    shared = cluster.kubelet.add_pvc("sft-workspace", tmp_path / "pvc")
+    shutil.copytree(tiny_model, shared / "models" / "tiny")
+    for path in [shared / "models", *(shared / "models").rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    cluster.auto_run(namespace, extra_env={"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"})
+    conf = {
+        **DEMO_TRAINING,
+        "num_epochs": 1,
+        "backend": "kubernetes",
+        "workspace_mode": "shared",
+        "base_model": str(shared / "models" / "tiny"),
+        "workspace": str(shared),
+        "pvc_name": "sft-workspace",
+    }
+    log = run_pipeline(shared, REPO_ROOT / "dags", conf, echo=False)
+    text = log.read_text()
+    assert "state=success" in text, text[-5000:]
+    assert "for the resolve step" not in text and "for the export step" not in text  # ran in the tasks
+    assert (shared / c.FINAL_MODEL_DIR / "model.safetensors").exists()
+    assert json.loads((shared / c.METRICS_SUMMARY_FILE).read_text())["steps"] == 30
+    assert "Plotly" in (shared / c.LOSS_CHART_FILE).read_text()
+    assert trainjobs(cluster, namespace) == []

@@ -70,16 +70,21 @@ def main() -> int:
     sh("mount", "--bind", log_dir, log_dir)
     logs = [open(node["log"], "wb", buffering=0) for node in plan["nodes"]]  # noqa: SIM115
     build_image(plan)
-    # Binds first: their sources may live under a path an emptyDir then covers (/tmp).
-    for mount in plan["mounts"]:
+    # Sources are staged under /opt first: they may live under a path a volume then covers
+    # (/tmp). Then every volume is mounted in path order, parents first, as the kubelet does.
+    for number, mount in enumerate(plan["mounts"]):
         if mount["kind"] != "emptyDir":
-            os.makedirs(mount["path"], exist_ok=True)
-            bind(mount["source"], mount["path"], read_only=mount["read_only"])
+            stage = f"{IMAGE}/.stage/{number}"
+            os.makedirs(stage)
+            sh("mount", "--bind", mount["source"], stage)
+            mount["source"] = stage
     bind(plan["hosts_file"], "/etc/hosts", read_only=True)
-    for mount in plan["mounts"]:
+    for mount in sorted(plan["mounts"], key=lambda m: m["path"].rstrip("/").count("/")):
+        os.makedirs(mount["path"], exist_ok=True)
         if mount["kind"] == "emptyDir":
-            os.makedirs(mount["path"], exist_ok=True)
             sh("mount", "-t", "tmpfs", "-o", "mode=1777,size=2g", "tmpfs", mount["path"])
+        else:
+            bind(mount["source"], mount["path"], read_only=mount["read_only"])
     sh("mount", "-o", "remount,ro", "/opt")
     sh("mount", "-o", "remount,bind,ro", "/")
     user = ["setpriv", f"--reuid={plan['uid']}", f"--regid={plan['gid']}", "--clear-groups", "--"]
