@@ -17,9 +17,13 @@ import pytest
 from airflow_provider_sft.core import constants as c
 from airflow_provider_sft.demo import DEMO_TRAINING, run_pipeline
 from tests.conftest import REPO_ROOT
+from tests.k8s import standin
 from tests.integration.test_kubernetes_backend import trainjobs
 
-pytestmark = pytest.mark.slow
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(bool(standin.unavailable()), reason=str(standin.unavailable())),
+]
 TOKEN = "hf_DagLevelSecretToken987"
 
 

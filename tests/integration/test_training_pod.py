@@ -17,8 +17,12 @@ from airflow_provider_sft.core.params import SFTParams
 from airflow_provider_sft.core.run import TrainingRun
 from airflow_provider_sft.core.sample_data import bundled_dataset_path
 from airflow_provider_sft.demo import DEMO_TRAINING
+from tests.k8s import standin
 
-pytestmark = pytest.mark.slow
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(bool(standin.unavailable()), reason=str(standin.unavailable())),
+]
 CLAIM = "sft-workspace"
 POD_ENV = {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 

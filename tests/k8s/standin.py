@@ -40,6 +40,16 @@ IMAGE_PATH = "/opt/image/bin:/usr/local/bin:/usr/bin:/bin"
 IMAGE_DISTRIBUTION = "instructlab-training"  # the training image: this and what it requires
 
 
+def unavailable() -> str | None:
+    """Why pods cannot run here (None when they can): the sandbox needs root and util-linux."""
+    import shutil
+
+    if os.geteuid() != 0:
+        return "the kubelet stand-in needs root (unshare -n -m, setpriv, mount)"
+    missing = [tool for tool in ("unshare", "setpriv", "mount", "ip") if shutil.which(tool) is None]
+    return f"the kubelet stand-in needs {', '.join(missing)}" if missing else None
+
+
 # --- the Trainer controller ---------------------------------------------------------------------
 
 
