@@ -17,8 +17,8 @@ import pytest
 from airflow_provider_sft.core import constants as c
 from airflow_provider_sft.demo import DEMO_TRAINING, run_pipeline
 from tests.conftest import REPO_ROOT
-from tests.k8s import standin
 from tests.integration.test_kubernetes_backend import trainjobs
+from tests.k8s import standin
 
 pytestmark = [
     pytest.mark.slow,
