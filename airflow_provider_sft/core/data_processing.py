@@ -10,6 +10,9 @@ training time is spent.
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -57,13 +60,20 @@ def process_chat_data(
     if input_samples == 0:
         raise DatasetError(f"Training data {data_path} is empty")
     output_dir.mkdir(parents=True, exist_ok=True)
-    data_process.process_data(
-        data_path=str(data_path),
-        data_output_path=str(output_dir),
-        max_seq_len=max_seq_len,
-        model_path=model_path,
-        num_cpu_procs=num_cpu_procs,
-    )
+    # Processed in a hidden directory, then renamed into place: another node (or a restarted
+    # one) reading data.jsonl sees a whole file, never one being written.
+    scratch = Path(tempfile.mkdtemp(prefix=".processing-", dir=output_dir))
+    try:
+        data_process.process_data(
+            data_path=str(data_path),
+            data_output_path=str(scratch),
+            max_seq_len=max_seq_len,
+            model_path=model_path,
+            num_cpu_procs=num_cpu_procs,
+        )
+        os.replace(scratch / c.PROCESSED_DATA_FILE, output_dir / c.PROCESSED_DATA_FILE)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     processed = output_dir / c.PROCESSED_DATA_FILE
     kept = total = labelled = longest = 0
     with processed.open("rb") as handle:

@@ -531,3 +531,18 @@ def test_the_pod_program_travels_in_a_configmap_the_job_owns(cluster, namespace)
     assert config["name"] == handle.name and config["attempt"]  # the run config, beside the program
     b.cancel(handle)
     assert cluster.configmaps_in(namespace) == [] and not exists(cluster, namespace, handle.name)
+
+
+def test_a_long_log_line_is_streamed_whole(cluster, namespace, tmp_path):
+    """A step's result line can be longer than aiohttp's 128 KiB line limit."""
+    import asyncio
+
+    log = tmp_path / "pod.log"
+    log.write_text("start\n" + "x" * 300_000 + "\nend\n")
+    cluster.pods[(namespace, "job-node-0-0-abcde")] = {"job": "job", "log": log, "phase": "Succeeded"}
+
+    async def read() -> list[str]:
+        async with cluster.connect() as kube:
+            return [line async for line in kube.stream_log(namespace, "job-node-0-0-abcde")]
+
+    assert asyncio.run(read()) == ["start", "x" * 300_000, "end"]

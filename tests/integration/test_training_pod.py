@@ -202,3 +202,12 @@ def test_a_read_only_pvc_is_named(cluster, namespace, pvc):
         _fails_with(cluster, namespace, training, "cannot write the run directory /workspace/runs/read-only")
     finally:
         pvc.chmod(0o2775)
+
+
+@pytest.mark.trainer("v2.1.0")
+def test_one_node_on_trainer_v21_through_pod_template_overrides(cluster, namespace, pvc):
+    """The v2.1 spec (podTemplateOverrides) merged with the v2.1.0 runtime mounts the same volumes."""
+    training = training_run("v21-node")
+    codes, lines, result = run(cluster, namespace, training)
+    assert codes == [0] and result.succeeded, lines[-20:]
+    assert (pvc / "runs" / training.name / c.HF_FORMAT_DIR / "samples_235").is_dir()

@@ -357,7 +357,13 @@ class KubeClient:
             timeout=(REQUEST_TIMEOUT[0], None),
         )
         try:
-            async for line in response.content:
-                yield line.decode("utf-8", errors="replace").rstrip("\n")
+            pending = b""  # lines split by hand: aiohttp's line reader refuses lines over 128 KiB
+            async for chunk in response.content.iter_any():
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    yield line.decode("utf-8", errors="replace")
+            if pending:
+                yield pending.decode("utf-8", errors="replace")
         finally:
             response.release()
