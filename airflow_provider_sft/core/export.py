@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from airflow_provider_sft.core import constants as c
-from airflow_provider_sft.core.errors import ExportError
+from airflow_provider_sft.core.errors import ExportError, InvalidParameterError
 from airflow_provider_sft.core.files import sha256_file
 
 log = logging.getLogger(__name__)
@@ -134,9 +134,23 @@ def _remove_stale_temporaries(destination: Path) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
+def check_destination(source: Path, destination: str | Path) -> None:
+    """The model replaces ``destination``: it may not hold the checkpoint, the run or the workspace."""
+    target, checkpoint = Path(destination).resolve(), source.resolve()
+    if target == checkpoint or target in checkpoint.parents or checkpoint in target.parents:
+        raise InvalidParameterError(
+            {
+                "model_dir": f"{destination} resolves to {target}, which contains or is inside the checkpoint "
+                f"{checkpoint} (the run directory, or the workspace above it): publishing the model there "
+                "would delete the runs. Choose a directory of its own"
+            }
+        )
+
+
 def export_model(run_dir: str | Path, destination: str | Path) -> ExportResult:
     """Publish the run's final checkpoint at ``destination`` with a sha256 manifest."""
     source = select_final_checkpoint(run_dir)
+    check_destination(source, destination)
     destination = Path(destination)
     destination.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_temporaries(destination)

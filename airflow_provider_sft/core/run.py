@@ -49,6 +49,22 @@ def run_name(*parts: str | int | None, max_length: int = 40) -> str:
     return f"{readable}-{digest}"
 
 
+_RUN_NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+RUN_NAME_MAX = 48  # a TrainJob's name: its pods' hostnames append "-node-0-<rank>" and more
+
+
+def check_run_name(name: str, *, field: str = "run_name") -> str:
+    """A run name is a DNS-1123 label of at most 48 characters: never a path."""
+    if not isinstance(name, str) or len(name) > RUN_NAME_MAX or not _RUN_NAME.match(name):
+        raise InvalidParameterError(
+            {
+                field: f"must be a DNS-1123 label of at most {RUN_NAME_MAX} characters (lowercase letters, "
+                f"digits and '-', starting with a letter), got {name!r}"
+            }
+        )
+    return name
+
+
 @dataclass(frozen=True)
 class TrainingRun:
     """Inputs and output location of one training run."""
@@ -62,6 +78,9 @@ class TrainingRun:
     # Names one submission of the run: the nodes of a multi-node job tell a marker written by
     # this attempt's node 0 from one an earlier attempt left on the PVC.
     attempt: str = ""
+
+    def __post_init__(self) -> None:
+        check_run_name(self.name)
 
     @property
     def processed_data_dir(self) -> str:

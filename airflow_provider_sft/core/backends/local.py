@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
-import shutil
 import signal
 import subprocess
 import sys
@@ -35,6 +34,7 @@ from airflow_provider_sft.core.backends.base import (
 from airflow_provider_sft.core.clock import SYSTEM_CLOCK, Clock
 from airflow_provider_sft.core.entrypoint import ERROR_PREFIX, default_cache_env
 from airflow_provider_sft.core.errors import DatasetError, InvalidParameterError
+from airflow_provider_sft.core.files import remove_owned
 from airflow_provider_sft.core.run import DevicePlan, TrainingRun, cuda_device_count, plan_device
 
 _EOF = object()
@@ -131,9 +131,12 @@ class LocalProcessBackend(TrainingBackend):
     def submit(self, run: TrainingRun, *, timeout_seconds: float | None = None) -> JobHandle:
         plan = self._checked_plan(run)
         output_dir = Path(run.output_dir)
-        if output_dir.exists():
-            # An earlier attempt of this same run failed or was killed: never resume it by accident.
-            shutil.rmtree(output_dir)
+        if output_dir.name != run.name:
+            raise InvalidParameterError(
+                {"run_name": f"the run directory {output_dir} is not named after the run {run.name!r}"}
+            )
+        # An earlier attempt of this same run failed or was killed: never resume it by accident.
+        remove_owned(output_dir, output_dir.parent, field="run_name")
         config_path = run.write_config()
         log_path = output_dir / c.TRAIN_LOG_FILE
         popen = subprocess.Popen(
