@@ -124,9 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     conf = {"base_model": str(base_model), "workspace": str(workspace), **DEMO_TRAINING}
     run_pipeline(workspace, dags_folder, conf)
 
-    model_dir = workspace / c.FINAL_MODEL_DIR
-    metrics_path = workspace / c.METRICS_SUMMARY_FILE
-    chart_path = workspace / c.LOSS_CHART_FILE
+    latest = json.loads((workspace / c.LATEST_FILE).read_text())  # this run's outputs
+    model_dir, metrics_path = Path(latest["model_path"]), Path(latest["metrics_path"])
+    chart_path = workspace / c.RUNS_DIR / Path(latest["run_dir"]).name / c.LOSS_CHART_FILE
     metrics = json.loads(metrics_path.read_text())
     reply = generate_reply(model_dir, "What is the capital of France?")
     print()

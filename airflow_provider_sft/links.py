@@ -13,8 +13,10 @@ class TrainJobConsoleLink(BaseOperatorLink):
 
     def get_link(self, operator, *, ti_key) -> str:
         template = getattr(operator, "console_url_template", None)
+        if not template:  # no lookup at all: a failed task has no job, and no error line for it
+            return ""
         job = XCom.get_value(ti_key=ti_key, key="training_job")
-        if not template or not job or job.get("backend") != "kubernetes":
+        if not job or job.get("backend") != "kubernetes":
             return ""
         return template.format(namespace=job.get("namespace", ""), name=job.get("name", ""))
 

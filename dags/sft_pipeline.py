@@ -24,6 +24,7 @@ from airflow_provider_sft.operators import (
     LossChartOperator,
     ResolveDatasetOperator,
     SFTTrainOperator,
+    ValidateRunOperator,
 )
 from airflow_provider_sft.operators.train import TRAINING_PARAMETERS
 from airflow_provider_sft.params_form import training_params
@@ -176,6 +177,24 @@ with DAG(
         **training_params(),
     },
 ) as dag:
+    validate = ValidateRunOperator(  # every bad input, named, before any task does work
+        task_id="validate",
+        training={name: "{{ params." + name + " }}" for name in TRAINING_PARAMETERS},
+        dataset={
+            name: "{{ params." + param + " }}"
+            for name, param in (
+                ("format", "dataset_format"),
+                ("mapping", "dataset_mapping"),
+                ("on_bad_record", "on_bad_record"),
+                ("split", "dataset_split"),
+                ("subset", "dataset_subset"),
+                ("revision", "dataset_revision"),
+            )
+        },
+        backend="{{ params.backend }}",
+        workspace_mode="{{ params.workspace_mode }}",
+        kubernetes=STEP_KUBERNETES,
+    )
     resolve_dataset = ResolveDatasetOperator(
         task_id="resolve_dataset",
         source="{{ params.dataset }}",
@@ -216,4 +235,4 @@ with DAG(
         steps=export_model.output["steps"],
         workspace="{{ params.workspace }}",
     )
-    resolve_dataset >> train >> export_model >> report
+    validate >> resolve_dataset >> train >> export_model >> report

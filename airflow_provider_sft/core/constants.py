@@ -48,6 +48,7 @@ FINAL_MODEL_DIR = "final_model"
 MODEL_MANIFEST_FILE = "sft_manifest.json"  # sha256 of every file of the exported model
 METRICS_SUMMARY_FILE = "metrics.json"
 LOSS_CHART_FILE = "loss_chart.html"
+LATEST_FILE = "latest.json"  # <workspace>/latest.json: names the newest exported model (never the model)
 
 # --- Workspace layout ----------------------------------------------------------
 RUNS_DIR = "runs"  # <workspace>/runs/<run-name>/: one directory per training run

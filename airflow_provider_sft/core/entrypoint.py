@@ -108,8 +108,9 @@ def _check_base_model(model: str) -> None:
     """A local base model that is not there is named before the libraries fail on it."""
     if model.startswith(("/", "./", "../")) and not Path(model).is_dir():
         raise TrainingFailedError(
-            f"base_model {model} does not exist in the pod: a local base model must be a directory on "
-            "a volume the node container mounts (the workspace PVC), or use a HuggingFace model id"
+            f"base_model {model} does not exist: a local base model must be a directory this process "
+            "can read (in a pod: on a volume the node container mounts, such as the workspace PVC), or "
+            "use a HuggingFace model id"
         )
 
 

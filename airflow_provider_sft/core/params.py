@@ -36,6 +36,17 @@ from airflow_provider_sft.core.errors import InvalidParameterError
 from airflow_provider_sft.core.quantity import parse_quantity
 
 COMPONENT_PARAMETER_PREFIX = "training_"
+_INT32_MAX = 2**31 - 1
+_INT32_FIELDS = (
+    "effective_batch_size",
+    "max_tokens_per_gpu",
+    "max_seq_len",
+    "lr_warmup_steps",
+    "num_epochs",
+    "resource_gpu_per_worker",
+    "resource_num_workers",
+    "save_samples",
+)
 REDACTED = "***"
 
 
@@ -96,7 +107,21 @@ def parse_key_value_list(text: str, *, reveal_values: bool = True) -> dict[str, 
     return result
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # a tab is text; a newline or NUL is not
+
+
 def _coerce_mapping(value: Any, *, reveal_values: bool) -> dict[str, str]:
+    mapping = _mapping(value, reveal_values=reveal_values)
+    for key, val in mapping.items():
+        if _CONTROL.search(key) or _CONTROL.search(val):
+            where = f"{key!r}" if _CONTROL.search(key) else f"the value of {key!r}"
+            raise ValueError(
+                f"{where} holds a control character (a newline or NUL): items are separated by ','"
+            )
+    return mapping
+
+
+def _mapping(value: Any, *, reveal_values: bool) -> dict[str, str]:
     if value is None:
         return {}
     if isinstance(value, str):
@@ -327,17 +352,6 @@ class SFTParams(BaseModel):
     def _annotations(cls, value: Any) -> dict[str, str]:
         return parse_annotations(value)
 
-    @model_validator(mode="after")
-    def _some_checkpoint_is_written(self) -> SFTParams:
-        # instructlab writes hf_format/ checkpoints only at epoch ends or every save_samples:
-        # with both off, hours of GPU time would end with no model to export.
-        if not self.checkpoint_at_epoch and self.save_samples == 0:
-            raise ValueError(
-                "checkpoint_at_epoch=false with save_samples=0 would write no model checkpoint; "
-                "enable checkpoint_at_epoch or set save_samples > 0"
-            )
-        return self
-
     # --- construction from each front end ------------------------------------
 
     @classmethod
@@ -356,8 +370,24 @@ class SFTParams(BaseModel):
         return params
 
     def topology_problems(self) -> dict[str, str]:
-        """Worker/process/GPU combinations that cannot train, by parameter name."""
+        """Combinations that cannot train, by parameter name (each field involved is named)."""
         problems: dict[str, str] = {}
+        for name in _INT32_FIELDS:  # Kubernetes and instructlab-training take int32
+            if getattr(self, name) > _INT32_MAX:
+                problems[name] = f"must be at most {_INT32_MAX}, got {getattr(self, name)}"
+        if problems:
+            return problems
+        if not self.checkpoint_at_epoch and self.save_samples == 0:
+            # instructlab writes hf_format/ checkpoints only at epoch ends or every save_samples:
+            # with both off, hours of GPU time would end with no model to export.
+            reason = "checkpoint_at_epoch=false with save_samples=0 would write no model checkpoint"
+            problems["checkpoint_at_epoch"] = f"{reason}; enable it, or set save_samples > 0"
+            problems["save_samples"] = f"{reason}; set it > 0, or enable checkpoint_at_epoch"
+        if self.max_tokens_per_gpu < self.max_seq_len:
+            problems["max_tokens_per_gpu"] = (
+                f"{self.max_tokens_per_gpu} is below max_seq_len={self.max_seq_len}: instructlab-training's "
+                "multipack needs max_seq_len <= max_tokens_per_gpu (raise it, or lower max_seq_len)"
+            )
         procs, gpus = self.resource_num_procs_per_worker, self.resource_gpu_per_worker
         if gpus == 0 and procs not in ("auto", 1):
             problems["resource_num_procs_per_worker"] = (

@@ -25,15 +25,21 @@ Logger = Callable[[str], None]
 
 
 def resolve(config: Mapping[str, Any], *, log: Logger, env: Mapping[str, str] = os.environ) -> dict[str, Any]:
-    """``config``: ``source``, ``workspace`` and the dataset option ``settings`` (secrets from ``env``)."""
+    """``config``: ``source``, ``workspace``, ``dataset_dir`` (this run's) and the dataset option
+    ``settings`` (secrets from ``env``)."""
     from airflow_provider_sft.core.dataset import DatasetOptions, resolve_dataset
 
     options = DatasetOptions.from_settings(config.get("settings", {}), env)
-    return resolve_dataset(config["source"], config["workspace"], options, log=log).to_dict()
+    stats = resolve_dataset(
+        config["source"], config["workspace"], options, log=log, dataset_dir=config.get("dataset_dir")
+    )
+    return stats.to_dict()
 
 
 def export(config: Mapping[str, Any], *, log: Logger, env: Mapping[str, str] = os.environ) -> dict[str, Any]:
-    """``config``: ``run_dir``, ``model_dir``, ``metrics_path``. The result carries the loss curve."""
+    """``config``: ``run_dir``, ``model_dir``, ``metrics_path``, and ``latest_path``: a small JSON
+    file naming the newest exported model, replaced atomically (never the model itself).
+    The result carries the loss curve."""
     from airflow_provider_sft.core.export import export_model
     from airflow_provider_sft.core.metrics import read_step_records, summarize, write_summary
 
@@ -45,6 +51,11 @@ def export(config: Mapping[str, Any], *, log: Logger, env: Mapping[str, str] = o
     records, skipped = read_step_records(run_dir / c.METRICS_FILE)
     summary = summarize(records, skipped_lines=skipped)
     metrics_path = write_summary(summary, Path(config["metrics_path"]))
+    if config.get("latest_path"):
+        from airflow_provider_sft.core.files import atomic_write_bytes
+
+        latest = {"run_dir": str(run_dir), "model_path": result.model_path, "metrics_path": str(metrics_path)}
+        atomic_write_bytes(config["latest_path"], jsonio.dumps(latest, indent=True))
     return {
         "model_path": result.model_path,
         "source_checkpoint": result.source_checkpoint,

@@ -44,7 +44,7 @@ class HuggingFaceHook(BaseHook):
     def get_token(self) -> str | None:
         connection = self._connection
         token = connection.password if connection else os.environ.get(c.HF_TOKEN_ENV)
-        return token or None
+        return (token or "").strip() or None  # a blank token is no token, not a credential to send
 
     def get_endpoint(self) -> str | None:
         connection = self._connection

@@ -3,5 +3,12 @@
 from airflow_provider_sft.operators.dataset import ResolveDatasetOperator
 from airflow_provider_sft.operators.export import ExportModelOperator, LossChartOperator
 from airflow_provider_sft.operators.train import SFTTrainOperator
+from airflow_provider_sft.operators.validate import ValidateRunOperator
 
-__all__ = ["ExportModelOperator", "LossChartOperator", "ResolveDatasetOperator", "SFTTrainOperator"]
+__all__ = [
+    "ExportModelOperator",
+    "LossChartOperator",
+    "ResolveDatasetOperator",
+    "SFTTrainOperator",
+    "ValidateRunOperator",
+]

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from airflow.sdk import BaseOperator
 
+from airflow_provider_sft.core import constants as c
 from airflow_provider_sft.core.dataset import BUNDLED_SOURCE, DatasetOptions
 from airflow_provider_sft.core.errors import InvalidParameterError
 from airflow_provider_sft.lineage import LineageMixin
@@ -14,7 +16,10 @@ from airflow_provider_sft.operators.workspace import STEP_TEMPLATE_FIELDS, Works
 
 
 class ResolveDatasetOperator(WorkspaceStepsMixin, LineageMixin, BaseOperator):
-    """Validate a chat dataset from anywhere and write it to ``<workspace>/dataset/train.jsonl``.
+    """Validate a chat dataset from anywhere and write it to ``<workspace>/runs/<run>/dataset/train.jsonl``.
+
+    ``<run>`` is this task's run name (from dag id, run id, task id and map index): concurrent
+    DAG runs never share a dataset file.
 
     Records stream one at a time into a temporary file renamed into place, so memory stays
     flat and a failure leaves no ``train.jsonl``; an unchanged source is not resolved twice.
@@ -139,7 +144,13 @@ class ResolveDatasetOperator(WorkspaceStepsMixin, LineageMixin, BaseOperator):
 
     def execute(self, context: Any) -> dict[str, Any]:
         options = self.build_options()
-        config = {"source": self.source, "workspace": self.step_workspace, "settings": options.settings()}
+        dataset_dir = Path(c.RUNS_DIR) / self.step_run_name(context) / c.DATASET_DIR
+        config = {
+            "source": self.source,
+            "workspace": self.step_workspace,
+            "dataset_dir": str(dataset_dir),
+            "settings": options.settings(),
+        }
         stats = self.run_step(context, "resolve", config, secret_env=options.secret_env())
         verb = "Reused unchanged" if stats["reused"] else "Resolved"
         self.log.info(

@@ -17,11 +17,16 @@ from airflow_provider_sft.operators.workspace import STEP_TEMPLATE_FIELDS, Works
 
 
 class ExportModelOperator(WorkspaceStepsMixin, LineageMixin, BaseOperator):
-    """Publish the run's final checkpoint as ``<workspace>/final_model`` and write ``metrics.json``.
+    """Publish the run's final checkpoint as ``<run>/final_model`` and write ``<run>/metrics.json``.
+
+    Both stay inside the training run's directory, so concurrent DAG runs never replace each
+    other's model; ``<workspace>/latest.json`` names the newest one (a small file replaced
+    atomically, never the model itself).
 
     :param training_output_dir: the training run's directory (XCom of the train task). (templated)
     :param workspace: workspace root. (templated)
-    :param model_dir: where to publish the model; default ``<workspace>/final_model``. (templated)
+    :param model_dir: where to publish the model; default ``<training_output_dir>/final_model``.
+        Never the checkpoint, its run or the workspace. (templated)
 
     On the ``kubernetes`` backend in ``cluster`` workspace mode the export runs in a pod that
     mounts the PVC (see :class:`~airflow_provider_sft.operators.workspace.WorkspaceStepsMixin`);
@@ -55,11 +60,12 @@ class ExportModelOperator(WorkspaceStepsMixin, LineageMixin, BaseOperator):
         self._init_steps(backend, workspace_mode, pvc_mount_path, kubernetes, kubernetes_conn_id)
 
     def execute(self, context: Any) -> dict[str, Any]:
-        root = Path(self.step_workspace)
+        run_dir = Path(self.training_output_dir)
         config = {
-            "run_dir": str(self.training_output_dir),
-            "model_dir": str(self.model_dir or root / c.FINAL_MODEL_DIR),
-            "metrics_path": str(root / c.METRICS_SUMMARY_FILE),
+            "run_dir": str(run_dir),
+            "model_dir": str(self.model_dir or run_dir / c.FINAL_MODEL_DIR),
+            "metrics_path": str(run_dir / c.METRICS_SUMMARY_FILE),
+            "latest_path": str(Path(self.step_workspace) / c.LATEST_FILE),
         }
         result = self.run_step(context, "export", config)
         self.log.info(
@@ -85,8 +91,8 @@ class LossChartOperator(BaseOperator):
     :param training_output_dir: the training run's directory. (templated)
     :param steps: the loss curve, the ``steps`` XCom of :class:`ExportModelOperator`; without it
         the run's metrics file is read (the worker must then see the workspace). (templated)
-    :param chart_path: output HTML path, default ``<workspace>/loss_chart.html``: the chart is
-        drawn on the Airflow side, in this worker's ``workspace``. (templated)
+    :param chart_path: output HTML path, default ``<workspace>/runs/<run>/loss_chart.html``: the
+        chart is drawn on the Airflow side, in this worker's ``workspace``. (templated)
     :param workspace: workspace root. (templated)
     :param chart_url_template: how the "Loss chart" extra link reaches the file, with a ``{path}``
         placeholder, e.g. ``https://files.example.com{path}``; default ``file://{path}``.
@@ -121,7 +127,8 @@ class LossChartOperator(BaseOperator):
             records, skipped = [StepRecord(**step) for step in self.steps], 0
         else:
             records, skipped = read_step_records(Path(self.training_output_dir) / c.METRICS_FILE)
-        target = Path(self.chart_path or Path(self.workspace) / c.LOSS_CHART_FILE)
+        run = Path(self.training_output_dir).name
+        target = Path(self.chart_path or Path(self.workspace) / c.RUNS_DIR / run / c.LOSS_CHART_FILE)
         chart = write_loss_chart(
             records,
             target,

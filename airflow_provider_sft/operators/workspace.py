@@ -119,6 +119,11 @@ class WorkspaceStepsMixin:
         """The workspace root as the step sees it."""
         return (self.pvc_mount_path or c.DEFAULT_WORKSPACE_MOUNT) if self.in_cluster else str(self.workspace)
 
+    def step_run_name(self, context: Any) -> str:
+        """This task's run name: its TrainJob's name, and its directory under ``runs/``."""
+        ti = context["ti"]
+        return run_name(ti.dag_id, context["run_id"], ti.task_id, getattr(ti, "map_index", -1))
+
     def run_step(
         self, context: Any, step: str, config: dict[str, Any], *, secret_env: dict[str, str] | None = None
     ) -> dict[str, Any]:
@@ -134,7 +139,6 @@ class WorkspaceStepsMixin:
             context=context,
             credentials=Credentials(hf_token=hf_token, env=secret_env),
         )
-        ti = context["ti"]
-        name = run_name(ti.dag_id, context["run_id"], ti.task_id, getattr(ti, "map_index", -1))
+        name = self.step_run_name(context)
         timeout = self.execution_timeout.total_seconds() if self.execution_timeout else None  # type: ignore[attr-defined]
         return backend.run_step(step, name, config, on_log=self.log.info, timeout_seconds=timeout)  # type: ignore[attr-defined]

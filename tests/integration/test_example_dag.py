@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import statistics
+from pathlib import Path
 
 import pytest
 
@@ -42,9 +43,13 @@ def test_dag_run_succeeds_with_every_task(pipeline_run):
         assert f"task_id={task}" in text
 
 
+def run_dir_of(workspace):
+    return Path(xcoms(workspace, "train")["output_dir"])
+
+
 def test_exported_model_loads_and_generates(pipeline_run):
     workspace, _ = pipeline_run
-    model_dir = workspace / c.FINAL_MODEL_DIR
+    model_dir = run_dir_of(workspace) / c.FINAL_MODEL_DIR
     assert verify_manifest(model_dir) == []
     reply = generate_reply(model_dir, "What is the capital of Italy?")
     assert isinstance(reply, str) and reply  # format learned; facts of a 2.5M-param model are not asserted
@@ -52,7 +57,7 @@ def test_exported_model_loads_and_generates(pipeline_run):
 
 def test_training_loss_falls(pipeline_run):
     workspace, _ = pipeline_run
-    (run_dir,) = (workspace / c.RUNS_DIR).iterdir()
+    run_dir = run_dir_of(workspace)
     steps = [json.loads(line) for line in (run_dir / c.METRICS_FILE).read_text().splitlines()][1:]
     losses = [s["avg_loss"] for s in steps]
     assert len(losses) >= 20
@@ -61,21 +66,26 @@ def test_training_loss_falls(pipeline_run):
 
 def test_metrics_and_chart_are_written_and_linked_by_xcom(pipeline_run):
     workspace, _ = pipeline_run
-    metrics = json.loads((workspace / c.METRICS_SUMMARY_FILE).read_text())
+    run_dir = run_dir_of(workspace)  # every output of the DAG run is under its run
+    metrics = json.loads((run_dir / c.METRICS_SUMMARY_FILE).read_text())
     assert metrics["steps"] == 180 and metrics["final_loss"] < metrics["perplexity"]
-    html = (workspace / c.LOSS_CHART_FILE).read_text()
+    chart = workspace / c.RUNS_DIR / run_dir.name / c.LOSS_CHART_FILE
+    html = chart.read_text()
     assert "Plotly.newPlot" in html and '<script src="http' not in html
 
     dataset = xcoms(workspace, "resolve_dataset")
     train = xcoms(workspace, "train")
     export = xcoms(workspace, "export_model")
     report = xcoms(workspace, "report")
-    assert dataset["path"] == str(workspace / "dataset" / "train.jsonl") and dataset["records"] >= 200
+    assert dataset["path"].startswith(str(workspace / c.RUNS_DIR)) and dataset["records"] >= 200
+    assert dataset["path"].endswith("/dataset/train.jsonl") and not (workspace / "dataset").exists()
     assert train["output_dir"].startswith(str(workspace / c.RUNS_DIR))
     assert train["training_job"]["backend"] == "local"
-    assert export["model_path"] == str(workspace / c.FINAL_MODEL_DIR)
+    assert export["model_path"] == str(run_dir / c.FINAL_MODEL_DIR)
     assert export["metrics"]["final_loss"] == metrics["final_loss"]
-    assert report["chart_path"] == str(workspace / c.LOSS_CHART_FILE)
+    assert report["chart_path"] == str(chart)
+    latest = json.loads((workspace / c.LATEST_FILE).read_text())
+    assert latest["model_path"] == export["model_path"]
 
 
 def test_openlineage_links_dataset_to_model(pipeline_run):
@@ -90,10 +100,10 @@ def test_openlineage_links_dataset_to_model(pipeline_run):
     def names(event, side):
         return [(d["namespace"], d["name"]) for d in event[side]]
 
-    dataset_file = ("file", str(workspace / "dataset" / "train.jsonl"))
+    dataset_file = ("file", xcoms(workspace, "resolve_dataset")["path"])
     assert dataset_file in names(done["resolve_dataset"], "outputs")
     assert dataset_file in names(done["train"], "inputs")
-    (run_dir,) = (workspace / c.RUNS_DIR).iterdir()
+    run_dir = run_dir_of(workspace)
     assert names(done["train"], "outputs") == [("file", str(run_dir))]
-    assert names(done["export_model"], "outputs") == [("file", str(workspace / c.FINAL_MODEL_DIR))]
+    assert names(done["export_model"], "outputs") == [("file", str(run_dir / c.FINAL_MODEL_DIR))]
     assert names(done["export_model"], "inputs")[0][1].startswith(str(run_dir))

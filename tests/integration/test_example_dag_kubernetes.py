@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 import sqlite3
+from pathlib import Path
 
 import pytest
 
@@ -49,26 +50,30 @@ def test_example_dag_on_kubernetes_without_the_pvc_on_the_worker(
     text = log.read_text()
 
     assert "state=success" in text, text[-5000:]
+    with sqlite3.connect(worker / "airflow" / "airflow.db") as db:
+        rows = db.execute("SELECT task_id, key, value FROM xcom").fetchall()
+    xcoms = {(task, key): json.loads(value) if isinstance(value, str) else value for task, key, value in rows}
+    run = xcoms[("train", "output_dir")].removeprefix("/workspace/")
     # the dataset, the run and the model are on the PVC; nothing of them on the worker
-    assert (pvc / "dataset" / "train.jsonl").is_file()
+    dataset = xcoms[("resolve_dataset", "path")]
+    assert dataset.startswith("/workspace/runs/") and (pvc / dataset.removeprefix("/workspace/")).is_file()
     from transformers import AutoModelForCausalLM
 
-    AutoModelForCausalLM.from_pretrained(pvc / c.FINAL_MODEL_DIR)
-    assert json.loads((pvc / c.METRICS_SUMMARY_FILE).read_text())["steps"] == 30
-    assert not (worker / c.FINAL_MODEL_DIR).exists() and not (worker / "dataset").exists()
+    AutoModelForCausalLM.from_pretrained(pvc / run / c.FINAL_MODEL_DIR)
+    assert json.loads((pvc / run / c.METRICS_SUMMARY_FILE).read_text())["steps"] == 30
+    assert (
+        json.loads((pvc / c.LATEST_FILE).read_text())["model_path"] == f"/workspace/{run}/{c.FINAL_MODEL_DIR}"
+    )
+    assert not list(worker.rglob(c.FINAL_MODEL_DIR)) and not list(worker.rglob("train.jsonl"))
     # the loss chart reached the Airflow side, drawn from the export's XCom
-    assert "Plotly" in (worker / c.LOSS_CHART_FILE).read_text()
+    assert "Plotly" in (worker / run / c.LOSS_CHART_FILE).read_text()
     assert "[sft] done in" in text  # the pod log reached the task log
     assert "STAND-IN IMAGE: pip ran" not in text
     assert trainjobs(cluster, namespace) == []  # every job deleted after success
     assert cluster.secrets_in(namespace) == [] and cluster.configmaps_in(namespace) == []
     assert TOKEN not in text
-    with sqlite3.connect(worker / "airflow" / "airflow.db") as db:
-        rows = db.execute("SELECT task_id, key, value FROM xcom").fetchall()
-    xcoms = {(task, key): json.loads(value) if isinstance(value, str) else value for task, key, value in rows}
     stored = json.dumps(list(xcoms.values()))
     assert TOKEN not in stored
-    assert xcoms[("resolve_dataset", "path")] == "/workspace/dataset/train.jsonl"
     assert xcoms[("export_model", "metrics")]["steps"] == 30
     assert len(xcoms[("export_model", "steps")]) == 30
     job = xcoms[("train", "training_job")]
@@ -97,7 +102,9 @@ def test_example_dag_on_kubernetes_with_the_pvc_mounted_on_the_worker(
     text = log.read_text()
     assert "state=success" in text, text[-5000:]
     assert "for the resolve step" not in text and "for the export step" not in text  # ran in the tasks
-    assert (shared / c.FINAL_MODEL_DIR / "model.safetensors").exists()
-    assert json.loads((shared / c.METRICS_SUMMARY_FILE).read_text())["steps"] == 30
-    assert "Plotly" in (shared / c.LOSS_CHART_FILE).read_text()
+    latest = json.loads((shared / c.LATEST_FILE).read_text())
+    run = Path(latest["run_dir"])
+    assert (Path(latest["model_path"]) / "model.safetensors").exists() and run.parent == shared / c.RUNS_DIR
+    assert json.loads(Path(latest["metrics_path"]).read_text())["steps"] == 30
+    assert "Plotly" in (run / c.LOSS_CHART_FILE).read_text()
     assert trainjobs(cluster, namespace) == []

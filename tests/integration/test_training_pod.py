@@ -184,9 +184,7 @@ def _fails_with(cluster, namespace, training: TrainingRun, reason: str) -> None:
 
 def test_a_missing_base_model_is_named(cluster, namespace, pvc):
     training = training_run("no-model", base_model="/workspace/models/missing")
-    _fails_with(
-        cluster, namespace, training, "base_model /workspace/models/missing does not exist in the pod"
-    )
+    _fails_with(cluster, namespace, training, "base_model /workspace/models/missing does not exist")
 
 
 def test_an_unreadable_dataset_is_named(cluster, namespace, pvc):

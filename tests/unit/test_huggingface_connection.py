@@ -84,3 +84,10 @@ def test_airflow_cli_lists_the_provider_and_its_connection_type(tmp_path):
     assert hooks["huggingface"]["class"] == "airflow_provider_sft.hooks.huggingface.HuggingFaceHook"
     assert hooks["huggingface"]["package_name"] == "airflow-provider-sft"
     assert hooks["huggingface"]["conn_id_attribute_name"] == "hf_conn_id"
+
+
+def test_a_blank_token_is_no_token(monkeypatch):
+    from airflow_provider_sft.hooks.huggingface import HuggingFaceHook
+
+    monkeypatch.setenv("HF_TOKEN", "  \n")
+    assert HuggingFaceHook(None).get_token() is None

@@ -85,6 +85,8 @@ def choose_format(name: str, requested: Format, head: bytes) -> Format:
 
 def read_jsonl(stream: BinaryIO, name: str) -> Iterator[Item]:
     for line_number, line in enumerate(stream, start=1):
+        if line_number == 1 and line.startswith(b"\xef\xbb\xbf"):  # a UTF-8 BOM, as JSON and CSV allow
+            line = line[3:]
         if not line.strip():
             continue
         where = f"{name}:{line_number}"

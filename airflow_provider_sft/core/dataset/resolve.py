@@ -178,10 +178,10 @@ def _read_manifest(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def _output_dir(workspace: Path) -> Path:
-    """``<workspace>/dataset``, refusing a symlinked directory that leads out of the workspace."""
-    out_dir = workspace / c.DATASET_DIR
-    if out_dir.is_symlink() or out_dir.exists():
+def _output_dir(workspace: Path, dataset_dir: str | Path | None) -> Path:
+    """``dataset_dir`` (default ``<workspace>/dataset``), refusing one that leads out of the workspace."""
+    out_dir = workspace / (dataset_dir or c.DATASET_DIR)
+    if out_dir.is_symlink() or out_dir.exists() or dataset_dir:
         real, root = out_dir.resolve(), workspace.resolve()
         if root not in real.parents:
             raise DatasetError(f"{out_dir} resolves to {real}, outside the workspace {workspace}; refused")
@@ -194,8 +194,12 @@ def resolve_dataset(
     options: DatasetOptions | None = None,
     *,
     log: Callable[[str], None] | None = None,
+    dataset_dir: str | Path | None = None,
 ) -> DatasetStats:
-    """Validate ``source`` and write it to ``<workspace>/dataset/train.jsonl``; skip when unchanged.
+    """Validate ``source`` and write it to ``<dataset_dir>/train.jsonl``; skip when unchanged.
+
+    ``dataset_dir`` (default ``<workspace>/dataset``) must lie inside the workspace: the
+    operators give each run its own, ``<workspace>/runs/<run>/dataset``.
 
     Raises :class:`DatasetError` naming the source, file, line/row and field of the first
     problem (or, with ``on_bad_record="skip"``, when no good record is left); nothing is
@@ -205,7 +209,7 @@ def resolve_dataset(
     options = options or DatasetOptions()
     workspace = Path(workspace)
     parsed = parse_source(source, workspace, options) if isinstance(source, str) else source
-    out_dir = _output_dir(workspace)
+    out_dir = _output_dir(workspace, dataset_dir)
     target, manifest_path = out_dir / TRAIN_FILE, out_dir / MANIFEST_FILE
     files = parsed.files()
     for file in files:  # resolving would first delete what it is about to read

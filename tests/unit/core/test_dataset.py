@@ -516,3 +516,12 @@ def test_hub_only_options_on_another_source_are_an_error_not_ignored(tmp_path, o
     assert (
         resolve_dataset(str(source), tmp_path / "ws", DatasetOptions(hf_default_revision="main")).records == 1
     )
+
+
+def test_a_utf8_bom_is_accepted_in_jsonl_as_in_json_and_csv(tmp_path):
+    from airflow_provider_sft.core.dataset import resolve_dataset
+
+    row = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+    data = tmp_path / "bom.jsonl"
+    data.write_bytes(b"\xef\xbb\xbf" + (json.dumps(row) + "\n").encode() * 2)
+    assert resolve_dataset(str(data), tmp_path / "ws").records == 2

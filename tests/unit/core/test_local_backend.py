@@ -72,13 +72,12 @@ def test_failure_reason_is_the_error_line(tmp_path, monkeypatch):
     )
 
 
-def test_real_entrypoint_error_is_surfaced(tiny_model, tmp_path):
-    # Samples longer than max_tokens_per_gpu cannot fit one micro-batch: the CPU trainer refuses.
-    run = make_run(tmp_path, base_model=str(tiny_model), max_seq_len=512, max_tokens_per_gpu=30)
+def test_real_entrypoint_error_is_surfaced(tmp_path):
+    run = make_run(tmp_path, base_model=str(tmp_path / "no-such-model"))
     backend = get_backend("local")
     result = backend.wait(backend.submit(run), on_log=lambda _line: None, timeout_seconds=300)
     assert result.status is JobStatus.FAILED
-    assert "longer than max_tokens_per_gpu=30" in result.message
+    assert f"base_model {tmp_path / 'no-such-model'} does not exist" in result.message
 
 
 def test_cancel_stops_the_whole_process_group(tmp_path, monkeypatch):

@@ -252,3 +252,31 @@ def test_a_topology_that_can_train_is_accepted():
         {"resource_gpu_per_worker": 0, "resource_num_workers": 2, "effective_batch_size": 2}
     )
     assert params.world_size == 2
+
+
+def test_the_checkpoint_rule_names_both_fields():
+    with pytest.raises(InvalidParameterError) as info:
+        SFTParams.parse({"checkpoint_at_epoch": False, "save_samples": 0})
+    assert set(info.value.errors) == {"checkpoint_at_epoch", "save_samples"}
+
+
+def test_max_tokens_below_max_seq_len_is_refused():
+    with pytest.raises(InvalidParameterError) as info:
+        SFTParams.parse({"max_seq_len": 4096, "max_tokens_per_gpu": 1000})
+    assert (
+        list(info.value.errors) == ["max_tokens_per_gpu"]
+        and "multipack" in info.value.errors["max_tokens_per_gpu"]
+    )
+
+
+def test_integers_are_bounded_to_int32():
+    with pytest.raises(InvalidParameterError) as info:
+        SFTParams.parse({"effective_batch_size": 10**30})
+    assert list(info.value.errors) == ["effective_batch_size"]
+
+
+@pytest.mark.parametrize("envs", ["A=1\nB=2", "A=1\x00", {"A": "x\ny"}, {"A\n": "1"}])
+def test_control_characters_in_envs_are_refused(envs):
+    with pytest.raises(InvalidParameterError) as info:
+        SFTParams.parse({"envs": envs})
+    assert list(info.value.errors) == ["envs"] and "control character" in info.value.errors["envs"]

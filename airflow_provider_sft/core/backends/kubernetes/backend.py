@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import itertools
 import logging
 import re
 import uuid
@@ -60,7 +61,24 @@ from airflow_provider_sft.core.steps import ERROR_PREFIX, RESULT_PREFIX, parse_r
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-_SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|API_?KEY|CREDENTIAL", re.IGNORECASE)
+_SECRET_WORDS = {"TOKEN", "SECRET", "PASSWORD", "PASSWD", "APIKEY", "CREDENTIAL", "CREDENTIALS"}
+_SECRET_PAIRS = {("API", "KEY"), ("ACCESS", "KEY"), ("PRIVATE", "KEY"), ("SECRET", "KEY")}
+_FLAG_VALUES = {"", "0", "1", "true", "false", "yes", "no", "on", "off"}
+
+
+def looks_secret(name: str, value: str) -> bool:
+    """An env var that holds a credential: a name word such as TOKEN or API_KEY, and not a flag.
+
+    Words, not substrings: ``TOKENIZERS_PARALLELISM`` and ``MAX_TOKENS`` are settings, and so is
+    ``HF_HUB_DISABLE_IMPLICIT_TOKEN=1`` (its value is a flag).
+    """
+    words = [w for w in re.split(r"[^A-Za-z0-9]+", name.upper()) if w]
+    named = bool(_SECRET_WORDS & set(words)) or any(
+        pair in _SECRET_PAIRS for pair in itertools.pairwise(words)
+    )
+    return named and value.strip().lower() not in _FLAG_VALUES
+
+
 Connector = Callable[[], contextlib.AbstractAsyncContextManager[KubeClient]]
 DELETE_WAIT_SECONDS = 120
 LOG_DRAIN_SECONDS = 10
@@ -152,7 +170,7 @@ class KubernetesBackend(TrainingBackend):
 
     def preflight(self, run: TrainingRun) -> None:
         self.require_pvc()
-        secret_like = sorted(key for key in run.params.envs if _SECRET_NAME.search(key))
+        secret_like = sorted(key for key, value in run.params.envs.items() if looks_secret(key, value))
         if secret_like:
             raise InvalidParameterError(
                 {

@@ -206,3 +206,23 @@ def test_empty_means_not_set_and_none_only_where_it_is_no_value():
         {},
     )
     assert KubernetesConfig.build(image=None).image is None
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "secret"),
+    [
+        ("TOKENIZERS_PARALLELISM", "false", False),
+        ("MAX_TOKENS", "4096", False),
+        ("HF_HUB_DISABLE_IMPLICIT_TOKEN", "1", False),
+        ("WANDB_MODE", "offline", False),
+        ("HF_TOKEN", "hf_abc", True),
+        ("WANDB_API_KEY", "abc123", True),
+        ("AWS_SECRET_ACCESS_KEY", "xyz", True),
+        ("DB_PASSWORD", "pw", True),
+        ("GITHUB_TOKEN", "ghp_x", True),
+    ],
+)
+def test_only_credentials_look_like_secrets(name, value, secret):
+    from airflow_provider_sft.core.backends.kubernetes.backend import looks_secret
+
+    assert looks_secret(name, value) is secret

@@ -1,0 +1,88 @@
+"""Check a whole pipeline run's input before its first task does any work."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+from typing import Any
+
+from airflow.sdk import BaseOperator
+from airflow.sdk.exceptions import AirflowFailException
+
+from airflow_provider_sft.core.dataset import DatasetOptions
+from airflow_provider_sft.core.errors import InvalidParameterError
+from airflow_provider_sft.core.params import SFTParams
+from airflow_provider_sft.operators.workspace import workspace_mode
+
+
+class ValidateRunOperator(BaseOperator):
+    """Fail the DAG run at once, naming every bad field, before anything is resolved or submitted.
+
+    It checks, all at once: ``conf`` keys the DAG has no param for (with the closest known name:
+    a typo such as ``num_epoch`` would otherwise run with the default), every training parameter
+    with its cross-field rules, the dataset options, and the Kubernetes settings when
+    ``backend="kubernetes"``. The failure is not retried (``AirflowFailException``).
+
+    :param training: the training parameters, as ``SFTTrainOperator`` takes them. (templated)
+    :param dataset: ``format``, ``mapping``, ``on_bad_record``, ``split``, ``subset``,
+        ``revision``. (templated)
+    :param backend: ``local`` or ``kubernetes``; ``workspace_mode``: ``cluster`` or ``shared``. (templated)
+    :param kubernetes: ``KubernetesConfig`` fields (``namespace``, ``pvc_name``, ...). (templated)
+    """
+
+    template_fields: Sequence[str] = ("training", "dataset", "backend", "workspace_mode", "kubernetes")
+    ui_color = "#fef9e7"
+
+    def __init__(
+        self,
+        *,
+        training: dict[str, Any],
+        dataset: dict[str, Any] | None = None,
+        backend: str = "local",
+        workspace_mode: str | None = None,
+        kubernetes: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.training = training
+        self.dataset = dataset
+        self.backend = backend
+        self.workspace_mode = workspace_mode
+        self.kubernetes = kubernetes
+
+    def problems(self, conf: dict[str, Any], known: Sequence[str]) -> dict[str, str]:
+        problems: dict[str, str] = {}
+        for key in conf:
+            if key not in known:
+                close = difflib.get_close_matches(key, known, n=1)
+                problems[key] = "unknown parameter" + (f"; did you mean {close[0]!r}?" if close else "")
+        checks = [
+            lambda: SFTParams.parse(self.training),
+            lambda: DatasetOptions.build(**{k: v for k, v in (self.dataset or {}).items() if v != ""}),
+            lambda: workspace_mode(self.backend, self.workspace_mode),
+        ]
+        if self.backend == "kubernetes":
+            checks.append(self._kubernetes)
+        for check in checks:
+            try:
+                check()
+            except InvalidParameterError as error:
+                problems.update(error.errors)
+        return problems
+
+    def _kubernetes(self) -> None:
+        from airflow_provider_sft.core.backends.kubernetes import KubernetesConfig
+
+        config = KubernetesConfig.build(**(self.kubernetes or {}))
+        if not config.pvc_name:
+            raise InvalidParameterError(
+                {"pvc_name": "is required on the kubernetes backend (the workspace PVC)"}
+            )
+
+    def execute(self, context: Any) -> None:
+        dag_run = context.get("dag_run")
+        conf = dict(getattr(dag_run, "conf", None) or {})
+        problems = self.problems(conf, list(context["params"]))
+        if problems:
+            raise AirflowFailException(str(InvalidParameterError(problems, kind="run")))
+        self.log.info("Run input checked: %d conf key(s), every parameter valid", len(conf))
