@@ -53,13 +53,13 @@ def _flash_attn_available() -> bool:
 
 
 def default_cache_env(run_dir: Path) -> dict[str, str]:
-    """Cache directories writable under any UID (OpenShift): under the run unless already set."""
-    cache = run_dir / ".cache"
-    return {
-        "HF_HOME": str(cache / "huggingface"),
-        "TRITON_CACHE_DIR": str(cache / "triton"),
-        "XDG_CACHE_HOME": str(cache),
-    }
+    """The caches that must be writable per run, under it unless already set: Triton's only.
+
+    The Hugging Face cache and stored token stay the user's (``HF_HOME`` is not touched): a
+    run must not download the base model again into a folder nobody cleans, nor lose the
+    ``hf auth login`` token. In a pod the TrainJob sets ``HF_HOME`` on the PVC itself.
+    """
+    return {"TRITON_CACHE_DIR": str(run_dir / ".cache" / "triton")}
 
 
 #: What an earlier attempt of the same run leaves in its directory, and a new attempt must not

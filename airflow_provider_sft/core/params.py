@@ -305,6 +305,11 @@ class SFTParams(BaseModel):
     def _base_model_not_blank(cls, value: str) -> str:
         if not value.strip() or value != value.strip():
             raise ValueError(f"must be a HuggingFace model id, oci:// reference or path, got {value!r}")
+        if value.startswith("hf://"):
+            raise ValueError(
+                f"hf:// names datasets here; give a HuggingFace model as org/name, got {value!r} "
+                f"(use {value.removeprefix('hf://')!r})"
+            )
         return value
 
     @field_validator("data_output_dir")

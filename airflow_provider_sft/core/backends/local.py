@@ -102,6 +102,8 @@ class LocalProcessBackend(TrainingBackend):
         )
         if not Path(run.dataset_path).is_file():
             raise DatasetError(f"Training data {run.dataset_path} does not exist or is not a file")
+        if Path(run.dataset_path).stat().st_size == 0:
+            raise DatasetError(f"Training data {run.dataset_path} is empty (0 bytes)")
         if run.params.resource_num_workers != 1:
             raise InvalidParameterError(
                 {
@@ -116,8 +118,8 @@ class LocalProcessBackend(TrainingBackend):
         )
         threads = str(plan.cpu_threads)
         env = {
-            **os.environ,
             **default_cache_env(Path(run.output_dir)),
+            **os.environ,  # the user's HF_HOME, token and caches stay theirs
             "PYTHONUNBUFFERED": "1",
             "HF_HUB_DISABLE_PROGRESS_BARS": "1",
             "OMP_NUM_THREADS": threads,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import threading
@@ -119,11 +120,22 @@ def test_memory_limit_is_enforced(tmp_path, monkeypatch):
     assert "over resource_memory_per_worker (256 MiB)" in result.message
 
 
-def test_training_envs_reach_the_process_and_win(tmp_path):
+def test_training_envs_reach_the_process_and_win(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HOME", "/home/me/.cache/huggingface")  # the user's cache and login
     run = make_run(tmp_path, envs="OMP_NUM_THREADS=3,MY_FLAG=on")
     env = LocalProcessBackend().environment(run)
     assert env["MY_FLAG"] == "on" and env["OMP_NUM_THREADS"] == "3"
-    assert env["HF_HOME"].startswith(run.output_dir)
+    assert env["HF_HOME"] == "/home/me/.cache/huggingface"  # kept: no re-download, the token still found
+    assert env["TRITON_CACHE_DIR"].startswith(run.output_dir)  # only what must be writable per run
+
+
+def test_an_empty_dataset_stops_the_submit(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_bytes(b"")
+    run = dataclasses.replace(make_run(tmp_path), dataset_path=str(empty))
+    with pytest.raises(DatasetError, match="is empty"):
+        LocalProcessBackend().submit(run)
+    assert not Path(run.output_dir).exists()
 
 
 def test_previous_attempt_output_is_cleared(tmp_path, monkeypatch):

@@ -280,3 +280,16 @@ def test_control_characters_in_envs_are_refused(envs):
     with pytest.raises(InvalidParameterError) as info:
         SFTParams.parse({"envs": envs})
     assert list(info.value.errors) == ["envs"] and "control character" in info.value.errors["envs"]
+
+
+@pytest.mark.parametrize(
+    ("values", "field"),
+    [
+        ({"resource_memory_per_worker": "64 Gi"}, "resource_memory_per_worker"),  # the API server refuses it
+        ({"base_model": "hf://Qwen/Qwen2.5-1.5B-Instruct"}, "base_model"),
+    ],
+)
+def test_values_a_cluster_or_the_trainer_would_refuse_later_are_refused_now(values, field):
+    with pytest.raises(InvalidParameterError) as info:
+        SFTParams.parse(values)
+    assert list(info.value.errors) == [field]
