@@ -51,6 +51,9 @@ def export(config: Mapping[str, Any], *, log: Logger, env: Mapping[str, str] = o
     records, skipped = read_step_records(run_dir / c.METRICS_FILE)
     summary = summarize(records, skipped_lines=skipped)
     metrics_path = write_summary(summary, Path(config["metrics_path"]))
+    if config.get("prune"):
+        pruned = prune_intermediate(run_dir)
+        log(f"pruned the run's intermediate state ({', '.join(pruned) or 'nothing'}); the model is kept")
     if config.get("latest_path"):
         from airflow_provider_sft.core.files import atomic_write_bytes
 
@@ -65,6 +68,20 @@ def export(config: Mapping[str, Any], *, log: Logger, env: Mapping[str, str] = o
         "metrics": summary.to_dict(),
         "steps": [asdict(record) for record in records],
     }
+
+
+#: What a run keeps only until its model is exported: optimizer state, checkpoints (the
+#: exported model holds hard links to, or copies of, the files it needs) and processed data.
+INTERMEDIATE = (c.FULL_STATE_DIR, c.HF_FORMAT_DIR, "data")
+
+
+def prune_intermediate(run_dir: Path) -> list[str]:
+    """Remove the run's intermediate state (never its final model, metrics or log)."""
+    from airflow_provider_sft.core.files import remove_owned
+
+    return [
+        name for name in INTERMEDIATE if remove_owned(run_dir / name, run_dir, field="training_output_dir")
+    ]
 
 
 STEPS: dict[str, Callable[..., dict[str, Any]]] = {"resolve": resolve, "export": export}

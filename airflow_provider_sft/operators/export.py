@@ -27,6 +27,9 @@ class ExportModelOperator(WorkspaceStepsMixin, LineageMixin, BaseOperator):
     :param workspace: workspace root. (templated)
     :param model_dir: where to publish the model; default ``<training_output_dir>/final_model``.
         Never the checkpoint, its run or the workspace. (templated)
+    :param keep_intermediate: keep the run's ``full_state/``, ``hf_format/`` checkpoints and
+        processed data after the export. Default False: they are removed once the model is
+        published, so each run keeps only its model, metrics and log on the disk.
 
     On the ``kubernetes`` backend in ``cluster`` workspace mode the export runs in a pod that
     mounts the PVC (see :class:`~airflow_provider_sft.operators.workspace.WorkspaceStepsMixin`);
@@ -45,6 +48,7 @@ class ExportModelOperator(WorkspaceStepsMixin, LineageMixin, BaseOperator):
         training_output_dir: str,
         workspace: str,
         model_dir: str | None = None,
+        keep_intermediate: bool = False,
         backend: str = "local",
         workspace_mode: str | None = None,
         pvc_mount_path: str | None = None,
@@ -57,6 +61,7 @@ class ExportModelOperator(WorkspaceStepsMixin, LineageMixin, BaseOperator):
         self.training_output_dir = training_output_dir
         self.workspace = workspace
         self.model_dir = model_dir
+        self.keep_intermediate = keep_intermediate
         self._init_steps(backend, workspace_mode, pvc_mount_path, kubernetes, kubernetes_conn_id)
 
     def execute(self, context: Any) -> dict[str, Any]:
@@ -66,6 +71,7 @@ class ExportModelOperator(WorkspaceStepsMixin, LineageMixin, BaseOperator):
             "model_dir": str(self.model_dir or run_dir / c.FINAL_MODEL_DIR),
             "metrics_path": str(run_dir / c.METRICS_SUMMARY_FILE),
             "latest_path": str(Path(self.step_workspace) / c.LATEST_FILE),
+            "prune": not self.keep_intermediate,
         }
         result = self.run_step(context, "export", config)
         self.log.info(

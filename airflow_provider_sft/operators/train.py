@@ -259,8 +259,16 @@ class SFTTrainOperator(LineageMixin, BaseOperator):
     # --- helpers -------------------------------------------------------------------
 
     def training_params(self) -> SFTParams:
-        """The rendered training parameters, validated (raises ``InvalidParameterError``)."""
-        return SFTParams.parse({name: getattr(self, name) for name in TRAINING_PARAMETERS})
+        """The rendered training parameters, validated (raises ``InvalidParameterError``).
+
+        A relative ``base_model`` path (``./models/x``) is relative to the workspace, like the
+        dataset paths; ``org/name`` stays a HuggingFace id.
+        """
+        values = {name: getattr(self, name) for name in TRAINING_PARAMETERS}
+        base_model = values.get("base_model")
+        if isinstance(base_model, str) and base_model.startswith(("./", "../")):
+            values["base_model"] = os.path.normpath(Path(self.pod_workspace()) / base_model)
+        return SFTParams.parse(values)
 
     def _run_name(self, context: Any) -> str:
         if self.run_name:
