@@ -12,6 +12,7 @@ from airflow_provider_sft.core import constants as c
 from airflow_provider_sft.core.dataset import BUNDLED_SOURCE, DatasetOptions
 from airflow_provider_sft.core.errors import InvalidParameterError
 from airflow_provider_sft.lineage import LineageMixin
+from airflow_provider_sft.operators.failures import bad_input_is_final
 from airflow_provider_sft.operators.workspace import STEP_TEMPLATE_FIELDS, WorkspaceStepsMixin
 
 
@@ -143,6 +144,10 @@ class ResolveDatasetOperator(WorkspaceStepsMixin, LineageMixin, BaseOperator):
         )
 
     def execute(self, context: Any) -> dict[str, Any]:
+        with bad_input_is_final():  # a bad parameter is not retried
+            return self._execute(context)
+
+    def _execute(self, context: Any) -> dict[str, Any]:
         options = self.build_options()
         dataset_dir = Path(c.RUNS_DIR) / self.step_run_name(context) / c.DATASET_DIR
         config = {

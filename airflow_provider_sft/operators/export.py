@@ -13,6 +13,7 @@ from airflow_provider_sft.core.chart import write_loss_chart
 from airflow_provider_sft.core.metrics import StepRecord, read_step_records, summarize
 from airflow_provider_sft.lineage import LineageMixin
 from airflow_provider_sft.links import LossChartLink
+from airflow_provider_sft.operators.failures import bad_input_is_final
 from airflow_provider_sft.operators.workspace import STEP_TEMPLATE_FIELDS, WorkspaceStepsMixin
 
 
@@ -65,6 +66,10 @@ class ExportModelOperator(WorkspaceStepsMixin, LineageMixin, BaseOperator):
         self._init_steps(backend, workspace_mode, pvc_mount_path, kubernetes, kubernetes_conn_id)
 
     def execute(self, context: Any) -> dict[str, Any]:
+        with bad_input_is_final():  # a bad parameter is not retried
+            return self._execute(context)
+
+    def _execute(self, context: Any) -> dict[str, Any]:
         run_dir = Path(self.training_output_dir)
         config = {
             "run_dir": str(run_dir),

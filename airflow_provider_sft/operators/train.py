@@ -33,6 +33,7 @@ from airflow_provider_sft.core.params import SFTParams
 from airflow_provider_sft.core.run import Device, TrainingRun, run_name
 from airflow_provider_sft.lineage import LineageMixin
 from airflow_provider_sft.links import TrainJobConsoleLink
+from airflow_provider_sft.operators.failures import bad_input_is_final
 from airflow_provider_sft.operators.workspace import WorkspaceMode, kubernetes_backend, workspace_mode
 from airflow_provider_sft.triggers.events import EventStatus, validate_event
 
@@ -333,6 +334,10 @@ class SFTTrainOperator(LineageMixin, BaseOperator):
     # --- Airflow hooks ------------------------------------------------------------------
 
     def execute(self, context: Any) -> dict[str, Any]:
+        with bad_input_is_final():  # a bad parameter is not retried
+            return self._execute(context)
+
+    def _execute(self, context: Any) -> dict[str, Any]:
         run = self.build_run(context)  # validates every parameter before anything starts
         backend = self._backend_for(context)
         self.log.info("Training run %s on the %s backend -> %s", run.name, backend.name.value, run.output_dir)

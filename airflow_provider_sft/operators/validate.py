@@ -7,11 +7,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from airflow.sdk import BaseOperator
-from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_provider_sft.core.dataset import DatasetOptions
 from airflow_provider_sft.core.errors import InvalidParameterError
 from airflow_provider_sft.core.params import SFTParams
+from airflow_provider_sft.operators.failures import FinalInvalidParameterError
 from airflow_provider_sft.operators.workspace import workspace_mode
 
 
@@ -63,12 +63,23 @@ class ValidateRunOperator(BaseOperator):
         ]
         if self.backend == "kubernetes":
             checks.append(self._kubernetes)
+        else:
+            checks.append(self._local)
         for check in checks:
             try:
                 check()
             except InvalidParameterError as error:
                 problems.update(error.errors)
         return problems
+
+    def _local(self) -> None:
+        workers = SFTParams.parse(self.training).resource_num_workers
+        if workers != 1:
+            raise InvalidParameterError(
+                {
+                    "resource_num_workers": f"the local backend runs one worker, got {workers}; use kubernetes for more"
+                }
+            )
 
     def _kubernetes(self) -> None:
         from airflow_provider_sft.core.backends.kubernetes import KubernetesConfig
@@ -84,5 +95,5 @@ class ValidateRunOperator(BaseOperator):
         conf = dict(getattr(dag_run, "conf", None) or {})
         problems = self.problems(conf, list(context["params"]))
         if problems:
-            raise AirflowFailException(str(InvalidParameterError(problems, kind="run")))
+            raise FinalInvalidParameterError(problems, kind="run")
         self.log.info("Run input checked: %d conf key(s), every parameter valid", len(conf))

@@ -66,10 +66,29 @@ def test_bad_input_fails_before_anything_starts(tmp_path, kwargs, error, message
     (tmp_path / "d.jsonl").write_text("{}\n")
     op = SFTTrainOperator(task_id="t", workspace=str(tmp_path / "ws"), **values)
     ctx = context()
-    with pytest.raises(error, match=message):
+    with pytest.raises(error, match=message) as info:
         op.execute(ctx)
+    if error is InvalidParameterError:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        assert isinstance(info.value, AirflowFailException)  # never retried: a retry cannot fix it
     assert not (tmp_path / "ws").exists()  # no run directory, no process
     assert ctx["ti"].pushed == {}
+
+
+@pytest.mark.parametrize("name", ["../..", "/etc", "runs/x", "A" * 10, "a" * 49])
+def test_a_run_name_that_is_not_a_dns_label_is_refused(tmp_path, name):
+    (tmp_path / "d.jsonl").write_text("{}\n")
+    op = SFTTrainOperator(
+        task_id="t",
+        workspace=str(tmp_path / "ws"),
+        dataset_path=str(tmp_path / "d.jsonl"),
+        resource_gpu_per_worker=0,
+        run_name=name,
+    )
+    with pytest.raises(InvalidParameterError, match="run_name"):
+        op.execute(context())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.jsonl"]  # nothing created or removed
 
 
 def test_run_name_is_stable_across_retries(tmp_path):
