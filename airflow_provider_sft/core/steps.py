@@ -10,6 +10,7 @@ places; only the transport differs (a pod prints its result on its last log line
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import asdict
@@ -30,10 +31,25 @@ def resolve(config: Mapping[str, Any], *, log: Logger, env: Mapping[str, str] = 
     from airflow_provider_sft.core.dataset import DatasetOptions, resolve_dataset
 
     options = DatasetOptions.from_settings(config.get("settings", {}), env)
+    shared_runs_dir(Path(config["workspace"]))
     stats = resolve_dataset(
         config["source"], config["workspace"], options, log=log, dataset_dir=config.get("dataset_dir")
     )
     return stats.to_dict()
+
+
+def shared_runs_dir(workspace: Path) -> Path:
+    """``<workspace>/runs``, group-writable when created here (setgid, like an fsGroup volume).
+
+    In ``shared`` mode the worker creates it and the training pods, another user of the same
+    group, write their runs into it.
+    """
+    runs = workspace / c.RUNS_DIR
+    if not runs.exists():
+        runs.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(OSError):  # not ours to change on some volumes
+            runs.chmod(0o2775)
+    return runs
 
 
 def export(config: Mapping[str, Any], *, log: Logger, env: Mapping[str, str] = os.environ) -> dict[str, Any]:

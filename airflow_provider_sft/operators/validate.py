@@ -93,7 +93,8 @@ class ValidateRunOperator(BaseOperator):
     def execute(self, context: Any) -> None:
         dag_run = context.get("dag_run")
         conf = dict(getattr(dag_run, "conf", None) or {})
-        problems = self.problems(conf, list(context["params"]))
+        # The DAG's declared params: context["params"] has the conf merged in, unknown keys too.
+        problems = self.problems(conf, list(context["dag"].params))
         if problems:
             raise FinalInvalidParameterError(problems, kind="run")
         self.log.info("Run input checked: %d conf key(s), every parameter valid", len(conf))

@@ -121,7 +121,9 @@ class WorkspaceStepsMixin:
 
     def step_run_name(self, context: Any) -> str:
         """This task's run name: its TrainJob's name, and its directory under ``runs/``."""
-        ti = context["ti"]
+        ti = context.get("ti")
+        if ti is None:  # executed outside a DAG run (a test, a REPL)
+            return run_name(self.task_id, context.get("run_id"))  # type: ignore[attr-defined]
         return run_name(ti.dag_id, context["run_id"], ti.task_id, getattr(ti, "map_index", -1))
 
     def run_step(

@@ -65,5 +65,6 @@ def test_resolve_dataset_task_reads_s3_through_an_aws_connection(minio, tmp_path
     assert "Resolved dataset s3://datasets/chat/v1/: 5 records (1 skipped) from 2 file(s)" in log
     assert "part-1.jsonl:3: missing field 'messages'" in log  # the skip reason, where it was
     assert SECRET not in log
-    lines = (tmp_path / "ws" / "dataset" / "train.jsonl").read_text().splitlines()
+    (written,) = (tmp_path / "ws" / "runs").glob("*/dataset/train.jsonl")  # this run's own dataset
+    lines = written.read_text().splitlines()
     assert [json.loads(line) for line in lines] == ROWS

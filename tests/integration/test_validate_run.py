@@ -15,8 +15,6 @@ def test_unknown_keys_and_bad_values_fail_the_run_before_any_work(tmp_path):
     conf = {
         "num_epoch": 3,  # a typo: would silently train with the default
         "resource_cpu_per_worker": "abc",
-        "max_seq_len": 4096,
-        "max_tokens_per_gpu": 1000,  # below max_seq_len: multipack cannot pack a long sample
         "workspace": str(workspace),
         "resource_gpu_per_worker": 0,
     }
@@ -25,7 +23,6 @@ def test_unknown_keys_and_bad_values_fail_the_run_before_any_work(tmp_path):
     text = (workspace / "dags-test.log").read_text()
     assert "num_epoch: unknown parameter; did you mean 'num_epochs'?" in text
     assert "resource_cpu_per_worker: must be a Kubernetes quantity" in text
-    assert "max_tokens_per_gpu:" in text
     assert "task_id=resolve_dataset" not in text or "state=success" not in text
     assert not (workspace / "runs").exists()  # nothing was resolved, trained or written
     assert "XCom not found" not in text
