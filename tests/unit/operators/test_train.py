@@ -164,6 +164,18 @@ def test_loss_chart_link(monkeypatch):
     assert links.LossChartLink().get_link(op, ti_key=None) == "https://files.example.com/ws/loss_chart.html"
 
 
+def test_no_console_link_means_no_xcom_lookup(monkeypatch):
+    """A failed train task has no training_job XCom: without a console link nothing asks for it."""
+    from airflow_provider_sft import links
+
+    def fail(**_kwargs):
+        raise AssertionError("XCom looked up")
+
+    monkeypatch.setattr(links.XCom, "get_value", staticmethod(fail))
+    op = SFTTrainOperator(task_id="t", dataset_path="d", workspace="/ws")
+    assert links.TrainJobConsoleLink().get_link(op, ti_key=None) == ""
+
+
 def test_hf_connection_token_reaches_the_local_backend_environment(monkeypatch, tmp_path):
     import json
 
