@@ -269,19 +269,7 @@ class SFTParams(BaseModel):
             return {key: value for key, value in values.items() if value is not None}
         return values
 
-    @field_validator(
-        "effective_batch_size",
-        "max_tokens_per_gpu",
-        "max_seq_len",
-        "lr_warmup_steps",
-        "num_epochs",
-        "resource_gpu_per_worker",
-        "resource_num_workers",
-        "seed",
-        "save_samples",
-        "learning_rate",
-        mode="before",
-    )
+    @field_validator(*_INT32_FIELDS, "seed", "learning_rate", mode="before")
     @classmethod
     def _numbers_are_not_bools(cls, value: Any) -> Any:
         return _reject_bool(value)
