@@ -72,6 +72,7 @@ def get_provider_info() -> dict:
                     "airflow_provider_sft.operators.dataset",
                     "airflow_provider_sft.operators.train",
                     "airflow_provider_sft.operators.export",
+                    "airflow_provider_sft.operators.validate",
                 ],
             }
         ],
