@@ -49,8 +49,10 @@ def get_provider_info() -> dict:
         ],
         "extra-links": [
             "airflow_provider_sft.links.TrainJobConsoleLink",
-            "airflow_provider_sft.links.LossChartLink",
+            "airflow_provider_sft.links.TrainingResultsLink",
         ],
+        # The *Training results* tab of task instances (an Airflow 3 FastAPI app + external view).
+        "plugins": [{"name": "sft", "plugin-class": "airflow_provider_sft.plugin.SFTResultsPlugin"}],
         "triggers": [
             {"integration-name": INTEGRATION, "python-modules": ["airflow_provider_sft.triggers.trainjob"]}
         ],

@@ -1,9 +1,17 @@
-"""Operator extra links."""
+"""Operator extra links: the TrainJob in a cluster console, and the run's *Training results* tab.
+
+Airflow 3's UI shows only http(s) and mailto links and hides empty ones: a link that has
+nothing to point at returns ``""``.
+"""
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 from airflow.sdk import BaseOperatorLink
 from airflow.sdk.execution_time.xcom import XCom
+
+from airflow_provider_sft.plugin import URL_ROUTE
 
 
 class TrainJobConsoleLink(BaseOperatorLink):
@@ -17,18 +25,37 @@ class TrainJobConsoleLink(BaseOperatorLink):
             return ""
         job = XCom.get_value(ti_key=ti_key, key="training_job")
         if not job or job.get("backend") != "kubernetes":
-            return ""
+            return ""  # the local backend has no TrainJob
         return template.format(namespace=job.get("namespace", ""), name=job.get("name", ""))
 
 
-class LossChartLink(BaseOperatorLink):
-    """The loss chart the report task wrote (``chart_url_template`` maps its path to a URL)."""
+def airflow_ui_url() -> str:
+    """The UI's base URL: ``[api] base_url``, else the API server's host and port."""
+    from airflow.configuration import conf
 
-    name = "Loss chart"
+    base = conf.get("api", "base_url", fallback="") or ""
+    if base:
+        return base.rstrip("/")
+    host = conf.get("api", "host", fallback="localhost") or "localhost"
+    if host in ("0.0.0.0", "::"):
+        host = "localhost"
+    return f"http://{host}:{conf.get('api', 'port', fallback='8080')}"
+
+
+def results_tab_url(ti_key) -> str:
+    """The *Training results* tab of one task instance in the Airflow UI."""
+    path = f"/dags/{quote(ti_key.dag_id, safe='')}/runs/{quote(ti_key.run_id, safe='')}/tasks/{quote(ti_key.task_id, safe='')}"
+    if ti_key.map_index is not None and ti_key.map_index >= 0:
+        path += f"/mapped/{ti_key.map_index}"
+    return f"{airflow_ui_url()}{path}/plugin/{URL_ROUTE}"
+
+
+class TrainingResultsLink(BaseOperatorLink):
+    """The run's loss chart and metrics, in the provider's tab of this task instance."""
+
+    name = "Training results"
 
     def get_link(self, operator, *, ti_key) -> str:
-        path = XCom.get_value(ti_key=ti_key, key="chart_path")
-        if not path:
-            return ""
-        template = getattr(operator, "chart_url_template", None) or "file://{path}"
-        return template.format(path=path)
+        if XCom.get_value(ti_key=ti_key, key="return_value") is None:
+            return ""  # not finished (or failed): there are no results to show
+        return results_tab_url(ti_key)

@@ -1,75 +1,202 @@
-"""Airflow ``Param``\\ s for the trigger form, derived from :class:`SFTParams` (one source of truth).
+"""The trigger form of an SFT pipeline: Airflow ``Param``\\ s, typed, titled, sectioned, in order.
 
-Types, enums, minimums, defaults and descriptions come from the pydantic model's
-JSON schema, so the UI form validates input the same way the operator does.
-Mapping parameters (envs, labels, annotations) are ``KEY=VAL,KEY=VAL`` strings
-as in the seed component.
+Types, enums, minimums and defaults come from :class:`SFTParams` (one source of truth); the
+titles and descriptions are written for the person at the form, not derived from field names.
+Every rule JSON Schema can express is in the schema, so a bad value is refused when the run is
+triggered (UI, REST ``conf``), before any task: quantities, ``K=V`` lists, Kubernetes label
+keys and values, minimums, int32 maximums, enums. Rules across fields are checked by the
+pipeline's first task (:class:`~airflow_provider_sft.operators.validate.ValidateRunOperator`).
+
+Optional text fields are nullable (``["null", "string"]``, default ``None``): Airflow's form
+treats an empty string as a missing required value, so ``""`` defaults would block *Trigger*.
+An empty field means "not set" everywhere downstream.
 """
 
 from __future__ import annotations
 
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from airflow.sdk import Param
 
-from airflow_provider_sft.core.params import SFTParams
+from airflow_provider_sft.core.dataset import BUNDLED_SOURCE, Format, OnBadRecord
+from airflow_provider_sft.core.dataset import Mapping as RecordLayout
+from airflow_provider_sft.core.params import INT32_FIELDS, INT32_MAX, SFTParams
 
-_MAPPINGS = {"envs", "metadata_labels", "metadata_annotations"}
+# --- patterns (valid in Python's ``re`` and in JavaScript) ---------------------------------
 
-#: Trigger-form sections (Airflow renders each as a collapsible group).
-SECTIONS = {
-    "Model and data": ("base_model", "max_seq_len", "data_output_dir"),
-    "Optimisation": (
-        "effective_batch_size",
-        "max_tokens_per_gpu",
-        "learning_rate",
-        "lr_scheduler",
-        "lr_warmup_steps",
-        "num_epochs",
-        "seed",
+#: A Kubernetes quantity: a number with an exponent or a suffix (the API server's grammar).
+QUANTITY_PATTERN = r"^\s*(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+|Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E)?\s*$"
+_ENV_ITEM = r"\s*[-._a-zA-Z][-._a-zA-Z0-9]*\s*=[^,\x00-\x08\x0a-\x1f\x7f]*"
+#: ``KEY=VAL,KEY=VAL`` with environment variable names and no control characters; may be empty.
+ENV_LIST_PATTERN = rf"^({_ENV_ITEM}(,{_ENV_ITEM})*)?\s*$"
+_LABEL_KEY = (
+    r"([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+)
+_LABEL_ITEM = rf"\s*{_LABEL_KEY}\s*=\s*([A-Za-z0-9]([-A-Za-z0-9_.]{{0,61}}[A-Za-z0-9])?)?\s*"
+#: ``key=value,...`` in Kubernetes label syntax (``[prefix/]name``, values of at most 63 characters).
+LABEL_LIST_PATTERN = rf"^({_LABEL_ITEM}(,{_LABEL_ITEM})*)?$"
+_ANNOTATION_ITEM = rf"\s*{_LABEL_KEY}\s*=[^,]*"
+#: ``key=value,...`` with Kubernetes annotation keys (any value without a comma).
+ANNOTATION_LIST_PATTERN = rf"^({_ANNOTATION_ITEM}(,{_ANNOTATION_ITEM})*)?$"
+
+#: The form's sections, in the order the dialog shows them.
+SECTIONS = (
+    "Model and training",
+    "Dataset",
+    "Resources",
+    "Checkpoints",
+    "Where it runs",
+    "Kubernetes",
+    "Pod metadata and environment",
+)
+
+#: Title, section and description of each training parameter, as the form shows them.
+TRAINING_FORM: dict[str, tuple[str, str, str]] = {
+    "base_model": (
+        "Base model",
+        "Model and training",
+        "A HuggingFace model id (org/name) or a directory with the model (a path the training "
+        "process can read; relative paths are relative to the workspace).",
     ),
-    "Checkpoints": ("checkpoint_at_epoch", "save_samples", "accelerate_full_state_at_epoch"),
-    "Resources": (
-        "resource_cpu_per_worker",
-        "resource_gpu_per_worker",
-        "resource_memory_per_worker",
-        "resource_num_procs_per_worker",
-        "resource_num_workers",
-        "fsdp_sharding_strategy",
-        "use_liger",
+    "num_epochs": ("Epochs", "Model and training", "Passes over the dataset."),
+    "learning_rate": ("Learning rate", "Model and training", "Peak learning rate, > 0 (e.g. 5e-6)."),
+    "lr_scheduler": (
+        "Learning-rate schedule",
+        "Model and training",
+        "How the learning rate changes over the run.",
     ),
-    "Pod metadata and environment": ("envs", "metadata_labels", "metadata_annotations"),
+    "lr_warmup_steps": (
+        "Warm-up steps",
+        "Model and training",
+        "Optimizer steps over which the learning rate rises from 0 to its peak.",
+    ),
+    "effective_batch_size": (
+        "Effective batch size",
+        "Model and training",
+        "Samples per optimizer step, over all GPUs (gradient accumulation makes up the rest).",
+    ),
+    "max_seq_len": (
+        "Max sequence length",
+        "Model and training",
+        "Samples this long or longer (in tokens) are dropped, and reported.",
+    ),
+    "max_tokens_per_gpu": (
+        "Max tokens per GPU",
+        "Model and training",
+        "Tokens in one GPU's micro-batch: the memory cap. At least the max sequence length.",
+    ),
+    "seed": ("Random seed", "Model and training", "Same seed, same data order and initialisation."),
+    "resource_gpu_per_worker": (
+        "GPUs per worker",
+        "Resources",
+        "0 trains on the CPU. On the local backend: the CUDA devices present, or 0.",
+    ),
+    "resource_cpu_per_worker": (
+        "CPUs per worker",
+        "Resources",
+        "A Kubernetes quantity: 4, 500m. On the local backend: the torch threads.",
+    ),
+    "resource_memory_per_worker": (
+        "Memory per worker",
+        "Resources",
+        "A Kubernetes quantity: 64Gi, 512Mi. Enforced: the run is stopped above it.",
+    ),
+    "resource_num_workers": ("Workers (nodes)", "Resources", "Training pods; the local backend runs one."),
+    "resource_num_procs_per_worker": (
+        "Processes per worker",
+        "Resources",
+        "'auto' (one per GPU) or a number no larger than the GPUs per worker.",
+    ),
+    "fsdp_sharding_strategy": (
+        "FSDP sharding",
+        "Resources",
+        "How model state is split across GPUs (HYBRID_SHARD: within a node, replicated across nodes).",
+    ),
+    "use_liger": (
+        "Liger kernels",
+        "Resources",
+        "Faster fused kernels on CUDA (needs liger-kernel in the image).",
+    ),
+    "checkpoint_at_epoch": (
+        "Checkpoint every epoch",
+        "Checkpoints",
+        "Write a model checkpoint at the end of each epoch.",
+    ),
+    "save_samples": (
+        "Checkpoint every N samples",
+        "Checkpoints",
+        "Also write a checkpoint each time this many samples have been trained on; 0: never. "
+        "With neither this nor per-epoch checkpoints there is no model to export.",
+    ),
+    "accelerate_full_state_at_epoch": (
+        "Resumable state every epoch",
+        "Checkpoints",
+        "Keep the optimizer and scheduler state too (removed after the export unless kept).",
+    ),
+    "data_output_dir": (
+        "Processed data directory",
+        "Checkpoints",
+        "Where the tokenized data goes; empty: the run's own data/ directory.",
+    ),
+    "envs": (
+        "Environment variables",
+        "Pod metadata and environment",
+        "KEY=VALUE,KEY=VALUE for the training process (e.g. NCCL_DEBUG=INFO). Not for secrets: a "
+        "token belongs in a connection (hf_conn_id) or a Kubernetes Secret; values whose names "
+        "look secret (TOKEN, PASSWORD, API_KEY, ...) are masked in logs and Rendered Templates, but "
+        "the run's conf keeps what was typed.",
+    ),
+    "metadata_labels": (
+        "Pod labels",
+        "Pod metadata and environment",
+        "key=value,key=value on the training pods, Kubernetes label syntax.",
+    ),
+    "metadata_annotations": (
+        "Pod annotations",
+        "Pod metadata and environment",
+        "key=value,key=value on the training pods.",
+    ),
 }
-_SECTION_OF = {name: section for section, names in SECTIONS.items() for name in names}
-_ACRONYMS = {"lr": "LR", "gpu": "GPU", "cpu": "CPU", "fsdp": "FSDP", "procs": "processes"}
 
-
-def _title(name: str) -> str:
-    words = [_ACRONYMS.get(word, word) for word in name.split("_")]
-    return " ".join(words)[:1].upper() + " ".join(words)[1:]
+_NULLABLE = {"envs", "metadata_labels", "metadata_annotations", "data_output_dir"}
+_PATTERNS = {
+    "resource_cpu_per_worker": QUANTITY_PATTERN,
+    "resource_memory_per_worker": QUANTITY_PATTERN,
+    "resource_num_procs_per_worker": r"^\s*(auto|[1-9][0-9]*)\s*$",
+    "envs": ENV_LIST_PATTERN,
+    "metadata_labels": LABEL_LIST_PATTERN,
+    "metadata_annotations": ANNOTATION_LIST_PATTERN,
+}
 
 
 def _schema_for(name: str, prop: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
-    schema: dict[str, Any] = {
-        "title": _title(name),
-        "description": prop.get("description", ""),
-        "section": _SECTION_OF[name],
-    }
-    if name in _MAPPINGS:
-        return {**schema, "type": "string", "default": ""}
-    if name == "resource_num_procs_per_worker":
-        return {**schema, "type": "string", "pattern": "^(auto|[1-9][0-9]*)$", "default": "auto"}
-    if "$ref" in prop:
-        enum = defs[prop["$ref"].rsplit("/", 1)[-1]]
-        return {**schema, "type": "string", "enum": enum["enum"], "default": prop["default"]}
-    if "anyOf" in prop:
-        types = [option["type"] for option in prop["anyOf"]]
-        return {**schema, "type": types, "default": prop.get("default")}
-    schema.update(type=prop["type"], default=prop.get("default"))
-    if "exclusiveMinimum" in prop:
+    title, section, description = TRAINING_FORM[name]
+    schema: dict[str, Any] = {"title": title, "description": description, "section": section}
+    if name in _NULLABLE:
+        schema.update(type=["null", "string"], default=None)
+    elif name in _PATTERNS:  # quantities and "auto|N": strings in the seed's interface
+        schema.update(type="string", default=str(prop["default"]))
+    elif "$ref" in prop:
+        schema.update(
+            type="string", enum=defs[prop["$ref"].rsplit("/", 1)[-1]]["enum"], default=prop["default"]
+        )
+    else:
+        schema.update(type=prop["type"], default=prop.get("default"))
+    if name in _PATTERNS:
+        schema["pattern"] = _PATTERNS[name]
+    if "exclusiveMinimum" in prop:  # pydantic's PositiveInt: > 0
         schema["minimum"] = prop["exclusiveMinimum"] + 1
     if "minimum" in prop:
         schema["minimum"] = prop["minimum"]
+    if name in INT32_FIELDS:
+        schema["maximum"] = INT32_MAX
+    if name == "seed":
+        schema["maximum"] = 2**32 - 1
     if name == "learning_rate":
         schema["exclusiveMinimum"] = 0
     return schema
@@ -79,17 +206,159 @@ def training_param_schemas(**defaults: Any) -> dict[str, dict[str, Any]]:
     """JSON schema per training parameter; ``defaults`` override the seed's defaults."""
     full = SFTParams.model_json_schema()
     defs = full.get("$defs", {})
-    schemas = {name: _schema_for(name, prop, defs) for name, prop in full["properties"].items()}
+    properties = full["properties"]
+    schemas = {name: _schema_for(name, properties[name], defs) for name in TRAINING_FORM}  # form order
     for name, value in defaults.items():
         schemas[name]["default"] = value
     return schemas
 
 
-def training_params(**defaults: Any) -> dict[str, Param]:
-    """``Param`` per training parameter, for a DAG's ``params=``."""
-    params = {}
-    for name, schema in training_param_schemas(**defaults).items():
-        schema = dict(schema)
-        default = schema.pop("default")
-        params[name] = Param(default, **schema)
-    return params
+def _param(default: Any, **schema: Any) -> Param:
+    return Param(default, **schema)
+
+
+def _text(title: str, section: str, description: str, **schema: Any) -> Param:
+    """An optional text field: empty (``None``) means not set."""
+    return Param(
+        None, type=["null", "string"], title=title, section=section, description=description, **schema
+    )
+
+
+def pipeline_params(workspace: str, **defaults: Any) -> dict[str, Param]:
+    """Every Param of the example pipeline (training, dataset, where it runs), in section order.
+
+    ``defaults`` override any field's default (the demo passes its tiny model and CPU settings).
+    """
+    params: dict[str, Param] = {
+        name: _param(schema.pop("default"), **schema) for name, schema in training_param_schemas().items()
+    }
+    params.update(
+        dataset=_param(
+            BUNDLED_SOURCE,
+            type="string",
+            minLength=1,
+            title="Dataset source",
+            section="Dataset",
+            description=(
+                "'bundled' (a sample shipped with the provider); a file or a directory of shards "
+                "(absolute, or relative to the workspace); s3://bucket/key-or-prefix/; an http(s):// "
+                "URL; or a HuggingFace dataset org/name[@revision][:split]."
+            ),
+        ),
+        dataset_format=_param(
+            Format.AUTO.value,
+            type="string",
+            enum=[f.value for f in Format],
+            title="File format",
+            section="Dataset",
+            description="auto: from the file name, then the content. gzip and zstd are recognised by themselves.",
+        ),
+        dataset_mapping=_param(
+            RecordLayout.MESSAGES.value,
+            type="string",
+            enum=[m.value for m in RecordLayout],
+            title="Record layout",
+            section="Dataset",
+            description="messages (chat samples), or convert prompt/completion or instruction/input/output records.",
+        ),
+        on_bad_record=_param(
+            OnBadRecord.FAIL.value,
+            type="string",
+            enum=[o.value for o in OnBadRecord],
+            title="Bad records",
+            section="Dataset",
+            description="fail: stop at the first bad record, naming file, line and field; skip: count and drop them.",
+        ),
+        dataset_split=_text("HuggingFace split", "Dataset", "Empty: train. Only for HuggingFace datasets."),
+        dataset_subset=_text(
+            "HuggingFace subset",
+            "Dataset",
+            "A subset (configuration) directory. Only for HuggingFace datasets.",
+        ),
+        dataset_revision=_text(
+            "HuggingFace revision",
+            "Dataset",
+            "Branch, tag or commit; empty: main. Only for HuggingFace datasets.",
+        ),
+        hf_conn_id=_text(
+            "HuggingFace connection",
+            "Dataset",
+            "A 'huggingface' connection (token, endpoint) for datasets and models; empty: HF_TOKEN of the worker.",
+        ),
+        aws_conn_id=_text(
+            "S3 connection",
+            "Dataset",
+            "An 'aws' connection (keys, region, endpoint_url) for s3:// sources; empty: the worker's environment.",
+        ),
+        backend=_param(
+            "local",
+            type="string",
+            enum=["local", "kubernetes"],
+            title="Backend",
+            section="Where it runs",
+            description="local: on the Airflow worker (CUDA if present, else the CPU); kubernetes: a Kubeflow TrainJob.",
+        ),
+        workspace=_param(
+            workspace,
+            type="string",
+            minLength=1,
+            title="Workspace",
+            section="Where it runs",
+            description=(
+                "A directory on the Airflow side: the local backend's runs and the loss chart; in "
+                "shared mode, where the worker mounts the PVC."
+            ),
+        ),
+        workspace_mode=_param(
+            "cluster",
+            type="string",
+            enum=["cluster", "shared"],
+            title="Workspace mode",
+            section="Kubernetes",
+            description="cluster: only the pods mount the PVC (at /workspace); shared: the worker mounts it at the workspace too.",
+        ),
+        pvc_name=_text(
+            "Workspace PVC",
+            "Kubernetes",
+            "Required on kubernetes: the PVC the pods use as workspace (ReadWriteMany for several workers).",
+        ),
+        namespace=_text(
+            "Namespace", "Kubernetes", "Where the TrainJob goes; empty: the connection's namespace."
+        ),
+        runtime_name=_param(
+            "torch-distributed",
+            type="string",
+            minLength=1,
+            title="Training runtime",
+            section="Kubernetes",
+            description="The ClusterTrainingRuntime: torch-distributed upstream, training-hub on OpenShift AI.",
+        ),
+        job_labels=_text(
+            "TrainJob labels",
+            "Kubernetes",
+            "key=value,... on the TrainJob itself, e.g. kueue.x-k8s.io/queue-name=gpu-queue.",
+            pattern=LABEL_LIST_PATTERN,
+        ),
+    )
+    for name, value in defaults.items():
+        params[name] = Param(value, description=params[name].description, schema=dict(params[name].schema))
+    return ordered(params)
+
+
+#: A JSON file of form defaults (``{"base_model": ..., ...}``) the example DAG reads: how
+#: ``sft-demo --serve`` makes *Trigger* with the defaults train its tiny model offline.
+FORM_DEFAULTS_ENV = "SFT_FORM_DEFAULTS"
+
+
+def form_defaults() -> dict[str, Any]:
+    """The defaults named by ``$SFT_FORM_DEFAULTS`` (none when unset)."""
+    path = os.environ.get(FORM_DEFAULTS_ENV)
+    if not path:
+        return {}
+    return json.loads(Path(path).read_text())
+
+
+def ordered(params: Mapping[str, Param]) -> dict[str, Param]:
+    """``params`` by section in :data:`SECTIONS` order (Airflow shows sections as they first appear)."""
+    rank = {section: index for index, section in enumerate(SECTIONS)}
+    return dict(sorted(params.items(), key=lambda item: rank.get(item[1].schema.get("section"), len(rank))))

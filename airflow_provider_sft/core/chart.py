@@ -4,7 +4,8 @@ plotly.js is inlined (no ``<script src=http...>``), so the file opens from a
 PVC, an artifact store or an air-gapped laptop. Long runs are downsampled with
 min/max buckets: every bucket keeps its first, lowest, highest and last point,
 so spikes and the overall shape survive while 100k steps stay a few thousand
-points.
+points. The raw loss is drawn faintly under its smoothed line (the EMA of
+:func:`metrics.smooth`), as TensorBoard and W&B do: a single step's loss is noisy.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from airflow_provider_sft.core.metrics import MetricsSummary, StepRecord
+from airflow_provider_sft.core.metrics import SMOOTHING_WEIGHT, MetricsSummary, StepRecord, smooth
 
 DEFAULT_MAX_POINTS = 4000
 
@@ -57,7 +58,22 @@ def build_figure(
             y=loss_y,
             name="loss",
             mode="lines",
+            opacity=0.35,
+            line={"color": "#1f77b4"},
             hovertemplate="step %{x}<br>loss %{y:.4f}<extra></extra>",
+        ),
+        secondary_y=False,
+    )
+    smoothed = [np.nan if value is None else value for value in smooth([r.loss for r in records])]
+    smooth_x, smooth_y = downsample(steps, smoothed, max_points)
+    figure.add_trace(
+        go.Scatter(
+            x=smooth_x,
+            y=smooth_y,
+            name=f"loss (smoothed, EMA {SMOOTHING_WEIGHT:g})",
+            mode="lines",
+            line={"color": "#1f77b4", "width": 2.5},
+            hovertemplate="step %{x}<br>smoothed loss %{y:.4f}<extra></extra>",
         ),
         secondary_y=False,
     )
@@ -94,7 +110,7 @@ def _subtitle(summary: MetricsSummary | None) -> str:
         return "n/a" if value is None else format(value, spec)
 
     return (
-        f"final loss {fmt(summary.final_loss, '.4f')} · min loss {fmt(summary.min_loss, '.4f')} · "
+        f"final loss {fmt(summary.final_loss_smoothed, '.4f')} smoothed, {fmt(summary.final_loss, '.4f')} last step · min loss {fmt(summary.min_loss, '.4f')} · "
         f"perplexity {fmt(summary.perplexity, '.2f')} · {summary.steps} steps · {summary.total_tokens} tokens"
     )
 

@@ -7,7 +7,10 @@ lines. Rules:
 * ``avg_loss`` (instructlab) or ``loss`` is the loss; 0.0 is a value;
 * NaN/inf losses are kept in the trace (the chart shows gaps) but excluded from
   ``min_loss``; a NaN final loss is reported as ``None`` with a count;
-* a torn last line (the writer was killed mid-line) is skipped, not fatal.
+* a torn last line (the writer was killed mid-line) is skipped, not fatal;
+* the last step's loss is one (often partial) batch: ``final_loss_smoothed``, the
+  debiased exponential moving average TensorBoard and W&B draw (weight
+  :data:`SMOOTHING_WEIGHT`), is reported beside it, and the chart draws the same line.
 
 JSON lines written by Python's ``json`` may contain ``NaN``/``Infinity``, which
 ``orjson`` rejects; those lines fall back to ``json``.
@@ -27,6 +30,9 @@ from airflow_provider_sft.core.files import atomic_write_bytes
 
 LOSS_KEYS = ("avg_loss", "loss")
 
+#: The EMA weight of the smoothed loss: each step keeps 90% of the average so far.
+SMOOTHING_WEIGHT = 0.9
+
 
 @dataclass(frozen=True)
 class StepRecord:
@@ -42,7 +48,8 @@ class StepRecord:
 
 @dataclass(frozen=True)
 class MetricsSummary:
-    final_loss: float | None
+    final_loss: float | None  # the last step's raw loss
+    final_loss_smoothed: float | None  # the loss EMA at the last step (see smooth())
     min_loss: float | None
     perplexity: float | None
     steps: int
@@ -124,15 +131,36 @@ def perplexity(loss: float | None) -> float | None:
     return math.exp(min(loss, c.PERPLEXITY_LOSS_CAP))
 
 
+def smooth(losses: list[float | None], weight: float = SMOOTHING_WEIGHT) -> list[float | None]:
+    """Debiased exponential moving average, as TensorBoard's smoothing slider computes it.
+
+    The bias correction (dividing by ``1 - weight**n``) keeps the first steps at their own
+    scale instead of pulling them towards 0. Missing and non-finite losses are skipped: the
+    average carries over them, and their own point stays ``None``.
+    """
+    smoothed: list[float | None] = []
+    average, seen = 0.0, 0
+    for loss in losses:
+        if loss is None or not math.isfinite(loss):
+            smoothed.append(None)
+            continue
+        seen += 1
+        average = weight * average + (1 - weight) * loss
+        smoothed.append(average / (1 - weight**seen))
+    return smoothed
+
+
 def summarize(records: list[StepRecord], *, skipped_lines: int = 0) -> MetricsSummary:
     finite = [r.loss for r in records if r.loss is not None and math.isfinite(r.loss)]
     final = records[-1].loss if records else None
     final = final if final is not None and math.isfinite(final) else None
+    smoothed = [value for value in smooth([r.loss for r in records]) if value is not None]
     throughputs = [r.throughput for r in records if r.throughput is not None and math.isfinite(r.throughput)]
     samples = [r.samples_seen for r in records if r.samples_seen is not None]
     epochs = {r.epoch for r in records if r.epoch is not None}
     return MetricsSummary(
         final_loss=final,
+        final_loss_smoothed=smoothed[-1] if smoothed else None,
         min_loss=min(finite) if finite else None,
         perplexity=perplexity(final),
         steps=len(records),

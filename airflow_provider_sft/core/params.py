@@ -36,8 +36,8 @@ from airflow_provider_sft.core.errors import InvalidParameterError
 from airflow_provider_sft.core.quantity import parse_quantity
 
 COMPONENT_PARAMETER_PREFIX = "training_"
-_INT32_MAX = 2**31 - 1
-_INT32_FIELDS = (
+INT32_MAX = 2**31 - 1
+INT32_FIELDS = (
     "effective_batch_size",
     "max_tokens_per_gpu",
     "max_seq_len",
@@ -269,7 +269,7 @@ class SFTParams(BaseModel):
             return {key: value for key, value in values.items() if value is not None}
         return values
 
-    @field_validator(*_INT32_FIELDS, "seed", "learning_rate", mode="before")
+    @field_validator(*INT32_FIELDS, "seed", "learning_rate", mode="before")
     @classmethod
     def _numbers_are_not_bools(cls, value: Any) -> Any:
         return _reject_bool(value)
@@ -365,9 +365,9 @@ class SFTParams(BaseModel):
     def topology_problems(self) -> dict[str, str]:
         """Combinations that cannot train, by parameter name (each field involved is named)."""
         problems: dict[str, str] = {}
-        for name in _INT32_FIELDS:  # Kubernetes and instructlab-training take int32
-            if getattr(self, name) > _INT32_MAX:
-                problems[name] = f"must be at most {_INT32_MAX}, got {getattr(self, name)}"
+        for name in INT32_FIELDS:  # Kubernetes and instructlab-training take int32
+            if getattr(self, name) > INT32_MAX:
+                problems[name] = f"must be at most {INT32_MAX}, got {getattr(self, name)}"
         if problems:
             return problems
         if not self.checkpoint_at_epoch and self.save_samples == 0:

@@ -35,6 +35,7 @@ COMPLETED = "training completed"
 BACKEND_ENV = "SFT_BACKEND"
 LOGGED_METRICS = (
     "final_loss",
+    "final_loss_smoothed",
     "min_loss",
     "perplexity",
     "steps",

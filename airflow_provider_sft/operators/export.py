@@ -12,7 +12,7 @@ from airflow_provider_sft.core import constants as c
 from airflow_provider_sft.core.chart import write_loss_chart
 from airflow_provider_sft.core.metrics import StepRecord, read_step_records, summarize
 from airflow_provider_sft.lineage import LineageMixin
-from airflow_provider_sft.links import LossChartLink
+from airflow_provider_sft.links import TrainingResultsLink
 from airflow_provider_sft.operators.failures import bad_input_is_final
 from airflow_provider_sft.operators.workspace import STEP_TEMPLATE_FIELDS, WorkspaceStepsMixin
 
@@ -105,15 +105,13 @@ class LossChartOperator(BaseOperator):
     :param chart_path: output HTML path, default ``<workspace>/runs/<run>/loss_chart.html``: the
         chart is drawn on the Airflow side, in this worker's ``workspace``. (templated)
     :param workspace: workspace root. (templated)
-    :param chart_url_template: how the "Loss chart" extra link reaches the file, with a ``{path}``
-        placeholder, e.g. ``https://files.example.com{path}``; default ``file://{path}``.
 
     Returns (XCom) ``chart_path``.
     """
 
     template_fields: Sequence[str] = ("training_output_dir", "workspace", "chart_path", "steps")
     ui_color = "#fdf2e9"
-    operator_extra_links = (LossChartLink(),)
+    operator_extra_links = (TrainingResultsLink(),)
 
     def __init__(
         self,
@@ -121,7 +119,6 @@ class LossChartOperator(BaseOperator):
         training_output_dir: str,
         workspace: str,
         chart_path: str | None = None,
-        chart_url_template: str | None = None,
         steps: list[dict[str, Any]] | None = None,
         **kwargs: Any,
     ):
@@ -130,7 +127,6 @@ class LossChartOperator(BaseOperator):
         self.training_output_dir = training_output_dir
         self.workspace = workspace
         self.chart_path = chart_path
-        self.chart_url_template = chart_url_template
         self.steps = steps
 
     def execute(self, context: Any) -> dict[str, Any]:

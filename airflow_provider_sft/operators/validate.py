@@ -12,6 +12,7 @@ from airflow_provider_sft.core.dataset import DatasetOptions
 from airflow_provider_sft.core.errors import InvalidParameterError
 from airflow_provider_sft.core.params import SFTParams
 from airflow_provider_sft.operators.failures import FinalInvalidParameterError
+from airflow_provider_sft.operators.masking import mask_secret_envs
 from airflow_provider_sft.operators.workspace import workspace_mode
 
 
@@ -49,6 +50,10 @@ class ValidateRunOperator(BaseOperator):
         self.backend = backend
         self.workspace_mode = workspace_mode
         self.kubernetes = kubernetes
+
+    def render_template_fields(self, context: Any, jinja_env: Any = None) -> None:
+        super().render_template_fields(context, jinja_env)
+        mask_secret_envs((self.training or {}).get("envs"))
 
     def problems(self, conf: dict[str, Any], known: Sequence[str]) -> dict[str, str]:
         problems: dict[str, str] = {}

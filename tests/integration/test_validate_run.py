@@ -12,9 +12,12 @@ pytestmark = pytest.mark.slow
 
 def test_unknown_keys_and_bad_values_fail_the_run_before_any_work(tmp_path):
     workspace = tmp_path / "ws"
+    secret = "tok-3f9a1c77e2"
     conf = {
         "num_epoch": 3,  # a typo: would silently train with the default
-        "resource_cpu_per_worker": "abc",
+        "max_seq_len": 4096,
+        "max_tokens_per_gpu": 1024,  # a rule across fields: the schema cannot hold it
+        "envs": f"MY_API_TOKEN={secret},NCCL_DEBUG=INFO",
         "workspace": str(workspace),
         "resource_gpu_per_worker": 0,
     }
@@ -22,7 +25,33 @@ def test_unknown_keys_and_bad_values_fail_the_run_before_any_work(tmp_path):
         run_pipeline(workspace, REPO_ROOT / "dags", conf, echo=False)
     text = (workspace / "dags-test.log").read_text()
     assert "num_epoch: unknown parameter; did you mean 'num_epochs'?" in text
-    assert "resource_cpu_per_worker: must be a Kubernetes quantity" in text
+    assert "max_tokens_per_gpu" in text and "max_seq_len" in text
     assert "task_id=resolve_dataset" not in text or "state=success" not in text
     assert not (workspace / "runs").exists()  # nothing was resolved, trained or written
     assert "XCom not found" not in text
+    # The secret-looking env value is masked in the log and in Rendered Templates (the DB).
+    assert secret not in text
+    rendered = rendered_fields(workspace / "airflow" / "airflow.db", "validate")
+    assert "NCCL_DEBUG=INFO" in rendered and "MY_API_TOKEN=***" in rendered and secret not in rendered
+
+
+def test_a_value_the_form_schema_refuses_fails_before_the_run_exists(tmp_path):
+    workspace = tmp_path / "ws"
+    conf = {"resource_memory_per_worker": "64GB", "workspace": str(workspace)}
+    with pytest.raises(SystemExit):
+        run_pipeline(workspace, REPO_ROOT / "dags", conf, echo=False)
+    text = (workspace / "dags-test.log").read_text()
+    assert "resource_memory_per_worker" in text and "'64GB' does not match" in text
+    assert "task_id=validate" not in text  # no task ran
+    assert not (workspace / "runs").exists()
+
+
+def rendered_fields(database, task_id: str) -> str:
+    import sqlite3
+
+    with sqlite3.connect(database) as db:
+        rows = db.execute(
+            "SELECT rendered_fields FROM rendered_task_instance_fields WHERE task_id = ?", (task_id,)
+        ).fetchall()
+    assert rows, f"no Rendered Templates stored for {task_id}"
+    return " ".join(str(row[0]) for row in rows)

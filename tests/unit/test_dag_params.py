@@ -53,3 +53,115 @@ def test_dataset_options_are_in_their_own_section_with_the_cores_choices():
     form = ParamsDict(params)
     with pytest.raises(ParamValidationError, match="dataset_mapping"):
         form["dataset_mapping"] = "alpaca"
+
+
+def test_the_form_validates_with_its_own_defaults_and_no_optional_text_is_required():
+    """Airflow's form treats "" as a missing required value: optional texts are nullable, default None."""
+    from airflow.sdk.definitions.param import ParamsDict
+
+    params = load_dag().params
+    ParamsDict(params).validate()  # Trigger with the defaults is possible
+    for name in (
+        "dataset_split",
+        "dataset_subset",
+        "dataset_revision",
+        "hf_conn_id",
+        "aws_conn_id",
+        "namespace",
+        "pvc_name",
+        "job_labels",
+        "envs",
+        "metadata_labels",
+        "metadata_annotations",
+    ):
+        param = params.get_param(name)
+        assert param.value is None and param.schema["type"] == ["null", "string"], name
+    assert not [name for name, p in params.items() if p.value == ""]
+
+
+@pytest.mark.parametrize(
+    ("name", "bad"),
+    [
+        ("resource_memory_per_worker", "64GB"),
+        ("resource_memory_per_worker", "64 Gi"),
+        ("resource_cpu_per_worker", "abc"),
+        ("resource_num_procs_per_worker", "0"),
+        ("envs", "K"),
+        ("envs", "=V"),
+        ("envs", "A=1\nB=2"),
+        ("metadata_labels", "a b=c"),
+        ("metadata_labels", "team=" + "x" * 64),
+        ("metadata_annotations", "-bad=1"),
+        ("job_labels", "kueue.x-k8s.io/queue-name=gpu queue"),
+        ("learning_rate", -1),
+        ("learning_rate", 0),
+        ("effective_batch_size", 10**30),
+        ("num_epochs", 0),
+        ("lr_scheduler", "cosyne"),
+    ],
+)
+def test_the_form_refuses_what_the_operator_refuses(name, bad):
+    from airflow.sdk.definitions.param import ParamsDict
+    from airflow.sdk.exceptions import ParamValidationError
+
+    from airflow_provider_sft.core.errors import InvalidParameterError
+
+    form = ParamsDict(load_dag().params)
+    with pytest.raises(ParamValidationError, match=name):
+        form[name] = bad
+    if name in SFTParams.model_fields:  # the same value is refused by the operator's model too
+        with pytest.raises(InvalidParameterError, match=name):
+            SFTParams.parse({name: bad})
+
+
+@pytest.mark.parametrize(
+    ("name", "good"),
+    [
+        ("resource_memory_per_worker", "512Mi"),
+        ("resource_cpu_per_worker", "500m"),
+        ("resource_cpu_per_worker", "1.5"),
+        ("resource_num_procs_per_worker", "auto"),
+        ("envs", "NCCL_DEBUG=INFO, TOKENIZERS_PARALLELISM=false"),
+        ("envs", None),
+        ("envs", ""),
+        ("metadata_labels", "app.kubernetes.io/name=sft,team=ml"),
+        ("metadata_annotations", "example.com/owner=ml team"),
+        ("job_labels", "kueue.x-k8s.io/queue-name=gpu-queue"),
+    ],
+)
+def test_the_form_accepts_what_the_operator_accepts(name, good):
+    from airflow.sdk.definitions.param import ParamsDict
+
+    form = ParamsDict(load_dag().params)
+    form[name] = good
+    if name in SFTParams.model_fields:
+        SFTParams.parse({name: good})
+
+
+def test_sections_come_in_the_declared_order_with_written_titles():
+    from airflow_provider_sft.params_form import SECTIONS, TRAINING_FORM
+
+    params = load_dag().params
+    seen = []
+    for param in params.values():
+        if param.schema["section"] not in seen:
+            seen.append(param.schema["section"])
+    assert seen == list(SECTIONS)  # each section once, in order: Airflow shows them as they appear
+    assert set(TRAINING_FORM) == set(SFTParams.model_fields)
+    titles = {name: p.schema["title"] for name, p in params.items()}
+    assert titles["envs"] == "Environment variables" and titles["save_samples"] == "Checkpoint every N samples"
+    assert "checkpoint" in params.get_param("save_samples").description.lower()
+    assert all(p.description for p in params.values())
+
+
+def test_form_defaults_come_from_the_file_the_demo_writes(tmp_path, monkeypatch):
+    import json
+
+    from airflow_provider_sft.params_form import FORM_DEFAULTS_ENV
+
+    defaults = tmp_path / "defaults.json"
+    defaults.write_text(json.dumps({"base_model": "/models/tiny", "resource_gpu_per_worker": 0}))
+    monkeypatch.setenv(FORM_DEFAULTS_ENV, str(defaults))
+    params = load_dag().params
+    assert params["base_model"] == "/models/tiny" and params["resource_gpu_per_worker"] == 0
+    assert params.get_param("base_model").description  # the field keeps its text

@@ -6,9 +6,10 @@ import json
 import re
 
 import numpy as np
+import pytest
 
 from airflow_provider_sft.core.chart import downsample, write_loss_chart
-from airflow_provider_sft.core.metrics import StepRecord, summarize
+from airflow_provider_sft.core.metrics import StepRecord, smooth, summarize
 
 
 def records(n, spike_at=None):
@@ -27,6 +28,14 @@ def plotly_data(html: str) -> list[dict]:
     return json.loads(match.group(1))
 
 
+def trace_values(values) -> list[float]:
+    if isinstance(values, list):
+        return values
+    import base64  # plotly may encode arrays as typed base64 blobs
+
+    return np.frombuffer(base64.b64decode(values["bdata"]), dtype=values["dtype"]).tolist()
+
+
 def test_chart_is_self_contained_and_holds_the_data(tmp_path):
     recs = records(40)
     path = write_loss_chart(recs, tmp_path / "loss_chart.html", summary=summarize(recs))
@@ -35,14 +44,10 @@ def test_chart_is_self_contained_and_holds_the_data(tmp_path):
     assert "plotly.js v" in html or "plotly.js" in html  # the library itself is inlined
     traces = plotly_data(html)
     names = [t["name"] for t in traces]
-    assert names == ["loss", "learning rate"]
-    loss = traces[0]
-    ys = loss["y"] if isinstance(loss["y"], list) else None
-    if ys is None:  # plotly may encode arrays as typed base64 blobs
-        import base64
-
-        ys = np.frombuffer(base64.b64decode(loss["y"]["bdata"]), dtype=loss["y"]["dtype"]).tolist()
+    assert names == ["loss", "loss (smoothed, EMA 0.9)", "learning rate"]
+    ys, smoothed = (trace_values(trace["y"]) for trace in traces[:2])
     assert ys[0] == recs[0].loss and ys[-1] == recs[-1].loss
+    assert smoothed == pytest.approx(smooth([r.loss for r in recs]))  # the EMA of metrics.smooth
     assert "final loss" in html
     assert not list(tmp_path.glob(".*.tmp"))
 

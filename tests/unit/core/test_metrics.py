@@ -8,8 +8,10 @@ import math
 import pytest
 
 from airflow_provider_sft.core.metrics import (
+    SMOOTHING_WEIGHT,
     perplexity,
     read_step_records,
+    smooth,
     summarize,
     summarize_file,
     write_summary,
@@ -104,3 +106,23 @@ def test_perplexity_is_capped_like_the_original():
 def test_empty_file(tmp_path):
     summary = summarize_file(write_lines(tmp_path / "m.jsonl", [HPARAMS]))
     assert (summary.final_loss, summary.min_loss, summary.steps) == (None, None, 0)
+
+
+def test_the_smoothed_final_loss_is_the_debiased_ema_and_the_raw_last_step_stays_beside_it(tmp_path):
+    losses = [2.0, 1.0, 1.5, None, float("nan"), 0.5]
+    smoothed = smooth(losses)
+    # By hand: EMA with weight w over the finite values, divided by 1 - w**n.
+    w, average, expected = SMOOTHING_WEIGHT, 0.0, []
+    for n, loss in enumerate([2.0, 1.0, 1.5, 0.5], start=1):
+        average = w * average + (1 - w) * loss
+        expected.append(average / (1 - w**n))
+    assert smoothed[0] == pytest.approx(2.0)  # debiased: the first point is its own value
+    assert [smoothed[i] for i in (0, 1, 2, 5)] == pytest.approx(expected)
+    assert smoothed[3] is None and smoothed[4] is None  # gaps stay gaps
+    path = write_lines(
+        tmp_path / "m.jsonl", [HPARAMS, *(step(n, loss) for n, loss in enumerate([3.0, 2.0, 1.0, 4.0], 1))]
+    )
+    summary = summarize_file(path)
+    assert summary.final_loss == 4.0  # the last (maybe partial) batch, as logged
+    assert summary.final_loss_smoothed == pytest.approx(smooth([3.0, 2.0, 1.0, 4.0])[-1])
+    assert summary.min_loss < summary.final_loss_smoothed < summary.final_loss

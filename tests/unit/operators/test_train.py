@@ -11,7 +11,6 @@ import pytest
 from airflow_provider_sft.core.errors import DatasetError, InvalidParameterError
 from airflow_provider_sft.core.params import SFTParams
 from airflow_provider_sft.operators.train import SFTTrainOperator
-from airflow_provider_sft.params_form import SECTIONS, training_param_schemas
 
 
 class RecordingTI(SimpleNamespace):
@@ -98,36 +97,6 @@ def test_run_name_is_stable_across_retries(tmp_path):
     assert Path(first.output_dir).parent == tmp_path / "runs"
 
 
-def test_trigger_form_schema_matches_the_params_model():
-    schemas = training_param_schemas()
-    assert list(schemas) == list(SFTParams.model_fields)
-    assert schemas["lr_scheduler"]["enum"] == [
-        "linear",
-        "cosine",
-        "cosine_with_restarts",
-        "polynomial",
-        "constant",
-        "constant_with_warmup",
-    ]
-    assert schemas["fsdp_sharding_strategy"]["enum"] == [
-        "FULL_SHARD",
-        "SHARD_GRAD_OP",
-        "NO_SHARD",
-        "HYBRID_SHARD",
-    ]
-    assert schemas["effective_batch_size"] == {
-        "title": "Effective batch size",
-        "description": "Effective batch size per optimizer step.",
-        "section": "Optimisation",
-        "type": "integer",
-        "default": 128,
-        "minimum": 1,
-    }
-    assert schemas["resource_gpu_per_worker"]["title"] == "Resource GPU per worker"
-    assert {schema["section"] for schema in schemas.values()} == set(SECTIONS)
-    assert schemas["data_output_dir"]["type"] == ["string", "null"]
-
-
 def test_console_link_points_at_the_trainjob(monkeypatch):
     from airflow_provider_sft import links
 
@@ -149,19 +118,29 @@ def test_console_link_points_at_the_trainjob(monkeypatch):
     assert links.TrainJobConsoleLink().get_link(op, ti_key=None) == ""
 
 
-def test_loss_chart_link(monkeypatch):
+def test_training_results_link_opens_the_plugin_tab_over_http_once_there_are_results(monkeypatch):
+    from airflow.models.taskinstancekey import TaskInstanceKey
+
     from airflow_provider_sft import links
     from airflow_provider_sft.operators.export import LossChartOperator
 
-    monkeypatch.setattr(
-        links.XCom,
-        "get_value",
-        staticmethod(lambda ti_key, key: "/ws/loss_chart.html" if key == "chart_path" else None),
-    )
+    results = {}
+    monkeypatch.setattr(links.XCom, "get_value", staticmethod(lambda ti_key, key: results.get(key)))
+    monkeypatch.setenv("AIRFLOW__API__BASE_URL", "https://airflow.example.com/")
     op = LossChartOperator(task_id="report", training_output_dir="/ws/runs/r", workspace="/ws")
-    assert links.LossChartLink().get_link(op, ti_key=None) == "file:///ws/loss_chart.html"
-    op.chart_url_template = "https://files.example.com{path}"
-    assert links.LossChartLink().get_link(op, ti_key=None) == "https://files.example.com/ws/loss_chart.html"
+    key = TaskInstanceKey("sft_pipeline", "report", "manual__2026-12-02T00:00:00+00:00", 1, -1)
+    assert links.TrainingResultsLink().get_link(op, ti_key=key) == ""  # nothing to show yet
+    results["return_value"] = {"chart_path": "/ws/runs/r/loss_chart.html"}
+    assert links.TrainingResultsLink().get_link(op, ti_key=key) == (
+        "https://airflow.example.com/dags/sft_pipeline/runs/manual__2026-12-02T00%3A00%3A00%2B00%3A00"
+        "/tasks/report/plugin/sft-results"
+    )
+    mapped = TaskInstanceKey("sft_pipeline", "train", "r1", 1, 3)
+    assert (
+        links.TrainingResultsLink()
+        .get_link(op, ti_key=mapped)
+        .endswith("/tasks/train/mapped/3/plugin/sft-results")
+    )
 
 
 def test_no_console_link_means_no_xcom_lookup(monkeypatch):

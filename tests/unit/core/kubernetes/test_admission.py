@@ -223,6 +223,6 @@ def test_empty_means_not_set_and_none_only_where_it_is_no_value():
     ],
 )
 def test_only_credentials_look_like_secrets(name, value, secret):
-    from airflow_provider_sft.core.backends.kubernetes.backend import looks_secret
+    from airflow_provider_sft.core.secret_env import looks_secret
 
     assert looks_secret(name, value) is secret
