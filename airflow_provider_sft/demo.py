@@ -1,6 +1,7 @@
 """The embedded demo: a real SFT run through real Airflow on the local backend, offline.
 
     sft-demo [--workspace DIR]
+    sft-demo --serve [--port 8080] [--workspace DIR]
 
 1. builds a tiny Llama model and tokenizer locally (no downloads);
 2. runs the example DAG ``sft_pipeline`` with ``airflow dags test`` against a
@@ -8,6 +9,10 @@
    dataset -> train on the CPU -> export ``final_model`` -> write the loss chart;
 3. loads the exported model with ``transformers`` and generates a reply;
 4. prints where the model, ``metrics.json`` and ``loss_chart.html`` are.
+
+With ``--serve`` it starts ``airflow standalone`` instead (UI and REST API on the port), with
+the example DAG's form defaulting to the tiny model and CPU settings: *Trigger* with the
+defaults trains it, and the train task's *Training results* tab shows the loss chart.
 """
 
 from __future__ import annotations
@@ -22,8 +27,11 @@ from pathlib import Path
 
 from airflow_provider_sft.core import constants as c
 from airflow_provider_sft.core.tiny_model import build_tiny_model
+from airflow_provider_sft.params_form import FORM_DEFAULTS_ENV
 
 DAG_ID = "sft_pipeline"
+#: The example DAG, shipped inside the package: the demo works from any directory.
+EXAMPLE_DAGS = Path(__file__).parent / "example_dags"
 
 #: Sized for a 2-core machine: 180 optimizer steps on the bundled dataset, about 40 s on one thread.
 DEMO_TRAINING = {
@@ -52,6 +60,29 @@ def demo_environment(workspace: Path, dags_folder: Path) -> dict[str, str]:
         "HF_HUB_OFFLINE": "1",
         "OMP_NUM_THREADS": "1",
     }
+
+
+def serve_environment(workspace: Path, dags_folder: Path, port: int) -> dict[str, str]:
+    """``airflow standalone`` on ``port`` (UI, REST, execution API), the form defaulting to the demo."""
+    env = demo_environment(workspace, dags_folder)
+    defaults = workspace / "form-defaults.json"
+    defaults.write_text(json.dumps({"base_model": str(workspace / "base-model"), **DEMO_TRAINING}, indent=2))
+    base = f"http://127.0.0.1:{port}"
+    env.update(
+        {
+            # standalone starts its components as `airflow ...` through PATH
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+            FORM_DEFAULTS_ENV: str(defaults),
+            "AIRFLOW__API__PORT": str(port),
+            "AIRFLOW__API__HOST": "127.0.0.1",
+            "AIRFLOW__API__BASE_URL": base,
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{base}/execution/",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+        }
+    )
+    return env
 
 
 def run_pipeline(
@@ -87,6 +118,24 @@ def run_pipeline(
     return log_path
 
 
+def serve(workspace: Path, dags_folder: Path, port: int) -> int:
+    """Run ``airflow standalone`` in the foreground until Ctrl-C."""
+    env = serve_environment(workspace, dags_folder, port)
+    home = Path(env["AIRFLOW_HOME"])
+    home.mkdir(parents=True, exist_ok=True)
+    print(
+        f"Starting Airflow (standalone) at http://127.0.0.1:{port} with DAG {DAG_ID}; log in as admin "
+        f"(the password is in {home / 'simple_auth_manager_passwords.json.generated'} once it is up).\n"
+        "Open the DAG, press Trigger: the form's defaults train the tiny model on the CPU. "
+        "Ctrl-C stops it.",
+        flush=True,
+    )
+    try:
+        return subprocess.call([sys.executable, "-m", "airflow", "standalone"], env=env)
+    except KeyboardInterrupt:
+        return 0
+
+
 def generate_reply(model_dir: Path, prompt: str) -> str:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -108,8 +157,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--workspace", default="workspace", help="output directory (default: ./workspace)")
     parser.add_argument(
-        "--dags-folder", default="dags", help="folder holding sft_pipeline.py (default: ./dags)"
+        "--dags-folder",
+        default=str(EXAMPLE_DAGS),
+        help="folder holding sft_pipeline.py (default: the provider's example DAG)",
     )
+    parser.add_argument("--serve", action="store_true", help="start airflow standalone with the example DAG")
+    parser.add_argument("--port", type=int, default=8080, help="--serve: the UI's port (default: 8080)")
     args = parser.parse_args(argv)
     workspace = Path(args.workspace).resolve()
     dags_folder = Path(args.dags_folder).resolve()
@@ -120,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     if not (base_model / "config.json").exists():
         print(f"Building the tiny base model in {base_model} ...", flush=True)
         build_tiny_model(base_model)
+    if args.serve:
+        return serve(workspace, dags_folder, args.port)
     print(f"Running DAG {DAG_ID} with airflow dags test (local backend, CPU) ...", flush=True)
     conf = {"base_model": str(base_model), "workspace": str(workspace), **DEMO_TRAINING}
     run_pipeline(workspace, dags_folder, conf)
@@ -133,8 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Done in {time.monotonic() - started:.0f}s.")
     print(f"  model:      {model_dir}")
     print(
-        f"  metrics:    {metrics_path}  (final loss {metrics['final_loss']:.3f}, min {metrics['min_loss']:.3f}, "
-        f"{metrics['steps']} steps)"
+        f"  metrics:    {metrics_path}  (final loss {metrics['final_loss_smoothed']:.3f} smoothed, "
+        f"{metrics['final_loss']:.3f} last step, min {metrics['min_loss']:.3f}, {metrics['steps']} steps)"
     )
     print(f"  loss chart: {chart_path}")
     print(f"  sample reply to 'What is the capital of France?': {reply!r}")

@@ -42,6 +42,7 @@ class ExportModelOperator(WorkspaceStepsMixin, LineageMixin, BaseOperator):
 
     template_fields: Sequence[str] = ("training_output_dir", "workspace", "model_dir", *STEP_TEMPLATE_FIELDS)
     ui_color = "#eafaf1"
+    operator_extra_links = (TrainingResultsLink(),)
 
     def __init__(
         self,

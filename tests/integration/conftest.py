@@ -1,4 +1,4 @@
-"""Fixtures for tests against a real Kubernetes API server with the upstream Trainer CRDs.
+"""Fixtures: a real Kubernetes API server with the upstream Trainer CRDs, and a real Airflow.
 
 Skipped with the reason when the server cannot be built. ``@pytest.mark.trainer("v2.1.0")``
 picks the Trainer release whose CRDs a test runs against (default: the newest).
@@ -6,9 +6,18 @@ picks the Trainer release whose CRDs a test runs against (default: the newest).
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
 import uuid
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
+import requests
 
 from tests.k8s import harness
 
@@ -60,3 +69,90 @@ def k8s_connection(cluster, namespace, monkeypatch):
     """``kubernetes_default`` (a cncf ``kubernetes`` connection) pointing at the test cluster."""
     monkeypatch.setenv("AIRFLOW_CONN_KUBERNETES_DEFAULT", harness.connection_uri(cluster.url, namespace))
     return "kubernetes_default"
+
+
+@dataclass
+class Standalone:
+    """A running ``sft-demo --serve``: a real ``airflow standalone`` with the example DAG."""
+
+    base: str
+    session: requests.Session  # REST, with a bearer token of the admin user
+    password: str
+    home: Path
+    workspace: Path
+
+
+@pytest.fixture(scope="session")
+def airflow_standalone(tmp_path_factory):
+    """``sft-demo --serve`` on a free loopback port: what the README's "run it yourself" starts.
+
+    The example DAG's form defaults are the demo's (its tiny model, CPU settings), so *Trigger*
+    with the defaults trains. Stopped by process group at the end of the session.
+    """
+    workspace = tmp_path_factory.mktemp("standalone")
+    port = harness.free_port()
+    env = {
+        **os.environ,
+        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(harness.free_port()),
+        "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(harness.free_port()),
+        "AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL": "1",
+        "OMP_NUM_THREADS": "1",
+    }
+    sft_demo = Path(sys.executable).parent / "sft-demo"
+    log_path = workspace / "standalone.log"
+    process = subprocess.Popen(
+        [str(sft_demo), "--serve", "--port", str(port), "--workspace", str(workspace)],
+        env=env,
+        stdout=log_path.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    home = workspace / "airflow"
+    try:
+        deadline = time.monotonic() + 240
+        token = password = None
+        while time.monotonic() < deadline and token is None:
+            time.sleep(1)
+            assert process.poll() is None, log_path.read_text()[-3000:]
+            passwords = home / "simple_auth_manager_passwords.json.generated"
+            if not passwords.exists():
+                continue
+            password = json.loads(passwords.read_text())["admin"]
+            try:
+                answer = requests.post(
+                    f"{base}/auth/token", json={"username": "admin", "password": password}, timeout=5
+                )
+            except requests.ConnectionError:
+                continue
+            if answer.status_code in (200, 201):
+                token = answer.json()["access_token"]
+        assert token and password, "airflow standalone did not come up: " + log_path.read_text()[-3000:]
+        session = requests.Session()
+        session.headers["Authorization"] = f"Bearer {token}"
+        while time.monotonic() < deadline:  # the DAG processor must have parsed the example DAG
+            if session.get(f"{base}/api/v2/dags/sft_pipeline", timeout=5).status_code == 200:
+                break
+            time.sleep(1)
+        assert session.patch(f"{base}/api/v2/dags/sft_pipeline", json={"is_paused": False}, timeout=10).ok
+        yield Standalone(base, session, password, home, workspace)
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def wait_for_dag_run(standalone: Standalone, run_id: str, timeout: float = 600) -> str:
+    """The final state of a DAG run of the example DAG."""
+    deadline = time.monotonic() + timeout
+    state = None
+    while time.monotonic() < deadline:
+        url = f"{standalone.base}/api/v2/dags/sft_pipeline/dagRuns/{run_id}"
+        state = standalone.session.get(url, timeout=10).json()["state"]
+        if state in ("success", "failed"):
+            return state
+        time.sleep(3)
+    return str(state)

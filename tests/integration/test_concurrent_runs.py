@@ -15,8 +15,7 @@ import pytest
 
 from airflow_provider_sft.core import constants as c
 from airflow_provider_sft.core.sample_data import bundled_dataset_path
-from airflow_provider_sft.demo import DEMO_TRAINING, run_pipeline
-from tests.conftest import REPO_ROOT
+from airflow_provider_sft.demo import DEMO_TRAINING, EXAMPLE_DAGS, run_pipeline
 
 pytestmark = pytest.mark.slow
 
@@ -43,7 +42,7 @@ def test_concurrent_runs_train_on_their_own_data_and_keep_their_own_outputs(tiny
         }
         conf = {**DEMO_TRAINING, "num_epochs": 1, "base_model": str(tiny_model), "workspace": str(workspace)}
         try:
-            run_pipeline(home, REPO_ROOT / "dags", {**conf, "dataset": runs[key]}, echo=False, extra_env=env)
+            run_pipeline(home, EXAMPLE_DAGS, {**conf, "dataset": runs[key]}, echo=False, extra_env=env)
         except BaseException as exc:
             errors.append(exc)
 

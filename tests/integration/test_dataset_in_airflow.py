@@ -13,8 +13,7 @@ import sys
 
 import pytest
 
-from airflow_provider_sft.demo import demo_environment
-from tests.conftest import REPO_ROOT
+from airflow_provider_sft.demo import EXAMPLE_DAGS, demo_environment
 from tests.dataset_files import ROWS, jsonl_bytes, parquet_bytes
 from tests.servers import MotoServer
 
@@ -37,7 +36,7 @@ def minio():
 
 
 def test_resolve_dataset_task_reads_s3_through_an_aws_connection(minio, tmp_path):
-    env = demo_environment(tmp_path, REPO_ROOT / "dags")
+    env = demo_environment(tmp_path, EXAMPLE_DAGS)
     connection = {
         "conn_type": "aws",
         "login": "minio",

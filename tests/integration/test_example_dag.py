@@ -11,8 +11,7 @@ import pytest
 
 from airflow_provider_sft.core import constants as c
 from airflow_provider_sft.core.export import verify_manifest
-from airflow_provider_sft.demo import DEMO_TRAINING, generate_reply, run_pipeline
-from tests.conftest import REPO_ROOT
+from airflow_provider_sft.demo import DEMO_TRAINING, EXAMPLE_DAGS, generate_reply, run_pipeline
 
 pytestmark = pytest.mark.slow
 
@@ -24,7 +23,7 @@ def pipeline_run(tiny_model, tmp_path_factory):
     # OpenLineage (installed with the test extra) writes its events to a file: one transport, no server.
     transport = {"type": "file", "log_file_path": str(workspace / "openlineage.jsonl"), "append": True}
     extra_env = {"AIRFLOW__OPENLINEAGE__TRANSPORT": json.dumps(transport)}
-    log = run_pipeline(workspace, REPO_ROOT / "dags", conf, echo=False, extra_env=extra_env)
+    log = run_pipeline(workspace, EXAMPLE_DAGS, conf, echo=False, extra_env=extra_env)
     return workspace, log
 
 

@@ -16,8 +16,7 @@ from pathlib import Path
 import pytest
 
 from airflow_provider_sft.core import constants as c
-from airflow_provider_sft.demo import DEMO_TRAINING, run_pipeline
-from tests.conftest import REPO_ROOT
+from airflow_provider_sft.demo import DEMO_TRAINING, EXAMPLE_DAGS, run_pipeline
 from tests.integration.test_kubernetes_backend import trainjobs
 from tests.k8s import standin
 
@@ -46,7 +45,7 @@ def test_example_dag_on_kubernetes_without_the_pvc_on_the_worker(
         "workspace": str(worker),
         "pvc_name": "sft-workspace",
     }
-    log = run_pipeline(worker, REPO_ROOT / "dags", conf, echo=False)
+    log = run_pipeline(worker, EXAMPLE_DAGS, conf, echo=False)
     text = log.read_text()
 
     assert "state=success" in text, text[-5000:]
@@ -98,7 +97,7 @@ def test_example_dag_on_kubernetes_with_the_pvc_mounted_on_the_worker(
         "workspace": str(shared),
         "pvc_name": "sft-workspace",
     }
-    log = run_pipeline(shared, REPO_ROOT / "dags", conf, echo=False)
+    log = run_pipeline(shared, EXAMPLE_DAGS, conf, echo=False)
     text = log.read_text()
     assert "state=success" in text, text[-5000:]
     assert "for the resolve step" not in text and "for the export step" not in text  # ran in the tasks

@@ -3,89 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
-import requests
 
 from airflow_provider_sft.demo import DEMO_TRAINING
-from tests.conftest import REPO_ROOT
-from tests.k8s.harness import free_port
 
 pytestmark = pytest.mark.slow
 DAG_ID = "sft_pipeline"
 
 
 @pytest.fixture(scope="module")
-def airflow_api(tmp_path_factory):
-    home = tmp_path_factory.mktemp("airflow-home")
-    port = free_port()
-    env = {
-        **os.environ,
-        # `airflow standalone` starts its components as `airflow ...` through PATH.
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__API__PORT": str(port),
-        "AIRFLOW__API__HOST": "127.0.0.1",
-        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
-        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
-        "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
-        "AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL": "1",
-        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "2",
-        "OMP_NUM_THREADS": "1",
-        "HF_HUB_OFFLINE": "1",
-    }
-    log = (home / "standalone.log").open("w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "airflow", "standalone"],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        token = None
-        while time.monotonic() < deadline and token is None:
-            time.sleep(1)
-            assert process.poll() is None, (home / "standalone.log").read_text()[-3000:]
-            passwords = home / "simple_auth_manager_passwords.json.generated"
-            if not passwords.exists():
-                continue
-            password = json.loads(passwords.read_text())["admin"]
-            try:
-                answer = requests.post(
-                    f"{base}/auth/token", json={"username": "admin", "password": password}, timeout=5
-                )
-            except requests.ConnectionError:
-                continue
-            if answer.status_code in (200, 201):
-                token = answer.json()["access_token"]
-        assert token, "airflow standalone did not come up"
-        session = requests.Session()
-        session.headers["Authorization"] = f"Bearer {token}"
-        while time.monotonic() < deadline:  # the DAG processor must have parsed the example DAG
-            if session.get(f"{base}/api/v2/dags/{DAG_ID}", timeout=5).status_code == 200:
-                break
-            time.sleep(1)
-        assert session.patch(f"{base}/api/v2/dags/{DAG_ID}", json={"is_paused": False}, timeout=10).ok
-        yield base, session
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+def airflow_api(airflow_standalone):
+    return airflow_standalone.base, airflow_standalone.session
 
 
 def test_trigger_over_rest_and_read_the_metrics_xcom(airflow_api, tiny_model, tmp_path):

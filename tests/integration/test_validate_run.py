@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from airflow_provider_sft.demo import run_pipeline
-from tests.conftest import REPO_ROOT
+from airflow_provider_sft.demo import EXAMPLE_DAGS, run_pipeline
 
 pytestmark = pytest.mark.slow
 
@@ -22,7 +21,7 @@ def test_unknown_keys_and_bad_values_fail_the_run_before_any_work(tmp_path):
         "resource_gpu_per_worker": 0,
     }
     with pytest.raises(SystemExit):
-        run_pipeline(workspace, REPO_ROOT / "dags", conf, echo=False)
+        run_pipeline(workspace, EXAMPLE_DAGS, conf, echo=False)
     text = (workspace / "dags-test.log").read_text()
     assert "num_epoch: unknown parameter; did you mean 'num_epochs'?" in text
     assert "max_tokens_per_gpu" in text and "max_seq_len" in text
@@ -39,7 +38,7 @@ def test_a_value_the_form_schema_refuses_fails_before_the_run_exists(tmp_path):
     workspace = tmp_path / "ws"
     conf = {"resource_memory_per_worker": "64GB", "workspace": str(workspace)}
     with pytest.raises(SystemExit):
-        run_pipeline(workspace, REPO_ROOT / "dags", conf, echo=False)
+        run_pipeline(workspace, EXAMPLE_DAGS, conf, echo=False)
     text = (workspace / "dags-test.log").read_text()
     assert "resource_memory_per_worker" in text and "'64GB' does not match" in text
     assert "task_id=validate" not in text  # no task ran

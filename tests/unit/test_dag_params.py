@@ -7,11 +7,11 @@ import importlib.util
 import pytest
 
 from airflow_provider_sft.core.params import SFTParams
-from tests.conftest import REPO_ROOT
+from airflow_provider_sft.demo import EXAMPLE_DAGS
 
 
 def load_dag():
-    spec = importlib.util.spec_from_file_location("sft_pipeline_dag", REPO_ROOT / "dags" / "sft_pipeline.py")
+    spec = importlib.util.spec_from_file_location("sft_pipeline_dag", EXAMPLE_DAGS / "sft_pipeline.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.dag
@@ -149,7 +149,9 @@ def test_sections_come_in_the_declared_order_with_written_titles():
     assert seen == list(SECTIONS)  # each section once, in order: Airflow shows them as they appear
     assert set(TRAINING_FORM) == set(SFTParams.model_fields)
     titles = {name: p.schema["title"] for name, p in params.items()}
-    assert titles["envs"] == "Environment variables" and titles["save_samples"] == "Checkpoint every N samples"
+    assert (
+        titles["envs"] == "Environment variables" and titles["save_samples"] == "Checkpoint every N samples"
+    )
     assert "checkpoint" in params.get_param("save_samples").description.lower()
     assert all(p.description for p in params.values())
 

@@ -1,0 +1,119 @@
+"""The Airflow UI as a user meets it: headless Chromium clicking a real ``sft-demo --serve``.
+
+Logs in through the simple auth manager's form, opens the example DAG's trigger dialog, refuses
+a bad quantity before any run exists, triggers with the form's defaults (the demo's tiny model)
+until the run succeeds, and opens the train task instance's *Training results* tab: the loss
+chart and metrics the provider's plugin serves. Screenshots are kept under
+``test-artifacts/ui/`` (``$SFT_TEST_ARTIFACTS``). Skipped with the reason where chromium or
+playwright is missing (``scripts/test.sh`` installs both).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.conftest import REPO_ROOT
+from tests.integration.conftest import wait_for_dag_run
+
+pytestmark = pytest.mark.slow
+CHROMIUM = shutil.which("chromium")
+ARTIFACTS = Path(os.environ.get("SFT_TEST_ARTIFACTS", REPO_ROOT / "test-artifacts")) / "ui"
+DAG_ID = "sft_pipeline"
+
+
+@pytest.fixture(scope="module")
+def page(airflow_standalone):
+    """A logged-in browser page (the real login form, not an injected cookie)."""
+    if CHROMIUM is None:
+        pytest.skip("chromium not installed (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1100})
+        page.set_default_timeout(60_000)
+        page.goto(f"{airflow_standalone.base}/")
+        page.fill("input[name=username]", "admin")
+        page.fill("input[name=password]", airflow_standalone.password)
+        page.get_by_role("button", name="Sign in").click()
+        page.wait_for_url(f"{airflow_standalone.base}/")
+        yield page
+        browser.close()
+
+
+def dag_runs(standalone) -> list[dict]:
+    answer = standalone.session.get(f"{standalone.base}/api/v2/dags/{DAG_ID}/dagRuns", timeout=10)
+    assert answer.ok, answer.text
+    return answer.json()["dag_runs"]
+
+
+def open_trigger_dialog(page, standalone):
+    page.goto(f"{standalone.base}/dags/{DAG_ID}")
+    page.get_by_role("button", name="Trigger").first.click()
+    dialog = page.locator("[role=dialog][data-state=open]")
+    dialog.wait_for()
+    return dialog
+
+
+def test_a_bad_quantity_typed_into_the_form_is_refused_before_any_run_exists(page, airflow_standalone):
+    before = len(dag_runs(airflow_standalone))
+    dialog = open_trigger_dialog(page, airflow_standalone)
+    dialog.get_by_role("button", name="Resources").click()
+    memory = dialog.locator("#element_resource_memory_per_worker")
+    assert memory.input_value() == "8Gi"  # the demo's default, from the form
+    memory.fill("64GB")
+    dialog.get_by_role("button", name="Trigger", exact=True).click()
+    error = dialog.get_by_text(re.compile(r"Invalid input for param resource_memory_per_worker"))
+    error.wait_for()
+    error.scroll_into_view_if_needed()
+    page.screenshot(path=str(ARTIFACTS / "trigger-form-bad-quantity.png"))
+    assert "'64GB' does not match" in error.inner_text()
+    assert len(dag_runs(airflow_standalone)) == before  # refused: no run was created
+    page.keyboard.press("Escape")
+
+
+def test_trigger_with_the_defaults_trains_and_the_train_task_shows_its_loss_chart(page, airflow_standalone):
+    before = {run["dag_run_id"] for run in dag_runs(airflow_standalone)}
+    dialog = open_trigger_dialog(page, airflow_standalone)
+    assert "Model and training" in dialog.inner_text()
+    page.screenshot(path=str(ARTIFACTS / "trigger-form.png"))
+    dialog.get_by_role("button", name="Trigger", exact=True).click()
+    dialog.wait_for(state="hidden")
+    (run_id,) = {run["dag_run_id"] for run in dag_runs(airflow_standalone)} - before
+    assert wait_for_dag_run(airflow_standalone, run_id) == "success"
+
+    # The train task instance's "Training results" tab: the plugin's page in an iframe.
+    page.goto(f"{airflow_standalone.base}/dags/{DAG_ID}/runs/{run_id}/tasks/train")
+    page.get_by_role("link", name="Training results").click()  # the plugin's tab, next to Logs
+    frame = page.frame_locator("iframe").first
+    frame.locator("#sft-loss-chart .main-svg").first.wait_for()
+    metrics = frame.locator("#sft-metrics").inner_text()
+    assert "Final loss (smoothed)" in metrics and "Final loss (last step)" in metrics
+    steps = frame.locator("#sft-metrics tr", has_text="Steps").inner_text()
+    assert steps.split()[-1] == "180"  # the demo's 180 optimizer steps
+    lines = frame.locator("#sft-loss-chart .scatterlayer .trace path.js-line")
+    assert lines.count() >= 3  # raw loss, smoothed loss, learning rate: drawn, not just declared
+    page.screenshot(path=str(ARTIFACTS / "train-task-training-results.png"))
+
+    # The extra link points there over http(s); no TrainJob link without a TrainJob.
+    links = airflow_standalone.session.get(
+        f"{airflow_standalone.base}/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/train/links",
+        timeout=10,
+    ).json()["extra_links"]
+    assert links["Training results"].startswith(f"{airflow_standalone.base}/dags/{DAG_ID}/runs/")
+    assert links["Training results"].endswith("/tasks/train/plugin/sft-results")
+    assert not links.get("TrainJob")
+
+
+def test_the_plugin_page_needs_airflows_login(airflow_standalone):
+    url = f"{airflow_standalone.base}/sft/results/{DAG_ID}/any-run/train"
+    assert requests.get(url, timeout=10).status_code in (401, 403)
+    forged = requests.get(url, headers={"Authorization": "Bearer not-a-token"}, timeout=10)
+    assert forged.status_code in (401, 403)
+    assert airflow_standalone.session.get(url, timeout=10).status_code == 200
