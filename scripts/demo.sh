@@ -3,4 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
+printf '==> the demo: a real SFT run of the example DAG (airflow dags test, local backend, CPU)\n'
 exec .venv/bin/sft-demo "$@"
