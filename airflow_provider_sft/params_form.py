@@ -44,6 +44,12 @@ _ANNOTATION_ITEM = rf"\s*{_LABEL_KEY}\s*=[^,]*"
 #: ``key=value,...`` with Kubernetes annotation keys (any value without a comma).
 ANNOTATION_LIST_PATTERN = rf"^({_ANNOTATION_ITEM}(,{_ANNOTATION_ITEM})*)?$"
 
+#: One word: connection ids, HuggingFace splits, subsets and revisions (a space is a typo).
+WORD_PATTERN = r"^\S+$"
+#: A DNS-1123 label (namespaces) and subdomain (PVCs, runtimes), as the API server checks them.
+DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
+DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+
 #: The form's sections, in the order the dialog shows them.
 SECTIONS = (
     "Model and training",
@@ -269,26 +275,35 @@ def pipeline_params(workspace: str, **defaults: Any) -> dict[str, Param]:
             section="Dataset",
             description="fail: stop at the first bad record, naming file, line and field; skip: count and drop them.",
         ),
-        dataset_split=_text("HuggingFace split", "Dataset", "Empty: train. Only for HuggingFace datasets."),
+        dataset_split=_text(
+            "HuggingFace split",
+            "Dataset",
+            "Empty: train. Only for HuggingFace datasets.",
+            pattern=WORD_PATTERN,
+        ),
         dataset_subset=_text(
             "HuggingFace subset",
             "Dataset",
             "A subset (configuration) directory. Only for HuggingFace datasets.",
+            pattern=WORD_PATTERN,
         ),
         dataset_revision=_text(
             "HuggingFace revision",
             "Dataset",
             "Branch, tag or commit; empty: main. Only for HuggingFace datasets.",
+            pattern=WORD_PATTERN,
         ),
         hf_conn_id=_text(
             "HuggingFace connection",
             "Dataset",
             "A 'huggingface' connection (token, endpoint) for datasets and models; empty: HF_TOKEN of the worker.",
+            pattern=WORD_PATTERN,
         ),
         aws_conn_id=_text(
             "S3 connection",
             "Dataset",
             "An 'aws' connection (keys, region, endpoint_url) for s3:// sources; empty: the worker's environment.",
+            pattern=WORD_PATTERN,
         ),
         backend=_param(
             "local",
@@ -321,14 +336,18 @@ def pipeline_params(workspace: str, **defaults: Any) -> dict[str, Param]:
             "Workspace PVC",
             "Kubernetes",
             "Required on kubernetes: the PVC the pods use as workspace (ReadWriteMany for several workers).",
+            pattern=DNS_SUBDOMAIN_PATTERN,
         ),
         namespace=_text(
-            "Namespace", "Kubernetes", "Where the TrainJob goes; empty: the connection's namespace."
+            "Namespace",
+            "Kubernetes",
+            "Where the TrainJob goes; empty: the connection's namespace.",
+            pattern=DNS_LABEL_PATTERN,
         ),
         runtime_name=_param(
             "torch-distributed",
             type="string",
-            minLength=1,
+            pattern=DNS_SUBDOMAIN_PATTERN,
             title="Training runtime",
             section="Kubernetes",
             description="The ClusterTrainingRuntime: torch-distributed upstream, training-hub on OpenShift AI.",

@@ -98,6 +98,12 @@ def test_the_form_validates_with_its_own_defaults_and_no_optional_text_is_requir
         ("effective_batch_size", 10**30),
         ("num_epochs", 0),
         ("lr_scheduler", "cosyne"),
+        ("hf_conn_id", " "),
+        ("aws_conn_id", "my conn"),
+        ("dataset_split", " "),
+        ("namespace", "ML_Training"),
+        ("pvc_name", "sft workspace"),
+        ("runtime_name", ""),
     ],
 )
 def test_the_form_refuses_what_the_operator_refuses(name, bad):
