@@ -40,6 +40,7 @@ from airflow_provider_sft.core import jsonio
 from airflow_provider_sft.core.errors import DatasetError
 from airflow_provider_sft.core.nodes import Topology
 from airflow_provider_sft.core.params import SFTParams
+from airflow_provider_sft.core.progress import is_progress_step, progress_line
 
 Logger = Callable[[str], None]
 
@@ -301,7 +302,6 @@ def train_on_cpu(
     checkpoints: list[str] = []
     step = samples_seen = tokens_seen = 0
     started = time.monotonic()
-    log_every = max(1, total_steps // 20)  # about 20 progress lines per run
     try:
         for epoch in range(params.num_epochs):
             for step_samples in optimizer_steps(samples, params.effective_batch_size, params.seed, epoch):
@@ -354,13 +354,20 @@ def train_on_cpu(
                         "tokens_per_second": step_tokens / elapsed if elapsed else 0.0,
                     }
                 )
-                if rank == 0 and (step % log_every == 0 or step in (1, total_steps)):
+                if rank == 0 and is_progress_step(step, total_steps):
                     spent = time.monotonic() - started
-                    eta = spent / step * (total_steps - step)
                     log(
-                        f"step {step}/{total_steps} epoch {epoch + 1}/{params.num_epochs} loss {avg_loss:.4f} "
-                        f"lr {lr:.3g} grad_norm {grad_norm:.3f} {len(step_samples) / elapsed:.1f} samples/s "
-                        f"ETA {eta:.0f}s"
+                        progress_line(
+                            step=step,
+                            total_steps=total_steps,
+                            epoch=epoch,
+                            num_epochs=params.num_epochs,
+                            loss=avg_loss,
+                            lr=lr,
+                            grad_norm=grad_norm,
+                            samples_per_second=len(step_samples) / elapsed,
+                            eta_seconds=spent / step * (total_steps - step),
+                        )
                     )
                 save_every = params.save_samples
                 if rank == 0 and save_every > 0 and samples_seen // save_every > previous_seen // save_every:

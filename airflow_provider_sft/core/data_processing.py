@@ -4,15 +4,18 @@ instructlab's ``process_data`` applies the tokenizer's chat template and masks
 every label except assistant content (plus its end-of-turn token). It drops
 samples shorter than 20 tokens or at/over ``max_seq_len`` with only a log line;
 :func:`process_chat_data` counts them so the caller can report it before any
-training time is spent.
+training time is spent. It also prints a few whole training samples and draws
+progress bars: both are switched off while it runs (:func:`without_sample_previews`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -42,6 +45,36 @@ def count_lines(path: Path) -> int:
         return sum(1 for line in handle if line.strip())
 
 
+def _no_sample_preview(*_args: object, **_kwargs: object) -> None:
+    """Stands in for instructlab's ``print_masked_samples``: prints nothing."""
+
+
+@contextlib.contextmanager
+def without_sample_previews() -> Iterator[None]:
+    """instructlab's data processing without its sample previews and progress bars.
+
+    ``process_data`` calls the module-level ``print_masked_samples``, which prints a few
+    random training conversations whole ("Original Input: ...") and their labels as
+    ``<|MASK|>`` runs. Training data is the user's, and may be private: it must not reach any
+    log (the task log, ``train.log``, a pod log or wherever a cluster ships those). It is
+    replaced for the call, at the source. ``datasets``' progress bars, a dozen per run and
+    all carriage returns in a log file, are off for the call too. Both are restored after.
+    """
+    import datasets
+    from instructlab.training import data_process
+
+    preview = data_process.print_masked_samples
+    bars_were_on = not datasets.are_progress_bars_disabled()
+    data_process.print_masked_samples = _no_sample_preview
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        data_process.print_masked_samples = preview
+        if bars_were_on:
+            datasets.enable_progress_bars()
+
+
 def process_chat_data(
     data_path: str | Path,
     output_dir: str | Path,
@@ -64,13 +97,14 @@ def process_chat_data(
     # one) reading data.jsonl sees a whole file, never one being written.
     scratch = Path(tempfile.mkdtemp(prefix=".processing-", dir=output_dir))
     try:
-        data_process.process_data(
-            data_path=str(data_path),
-            data_output_path=str(scratch),
-            max_seq_len=max_seq_len,
-            model_path=model_path,
-            num_cpu_procs=num_cpu_procs,
-        )
+        with without_sample_previews():
+            data_process.process_data(
+                data_path=str(data_path),
+                data_output_path=str(scratch),
+                max_seq_len=max_seq_len,
+                model_path=model_path,
+                num_cpu_procs=num_cpu_procs,
+            )
         os.replace(scratch / c.PROCESSED_DATA_FILE, output_dir / c.PROCESSED_DATA_FILE)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

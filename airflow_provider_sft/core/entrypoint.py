@@ -14,6 +14,10 @@
 ``resolve`` and ``export`` are the workspace steps of :mod:`steps`; their result is
 printed as the last line (``SFT_RESULT {...}``).
 
+Its own lines start with ``[sft] `` (``[sft node i/n] `` on several nodes): those are what the
+Airflow task log shows of the output (see :mod:`task_log`); the rest, libraries included, is
+kept in full (``train.log`` locally, the pod log on Kubernetes).
+
 Exit status 0 means success; anything else is a failure whose reason is the last
 line of the output, ``ERROR: ...``. Only the standard library, torch, transformers and
 instructlab-training (with their dependencies) may be imported here: it is what the
@@ -22,6 +26,7 @@ training image has.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -36,8 +41,9 @@ from airflow_provider_sft.core.errors import SFTError, TrainingFailedError
 from airflow_provider_sft.core.nodes import Topology, clear_data_ready, mark_data_ready, wait_for_data
 from airflow_provider_sft.core.run import Device, TrainingRun, cuda_device_count, plan_device
 from airflow_provider_sft.core.steps import ERROR_PREFIX, missing_module
+from airflow_provider_sft.core.task_log import PREFIX, WARNING_MARK, node_prefix
 
-_PREFIX = "[sft] "
+_PREFIX = PREFIX
 
 
 def _log(message: str) -> None:
@@ -120,8 +126,7 @@ def run(training_run: TrainingRun) -> None:
     params = training_run.params
     output_dir = Path(training_run.output_dir)
     topology = Topology.from_env()
-    if topology.num_nodes > 1:
-        _PREFIX = f"[sft node {topology.node_rank}/{topology.num_nodes}] "
+    _PREFIX = node_prefix(topology.node_rank, topology.num_nodes)
     _check_writable(output_dir)
     _check_base_model(params.base_model)
     if removed := start_clean(output_dir, topology):
@@ -142,6 +147,10 @@ def run(training_run: TrainingRun) -> None:
     if topology.is_first:
         from airflow_provider_sft.core.data_processing import process_chat_data
 
+        with contextlib.suppress(ImportError):  # instructlab's logs reach the full output (it mutes them)
+            from instructlab.training.logger import propagate_package_logs
+
+            propagate_package_logs(True)
         clear_data_ready(processed_dir)
         report = process_chat_data(
             training_run.dataset_path,
@@ -152,7 +161,8 @@ def run(training_run: TrainingRun) -> None:
         ).to_dict()
         mark_data_ready(processed_dir, training_run.attempt, report)
         _log(
-            f"data processing: {report['kept_samples']}/{report['input_samples']} samples kept, "
+            (WARNING_MARK if report["dropped_samples"] else "")
+            + f"data processing: {report['kept_samples']}/{report['input_samples']} samples kept, "
             f"{report['dropped_samples']} dropped (shorter than 20 tokens or >= max_seq_len={params.max_seq_len}), "
             f"{report['total_tokens']} tokens, {report['label_tokens']} trained on"
         )
@@ -161,7 +171,7 @@ def run(training_run: TrainingRun) -> None:
         _log(f"using node 0's processed data: {report['kept_samples']} samples")
 
     if plan.device is Device.CUDA:
-        _train_on_cuda(training_run, plan.processes)
+        _train_on_cuda(training_run, plan.processes, show_progress=topology.is_first)
     else:
         from airflow_provider_sft.core.cpu_trainer import train_on_cpu
 
@@ -181,8 +191,11 @@ def run(training_run: TrainingRun) -> None:
     _log(f"done in {time.monotonic() - started:.1f}s")
 
 
-def _train_on_cuda(training_run: TrainingRun, gpus: int) -> None:
+def _train_on_cuda(training_run: TrainingRun, gpus: int, *, show_progress: bool = True) -> None:
+    """instructlab-training under torchrun; its own output goes to the full log only, so the
+    run's progress lines come from the metrics file it writes (on node 0, which writes it)."""
     from airflow_provider_sft.core.instructlab_command import build_command
+    from airflow_provider_sft.core.progress import MetricsFollower
 
     command = build_command(
         training_run.params,
@@ -194,10 +207,17 @@ def _train_on_cuda(training_run: TrainingRun, gpus: int) -> None:
         flash_attn_available=_flash_attn_available(),
     )
     _log("instructlab-training: " + " ".join(command))
-    completed = subprocess.run(command, check=False)
+    metrics = Path(training_run.output_dir) / c.METRICS_FILE
+    follower = MetricsFollower(
+        metrics,
+        num_epochs=training_run.params.num_epochs,
+        effective_batch_size=training_run.params.effective_batch_size,
+        log=_log,
+    )
+    with follower if show_progress else contextlib.nullcontext():
+        completed = subprocess.run(command, check=False)
     if completed.returncode != 0:
         raise TrainingFailedError(f"instructlab-training exited with status {completed.returncode}")
-    metrics = Path(training_run.output_dir) / c.METRICS_FILE
     if not metrics.exists():
         raise TrainingFailedError(f"instructlab-training finished without writing {metrics}")
 
@@ -213,7 +233,9 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE, file=sys.stderr)
         return 2
     step, config_path = args
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # The full output keeps the libraries' INFO lines (instructlab's data processing reports);
+    # the task log shows only this program's own lines whatever the level here.
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         try:
             config = jsonio.loads(Path(config_path).read_bytes())

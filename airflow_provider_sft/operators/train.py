@@ -32,8 +32,10 @@ from airflow_provider_sft.core.errors import TrainingFailedError, TrainingTimeou
 from airflow_provider_sft.core.params import SFTParams
 from airflow_provider_sft.core.run import Device, TrainingRun, run_name
 from airflow_provider_sft.lineage import LineageMixin
-from airflow_provider_sft.links import TrainJobConsoleLink
+from airflow_provider_sft.links import TrainingResultsLink, TrainJobConsoleLink
 from airflow_provider_sft.operators.failures import bad_input_is_final
+from airflow_provider_sft.operators.masking import mask_secret_envs
+from airflow_provider_sft.operators.training_log import log_training_line
 from airflow_provider_sft.operators.workspace import WorkspaceMode, kubernetes_backend, workspace_mode
 from airflow_provider_sft.triggers.events import EventStatus, validate_event
 
@@ -143,7 +145,7 @@ class SFTTrainOperator(LineageMixin, BaseOperator):
         "affinity": "json",
     }
     ui_color = "#f4ecf7"
-    operator_extra_links = (TrainJobConsoleLink(),)
+    operator_extra_links = (TrainJobConsoleLink(), TrainingResultsLink())
 
     def __init__(
         self,
@@ -333,6 +335,10 @@ class SFTTrainOperator(LineageMixin, BaseOperator):
 
     # --- Airflow hooks ------------------------------------------------------------------
 
+    def render_template_fields(self, context: Any, jinja_env: Any = None) -> None:
+        super().render_template_fields(context, jinja_env)
+        mask_secret_envs(self.envs)  # before Airflow stores Rendered Templates or logs a line
+
     def execute(self, context: Any) -> dict[str, Any]:
         with bad_input_is_final():  # a bad parameter is not retried
             return self._execute(context)
@@ -352,9 +358,9 @@ class SFTTrainOperator(LineageMixin, BaseOperator):
             if not result.ended:
                 self._defer(self._handle, timeout)
             return self._complete(
-                backend, self._handle, backend.complete(self._handle, result, on_log=self.log.info)
+                backend, self._handle, backend.complete(self._handle, result, on_log=log_training_line)
             )
-        result = backend.wait(self._handle, on_log=self.log.info, timeout_seconds=timeout)
+        result = backend.wait(self._handle, on_log=log_training_line, timeout_seconds=timeout)
         return self._complete(backend, self._handle, result)
 
     def _defer(self, handle: JobHandle, timeout_seconds: float | None) -> None:
@@ -391,7 +397,7 @@ class SFTTrainOperator(LineageMixin, BaseOperator):
             raise TrainingFailedError(
                 f"Lost track of TrainJob {handle.name}: {trainjob_event.message}; the TrainJob was deleted"
             )
-        result = backend.complete(handle, trainjob_event.job_result(), on_log=self.log.info)
+        result = backend.complete(handle, trainjob_event.job_result(), on_log=log_training_line)
         return self._complete(backend, handle, result)
 
     def resume_execution(self, next_method: str, next_kwargs: dict[str, Any] | None, context: Any) -> Any:

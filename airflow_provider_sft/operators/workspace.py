@@ -23,6 +23,7 @@ from airflow_provider_sft.core.backends.base import BackendName
 from airflow_provider_sft.core.errors import InvalidParameterError
 from airflow_provider_sft.core.run import run_name
 from airflow_provider_sft.core.steps import STEPS
+from airflow_provider_sft.operators.training_log import log_training_line
 
 
 class WorkspaceMode(str, Enum):
@@ -143,4 +144,4 @@ class WorkspaceStepsMixin:
         )
         name = self.step_run_name(context)
         timeout = self.execution_timeout.total_seconds() if self.execution_timeout else None  # type: ignore[attr-defined]
-        return backend.run_step(step, name, config, on_log=self.log.info, timeout_seconds=timeout)  # type: ignore[attr-defined]
+        return backend.run_step(step, name, config, on_log=log_training_line, timeout_seconds=timeout)  # type: ignore[attr-defined]

@@ -15,10 +15,10 @@ import sys
 import time
 
 mode = os.environ.get("FAKE_TRAINING", "sleep")
-print(f"[fake] started pid={os.getpid()} args={sys.argv[1:]}", flush=True)
+print(f"[sft] fake started pid={os.getpid()} args={sys.argv[1:]}", flush=True)  # a provider line
 if mode == "sleep":
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
-    print(f"[fake] child pid={child.pid}", flush=True)
+    print(f"[sft] fake child pid={child.pid}", flush=True)
     while True:
         time.sleep(0.1)
 elif mode == "memory":

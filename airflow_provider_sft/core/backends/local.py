@@ -2,8 +2,9 @@
 
 The process runs in its own session (process group), so cancellation reaches
 everything it started (data-processing workers, torchrun children): SIGTERM to
-the group, then SIGKILL after a grace period. Log lines are streamed to the
-caller and kept in ``<run>/train.log``. ``resource_memory_per_worker`` is
+the group, then SIGKILL after a grace period. Every output line is kept in
+``<run>/train.log``; the caller gets the provider's own lines (see :mod:`task_log`), and
+a line naming that file when the wait starts and ends. ``resource_memory_per_worker`` is
 enforced like a kubelet would: the run is stopped when the resident memory of
 its process group goes above it.
 """
@@ -36,6 +37,7 @@ from airflow_provider_sft.core.entrypoint import ERROR_PREFIX, default_cache_env
 from airflow_provider_sft.core.errors import DatasetError, InvalidParameterError
 from airflow_provider_sft.core.files import remove_owned
 from airflow_provider_sft.core.run import DevicePlan, TrainingRun, cuda_device_count, plan_device
+from airflow_provider_sft.core.task_log import classify, provider_line
 
 _EOF = object()
 
@@ -165,11 +167,24 @@ class LocalProcessBackend(TrainingBackend):
         lines.put(_EOF)
 
     def wait(self, handle: JobHandle, *, on_log: LogSink, timeout_seconds: float | None = None) -> JobResult:
+        """Follow the process to its end. ``on_log`` gets the lines :func:`classify` shows; the
+        failure message has the ``ERROR:`` line, or the last lines of the whole output."""
         process = self._processes[handle.name]
+        full_output = provider_line(f"full output: {process.log_path}")
+        on_log(full_output)
+        try:
+            return self._follow(handle, process, on_log, timeout_seconds)
+        finally:
+            on_log(full_output)
+
+    def _follow(
+        self, handle: JobHandle, process: _Process, on_log: LogSink, timeout_seconds: float | None
+    ) -> JobResult:
         deadline = None if timeout_seconds is None else self.clock.monotonic() + timeout_seconds
         last_error = ""
         tail: list[str] = []
-        with process.log_path.open("a", encoding="utf-8") as log_file:
+        # Line-buffered: a person following train.log sees each line as it comes.
+        with process.log_path.open("a", encoding="utf-8", buffering=1) as log_file:
             while True:
                 try:
                     line = process.lines.get(timeout=self.poll_interval_seconds)
@@ -179,10 +194,11 @@ class LocalProcessBackend(TrainingBackend):
                     break
                 if line is not None:
                     log_file.write(line + "\n")
-                    on_log(line)
                     tail = [*tail[-19:], line]
-                    if line.startswith(ERROR_PREFIX):
-                        last_error = line.removeprefix(ERROR_PREFIX)
+                    if (shown := classify(line)) is not None:
+                        on_log(shown.text)
+                        if shown.text.startswith(ERROR_PREFIX):
+                            last_error = shown.text.removeprefix(ERROR_PREFIX)
                     continue
                 if deadline is not None and self.clock.monotonic() >= deadline:
                     self.cancel(handle)

@@ -19,9 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import itertools
 import logging
-import re
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -39,7 +37,7 @@ from airflow_provider_sft.core.backends.base import (
 from airflow_provider_sft.core.backends.kubernetes import admission
 from airflow_provider_sft.core.backends.kubernetes.client import KubeClient
 from airflow_provider_sft.core.backends.kubernetes.config import KubernetesConfig, SpecGeneration
-from airflow_provider_sft.core.backends.kubernetes.logs import copy_log_tail, follow_log
+from airflow_provider_sft.core.backends.kubernetes.logs import PodLog, copy_log_tail, follow_log
 from airflow_provider_sft.core.backends.kubernetes.manifest import (
     build_program_configmap,
     build_secret,
@@ -57,28 +55,11 @@ from airflow_provider_sft.core.backends.kubernetes.watch import WaitResult, foll
 from airflow_provider_sft.core.clock import SYSTEM_CLOCK, Clock
 from airflow_provider_sft.core.errors import InvalidParameterError, TrainingFailedError
 from airflow_provider_sft.core.run import TrainingRun
-from airflow_provider_sft.core.steps import ERROR_PREFIX, RESULT_PREFIX, parse_result
+from airflow_provider_sft.core.secret_env import looks_secret
+from airflow_provider_sft.core.steps import parse_result
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-_SECRET_WORDS = {"TOKEN", "SECRET", "PASSWORD", "PASSWD", "APIKEY", "CREDENTIAL", "CREDENTIALS"}
-_SECRET_PAIRS = {("API", "KEY"), ("ACCESS", "KEY"), ("PRIVATE", "KEY"), ("SECRET", "KEY")}
-_FLAG_VALUES = {"", "0", "1", "true", "false", "yes", "no", "on", "off"}
-
-
-def looks_secret(name: str, value: str) -> bool:
-    """An env var that holds a credential: a name word such as TOKEN or API_KEY, and not a flag.
-
-    Words, not substrings: ``TOKENIZERS_PARALLELISM`` and ``MAX_TOKENS`` are settings, and so is
-    ``HF_HUB_DISABLE_IMPLICIT_TOKEN=1`` (its value is a flag).
-    """
-    words = [w for w in re.split(r"[^A-Za-z0-9]+", name.upper()) if w]
-    named = bool(_SECRET_WORDS & set(words)) or any(
-        pair in _SECRET_PAIRS for pair in itertools.pairwise(words)
-    )
-    return named and value.strip().lower() not in _FLAG_VALUES
-
-
 Connector = Callable[[], contextlib.AbstractAsyncContextManager[KubeClient]]
 DELETE_WAIT_SECONDS = 120
 LOG_DRAIN_SECONDS = 10
@@ -322,7 +303,8 @@ class KubernetesBackend(TrainingBackend):
     def wait(self, handle: JobHandle, *, on_log: LogSink, timeout_seconds: float | None = None) -> JobResult:
         """Block (in the worker) until the TrainJob ends, following its status with a watch.
 
-        Once the job runs, the rank-0 pod's log is streamed live into ``on_log``.
+        Once the job runs, the rank-0 pod's log is streamed live: ``on_log`` gets its provider
+        lines (see :class:`PodLog`) and the job's states.
         """
         return self._run(lambda client: self._follow(client, handle, on_log, timeout_seconds))
 
@@ -339,20 +321,14 @@ class KubernetesBackend(TrainingBackend):
         nothing was streamed, or when ``missed()`` says a line the caller needs did not arrive."""
         ns = handle.details["namespace"]
         log_task: asyncio.Task | None = None
-        streamed = 0
-        on_log = _ErrorLine.tracking(on_log)
-
-        def stream_line(line: str) -> None:
-            nonlocal streamed
-            streamed += 1
-            on_log(line)
+        pod_log = PodLog.of(on_log, ns)
 
         def on_state(state: JobState) -> None:
             nonlocal log_task
-            on_log(f"TrainJob {handle.name}: {state.describe()}")
+            pod_log(f"TrainJob {handle.name}: {state.describe()}")
             if state.phase.started and log_task is None:
                 log_task = asyncio.ensure_future(
-                    follow_log(client, ns, handle.name, stream_line, clock=self.clock)
+                    follow_log(client, ns, handle.name, pod_log, clock=self.clock)
                 )
 
         try:
@@ -364,12 +340,13 @@ class KubernetesBackend(TrainingBackend):
                 timeout_seconds=timeout_seconds,
                 start_timeout_seconds=self.config.start_timeout,
                 on_state=on_state,
-                on_note=on_log,
+                on_note=pod_log,
             )
         finally:
             await _drain(log_task)
         result = result_of(ns, handle.name, waited, start_timeout=self.config.start_timeout)
-        return await self._complete(client, handle, result, on_log, copy_log=streamed == 0 or missed())
+        copy_log = pod_log.lines == 0 or missed()
+        return await self._complete(client, handle, result, pod_log, copy_log=copy_log)
 
     # --- workspace steps --------------------------------------------------------------------
 
@@ -384,8 +361,8 @@ class KubernetesBackend(TrainingBackend):
     ) -> dict[str, Any]:
         """Run a workspace step of the pod program as a one-node TrainJob next to the PVC; its result.
 
-        The step's log goes to ``on_log`` (its result line excepted); a failure raises
-        :class:`TrainingFailedError` with the pod's ``ERROR:`` line.
+        The step's provider lines go to ``on_log`` (see :class:`PodLog`; its result line is read,
+        never shown); a failure raises :class:`TrainingFailedError` with the pod's ``ERROR:`` line.
         """
         self.require_pvc()
         return self._run(
@@ -418,22 +395,16 @@ class KubernetesBackend(TrainingBackend):
             await self._delete_and_wait(client, ns, name)
         await self._create(client, body, config)
         log.info("Created TrainJob %s/%s for the %s step", ns, name, step)
-        lines: list[str] = []
-
-        def capture(line: str) -> None:
-            lines.append(line)
-            if not line.startswith(RESULT_PREFIX):
-                on_log(line)
-
+        pod_log = PodLog(on_log, ns)
         result = await self._follow(
             client,
             self.handle(name, ""),
-            capture,
+            pod_log,
             timeout_seconds,
-            missed=lambda: parse_result(lines) is None,
+            missed=lambda: pod_log.result_line is None,
         )
-        if result.succeeded and (output := parse_result(lines)) is not None:
-            return output
+        if result.succeeded and pod_log.result_line is not None:
+            return parse_result([pod_log.result_line])
         raise TrainingFailedError(
             f"The {step} step failed: {result.message if not result.succeeded else 'it printed no result'}"
         )
@@ -452,21 +423,25 @@ class KubernetesBackend(TrainingBackend):
     ) -> JobResult:
         """Copy the tail of the rank-0 pod log and clean up by policy.
 
-        A failure's message gains the pod's own reason, its last ``ERROR:`` line.
+        A failure's message gains the pod's own reason, its last ``ERROR:`` line, and the task
+        log the pod log's last lines it did not show (the pod goes with its TrainJob).
         """
         ns = handle.details["namespace"]
-        on_log = _ErrorLine.tracking(on_log)
+        pod_log = PodLog.of(on_log, ns)
         if copy_log:
-            await copy_log_tail(client, ns, handle.name, on_log)
-        if not result.succeeded and on_log.last:
-            result = dataclasses.replace(result, message=f"{result.message}; the pod reported: {on_log.last}")
+            await copy_log_tail(client, ns, handle.name, pod_log)
+        if not result.succeeded:
+            pod_log.show_failure_context()
+            if pod_log.last_error:
+                reported = f"{result.message}; the pod reported: {pod_log.last_error}"
+                result = dataclasses.replace(result, message=reported)
         keep = (result.succeeded and not self.config.delete_on_success) or (
             result.status is JobStatus.FAILED and self.config.keep_failed_jobs
         )
         if not keep:  # success, or a failure nobody keeps; a timeout never leaves its job running
             await self._cancel(client, handle)
         elif not result.succeeded:
-            on_log(f"Kept the failed TrainJob {ns}/{handle.name} for debugging (keep_failed_jobs)")
+            pod_log(f"Kept the failed TrainJob {ns}/{handle.name} for debugging (keep_failed_jobs)")
         return result
 
     def cancel(self, handle: JobHandle) -> None:
@@ -480,23 +455,6 @@ class KubernetesBackend(TrainingBackend):
         # test servers) without the garbage collector, and for a job never created.
         await client.delete_owned("Secret", ns, secret_name(handle.name))
         await client.delete_owned("ConfigMap", ns, program_configmap_name(handle.name))
-
-
-class _ErrorLine:
-    """A log sink that remembers the last ``ERROR:`` line the pod program printed."""
-
-    def __init__(self, sink: LogSink):
-        self.sink = sink
-        self.last: str | None = None
-
-    @classmethod
-    def tracking(cls, sink: LogSink) -> _ErrorLine:
-        return sink if isinstance(sink, cls) else cls(sink)
-
-    def __call__(self, line: str) -> None:
-        if line.startswith(ERROR_PREFIX):
-            self.last = line.removeprefix(ERROR_PREFIX)
-        self.sink(line)
 
 
 async def _drain(task: asyncio.Task | None) -> None:

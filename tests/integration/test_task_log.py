@@ -1,0 +1,99 @@
+"""The train task's Airflow log is readable: the provider's lines and progress, no training data.
+
+The example DAG runs on the local backend in a real ``airflow standalone`` (the session's
+``airflow_standalone``), triggered over REST: its scheduler runs the task under Airflow's
+supervisor, which writes the task log file the UI shows (``airflow dags test`` writes none).
+Two epochs, 60 steps: what is asserted here is the log, not the model.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from airflow_provider_sft.core.sample_data import bundled_dataset_path
+from airflow_provider_sft.demo import DAG_ID, DEMO_TRAINING
+
+pytestmark = pytest.mark.slow
+
+#: What instructlab's data processing prints: sample previews, their masked labels, its statistics.
+DATA_PROCESSING_DUMPS = (
+    "Original Input",
+    "Pretraining ex sample",
+    "Instruction ex sample",
+    "<|MASK|>",
+    "quantile",
+    "Samples Previews",
+)
+FULL_OUTPUT = "[sft] full output: "
+
+
+@pytest.fixture(scope="module")
+def train_logs(airflow_standalone, tiny_model, tmp_path_factory) -> tuple[list[dict], str]:
+    """The train task's log file (its JSON records) and the run's train.log (text)."""
+    base, session = airflow_standalone.base, airflow_standalone.session
+    workspace = tmp_path_factory.mktemp("task-log")
+    conf = {**DEMO_TRAINING, "num_epochs": 2, "base_model": str(tiny_model), "workspace": str(workspace)}
+    created = session.post(
+        f"{base}/api/v2/dags/{DAG_ID}/dagRuns", json={"conf": conf, "logical_date": None}, timeout=30
+    )
+    assert created.status_code == 200, created.text
+    run_id = created.json()["dag_run_id"]
+    deadline, state = time.monotonic() + 900, None
+    while time.monotonic() < deadline and state not in ("success", "failed"):
+        time.sleep(3)
+        state = session.get(f"{base}/api/v2/dags/{DAG_ID}/dagRuns/{run_id}", timeout=10).json()["state"]
+    assert state == "success"
+    logs = airflow_standalone.home / "logs" / f"dag_id={DAG_ID}"
+    (task_log,) = [path for path in logs.glob("run_id=*/task_id=train/attempt=*.log") if run_id in str(path)]
+    records = [json.loads(line) for line in task_log.read_text().splitlines() if line.strip()]
+    (full_output, *_) = [r["event"] for r in records if str(r.get("event", "")).startswith(FULL_OUTPUT)]
+    return records, Path(full_output.removeprefix(FULL_OUTPUT)).read_text()
+
+
+def dataset_fragments() -> list[str]:
+    """Pieces of the bundled dataset's conversations (read, never written): each user and assistant
+    text of 20 characters or more, and every 40-character piece of the longer ones."""
+    with bundled_dataset_path().open() as handle:
+        texts = {
+            message["content"]
+            for line in handle
+            if line.strip()
+            for message in json.loads(line)["messages"]
+            if message["role"] in ("user", "assistant") and len(message["content"]) >= 20
+        }
+    fragments = set()
+    for text in texts:
+        fragments.update([text] if len(text) <= 40 else (text[i : i + 40] for i in range(len(text) - 39)))
+    return sorted(fragments)
+
+
+def leaks(text: str, markers: tuple[str, ...] = DATA_PROCESSING_DUMPS) -> list[str]:
+    return [marker for marker in markers if marker in text] + [f for f in dataset_fragments() if f in text]
+
+
+def test_the_train_task_log_shows_the_run_and_no_training_data(train_logs):
+    records, train_log = train_logs
+    events = [str(record.get("event", "")) for record in records]
+    assert leaks("\n".join(events)) == []
+    training = [r for r in records if r.get("logger") == "airflow_provider_sft.training"]
+    assert training and all(r["event"].startswith("[sft] ") and r["level"] == "info" for r in training)
+    progress = [r["event"] for r in training if r["event"].startswith("[sft] step ")]
+    assert len(progress) == 21, progress  # every 3rd of 60 steps, and the first
+    assert progress[-1].startswith("[sft] step 60/60 epoch 2/2 loss ")
+    assert [r["event"] for r in training if r["event"].startswith(FULL_OUTPUT)] == [training[0]["event"]] * 2
+    assert training[-1]["event"] == training[0]["event"]  # named again at the end
+    assert any(e.startswith("[sft] data processing: 235/235 samples kept") for e in events)
+    assert not any("\r" in e or "it/s]" in e or "examples/s]" in e for e in events)  # no progress bar
+    assert len(training) < len(train_log.splitlines())
+
+
+def test_train_log_has_the_full_output_but_no_training_data(train_logs):
+    _, train_log = train_logs
+    assert "INFO instructlab.training.data_process: ten largest length percentiles:" in train_log
+    assert "quantile 90th" in train_log  # instructlab's statistics are kept here, not in the task log
+    assert "[sft] step 60/60 epoch 2/2 loss " in train_log
+    assert leaks(train_log, markers=("Original Input", "ex sample", "<|MASK|>")) == []
