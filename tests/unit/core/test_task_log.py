@@ -154,7 +154,7 @@ class _Records(logging.Handler):
 
 
 def test_the_operator_logs_each_line_at_its_level():
-    from airflow_provider_sft.operators.train import TRAINING_LOG, log_training_line
+    from airflow_provider_sft.operators.training_log import TRAINING_LOG, log_training_line
 
     records = _Records()  # on the logger itself: importing Airflow reconfigures the root's handlers
     TRAINING_LOG.addHandler(records)
