@@ -191,6 +191,8 @@ def _schema_for(name: str, prop: dict[str, Any], defs: dict[str, Any]) -> dict[s
         schema.update(
             type="string", enum=defs[prop["$ref"].rsplit("/", 1)[-1]]["enum"], default=prop["default"]
         )
+    elif prop["type"] == "boolean":  # a switch is never empty: no "required" mark on it
+        schema.update(type=["null", "boolean"], default=prop.get("default"))
     else:
         schema.update(type=prop["type"], default=prop.get("default"))
     if name in _PATTERNS:

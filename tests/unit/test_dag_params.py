@@ -77,6 +77,8 @@ def test_the_form_validates_with_its_own_defaults_and_no_optional_text_is_requir
         param = params.get_param(name)
         assert param.value is None and param.schema["type"] == ["null", "string"], name
     assert not [name for name, p in params.items() if p.value == ""]
+    for name in ("checkpoint_at_epoch", "use_liger", "accelerate_full_state_at_epoch"):
+        assert params.get_param(name).schema["type"] == ["null", "boolean"], name  # a switch: no asterisk
 
 
 @pytest.mark.parametrize(
