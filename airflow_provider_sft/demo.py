@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -85,6 +86,14 @@ def serve_environment(workspace: Path, dags_folder: Path, port: int) -> dict[str
     return env
 
 
+_LOG_TAIL = re.compile(r"\s+\[[\w.]+\]\s+loc=\S+\s*$")
+
+
+def echo_text(line: str) -> str:
+    """The provider's message of one ``airflow dags test`` log line, without the logger and location."""
+    return _LOG_TAIL.sub("", line.split("[sft] ", 1)[1]).rstrip()[:160]
+
+
 def run_pipeline(
     workspace: Path,
     dags_folder: Path,
@@ -111,7 +120,7 @@ def run_pipeline(
         for line in process.stdout:
             log.write(line)
             if echo and "[sft]" in line:
-                print("  " + line.split("[sft] ", 1)[1].split(" [airflow.", 1)[0].rstrip()[:160], flush=True)
+                print("  " + echo_text(line), flush=True)
         code = process.wait()
     if code != 0 or "state=success" not in log_path.read_text():
         raise SystemExit(f"airflow dags test {DAG_ID} failed; see {log_path}")
