@@ -346,6 +346,19 @@ def pipeline_params(workspace: str, **defaults: Any) -> dict[str, Param]:
             "Where the TrainJob goes; empty: the connection's namespace.",
             pattern=DNS_LABEL_PATTERN,
         ),
+        job_kind=_param(
+            "TrainJob",
+            type="string",
+            enum=["TrainJob", "PyTorchJob"],
+            title="Job kind",
+            section="Kubernetes",
+            description="TrainJob: Kubeflow Trainer v2. PyTorchJob: Training Operator v1 (Master + Workers; needs an image).",
+        ),
+        image=_text(
+            "Training image",
+            "Kubernetes",
+            "Python with torch and instructlab-training. Empty: the TrainJob runtime's image; required for a PyTorchJob.",
+        ),
         runtime_name=_param(
             "torch-distributed",
             type="string",

@@ -5,7 +5,7 @@
 Needs the test API server (tests/k8s/build-crdserver.sh, etcd). For each N it creates
 N running TrainJobs on the REAL server (the upstream v2.3.0 CRDs), then runs, each in a
 fresh child process (the "triggerer"), first our wait (one ``TrainJobTrigger`` per job:
-``follow_trainjob`` over the shared async client), then the baseline (one GET per job
+``follow_job`` over the shared async client), then the baseline (one GET per job
 every ``--poll`` seconds). After a warm-up it counts the API requests the server
 receives during ``--window`` seconds, then completes every job and times how long
 the waiters take to see it. Requests are counted at the loopback proxy in front of
@@ -38,6 +38,7 @@ def child(
     import os
 
     os.environ["AIRFLOW_CONN_BENCH_K8S"] = conn_env
+    from airflow_provider_sft.core.backends.kubernetes.kinds import TRAINJOB
     from airflow_provider_sft.core.backends.kubernetes.status import classify
     from airflow_provider_sft.hooks.sft import SFTTrainingHook
     from airflow_provider_sft.triggers.trainjob import TrainJobTrigger
@@ -58,7 +59,7 @@ def child(
 
     async def poll_one(name: str) -> None:
         async with SFTTrainingHook(kubernetes_conn_id="bench_k8s").connect() as jobs:
-            while not classify(await jobs.get_trainjob(namespace, name)).terminal:
+            while not classify(await jobs.get_job(TRAINJOB, namespace, name)).terminal:
                 await asyncio.sleep(poll)
         done_at[name] = time.monotonic()
 
@@ -133,7 +134,7 @@ def main() -> int:
     from kubernetes import client
 
     from airflow_provider_sft.core.backends.kubernetes import KubernetesConfig, SpecGeneration
-    from airflow_provider_sft.core.backends.kubernetes.manifest import build_trainjob
+    from airflow_provider_sft.core.backends.kubernetes.manifest import build_trainjob, training_work
     from airflow_provider_sft.core.params import SFTParams
     from airflow_provider_sft.core.run import TrainingRun
     from tests.k8s.fake_core import FakeCluster
@@ -153,7 +154,9 @@ def main() -> int:
             config = KubernetesConfig.build(namespace=namespace)
             for name in names:
                 run = TrainingRun(name, SFTParams(), "/workspace/d.jsonl", f"/workspace/runs/{name}")
-                body = build_trainjob(run, config, generation=SpecGeneration.V2_2, labels={})
+                body = build_trainjob(
+                    training_work(run, config, labels={}), config, generation=SpecGeneration.V2_2
+                )
                 objects.create_namespaced_custom_object(
                     "trainer.kubeflow.org", "v1alpha1", namespace, "trainjobs", body
                 )

@@ -82,6 +82,21 @@ RUNTIME_PATCH_MANAGER = "airflow-provider-sft/sft-train-operator"
 CONDITION_COMPLETE = "Complete"
 CONDITION_FAILED = "Failed"
 CONDITION_SUSPENDED = "Suspended"
+# PyTorchJob condition types (set by the Training Operator) besides Failed and Suspended.
+CONDITION_SUCCEEDED = "Succeeded"
+CONDITION_RUNNING = "Running"
+CONDITION_RESTARTING = "Restarting"
+
+# --- Kubeflow Training Operator v1 API (PyTorchJob) -----------------------------------
+TRAINING_OPERATOR_GROUP = "kubeflow.org"
+TRAINING_OPERATOR_VERSION = "v1"
+PYTORCHJOB_KIND = "PyTorchJob"
+PYTORCHJOB_PLURAL = "pytorchjobs"
+PYTORCHJOB_CRD_NAME = f"{PYTORCHJOB_PLURAL}.{TRAINING_OPERATOR_GROUP}"
+PYTORCH_CONTAINER = "pytorch"  # the operator reads MASTER_PORT from this container's port
+PYTORCH_PORT_NAME = "pytorchjob-port"
+PYTORCH_PORT = 23456  # the operator's default
+LABEL_TRAINING_JOB_NAME = "training.kubeflow.org/job-name"  # on the pods of a PyTorchJob
 
 # Labels on every TrainJob (and its pods) so jobs are findable.
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"

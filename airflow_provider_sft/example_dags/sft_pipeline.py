@@ -34,6 +34,8 @@ DEFAULT_WORKSPACE = os.environ.get("SFT_WORKSPACE", "/tmp/airflow-sft-workspace"
 #: The TrainJob settings the workspace steps (resolve, export) share with training.
 STEP_KUBERNETES = {
     "namespace": "{{ params.namespace }}",
+    "job_kind": "{{ params.job_kind }}",
+    "image": "{{ params.image }}",
     "runtime_name": "{{ params.runtime_name }}",
     "job_labels": "{{ params.job_labels }}",
     "pvc_name": "{{ params.pvc_name }}",
@@ -91,6 +93,8 @@ with DAG(
         dataset_path=resolve_dataset.output["path"],
         workspace="{{ params.workspace }}",
         namespace="{{ params.namespace }}",
+        job_kind="{{ params.job_kind }}",
+        image="{{ params.image }}",
         runtime_name="{{ params.runtime_name }}",
         job_labels="{{ params.job_labels }}",
         pvc_name="{{ params.pvc_name }}",

@@ -44,6 +44,7 @@ TRAINING_PARAMETERS: tuple[str, ...] = tuple(SFTParams.model_fields)
 #: Kubernetes backend settings that are operator parameters of the same name (templated).
 KUBERNETES_PARAMETERS: tuple[str, ...] = (
     "namespace",
+    "job_kind",
     "runtime_name",
     "runtime_kind",
     "pvc_name",
@@ -56,6 +57,8 @@ KUBERNETES_PARAMETERS: tuple[str, ...] = (
     "priority_class_name",
     "shm_size",
     "start_timeout",
+    "scheduling_queue",
+    "ttl_seconds_after_finished",
 )
 #: The trigger's deadline fires this long before Airflow's own deferral timeout, so the trigger's
 #: timeout event (which deletes the TrainJob) wins; ``resume_execution`` cleans up if it ever does not.
@@ -95,6 +98,11 @@ class SFTTrainOperator(LineageMixin, BaseOperator):
         install has; ``training-hub`` on OpenShift AI). It is read before anything is created: a
         missing one fails the task with the runtimes that exist.
     :param runtime_kind: ``ClusterTrainingRuntime`` (default) or a namespaced ``TrainingRuntime``.
+    :param job_kind: ``TrainJob`` (Kubeflow Trainer v2, default) or ``PyTorchJob`` (Training
+        Operator v1: Master + Workers; needs ``image`` and the ``pytorchjob`` extra). Runtimes
+        and spec generations apply to TrainJobs only.
+    :param scheduling_queue: PyTorchJob only: ``runPolicy.schedulingPolicy.queue`` (Volcano).
+    :param ttl_seconds_after_finished: PyTorchJob only: the operator deletes a finished job after this.
     :param pvc_name: the workspace PersistentVolumeClaim (required): ReadWriteMany for more than one worker.
     :param service_account: service account of the training pods.
     :param job_labels: labels of the TrainJob itself, e.g. ``kueue.x-k8s.io/queue-name=gpu-queue``
@@ -182,6 +190,9 @@ class SFTTrainOperator(LineageMixin, BaseOperator):
         namespace: str | None = None,
         runtime_name: str = c.DEFAULT_RUNTIME,
         runtime_kind: str = RuntimeKind.CLUSTER.value,
+        job_kind: str = "TrainJob",
+        scheduling_queue: str | None = None,
+        ttl_seconds_after_finished: int | str | None = None,
         pvc_name: str | None = None,
         service_account: str | None = None,
         job_labels: str | dict[str, str] | None = None,
@@ -237,6 +248,9 @@ class SFTTrainOperator(LineageMixin, BaseOperator):
         self.namespace = namespace
         self.runtime_name = runtime_name
         self.runtime_kind = runtime_kind
+        self.job_kind = job_kind
+        self.scheduling_queue = scheduling_queue
+        self.ttl_seconds_after_finished = ttl_seconds_after_finished
         self.pvc_name = pvc_name
         self.service_account = service_account
         self.job_labels = job_labels
@@ -393,9 +407,10 @@ class SFTTrainOperator(LineageMixin, BaseOperator):
         handle = JobHandle.from_json_dict(trainjob_event.job)
         backend = self._backend_for(context)
         if trainjob_event.status is EventStatus.ERROR:
+            kind = handle.details.get("kind", "TrainJob")
             backend.cancel(handle)  # we cannot follow it any more: it must not run on unobserved
             raise TrainingFailedError(
-                f"Lost track of TrainJob {handle.name}: {trainjob_event.message}; the TrainJob was deleted"
+                f"Lost track of {kind} {handle.name}: {trainjob_event.message}; the {kind} was deleted"
             )
         result = backend.complete(handle, trainjob_event.job_result(), on_log=log_training_line)
         return self._complete(backend, handle, result)
@@ -414,7 +429,11 @@ class SFTTrainOperator(LineageMixin, BaseOperator):
             job = context["ti"].xcom_pull(task_ids=self.task_id, key="training_job")
             if job:
                 handle = JobHandle.from_json_dict(job)
-                self.log.warning("The deferral ended without an event: deleting TrainJob %s", handle.name)
+                self.log.warning(
+                    "The deferral ended without an event: deleting %s %s",
+                    handle.details.get("kind", "TrainJob"),
+                    handle.name,
+                )
                 self._backend_for(context).cancel(handle)
             raise
 

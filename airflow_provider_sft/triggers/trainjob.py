@@ -1,4 +1,4 @@
-"""``TrainJobTrigger``: follows ONE TrainJob from the triggerer with a watch, fires one event."""
+"""``TrainJobTrigger``: follows ONE training job (TrainJob or PyTorchJob) from the triggerer with a watch."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from typing import Any
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_provider_sft.core.backends.kubernetes import result_of
-from airflow_provider_sft.core.backends.kubernetes.watch import follow_trainjob
+from airflow_provider_sft.core.backends.kubernetes.kinds import JobResource, resource_of
+from airflow_provider_sft.core.backends.kubernetes.watch import follow_job
 from airflow_provider_sft.core.clock import SYSTEM_CLOCK, Clock
 from airflow_provider_sft.hooks.sft import SFTTrainingHook
 from airflow_provider_sft.triggers.events import EventStatus, TrainJobEvent
@@ -60,6 +61,10 @@ class TrainJobTrigger(BaseTrigger):
     def namespace(self) -> str:
         return self.job["namespace"]
 
+    @property
+    def resource(self) -> JobResource:
+        return resource_of(self.job.get("kind"))  # a job of an earlier version: a TrainJob
+
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
             f"{type(self).__module__}.{type(self).__qualname__}",
@@ -89,23 +94,32 @@ class TrainJobTrigger(BaseTrigger):
     async def run(self) -> AsyncIterator[TriggerEvent]:
         try:
             async with self.hook.connect(self.clock) as client:
-                waited = await follow_trainjob(
+                waited = await follow_job(
                     client,
+                    self.resource,
                     self.namespace,
                     self.name,
                     clock=self.clock,
                     timeout_seconds=self._remaining(self.deadline),
                     start_timeout_seconds=self._remaining(self.start_deadline),
                     on_state=lambda s: self.log.info(
-                        "TrainJob %s/%s: %s", self.namespace, self.name, s.describe()
+                        "%s %s/%s: %s", self.resource.kind.value, self.namespace, self.name, s.describe()
                     ),
                     on_note=self.log.warning,
                 )
-            result = result_of(self.namespace, self.name, waited, start_timeout=self.start_timeout)
+            result = result_of(
+                self.namespace,
+                self.name,
+                waited,
+                start_timeout=self.start_timeout,
+                kind=self.resource.kind.value,
+            )
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            self.log.error("Lost track of TrainJob %s/%s: %s", self.namespace, self.name, exc)
+            self.log.error(
+                "Lost track of %s %s/%s: %s", self.resource.kind.value, self.namespace, self.name, exc
+            )
             yield self._event(TrainJobEvent(EventStatus.ERROR, self.job, message=str(exc)))
             return
         yield self._event(
@@ -115,9 +129,10 @@ class TrainJobTrigger(BaseTrigger):
     async def on_kill(self) -> None:
         if self._fired_event or not self.delete_on_kill:
             return
-        self.log.info("Task killed: deleting TrainJob %s/%s", self.namespace, self.name)
+        kind = self.resource.kind.value
+        self.log.info("Task killed: deleting %s %s/%s", kind, self.namespace, self.name)
         try:
             async with self.hook.connect() as client:
-                await client.delete_trainjob(self.namespace, self.name)
+                await client.delete_job(self.resource, self.namespace, self.name)
         except Exception:
-            self.log.exception("Could not delete TrainJob %s/%s", self.namespace, self.name)
+            self.log.exception("Could not delete %s %s/%s", kind, self.namespace, self.name)

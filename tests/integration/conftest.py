@@ -59,6 +59,12 @@ def cluster(fake_cluster, request):
     return fake_cluster
 
 
+@pytest.fixture(params=("TrainJob", "PyTorchJob"))
+def kind(request):
+    """Each kind of training job: they share one lifecycle, so its tests run for both."""
+    return request.param
+
+
 @pytest.fixture
 def namespace():
     return f"t-{uuid.uuid4().hex[:8]}"

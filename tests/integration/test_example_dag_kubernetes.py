@@ -9,6 +9,7 @@ UID, an image Python that cannot import this provider, and the PVC a directory o
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sqlite3
 from pathlib import Path
@@ -27,15 +28,20 @@ pytestmark = [
 TOKEN = "hf_DagLevelSecretToken987"
 
 
+@pytest.mark.parametrize(
+    ("kind", "workers"),
+    [("TrainJob", 1), ("PyTorchJob", 2)],
+    ids=["trainjob", "pytorchjob-2-nodes"],
+)
 def test_example_dag_on_kubernetes_without_the_pvc_on_the_worker(
-    cluster, namespace, k8s_connection, tiny_model, tmp_path, monkeypatch
+    cluster, namespace, k8s_connection, tiny_model, tmp_path, monkeypatch, kind, workers
 ):
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     pvc = cluster.kubelet.add_pvc("sft-workspace", tmp_path / "pvc")
     shutil.copytree(tiny_model, pvc / "models" / "tiny")
     for path in [pvc / "models", *(pvc / "models").rglob("*")]:
         path.chmod(0o755 if path.is_dir() else 0o644)
-    cluster.auto_run(namespace, extra_env={"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"})
+    cluster.auto_run(namespace, extra_env={"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}, kind=kind)
     worker = tmp_path / "worker"  # the Airflow side: not the PVC
     conf = {
         **DEMO_TRAINING,
@@ -44,6 +50,9 @@ def test_example_dag_on_kubernetes_without_the_pvc_on_the_worker(
         "base_model": "/workspace/models/tiny",  # a path in the pod, on the PVC
         "workspace": str(worker),
         "pvc_name": "sft-workspace",
+        "job_kind": kind,
+        "resource_num_workers": workers,
+        **({"image": "quay.io/example/sft-training:2.13"} if kind == "PyTorchJob" else {}),
     }
     log = run_pipeline(worker, EXAMPLE_DAGS, conf, echo=False)
     text = log.read_text()
@@ -66,10 +75,15 @@ def test_example_dag_on_kubernetes_without_the_pvc_on_the_worker(
     assert not list(worker.rglob(c.FINAL_MODEL_DIR)) and not list(worker.rglob("train.jsonl"))
     # the loss chart reached the Airflow side, drawn from the export's XCom
     assert "Plotly" in (worker / run / c.LOSS_CHART_FILE).read_text()
-    assert "[sft] done in" in text  # the pod log reached the task log
+    assert re.search(r"\[sft( node 0/2)?\] done in", text)  # the rank-0 pod log reached the task log
     assert "STAND-IN IMAGE: pip ran" not in text
-    assert trainjobs(cluster, namespace) == []  # every job deleted after success
+    assert trainjobs(cluster, namespace, kind) == []  # every job deleted after success
     assert cluster.secrets_in(namespace) == [] and cluster.configmaps_in(namespace) == []
+    assert f"Created {kind} {namespace}/" in text and "for the export step" in text
+    if workers > 1:  # one job of two nodes over gloo: node 1 took node 0's data, only node 0 wrote
+        logs = cluster_logs(cluster, namespace)
+        assert "[sft node 1/2] using node 0's processed data" in logs
+        assert "[sft node 0/2] data processing: 235/235 samples kept" in logs
     assert TOKEN not in text
     stored = json.dumps(list(xcoms.values()))
     assert TOKEN not in stored
@@ -107,3 +121,12 @@ def test_example_dag_on_kubernetes_with_the_pvc_mounted_on_the_worker(
     assert json.loads(Path(latest["metrics_path"]).read_text())["steps"] == 30
     assert "Plotly" in (run / c.LOSS_CHART_FILE).read_text()
     assert trainjobs(cluster, namespace) == []
+
+
+def cluster_logs(cluster, namespace) -> str:
+    """Every pod log the stand-in kubelet kept in ``namespace``."""
+    return "".join(
+        Path(info["log"]).read_text()
+        for (ns, _), info in cluster.pods.items()
+        if ns == namespace and isinstance(info.get("log"), Path) and info["log"].exists()
+    )

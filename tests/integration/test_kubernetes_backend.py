@@ -23,11 +23,13 @@ from airflow_provider_sft.core.backends.kubernetes import (
     SpecGeneration,
 )
 from airflow_provider_sft.core.backends.kubernetes.client import KubeClient
-from airflow_provider_sft.core.backends.kubernetes.watch import follow_trainjob
+from airflow_provider_sft.core.backends.kubernetes.kinds import TRAINJOB
+from airflow_provider_sft.core.backends.kubernetes.watch import follow_job
 from airflow_provider_sft.core.clock import SYSTEM_CLOCK
 from airflow_provider_sft.core.errors import InvalidParameterError
 from airflow_provider_sft.core.params import SFTParams
 from airflow_provider_sft.core.run import TrainingRun
+from tests.k8s.fake_core import KINDS as FAKE_KINDS
 
 TOKEN = "hf_ThisIsTheSecretTokenValue42"
 PULL = '{"auths": {"quay.io": {"auth": "c2VjcmV0OnB1bGw="}}}'
@@ -40,7 +42,12 @@ def make_run(name="sft-run-1", **values):
     return TrainingRun(name, params, "/workspace/dataset/train.jsonl", f"/workspace/runs/{name}")
 
 
+IMAGE = "quay.io/example/sft-training:2.13"  # a PyTorchJob has no runtime to take its image from
+
+
 def backend(cluster, namespace, generation=SpecGeneration.AUTO, credentials=None, **config):
+    if config.get("job_kind") == "PyTorchJob":
+        config.setdefault("image", IMAGE)
     return KubernetesBackend(
         config=KubernetesConfig.build(
             namespace=namespace, pvc_name="sft-workspace", spec_generation=generation, **config
@@ -51,26 +58,26 @@ def backend(cluster, namespace, generation=SpecGeneration.AUTO, credentials=None
     )
 
 
-def stored(cluster, namespace, name):
+def stored(cluster, namespace, name, kind="TrainJob"):
     return cluster.custom().get_namespaced_custom_object(
-        c.TRAINER_GROUP, c.TRAINER_VERSION, namespace, c.TRAINJOB_PLURAL, name
+        *FAKE_KINDS[kind][:2], namespace, FAKE_KINDS[kind][2], name
     )
 
 
-def exists(cluster, namespace, name) -> bool:
+def exists(cluster, namespace, name, kind="TrainJob") -> bool:
     from kubernetes.client.rest import ApiException
 
     try:
-        stored(cluster, namespace, name)
+        stored(cluster, namespace, name, kind)
         return True
     except ApiException as exc:
         assert exc.status == 404
         return False
 
 
-def trainjobs(cluster, namespace):
+def trainjobs(cluster, namespace, kind="TrainJob"):
     return cluster.custom().list_namespaced_custom_object(
-        c.TRAINER_GROUP, c.TRAINER_VERSION, namespace, c.TRAINJOB_PLURAL
+        *FAKE_KINDS[kind][:2], namespace, FAKE_KINDS[kind][2]
     )["items"]
 
 
@@ -264,23 +271,28 @@ def test_a_priority_class_the_api_cannot_set_is_refused_with_what_to_do(cluster,
     assert trainjobs(cluster, namespace) == []
 
 
-def test_duplicate_submit_reattaches(cluster, namespace):
-    b = backend(cluster, namespace)
+def test_duplicate_submit_reattaches(cluster, namespace, kind):
+    b = backend(cluster, namespace, job_kind=kind)
     first = b.submit(make_run())
-    uid = stored(cluster, namespace, first.name)["metadata"]["uid"]
+    uid = stored(cluster, namespace, first.name, kind)["metadata"]["uid"]
     again = b.submit(make_run())
     assert again == first
-    assert stored(cluster, namespace, first.name)["metadata"]["uid"] == uid
-    assert len(trainjobs(cluster, namespace)) == 1
+    assert stored(cluster, namespace, first.name, kind)["metadata"]["uid"] == uid
+    assert len(trainjobs(cluster, namespace, kind)) == 1
 
 
-def test_a_failed_job_is_deleted_and_submitted_again(cluster, namespace):
-    b = backend(cluster, namespace)
+def test_a_failed_job_is_deleted_and_submitted_again(cluster, namespace, kind):
+    b = backend(cluster, namespace, job_kind=kind)
     handle = b.submit(make_run())
-    uid = stored(cluster, namespace, handle.name)["metadata"]["uid"]
-    cluster.drive(namespace, handle.name, "failed", reason="JobsFailed", message="node-0 OOMKilled")
+    uid = stored(cluster, namespace, handle.name, kind)["metadata"]["uid"]
+    cluster.drive(
+        namespace, handle.name, "failed", reason="JobsFailed", message="node-0 OOMKilled", kind=kind
+    )
+    result = b.poll(handle)
+    assert result.status is JobStatus.FAILED and "node-0 OOMKilled" in result.message
+    assert result.message.startswith(f"{kind} {namespace}/{handle.name} failed")
     b.submit(make_run())
-    assert stored(cluster, namespace, handle.name)["metadata"]["uid"] != uid
+    assert stored(cluster, namespace, handle.name, kind)["metadata"]["uid"] != uid
 
 
 def test_secrets_never_reach_the_spec(cluster, namespace):
@@ -322,7 +334,7 @@ def _until(check, timeout=20):
 def follow(cluster, namespace, name, **kwargs):
     async def main():
         async with cluster.connect() as kube:
-            return await follow_trainjob(kube, namespace, name, clock=SYSTEM_CLOCK, **kwargs)
+            return await follow_job(kube, TRAINJOB, namespace, name, clock=SYSTEM_CLOCK, **kwargs)
 
     return asyncio.run(main())
 
@@ -406,14 +418,14 @@ def test_a_job_left_suspended_by_its_queue_times_out_about_admission(cluster, na
     assert "LocalQueue" in result.message
 
 
-def test_keep_failed_jobs_for_debugging(cluster, namespace):
-    b = backend(cluster, namespace, keep_failed_jobs=True)
+def test_keep_failed_jobs_for_debugging(cluster, namespace, kind):
+    b = backend(cluster, namespace, keep_failed_jobs=True, job_kind=kind)
     handle = b.submit(make_run())
-    cluster.drive(namespace, handle.name, "failed", reason="JobsFailed")
+    cluster.drive(namespace, handle.name, "failed", reason="JobsFailed", kind=kind)
     result = b.poll(handle)
     assert result.status is JobStatus.FAILED
     assert b.complete(handle, result, on_log=lambda _l: None).status is JobStatus.FAILED
-    assert exists(cluster, namespace, handle.name)
+    assert exists(cluster, namespace, handle.name, kind)
 
 
 def test_410_gone_relists_and_keeps_waiting(cluster, namespace):
@@ -421,16 +433,17 @@ def test_410_gone_relists_and_keeps_waiting(cluster, namespace):
     watched = []
 
     class StaleFirstWatch(KubeClient):
-        def watch_trainjob(self, namespace, name, resource_version, timeout_seconds, idle_timeout=None):
+        def watch_job(self, resource, namespace, name, resource_version, timeout_seconds, idle_timeout=None):
             watched.append(resource_version)
             stale = "1" if len(watched) == 1 else resource_version  # long compacted: 410 Gone
-            return super().watch_trainjob(namespace, name, stale, timeout_seconds, idle_timeout)
+            return super().watch_job(resource, namespace, name, stale, timeout_seconds, idle_timeout)
 
     async def main():
         async with cluster.connect() as kube:
             task = asyncio.ensure_future(
-                follow_trainjob(
+                follow_job(
                     StaleFirstWatch(kube.api_client),
+                    TRAINJOB,
                     namespace,
                     handle.name,
                     clock=SYSTEM_CLOCK,
@@ -445,21 +458,40 @@ def test_410_gone_relists_and_keeps_waiting(cluster, namespace):
     assert asyncio.run(main()).state.phase is JobPhase.SUCCEEDED
 
 
-def test_timeout_deletes_the_job_and_its_secret(cluster, namespace):
-    b = backend(cluster, namespace, credentials=Credentials(hf_token=TOKEN))
+def test_timeout_deletes_the_job_and_its_secret(cluster, namespace, kind):
+    b = backend(cluster, namespace, credentials=Credentials(hf_token=TOKEN), job_kind=kind)
     handle = b.submit(make_run())
+    assert (namespace, f"{handle.name}-secrets") in cluster.secrets
     result = b.wait(handle, on_log=lambda _l: None, timeout_seconds=1)
     assert result.status is JobStatus.TIMED_OUT
-    assert not exists(cluster, namespace, handle.name)
+    assert not exists(cluster, namespace, handle.name, kind)
     assert (namespace, f"{handle.name}-secrets") not in cluster.secrets
 
 
-def test_cancel_deletes_the_job(cluster, namespace):
-    b = backend(cluster, namespace)
+def test_cancel_deletes_the_job(cluster, namespace, kind):
+    b = backend(cluster, namespace, job_kind=kind)
     handle = b.submit(make_run())
-    b.cancel(handle)
-    assert not exists(cluster, namespace, handle.name)
+    assert exists(cluster, namespace, handle.name, kind)
+    b.cancel(handle)  # what on_kill does
+    assert not exists(cluster, namespace, handle.name, kind)
     b.cancel(handle)  # idempotent
+
+
+def test_a_running_job_streams_its_rank0_log_and_succeeds(cluster, namespace, kind):
+    b = backend(cluster, namespace, job_kind=kind)
+    handle = b.submit(make_run())
+    seen = []
+
+    def finish():
+        cluster.drive(namespace, handle.name, "running", log="[sft] step 1/2 loss 1.0\nnoise\n", kind=kind)
+        cluster.drive(namespace, handle.name, "complete", reason="JobsCompleted", kind=kind)
+
+    thread, _ = in_thread(finish)
+    result = b.wait(handle, on_log=seen.append, timeout_seconds=60)
+    thread.join()
+    assert result.status is JobStatus.SUCCEEDED
+    assert "[sft] step 1/2 loss 1.0" in seen and "noise" not in seen
+    assert not exists(cluster, namespace, handle.name, kind)  # delete_on_success
 
 
 @pytest.mark.parametrize(

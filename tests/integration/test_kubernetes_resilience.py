@@ -16,7 +16,8 @@ import pytest
 
 from airflow_provider_sft.core.backends.base import JobStatus
 from airflow_provider_sft.core.backends.kubernetes import JobPhase, KubeApiError
-from airflow_provider_sft.core.backends.kubernetes.watch import follow_trainjob
+from airflow_provider_sft.core.backends.kubernetes.kinds import TRAINJOB
+from airflow_provider_sft.core.backends.kubernetes.watch import follow_job
 from airflow_provider_sft.core.clock import SYSTEM_CLOCK
 from airflow_provider_sft.triggers.trainjob import TrainJobTrigger
 from tests.integration.test_kubernetes_backend import _until, backend, in_thread, make_run, trainjobs
@@ -83,8 +84,9 @@ def test_a_frozen_server_makes_the_watch_time_out_and_retry_not_hang(cluster, na
 
     async def wait():
         async with cluster.connect() as kube:
-            return await follow_trainjob(
+            return await follow_job(
                 kube,
+                TRAINJOB,
                 namespace,
                 handle.name,
                 clock=SYSTEM_CLOCK,

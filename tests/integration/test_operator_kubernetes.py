@@ -84,6 +84,7 @@ def test_the_trigger_fires_before_airflows_deferral_timeout(cluster, namespace, 
         "name": job["metadata"]["name"],
         "output_dir": f"/workspace/runs/{job['metadata']['name']}",
         "namespace": namespace,
+        "kind": "TrainJob",
     }
     assert job["spec"]["activeDeadlineSeconds"] == 1801  # and the Trainer enforces the run's limit too
 

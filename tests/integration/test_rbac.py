@@ -78,6 +78,11 @@ def test_every_call_the_provider_makes_is_granted_and_nothing_more(cluster, name
     with pytest.raises(InvalidParameterError):
         backend(cluster, namespace, runtime_name="missing").submit(make_run())  # lists the cluster's runtimes
 
+    v1 = backend(cluster, namespace, job_kind="PyTorchJob", start_timeout=1)
+    handle = v1.submit(make_run("sft-run-v1"))  # a PyTorchJob: create, owner
+    v1.submit(make_run("sft-run-v1"))  # re-attach
+    assert v1.wait(handle, on_log=lambda _l: None).status is JobStatus.TIMED_OUT  # watch, pods, delete
+
     used = {authorization(*query) for query in cluster.queries}
     denied = sorted(u for u in used if not allowed(*u))
     assert denied == []

@@ -144,7 +144,10 @@ def test_the_stand_in_pod_is_what_a_cluster_gives(cluster, namespace, pvc):
             },
         }
     ]
-    assert cluster.kubelet.run(namespace, job, runtime) == [0]
+    pods, container, hosts = standin.job_pods(job, runtime)
+    assert cluster.kubelet.run(
+        namespace, job["metadata"]["name"], pods, container=container, hosts=hosts
+    ) == [0]
     log = pod_log(cluster, namespace, "probe", 0)
     assert "uid 1000770000" in log
     assert "provider False" in log and "pip False" in log

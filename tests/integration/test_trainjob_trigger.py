@@ -12,7 +12,7 @@ from airflow_provider_sft.core.backends.kubernetes import KubernetesBackend, Kub
 from airflow_provider_sft.core.params import SFTParams
 from airflow_provider_sft.core.run import TrainingRun
 from airflow_provider_sft.triggers.trainjob import TrainJobTrigger
-from tests.integration.test_kubernetes_backend import exists
+from tests.integration.test_kubernetes_backend import IMAGE, exists
 from tests.k8s import harness
 
 CONN_ID = "sft_test_k8s"
@@ -25,25 +25,28 @@ def connection(cluster, namespace, monkeypatch):
     return CONN_ID
 
 
-def submit(cluster, namespace, name="trig-job"):
+def submit(cluster, namespace, name="trig-job", kind="TrainJob"):
+    image = {"image": IMAGE} if kind == "PyTorchJob" else {}
     backend = KubernetesBackend(
-        config=KubernetesConfig.build(namespace=namespace, pvc_name="sft-workspace"), connect=cluster.connect
+        config=KubernetesConfig.build(namespace=namespace, pvc_name="sft-workspace", job_kind=kind, **image),
+        connect=cluster.connect,
     )
     run = TrainingRun(name, SFTParams(), "/workspace/d.jsonl", f"/workspace/runs/{name}")
     return backend.submit(run)
 
 
-def job(namespace, name="trig-job"):
+def job(namespace, name="trig-job", kind="TrainJob"):
     return {
         "backend": "kubernetes",
         "name": name,
         "output_dir": f"/workspace/runs/{name}",
         "namespace": namespace,
+        "kind": kind,
     }
 
 
-def trigger(namespace, conn, **kwargs):
-    return TrainJobTrigger(job=job(namespace), kubernetes_conn_id=conn, **kwargs)
+def trigger(namespace, conn, kind="TrainJob", **kwargs):
+    return TrainJobTrigger(job=job(namespace, kind=kind), kubernetes_conn_id=conn, **kwargs)
 
 
 async def first_event(trig, drive=None):
@@ -90,21 +93,23 @@ def test_success_event_carries_the_coordinates_and_the_result(cluster, namespace
     }
 
 
-def test_failure_event_carries_the_reason(cluster, namespace, connection):
-    submit(cluster, namespace)
+def test_failure_event_carries_the_reason(cluster, namespace, connection, kind):
+    submit(cluster, namespace, kind=kind)
 
     def drive():
-        return cluster.drive(namespace, "trig-job", "failed", reason="JobsFailed", message="node-0 OOMKilled")
+        return cluster.drive(
+            namespace, "trig-job", "failed", reason="JobsFailed", message="node-0 OOMKilled", kind=kind
+        )
 
-    event = asyncio.run(first_event(trigger(namespace, connection), drive))
+    event = asyncio.run(first_event(trigger(namespace, connection, kind), drive))
     assert event["status"] == "failed" and event["result"]["reason"] == "JobsFailed"
-    assert event["message"] == f"TrainJob {namespace}/trig-job failed: JobsFailed: node-0 OOMKilled"
+    assert event["message"] == f"{kind} {namespace}/trig-job failed: JobsFailed: node-0 OOMKilled"
 
 
-def test_deadline_gives_a_timeout_event(cluster, namespace, connection):
-    submit(cluster, namespace)
+def test_deadline_gives_a_timeout_event(cluster, namespace, connection, kind):
+    submit(cluster, namespace, kind=kind)
     deadline = (datetime.now(timezone.utc) + timedelta(seconds=1)).isoformat()
-    event = asyncio.run(first_event(trigger(namespace, connection, deadline=deadline)))
+    event = asyncio.run(first_event(trigger(namespace, connection, kind, deadline=deadline)))
     assert event["status"] == "timeout" and event["result"]["reason"] == "DeadlineExceeded"
 
 
@@ -156,17 +161,17 @@ def _in(seconds):
     return (datetime.now(timezone.utc) + timedelta(seconds=seconds)).isoformat()
 
 
-def test_user_kill_deletes_the_job_but_not_after_the_event(cluster, namespace, connection):
-    submit(cluster, namespace)
-    trig = trigger(namespace, connection)
+def test_user_kill_deletes_the_job_but_not_after_the_event(cluster, namespace, connection, kind):
+    submit(cluster, namespace, kind=kind)
+    trig = trigger(namespace, connection, kind)
     asyncio.run(trig.on_kill())
-    assert not exists(cluster, namespace, "trig-job")
+    assert not exists(cluster, namespace, "trig-job", kind)
 
-    submit(cluster, namespace)
-    fired = trigger(namespace, connection)
-    asyncio.run(first_event(fired, lambda: cluster.drive(namespace, "trig-job", "complete")))
+    submit(cluster, namespace, kind=kind)
+    fired = trigger(namespace, connection, kind)
+    asyncio.run(first_event(fired, lambda: cluster.drive(namespace, "trig-job", "complete", kind=kind)))
     asyncio.run(fired.on_kill())
-    assert exists(cluster, namespace, "trig-job")
+    assert exists(cluster, namespace, "trig-job", kind)
 
 
 class _InstantClock:

@@ -32,9 +32,19 @@ from typing import Any
 from aiohttp import ClientSession, TCPConnector, web
 
 from tests.k8s.harness import ApiServer, free_port
-from tests.k8s.standin import Kubelet, PodFailed
+from tests.k8s.standin import Kubelet, PodFailed, job_pods
 
 GROUP, VERSION, PLURAL = "trainer.kubeflow.org", "v1alpha1", "trainjobs"
+#: The API of each kind of job the stand-in controller drives: (group, version, plural).
+KINDS = {"TrainJob": (GROUP, VERSION, PLURAL), "PyTorchJob": ("kubeflow.org", "v1", "pytorchjobs")}
+#: A PyTorchJob's conditions for each phase (the Training Operator keeps one per type).
+_PYTORCHJOB_CONDITIONS = {
+    "pending": ("Created",),
+    "running": ("Created", "Running"),
+    "complete": ("Created", "Succeeded"),
+    "failed": ("Created", "Failed"),
+    "suspended": ("Created", "Suspended"),
+}
 
 
 def _now() -> str:
@@ -301,9 +311,20 @@ class FakeCluster:
         return client.CustomObjectsApi(self.server.api_client())
 
     def drive(
-        self, namespace: str, name: str, phase: str, *, reason: str = "", message: str = "", log: str = ""
+        self,
+        namespace: str,
+        name: str,
+        phase: str,
+        *,
+        reason: str = "",
+        message: str = "",
+        log: str = "",
+        kind: str = "TrainJob",
     ) -> None:
-        """Set the TrainJob status like the controller does for ``phase``: running/complete/failed/suspended."""
+        """Set the job's status like its controller does for ``phase``: running/complete/failed/suspended."""
+        if kind == "PyTorchJob":
+            self._drive_pytorchjob(namespace, name, phase, reason=reason, message=message, log=log)
+            return
         conditions, active, ready = [], 0, 0
         if phase == "running":
             active = ready = 1
@@ -341,8 +362,35 @@ class FakeCluster:
         if log or (phase == "running" and not has_pods):
             self.pods[pod] = {"job": name, "log": log, "phase": "Running"}
 
-    def auto_run(self, namespace: str, *, extra_env: dict[str, str] | None = None) -> threading.Thread:
-        """Run the pods of every TrainJob created in ``namespace`` (a background kubelet stand-in)."""
+    def _drive_pytorchjob(
+        self, namespace: str, name: str, phase: str, *, reason: str, message: str, log: str
+    ) -> None:
+        """The Training Operator's status for ``phase``: ``Created``, then the phase's condition."""
+        types = _PYTORCHJOB_CONDITIONS[phase]
+        conditions = [
+            {
+                "type": kind,
+                "status": "True",
+                "reason": reason if kind == types[-1] and reason else f"PyTorchJob{kind}",
+                "message": message if kind == types[-1] else "",
+                "lastTransitionTime": _now(),
+                "lastUpdateTime": _now(),
+            }
+            for kind in types
+        ]
+        group, version, plural = KINDS["PyTorchJob"]
+        self.custom().patch_namespaced_custom_object_status(
+            group, version, namespace, plural, name, {"status": {"conditions": conditions}}
+        )
+        has_pods = any(info["job"] == name for (n, _), info in self.pods.items() if n == namespace)
+        if log or (phase == "running" and not has_pods):
+            self.pods[(namespace, f"{name}-master-0")] = {"job": name, "log": log, "phase": "Running"}
+
+    def auto_run(
+        self, namespace: str, *, extra_env: dict[str, str] | None = None, kind: str = "TrainJob"
+    ) -> threading.Thread:
+        """Run the pods of every job of ``kind`` created in ``namespace`` (a background kubelet stand-in)."""
+        group, version, plural = KINDS[kind]
         from kubernetes import watch
 
         def loop() -> None:
@@ -351,10 +399,10 @@ class FakeCluster:
                 try:
                     stream = watch.Watch().stream(
                         self.custom().list_namespaced_custom_object,
-                        GROUP,
-                        VERSION,
+                        group,
+                        version,
                         namespace,
-                        PLURAL,
+                        plural,
                         timeout_seconds=900,
                     )
                     for event in stream:
@@ -364,7 +412,7 @@ class FakeCluster:
                             threading.Thread(
                                 target=self.run_pods,
                                 args=(namespace, name),
-                                kwargs={"extra_env": extra_env},
+                                kwargs={"extra_env": extra_env, "kind": kind},
                                 daemon=True,
                             ).start()
                     return
@@ -375,36 +423,44 @@ class FakeCluster:
         thread.start()
         return thread
 
-    def run_pods(self, namespace: str, name: str, *, extra_env: dict[str, str] | None = None) -> list[int]:
-        """Run the TrainJob's node pods with the stand-in controller and kubelet; mark it done."""
-        job = self.custom().get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
-        ref = job["spec"]["runtimeRef"]
-        if ref.get("kind", "ClusterTrainingRuntime") == "ClusterTrainingRuntime":
-            runtime = self.custom().get_cluster_custom_object(
-                GROUP, VERSION, "clustertrainingruntimes", ref["name"]
-            )
-        else:
-            runtime = self.custom().get_namespaced_custom_object(
-                GROUP, VERSION, namespace, "trainingruntimes", ref["name"]
-            )
+    def run_pods(
+        self, namespace: str, name: str, *, extra_env: dict[str, str] | None = None, kind: str = "TrainJob"
+    ) -> list[int]:
+        """Run the job's pods with the stand-in controller and kubelet; mark it done."""
+        group, version, plural = KINDS[kind]
+        job = self.custom().get_namespaced_custom_object(group, version, namespace, plural, name)
+        runtime = None
+        if kind == "TrainJob":
+            ref = job["spec"]["runtimeRef"]
+            if ref.get("kind", "ClusterTrainingRuntime") == "ClusterTrainingRuntime":
+                runtime = self.custom().get_cluster_custom_object(
+                    GROUP, VERSION, "clustertrainingruntimes", ref["name"]
+                )
+            else:
+                runtime = self.custom().get_namespaced_custom_object(
+                    GROUP, VERSION, namespace, "trainingruntimes", ref["name"]
+                )
+        pods, container, hosts = job_pods(job, runtime)
         self.kubelet.extra_env = dict(extra_env or {})
+
+        def drive(phase: str, **kwargs: str) -> None:
+            self.drive(namespace, name, phase, kind=kind, **kwargs)
+
         try:
             codes = self.kubelet.run(
-                namespace, job, runtime, on_started=lambda: self.drive(namespace, name, "running")
+                namespace, name, pods, container=container, hosts=hosts, on_started=lambda: drive("running")
             )
         except PodFailed as exc:
-            self.drive(namespace, name, "failed", reason="JobsFailed", message=str(exc))
+            drive("failed", reason="JobsFailed", message=str(exc))
             return [1]
         if all(code == 0 for code in codes):
-            self.drive(namespace, name, "complete", reason="JobsCompleted", message="jobs completed")
+            drive("complete", reason="JobsCompleted", message="jobs completed")
         else:
             failed = next(rank for rank, code in enumerate(codes) if code)
-            self.drive(
-                namespace,
-                name,
+            drive(
                 "failed",
                 reason="JobsFailed",
-                message=f"container node of node {failed} exited with code {codes[failed]}",
+                message=f"container {container} of node {failed} exited with code {codes[failed]}",
             )
         return codes
 

@@ -42,6 +42,8 @@ RELEASES = {
     ),
 }
 TRAINING_RUNTIMES_CRD = "trainingruntimes-v2.3.0.yaml"
+#: Training Operator v1's PyTorchJob CRD (kubeflow/training-operator v1.9.4), installed beside them.
+PYTORCHJOB_CRD = "pytorchjobs-v1.9.4.yaml"
 UNAVAILABLE = "k8s test apiserver unavailable: run tests/k8s/build-crdserver.sh; apt-get install etcd-server"
 
 
@@ -256,11 +258,12 @@ def upstream(name: str) -> list[dict]:
 
 
 def install_trainer(server: ApiServer, release: str) -> None:
-    """The CRDs of one Trainer release (TrainJob, both runtime kinds) and its torch-distributed runtime."""
+    """The CRDs of one Trainer release (TrainJob, both runtime kinds) and its torch-distributed runtime,
+    and the v1 PyTorchJob CRD (clusters in the middle of a migration serve both)."""
     from kubernetes import client
 
     trainjobs, cluster_runtimes, runtime = RELEASES[release]
-    for name in (trainjobs, cluster_runtimes, TRAINING_RUNTIMES_CRD):
+    for name in (trainjobs, cluster_runtimes, TRAINING_RUNTIMES_CRD, PYTORCHJOB_CRD):
         for crd in upstream(name):
             server.install_crd(crd)
     objects = client.CustomObjectsApi(server.api_client())

@@ -34,6 +34,7 @@ from typing import Any
 from packaging.requirements import Requirement
 
 NODE = "node"
+PYTORCH = "pytorch"  # the PyTorchJob container the Training Operator looks at
 POD_UID, POD_GID = 1000770000, 0  # an OpenShift restricted-SCC UID, root group
 MASTER_PORT = 29500
 IMAGE_PATH = "/opt/image/bin:/usr/local/bin:/usr/bin:/bin"
@@ -127,6 +128,60 @@ def merge_node_pods(trainjob: dict[str, Any], runtime: dict[str, Any]) -> list[d
         ]
         pods.append(pod)
     return pods
+
+
+def pytorchjob_pods(job: dict[str, Any]) -> list[dict[str, Any]]:
+    """The pods of a PyTorchJob with the env the Training Operator v1 sets (v1.9, envvar.go/master.go).
+
+    Master first (rank 0), then the workers (rank index + 1): ``PYTHONUNBUFFERED``,
+    ``MASTER_ADDR``/``PET_MASTER_ADDR`` (``<job>-master-0``), ``MASTER_PORT``/``PET_MASTER_PORT``
+    (the master's ``pytorchjob-port``), ``WORLD_SIZE`` (replicas x nprocPerNode, 1 when not a
+    number), ``RANK``/``PET_NODE_RANK``, ``PET_NPROC_PER_NODE`` when set, ``PET_NNODES``.
+    """
+    name, spec = job["metadata"]["name"], job["spec"]
+    replicas = spec["pytorchReplicaSpecs"]
+    total = sum(int(replica.get("replicas", 1)) for replica in replicas.values())
+    nproc = spec.get("nprocPerNode")
+    per_node = int(nproc) if isinstance(nproc, str) and nproc.isdigit() else 1
+    master = next(c for c in replicas["Master"]["template"]["spec"]["containers"] if c["name"] == PYTORCH)
+    port = next(p["containerPort"] for p in master.get("ports", []) if p["name"] == "pytorchjob-port")
+    pods = []
+    for kind in ("Master", "Worker"):
+        replica = replicas.get(kind)
+        for index in range(int(replica.get("replicas", 1)) if replica else 0):
+            pod = copy.deepcopy(replica["template"])
+            pod.setdefault("metadata", {})["name"] = f"{name}-{kind.lower()}-{index}"
+            rank = index + (1 if kind == "Worker" else 0)
+            for container in pod["spec"]["containers"]:
+                env = [
+                    {"name": "PYTHONUNBUFFERED", "value": "1"},
+                    {"name": "MASTER_PORT", "value": str(port)},
+                    {"name": "PET_MASTER_PORT", "value": str(port)},
+                    {"name": "MASTER_ADDR", "value": f"{name}-master-0"},
+                    {"name": "PET_MASTER_ADDR", "value": f"{name}-master-0"},
+                    {"name": "WORLD_SIZE", "value": str(total * per_node)},
+                    {"name": "RANK", "value": str(rank)},
+                    {"name": "PET_NODE_RANK", "value": str(rank)},
+                ]
+                if nproc is not None:
+                    env.append({"name": "PET_NPROC_PER_NODE", "value": str(nproc)})
+                env.append({"name": "PET_NNODES", "value": str(total)})
+                container["env"] = [*container.get("env", []), *env]
+            pods.append(pod)
+    return pods
+
+
+def job_pods(
+    job: dict[str, Any], runtime: dict[str, Any] | None
+) -> tuple[list[dict[str, Any]], str, list[str]]:
+    """A job's pods as its controller creates them, the program's container and the pods' DNS names."""
+    name = job["metadata"]["name"]
+    if job.get("kind") == "PyTorchJob":
+        pods = pytorchjob_pods(job)
+        return pods, PYTORCH, [pod["metadata"]["name"] for pod in pods]  # a headless Service per pod
+    assert runtime is not None, "a TrainJob's pods come from its runtime"
+    pods = merge_node_pods(job, runtime)
+    return pods, NODE, [f"{name}-{NODE}-0-{rank}.{name}" for rank in range(len(pods))]
 
 
 # --- the image ------------------------------------------------------------------------------
@@ -253,16 +308,25 @@ class Kubelet:
         return mounts
 
     def run(
-        self, namespace: str, trainjob: dict[str, Any], runtime: dict[str, Any], *, on_started: Any = None
+        self,
+        namespace: str,
+        name: str,
+        pods: list[dict[str, Any]],
+        *,
+        container: str,
+        hosts: list[str],
+        on_started: Any = None,
     ) -> list[int]:
-        """Run every node pod of ``trainjob`` to completion; their exit codes."""
-        name = trainjob["metadata"]["name"]
-        pods = merge_node_pods(trainjob, runtime)
+        """Run the pods of job ``name`` (rank order) to completion; their exit codes.
+
+        ``container`` runs the program; ``hosts`` are the DNS names of the pods, rank order.
+        """
+        node_name = container
         scratch = Path(tempfile.mkdtemp(prefix=f"kubelet-{name}-"))
         os.chmod(scratch, 0o755)
         nodes = []
         for pod in pods:
-            container = next(c for c in pod["spec"]["containers"] if c["name"] == NODE)
+            container = next(c for c in pod["spec"]["containers"] if c["name"] == node_name)
             pod_name = pod["metadata"]["name"]
             log = scratch / f"{pod_name}.log"
             log.touch()
@@ -280,20 +344,22 @@ class Kubelet:
                 }
             )
         mounts = self._mounts(
-            namespace, pods[0], next(c for c in pods[0]["spec"]["containers"] if c["name"] == NODE), scratch
+            namespace,
+            pods[0],
+            next(c for c in pods[0]["spec"]["containers"] if c["name"] == node_name),
+            scratch,
         )
-        hosts = scratch / "hosts"
-        hosts.write_text(
+        hosts_file = scratch / "hosts"
+        hosts_file.write_text(
             "127.0.0.1 localhost\n"
             + "".join(
-                f"127.0.0.1 {name}-{NODE}-0-{rank}.{name} {pod['metadata']['name']}\n"
-                for rank, pod in enumerate(pods)
+                f"127.0.0.1 {host} {pod['metadata']['name']}\n" for host, pod in zip(hosts, pods, strict=True)
             )
         )
         plan = {
             "nodes": nodes,
             "mounts": mounts,
-            "hosts_file": str(hosts),
+            "hosts_file": str(hosts_file),
             "uid": POD_UID,
             "gid": POD_GID,
             "python_prefix": sys.base_prefix,

@@ -11,7 +11,7 @@ import pytest
 from kfp import dsl
 
 from airflow_provider_sft.core.backends.kubernetes import KubernetesConfig, SpecGeneration
-from airflow_provider_sft.core.backends.kubernetes.manifest import build_trainjob
+from airflow_provider_sft.core.backends.kubernetes.manifest import build_trainjob, training_work
 from airflow_provider_sft.core.errors import InvalidParameterError
 from airflow_provider_sft.core.params import SFTParams
 from airflow_provider_sft.core.run import TrainingRun
@@ -42,7 +42,7 @@ def task_config(**overrides):
 
 def manifest(config, **params):
     run = TrainingRun("kfp-x", SFTParams.parse(params), f"{PVC_PATH}/d.jsonl", f"{PVC_PATH}/runs/kfp-x")
-    return build_trainjob(run, config, generation=SpecGeneration.V2_2, labels={})
+    return build_trainjob(training_work(run, config, labels={}), config, generation=SpecGeneration.V2_2)
 
 
 def test_every_task_config_field_reaches_the_node_pods():

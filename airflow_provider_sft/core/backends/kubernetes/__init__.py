@@ -1,11 +1,13 @@
-"""Training runs as Kubeflow Trainer TrainJobs, one module per job:
+"""Training runs as Kubeflow Trainer TrainJobs or Training Operator v1 PyTorchJobs, a module per job:
 
 ``config``    the backend's settings, validated in one place
+``kinds``     the two kinds of job: API coordinates, pod label, rank-0 pod (what differs)
 ``retry``     the one retry policy (tenacity) and ``KubeApiError``
 ``client``    the API calls, async (``kubernetes_asyncio``), each with a request timeout
-``manifest``  TrainJob and Secret manifests for both spec generations (pure)
+``manifest``  what the node pods run (``NodeWork``); TrainJob, Secret and ConfigMap manifests (pure)
+``pytorchjob`` the PyTorchJob manifest, with kubeflow-training's models (the ``pytorchjob`` extra)
 ``admission`` the Trainer admission webhook's rules, checked before anything is created (pure)
-``status``    what a TrainJob's status and its pods' events mean (pure)
+``status``    what a job's status and its pods' events mean, for both kinds (pure)
 ``watch``     the one wait: a watch driven by the pure ``WatchCursor``
 ``logs``      the rank-0 pod's log, followed or tailed
 ``backend``   ``KubernetesBackend``: submit, poll, wait, complete, cancel

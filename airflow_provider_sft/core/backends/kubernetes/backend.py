@@ -1,16 +1,17 @@
-"""The Kubernetes backend: a training run as a Kubeflow Trainer TrainJob.
+"""The Kubernetes backend: a training run as a Kubeflow Trainer TrainJob or a Training Operator
+v1 PyTorchJob (``job_kind``), with one lifecycle for both (:mod:`.kinds` says what differs).
 
-Submission is idempotent: the TrainJob name is the run name (deterministic per
+Submission is idempotent: the job name is the run name (deterministic per
 dag/run/task/map index), so a retry or a restarted worker finds the job it
 created and attaches to it. A job that already failed is deleted and submitted
 again (its pod starts from a clean run directory: see the entrypoint). A
 succeeded one is reused. Secrets go into a Secret owned by the TrainJob.
 
-Before anything is created, the referenced runtime is read and the TrainJob is
+Before a TrainJob is created, the referenced runtime is read and the TrainJob is
 checked against the rules of the Trainer's admission webhook (:mod:`.admission`).
 
 Blocking calls run the async client under ``asyncio.run``; the deferrable path
-(``poll``, a trigger running :func:`follow_trainjob`, then ``complete``) shares
+(``poll``, a trigger running :func:`follow_job`, then ``complete``) shares
 every piece with ``wait``.
 """
 
@@ -37,21 +38,25 @@ from airflow_provider_sft.core.backends.base import (
 from airflow_provider_sft.core.backends.kubernetes import admission
 from airflow_provider_sft.core.backends.kubernetes.client import KubeClient
 from airflow_provider_sft.core.backends.kubernetes.config import KubernetesConfig, SpecGeneration
+from airflow_provider_sft.core.backends.kubernetes.kinds import RESOURCES, JobKind, JobResource, resource_of
 from airflow_provider_sft.core.backends.kubernetes.logs import PodLog, copy_log_tail, follow_log
 from airflow_provider_sft.core.backends.kubernetes.manifest import (
+    NodeWork,
     build_program_configmap,
     build_secret,
-    build_step_trainjob,
     build_trainjob,
     detect_generation,
     label_value,
     owner_reference,
     program_configmap_name,
     secret_name,
+    step_work,
+    training_work,
 )
+from airflow_provider_sft.core.backends.kubernetes.pytorchjob import build_pytorchjob
 from airflow_provider_sft.core.backends.kubernetes.retry import KubeApiError
 from airflow_provider_sft.core.backends.kubernetes.status import GONE, JobPhase, JobState, classify
-from airflow_provider_sft.core.backends.kubernetes.watch import WaitResult, follow_trainjob
+from airflow_provider_sft.core.backends.kubernetes.watch import WaitResult, follow_job
 from airflow_provider_sft.core.clock import SYSTEM_CLOCK, Clock
 from airflow_provider_sft.core.errors import InvalidParameterError, TrainingFailedError
 from airflow_provider_sft.core.run import TrainingRun
@@ -89,10 +94,15 @@ class Credentials:
 
 
 def result_of(
-    namespace: str, name: str, waited: WaitResult, *, start_timeout: float | None = None
+    namespace: str,
+    name: str,
+    waited: WaitResult,
+    *,
+    start_timeout: float | None = None,
+    kind: str = c.TRAINJOB_KIND,
 ) -> JobResult:
     """What a finished wait means for the run (the trigger's event carries this)."""
-    job = f"TrainJob {namespace}/{name}"
+    job = f"{kind} {namespace}/{name}"
     state = waited.state
     pending = f" ({'; '.join(waited.pending)})" if waited.pending else ""
     if waited.timeout == "start":
@@ -171,23 +181,45 @@ class KubernetesBackend(TrainingBackend):
         base = {c.LABEL_MANAGED_BY: c.MANAGED_BY_VALUE, c.LABEL_COMPONENT: "sft-training"}
         return {**base, **{key: label_value(value) for key, value in self.run_labels.items()}}
 
-    def manifest(
-        self, run: TrainingRun, generation: SpecGeneration, timeout_seconds: float | None = None
-    ) -> dict[str, Any]:
-        return build_trainjob(
-            run,
-            self.config,
-            generation=generation,
-            labels=self.labels(),
-            secret_env=list(self.credentials.secret_env()),
-            has_pull_secret=bool(self.credentials.oci_pull_secret),
-            active_deadline_seconds=None if timeout_seconds is None else int(timeout_seconds) + 1,
+    @property
+    def resource(self) -> JobResource:
+        return RESOURCES[self.config.job_kind]
+
+    def work(self, run: TrainingRun) -> NodeWork:
+        return training_work(
+            run, self.config, labels=self.labels(), secret_env=list(self.credentials.secret_env())
         )
+
+    def manifest(
+        self, work: NodeWork, generation: SpecGeneration | None, timeout_seconds: float | None = None
+    ) -> dict[str, Any]:
+        """The job of ``self.config.job_kind`` for ``work`` (``generation``: a TrainJob's)."""
+        deadline = None if timeout_seconds is None else int(timeout_seconds) + 1
+        pull = bool(self.credentials.oci_pull_secret)
+        if self.config.job_kind is JobKind.PYTORCHJOB:
+            return build_pytorchjob(work, self.config, has_pull_secret=pull, active_deadline_seconds=deadline)
+        assert generation is not None
+        return build_trainjob(
+            work, self.config, generation=generation, has_pull_secret=pull, active_deadline_seconds=deadline
+        )
+
+    async def checked_manifest(
+        self, client: KubeClient, work: NodeWork, timeout_seconds: float | None = None
+    ) -> dict[str, Any]:
+        """The manifest, checked before anything is created: a TrainJob against its runtime and
+        the Trainer webhook's rules (a PyTorchJob has neither: its CRD's Strict schema decides)."""
+        if self.config.job_kind is JobKind.PYTORCHJOB:
+            return self.manifest(work, None, timeout_seconds)
+        generation = await self.generation(client)
+        runtime = await self.runtime(client)
+        body = self.manifest(work, generation, timeout_seconds)
+        admission.check(body, runtime, generation, priority_class_name=self.config.priority_class_name)
+        return body
 
     async def generation(self, client: KubeClient) -> SpecGeneration:
         if self.config.spec_generation is not SpecGeneration.AUTO:
             return self.config.spec_generation
-        return detect_generation(await client.read_trainjob_crd())
+        return detect_generation(await client.read_crd(self.resource))
 
     async def runtime(self, client: KubeClient) -> dict[str, Any]:
         """The referenced runtime; a missing one is an error that lists those that exist."""
@@ -217,22 +249,19 @@ class KubernetesBackend(TrainingBackend):
         return self._run(lambda client: self._submit(client, run, timeout_seconds))
 
     async def _submit(self, client: KubeClient, run: TrainingRun, timeout_seconds: float | None) -> JobHandle:
-        ns = self.config.namespace
-        generation = await self.generation(client)
-        runtime = await self.runtime(client)
-        body = self.manifest(run, generation, timeout_seconds)
-        admission.check(body, runtime, generation, priority_class_name=self.config.priority_class_name)
+        ns, kind = self.config.namespace, self.resource.kind.value
+        body = await self.checked_manifest(client, self.work(run), timeout_seconds)
         handle = self.handle(run.name, run.output_dir)
-        existing = await client.get_trainjob(ns, run.name)
+        existing = await client.get_job(self.resource, ns, run.name)
         if existing is not None:
             state = classify(existing)
             if state.phase is not JobPhase.FAILED:
-                log.info("Attaching to existing TrainJob %s/%s (%s)", ns, run.name, state.phase.value)
+                log.info("Attaching to existing %s %s/%s (%s)", kind, ns, run.name, state.phase.value)
                 return handle
             log.info(
-                "TrainJob %s/%s failed earlier (%s); deleting it to submit again", ns, run.name, state.reason
+                "%s %s/%s failed earlier (%s); deleting it to submit again", kind, ns, run.name, state.reason
             )
-            await self._delete_and_wait(client, ns, run.name)
+            await self._delete_and_wait(client, self.resource, ns, run.name)
         try:
             await self._create_training(client, run, body)
         except KubeApiError as exc:
@@ -246,12 +275,12 @@ class KubernetesBackend(TrainingBackend):
         # A new attempt id: the nodes of this job ignore a data marker an earlier attempt left.
         config = dataclasses.replace(run, attempt=uuid.uuid4().hex[:12]).to_json_dict()
         await self._create(client, body, config)
-        log.info("Created TrainJob %s/%s", ns, run.name)
+        log.info("Created %s %s/%s", self.resource.kind.value, ns, run.name)
 
     async def _create(self, client: KubeClient, body: dict[str, Any], config: dict[str, Any]) -> None:
-        """The Secret and the program's ConfigMap, then the TrainJob that owns them.
+        """The Secret and the program's ConfigMap, then the job that owns them.
 
-        A 409 on the TrainJob (a concurrent attempt created it) is left to the caller; any
+        A 409 on the job (a concurrent attempt created it) is left to the caller; any
         other failure removes the two objects again.
         """
         ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
@@ -268,7 +297,7 @@ class KubernetesBackend(TrainingBackend):
         for item in owned:
             await client.put_owned(item)
         try:
-            created = await client.create_trainjob(body)
+            created = await client.create_job(self.resource, body)
         except KubeApiError as exc:
             if exc.status != 409:
                 for item in owned:
@@ -278,30 +307,40 @@ class KubernetesBackend(TrainingBackend):
             await client.set_owner(item["kind"], ns, item["metadata"]["name"], owner_reference(created))
 
     def handle(self, run_name: str, output_dir: str) -> JobHandle:
-        return JobHandle(BackendName.KUBERNETES, run_name, output_dir, {"namespace": self.config.namespace})
+        details = {"namespace": self.config.namespace, "kind": self.resource.kind.value}
+        return JobHandle(BackendName.KUBERNETES, run_name, output_dir, details)
 
-    async def _delete_and_wait(self, client: KubeClient, namespace: str, name: str) -> None:
-        await client.delete_trainjob(namespace, name)
+    async def _delete_and_wait(
+        self, client: KubeClient, resource: JobResource, namespace: str, name: str
+    ) -> None:
+        await client.delete_job(resource, namespace, name)
         deadline = self.clock.monotonic() + DELETE_WAIT_SECONDS
-        while await client.get_trainjob(namespace, name) is not None:
+        while await client.get_job(resource, namespace, name) is not None:
             if self.clock.monotonic() >= deadline:
                 raise KubeApiError(
-                    f"Delete TrainJob {namespace}/{name}", 0, "Timeout", "still present after deletion"
+                    f"Delete {resource.kind.value} {namespace}/{name}",
+                    0,
+                    "Timeout",
+                    "still present after deletion",
                 )
             await self.clock.asleep(1.0)
 
     def poll(self, handle: JobHandle) -> JobResult:
+        resource = resource_of(handle.details.get("kind"))
+
         async def read(client: KubeClient) -> JobResult:
-            job = await client.get_trainjob(handle.details["namespace"], handle.name)
+            job = await client.get_job(resource, handle.details["namespace"], handle.name)
             state = classify(job) if job is not None else GONE
             if not state.terminal:
                 return JobResult(JobStatus.RUNNING, state.describe())
-            return result_of(handle.details["namespace"], handle.name, WaitResult(state))
+            return result_of(
+                handle.details["namespace"], handle.name, WaitResult(state), kind=resource.kind.value
+            )
 
         return self._run(read)
 
     def wait(self, handle: JobHandle, *, on_log: LogSink, timeout_seconds: float | None = None) -> JobResult:
-        """Block (in the worker) until the TrainJob ends, following its status with a watch.
+        """Block (in the worker) until the job ends, following its status with a watch.
 
         Once the job runs, the rank-0 pod's log is streamed live: ``on_log`` gets its provider
         lines (see :class:`PodLog`) and the job's states.
@@ -319,21 +358,22 @@ class KubernetesBackend(TrainingBackend):
     ) -> JobResult:
         """Follow the job to its end, then complete it. The log tail is copied at the end when
         nothing was streamed, or when ``missed()`` says a line the caller needs did not arrive."""
-        ns = handle.details["namespace"]
+        ns, resource = handle.details["namespace"], resource_of(handle.details.get("kind"))
         log_task: asyncio.Task | None = None
         pod_log = PodLog.of(on_log, ns)
 
         def on_state(state: JobState) -> None:
             nonlocal log_task
-            pod_log(f"TrainJob {handle.name}: {state.describe()}")
+            pod_log(f"{resource.kind.value} {handle.name}: {state.describe()}")
             if state.phase.started and log_task is None:
                 log_task = asyncio.ensure_future(
-                    follow_log(client, ns, handle.name, pod_log, clock=self.clock)
+                    follow_log(client, resource, ns, handle.name, pod_log, clock=self.clock)
                 )
 
         try:
-            waited = await follow_trainjob(
+            waited = await follow_job(
                 client,
+                resource,
                 ns,
                 handle.name,
                 clock=self.clock,
@@ -344,7 +384,9 @@ class KubernetesBackend(TrainingBackend):
             )
         finally:
             await _drain(log_task)
-        result = result_of(ns, handle.name, waited, start_timeout=self.config.start_timeout)
+        result = result_of(
+            ns, handle.name, waited, start_timeout=self.config.start_timeout, kind=resource.kind.value
+        )
         copy_log = pod_log.lines == 0 or missed()
         return await self._complete(client, handle, result, pod_log, copy_log=copy_log)
 
@@ -359,7 +401,7 @@ class KubernetesBackend(TrainingBackend):
         on_log: LogSink,
         timeout_seconds: float | None = None,
     ) -> dict[str, Any]:
-        """Run a workspace step of the pod program as a one-node TrainJob next to the PVC; its result.
+        """Run a workspace step of the pod program as a one-node job next to the PVC; its result.
 
         The step's provider lines go to ``on_log`` (see :class:`PodLog`; its result line is read,
         never shown); a failure raises :class:`TrainingFailedError` with the pod's ``ERROR:`` line.
@@ -379,22 +421,18 @@ class KubernetesBackend(TrainingBackend):
         timeout_seconds: float | None,
     ) -> dict[str, Any]:
         ns = self.config.namespace
-        generation = await self.generation(client)
-        runtime = await self.runtime(client)
-        body = build_step_trainjob(
+        work = step_work(
             name,
             step,
             self.config,
-            generation=generation,
             labels={**self.labels(), c.LABEL_COMPONENT: f"sft-{step}"},
             secret_env=list(self.credentials.secret_env()),
-            has_pull_secret=bool(self.credentials.oci_pull_secret),
         )
-        admission.check(body, runtime, generation, priority_class_name=self.config.priority_class_name)
-        if await client.get_trainjob(ns, name) is not None:  # a step is cheap: always run it afresh
-            await self._delete_and_wait(client, ns, name)
+        body = await self.checked_manifest(client, work)
+        if await client.get_job(self.resource, ns, name) is not None:  # a step is cheap: always run it afresh
+            await self._delete_and_wait(client, self.resource, ns, name)
         await self._create(client, body, config)
-        log.info("Created TrainJob %s/%s for the %s step", ns, name, step)
+        log.info("Created %s %s/%s for the %s step", self.resource.kind.value, ns, name, step)
         pod_log = PodLog(on_log, ns)
         result = await self._follow(
             client,
@@ -424,12 +462,12 @@ class KubernetesBackend(TrainingBackend):
         """Copy the tail of the rank-0 pod log and clean up by policy.
 
         A failure's message gains the pod's own reason, its last ``ERROR:`` line, and the task
-        log the pod log's last lines it did not show (the pod goes with its TrainJob).
+        log the pod log's last lines it did not show (the pod goes with its job).
         """
-        ns = handle.details["namespace"]
+        ns, resource = handle.details["namespace"], resource_of(handle.details.get("kind"))
         pod_log = PodLog.of(on_log, ns)
         if copy_log:
-            await copy_log_tail(client, ns, handle.name, pod_log)
+            await copy_log_tail(client, resource, ns, handle.name, pod_log)
         if not result.succeeded:
             pod_log.show_failure_context()
             if pod_log.last_error:
@@ -441,16 +479,18 @@ class KubernetesBackend(TrainingBackend):
         if not keep:  # success, or a failure nobody keeps; a timeout never leaves its job running
             await self._cancel(client, handle)
         elif not result.succeeded:
-            pod_log(f"Kept the failed TrainJob {ns}/{handle.name} for debugging (keep_failed_jobs)")
+            pod_log(
+                f"Kept the failed {resource.kind.value} {ns}/{handle.name} for debugging (keep_failed_jobs)"
+            )
         return result
 
     def cancel(self, handle: JobHandle) -> None:
         self._run(lambda client: self._cancel(client, handle))
 
     async def _cancel(self, client: KubeClient, handle: JobHandle) -> None:
-        ns = handle.details["namespace"]
-        if await client.delete_trainjob(ns, handle.name):
-            log.info("Deleted TrainJob %s/%s", ns, handle.name)
+        ns, resource = handle.details["namespace"], resource_of(handle.details.get("kind"))
+        if await client.delete_job(resource, ns, handle.name):
+            log.info("Deleted %s %s/%s", resource.kind.value, ns, handle.name)
         # Owned by the job, so garbage-collected with it; deleted here too for clusters (and
         # test servers) without the garbage collector, and for a job never created.
         await client.delete_owned("Secret", ns, secret_name(handle.name))

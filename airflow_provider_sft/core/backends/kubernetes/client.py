@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from airflow_provider_sft.core import constants as c
+from airflow_provider_sft.core.backends.kubernetes.kinds import JobResource
 from airflow_provider_sft.core.backends.kubernetes.retry import KubeApiError, RetryPolicy
 
 REQUEST_TIMEOUT = (10, 30)  # (connect, read) seconds for every plain request
@@ -24,6 +25,7 @@ REQUEST_TIMEOUT = (10, 30)  # (connect, read) seconds for every plain request
 # silent this much later sits on a dead (half-open) connection, and is dropped and re-opened.
 # Not shorter: servers need not send bookmarks in between (this test server sends none).
 WATCH_TIMEOUT_MARGIN = 30
+_TRAINER = (c.TRAINER_GROUP, c.TRAINER_VERSION)  # the runtimes' API
 RUNTIME_PLURALS = {
     c.CLUSTER_TRAINING_RUNTIME_KIND: c.CLUSTER_TRAINING_RUNTIME_PLURAL,
     c.TRAINING_RUNTIME_KIND: c.TRAINING_RUNTIME_PLURAL,
@@ -34,8 +36,6 @@ AUTH_TOKEN_ENV = "KUBERNETES_AUTH_TOKEN"
 CA_CERT_ENV = "KUBERNETES_CA_CERT"
 IN_CLUSTER_CA = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
 IN_CLUSTER_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
-
-_CRD = (c.TRAINER_GROUP, c.TRAINER_VERSION)
 
 
 def environment_server() -> tuple[str, str, str] | None:
@@ -141,51 +141,55 @@ class KubeClient:
                 return False
             raise
 
-    # --- TrainJobs ------------------------------------------------------------------------
+    # --- Training jobs (TrainJob, PyTorchJob) -------------------------------------------------
 
-    async def create_trainjob(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def create_job(self, resource: JobResource, body: dict[str, Any]) -> dict[str, Any]:
         """Create with strict field validation: an unknown field is a 400, never silently pruned."""
         ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
         return await self._call(
-            f"Create TrainJob {ns}/{name}",
+            f"Create {resource.kind.value} {ns}/{name}",
             self.custom.create_namespaced_custom_object,
-            *_CRD,
+            resource.group,
+            resource.version,
             ns,
-            c.TRAINJOB_PLURAL,
+            resource.plural,
             body,
             field_validation="Strict",
         )
 
-    async def get_trainjob(self, namespace: str, name: str) -> dict[str, Any] | None:
+    async def get_job(self, resource: JobResource, namespace: str, name: str) -> dict[str, Any] | None:
         return await self._get_or_none(
-            f"Get TrainJob {namespace}/{name}",
+            f"Get {resource.kind.value} {namespace}/{name}",
             self.custom.get_namespaced_custom_object,
-            *_CRD,
+            resource.group,
+            resource.version,
             namespace,
-            c.TRAINJOB_PLURAL,
+            resource.plural,
             name,
         )
 
-    async def delete_trainjob(self, namespace: str, name: str) -> bool:
+    async def delete_job(self, resource: JobResource, namespace: str, name: str) -> bool:
         return await self._delete(
-            f"Delete TrainJob {namespace}/{name}",
+            f"Delete {resource.kind.value} {namespace}/{name}",
             self.custom.delete_namespaced_custom_object,
-            *_CRD,
+            resource.group,
+            resource.version,
             namespace,
-            c.TRAINJOB_PLURAL,
+            resource.plural,
             name,
             propagation_policy="Background",
         )
 
-    async def watch_trainjob(
+    async def watch_job(
         self,
+        resource: JobResource,
         namespace: str,
         name: str,
         resource_version: str | None,
         timeout_seconds: int,
         idle_timeout: float | None = None,
     ) -> AsyncIterator[dict[str, Any]]:
-        """Watch events of one TrainJob as dicts (``type``, ``object``), read straight off the stream.
+        """Watch events of one job as dicts (``type``, ``object``), read straight off the stream.
 
         Not ``kubernetes_asyncio.watch.Watch``: it builds a new ApiClient (a connection pool
         and session) per watch and never closes it, about half a megabyte per watched job in
@@ -195,11 +199,12 @@ class KubeClient:
         reading are the caller's (it re-reads).
         """
         response = await self._open(
-            f"Watch TrainJob {namespace}/{name}",
+            f"Watch {resource.kind.value} {namespace}/{name}",
             self.custom.list_namespaced_custom_object,
-            *_CRD,
+            resource.group,
+            resource.version,
             namespace,
-            c.TRAINJOB_PLURAL,
+            resource.plural,
             field_selector=f"metadata.name={name}",
             resource_version=resource_version,
             timeout_seconds=timeout_seconds,
@@ -214,14 +219,16 @@ class KubeClient:
         finally:
             response.release()
 
-    async def read_trainjob_crd(self) -> dict[str, Any] | None:
-        """The served TrainJob CRD, or None when it cannot be read (403 for namespaced users).
+    async def read_crd(self, resource: JobResource) -> dict[str, Any] | None:
+        """The served CRD of a kind of job, or None when it cannot be read (403 for namespaced users).
 
         Read as plain JSON: the CRD is megabytes of schema, not worth building models for.
         """
         try:
             response = await self._open(
-                "Read TrainJob CRD", self.extensions.read_custom_resource_definition, c.TRAINJOB_CRD_NAME
+                f"Read {resource.kind.value} CRD",
+                self.extensions.read_custom_resource_definition,
+                resource.crd_name,
             )
         except KubeApiError as exc:
             if exc.status in (401, 403, 404):
@@ -238,12 +245,12 @@ class KubeClient:
         plural = RUNTIME_PLURALS[kind]
         if kind == c.CLUSTER_TRAINING_RUNTIME_KIND:
             return await self._get_or_none(
-                f"Get {kind} {name}", self.custom.get_cluster_custom_object, *_CRD, plural, name
+                f"Get {kind} {name}", self.custom.get_cluster_custom_object, *_TRAINER, plural, name
             )
         return await self._get_or_none(
             f"Get {kind} {namespace}/{name}",
             self.custom.get_namespaced_custom_object,
-            *_CRD,
+            *_TRAINER,
             namespace,
             plural,
             name,
@@ -252,12 +259,14 @@ class KubeClient:
     async def list_runtime_names(self, kind: str, namespace: str) -> list[str]:
         plural = RUNTIME_PLURALS[kind]
         if kind == c.CLUSTER_TRAINING_RUNTIME_KIND:
-            listed = await self._call(f"List {kind}s", self.custom.list_cluster_custom_object, *_CRD, plural)
+            listed = await self._call(
+                f"List {kind}s", self.custom.list_cluster_custom_object, *_TRAINER, plural
+            )
         else:
             listed = await self._call(
                 f"List {kind}s in {namespace}",
                 self.custom.list_namespaced_custom_object,
-                *_CRD,
+                *_TRAINER,
                 namespace,
                 plural,
             )
@@ -311,13 +320,15 @@ class KubeClient:
         finally:
             response.release()
 
-    async def list_job_pods(self, namespace: str, job_name: str) -> list[dict[str, Any]]:
-        """The pods of a TrainJob (its JobSet's), as plain dicts, in name order."""
+    async def list_job_pods(
+        self, resource: JobResource, namespace: str, job_name: str
+    ) -> list[dict[str, Any]]:
+        """The pods of a job, as plain dicts, in name order (rank 0 first: ``-node-0-0``, ``-master-0``)."""
         items = await self._list_json(
-            f"List pods of TrainJob {namespace}/{job_name}",
+            f"List pods of {resource.kind.value} {namespace}/{job_name}",
             self.core.list_namespaced_pod,
             namespace,
-            label_selector=f"{c.LABEL_JOBSET_NAME}={job_name}",
+            label_selector=f"{resource.pod_label}={job_name}",
         )
         return sorted(items, key=lambda pod: pod["metadata"]["name"])
 

@@ -15,9 +15,19 @@ import typing
 from enum import Enum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, PositiveFloat, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    PositiveFloat,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from airflow_provider_sft.core import constants as c
+from airflow_provider_sft.core.backends.kubernetes.kinds import JobKind
 from airflow_provider_sft.core.errors import InvalidParameterError
 from airflow_provider_sft.core.params import explain, kubernetes_quantity, parse_annotations, parse_labels
 
@@ -58,12 +68,16 @@ class KubernetesConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     namespace: str = "default"
+    # TrainJob (Kubeflow Trainer v2) or PyTorchJob (Training Operator v1): the same lifecycle.
+    job_kind: JobKind = JobKind.TRAINJOB
     runtime_name: str = c.DEFAULT_RUNTIME
     runtime_kind: RuntimeKind = RuntimeKind.CLUSTER
     pvc_name: str | None = None  # the workspace PVC: required to submit (outputs must outlive the pod)
     workspace_mount_path: str = c.DEFAULT_WORKSPACE_MOUNT
     spec_generation: SpecGeneration = SpecGeneration.AUTO
-    image: str | None = None  # overrides the runtime's trainer image (it needs instructlab-training)
+    image: str | None = Field(
+        None, validate_default=True
+    )  # overrides the runtime's trainer image (it needs instructlab-training)
     service_account: str | None = None
     job_labels: dict[str, str] = {}  # on the TrainJob itself: kueue.x-k8s.io/queue-name, ...
     job_annotations: dict[str, str] = {}
@@ -82,6 +96,10 @@ class KubernetesConfig(BaseModel):
     resources: dict[str, dict[str, Any]] = {}
     keep_failed_jobs: bool = False
     delete_on_success: bool = True
+    # PyTorchJob only: runPolicy.schedulingPolicy.queue (Volcano; Kueue reads job_labels) and
+    # runPolicy.ttlSecondsAfterFinished (the operator removes a finished job after that long).
+    scheduling_queue: str | None = None
+    ttl_seconds_after_finished: NonNegativeInt | None = None
 
     @classmethod
     def build(cls, **values: Any) -> KubernetesConfig:
@@ -111,6 +129,16 @@ class KubernetesConfig(BaseModel):
     def _object_name(cls, value: str | None) -> str | None:
         if value is not None and (len(value) > 253 or not _DNS_SUBDOMAIN.match(value)):
             raise ValueError(f"must be a Kubernetes object name (a DNS-1123 subdomain), got {value!r}")
+        return value
+
+    @field_validator("image")
+    @classmethod
+    def _pytorchjob_has_an_image(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if info.data.get("job_kind") is JobKind.PYTORCHJOB and not value:
+            raise ValueError(
+                "is required for a PyTorchJob (Python with torch and instructlab-training): there is "
+                "no runtime to take it from"
+            )
         return value
 
     @field_validator("workspace_mount_path")

@@ -9,9 +9,9 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 
-from airflow_provider_sft.core import constants as c
 from airflow_provider_sft.core.backends.base import LogSink
 from airflow_provider_sft.core.backends.kubernetes.client import KubeClient
+from airflow_provider_sft.core.backends.kubernetes.kinds import JobResource
 from airflow_provider_sft.core.backends.kubernetes.retry import KubeApiError
 from airflow_provider_sft.core.clock import Clock
 from airflow_provider_sft.core.steps import ERROR_PREFIX, RESULT_PREFIX
@@ -24,11 +24,11 @@ FAILURE_CONTEXT_LINES = 20  # of the pod log's last lines, those not shown are s
 
 
 class PodLog:
-    """The task log's view of a TrainJob's rank-0 pod log, and what the backend needs of the rest.
+    """The task log's view of a job's rank-0 pod log, and what the backend needs of the rest.
 
     The task log gets the pod's provider lines (:func:`classify`), one line naming the pod
     whose log holds the full output, and after a failure the last lines it did not show: the
-    pod goes with its TrainJob, and a failure's context (a library's traceback) with it. The
+    pod goes with its job, and a failure's context (a library's traceback) with it. The
     last ``ERROR:`` line and the last result line (``SFT_RESULT``, never shown) are kept for
     the backend. Called as a sink, it takes the backend's own lines, shown as they are.
     """
@@ -54,7 +54,7 @@ class PodLog:
         if self.pod is None:
             self.pod = pod
             command = f"kubectl logs -n {self.namespace} {pod}"
-            self.sink(provider_line(f"full output: {command} (while the TrainJob exists)"))
+            self.sink(provider_line(f"full output: {command} (while the job exists)"))
 
     def pod_line(self, line: str) -> None:
         self.lines += 1
@@ -79,15 +79,15 @@ class PodLog:
             self.sink(line)
 
 
-async def node0_pod(client: KubeClient, namespace: str, job_name: str) -> str | None:
-    """Name of the rank-0 trainer pod of a TrainJob (its JobSet's ``node`` job, index 0)."""
-    prefix = f"{job_name}-{c.NODE}-0-0-"  # replicated job 0, completion index (node rank) 0
-    names = [pod["metadata"]["name"] for pod in await client.list_job_pods(namespace, job_name)]
-    return next((name for name in names if name.startswith(prefix)), None)
+async def node0_pod(client: KubeClient, resource: JobResource, namespace: str, job_name: str) -> str | None:
+    """Name of the rank-0 pod of a job (a TrainJob's ``node`` index 0, a PyTorchJob's master)."""
+    names = [pod["metadata"]["name"] for pod in await client.list_job_pods(resource, namespace, job_name)]
+    return next((name for name in names if resource.is_rank0_pod(job_name, name)), None)
 
 
 async def follow_log(
     client: KubeClient,
+    resource: JobResource,
     namespace: str,
     job_name: str,
     pod_log: PodLog,
@@ -104,7 +104,7 @@ async def follow_log(
     deadline = clock.monotonic() + start_timeout
     while True:
         try:
-            pod = await node0_pod(client, namespace, job_name)
+            pod = await node0_pod(client, resource, namespace, job_name)
             if pod is not None:
                 pod_log.found(pod)
                 async for line in client.stream_log(namespace, pod):
@@ -126,13 +126,14 @@ async def follow_log(
 
 async def copy_log_tail(
     client: KubeClient,
+    resource: JobResource,
     namespace: str,
     job_name: str,
     pod_log: PodLog,
     tail_lines: int = TAIL_LINES,
 ) -> None:
     try:
-        pod = await node0_pod(client, namespace, job_name)
+        pod = await node0_pod(client, resource, namespace, job_name)
         if pod is None:
             return
         pod_log.found(pod)

@@ -1,7 +1,8 @@
 """Kubeflow Trainer ``TrainJob`` manifests, as pure functions.
 
-``build_trainjob`` turns a validated :class:`TrainingRun` into a TrainJob for
-either spec generation:
+``training_work`` (or ``step_work``) says what the node pods run; ``build_trainjob`` turns
+that into a TrainJob for either spec generation (``pytorchjob.build_pytorchjob`` into a
+PyTorchJob):
 
 * ``v2.1``: ``spec.labels``/``spec.annotations`` and ``spec.podTemplateOverrides``
   targeting the ``node`` job;
@@ -11,8 +12,8 @@ either spec generation:
 
 The node container runs the pod program (:mod:`.program`) from a ConfigMap that
 ``build_program_configmap`` makes, mounted read-only; nothing is installed at start.
-``build_step_trainjob`` makes the one-node TrainJob of a workspace step (dataset
-resolution, model export) that runs next to the PVC when the worker cannot mount it.
+``step_work`` is the one-node job of a workspace step (dataset resolution, model export)
+that runs next to the PVC when the worker cannot mount it.
 
 Nothing secret is ever written into the manifest: ``HF_TOKEN`` (and a step's S3 keys)
 are ``secretKeyRef``s and the OCI pull secret an ``imagePullSecrets`` entry, all
@@ -25,6 +26,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
+from dataclasses import dataclass
 from typing import Any
 
 from airflow_provider_sft.core import constants as c
@@ -104,13 +106,13 @@ def build_program_configmap(
     }
 
 
-def owner_reference(trainjob: dict[str, Any]) -> dict[str, Any]:
-    """Makes an object garbage-collected with its TrainJob."""
+def owner_reference(job: dict[str, Any]) -> dict[str, Any]:
+    """Makes an object garbage-collected with its job (a TrainJob or a PyTorchJob)."""
     return {
-        "apiVersion": c.TRAINER_API_VERSION,
-        "kind": c.TRAINJOB_KIND,
-        "name": trainjob["metadata"]["name"],
-        "uid": trainjob["metadata"]["uid"],
+        "apiVersion": job["apiVersion"],
+        "kind": job["kind"],
+        "name": job["metadata"]["name"],
+        "uid": job["metadata"]["uid"],
         "blockOwnerDeletion": False,
         "controller": False,
     }
@@ -139,9 +141,12 @@ def _pod_env(
     return entries
 
 
-def _pod_spec_patch(job_name: str, config: KubernetesConfig, *, has_pull_secret: bool) -> dict[str, Any]:
+def pod_spec_patch(
+    job_name: str, config: KubernetesConfig, *, has_pull_secret: bool, container: str = c.NODE
+) -> dict[str, Any]:
+    """The pod spec every job's node pods get: volumes (PVC, program, /tmp, /dev/shm) and scheduling."""
     spec: dict[str, Any] = {}
-    container: dict[str, Any] = {"name": c.NODE}
+    node: dict[str, Any] = {"name": container}
     volumes: list[dict[str, Any]] = [
         {"name": c.WORKSPACE_VOLUME, "persistentVolumeClaim": {"claimName": config.pvc_name}},
         {
@@ -161,8 +166,8 @@ def _pod_spec_patch(job_name: str, config: KubernetesConfig, *, has_pull_secret:
         volumes.append({"name": c.SHM_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": config.shm_size}})
         mounts.append({"name": c.SHM_VOLUME, "mountPath": "/dev/shm"})
     spec["volumes"] = volumes
-    container["volumeMounts"] = mounts
-    spec["containers"] = [container]
+    node["volumeMounts"] = mounts
+    spec["containers"] = [node]
     if has_pull_secret:
         spec["imagePullSecrets"] = [{"name": secret_name(job_name)}]
     if config.service_account:
@@ -203,98 +208,100 @@ _RESOURCE_PARAMETER = {
 }
 
 
-def build_trainjob(
+@dataclass(frozen=True)
+class NodeWork:
+    """What each node pod of a job runs, whichever kind of job carries it.
+
+    ``labels`` identify the run (managed-by, dag/task/run ids) and go on the job and its
+    pods; ``pod_metadata`` adds ``metadata_labels``/``metadata_annotations`` on the pods only.
+    """
+
+    name: str
+    num_nodes: int
+    procs_per_node: int | None  # None: "auto" (one per GPU; the runtime or torchrun decides)
+    command: list[str]
+    env: list[dict[str, Any]]
+    resources: dict[str, Any]
+    pod_metadata: dict[str, Any]
+    labels: dict[str, str]
+    annotations: dict[str, str]  # on the job
+
+
+def training_work(
     run: TrainingRun,
     config: KubernetesConfig,
     *,
-    generation: SpecGeneration,
     labels: dict[str, str],
     secret_env: list[str] = (),  # type: ignore[assignment]
-    has_pull_secret: bool = False,
-    active_deadline_seconds: int | None = None,
-) -> dict[str, Any]:
-    """The TrainJob for ``run`` in the given spec generation (never ``AUTO``: detect first).
-
-    ``labels`` identify the run (managed-by, dag/task/run ids) and go on the TrainJob and
-    its pods, with ``job_labels`` (Kueue's queue name, say) on the TrainJob only and
-    ``metadata_labels`` on the pods only. ``secret_env`` names the variables the pod reads
-    from the run's Secret (``HF_TOKEN``). ``active_deadline_seconds`` is set where the CRD
-    has it (v2.2+); on v2.1 the wait enforces the timeout by deleting the job.
-    """
+) -> NodeWork:
+    """The training of ``run``. ``secret_env`` names the variables read from the run's Secret."""
     params = run.params
-    trainer: dict[str, Any] = {
-        "numNodes": params.resource_num_workers,
-        "resourcesPerNode": _resources(run, config),
-        "command": program.command("train"),
-        "env": _pod_env(run.name, config, params.envs, list(secret_env)),
-    }
-    if params.resource_num_procs_per_worker != "auto":  # "auto": the runtime decides (one per GPU)
-        trainer["numProcPerNode"] = params.resource_num_procs_per_worker
-    pod_metadata = {
-        "labels": {**labels, **params.metadata_labels},
-        "annotations": dict(params.metadata_annotations),
-    }
-    return _trainjob(
-        run.name,
-        config,
-        generation=generation,
-        trainer=trainer,
-        job_labels=labels,
-        pod_metadata=pod_metadata,
-        has_pull_secret=has_pull_secret,
+    procs = params.resource_num_procs_per_worker
+    return NodeWork(
+        name=run.name,
+        num_nodes=params.resource_num_workers,
+        procs_per_node=None if procs == "auto" else int(procs),
+        command=program.command("train"),
+        env=_pod_env(run.name, config, params.envs, list(secret_env)),
+        resources=_resources(run, config),
+        pod_metadata={
+            "labels": {**labels, **params.metadata_labels},
+            "annotations": dict(params.metadata_annotations),
+        },
+        labels=dict(labels),
         annotations=dict(params.metadata_annotations),
-        active_deadline_seconds=active_deadline_seconds,
     )
 
 
-def build_step_trainjob(
+def step_work(
     job_name: str,
     step: str,
     config: KubernetesConfig,
     *,
-    generation: SpecGeneration,
     labels: dict[str, str],
     secret_env: list[str] = (),  # type: ignore[assignment]
-    has_pull_secret: bool = False,
-) -> dict[str, Any]:
-    """A one-node TrainJob running the workspace step ``step`` of the pod program, without a GPU."""
-    resources = {"requests": dict(STEP_RESOURCES), "limits": dict(STEP_RESOURCES)}
-    trainer = {
-        "numNodes": 1,
-        "resourcesPerNode": resources,
-        "command": program.command(step),
-        "env": _pod_env(job_name, config, {}, list(secret_env)),
-    }
-    return _trainjob(
-        job_name,
-        config,
-        generation=generation,
-        trainer=trainer,
-        job_labels=labels,
+) -> NodeWork:
+    """A one-node job running the workspace step ``step`` of the pod program, without a GPU."""
+    return NodeWork(
+        name=job_name,
+        num_nodes=1,
+        procs_per_node=None,
+        command=program.command(step),
+        env=_pod_env(job_name, config, {}, list(secret_env)),
+        resources={"requests": dict(STEP_RESOURCES), "limits": dict(STEP_RESOURCES)},
         pod_metadata={"labels": dict(labels), "annotations": {}},
-        has_pull_secret=has_pull_secret,
+        labels=dict(labels),
         annotations={},
-        active_deadline_seconds=None,
     )
 
 
-def _trainjob(
-    name: str,
+def build_trainjob(
+    work: NodeWork,
     config: KubernetesConfig,
     *,
     generation: SpecGeneration,
-    trainer: dict[str, Any],
-    job_labels: dict[str, str],
-    pod_metadata: dict[str, Any],
-    has_pull_secret: bool,
-    annotations: dict[str, str],
-    active_deadline_seconds: int | None,
+    has_pull_secret: bool = False,
+    active_deadline_seconds: int | None = None,
 ) -> dict[str, Any]:
+    """The TrainJob for ``work`` in the given spec generation (never ``AUTO``: detect first).
+
+    ``job_labels`` (Kueue's queue name, say) go on the TrainJob only. ``active_deadline_seconds``
+    is set where the CRD has it (v2.2+); on v2.1 the wait enforces the timeout by deleting the job.
+    """
     if generation is SpecGeneration.AUTO:
         raise ValueError("resolve SpecGeneration.AUTO with detect_generation() before building")
+    trainer: dict[str, Any] = {
+        "numNodes": work.num_nodes,
+        "resourcesPerNode": work.resources,
+        "command": work.command,
+        "env": work.env,
+    }
+    if work.procs_per_node is not None:  # "auto": the runtime decides (one per GPU)
+        trainer["numProcPerNode"] = work.procs_per_node
     if config.image:
         trainer["image"] = config.image
-    pod_spec = _pod_spec_patch(name, config, has_pull_secret=has_pull_secret)
+    pod_metadata = work.pod_metadata
+    pod_spec = pod_spec_patch(work.name, config, has_pull_secret=has_pull_secret)
     spec: dict[str, Any] = {
         "runtimeRef": {
             "name": config.runtime_name,
@@ -303,7 +310,7 @@ def _trainjob(
         },
         "trainer": trainer,
     }
-    pod_labels = {k: v for k, v in pod_metadata["labels"].items() if k not in job_labels}
+    pod_labels = {k: v for k, v in pod_metadata["labels"].items() if k not in work.labels}
     if generation is SpecGeneration.V2_1:
         spec["labels"] = pod_labels
         spec["annotations"] = dict(pod_metadata["annotations"])
@@ -326,13 +333,18 @@ def _trainjob(
     return {
         "apiVersion": c.TRAINER_API_VERSION,
         "kind": c.TRAINJOB_KIND,
-        "metadata": {
-            "name": name,
-            "namespace": config.namespace,
-            "labels": {**job_labels, **config.job_labels},
-            "annotations": {**annotations, **config.job_annotations},
-        },
+        "metadata": job_metadata(work, config),
         "spec": spec,
+    }
+
+
+def job_metadata(work: NodeWork, config: KubernetesConfig) -> dict[str, Any]:
+    """The job's own metadata: the run's labels, ``job_labels`` (Kueue) and annotations."""
+    return {
+        "name": work.name,
+        "namespace": config.namespace,
+        "labels": {**work.labels, **config.job_labels},
+        "annotations": {**work.annotations, **config.job_annotations},
     }
 
 

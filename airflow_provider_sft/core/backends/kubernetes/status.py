@@ -1,11 +1,17 @@
-"""What a TrainJob's status means, and why its pods are not running yet: pure functions.
+"""What a job's status means, and why its pods are not running yet: pure functions.
 
+**TrainJob.**
 The Trainer copies its JobSet's ``replicatedJobsStatus`` into ``status.jobsStatus``.
 There, ``active`` counts child Jobs with a pod that is running *or Pending*
 (unschedulable, pulling its image), so it says nothing about training having
 started; ``ready`` counts Jobs whose pods are all ready. A job is therefore
 running only once some ``ready`` is positive; before that it is pending, and the
 pods' waiting reasons and the scheduler's and kubelet's events say why.
+
+**PyTorchJob** (Training Operator v1): the operator keeps one condition per type (``Created``,
+``Running``, ``Restarting``, ``Succeeded``, ``Suspended``, ``Failed``); ``Running`` is set once
+its pods run, so before that the job is pending. ``Restarting`` (a pod failed and is replaced;
+never with ``backoffLimit: 0``) counts as pending: nothing trains while it lasts.
 """
 
 from __future__ import annotations
@@ -47,17 +53,46 @@ class JobState:
         return ": ".join(part for part in (self.phase.value, self.reason, self.message) if part)
 
 
-GONE = JobState(JobPhase.FAILED, "NotFound", "the TrainJob was deleted before it finished")
+GONE = JobState(JobPhase.FAILED, "NotFound", "the job was deleted before it finished")
 
 
-def classify(trainjob: dict[str, Any]) -> JobState:
+def classify(job: dict[str, Any]) -> JobState:
+    """The phase of a TrainJob or PyTorchJob (by its ``kind``) from its status."""
+    if job.get("kind") == c.PYTORCHJOB_KIND:
+        return _classify_pytorchjob(job)
+    return _classify_trainjob(job)
+
+
+def _true_conditions(job: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    conditions = (job.get("status") or {}).get("conditions") or []
+    return {cond.get("type"): cond for cond in conditions if cond.get("status") == "True"}
+
+
+def _classify_pytorchjob(job: dict[str, Any]) -> JobState:
+    true = _true_conditions(job)
+    for kind, phase in (
+        (c.CONDITION_FAILED, JobPhase.FAILED),
+        (c.CONDITION_SUCCEEDED, JobPhase.SUCCEEDED),
+        (c.CONDITION_SUSPENDED, JobPhase.SUSPENDED),
+    ):
+        if cond := true.get(kind):
+            return JobState(phase, cond.get("reason", kind), cond.get("message", ""))
+    if ((job.get("spec") or {}).get("runPolicy") or {}).get("suspend"):
+        return JobState(JobPhase.SUSPENDED, "Suspended")
+    if cond := true.get(c.CONDITION_RESTARTING):
+        return JobState(JobPhase.PENDING, cond.get("reason", "Restarting"), cond.get("message", ""))
+    if true.get(c.CONDITION_RUNNING):
+        return JobState(JobPhase.RUNNING)
+    return JobState(JobPhase.PENDING)
+
+
+def _classify_trainjob(trainjob: dict[str, Any]) -> JobState:
     """The phase of a TrainJob from its status conditions and job counts."""
     status = trainjob.get("status") or {}
-    conditions = {cond.get("type"): cond for cond in status.get("conditions") or []}
+    conditions = _true_conditions(trainjob)
 
     def true(kind: str) -> dict[str, Any] | None:
-        cond = conditions.get(kind)
-        return cond if cond and cond.get("status") == "True" else None
+        return conditions.get(kind)
 
     if cond := true(c.CONDITION_FAILED):
         return JobState(JobPhase.FAILED, cond.get("reason", ""), cond.get("message", ""))

@@ -1,6 +1,6 @@
-"""Waiting for a TrainJob to end with one watch, not a poll loop: the only wait there is.
+"""Waiting for a training job (TrainJob or PyTorchJob) to end with one watch, not a poll loop.
 
-The triggerer awaits :func:`follow_trainjob`; the worker's blocking wait runs the
+The only wait there is: the triggerer awaits :func:`follow_job`; the worker's blocking wait runs the
 same coroutine under ``asyncio.run``. The decisions live in :class:`WatchCursor`,
 which does no I/O and reads time only from what it is given, so they are unit
 tested on a fake clock:
@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from airflow_provider_sft.core.backends.kubernetes.client import KubeClient
+from airflow_provider_sft.core.backends.kubernetes.kinds import JobResource
 from airflow_provider_sft.core.backends.kubernetes.retry import (
     KubeApiError,
     as_api_error,
@@ -61,6 +62,7 @@ class WatchCursor:
     namespace: str
     name: str
     started_at: float
+    kind: str = "TrainJob"  # for messages
     timeout_seconds: float | None = None
     start_timeout_seconds: float | None = None
     on_state: Callable[[JobState], None] = lambda _state: None
@@ -95,7 +97,7 @@ class WatchCursor:
                 return None
             obj = obj if isinstance(obj, dict) else {}
             raise KubeApiError(
-                f"Watch TrainJob {self.namespace}/{self.name}",
+                f"Watch {self.kind} {self.namespace}/{self.name}",
                 code,
                 obj.get("reason", ""),
                 obj.get("message", ""),
@@ -119,7 +121,7 @@ class WatchCursor:
         """
         if not (isinstance(exc, KubeApiError) or getattr(exc, "status", None) or is_transient(exc)):
             raise exc  # not the server's doing (a bug): never ridden out
-        error = as_api_error(f"Watch TrainJob {self.namespace}/{self.name}", exc)
+        error = as_api_error(f"Watch {self.kind} {self.namespace}/{self.name}", exc)
         if error.status == 410:
             self.resource_version = None
             return 0.0
@@ -174,6 +176,7 @@ class PendingReporter:
     """Reads why a job's pods do not run and reports each new reason once."""
 
     client: KubeClient
+    resource: JobResource
     namespace: str
     name: str
     on_note: Callable[[str], None]
@@ -182,25 +185,28 @@ class PendingReporter:
 
     async def __call__(self) -> tuple[str, ...]:
         try:
-            pods = await self.client.list_job_pods(self.namespace, self.name)
+            pods = await self.client.list_job_pods(self.resource, self.namespace, self.name)
             events: list[dict[str, Any]] = []
             for involved in [self.name, *(pod["metadata"]["name"] for pod in pods)]:
                 events += await self.client.list_events(self.namespace, involved)
         except KubeApiError as exc:
             if not self.unreadable:  # the wait goes on without them; say so once
-                self.on_note(f"Cannot read the pods and events of TrainJob {self.name}: {exc}")
+                self.on_note(
+                    f"Cannot read the pods and events of {self.resource.kind.value} {self.name}: {exc}"
+                )
                 self.unreadable = True
             return ()
         reasons = tuple(pending_reasons(pods, events))
         for reason in reasons:
             if reason not in self.reported:
                 self.reported.add(reason)
-                self.on_note(f"TrainJob {self.name} not running yet: {reason}")
+                self.on_note(f"{self.resource.kind.value} {self.name} not running yet: {reason}")
         return reasons
 
 
-async def follow_trainjob(
+async def follow_job(
     client: KubeClient,
+    resource: JobResource,
     namespace: str,
     name: str,
     *,
@@ -211,15 +217,21 @@ async def follow_trainjob(
     on_note: Callable[[str], None] = lambda _note: None,
     idle_timeout: float | None = None,
 ) -> WaitResult:
-    """Wait for the TrainJob to end or a deadline to pass (see the module docstring)."""
+    """Wait for the job to end or a deadline to pass (see the module docstring)."""
     cursor = WatchCursor(
-        namespace, name, clock.monotonic(), timeout_seconds, start_timeout_seconds, on_state=on_state
+        namespace,
+        name,
+        clock.monotonic(),
+        resource.kind.value,
+        timeout_seconds,
+        start_timeout_seconds,
+        on_state=on_state,
     )
-    report_pending = PendingReporter(client, namespace, name, on_note)
+    report_pending = PendingReporter(client, resource, namespace, name, on_note)
     while True:
         try:
             if cursor.resource_version is None and (
-                done := cursor.observe(await client.get_trainjob(namespace, name))
+                done := cursor.observe(await client.get_job(resource, namespace, name))
             ):
                 return cursor.result(done)
             if cursor.pending_check_due(clock.monotonic()):
@@ -227,8 +239,8 @@ async def follow_trainjob(
             if timeout := cursor.timed_out(clock.monotonic()):
                 return cursor.result(timeout=timeout)
             window = cursor.window(clock.monotonic())
-            async for event in client.watch_trainjob(
-                namespace, name, cursor.resource_version, window, idle_timeout
+            async for event in client.watch_job(
+                resource, namespace, name, cursor.resource_version, window, idle_timeout
             ):
                 cursor.succeeded_call()
                 if done := cursor.event(event["type"], event["object"]):

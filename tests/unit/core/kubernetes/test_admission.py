@@ -15,7 +15,7 @@ import yaml
 
 from airflow_provider_sft.core.backends.kubernetes.admission import check, domain_prefixed_path_errors
 from airflow_provider_sft.core.backends.kubernetes.config import KubernetesConfig, SpecGeneration
-from airflow_provider_sft.core.backends.kubernetes.manifest import build_trainjob
+from airflow_provider_sft.core.backends.kubernetes.manifest import build_trainjob, training_work
 from airflow_provider_sft.core.errors import InvalidParameterError
 from airflow_provider_sft.core.params import SFTParams
 from airflow_provider_sft.core.run import TrainingRun
@@ -38,9 +38,8 @@ def runtime(release="v2.3.0", **changes):
 
 def manifest(generation, envs="", **config):
     run = TrainingRun("r", SFTParams.parse({"envs": envs}), "/workspace/d.jsonl", "/workspace/runs/r")
-    return build_trainjob(
-        run, KubernetesConfig.build(pvc_name="ws", **config), generation=generation, labels={}
-    )
+    config = KubernetesConfig.build(pvc_name="ws", **config)
+    return build_trainjob(training_work(run, config, labels={}), config, generation=generation)
 
 
 def errors(trainjob, rt, generation, **kwargs):

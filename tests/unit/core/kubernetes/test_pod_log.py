@@ -24,7 +24,7 @@ def test_the_pods_provider_lines_are_shown_and_the_rest_is_kept_for_the_backend(
         pod_log.pod_line(line)
     assert shown == [
         "TrainJob job: running",
-        f"[sft] full output: kubectl logs -n ns {POD} (while the TrainJob exists)",
+        f"[sft] full output: kubectl logs -n ns {POD} (while the job exists)",
         "[sft] run job: device cuda",
         "[sft] step 5/100 epoch 1/1 loss 1.2000",
         "ERROR: instructlab-training exited with status 1",

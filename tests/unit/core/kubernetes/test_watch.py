@@ -11,6 +11,7 @@ import json
 
 import pytest
 
+from airflow_provider_sft.core.backends.kubernetes.kinds import TRAINJOB
 from airflow_provider_sft.core.backends.kubernetes.retry import KubeApiError
 from airflow_provider_sft.core.backends.kubernetes.status import JobPhase, JobState
 from airflow_provider_sft.core.backends.kubernetes.watch import (
@@ -18,7 +19,7 @@ from airflow_provider_sft.core.backends.kubernetes.watch import (
     PENDING_POLL_SECONDS,
     WATCH_WINDOW_SECONDS,
     WatchCursor,
-    follow_trainjob,
+    follow_job,
 )
 
 
@@ -131,21 +132,21 @@ def test_failures_back_off_ride_out_outages_and_raise_the_rest():
 
 
 class ScriptedClient:
-    """``get_trainjob`` answers from ``gets``; each watch yields one list of ``watches`` (or raises)."""
+    """``get_job`` answers from ``gets``; each watch yields one list of ``watches`` (or raises)."""
 
     def __init__(self, clock, gets, watches, pods=(), events=()):
         self.clock, self.gets, self.watches = clock, list(gets), list(watches)
         self.pods, self.events = list(pods), list(events)
         self.calls: list[str] = []
 
-    async def get_trainjob(self, namespace, name):
+    async def get_job(self, resource, namespace, name):
         self.calls.append("get")
         outcome = self.gets.pop(0)
         if isinstance(outcome, BaseException):
             raise outcome
         return outcome
 
-    async def watch_trainjob(self, namespace, name, resource_version, timeout_seconds, idle_timeout):
+    async def watch_job(self, resource, namespace, name, resource_version, timeout_seconds, idle_timeout):
         self.calls.append(f"watch {resource_version} {timeout_seconds}")
         events = self.watches.pop(0) if self.watches else []
         if isinstance(events, BaseException):
@@ -154,7 +155,7 @@ class ScriptedClient:
             yield event
         self.clock.t += timeout_seconds  # a watch that saw nothing more lasted its window
 
-    async def list_job_pods(self, namespace, name):
+    async def list_job_pods(self, resource, namespace, name):
         self.calls.append("pods")
         return self.pods
 
@@ -164,7 +165,7 @@ class ScriptedClient:
 
 
 def follow(client, clock, **kwargs):
-    return asyncio.run(follow_trainjob(client, "ns", "j", clock=clock, **kwargs))
+    return asyncio.run(follow_job(client, TRAINJOB, "ns", "j", clock=clock, **kwargs))
 
 
 def test_an_outage_is_ridden_out_then_the_job_read_again():
