@@ -221,10 +221,6 @@ def training_param_schemas(**defaults: Any) -> dict[str, dict[str, Any]]:
     return schemas
 
 
-def _param(default: Any, **schema: Any) -> Param:
-    return Param(default, **schema)
-
-
 def _text(title: str, section: str, description: str, **schema: Any) -> Param:
     """An optional text field: empty (``None``) means not set."""
     return Param(
@@ -238,10 +234,10 @@ def pipeline_params(workspace: str, **defaults: Any) -> dict[str, Param]:
     ``defaults`` override any field's default (the demo passes its tiny model and CPU settings).
     """
     params: dict[str, Param] = {
-        name: _param(schema.pop("default"), **schema) for name, schema in training_param_schemas().items()
+        name: Param(schema.pop("default"), **schema) for name, schema in training_param_schemas().items()
     }
     params.update(
-        dataset=_param(
+        dataset=Param(
             BUNDLED_SOURCE,
             type="string",
             minLength=1,
@@ -253,7 +249,7 @@ def pipeline_params(workspace: str, **defaults: Any) -> dict[str, Param]:
                 "URL; or a HuggingFace dataset org/name[@revision][:split]."
             ),
         ),
-        dataset_format=_param(
+        dataset_format=Param(
             Format.AUTO.value,
             type="string",
             enum=[f.value for f in Format],
@@ -261,7 +257,7 @@ def pipeline_params(workspace: str, **defaults: Any) -> dict[str, Param]:
             section="Dataset",
             description="auto: from the file name, then the content. gzip and zstd are recognised by themselves.",
         ),
-        dataset_mapping=_param(
+        dataset_mapping=Param(
             RecordLayout.MESSAGES.value,
             type="string",
             enum=[m.value for m in RecordLayout],
@@ -269,7 +265,7 @@ def pipeline_params(workspace: str, **defaults: Any) -> dict[str, Param]:
             section="Dataset",
             description="messages (chat samples), or convert prompt/completion or instruction/input/output records.",
         ),
-        on_bad_record=_param(
+        on_bad_record=Param(
             OnBadRecord.FAIL.value,
             type="string",
             enum=[o.value for o in OnBadRecord],
@@ -307,7 +303,7 @@ def pipeline_params(workspace: str, **defaults: Any) -> dict[str, Param]:
             "An 'aws' connection (keys, region, endpoint_url) for s3:// sources; empty: the worker's environment.",
             pattern=WORD_PATTERN,
         ),
-        backend=_param(
+        backend=Param(
             "local",
             type="string",
             enum=["local", "kubernetes"],
@@ -315,7 +311,7 @@ def pipeline_params(workspace: str, **defaults: Any) -> dict[str, Param]:
             section="Where it runs",
             description="local: on the Airflow worker (CUDA if present, else the CPU); kubernetes: a Kubeflow TrainJob.",
         ),
-        workspace=_param(
+        workspace=Param(
             workspace,
             type="string",
             minLength=1,
@@ -326,7 +322,7 @@ def pipeline_params(workspace: str, **defaults: Any) -> dict[str, Param]:
                 "shared mode, where the worker mounts the PVC."
             ),
         ),
-        workspace_mode=_param(
+        workspace_mode=Param(
             "cluster",
             type="string",
             enum=["cluster", "shared"],
@@ -346,7 +342,7 @@ def pipeline_params(workspace: str, **defaults: Any) -> dict[str, Param]:
             "Where the TrainJob goes; empty: the connection's namespace.",
             pattern=DNS_LABEL_PATTERN,
         ),
-        job_kind=_param(
+        job_kind=Param(
             "TrainJob",
             type="string",
             enum=["TrainJob", "PyTorchJob"],
@@ -359,7 +355,7 @@ def pipeline_params(workspace: str, **defaults: Any) -> dict[str, Param]:
             "Kubernetes",
             "Python with torch and instructlab-training. Empty: the TrainJob runtime's image; required for a PyTorchJob.",
         ),
-        runtime_name=_param(
+        runtime_name=Param(
             "torch-distributed",
             type="string",
             pattern=DNS_SUBDOMAIN_PATTERN,

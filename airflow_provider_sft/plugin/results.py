@@ -26,7 +26,7 @@ from fastapi import Depends, FastAPI, Query
 from fastapi.responses import FileResponse, HTMLResponse
 from sqlalchemy import select
 
-from airflow_provider_sft.core.metrics import StepRecord, summarize
+from airflow_provider_sft.core.metrics import StepRecord
 
 PREFIX = "/sft"
 _RUN_FILE_KEYS = ("metrics_path", "model_path", "chart_path")
@@ -158,7 +158,7 @@ def render_page(task_id: str, run: str | None, results: Results | None) -> str:
         from airflow_provider_sft.core.chart import build_figure
 
         records = [StepRecord(**step) for step in results.steps]
-        metrics = {**summarize(records).to_dict(), **results.metrics}
+        metrics = results.metrics  # the export's summary: computed once, where the run was read
         rows = "".join(
             f"<tr><th>{label}</th><td>{_cell(metrics.get(key), spec)}</td></tr>"
             for key, label, spec in _METRIC_ROWS

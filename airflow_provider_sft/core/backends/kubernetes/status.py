@@ -89,16 +89,12 @@ def _classify_pytorchjob(job: dict[str, Any]) -> JobState:
 def _classify_trainjob(trainjob: dict[str, Any]) -> JobState:
     """The phase of a TrainJob from its status conditions and job counts."""
     status = trainjob.get("status") or {}
-    conditions = _true_conditions(trainjob)
-
-    def true(kind: str) -> dict[str, Any] | None:
-        return conditions.get(kind)
-
-    if cond := true(c.CONDITION_FAILED):
+    true = _true_conditions(trainjob)
+    if cond := true.get(c.CONDITION_FAILED):
         return JobState(JobPhase.FAILED, cond.get("reason", ""), cond.get("message", ""))
-    if cond := true(c.CONDITION_COMPLETE):
+    if cond := true.get(c.CONDITION_COMPLETE):
         return JobState(JobPhase.SUCCEEDED, cond.get("reason", ""), cond.get("message", ""))
-    if (cond := true(c.CONDITION_SUSPENDED)) or (trainjob.get("spec") or {}).get("suspend"):
+    if (cond := true.get(c.CONDITION_SUSPENDED)) or (trainjob.get("spec") or {}).get("suspend"):
         cond = cond or {}
         return JobState(JobPhase.SUSPENDED, cond.get("reason", "Suspended"), cond.get("message", ""))
     jobs = status.get("jobsStatus") or []
