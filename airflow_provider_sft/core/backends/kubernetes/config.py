@@ -141,6 +141,26 @@ class KubernetesConfig(BaseModel):
             )
         return value
 
+    @field_validator("runtime_name", "runtime_kind", "spec_generation")
+    @classmethod
+    def _trainjob_only(cls, value: Any, info: ValidationInfo) -> Any:
+        if (
+            info.data.get("job_kind") is JobKind.PYTORCHJOB
+            and value != cls.model_fields[info.field_name].default
+        ):
+            raise ValueError(f"applies to a TrainJob only (a PyTorchJob has no runtime), got {value!r}")
+        return value
+
+    @field_validator("scheduling_queue", "ttl_seconds_after_finished")
+    @classmethod
+    def _pytorchjob_only(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is not None and info.data.get("job_kind") is not JobKind.PYTORCHJOB:
+            raise ValueError(
+                "applies to a PyTorchJob only (job_kind='PyTorchJob'); a TrainJob is queued by the "
+                "kueue.x-k8s.io/queue-name label in job_labels"
+            )
+        return value
+
     @field_validator("workspace_mount_path")
     @classmethod
     def _mount_path(cls, value: str) -> str:

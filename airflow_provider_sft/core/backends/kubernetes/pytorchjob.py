@@ -65,6 +65,8 @@ def build_pytorchjob(
         resources=work.resources,
         ports=[{"name": c.PYTORCH_PORT_NAME, "containerPort": c.PYTORCH_PORT}],
     )
+    if config.priority_class_name:  # a PyTorchJob's pod template takes it (a TrainJob's runtime decides)
+        spec["priorityClassName"] = config.priority_class_name
     template = {"metadata": work.pod_metadata, "spec": {**spec, "restartPolicy": "Never"}}
     replicas = {
         MASTER: models.KubeflowOrgV1ReplicaSpec(replicas=1, restart_policy="Never", template=template)

@@ -61,6 +61,27 @@ def test_queue_and_ttl_go_into_the_run_policy():
     assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "q"
 
 
+def test_the_priority_class_goes_on_the_pods():
+    cfg = config(priority_class_name="high")
+    job = build_pytorchjob(training_work(run(), cfg, labels={}), cfg)
+    assert job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["priorityClassName"] == "high"
+
+
+@pytest.mark.parametrize(
+    ("values", "field"),
+    [
+        ({"job_kind": "PyTorchJob", "image": IMAGE, "runtime_name": "training-hub"}, "runtime_name"),
+        ({"job_kind": "PyTorchJob", "image": IMAGE, "runtime_kind": "TrainingRuntime"}, "runtime_kind"),
+        ({"job_kind": "PyTorchJob", "image": IMAGE, "spec_generation": "v2.1"}, "spec_generation"),
+        ({"scheduling_queue": "gpu"}, "scheduling_queue"),
+        ({"ttl_seconds_after_finished": 60}, "ttl_seconds_after_finished"),
+    ],
+)
+def test_a_setting_of_the_other_kind_is_refused_not_ignored(values, field):
+    with pytest.raises(InvalidParameterError, match=f"{field}: applies to a"):
+        KubernetesConfig.build(pvc_name="ws", **values)
+
+
 def test_a_pytorchjob_needs_an_image():
     with pytest.raises(InvalidParameterError, match="image: is required for a PyTorchJob"):
         KubernetesConfig.build(pvc_name="ws", job_kind="PyTorchJob")
