@@ -123,7 +123,9 @@ class SFTTrainOperator(LineageMixin, BaseOperator):
     :param hf_conn_id: a ``huggingface`` connection (its password is the token); default: ``HF_TOKEN``
         from the worker's environment. ``OCI_PULL_SECRET_MODEL_DOWNLOAD`` is read from the
         environment. Both reach the pod through a Secret owned by the TrainJob, never the spec.
-    :param deferrable: wait in the triggerer (default: ``[operators] default_deferrable``).
+    :param deferrable: wait in the triggerer (default: ``[operators] default_deferrable``). The
+        ``local`` backend cannot be deferred (training is a child process of the worker): there it
+        is ignored with a warning, and the task keeps its worker slot until training ends.
     :param keep_failed_jobs: keep a failed TrainJob for debugging instead of deleting it.
     :param delete_on_success: delete the TrainJob (and its Secret) once it has succeeded.
     :param console_url_template: URL of a TrainJob in the cluster console, with ``{namespace}``
@@ -271,7 +273,8 @@ class SFTTrainOperator(LineageMixin, BaseOperator):
         self.delete_on_success = delete_on_success
         self.console_url_template = console_url_template
         self._backend: TrainingBackend | None = None
-        self._handle: JobHandle | None = None
+        self._handle: JobHandle | None = None  # set before submit: a kill during submit deletes it
+        self._killed = False
 
     # --- helpers -------------------------------------------------------------------
 
@@ -362,20 +365,37 @@ class SFTTrainOperator(LineageMixin, BaseOperator):
         backend = self._backend_for(context)
         self.log.info("Training run %s on the %s backend -> %s", run.name, backend.name.value, run.output_dir)
         timeout = self.execution_timeout.total_seconds() if self.execution_timeout else None
-        self._backend = backend
-        self._handle = backend.submit(
-            run, timeout_seconds=timeout
-        )  # preflight first: nothing starts on bad input
-        context["ti"].xcom_push(key="training_job", value=self._handle.to_json_dict())
-        if self.deferrable and backend.deferrable:
-            result = backend.poll(self._handle)
-            if not result.ended:
-                self._defer(self._handle, timeout)
-            return self._complete(
-                backend, self._handle, backend.complete(self._handle, result, on_log=log_training_line)
+        self._backend, self._handle = backend, _expected_handle(backend, run)
+        handle = self._handle = backend.submit(run, timeout_seconds=timeout)  # preflight first
+        self._stop_if_killed(backend, handle)  # a kill during submit may have come before the create
+        context["ti"].xcom_push(key="training_job", value=handle.to_json_dict())
+        if self.deferrable and not backend.deferrable:
+            self.log.warning(
+                "deferrable=True has no effect on the %s backend: training runs as a child process of "
+                "this worker, so the task keeps its worker slot until training ends",
+                backend.name.value,
             )
-        result = backend.wait(self._handle, on_log=log_training_line, timeout_seconds=timeout)
-        return self._complete(backend, self._handle, result)
+        if self.deferrable and backend.deferrable:
+            result = backend.poll(handle)
+            if not result.ended:
+                self._defer(handle, timeout)
+            return self._complete(backend, handle, backend.complete(handle, result, on_log=log_training_line))
+        result = backend.wait(handle, on_log=log_training_line, timeout_seconds=timeout)
+        self._stop_if_killed(backend, handle)
+        return self._complete(backend, handle, result)
+
+    def _stop_if_killed(self, backend: TrainingBackend, handle: JobHandle) -> None:
+        """End the task after ``on_kill``: Airflow's SIGTERM handler returns into the task.
+
+        Cancelled again here: a kill during submit may have deleted before the create landed.
+        """
+        if not self._killed:
+            return
+        from airflow.sdk.exceptions import AirflowTaskTerminated
+
+        backend.cancel(handle)
+        kind = handle.details.get("kind", "run")
+        raise AirflowTaskTerminated(f"Training run {handle.name} was killed; its {kind} was deleted")
 
     def _defer(self, handle: JobHandle, timeout_seconds: float | None) -> None:
         from airflow_provider_sft.triggers.trainjob import TrainJobTrigger
@@ -406,6 +426,7 @@ class SFTTrainOperator(LineageMixin, BaseOperator):
         trainjob_event = validate_event(event)
         handle = JobHandle.from_json_dict(trainjob_event.job)
         backend = self._backend_for(context)
+        self._backend, self._handle = backend, handle  # a kill from here on deletes it too
         if trainjob_event.status is EventStatus.ERROR:
             kind = handle.details.get("kind", "TrainJob")
             backend.cancel(handle)  # we cannot follow it any more: it must not run on unobserved
@@ -455,6 +476,22 @@ class SFTTrainOperator(LineageMixin, BaseOperator):
         }
 
     def on_kill(self) -> None:
-        if self._backend is not None and self._handle is not None:
-            self.log.info("Cancelling training run %s", self._handle.name)
+        """Delete the job. Airflow calls this from its SIGTERM handler, in the middle of the submit,
+        the wait, or (``airflow dags test``) the trigger run in the task's process, and after an
+        ``execution_timeout``; the backend's ``cancel`` is safe there. Never raises into the
+        interrupted code: a failed delete is logged."""
+        self._killed = True
+        if self._backend is None or self._handle is None:
+            return
+        self.log.info("Task killed: cancelling training run %s", self._handle.name)
+        try:
             self._backend.cancel(self._handle)
+        except Exception:
+            self.log.exception("Could not cancel training run %s", self._handle.name)
+
+
+def _expected_handle(backend: TrainingBackend, run: TrainingRun) -> JobHandle:
+    """The handle the run will have, known before submit: the job is named after the run."""
+    if isinstance(backend, KubernetesBackend):
+        return backend.handle(run.name, run.output_dir)
+    return JobHandle(backend.name, run.name, run.output_dir)

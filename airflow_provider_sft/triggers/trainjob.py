@@ -10,7 +10,9 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from airflow_provider_sft.core.backends.base import JobHandle
 from airflow_provider_sft.core.backends.kubernetes import result_of
+from airflow_provider_sft.core.backends.kubernetes.backend import delete_job_and_owned
 from airflow_provider_sft.core.backends.kubernetes.kinds import JobResource, resource_of
 from airflow_provider_sft.core.backends.kubernetes.watch import follow_job
 from airflow_provider_sft.core.clock import SYSTEM_CLOCK, Clock
@@ -127,12 +129,17 @@ class TrainJobTrigger(BaseTrigger):
         )
 
     async def on_kill(self) -> None:
+        """The task was killed while deferred: delete the job, its Secret and its ConfigMap.
+
+        Not ``cleanup``: that runs on every exit, a triggerer restart included, after which
+        another triggerer follows the same job on.
+        """
         if self._fired_event or not self.delete_on_kill:
             return
         kind = self.resource.kind.value
         self.log.info("Task killed: deleting %s %s/%s", kind, self.namespace, self.name)
         try:
             async with self.hook.connect() as client:
-                await client.delete_job(self.resource, self.namespace, self.name)
+                await delete_job_and_owned(client, JobHandle.from_json_dict(self.job))
         except Exception:
             self.log.exception("Could not delete %s %s/%s", kind, self.namespace, self.name)

@@ -10,9 +10,15 @@ succeeded one is reused. Secrets go into a Secret owned by the TrainJob.
 Before a TrainJob is created, the referenced runtime is read and the TrainJob is
 checked against the rules of the Trainer's admission webhook (:mod:`.admission`).
 
-Blocking calls run the async client under ``asyncio.run``; the deferrable path
-(``poll``, a trigger running :func:`follow_job`, then ``complete``) shares
+Blocking calls run the async client under ``asyncio.run`` (see :meth:`KubernetesBackend._run`
+for a call made while a loop runs, as ``cancel`` is from Airflow's SIGTERM handler); the
+deferrable path (``poll``, a trigger running :func:`follow_job`, then ``complete``) shares
 every piece with ``wait``.
+
+A job never outlives its task: a failed create removes what it made, a timeout deletes the
+job, ``cancel`` (the operator's ``on_kill``, the trigger's) deletes it with its Secret and
+ConfigMap. Clean-up waits at most ``CLEANUP_SECONDS`` for an API server that does not answer;
+the job's own ``activeDeadlineSeconds`` (from ``execution_timeout``) still ends it then.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import dataclasses
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -68,6 +75,9 @@ T = TypeVar("T")
 Connector = Callable[[], contextlib.AbstractAsyncContextManager[KubeClient]]
 DELETE_WAIT_SECONDS = 120
 LOG_DRAIN_SECONDS = 10
+#: The longest a clean-up (a kill's, a timeout's) waits for the API server: a restarting one is
+#: back well within it (refused connections are retried for ~8 s), a frozen one is not waited for.
+CLEANUP_SECONDS = 15
 
 
 @dataclass(frozen=True)
@@ -141,11 +151,22 @@ class KubernetesBackend(TrainingBackend):
     deferrable = True
 
     def _run(self, work: Callable[[KubeClient], Awaitable[T]]) -> T:
+        """Run ``work`` on a client of its own, blocking until it is done.
+
+        On this thread's own ``asyncio.run``, unless a loop already runs in this thread: Airflow's
+        SIGTERM handler calls ``on_kill`` (so :meth:`cancel`) in the main thread, in the middle of
+        the blocking wait's loop, which cannot be entered again. The work then gets its own loop on
+        a thread of its own, and this thread waits for it (the interrupted loop waits too).
+        """
+
         async def main() -> T:
             async with self.connect() as client:
                 return await work(client)
 
-        return asyncio.run(main())
+        if not _loop_running():
+            return asyncio.run(main())
+        with ThreadPoolExecutor(1, thread_name_prefix="sft-kubernetes") as pool:
+            return pool.submit(asyncio.run, main()).result()
 
     # --- checks before anything is sent ---------------------------------------------------
 
@@ -278,10 +299,10 @@ class KubernetesBackend(TrainingBackend):
         log.info("Created %s %s/%s", self.resource.kind.value, ns, run.name)
 
     async def _create(self, client: KubeClient, body: dict[str, Any], config: dict[str, Any]) -> None:
-        """The Secret and the program's ConfigMap, then the job that owns them.
+        """The program's ConfigMap and the Secret, then the job that owns them.
 
-        A 409 on the job (a concurrent attempt created it) is left to the caller; any
-        other failure removes the two objects again.
+        A 409 on the job (a concurrent attempt created it, with these objects) is left to the
+        caller; any other failure removes what this call made, the job included.
         """
         ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
         owned = [build_program_configmap(name, ns, config=config, labels=self.labels())]
@@ -294,17 +315,24 @@ class KubernetesBackend(TrainingBackend):
         )
         if secret is not None:
             owned.append(secret)
-        for item in owned:
-            await client.put_owned(item)
+        made: list[dict[str, Any]] = []
+        created: dict[str, Any] | None = None
         try:
+            for item in owned:
+                await client.put_owned(item)
+                made.append(item)
             created = await client.create_job(self.resource, body)
-        except KubeApiError as exc:
-            if exc.status != 409:
-                for item in owned:
+            for item in owned:
+                await client.set_owner(item["kind"], ns, item["metadata"]["name"], owner_reference(created))
+        except Exception as exc:
+            if created is None and isinstance(exc, KubeApiError) and exc.status == 409:
+                raise
+            with contextlib.suppress(KubeApiError):  # the first failure is the one to report
+                if created is not None:
+                    await client.delete_job(self.resource, ns, name)
+                for item in reversed(made):
                     await client.delete_owned(item["kind"], ns, item["metadata"]["name"])
             raise
-        for item in owned:
-            await client.set_owner(item["kind"], ns, item["metadata"]["name"], owner_reference(created))
 
     def handle(self, run_name: str, output_dir: str) -> JobHandle:
         details = {"namespace": self.config.namespace, "kind": self.resource.kind.value}
@@ -365,7 +393,7 @@ class KubernetesBackend(TrainingBackend):
         def on_state(state: JobState) -> None:
             nonlocal log_task
             pod_log(f"{resource.kind.value} {handle.name}: {state.describe()}")
-            if state.phase.started and log_task is None:
+            if state.phase.started and not state.terminal and log_task is None:
                 log_task = asyncio.ensure_future(
                     follow_log(client, resource, ns, handle.name, pod_log, clock=self.clock)
                 )
@@ -382,8 +410,13 @@ class KubernetesBackend(TrainingBackend):
                 on_state=on_state,
                 on_note=pod_log,
             )
-        finally:
-            await _drain(log_task)
+        except BaseException:
+            await _drain(log_task, 0)
+            raise
+        # The last lines of a job that ended are worth a moment, from a log that streams: one not
+        # found or not started (a job that failed before its pods ran) is copied instead, and a
+        # job past its deadline is deleted now.
+        await _drain(log_task, LOG_DRAIN_SECONDS if pod_log.lines and waited.timeout is None else 0)
         result = result_of(
             ns, handle.name, waited, start_timeout=self.config.start_timeout, kind=resource.kind.value
         )
@@ -459,13 +492,34 @@ class KubernetesBackend(TrainingBackend):
         *,
         copy_log: bool = True,
     ) -> JobResult:
-        """Copy the tail of the rank-0 pod log and clean up by policy.
+        """Copy the tail of the rank-0 pod log and clean up by policy, within ``CLEANUP_SECONDS``.
 
         A failure's message gains the pod's own reason, its last ``ERROR:`` line, and the task
-        log the pod log's last lines it did not show (the pod goes with its job).
+        log the pod log's last lines it did not show (the pod goes with its job). An API server
+        that does not answer in time is reported, not waited for.
         """
         ns, resource = handle.details["namespace"], resource_of(handle.details.get("kind"))
         pod_log = PodLog.of(on_log, ns)
+        try:
+            return await asyncio.wait_for(
+                self._finish(client, handle, result, pod_log, copy_log=copy_log), CLEANUP_SECONDS
+            )
+        except asyncio.TimeoutError:
+            note = (
+                f"the API server did not answer within {CLEANUP_SECONDS}s: {resource.kind.value} "
+                f"{ns}/{handle.name} may still exist (delete it by hand if it is still there)"
+            )
+            pod_log(f"Clean-up stopped: {note}")
+            return (
+                result
+                if result.succeeded
+                else dataclasses.replace(result, message=f"{result.message}; {note}")
+            )
+
+    async def _finish(
+        self, client: KubeClient, handle: JobHandle, result: JobResult, pod_log: PodLog, *, copy_log: bool
+    ) -> JobResult:
+        ns, resource = handle.details["namespace"], resource_of(handle.details.get("kind"))
         if copy_log:
             await copy_log_tail(client, resource, ns, handle.name, pod_log)
         if not result.succeeded:
@@ -477,7 +531,7 @@ class KubernetesBackend(TrainingBackend):
             result.status is JobStatus.FAILED and self.config.keep_failed_jobs
         )
         if not keep:  # success, or a failure nobody keeps; a timeout never leaves its job running
-            await self._cancel(client, handle)
+            await delete_job_and_owned(client, handle)
         elif not result.succeeded:
             pod_log(
                 f"Kept the failed {resource.kind.value} {ns}/{handle.name} for debugging (keep_failed_jobs)"
@@ -485,24 +539,49 @@ class KubernetesBackend(TrainingBackend):
         return result
 
     def cancel(self, handle: JobHandle) -> None:
-        self._run(lambda client: self._cancel(client, handle))
+        """Delete the job with its Secret and ConfigMap, within ``CLEANUP_SECONDS``; safe from a
+        signal handler (see :meth:`_run`) and for a job that was never created."""
 
-    async def _cancel(self, client: KubeClient, handle: JobHandle) -> None:
-        ns, resource = handle.details["namespace"], resource_of(handle.details.get("kind"))
-        if await client.delete_job(resource, ns, handle.name):
-            log.info("Deleted %s %s/%s", resource.kind.value, ns, handle.name)
-        # Owned by the job, so garbage-collected with it; deleted here too for clusters (and
-        # test servers) without the garbage collector, and for a job never created.
-        await client.delete_owned("Secret", ns, secret_name(handle.name))
-        await client.delete_owned("ConfigMap", ns, program_configmap_name(handle.name))
+        async def cancel(client: KubeClient) -> None:
+            try:
+                await asyncio.wait_for(delete_job_and_owned(client, handle), CLEANUP_SECONDS)
+            except asyncio.TimeoutError:
+                raise KubeApiError(
+                    f"Delete {handle.details.get('kind', c.TRAINJOB_KIND)} {handle.details['namespace']}/"
+                    f"{handle.name}",
+                    0,
+                    "Timeout",
+                    f"the API server did not answer within {CLEANUP_SECONDS}s",
+                ) from None
+
+        self._run(cancel)
 
 
-async def _drain(task: asyncio.Task | None) -> None:
-    """Give the log follower a moment for its last lines, then stop it."""
+async def delete_job_and_owned(client: KubeClient, handle: JobHandle) -> None:
+    """Delete a job and the Secret and ConfigMap made for it (each may already be gone)."""
+    ns, resource = handle.details["namespace"], resource_of(handle.details.get("kind"))
+    if await client.delete_job(resource, ns, handle.name):
+        log.info("Deleted %s %s/%s", resource.kind.value, ns, handle.name)
+    # Owned by the job, so garbage-collected with it; deleted here too for clusters (and
+    # test servers) without the garbage collector, and for a job never created.
+    await client.delete_owned("Secret", ns, secret_name(handle.name))
+    await client.delete_owned("ConfigMap", ns, program_configmap_name(handle.name))
+
+
+def _loop_running() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+async def _drain(task: asyncio.Task | None, seconds: float) -> None:
+    """Give the log follower ``seconds`` for its last lines, then stop it."""
     if task is None:
         return
     with contextlib.suppress(asyncio.TimeoutError, Exception):
-        await asyncio.wait_for(asyncio.shield(task), LOG_DRAIN_SECONDS)
+        await asyncio.wait_for(asyncio.shield(task), seconds)
     if not task.done():
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):

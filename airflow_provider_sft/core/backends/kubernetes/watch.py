@@ -13,12 +13,15 @@ tested on a fake clock:
 * a job that has not started (pending pods, or suspended in a queue) is looked at
   every ``PENDING_POLL_SECONDS``: its pods' waiting reasons and Warning events are
   reported, and ``start_timeout_seconds`` bounds how long it may stay so;
-* ``timeout_seconds`` bounds the whole wait.
+* ``timeout_seconds`` bounds the whole wait, and ``start_timeout_seconds`` the time before the
+  start, even while a call hangs on a server that does not answer (frozen, half-open): a deadline
+  that passed ends the wait ``DEADLINE_GRACE_SECONDS`` later, whatever the call in flight.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +47,9 @@ PENDING_POLL_SECONDS = 30  # how often the pods and events of a job that has not
 MAX_OUTAGE_SECONDS = 600  # the longest run of failed calls a wait rides out
 RECONNECT_BASE_SECONDS = 1.0
 RECONNECT_MAX_SECONDS = 15.0
+#: How long after a deadline a call in flight may still answer (the server ends a watch at the
+#: deadline itself) before the wait stops waiting for it.
+DEADLINE_GRACE_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -149,6 +155,16 @@ class WatchCursor:
             return "start"
         return None
 
+    def next_deadline(self) -> tuple[str, float] | None:
+        """The deadline that applies now and when it is, on the clock: ``("start", t)`` while the job
+        has not started (when it is the earlier one), else ``("run", t)``; None without one."""
+        deadlines = []
+        if not self.started and self.start_timeout_seconds is not None:
+            deadlines.append(("start", self.started_at + self.start_timeout_seconds))
+        if self.timeout_seconds is not None:
+            deadlines.append(("run", self.started_at + self.timeout_seconds))
+        return min(deadlines, key=lambda deadline: deadline[1], default=None)
+
     def pending_check_due(self, now: float) -> bool:
         return not self.started and now >= self.next_pending_check
 
@@ -228,6 +244,34 @@ async def follow_job(
         on_state=on_state,
     )
     report_pending = PendingReporter(client, resource, namespace, name, on_note)
+    watching = asyncio.ensure_future(_watch(client, resource, cursor, report_pending, clock, idle_timeout))
+    try:
+        while True:
+            deadline = cursor.next_deadline()
+            bound = None
+            if deadline is not None:
+                bound = max(0.0, deadline[1] - clock.monotonic()) + DEADLINE_GRACE_SECONDS
+            done, _ = await asyncio.wait({watching}, timeout=bound)
+            if done:
+                return watching.result()
+            if deadline is not None and cursor.next_deadline() == deadline:  # passed, the server silent
+                return cursor.result(timeout=deadline[0])
+    finally:
+        watching.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await watching
+
+
+async def _watch(
+    client: KubeClient,
+    resource: JobResource,
+    cursor: WatchCursor,
+    report_pending: PendingReporter,
+    clock: Clock,
+    idle_timeout: float | None,
+) -> WaitResult:
+    """Read, watch, re-read: the wait's calls, until the job ends or the cursor says a deadline passed."""
+    namespace, name = cursor.namespace, cursor.name
     while True:
         try:
             if cursor.resource_version is None and (
