@@ -163,9 +163,11 @@ def _in(seconds):
 
 def test_user_kill_deletes_the_job_but_not_after_the_event(cluster, namespace, connection, kind):
     submit(cluster, namespace, kind=kind)
+    assert cluster.configmaps_in(namespace)  # the job's program, made with it
     trig = trigger(namespace, connection, kind)
     asyncio.run(trig.on_kill())
     assert not exists(cluster, namespace, "trig-job", kind)
+    assert cluster.configmaps_in(namespace) == [] and cluster.secrets_in(namespace) == []
 
     submit(cluster, namespace, kind=kind)
     fired = trigger(namespace, connection, kind)

@@ -165,3 +165,30 @@ def test_hf_connection_token_reaches_the_local_backend_environment(monkeypatch, 
     op = SFTTrainOperator(task_id="t", dataset_path="d", workspace=str(tmp_path), hf_conn_id="hf")
     backend = op._backend_for(context())
     assert backend.secret_env == {"HF_TOKEN": "hf_from_connection"}
+
+
+def test_deferrable_on_the_local_backend_says_it_keeps_the_worker_slot(monkeypatch, tmp_path, capsys):
+    """``deferrable`` often comes from ``[operators] default_deferrable``, set for every operator:
+    refusing it would fail every local run; it is ignored, and the log says so, naming the field."""
+    from airflow_provider_sft.core.backends import JobHandle, JobResult, JobStatus
+    from airflow_provider_sft.core.backends.local import LocalProcessBackend
+
+    calls = []
+
+    def submit(self, run, *, timeout_seconds=None):
+        calls.append("submit")
+        return JobHandle(self.name, run.name, run.output_dir)
+
+    def wait(self, handle, *, on_log, timeout_seconds=None):
+        calls.append("wait")  # the blocking wait, in this worker
+        return JobResult(JobStatus.FAILED, "stopped here")
+
+    monkeypatch.setattr(LocalProcessBackend, "submit", submit)
+    monkeypatch.setattr(LocalProcessBackend, "wait", wait)
+    op = SFTTrainOperator(task_id="t", dataset_path="d.jsonl", workspace=str(tmp_path), deferrable=True)
+    with pytest.raises(Exception, match="stopped here"):
+        op.execute(context())
+    assert calls == ["submit", "wait"]
+    logged = "".join(capsys.readouterr())  # the task logger (structlog) writes to the console here
+    assert "deferrable=True has no effect on the local backend" in logged
+    assert "keeps its worker slot" in logged

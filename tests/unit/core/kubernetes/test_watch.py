@@ -221,3 +221,39 @@ def test_the_run_deadline_ends_a_wait_on_a_running_job():
     result = follow(client, clock, timeout_seconds=700)
     assert result.timeout == "run" and result.state.phase is JobPhase.RUNNING
     assert [c for c in client.calls if c.startswith("watch")] == ["watch 1 300", "watch 1 300", "watch 1 100"]
+
+
+class FrozenClient(ScriptedClient):
+    """A server that stops answering once the job was read: the watch hangs, as on a SIGSTOPped peer."""
+
+    def __init__(self, clock, first):
+        super().__init__(clock, gets=[first], watches=[])
+        self.cancelled = False
+
+    async def watch_job(self, resource, namespace, name, resource_version, timeout_seconds, idle_timeout):
+        self.calls.append("watch")
+        try:
+            await asyncio.Event().wait()  # never answers, never times out by itself
+        except asyncio.CancelledError:
+            self.cancelled = True
+            raise
+        yield {}
+
+
+@pytest.mark.parametrize(
+    ("first", "deadlines", "timeout"),
+    [
+        (job("1", ready=1), {"timeout_seconds": 0.2}, "run"),
+        (job("1", active=1), {"timeout_seconds": 3600, "start_timeout_seconds": 0.2}, "start"),
+    ],
+    ids=["run", "start"],
+)
+def test_a_deadline_ends_a_call_that_hangs(monkeypatch, first, deadlines, timeout):
+    from airflow_provider_sft.core.backends.kubernetes import watch
+
+    monkeypatch.setattr(watch, "DEADLINE_GRACE_SECONDS", 0.0)
+    clock = FakeClock()  # it never moves: only the bound on the call in flight ends this wait
+    client = FrozenClient(clock, first)
+    result = follow(client, clock, **deadlines)
+    assert result.timeout == timeout
+    assert client.calls[-1] == "watch" and client.cancelled  # the hung call was given up, not left
