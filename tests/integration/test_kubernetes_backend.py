@@ -24,6 +24,7 @@ from airflow_provider_sft.core.backends.kubernetes import (
 )
 from airflow_provider_sft.core.backends.kubernetes.client import KubeClient
 from airflow_provider_sft.core.backends.kubernetes.kinds import TRAINJOB
+from airflow_provider_sft.core.backends.kubernetes.logs import split_timestamp
 from airflow_provider_sft.core.backends.kubernetes.watch import follow_job
 from airflow_provider_sft.core.clock import SYSTEM_CLOCK
 from airflow_provider_sft.core.errors import InvalidParameterError
@@ -575,6 +576,9 @@ def test_a_long_log_line_is_streamed_whole(cluster, namespace, tmp_path):
 
     async def read() -> list[str]:
         async with cluster.connect() as kube:
-            return [line async for line in kube.stream_log(namespace, "job-node-0-0-abcde")]
+            return [
+                split_timestamp(line)[1]
+                async for line in kube.stream_log(namespace, "job-node-0-0-abcde", c.NODE)
+            ]
 
     assert asyncio.run(read()) == ["start", "x" * 300_000, "end"]
