@@ -361,6 +361,8 @@ class FakeCluster:
                     raise asyncio.CancelledError
             if info.get("phase") in ("Succeeded", "Failed") and position == len(self._stamped(info)):
                 break
+            if request.transport is None or request.transport.is_closing():
+                return response  # the client went away
             await asyncio.sleep(0.1)
             stamped = self._stamped(info)
             pending, position = stamped[position:], len(stamped)
