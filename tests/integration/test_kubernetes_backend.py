@@ -24,7 +24,6 @@ from airflow_provider_sft.core.backends.kubernetes import (
 )
 from airflow_provider_sft.core.backends.kubernetes.client import KubeClient
 from airflow_provider_sft.core.backends.kubernetes.kinds import TRAINJOB
-from airflow_provider_sft.core.backends.kubernetes.logs import split_timestamp
 from airflow_provider_sft.core.backends.kubernetes.watch import follow_job
 from airflow_provider_sft.core.clock import SYSTEM_CLOCK
 from airflow_provider_sft.core.errors import InvalidParameterError
@@ -573,6 +572,8 @@ def test_a_long_log_line_is_streamed_whole(cluster, namespace, tmp_path):
     log = tmp_path / "pod.log"
     log.write_text("start\n" + "x" * 300_000 + "\nend\n")
     cluster.pods[(namespace, "job-node-0-0-abcde")] = {"job": "job", "log": log, "phase": "Succeeded"}
+
+    from airflow_provider_sft.core.backends.kubernetes.logs import split_timestamp
 
     async def read() -> list[str]:
         async with cluster.connect() as kube:
