@@ -119,6 +119,7 @@ def _backend(kind: BackendName, task_config: Any, pvc_path: str) -> TrainingBack
         connect,
         environment_configuration,
     )
+    from airflow_provider_sft.core.backends.kubernetes.pull_secret import oci_pull_secret
 
     namespace_file = Path(IN_CLUSTER_NAMESPACE)
     namespace = os.environ.get("SFT_NAMESPACE") or (
@@ -136,7 +137,7 @@ def _backend(kind: BackendName, task_config: Any, pvc_path: str) -> TrainingBack
         connect=lambda: connect(configuration),
         credentials=Credentials(
             hf_token=os.environ.get(c.HF_TOKEN_ENV) or None,
-            oci_pull_secret=os.environ.get(c.OCI_PULL_SECRET_ENV) or None,
+            oci_pull_secret=oci_pull_secret(),
         ),
     )
 

@@ -341,7 +341,9 @@ class SFTTrainOperator(LineageMixin, BaseOperator):
         from airflow_provider_sft.hooks.huggingface import HuggingFaceHook
 
         token = HuggingFaceHook(self.hf_conn_id or None).get_token()  # no connection id: $HF_TOKEN
-        return Credentials(hf_token=token, oci_pull_secret=os.environ.get(c.OCI_PULL_SECRET_ENV) or None)
+        from airflow_provider_sft.core.backends.kubernetes.pull_secret import oci_pull_secret
+
+        return Credentials(hf_token=token, oci_pull_secret=oci_pull_secret())
 
     def _backend_for(self, context: Any) -> TrainingBackend:
         if BackendName(self.backend) is BackendName.KUBERNETES:

@@ -88,7 +88,9 @@ class ValidateRunOperator(BaseOperator):
 
     def _kubernetes(self) -> None:
         from airflow_provider_sft.core.backends.kubernetes import KubernetesConfig
+        from airflow_provider_sft.core.backends.kubernetes.pull_secret import oci_pull_secret
 
+        oci_pull_secret()  # the worker's environment, as the training task reads it
         config = KubernetesConfig.build(**(self.kubernetes or {}))
         if not config.pvc_name:
             raise InvalidParameterError(

@@ -573,8 +573,61 @@ def test_a_long_log_line_is_streamed_whole(cluster, namespace, tmp_path):
     log.write_text("start\n" + "x" * 300_000 + "\nend\n")
     cluster.pods[(namespace, "job-node-0-0-abcde")] = {"job": "job", "log": log, "phase": "Succeeded"}
 
+    from airflow_provider_sft.core.backends.kubernetes.logs import split_timestamp
+
     async def read() -> list[str]:
         async with cluster.connect() as kube:
-            return [line async for line in kube.stream_log(namespace, "job-node-0-0-abcde")]
+            return [
+                split_timestamp(line)[1]
+                async for line in kube.stream_log(namespace, "job-node-0-0-abcde", c.NODE)
+            ]
 
     assert asyncio.run(read()) == ["start", "x" * 300_000, "end"]
+
+
+@pytest.mark.parametrize("how", ["reset", "end"], ids=["api-server-restart", "idle-timeout"])
+def test_a_log_stream_cut_mid_run_is_resumed_and_every_line_reaches_the_task_log_once(
+    cluster, namespace, kind, how, tmp_path
+):
+    """The stream of a running container is cut: dropped (an API server restarting) or ended
+    cleanly (a proxy's idle timeout). The follower resumes at sinceTime, the backfill at the end
+    adds what is left, and the failure carries the pod's ERROR: line."""
+    import time
+
+    b = backend(cluster, namespace, job_kind=kind)
+    handle = b.submit(make_run())
+    pod = f"{handle.name}-master-0" if kind == "PyTorchJob" else f"{handle.name}-node-0-0-abcde"
+    log = tmp_path / "pod.log"  # the container's output, written as it runs
+    log.write_text("")
+    cluster.pods[(namespace, pod)] = {"job": handle.name, "log": log, "phase": "Running"}
+    steps = [f"[sft] step {i}/12 loss {12 - i}.0" for i in range(1, 13)]
+
+    def container():
+        cluster.drive(namespace, handle.name, "running", kind=kind)
+        for step in steps:
+            with log.open("a") as out:
+                out.write(f"{step}\ntorch: a line the task log does not show\n")
+            time.sleep(0.25)
+        with log.open("a") as out:
+            out.write("Traceback (most recent call last):\nERROR: CUDA out of memory\n")
+        time.sleep(0.3)
+        cluster.drive(
+            namespace, handle.name, "failed", reason="JobsFailed", message="node 0 exited 1", kind=kind
+        )
+
+    cluster.cut_log_streams(after_lines=5, how=how)
+    try:
+        thread, _ = in_thread(container)
+        seen: list[str] = []
+        result = b.wait(handle, on_log=seen.append, timeout_seconds=120)
+        thread.join(30)
+    finally:
+        cluster.cut_after = None
+    assert cluster.pods[(namespace, pod)].get("cut")  # the stream was cut while the container ran
+    assert [line for line in seen if line.startswith("[sft] step")] == steps  # each once, in order
+    assert seen.count("ERROR: CUDA out of memory") == 1
+    assert result.status is JobStatus.FAILED
+    assert result.message.endswith(
+        "failed: JobsFailed: node 0 exited 1; the pod reported: CUDA out of memory"
+    )
+    assert not any("Log streaming stopped" in line for line in seen)

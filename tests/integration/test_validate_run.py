@@ -54,3 +54,17 @@ def rendered_fields(database, task_id: str) -> str:
         ).fetchall()
     assert rows, f"no Rendered Templates stored for {task_id}"
     return " ".join(str(row[0]) for row in rows)
+
+
+@pytest.mark.parametrize("pull_secret", ["not-json-hunter2", '{"hunter2": 1}'], ids=["not-json", "no-auths"])
+def test_an_unusable_oci_pull_secret_fails_the_run_at_validate_naming_the_variable(tmp_path, pull_secret):
+    """Else it becomes a dockerconfigjson Secret the API server refuses (422) once the dataset is resolved."""
+    workspace = tmp_path / "ws"
+    conf = {"workspace": str(workspace), "backend": "kubernetes", "pvc_name": "sft-workspace"}
+    extra_env = {"OCI_PULL_SECRET_MODEL_DOWNLOAD": pull_secret}
+    with pytest.raises(SystemExit):
+        run_pipeline(workspace, EXAMPLE_DAGS, conf, echo=False, extra_env=extra_env)
+    text = (workspace / "dags-test.log").read_text()
+    assert "OCI_PULL_SECRET_MODEL_DOWNLOAD: " in text and "task_id=validate" in text
+    assert "hunter2" not in text
+    assert not (workspace / "runs").exists()  # nothing was resolved or submitted

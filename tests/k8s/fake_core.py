@@ -6,7 +6,16 @@ One loopback HTTP endpoint that a client uses as its only API server:
 * ``/api/v1/.../secrets`` and ``configmaps`` are a small in-memory store (crdserver has no core API);
 * ``/api/v1/.../pods``, ``pods/{name}/log`` and ``events`` serve the pods of TrainJobs
   that the status driver "started", and the events a test adds. As a kubelet does, a pod
-  whose container waits answers its log with a 400 ("is waiting to start").
+  whose container waits answers its log with a 400 ("is waiting to start"), and every log
+  line carries the time it was first read (``timestamps``, ``sinceTime``, ``sinceSeconds``,
+  ``tailLines``, ``follow`` as the kubelet applies them).
+
+What kube-apiserver refuses, this refuses with the same status and message (the rules, with
+their upstream sources, are in :mod:`tests.k8s.core_rules`; tests/k8s/test_fake_core_conformance.py
+checks each): a bad object name or label, a Secret or ConfigMap over 1 MiB, a
+``kubernetes.io/dockerconfigjson`` Secret without valid JSON, a log request for a container the
+pod does not have, bad log options. :meth:`FakeCluster.cut_log_streams` makes it cut a log
+stream as a restarting API server or a proxy's idle timeout does.
 
 When the real server is down the proxy drops the client's connection, as a restarting
 API server does; when it is frozen the proxy hangs with it.
@@ -31,8 +40,9 @@ from typing import Any
 
 from aiohttp import ClientSession, TCPConnector, web
 
+from tests.k8s import core_rules
 from tests.k8s.harness import ApiServer, free_port
-from tests.k8s.standin import Kubelet, PodFailed, job_pods
+from tests.k8s.standin import NODE, PYTORCH, Kubelet, PodFailed, job_pods
 
 GROUP, VERSION, PLURAL = "trainer.kubeflow.org", "v1alpha1", "trainjobs"
 #: The API of each kind of job the stand-in controller drives: (group, version, plural).
@@ -47,6 +57,12 @@ _PYTORCHJOB_CONDITIONS = {
 }
 
 
+def _rfc3339_nano(stamp_ns: int) -> str:
+    """The kubelet's log timestamp: RFC 3339 with nine fraction digits (RFC3339NanoFixed)."""
+    moment = dt.datetime.fromtimestamp(stamp_ns // 10**9, dt.timezone.utc)
+    return f"{moment:%Y-%m-%dT%H:%M:%S}.{stamp_ns % 10**9:09d}Z"
+
+
 def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -58,14 +74,17 @@ class FakeCluster:
         self.secrets: dict[tuple[str, str], dict[str, Any]] = {}
         self.configmaps: dict[tuple[str, str], dict[str, Any]] = {}
         self.kubelet = Kubelet(self)
-        # (ns, pod) -> {"job": name, "log": str, "phase": "Running"|"Pending"|..., "waiting": reason or None}
+        # (ns, pod) -> {"job": name, "log": str or Path, "phase": "Running"|"Pending"|..., "waiting": reason
+        # or None, "containers": [names] (or "pod": its spec)}; "stamped" is the log read so far, timestamped
         self.pods: dict[tuple[str, str], dict[str, Any]] = {}
+        self.cut_after: tuple[int, str] | None = None  # (lines, how): see cut_log_streams
         self.events: list[dict[str, Any]] = []
         self.forbidden = ""  # a path suffix answered with 403 (a missing RBAC rule), "" for none
         self.requests: list[tuple[str, str]] = []  # (method, path) of every request, for request counting
         self.queries: list[tuple[str, str, str]] = []  # (method, path, query string), for RBAC checks
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
+        self.stopped = threading.Event()  # set by stop(): the background kubelets end with it
         self._thread = threading.Thread(target=self._serve, daemon=True, name="fake-core")
 
     @property
@@ -80,6 +99,7 @@ class FakeCluster:
         return self
 
     def stop(self) -> None:
+        self.stopped.set()
         asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(30)
         self._loop.call_soon_threadsafe(self._loop.stop)
 
@@ -192,6 +212,8 @@ class FakeCluster:
             return web.json_response({"kind": "List", "apiVersion": "v1", "items": items})
         body = await request.json()
         name = body["metadata"]["name"]
+        if refused := _refused(body, plural):
+            return refused
         if (ns, name) in store:
             return _status(409, "AlreadyExists", f'{plural} "{name}" already exists')
         body["metadata"].update(namespace=ns, uid=f"uid-{name}", resourceVersion="1")
@@ -210,7 +232,10 @@ class FakeCluster:
             patch = await request.json()
             store[key]["metadata"].update(patch.get("metadata", {}))
         elif request.method == "PUT":
-            store[key] = await request.json()
+            body = await request.json()
+            if refused := _refused(body, plural):
+                return refused
+            store[key] = body
         return web.json_response(store[key])
 
     # --- fake pods and logs -------------------------------------------------------------------
@@ -225,45 +250,124 @@ class FakeCluster:
                     "namespace": n,
                     "labels": {"jobset.sigs.k8s.io/jobset-name": info["job"]},
                 },
-                "status": _pod_status(info),
+                "status": _pod_status(pod, info),
             }
             for (n, pod), info in self.pods.items()
             if n == ns and (not wanted or info["job"] == wanted)
         ]
         return web.json_response({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items})
 
-    async def _log(self, request: web.Request) -> web.Response:
-        key = (request.match_info["ns"], request.match_info["name"])
-        if key not in self.pods:
-            return _status(404, "NotFound", f'pods "{key[1]}" not found', name=key[1], kind="pods")
-        pod = self.pods[key]
-        if pod.get("waiting"):
+    def cut_log_streams(self, after_lines: int, how: str = "reset") -> None:
+        """Cut each pod's first followed log stream after ``after_lines`` lines, the container running on.
+
+        ``how="reset"``: the connection drops mid-stream, as when the API server restarts;
+        ``how="end"``: the response ends cleanly, as a proxy's idle timeout or the server's own
+        request timeout ends it, which a client cannot tell from the container's end.
+        """
+        self.cut_after = (after_lines, how)
+
+    def _stamped(self, info: dict[str, Any]) -> list[tuple[int, str]]:
+        """The pod's log read so far, each line with the time it was first read (the runtime's
+        timestamp). A line still being written (no newline yet) waits until its container ends."""
+        stamped, now = info.setdefault("stamped", []), time.time_ns()
+        log = info["log"]
+        if isinstance(log, Path):
+            with log.open("rb") as handle:
+                handle.seek(info.get("offset", 0))
+                data = handle.read()
+            ended = info.get("phase") in ("Succeeded", "Failed")
+            complete = data if ended else data[: data.rfind(b"\n") + 1]
+            info["offset"] = info.get("offset", 0) + len(complete)
+            lines = complete.decode("utf-8", errors="replace").splitlines()
+        else:
+            lines = log.splitlines()[len(stamped) :]
+        stamped.extend((now, line) for line in lines)
+        return stamped
+
+    def _log_refusal(self, request: web.Request) -> web.Response | tuple[dict[str, Any], str]:
+        """kube-apiserver's answer to a log request it refuses, in its order (LogREST.Get:
+        the options, the pod, its container; then the kubelet: a container that waits), else
+        (the pod's record, the container)."""
+        ns, name = request.match_info["ns"], request.match_info["name"]
+        if invalid := core_rules.pod_log_options(name, dict(request.query)):
+            return web.json_response(invalid, status=422)
+        if (ns, name) not in self.pods:
+            return _status(404, "NotFound", f'pods "{name}" not found', name=name, kind="pods")
+        info = self.pods[(ns, name)]
+        containers, container = _containers(name, info), request.query.get("container", "")
+        if not container and len(containers) != 1:
+            choices = " ".join(containers)
             return _status(
                 400,
                 "BadRequest",
-                f'container "node" in pod "{key[1]}" is waiting to start: {pod["waiting"]}',
+                f"a container name must be specified for pod {name}, choose one of: [{choices}]",
             )
-        log = pod["log"]
-        if (
-            isinstance(log, Path) and request.query.get("follow", "").lower() == "true"
-        ):  # stream until the pod ends
-            response = web.StreamResponse()
-            await response.prepare(request)
-            with log.open("rb") as handle:
-                while True:
-                    ended = pod["phase"] in ("Succeeded", "Failed")
-                    chunk = handle.read()
-                    if chunk:
-                        await response.write(chunk)
-                    elif ended:
-                        break
-                    else:
-                        await asyncio.sleep(0.2)
-            await response.write_eof()
-            return response
-        lines = (log.read_text(errors="replace") if isinstance(log, Path) else log).splitlines()
-        tail = int(request.query.get("tailLines", 0) or 0)
-        return web.Response(text="\n".join(lines[-tail:] if tail else lines) + "\n")
+        container = container or containers[0]
+        if container not in containers:
+            return _status(400, "BadRequest", core_rules.container_not_valid(container, name))
+        if info.get("waiting"):
+            return _status(
+                400,
+                "BadRequest",
+                f'container "{container}" in pod "{name}" is waiting to start: {info["waiting"]}',
+            )
+        return info, container
+
+    async def _log(self, request: web.Request) -> web.StreamResponse:
+        """A container's log as the kubelet serves it (pkg/kubelet/kuberuntime/logs): the last
+        ``tailLines`` lines, of those the ones from ``sinceTime`` (whole seconds: the API server
+        passes it on as RFC 3339) or ``sinceSeconds`` ago on, with ``timestamps``, followed."""
+        answer = self._log_refusal(request)
+        if isinstance(answer, web.StreamResponse):
+            return answer
+        info, query = answer[0], request.query
+        since = None
+        if "sinceTime" in query:
+            moment = dt.datetime.fromisoformat(query["sinceTime"].replace("Z", "+00:00"))
+            since = int(moment.timestamp()) * 10**9  # to the second
+        elif "sinceSeconds" in query:
+            since = time.time_ns() - int(query["sinceSeconds"]) * 10**9
+        stamps = query.get("timestamps", "").lower() == "true"
+
+        def shown(entries: list[tuple[int, str]]) -> bytes:
+            kept = [(stamp, line) for stamp, line in entries if since is None or stamp >= since]
+            return "".join(
+                f"{_rfc3339_nano(stamp)} {line}\n" if stamps else f"{line}\n" for stamp, line in kept
+            ).encode()
+
+        stamped = self._stamped(info)
+        first = stamped[-int(query["tailLines"]) :] if "tailLines" in query else list(stamped)
+        if "tailLines" in query and int(query["tailLines"]) == 0:
+            first = []
+        if query.get("follow", "").lower() != "true":
+            return web.Response(body=shown(first), content_type="text/plain")
+        response = web.StreamResponse()
+        response.content_type = "text/plain"
+        await response.prepare(request)
+        cut = None if info.get("cut") else self.cut_after
+        sent, position = 0, len(stamped)
+        pending = first
+        while True:
+            for entry in pending:
+                await response.write(shown([entry]))
+                sent += 1
+                if cut is not None and sent >= cut[0]:
+                    info["cut"] = True
+                    if cut[1] == "end":
+                        await response.write_eof()
+                        return response
+                    if request.transport is not None:
+                        request.transport.abort()
+                    raise asyncio.CancelledError
+            if info.get("phase") in ("Succeeded", "Failed") and position == len(self._stamped(info)):
+                break
+            if request.transport is None or request.transport.is_closing():
+                return response  # the client went away
+            await asyncio.sleep(0.1)
+            stamped = self._stamped(info)
+            pending, position = stamped[position:], len(stamped)
+        await response.write_eof()
+        return response
 
     async def _events(self, request: web.Request) -> web.Response:
         ns, selector = request.match_info["ns"], request.query.get("fieldSelector", "")
@@ -354,13 +458,25 @@ class FakeCluster:
                 }
             ],
         }
+        self._drive_pods(namespace, name, f"{name}-node-0-0-abcde", phase, log)
         self.custom().patch_namespaced_custom_object_status(
             GROUP, VERSION, namespace, PLURAL, name, {"status": status}
         )
-        pod = (namespace, f"{name}-node-0-0-abcde")
+
+    def _drive_pods(self, namespace: str, name: str, pod: str, phase: str, log: str) -> None:
+        """The job's rank-0 pod, running with ``log``; its pods end before the job does."""
         has_pods = any(info["job"] == name for (n, _), info in self.pods.items() if n == namespace)
         if log or (phase == "running" and not has_pods):
-            self.pods[pod] = {"job": name, "log": log, "phase": "Running"}
+            self.pods[(namespace, pod)] = {"job": name, "log": log, "phase": "Running"}
+        ended = {"complete": "Succeeded", "failed": "Failed"}.get(phase)
+        for (n, _), info in self.pods.items():
+            if (
+                ended
+                and n == namespace
+                and info["job"] == name
+                and info["phase"] not in ("Succeeded", "Failed")
+            ):
+                info.update(phase=ended, waiting=None)
 
     def _drive_pytorchjob(
         self, namespace: str, name: str, phase: str, *, reason: str, message: str, log: str
@@ -379,12 +495,10 @@ class FakeCluster:
             for kind in types
         ]
         group, version, plural = KINDS["PyTorchJob"]
+        self._drive_pods(namespace, name, f"{name}-master-0", phase, log)
         self.custom().patch_namespaced_custom_object_status(
             group, version, namespace, plural, name, {"status": {"conditions": conditions}}
         )
-        has_pods = any(info["job"] == name for (n, _), info in self.pods.items() if n == namespace)
-        if log or (phase == "running" and not has_pods):
-            self.pods[(namespace, f"{name}-master-0")] = {"job": name, "log": log, "phase": "Running"}
 
     def auto_run(
         self, namespace: str, *, extra_env: dict[str, str] | None = None, kind: str = "TrainJob"
@@ -395,7 +509,10 @@ class FakeCluster:
 
         def loop() -> None:
             started: set[str] = set()
-            while True:  # re-watch on errors, e.g. the watch cache of a just-installed CRD lagging behind
+            # Re-watch on errors (the watch cache of a just-installed CRD lagging behind) while the
+            # cluster runs: once it is stopped, its API server goes too, and asking again would only
+            # print urllib3's retries after the test session's summary.
+            while not self.stopped.is_set():
                 try:
                     stream = watch.Watch().stream(
                         self.custom().list_namespaced_custom_object,
@@ -417,7 +534,7 @@ class FakeCluster:
                             ).start()
                     return
                 except Exception:
-                    time.sleep(0.2)
+                    self.stopped.wait(0.2)
 
         thread = threading.Thread(target=loop, daemon=True, name=f"fake-kubelet-{namespace}")
         thread.start()
@@ -465,10 +582,34 @@ class FakeCluster:
         return codes
 
 
-def _pod_status(info: dict[str, Any]) -> dict[str, Any]:
-    waiting = info.get("waiting")
-    state = {"waiting": {"reason": waiting}} if waiting else {"running": {"startedAt": _now()}}
-    return {"phase": info.get("phase", "Running"), "containerStatuses": [{"name": "node", "state": state}]}
+def _refused(body: dict[str, Any], plural: str) -> web.Response | None:
+    """kube-apiserver's 422 for a Secret or ConfigMap it would not store (see core_rules)."""
+    kind = "Secret" if plural == "secrets" else "ConfigMap"
+    errors = core_rules.secret(body) if kind == "Secret" else core_rules.config_map(body)
+    if not errors:
+        return None
+    return web.json_response(core_rules.invalid(kind, body["metadata"].get("name", ""), errors), status=422)
+
+
+def _containers(pod: str, info: dict[str, Any]) -> list[str]:
+    """The pod's containers: from its spec (the kubelet stand-in), else as a test declared them,
+    else the program container its controller names it by (a PyTorchJob's master, a TrainJob's node)."""
+    if "pod" in info:
+        return [container["name"] for container in info["pod"]["spec"]["containers"]]
+    return info.get("containers") or [PYTORCH if "-master-" in pod or "-worker-" in pod else NODE]
+
+
+def _pod_status(pod: str, info: dict[str, Any]) -> dict[str, Any]:
+    waiting, phase = info.get("waiting"), info.get("phase", "Running")
+    if waiting:
+        state: dict[str, Any] = {"waiting": {"reason": waiting}}
+    elif phase in ("Succeeded", "Failed"):
+        code = 0 if phase == "Succeeded" else 1
+        state = {"terminated": {"exitCode": code, "reason": "Completed" if code == 0 else "Error"}}
+    else:
+        state = {"running": {"startedAt": _now()}}
+    statuses = [{"name": name, "state": state} for name in _containers(pod, info)]
+    return {"phase": phase, "containerStatuses": statuses}
 
 
 def _status(code: int, reason: str, message: str, **details: str) -> web.Response:

@@ -46,7 +46,7 @@ from airflow_provider_sft.core.backends.kubernetes import admission
 from airflow_provider_sft.core.backends.kubernetes.client import KubeClient
 from airflow_provider_sft.core.backends.kubernetes.config import KubernetesConfig, SpecGeneration
 from airflow_provider_sft.core.backends.kubernetes.kinds import RESOURCES, JobKind, JobResource, resource_of
-from airflow_provider_sft.core.backends.kubernetes.logs import PodLog, copy_log_tail, follow_log
+from airflow_provider_sft.core.backends.kubernetes.logs import PodLog, backfill_log, follow_log
 from airflow_provider_sft.core.backends.kubernetes.manifest import (
     NodeWork,
     build_program_configmap,
@@ -381,11 +381,8 @@ class KubernetesBackend(TrainingBackend):
         handle: JobHandle,
         on_log: LogSink,
         timeout_seconds: float | None,
-        *,
-        missed: Callable[[], bool] = lambda: False,
     ) -> JobResult:
-        """Follow the job to its end, then complete it. The log tail is copied at the end when
-        nothing was streamed, or when ``missed()`` says a line the caller needs did not arrive."""
+        """Follow the job to its end, then complete it (which backfills what the log stream missed)."""
         ns, resource = handle.details["namespace"], resource_of(handle.details.get("kind"))
         log_task: asyncio.Task | None = None
         pod_log = PodLog.of(on_log, ns)
@@ -420,8 +417,7 @@ class KubernetesBackend(TrainingBackend):
         result = result_of(
             ns, handle.name, waited, start_timeout=self.config.start_timeout, kind=resource.kind.value
         )
-        copy_log = pod_log.lines == 0 or missed()
-        return await self._complete(client, handle, result, pod_log, copy_log=copy_log)
+        return await self._complete(client, handle, result, pod_log)
 
     # --- workspace steps --------------------------------------------------------------------
 
@@ -467,13 +463,7 @@ class KubernetesBackend(TrainingBackend):
         await self._create(client, body, config)
         log.info("Created %s %s/%s for the %s step", self.resource.kind.value, ns, name, step)
         pod_log = PodLog(on_log, ns)
-        result = await self._follow(
-            client,
-            self.handle(name, ""),
-            pod_log,
-            timeout_seconds,
-            missed=lambda: pod_log.result_line is None,
-        )
+        result = await self._follow(client, self.handle(name, ""), pod_log, timeout_seconds)
         if result.succeeded and pod_log.result_line is not None:
             return parse_result([pod_log.result_line])
         raise TrainingFailedError(
@@ -489,10 +479,9 @@ class KubernetesBackend(TrainingBackend):
         handle: JobHandle,
         result: JobResult,
         on_log: LogSink,
-        *,
-        copy_log: bool = True,
     ) -> JobResult:
-        """Copy the tail of the rank-0 pod log and clean up by policy, within ``CLEANUP_SECONDS``.
+        """Backfill the rank-0 pod log's lines the task log has not got, and clean up by policy,
+        within ``CLEANUP_SECONDS``.
 
         A failure's message gains the pod's own reason, its last ``ERROR:`` line, and the task
         log the pod log's last lines it did not show (the pod goes with its job). An API server
@@ -502,7 +491,7 @@ class KubernetesBackend(TrainingBackend):
         pod_log = PodLog.of(on_log, ns)
         try:
             return await asyncio.wait_for(
-                self._finish(client, handle, result, pod_log, copy_log=copy_log), CLEANUP_SECONDS
+                self._finish(client, handle, result, pod_log), CLEANUP_SECONDS
             )
         except asyncio.TimeoutError:
             note = (
@@ -517,11 +506,10 @@ class KubernetesBackend(TrainingBackend):
             )
 
     async def _finish(
-        self, client: KubeClient, handle: JobHandle, result: JobResult, pod_log: PodLog, *, copy_log: bool
+        self, client: KubeClient, handle: JobHandle, result: JobResult, pod_log: PodLog
     ) -> JobResult:
         ns, resource = handle.details["namespace"], resource_of(handle.details.get("kind"))
-        if copy_log:
-            await copy_log_tail(client, resource, ns, handle.name, pod_log)
+        await backfill_log(client, resource, ns, handle.name, pod_log)
         if not result.succeeded:
             pod_log.show_failure_context()
             if pod_log.last_error:

@@ -341,30 +341,75 @@ class KubeClient:
             field_selector=f"involvedObject.name={involved_name}",
         )
 
-    async def read_log_tail(self, namespace: str, pod: str, tail_lines: int) -> str:
-        # Raw bytes, decoded here: the generated client turns a text/plain body into repr(bytes).
-        response = await self._open(
+    async def _read_log(
+        self,
+        action: str,
+        namespace: str,
+        pod: str,
+        container: str,
+        *,
+        since_time: str | None,
+        timeout: Any = REQUEST_TIMEOUT,
+        **query: str | int,
+    ) -> Any:
+        """Open ``pods/{pod}/log`` of one container, its lines prefixed with their timestamps.
+
+        Through the API client's ``call_api``: the generated ``read_namespaced_pod_log`` has no
+        ``sinceTime``, and a resumed read needs it (``sinceSeconds`` would lean on the clocks of
+        this host and the node agreeing).
+        """
+
+        def request(*, _preload_content: bool, _request_timeout: Any) -> Any:
+            params = {"container": container, "timestamps": "true", **query}
+            if since_time is not None:
+                params["sinceTime"] = since_time
+            return self.api_client.call_api(
+                "/api/v1/namespaces/{namespace}/pods/{name}/log",
+                "GET",
+                {"namespace": namespace, "name": pod},
+                [(key, str(value)) for key, value in params.items()],
+                {"Accept": "text/plain"},
+                auth_settings=["BearerToken"],
+                _preload_content=_preload_content,
+                _request_timeout=_request_timeout,
+            )
+
+        return await self._open(action, request, timeout=timeout)
+
+    async def read_log(
+        self, namespace: str, pod: str, container: str, *, tail_lines: int, since_time: str | None = None
+    ) -> list[str]:
+        """The last ``tail_lines`` lines of a container's log (from ``since_time`` on), timestamped."""
+        response = await self._read_log(
             f"Read log of pod {namespace}/{pod}",
-            self.core.read_namespaced_pod_log,
-            pod,
             namespace,
-            container=c.NODE,
-            tail_lines=tail_lines,
+            pod,
+            container,
+            since_time=since_time,
+            tailLines=tail_lines,
         )
         try:
-            return (await response.read()).decode("utf-8", errors="replace")
+            # Raw bytes, decoded here: the generated client turns a text/plain body into repr(bytes).
+            return (await response.read()).decode("utf-8", errors="replace").splitlines()
         finally:
             response.release()
 
-    async def stream_log(self, namespace: str, pod: str) -> AsyncIterator[str]:
-        """Follow a pod's log line by line until the container ends (a 400 while it has not started)."""
-        response = await self._open(
+    async def stream_log(
+        self, namespace: str, pod: str, container: str, *, since_time: str | None = None
+    ) -> AsyncIterator[str]:
+        """Follow a container's log line by line, timestamped, until the server ends the stream.
+
+        That is when the container ends, but also when the API server restarts or a proxy cuts
+        an idle connection: the caller tells these apart (:mod:`.logs`). A 400 while the
+        container has not started.
+        """
+        response = await self._read_log(
             f"Follow log of pod {namespace}/{pod}",
-            self.core.read_namespaced_pod_log,
-            pod,
             namespace,
-            container=c.NODE,
-            follow=True,
+            pod,
+            container,
+            since_time=since_time,
+            follow="true",
             timeout=(REQUEST_TIMEOUT[0], None),
         )
         try:

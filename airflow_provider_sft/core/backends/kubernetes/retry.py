@@ -37,7 +37,8 @@ class KubeApiError(SFTError):
         self.action, self.status, self.reason, self.server_message = action, status, reason, message
         self.details = details or {}
         hint = f" {RBAC_HINT}" if status == 403 else ""
-        super().__init__(f"{action}: {status} {reason}: {message}.{hint}".replace("..", "."))
+        end = "" if message.endswith(".") else "."  # the server's message as it is, one sentence
+        super().__init__(f"{action}: {status} {reason}: {message}{end}{hint}")
 
     @property
     def object_not_found(self) -> bool:

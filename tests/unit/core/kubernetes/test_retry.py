@@ -133,3 +133,20 @@ def test_a_404_about_an_object_differs_from_an_api_not_served():
         with pytest.raises(KubeApiError) as info:
             run(RetryPolicy(clock=FakeClock()), "Get TrainJob ns/a", call)
         assert info.value.object_not_found is object_not_found
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        (
+            "spec.volumes[0].hostPath.path: Invalid value: \"/data/../etc\": must not contain '..'",
+            'Create Pod ns/p: 422 Invalid: spec.volumes[0].hostPath.path: Invalid value: "/data/../etc": '
+            "must not contain '..'.",
+        ),
+        ("the server is shutting down.", "Create Pod ns/p: 422 Invalid: the server is shutting down."),
+    ],
+    ids=["dots-inside-kept", "one-final-period"],
+)
+def test_the_servers_message_is_kept_as_it_is(message, expected):
+    """Its ``..`` are the server's (a path, a range), not a doubled period to tidy away."""
+    assert str(KubeApiError("Create Pod ns/p", 422, "Invalid", message)) == expected
