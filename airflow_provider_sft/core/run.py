@@ -58,11 +58,12 @@ JOBSET_POD_SUFFIX = "-abcde"
 def pod_name_suffix(num_nodes: int) -> str:
     """The longest suffix a controller appends to a job's name for one of its pods.
 
-    JobSet (a TrainJob's) names the pods of job ``<jobset>-<replicatedJob>-<jobIndex>``
-    ``<job>-<podIndex>-<5 random>`` and its webhook refuses a JobSet whose longest pod name
-    (of the ``node`` job: ``-node-0-<num_nodes - 1>-abcde``) exceeds 63 characters, after the
-    TrainJob was admitted. The Training Operator names a PyTorchJob's pods and Services
-    ``<name>-master-0`` and ``<name>-worker-<i>``, always shorter than that.
+    JobSet names a TrainJob's pods ``<jobset>-<replicatedJob>-<jobIndex>-<podIndex>-<5 random>``
+    (the JobSet is named after the TrainJob), and its webhook refuses a JobSet whose longest pod
+    name (the ``node`` job's: ``-node-0-<num_nodes - 1>-abcde``) exceeds 63 characters, after
+    the TrainJob was admitted. The Training Operator names a PyTorchJob's pods and Services
+    ``<name>-master-0`` and ``<name>-worker-<i>``, always shorter than that. A runtime's other
+    replicated jobs (initializers) are checked against the runtime itself: ``admission``.
     """
     return f"-{c.NODE}-0-{max(num_nodes, 1) - 1}{JOBSET_POD_SUFFIX}"
 
@@ -70,9 +71,6 @@ def pod_name_suffix(num_nodes: int) -> str:
 def max_run_name_length(num_nodes: int = 1) -> int:
     """The longest run name whose pods' names still fit in a DNS label (48 for up to 10 nodes)."""
     return DNS_LABEL_MAX - len(pod_name_suffix(num_nodes))
-
-
-RUN_NAME_MAX = max_run_name_length(1)
 
 
 def check_run_name(name: str, *, field: str = "run_name", num_nodes: int = 1) -> str:

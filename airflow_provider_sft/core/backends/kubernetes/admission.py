@@ -147,13 +147,16 @@ def longest_pod_names(trainjob: dict[str, Any], runtime: dict[str, Any]) -> dict
     return longest
 
 
+_RUNTIME_ANNOTATIONS = "the runtime's spec.template.metadata.annotations"
+
+
 def _volcano_annotations(
     trainjob: dict[str, Any], runtime: dict[str, Any], v21: bool
 ) -> dict[str, tuple[str, str]]:
     """annotation -> (value, where it was set): the runtime info's annotations, which the
     Volcano plugin reads, merged as the Trainer merges them."""
     merged = {
-        key: (value, "the runtime's spec.template.metadata.annotations")
+        key: (value, _RUNTIME_ANNOTATIONS)
         for key, value in (_dig(runtime, "spec", "template", "metadata", "annotations") or {}).items()
     }
     if v21:
@@ -223,11 +226,12 @@ def check(
     if "volcano" in ((runtime.get("spec") or {}).get("podGroupPolicy") or {}):
         queue, source = _volcano_annotations(trainjob, runtime, v21).get(VOLCANO_QUEUE_ANNOTATION, (None, ""))
         if queue == "":
-            fix = (
-                "remove it from metadata_annotations" if "TrainJob" in source else "use another runtime_name"
-            )
+            fix = {
+                "the TrainJob's spec.annotations": "; remove it from metadata_annotations",
+                _RUNTIME_ANNOTATIONS: "; use a runtime that names a queue (runtime_name)",
+            }.get(source, "")
             errors[f"spec.annotations[{VOLCANO_QUEUE_ANNOTATION}]"] = (
-                f"Volcano queue name must not be empty (set empty by {source}; {fix})"
+                f"Volcano queue name must not be empty (set empty by {source}{fix})"
             )
     job_name = (trainjob.get("metadata") or {}).get("name", "")
     for replicated_job, pod_name in longest_pod_names(trainjob, runtime).items():
