@@ -1,6 +1,7 @@
 """Dataset resolution vs the original approach, side by side: MB/s and peak RSS.
 
     python benchmarks/dataset_resolve.py [--size-mb 1024] [--cases local-jsonl local-parquet s3-jsonl s3-parquet]
+    python benchmarks/dataset_resolve.py --smoke   # 1 MB, every case: does it still run?
 
 A chat dataset of ``--size-mb`` of JSONL (and the same records as Parquet) is generated once
 into ``--data-dir``. Each case resolves it into a fresh workspace's ``train.jsonl`` twice, each
@@ -29,6 +30,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+CASES = ["local-jsonl", "local-parquet", "s3-jsonl", "s3-parquet"]
+#: ``--smoke``: tiny sizes, for the test that keeps the benchmark running (its numbers mean nothing).
+SMOKE_SIZE_MB = 1
 sys.path.insert(0, str(REPO))
 
 WORDS = [
@@ -183,10 +187,11 @@ def main() -> None:
     )
     parser.add_argument("--size-mb", type=int, default=1024)
     parser.add_argument("--data-dir", type=Path, default=Path(tempfile.gettempdir()) / "sft-dataset-bench")
-    parser.add_argument(
-        "--cases", nargs="+", default=["local-jsonl", "local-parquet", "s3-jsonl", "s3-parquet"]
-    )
+    parser.add_argument("--cases", nargs="+", default=CASES, choices=CASES)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, seconds: check it still runs")
     args = parser.parse_args()
+    if args.smoke:
+        args.size_mb = SMOKE_SIZE_MB
     jsonl, parquet = generate(args.data_dir, args.size_mb)
     input_mb = jsonl.stat().st_size / 1e6
 

@@ -1,6 +1,7 @@
 """CPU SFT loop vs ``transformers.Trainer``: tokens/s on the same tiny model and data, in one run.
 
     python benchmarks/local_train.py [--repeats 3] [--epochs 3] [--threads 1]
+    python benchmarks/local_train.py --smoke   # 1 run each, 16 samples: does it still run?
 
 Both train the tiny local Llama on the bundled chat dataset after instructlab's
 data processing, with the same optimizer settings (AdamW, betas (0.9, 0.95),
@@ -35,6 +36,18 @@ from airflow_provider_sft.core.tiny_model import build_tiny_model
 BATCH = 8
 LR = 1e-3
 WARMUP = 10
+#: ``--smoke``: tiny sizes, for the test that keeps the benchmark running (its numbers mean nothing).
+SMOKE = {"repeats": 1, "epochs": 1, "samples": 16}
+
+
+def first_samples(processed: str, count: int, out: Path) -> tuple[str, int]:
+    """The first ``count`` processed samples as their own file (all of them when ``count`` is 0)."""
+    lines = Path(processed).read_text().splitlines(keepends=True)
+    if count:
+        lines = lines[:count]
+        processed = str(out)
+        out.write_text("".join(lines))
+    return processed, len(lines)
 
 
 def ours(model: Path, processed: str, out: Path, epochs: int, threads: int) -> tuple[float, int, float]:
@@ -131,7 +144,11 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--samples", type=int, default=0, help="train on the first N samples (0: all)")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, seconds: check it still runs")
     args = parser.parse_args()
+    if args.smoke:
+        args.repeats, args.epochs, args.samples = SMOKE["repeats"], SMOKE["epochs"], SMOKE["samples"]
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -141,12 +158,13 @@ def main() -> int:
         report = process_chat_data(
             bundled_dataset_path(), root / "data", model_path=str(model), max_seq_len=512
         )
+        processed, samples = first_samples(report.processed_path, args.samples, root / "samples.jsonl")
         results: dict[str, list[tuple[float, int, float]]] = {"ours": [], "trainer": []}
         for repeat in range(args.repeats):
             for name, fn in (("ours", ours), ("trainer", trainer)):
                 out = root / f"{name}-{repeat}"
                 out.mkdir()
-                results[name].append(fn(model, report.processed_path, out, args.epochs, args.threads))
+                results[name].append(fn(model, processed, out, args.epochs, args.threads))
                 tps, steps, loss = results[name][-1]
                 print(
                     f"  run {repeat + 1} {name:8s} {tps:8.0f} tokens/s  {steps} steps  final loss {loss:.3f}",
@@ -155,7 +173,7 @@ def main() -> int:
 
     median = {name: statistics.median(r[0] for r in runs) for name, runs in results.items()}
     print(
-        f"\nCPU SFT loop vs transformers.Trainer ({args.threads} thread(s), {report.kept_samples} samples, "
+        f"\nCPU SFT loop vs transformers.Trainer ({args.threads} thread(s), {samples} samples, "
         f"batch {BATCH}, {args.epochs} epochs, median of {args.repeats}):"
     )
     print(f"  ours    {median['ours']:8.0f} tokens/s")

@@ -1,6 +1,7 @@
 """One triggerer process following N concurrent TrainJobs: watch (ours) vs poll-every-N-seconds.
 
     python benchmarks/trigger_scale.py [--jobs 100 500 1000] [--window 60] [--poll 10]
+    python benchmarks/trigger_scale.py --smoke   # 3 jobs, 2 s window: does it still run?
 
 Needs the test API server (tests/k8s/build-crdserver.sh, etcd). For each N it creates
 N running TrainJobs on the REAL server (the upstream v2.3.0 CRDs), then runs, each in a
@@ -27,8 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.k8s import harness
 
-WARMUP_SECONDS = 10  # at least; then until no request arrived for QUIET_SECONDS
+WARMUP_SECONDS = 10  # at least, after the triggerer's first request; then until QUIET_SECONDS without one
 QUIET_SECONDS = 3
+#: ``--smoke``: tiny sizes, for the test that keeps the benchmark running (its numbers mean nothing).
+SMOKE = {"jobs": [3], "window": 2.0, "poll": 1.0, "warmup": 1.0, "quiet": 1}
 
 
 def child(
@@ -80,7 +83,14 @@ def child(
     asyncio.run(main())
 
 
-def settle(cluster, limit_seconds: float = 180) -> None:
+def wait_for_first_request(cluster, before: int, limit_seconds: float = 120) -> None:
+    """Until the triggerer (a fresh interpreter importing Airflow) sends its first request."""
+    deadline = time.monotonic() + limit_seconds
+    while len(cluster.requests) == before and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
+def settle(cluster, warmup: float, quiet_seconds: int, limit_seconds: float = 180) -> None:
     """Wait out the start-up burst (first GET + watch of every job) before counting."""
     started = time.monotonic()
     last, quiet = len(cluster.requests), 0
@@ -89,11 +99,20 @@ def settle(cluster, limit_seconds: float = 180) -> None:
         now = len(cluster.requests)
         quiet = quiet + 1 if now == last else 0
         last = now
-        if quiet >= QUIET_SECONDS and time.monotonic() - started >= WARMUP_SECONDS:
+        if quiet >= quiet_seconds and time.monotonic() - started >= warmup:
             return
 
 
-def measure(cluster, mode: str, namespace: str, names: list[str], window: float, poll: float) -> dict:
+def measure(
+    cluster,
+    mode: str,
+    namespace: str,
+    names: list[str],
+    window: float,
+    poll: float,
+    warmup: float = WARMUP_SECONDS,
+    quiet: int = QUIET_SECONDS,
+) -> dict:
     context = mp.get_context("spawn")  # a fresh interpreter, like a triggerer process
     parent, child_end = context.Pipe()
     go_complete = context.Event()
@@ -105,11 +124,13 @@ def measure(cluster, mode: str, namespace: str, names: list[str], window: float,
     # reset status to running for every job, then start the triggerer
     for name in names:
         cluster.drive(namespace, name, "running")
+    started_at = len(cluster.requests)
     process.start()
+    wait_for_first_request(cluster, started_at)
     if mode == "watch":
-        settle(cluster)
+        settle(cluster, warmup, quiet)
     else:  # a poll loop never goes quiet: skip one full poll round of start-up
-        time.sleep(WARMUP_SECONDS + poll)
+        time.sleep(warmup + poll)
     before = len(cluster.requests)
     time.sleep(window)
     steady = len(cluster.requests) - before
@@ -129,7 +150,13 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, nargs="+", default=[100, 500, 1000])
     parser.add_argument("--window", type=float, default=60.0)
     parser.add_argument("--poll", type=float, default=10.0)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, seconds: check it still runs")
     args = parser.parse_args()
+    warmup, quiet = WARMUP_SECONDS, QUIET_SECONDS
+    if args.smoke:
+        args.jobs, args.window, args.poll, warmup, quiet = (
+            SMOKE[k] for k in ("jobs", "window", "poll", "warmup", "quiet")
+        )
 
     from kubernetes import client
 
@@ -151,7 +178,8 @@ def main() -> int:
         for n in args.jobs:
             namespace = f"bench-{n}"
             names = [f"job-{i:04d}" for i in range(n)]
-            config = KubernetesConfig.build(namespace=namespace)
+            # The PVC need not exist: no pod runs here, only the TrainJob objects are read.
+            config = KubernetesConfig.build(namespace=namespace, pvc_name="bench-workspace")
             for name in names:
                 run = TrainingRun(name, SFTParams(), "/workspace/d.jsonl", f"/workspace/runs/{name}")
                 body = build_trainjob(
@@ -161,7 +189,7 @@ def main() -> int:
                     "trainer.kubeflow.org", "v1alpha1", namespace, "trainjobs", body
                 )
             for mode in ("watch", "poll"):
-                result = measure(cluster, mode, namespace, names, args.window, args.poll)
+                result = measure(cluster, mode, namespace, names, args.window, args.poll, warmup, quiet)
                 rows.append({"jobs": n, "mode": mode, **result})
                 print(json.dumps(rows[-1]), flush=True)
     finally:

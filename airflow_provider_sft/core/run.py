@@ -50,16 +50,50 @@ def run_name(*parts: str | int | None, max_length: int = 40) -> str:
 
 
 _RUN_NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
-RUN_NAME_MAX = 48  # a TrainJob's name: its pods' hostnames append "-node-0-<rank>" and more
+DNS_LABEL_MAX = 63  # a pod's hostname and a Service's name are DNS labels
+#: JobSet's webhook checks a pod name with this stand-in for the Job controller's random suffix.
+JOBSET_POD_SUFFIX = "-abcde"
 
 
-def check_run_name(name: str, *, field: str = "run_name") -> str:
-    """A run name is a DNS-1123 label of at most 48 characters: never a path."""
-    if not isinstance(name, str) or len(name) > RUN_NAME_MAX or not _RUN_NAME.match(name):
+def pod_name_suffix(num_nodes: int) -> str:
+    """The longest suffix a controller appends to a job's name for one of its pods.
+
+    JobSet names a TrainJob's pods ``<jobset>-<replicatedJob>-<jobIndex>-<podIndex>-<5 random>``
+    (the JobSet is named after the TrainJob), and its webhook refuses a JobSet whose longest pod
+    name (the ``node`` job's: ``-node-0-<num_nodes - 1>-abcde``) exceeds 63 characters, after
+    the TrainJob was admitted. The Training Operator names a PyTorchJob's pods and Services
+    ``<name>-master-0`` and ``<name>-worker-<i>``, always shorter than that. A runtime's other
+    replicated jobs (initializers) are checked against the runtime itself: ``admission``.
+    """
+    return f"-{c.NODE}-0-{max(num_nodes, 1) - 1}{JOBSET_POD_SUFFIX}"
+
+
+def max_run_name_length(num_nodes: int = 1) -> int:
+    """The longest run name whose pods' names still fit in a DNS label (48 for up to 10 nodes)."""
+    return DNS_LABEL_MAX - len(pod_name_suffix(num_nodes))
+
+
+def check_run_name(name: str, *, field: str = "run_name", num_nodes: int = 1) -> str:
+    """A run name is a DNS-1123 label short enough for its job's pod names: never a path.
+
+    Checked with the run's node count before anything is submitted, so a long name is refused
+    here rather than by the JobSet webhook after the TrainJob was admitted.
+    """
+    limit = max_run_name_length(num_nodes)
+    if not isinstance(name, str) or not _RUN_NAME.match(name):
         raise InvalidParameterError(
             {
-                field: f"must be a DNS-1123 label of at most {RUN_NAME_MAX} characters (lowercase letters, "
+                field: f"must be a DNS-1123 label of at most {limit} characters (lowercase letters, "
                 f"digits and '-', starting with a letter), got {name!r}"
+            }
+        )
+    if len(name) > limit:
+        nodes = f" with resource_num_workers={num_nodes}" if num_nodes > 1 else ""
+        raise InvalidParameterError(
+            {
+                field: f"must be at most {limit} characters{nodes}, got {len(name)} ({name!r}): the job's "
+                f"pods are named {name}{pod_name_suffix(num_nodes)}, longer than the {DNS_LABEL_MAX} "
+                "characters of a DNS label"
             }
         )
     return name
@@ -80,7 +114,7 @@ class TrainingRun:
     attempt: str = ""
 
     def __post_init__(self) -> None:
-        check_run_name(self.name)
+        check_run_name(self.name, num_nodes=self.params.resource_num_workers)
 
     @property
     def processed_data_dir(self) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import threading
 
 import pytest
@@ -54,7 +55,11 @@ def backend(cluster, namespace, generation=SpecGeneration.AUTO, credentials=None
         ),
         connect=cluster.connect,
         credentials=credentials or Credentials(),
-        run_labels={c.LABEL_DAG_ID: "sft_pipeline", c.LABEL_RUN_ID: "manual__2026-11-25T20:00:00+00:00"},
+        run_labels={
+            c.LABEL_DAG_ID: "sft_pipeline",
+            c.LABEL_RUN_ID: "manual__2026-11-25T20:00:00+00:00",
+            c.LABEL_MAP_INDEX: "-1",  # an unmapped task
+        },
     )
 
 
@@ -124,7 +129,10 @@ def test_v22_trainjob_is_admitted_and_nothing_is_pruned(fake_cluster, namespace,
     assert job["spec"]["activeDeadlineSeconds"] == 3601  # the run's timeout, enforced by the Trainer too
     labels = job["metadata"]["labels"]
     assert labels["app.kubernetes.io/managed-by"] == "airflow-provider-sft"
-    assert labels["airflow-provider-sft/run-id"] == "manual__2026-11-25T20-00-00-00-00"
+    # Sanitised values keep a hash of the original (the API server admitted them as label values):
+    # an unmapped task's map index -1 is not labelled as map index 1.
+    assert labels["airflow-provider-sft/run-id"].startswith("manual__2026-11-25T20-00-00-00-00-")
+    assert labels["airflow-provider-sft/map-index"] not in ("1", "-1", "")
 
 
 @pytest.mark.trainer("v2.1.0")
@@ -159,6 +167,28 @@ def test_wrong_generation_is_rejected_not_silently_pruned(
         backend(fake_cluster, namespace, generation).submit(make_run())
     assert info.value.status == 400
     assert trainjobs(fake_cluster, namespace) == [] and not fake_cluster.secrets_in(namespace)
+
+
+@pytest.mark.trainer("v2.1.0")
+def test_a_v21_cluster_whose_crd_cannot_be_read_is_told_to_set_spec_generation(cluster, namespace):
+    """A namespaced service account may not read CRDs: ``auto`` then assumes v2.2, and the v2.1
+    API server refuses spec.runtimePatches. The error says which spec_generation to set."""
+    crd = "/customresourcedefinitions/trainjobs.trainer.kubeflow.org"
+    cluster.forbidden = crd  # FAKE RBAC in front of the real API server: the CRD read gets a 403
+    try:
+        with pytest.raises(KubeApiError) as info:
+            backend(cluster, namespace).submit(make_run())
+    finally:
+        cluster.forbidden = ""
+    assert ("GET", f"/apis/apiextensions.k8s.io/v1{crd}") in cluster.requests
+    assert info.value.status == 400
+    message = str(info.value)
+    assert re.search(r'unknown field \\?"spec.runtimePatches', message)  # the real server's words
+    assert "spec_generation='v2.1'" in message and "customresourcedefinitions" in message
+    assert trainjobs(cluster, namespace) == [] and not cluster.secrets_in(namespace)
+    # ... and with the setting it names, the same run is admitted.
+    backend(cluster, namespace, SpecGeneration.V2_1).submit(make_run())
+    assert [job["metadata"]["name"] for job in trainjobs(cluster, namespace)] == [make_run().name]
 
 
 def test_server_side_validation_errors_are_surfaced_with_the_field(cluster, namespace):

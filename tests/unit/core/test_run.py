@@ -8,7 +8,7 @@ import pytest
 
 from airflow_provider_sft.core.errors import InvalidParameterError
 from airflow_provider_sft.core.params import SFTParams
-from airflow_provider_sft.core.run import Device, TrainingRun, plan_device, run_name
+from airflow_provider_sft.core.run import Device, TrainingRun, max_run_name_length, plan_device, run_name
 
 DNS_1123 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 
@@ -92,3 +92,34 @@ def test_plan_rejects_what_the_machine_cannot_honour(values, cuda, name, message
 def test_pod_metadata_on_a_local_run_is_reported_not_dropped_silently():
     notes = plan(resource_gpu_per_worker=0, metadata_labels="team=ml").notes
     assert any("metadata_labels" in note for note in notes)
+
+
+def jobset_longest_pod_name(jobset: str, replicated_job: str, replicas: int, completions: int) -> str:
+    """kubernetes-sigs/jobset's webhook: placement.GenPodName(...) + "-abcde" of the last pod."""
+    return f"{jobset}-{replicated_job}-{replicas - 1}-{completions - 1}-abcde"
+
+
+@pytest.mark.parametrize(("nodes", "limit"), [(1, 48), (10, 48), (11, 47), (100, 47), (101, 46)])
+def test_a_run_name_is_refused_before_submission_when_its_pod_names_would_not_fit(nodes, limit):
+    """JobSet refuses a pod name over 63 characters after the TrainJob was admitted: 48
+    characters and 11 nodes made ``<name>-node-0-10-abcde`` of 64."""
+    params = SFTParams.parse({"resource_num_workers": nodes})
+    fits = "r" * limit
+    assert len(jobset_longest_pod_name(fits, "node", 1, nodes)) == 63
+    TrainingRun(fits, params, "/d.jsonl", "/out")
+    with pytest.raises(InvalidParameterError) as info:
+        TrainingRun(fits + "x", params, "/d.jsonl", "/out")
+    assert list(info.value.errors) == ["run_name"]
+    message = info.value.errors["run_name"]
+    assert (
+        f"at most {limit} characters" in message
+        and jobset_longest_pod_name(fits + "x", "node", 1, nodes) in message
+    )
+    assert ("resource_num_workers" in message) is (nodes > 1)
+
+
+def test_pytorchjob_pod_and_service_names_fit_whenever_the_run_name_does():
+    """The Training Operator names them ``<name>-master-0`` and ``<name>-worker-<i>``."""
+    for nodes in (1, 2, 11, 1000):
+        name = "r" * max_run_name_length(nodes)
+        assert len(f"{name}-master-0") <= 63 and len(f"{name}-worker-{nodes - 2}") <= 63

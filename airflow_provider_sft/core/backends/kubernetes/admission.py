@@ -21,11 +21,18 @@ xgboost,volcano}``, ``pkg/constants/constants.go``):
   containers: trainer env belongs in ``spec.trainer.env``;
 * ``spec.trainer.env`` holds none of the names the runtime's ML policy injects itself
   (torch: ``PET_*``; MPI: ``OMPI_MCA_*``, v2.3.0; XGBoost: ``DMLC_*``, v2.2.1+);
-* a Volcano runtime's queue-name annotation is not empty.
+* a Volcano runtime's queue-name annotation is not empty: the annotations the webhook reads
+  are the runtime template's (``spec.template.metadata.annotations``) overridden by the
+  TrainJob's ``spec.annotations`` (v2.1.0) or by each runtime patch's
+  ``trainingRuntimeSpec.template.metadata.annotations`` (v2.2.1, v2.3.0), never the TrainJob's
+  own ``metadata.annotations`` (``pkg/runtime/core/trainingruntime.go``, ``newRuntimeInfo``).
 
 Stricter than the webhook, because the job could only fail later: a container named in a
 patch must exist in the runtime (the webhook merges it in as a container without an
-image), and a ``priority_class_name`` must be the runtime's (the TrainJob API cannot set it).
+image), a ``priority_class_name`` must be the runtime's (the TrainJob API cannot set it), and
+the pod names JobSet derives from the TrainJob's name must fit in 63 characters: the JobSet
+webhook refuses them (kubernetes-sigs/jobset ``pkg/webhooks/jobset_webhook.go``, "pod names
+generated for this JobSet will exceed 63 characters") after the TrainJob was admitted.
 Rules that the CRD schema enforces (types, enums, CEL) are left to the API server.
 """
 
@@ -37,6 +44,7 @@ from typing import Any
 from airflow_provider_sft.core import constants as c
 from airflow_provider_sft.core.backends.kubernetes.config import SpecGeneration
 from airflow_provider_sft.core.errors import InvalidParameterError
+from airflow_provider_sft.core.run import DNS_LABEL_MAX, JOBSET_POD_SUFFIX
 
 #: Env names each ML policy sets in the node container itself (pkg/constants).
 RESERVED_ENV_NAMES = {
@@ -115,6 +123,54 @@ def _patched_jobs(trainjob: dict[str, Any], generation: SpecGeneration) -> list[
     ]
 
 
+TRAINJOB_ANCESTOR_LABEL = "trainer.kubeflow.org/trainjob-ancestor-step"
+
+
+def longest_pod_names(trainjob: dict[str, Any], runtime: dict[str, Any]) -> dict[str, str]:
+    """replicated job -> the longest pod name JobSet will give it, as its webhook computes it.
+
+    ``<jobset>-<replicatedJob>-<replicas - 1>-<pods - 1>-abcde``, the JobSet named after the
+    TrainJob; the trainer's job (``trainjob-ancestor-step: trainer``, or ``node``) runs
+    ``spec.trainer.numNodes`` pods, any other job its template's ``parallelism`` (the
+    Trainer's pod-set count).
+    """
+    name = (trainjob.get("metadata") or {}).get("name", "")
+    nodes = _dig(trainjob, "spec", "trainer", "numNodes") or 1
+    longest = {}
+    for job in _replicated_jobs(runtime.get("spec")):
+        job_name = job.get("name", "")
+        labels = _dig(job, "template", "metadata", "labels") or {}
+        trainer = labels.get(TRAINJOB_ANCESTOR_LABEL) == "trainer" or job_name == c.NODE
+        pods = nodes if trainer else (_dig(job, "template", "spec", "parallelism") or 1)
+        replicas = job.get("replicas") or 1
+        longest[job_name] = f"{name}-{job_name}-{replicas - 1}-{pods - 1}{JOBSET_POD_SUFFIX}"
+    return longest
+
+
+_RUNTIME_ANNOTATIONS = "the runtime's spec.template.metadata.annotations"
+
+
+def _volcano_annotations(
+    trainjob: dict[str, Any], runtime: dict[str, Any], v21: bool
+) -> dict[str, tuple[str, str]]:
+    """annotation -> (value, where it was set): the runtime info's annotations, which the
+    Volcano plugin reads, merged as the Trainer merges them."""
+    merged = {
+        key: (value, _RUNTIME_ANNOTATIONS)
+        for key, value in (_dig(runtime, "spec", "template", "metadata", "annotations") or {}).items()
+    }
+    if v21:
+        overrides = [("spec.annotations", _dig(trainjob, "spec", "annotations"))]
+    else:
+        overrides = [
+            ("spec.runtimePatches", _dig(patch, "trainingRuntimeSpec", "template", "metadata", "annotations"))
+            for patch in _dig(trainjob, "spec", "runtimePatches") or []
+        ]
+    for source, values in overrides:
+        merged.update({key: (value, f"the TrainJob's {source}") for key, value in (values or {}).items()})
+    return merged
+
+
 def check(
     trainjob: dict[str, Any],
     runtime: dict[str, Any],
@@ -168,9 +224,25 @@ def check(
                 f"(the {policy} runtime sets them for each node; remove them from envs)"
             )
     if "volcano" in ((runtime.get("spec") or {}).get("podGroupPolicy") or {}):
-        annotations = spec.get("annotations") if v21 else (trainjob.get("metadata") or {}).get("annotations")
-        if (annotations or {}).get(VOLCANO_QUEUE_ANNOTATION, None) == "":
-            errors[f"spec.annotations[{VOLCANO_QUEUE_ANNOTATION}]"] = "Volcano queue name must not be empty"
+        queue, source = _volcano_annotations(trainjob, runtime, v21).get(VOLCANO_QUEUE_ANNOTATION, (None, ""))
+        if queue == "":
+            fix = {
+                "the TrainJob's spec.annotations": "; remove it from metadata_annotations",
+                _RUNTIME_ANNOTATIONS: "; use a runtime that names a queue (runtime_name)",
+            }.get(source, "")
+            errors[f"spec.annotations[{VOLCANO_QUEUE_ANNOTATION}]"] = (
+                f"Volcano queue name must not be empty (set empty by {source}{fix})"
+            )
+    job_name = (trainjob.get("metadata") or {}).get("name", "")
+    for replicated_job, pod_name in longest_pod_names(trainjob, runtime).items():
+        if len(pod_name) > DNS_LABEL_MAX:
+            errors["run_name"] = (
+                f"{job_name!r} is too long for {runtime_name} with {spec['trainer'].get('numNodes', 1)} "
+                f"node(s): JobSet would name its {replicated_job!r} pods like {pod_name} "
+                f"({len(pod_name)} characters, at most {DNS_LABEL_MAX}) and refuse the job after it was "
+                f"admitted; shorten the run name by {len(pod_name) - DNS_LABEL_MAX} or more characters"
+            )
+            break
     if priority_class_name is not None:
         has = _runtime_jobs(runtime).get(c.NODE, {}).get("priorityClassName")
         if has != priority_class_name:

@@ -18,6 +18,7 @@ from typing import Any
 
 from airflow_provider_sft.core import constants as c
 from airflow_provider_sft.core.backends.kubernetes.kinds import JobResource
+from airflow_provider_sft.core.backends.kubernetes.manifest import with_generation_hint
 from airflow_provider_sft.core.backends.kubernetes.retry import KubeApiError, RetryPolicy
 
 REQUEST_TIMEOUT = (10, 30)  # (connect, read) seconds for every plain request
@@ -144,18 +145,25 @@ class KubeClient:
     # --- Training jobs (TrainJob, PyTorchJob) -------------------------------------------------
 
     async def create_job(self, resource: JobResource, body: dict[str, Any]) -> dict[str, Any]:
-        """Create with strict field validation: an unknown field is a 400, never silently pruned."""
+        """Create with strict field validation: an unknown field is a 400, never silently pruned
+        (a field of the other TrainJob spec generation says which ``spec_generation`` to set)."""
         ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
-        return await self._call(
-            f"Create {resource.kind.value} {ns}/{name}",
-            self.custom.create_namespaced_custom_object,
-            resource.group,
-            resource.version,
-            ns,
-            resource.plural,
-            body,
-            field_validation="Strict",
-        )
+        try:
+            return await self._call(
+                f"Create {resource.kind.value} {ns}/{name}",
+                self.custom.create_namespaced_custom_object,
+                resource.group,
+                resource.version,
+                ns,
+                resource.plural,
+                body,
+                field_validation="Strict",
+            )
+        except KubeApiError as exc:
+            hinted = with_generation_hint(exc)
+            if hinted is exc:
+                raise
+            raise hinted from exc
 
     async def get_job(self, resource: JobResource, namespace: str, name: str) -> dict[str, Any] | None:
         return await self._get_or_none(

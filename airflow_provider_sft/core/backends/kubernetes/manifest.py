@@ -33,6 +33,7 @@ from airflow_provider_sft.core import constants as c
 from airflow_provider_sft.core import jsonio
 from airflow_provider_sft.core.backends.kubernetes import program
 from airflow_provider_sft.core.backends.kubernetes.config import KubernetesConfig, SpecGeneration
+from airflow_provider_sft.core.backends.kubernetes.retry import KubeApiError
 from airflow_provider_sft.core.errors import InvalidParameterError
 from airflow_provider_sft.core.quantity import parse_quantity
 from airflow_provider_sft.core.run import TrainingRun
@@ -41,12 +42,19 @@ _LABEL_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
 def label_value(text: str | int | None) -> str:
-    """Any string as a valid label value (<= 63, alphanumeric ends); long ones keep a hash suffix."""
-    value = _LABEL_UNSAFE.sub("-", "" if text is None else str(text)).strip("-_.")
-    if len(value) > 63:
-        digest = hashlib.sha256(str(text).encode()).hexdigest()[:8]
-        value = f"{value[:54].rstrip('-_.')}-{digest}"
-    return value
+    """Any string as a valid label value (<= 63, alphanumeric ends), never two texts as one.
+
+    A text that is a valid value already is kept as it is. One that has to change (characters
+    replaced, ``-_.`` stripped from its ends, or cut to length) gets a hash of the original as
+    a suffix: else map index ``-1`` (an unmapped task) would be labelled ``1`` like map index 1,
+    and run ids differing only in ``:`` and ``-`` would share a label.
+    """
+    original = "" if text is None else str(text)
+    value = _LABEL_UNSAFE.sub("-", original).strip("-_.")
+    if value == original and len(value) <= 63:
+        return value
+    digest = hashlib.sha256(original.encode()).hexdigest()[:8]
+    return f"{value[:54].rstrip('-_.')}-{digest}".lstrip("-")
 
 
 def secret_name(job_name: str) -> str:
@@ -362,3 +370,26 @@ def detect_generation(crd: dict[str, Any] | None) -> SpecGeneration:
         if "podTemplateOverrides" in properties:
             return SpecGeneration.V2_1
     return SpecGeneration.V2_2
+
+
+#: The field only one spec generation has -> the generation a CRD that refuses it serves.
+_OTHER_GENERATION = {"runtimePatches": SpecGeneration.V2_1, "podTemplateOverrides": SpecGeneration.V2_2}
+_UNKNOWN_SPEC_FIELD = re.compile(r'unknown field \\?"spec\.(runtimePatches|podTemplateOverrides)\\?"')
+
+
+def with_generation_hint(error: KubeApiError) -> KubeApiError:
+    """A strict 400 ``unknown field "spec.runtimePatches"`` (or ``podTemplateOverrides``) with the
+    ``spec_generation`` to set: the job was built for the other generation, because the CRD
+    could not be read to detect it (``auto`` assumes v2.2 then) or it was set wrong."""
+    found = _UNKNOWN_SPEC_FIELD.search(error.server_message) if error.status == 400 else None
+    if found is None:
+        return error
+    served = _OTHER_GENERATION[found.group(1)]
+    hint = (
+        f"The cluster's TrainJob CRD has no spec.{found.group(1)}: it serves the {served.value} spec "
+        f"generation. Set spec_generation={served.value!r} (with 'auto' it is read from the CRD, which "
+        "needs get on customresourcedefinitions.apiextensions.k8s.io; when that is refused, v2.2 is assumed)"
+    )
+    return KubeApiError(
+        error.action, error.status, error.reason, f"{error.server_message}. {hint}", details=error.details
+    )

@@ -141,14 +141,99 @@ def test_reserved_names_follow_the_runtimes_ml_policy():
     )
 
 
+QUEUE = "scheduling.volcano.sh/queue-name"
+
+
+def volcano_runtime(release, queue=None):
+    """A Volcano runtime; ``queue``: its template's queue-name annotation."""
+    rt = runtime(release, **{"spec.podGroupPolicy": {"volcano": {}}})
+    if queue is not None:
+        rt["spec"]["template"]["metadata"] = {"annotations": {QUEUE: queue}}
+    return rt
+
+
 def test_an_empty_volcano_queue_name_is_refused():
     """Upstream 30 (v2.1.0: spec.annotations)."""
-    volcano = runtime("v2.1.0", **{"spec.podGroupPolicy": {"volcano": {}}})
     trainjob = manifest(V21)
-    trainjob["spec"]["annotations"] = {"scheduling.volcano.sh/queue-name": ""}
-    assert errors(trainjob, volcano, V21) == {
-        "spec.annotations[scheduling.volcano.sh/queue-name]": "Volcano queue name must not be empty"
+    trainjob["spec"]["annotations"] = {QUEUE: ""}
+    assert errors(trainjob, volcano_runtime("v2.1.0"), V21) == {
+        f"spec.annotations[{QUEUE}]": "Volcano queue name must not be empty (set empty by the TrainJob's "
+        "spec.annotations; remove it from metadata_annotations)"
     }
+
+
+@pytest.mark.parametrize(("generation", "release"), [(V21, "v2.1.0"), (V22, "v2.3.0")])
+def test_the_volcano_queue_is_read_from_the_runtime_template_as_the_webhook_reads_it(generation, release):
+    """The plugin reads the runtime info's annotations: the runtime template's
+    ``metadata.annotations``, overridden by spec.annotations (v2.1.0) or the patches' template
+    metadata (v2.2.1+), never the TrainJob's own metadata (pkg/runtime/core/trainingruntime.go)."""
+    key = f"spec.annotations[{QUEUE}]"
+    empty_in_runtime = errors(manifest(generation), volcano_runtime(release, queue=""), generation)
+    assert "set empty by the runtime's spec.template.metadata.annotations" in empty_in_runtime[key]
+    # job_annotations go on the TrainJob's metadata, which the webhook never reads for the queue.
+    check(manifest(generation, job_annotations={QUEUE: ""}), volcano_runtime(release, queue="q"), generation)
+    # The TrainJob's own setting overrides the runtime's, both ways.
+    trainjob = manifest(generation)
+    if generation is V21:
+        trainjob["spec"]["annotations"] = {QUEUE: "team-a"}
+    else:
+        trainjob["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["metadata"] = {
+            "annotations": {QUEUE: "team-a"}
+        }
+    check(trainjob, volcano_runtime(release, queue=""), generation)
+    if generation is V22:
+        trainjob["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["metadata"] = {
+            "annotations": {QUEUE: ""}
+        }
+        assert (
+            "the TrainJob's spec.runtimePatches" in errors(trainjob, volcano_runtime(release, "q"), V22)[key]
+        )
+
+
+def jobset_longest_pod_name(jobset, replicated_job, replicas, completions):
+    """kubernetes-sigs/jobset pkg/webhooks/jobset_webhook.go: GenPodName(...) + "-abcde"."""
+    return f"{jobset}-{replicated_job}-{replicas - 1}-{completions - 1}-abcde"
+
+
+def named_manifest(generation, name, nodes):
+    params = SFTParams.parse({"resource_num_workers": nodes})
+    run = TrainingRun(name, params, "/workspace/d.jsonl", f"/workspace/runs/{name}")
+    config = KubernetesConfig.build(pvc_name="ws")
+    return build_trainjob(training_work(run, config, labels={}), config, generation=generation)
+
+
+@pytest.mark.parametrize(("generation", "release"), [(V21, "v2.1.0"), (V22, "v2.3.0")])
+def test_pod_names_the_jobset_webhook_would_refuse_are_refused_before_the_trainjob_exists(
+    generation, release
+):
+    """A runtime's other replicated jobs (initializers) lengthen JobSet's pod names: a run name
+    the node job alone allows is refused here, naming run_name, not by JobSet after admission."""
+    rt = runtime(release)
+    initializer = copy.deepcopy(rt["spec"]["template"]["spec"]["replicatedJobs"][0])
+    initializer["name"] = "dataset-initializer"
+    initializer["template"]["metadata"] = {
+        "labels": {"trainer.kubeflow.org/trainjob-ancestor-step": "dataset-initializer"}
+    }
+    initializer["template"]["spec"]["template"]["spec"]["containers"][0]["name"] = "dataset-initializer"
+    rt["spec"]["template"]["spec"]["replicatedJobs"].insert(0, initializer)
+    fits = "r" * 33  # r...r-dataset-initializer-0-0-abcde: 63
+    assert len(jobset_longest_pod_name(fits, "dataset-initializer", 1, 1)) == 63
+    check(named_manifest(generation, fits, nodes=11), rt, generation)
+    too_long = "r" * 40  # a default run name's length
+    found = errors(named_manifest(generation, too_long, nodes=11), rt, generation)
+    assert list(found) == ["run_name"]
+    assert jobset_longest_pod_name(too_long, "dataset-initializer", 1, 1) in found["run_name"]
+    assert "by 7 or more characters" in found["run_name"]
+    # The node job's pods count from numNodes: 12 nodes on a 47-character name is one too many.
+    check(named_manifest(generation, "r" * 47, nodes=11), runtime(release), generation)
+    with pytest.raises(InvalidParameterError):  # refused by the run itself, before any manifest
+        named_manifest(generation, "r" * 48, nodes=11)
+    trainjob = named_manifest(generation, "r" * 47, nodes=11)
+    trainjob["spec"]["trainer"]["numNodes"] = 101
+    assert (
+        jobset_longest_pod_name("r" * 47, "node", 1, 101)
+        in errors(trainjob, runtime(release), generation)["run_name"]
+    )
 
 
 def test_priority_class_must_be_the_runtimes():

@@ -1,0 +1,86 @@
+"""Every benchmark still runs: each in its ``--smoke`` mode (tiny sizes, seconds), checked for
+the ratio lines it exists to print.
+
+A smoke run's numbers mean nothing (benchmarks/README.md has the measured ones). What rots
+without this is the script itself: ``trigger_scale.py`` stopped running when ``pvc_name``
+became required (every TrainJob it created was refused with a 422), and nothing noticed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+from tests.k8s import harness
+
+BENCHMARKS = REPO_ROOT / "benchmarks"
+NUMBER = r"\d+(?:\.\d+)?"
+DATASET_CASES = ("local-jsonl", "local-parquet", "s3-jsonl", "s3-parquet")
+
+
+def run_smoke(script: str, *args: str) -> str:
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), "--smoke", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO_ROOT,
+        env=env,
+    )
+    assert result.returncode == 0, (
+        f"{script} --smoke failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
+    )
+    return result.stdout
+
+
+def check_local_train(_tmp_path) -> None:
+    out = run_smoke("local_train.py")
+    assert re.search(rf"^  ours +{NUMBER} tokens/s$", out, re.M), out
+    assert re.search(rf"^  Trainer +{NUMBER} tokens/s$", out, re.M), out
+    assert re.search(rf"^  ratio ours/Trainer = {NUMBER}$", out, re.M), out
+
+
+def check_dataset_resolve(tmp_path) -> None:
+    out = run_smoke("dataset_resolve.py", "--data-dir", str(tmp_path))
+    for case in DATASET_CASES:
+        row = rf"^\| {case} \| {NUMBER} \| {NUMBER} \| {NUMBER}x \| \d+ \| \d+ \|$"
+        assert re.search(row, out, re.M), f"no ratio row for {case}:\n{out}"
+
+
+def check_trigger_scale(_tmp_path) -> None:
+    if not harness.available():
+        pytest.skip(harness.UNAVAILABLE)
+    out = run_smoke("trigger_scale.py")
+    for mode in ("watch \\(ours\\)", "poll 1s"):
+        row = rf"^\| 3 \| {mode} \| {NUMBER} \| {NUMBER} \| \d+ \| {NUMBER} \|$"
+        assert re.search(row, out, re.M), f"no {mode} row:\n{out}"
+    assert re.search(rf"^N=3: poll .*; CPU poll/watch = {NUMBER}$", out, re.M), out
+
+
+SMOKE_CHECKS = {
+    "local_train.py": check_local_train,
+    "dataset_resolve.py": check_dataset_resolve,
+    "trigger_scale.py": check_trigger_scale,  # on the real API server (tests/k8s/harness.py)
+}
+
+
+def test_every_benchmark_has_a_smoke_check():
+    assert sorted(path.name for path in BENCHMARKS.glob("*.py")) == sorted(SMOKE_CHECKS)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", sorted(SMOKE_CHECKS))
+def test_benchmark_runs_in_smoke_mode_and_prints_its_ratios(script, tmp_path):
+    SMOKE_CHECKS[script](tmp_path)
