@@ -118,13 +118,18 @@ def _refuse(field: str, path: str | Path, resolved: Path, why: str) -> InvalidPa
     return InvalidParameterError({field: f"{shown} {why}: refused, nothing was touched"})
 
 
+def system_tree(resolved: Path) -> Path | None:
+    """The system tree (``/etc``, ``/usr``...) ``resolved`` lies in, or None."""
+    return next((tree for tree in SYSTEM_TREES if resolved == tree or tree in resolved.parents), None)
+
+
 def _system_problem(resolved: Path) -> str | None:
     """Why ``resolved`` is a directory the provider must never write into as a root or destroy."""
     if resolved in SYSTEM_DIRS:
         return "is the filesystem root, a system directory or a home root"
-    for tree in SYSTEM_TREES:
-        if resolved == tree or tree in resolved.parents:
-            return f"is inside the system directory {tree}"
+    tree = system_tree(resolved)
+    if tree is not None:
+        return f"is inside the system directory {tree}"
     if resolved.parent in HOME_ROOTS or resolved == Path(os.path.expanduser("~")).resolve():
         return "is a home directory"
     return None
