@@ -158,7 +158,12 @@ def read_json_array(stream: BinaryIO, name: str) -> Iterator[Item]:
                 record, end = decoder.raw_decode(buffer, position)
                 break
             except json.JSONDecodeError as error:
-                if len(buffer) - position > MAX_RECORD_BYTES or not fill():
+                if len(buffer) - position > MAX_RECORD_BYTES:
+                    raise DatasetError(
+                        f"{name}:{line}: record {index + 1} is longer than {MAX_RECORD_BYTES} bytes "
+                        "(the most one record may hold); refused"
+                    ) from None
+                if not fill():
                     where = f"{name}:{line + buffer.count(chr(10), position, error.pos)}"
                     raise DatasetError(f"{where}: invalid JSON in record {index + 1} ({error.msg})") from None
         where = f"{name}: record {index + 1} (line {line})"

@@ -183,3 +183,13 @@ def test_a_csv_line_over_the_record_cap_is_refused_by_its_size(tmp_path):
         )  # a second line of NUL bytes, longer than one record may be
     with pytest.raises(DatasetError, match=rf"wide\.csv:2: line is longer than {MAX_RECORD_BYTES} bytes"):
         resolve_dataset(str(source), tmp_path / "ws")
+
+
+def test_a_json_array_record_over_the_cap_is_refused_by_its_size(tmp_path):
+    source = tmp_path / "big.json"
+    with source.open("wb") as handle:
+        handle.write(b'[{"messages": "')
+        handle.truncate(MAX_RECORD_BYTES + (4 << 20))  # one unterminated record, longer than the cap
+    with pytest.raises(DatasetError, match=rf"big\.json:1: record 1 is longer than {MAX_RECORD_BYTES} bytes"):
+        resolve_dataset(str(source), tmp_path / "ws")
+    assert_nothing_written(tmp_path / "ws")
