@@ -28,7 +28,6 @@ from __future__ import annotations
 import math
 import os
 import random
-import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from typing import Any
 from airflow_provider_sft.core import constants as c
 from airflow_provider_sft.core import jsonio
 from airflow_provider_sft.core.errors import DatasetError
+from airflow_provider_sft.core.files import remove_owned
 from airflow_provider_sft.core.nodes import Topology
 from airflow_provider_sft.core.params import SFTParams
 from airflow_provider_sft.core.progress import is_progress_step, progress_line
@@ -183,11 +183,10 @@ def _collate(batch: Sequence[Sample], pad_id: int):
 
 def _save_atomically(target: Path, write: Callable[[Path], None]) -> None:
     tmp = target.parent / f".{target.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
+    remove_owned(tmp, target.parent, field="output_dir")
     tmp.mkdir(parents=True)
     write(tmp)
-    if target.exists():
-        shutil.rmtree(target)
+    remove_owned(target, target.parent, field="output_dir")
     os.replace(tmp, target)
 
 

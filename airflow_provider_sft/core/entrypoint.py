@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -38,6 +37,7 @@ from pathlib import Path
 from airflow_provider_sft.core import constants as c
 from airflow_provider_sft.core import jsonio
 from airflow_provider_sft.core.errors import SFTError, TrainingFailedError
+from airflow_provider_sft.core.files import remove_owned
 from airflow_provider_sft.core.nodes import Topology, clear_data_ready, mark_data_ready, wait_for_data
 from airflow_provider_sft.core.run import Device, TrainingRun, cuda_device_count, plan_device
 from airflow_provider_sft.core.steps import ERROR_PREFIX, missing_module
@@ -82,17 +82,11 @@ def start_clean(output_dir: Path, topology: Topology) -> list[str]:
     """
     if not topology.is_first:
         return []
-    removed = []
-    for name in EARLIER_ATTEMPT_STATE:
-        path = output_dir / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
-        else:
-            continue
-        removed.append(name)
-    return removed
+    return [
+        name
+        for name in EARLIER_ATTEMPT_STATE
+        if remove_owned(output_dir / name, output_dir, field="output_dir")
+    ]
 
 
 def _check_writable(directory: Path) -> None:

@@ -15,6 +15,7 @@ or none, never a partial one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -26,7 +27,7 @@ from pathlib import Path
 
 from airflow_provider_sft.core import constants as c
 from airflow_provider_sft.core.errors import ExportError, InvalidParameterError
-from airflow_provider_sft.core.files import sha256_file
+from airflow_provider_sft.core.files import checked_target, make_readable, remove_owned, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +132,13 @@ def _link_or_copy(source: Path, target: Path) -> bool:
 
 def _remove_stale_temporaries(destination: Path) -> None:
     for stale in destination.parent.glob(f".{destination.name}.*-*"):
-        shutil.rmtree(stale, ignore_errors=True)
+        _discard(stale, destination)
+
+
+def _discard(path: Path, destination: Path) -> None:
+    """Remove a temporary sibling of ``destination`` (through the confinement helper), best effort."""
+    with contextlib.suppress(OSError):
+        remove_owned(path, destination.parent, field="model_dir")
 
 
 def check_destination(source: Path, destination: str | Path) -> None:
@@ -147,11 +154,23 @@ def check_destination(source: Path, destination: str | Path) -> None:
         )
 
 
-def export_model(run_dir: str | Path, destination: str | Path) -> ExportResult:
-    """Publish the run's final checkpoint at ``destination`` with a sha256 manifest."""
+def export_model(
+    run_dir: str | Path, destination: str | Path, *, workspace: str | Path | None = None
+) -> ExportResult:
+    """Publish the run's final checkpoint at ``destination`` with a sha256 manifest.
+
+    ``destination`` passes :func:`~airflow_provider_sft.core.files.checked_target` first (not
+    the workspace, another run, a system directory or a directory the provider did not make),
+    then may not hold the checkpoint. Every file is readable by group and others: a serving
+    pod under another UID loads the model. ``workspace`` defaults to the one the run lives in
+    (``<workspace>/runs/<run>``).
+    """
+    run_dir = Path(run_dir)
+    if workspace is None:
+        workspace = run_dir.parent.parent if run_dir.parent.name == c.RUNS_DIR else run_dir.parent
+    destination = checked_target(destination, field="model_dir", workspace=workspace, own_run_dir=run_dir)
     source = select_final_checkpoint(run_dir)
     check_destination(source, destination)
-    destination = Path(destination)
     destination.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_temporaries(destination)
     token = uuid.uuid4().hex[:8]
@@ -172,9 +191,11 @@ def export_model(run_dir: str | Path, destination: str | Path) -> ExportResult:
         (staging / c.MODEL_MANIFEST_FILE).write_text(
             json.dumps({"source_checkpoint": str(source), "files": manifest}, indent=2, sort_keys=True)
         )
+        for path in [staging, *staging.rglob("*")]:  # hard links share the checkpoint's mode: fix both
+            make_readable(path)
         _swap_into_place(staging, destination, token)
     except BaseException as exc:
-        shutil.rmtree(staging, ignore_errors=True)
+        _discard(staging, destination)
         if isinstance(exc, OSError):
             raise ExportError(f"Export of {source} to {destination} failed: {exc}") from exc
         raise
@@ -192,7 +213,7 @@ def _swap_into_place(staging: Path, destination: Path, token: str) -> None:
         if previous.exists():
             os.replace(previous, destination)
         raise
-    shutil.rmtree(previous, ignore_errors=True)
+    _discard(previous, destination)
 
 
 def verify_manifest(model_dir: str | Path) -> list[str]:

@@ -72,6 +72,7 @@ with DAG(
         backend="{{ params.backend }}",
         workspace_mode="{{ params.workspace_mode }}",
         kubernetes=STEP_KUBERNETES,
+        workspace="{{ params.workspace }}",  # never /, a system or a home directory
     )
     resolve_dataset = ResolveDatasetOperator(
         task_id="resolve_dataset",

@@ -27,6 +27,7 @@ from airflow_provider_sft.core.chart import write_loss_chart
 from airflow_provider_sft.core.dataset import artifact_location, resolve_dataset
 from airflow_provider_sft.core.errors import DatasetError, TrainingFailedError
 from airflow_provider_sft.core.export import export_model
+from airflow_provider_sft.core.files import checked_root
 from airflow_provider_sft.core.metrics import read_step_records, summarize, write_summary
 from airflow_provider_sft.core.params import SFTParams
 from airflow_provider_sft.core.run import TrainingRun, run_name
@@ -153,6 +154,7 @@ def run_train_model(
     **training: Any,
 ) -> str:
     params = SFTParams.from_component_kwargs(**training)  # fails here, before any work
+    checked_root(pvc_path, field="pvc_path")  # "/" would create /dataset and /runs
     dataset_path = _dataset_path(dataset, pvc_path)
     name = run_name("kfp", os.environ.get("KFP_RUN_ID") or uuid.uuid4().hex)
     run = TrainingRun(name, params, dataset_path, str(Path(pvc_path) / c.RUNS_DIR / name))

@@ -26,8 +26,10 @@ class ExportModelOperator(WorkspaceStepsMixin, LineageMixin, BaseOperator):
 
     :param training_output_dir: the training run's directory (XCom of the train task). (templated)
     :param workspace: workspace root. (templated)
-    :param model_dir: where to publish the model; default ``<training_output_dir>/final_model``.
-        Never the checkpoint, its run or the workspace. (templated)
+    :param model_dir: where to publish the model (relative: to the workspace); default
+        ``<training_output_dir>/final_model``. Never a system or home directory, the workspace,
+        another run's directory, the checkpoint, or an existing directory the provider did not
+        create (one without ``sft_manifest.json``): see ``core/files.py``. (templated)
     :param keep_intermediate: keep the run's ``full_state/``, ``hf_format/`` checkpoints and
         processed data after the export. Default False: they are removed once the model is
         published, so each run keeps only its model, metrics and log on the disk.
@@ -72,9 +74,12 @@ class ExportModelOperator(WorkspaceStepsMixin, LineageMixin, BaseOperator):
 
     def _execute(self, context: Any) -> dict[str, Any]:
         run_dir = Path(self.training_output_dir)
+        model_dir = (
+            Path(self.step_workspace) / self.model_dir if self.model_dir else run_dir / c.FINAL_MODEL_DIR
+        )
         config = {
             "run_dir": str(run_dir),
-            "model_dir": str(self.model_dir or run_dir / c.FINAL_MODEL_DIR),
+            "model_dir": str(model_dir),
             "metrics_path": str(run_dir / c.METRICS_SUMMARY_FILE),
             "latest_path": str(Path(self.step_workspace) / c.LATEST_FILE),
             "prune": not self.keep_intermediate,

@@ -10,10 +10,11 @@ from airflow.sdk import BaseOperator
 
 from airflow_provider_sft.core.dataset import DatasetOptions
 from airflow_provider_sft.core.errors import InvalidParameterError
+from airflow_provider_sft.core.files import checked_root, checked_target
 from airflow_provider_sft.core.params import SFTParams
 from airflow_provider_sft.operators.failures import FinalInvalidParameterError
 from airflow_provider_sft.operators.masking import mask_secret_envs
-from airflow_provider_sft.operators.workspace import workspace_mode
+from airflow_provider_sft.operators.workspace import WorkspaceMode, step_workspace, workspace_mode
 
 
 class ValidateRunOperator(BaseOperator):
@@ -21,17 +22,33 @@ class ValidateRunOperator(BaseOperator):
 
     It checks, all at once: ``conf`` keys the DAG has no param for (with the closest known name:
     a typo such as ``num_epoch`` would otherwise run with the default), every training parameter
-    with its cross-field rules, the dataset options, and the Kubernetes settings when
-    ``backend="kubernetes"``. The failure is not retried (``AirflowFailException``).
+    with its cross-field rules, the dataset options, the Kubernetes settings when
+    ``backend="kubernetes"``, and every directory the run will write under or replace (through
+    the one confinement helper, ``core/files.py``): ``workspace`` (and ``pvc_mount_path`` in
+    ``cluster`` mode) is never ``/``, a system or a home directory; ``model_dir`` is never one
+    either, nor the workspace, a run's directory, or an existing directory the provider did
+    not create. The failure is not retried (``AirflowFailException``).
 
     :param training: the training parameters, as ``SFTTrainOperator`` takes them. (templated)
     :param dataset: ``format``, ``mapping``, ``on_bad_record``, ``split``, ``subset``,
         ``revision``. (templated)
     :param backend: ``local`` or ``kubernetes``; ``workspace_mode``: ``cluster`` or ``shared``. (templated)
     :param kubernetes: ``KubernetesConfig`` fields (``namespace``, ``pvc_name``, ...). (templated)
+    :param workspace: the workspace root, as the other tasks take it. (templated)
+    :param model_dir: the ``ExportModelOperator``'s ``model_dir``, when one is set. (templated)
+    :param pvc_mount_path: where the pods mount the PVC in ``cluster`` mode. (templated)
     """
 
-    template_fields: Sequence[str] = ("training", "dataset", "backend", "workspace_mode", "kubernetes")
+    template_fields: Sequence[str] = (
+        "training",
+        "dataset",
+        "backend",
+        "workspace_mode",
+        "kubernetes",
+        "workspace",
+        "model_dir",
+        "pvc_mount_path",
+    )
     ui_color = "#fef9e7"
 
     def __init__(
@@ -42,9 +59,15 @@ class ValidateRunOperator(BaseOperator):
         backend: str = "local",
         workspace_mode: str | None = None,
         kubernetes: dict[str, Any] | None = None,
+        workspace: str | None = None,
+        model_dir: str | None = None,
+        pvc_mount_path: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.workspace = workspace
+        self.model_dir = model_dir
+        self.pvc_mount_path = pvc_mount_path
         self.training = training
         self.dataset = dataset
         self.backend = backend
@@ -65,6 +88,7 @@ class ValidateRunOperator(BaseOperator):
             lambda: SFTParams.parse(self.training),
             lambda: DatasetOptions.build(**{k: v for k, v in (self.dataset or {}).items() if v != ""}),
             lambda: workspace_mode(self.backend, self.workspace_mode),
+            self._directories,
         ]
         if self.backend == "kubernetes":
             checks.append(self._kubernetes)
@@ -76,6 +100,19 @@ class ValidateRunOperator(BaseOperator):
             except InvalidParameterError as error:
                 problems.update(error.errors)
         return problems
+
+    def _directories(self) -> None:
+        """The roots the run writes under and the directory its model replaces, before any task writes."""
+        if self.workspace:
+            checked_root(self.workspace, field="workspace")
+        if not (self.workspace or self.pvc_mount_path):
+            return
+        root = step_workspace(self.backend, self.workspace_mode, self.workspace or "", self.pvc_mount_path)
+        if self.model_dir:
+            # In ``cluster`` mode the model's directory is on the PVC, seen only by the pods: its
+            # contents are checked there, by the export step itself.
+            local = workspace_mode(self.backend, self.workspace_mode) is not WorkspaceMode.CLUSTER
+            checked_target(self.model_dir, field="model_dir", workspace=root, check_contents=local)
 
     def _local(self) -> None:
         workers = SFTParams.parse(self.training).resource_num_workers

@@ -21,6 +21,7 @@ from typing import Any
 from airflow_provider_sft.core import constants as c
 from airflow_provider_sft.core.backends.base import BackendName
 from airflow_provider_sft.core.errors import InvalidParameterError
+from airflow_provider_sft.core.files import checked_root
 from airflow_provider_sft.core.run import run_name
 from airflow_provider_sft.core.steps import STEPS
 from airflow_provider_sft.operators.training_log import log_training_line
@@ -50,6 +51,20 @@ def workspace_mode(backend: str, mode: str | None) -> WorkspaceMode | None:
         raise InvalidParameterError(
             {"workspace_mode": f"must be 'cluster' or 'shared', got {mode!r}"}
         ) from None
+
+
+def step_workspace(backend: str, mode: str | None, workspace: str, pvc_mount_path: str | None) -> str:
+    """Where the workspace steps see the workspace, checked by the one confinement helper.
+
+    ``pvc_mount_path`` in ``cluster`` mode (``/workspace`` by default), else ``workspace``;
+    :class:`InvalidParameterError` naming the field for ``/``, a system or a home directory.
+    """
+    if workspace_mode(backend, mode) is WorkspaceMode.CLUSTER:
+        root, field = pvc_mount_path or c.DEFAULT_WORKSPACE_MOUNT, "pvc_mount_path"
+    else:
+        root, field = str(workspace), "workspace"
+    checked_root(root, field=field)
+    return root
 
 
 def run_labels(context: Any | None) -> dict[str, str]:
@@ -117,8 +132,8 @@ class WorkspaceStepsMixin:
 
     @property
     def step_workspace(self) -> str:
-        """The workspace root as the step sees it."""
-        return (self.pvc_mount_path or c.DEFAULT_WORKSPACE_MOUNT) if self.in_cluster else str(self.workspace)
+        """The workspace root as the step sees it; never ``/``, a system or a home directory."""
+        return step_workspace(self.backend, self.workspace_mode, self.workspace, self.pvc_mount_path)
 
     def step_run_name(self, context: Any) -> str:
         """This task's run name: its TrainJob's name, and its directory under ``runs/``."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from airflow_provider_sft.demo import EXAMPLE_DAGS, run_pipeline
@@ -68,3 +70,14 @@ def test_an_unusable_oci_pull_secret_fails_the_run_at_validate_naming_the_variab
     assert "OCI_PULL_SECRET_MODEL_DOWNLOAD: " in text and "task_id=validate" in text
     assert "hunter2" not in text
     assert not (workspace / "runs").exists()  # nothing was resolved or submitted
+
+
+def test_a_system_workspace_fails_the_run_at_validate_and_nothing_is_created(tmp_path):
+    workspace = tmp_path / "ws"
+    before = sorted(p.name for p in Path("/").iterdir())
+    with pytest.raises(SystemExit):
+        run_pipeline(workspace, EXAMPLE_DAGS, {"workspace": "/", "resource_gpu_per_worker": 0}, echo=False)
+    text = (workspace / "dags-test.log").read_text()
+    assert "workspace: '/' is the filesystem root, a system directory or a home root: refused" in text
+    assert "task_id=resolve_dataset" not in text or "state=success" not in text
+    assert sorted(p.name for p in Path("/").iterdir()) == before  # no /runs, no /dataset

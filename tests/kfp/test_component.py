@@ -5,6 +5,7 @@ Runs in .venv-kfp (kfp 2.17.0, no Airflow): scripts/test.sh creates it.
 
 import inspect
 import json
+import os
 import re
 import typing
 from pathlib import Path
@@ -15,6 +16,7 @@ from kfp import compiler, dsl, local
 from kfp.dsl.types import type_annotations
 
 from airflow_provider_sft.core.errors import InvalidParameterError
+from airflow_provider_sft.core.sample_data import bundled_dataset_path
 from airflow_provider_sft.kfp import BASE_IMAGE, PACKAGES_TO_INSTALL, make_train_model, train_model
 from airflow_provider_sft.kfp.runner import run_train_model
 from tests.conftest import REPO_ROOT
@@ -271,3 +273,17 @@ def test_bad_input_fails_the_kfp_task_with_the_core_message(tmp_path, capfd, mon
     assert "training_envs: item 1 ('K') is not KEY=VALUE" in out
     assert "training_resource_cpu_per_worker: must be a Kubernetes quantity" in out
     assert not pvc.exists()  # nothing was started or written
+
+
+@pytest.mark.parametrize("pvc_path", ["/", "/etc", "/usr/local", "/home"])
+def test_a_system_pvc_path_is_refused_before_anything_is_created(tmp_path, pvc_path):
+    before = sorted(os.listdir(pvc_path))
+    with pytest.raises(InvalidParameterError, match=r"pvc_path: '/[a-z/]*' .*refused, nothing was touched"):
+        run_train_model(
+            pvc_path=pvc_path,
+            output_model=Artifact(tmp_path / "m"),
+            output_metrics=Artifact(tmp_path / "x"),
+            output_loss_chart=Artifact(tmp_path / "c.html"),
+            dataset=Artifact(bundled_dataset_path()),  # without the check: resolved into <pvc_path>/dataset
+        )
+    assert sorted(os.listdir(pvc_path)) == before  # no dataset/, no runs/

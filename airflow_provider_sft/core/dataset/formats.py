@@ -10,10 +10,12 @@ raises :class:`DatasetError`.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
+import itertools
 import json
-import sys
+import re
 from collections.abc import Iterator
 from enum import Enum
 from pathlib import Path
@@ -24,8 +26,13 @@ from airflow_provider_sft.core.dataset.records import OPTIONAL_FIELDS, ROLES, Ba
 from airflow_provider_sft.core.dataset.streams import strip_compression_suffix
 from airflow_provider_sft.core.errors import DatasetError
 
-#: The largest single record a JSON array may hold before it is called malformed.
-MAX_RECORD_BYTES = 64 << 20
+#: The largest single record (a JSONL or CSV line, a JSON array element) a dataset may hold. A
+#: chat sample is far below it (32 MiB is millions of tokens); a larger one is refused by its
+#: size, naming the file and line, before it is held whole: memory stays bounded by it.
+MAX_RECORD_BYTES = 32 << 20
+#: A CSV header is shown in an error only when its columns look like column names: a file that
+#: is not a dataset (``/etc/passwd`` behind a ``.csv`` name) never has its content echoed.
+_COLUMN_NAME = re.compile(r"^[\w .-]{1,64}$")
 PARQUET_MAGIC = b"PAR1"
 PARQUET_BATCH_ROWS = 2048
 
@@ -83,8 +90,25 @@ def choose_format(name: str, requested: Format, head: bytes) -> Format:
     return found
 
 
+def bounded_lines(stream: BinaryIO, name: str, limit: int = MAX_RECORD_BYTES) -> Iterator[tuple[int, bytes]]:
+    """``(line number, line)`` of ``stream``, never reading more than ``limit`` bytes of one line.
+
+    A longer line raises :class:`DatasetError` naming the file and line, after at most
+    ``limit + 1`` bytes of it were read: a multi-gigabyte line never reaches memory.
+    """
+    for number in itertools.count(1):
+        line = stream.readline(limit + 1)
+        if not line:
+            return
+        if len(line) > limit:
+            raise DatasetError(
+                f"{name}:{number}: line is longer than {limit} bytes (the most one record may hold); refused"
+            )
+        yield number, line
+
+
 def read_jsonl(stream: BinaryIO, name: str) -> Iterator[Item]:
-    for line_number, line in enumerate(stream, start=1):
+    for line_number, line in bounded_lines(stream, name):
         if line_number == 1 and line.startswith(b"\xef\xbb\xbf"):  # a UTF-8 BOM, as JSON and CSV allow
             line = line[3:]
         if not line.strip():
@@ -134,7 +158,12 @@ def read_json_array(stream: BinaryIO, name: str) -> Iterator[Item]:
                 record, end = decoder.raw_decode(buffer, position)
                 break
             except json.JSONDecodeError as error:
-                if len(buffer) - position > MAX_RECORD_BYTES or not fill():
+                if len(buffer) - position > MAX_RECORD_BYTES:
+                    raise DatasetError(
+                        f"{name}:{line}: record {index + 1} is longer than {MAX_RECORD_BYTES} bytes "
+                        "(the most one record may hold); refused"
+                    ) from None
+                if not fill():
                     where = f"{name}:{line + buffer.count(chr(10), position, error.pos)}"
                     raise DatasetError(f"{where}: invalid JSON in record {index + 1} ({error.msg})") from None
         where = f"{name}: record {index + 1} (line {line})"
@@ -319,15 +348,24 @@ def _validated_lines(messages: Any) -> tuple[Any, int] | None:
     return memoryview(_string_bytes(lines)), len(lines)
 
 
+def _shown_header(header: list[str]) -> str:
+    if not header:
+        return "empty"
+    if all(_COLUMN_NAME.match(column) for column in header):
+        return ", ".join(header)
+    return f"{len(header)} column(s) that do not look like column names, not shown"
+
+
 def read_csv(stream: BinaryIO, name: str, mapping: Mapping) -> Iterator[Item]:
     """CSV with a header; with the ``messages`` mapping, the ``messages`` column holds JSON text."""
-    csv.field_size_limit(min(sys.maxsize, MAX_RECORD_BYTES))
-    reader = csv.DictReader(io.TextIOWrapper(stream, encoding="utf-8-sig", newline=""))
+    csv.field_size_limit(MAX_RECORD_BYTES)
+    decoder = codecs.getincrementaldecoder("utf-8-sig")()
+    reader = csv.DictReader(decoder.decode(line) for _, line in bounded_lines(stream, name))
     header = reader.fieldnames or []
     missing = [field for field in mapping.fields if field not in header]
     if missing:
         raise DatasetError(
-            f"{name}:1: CSV column {missing[0]!r} is missing (header: {', '.join(header) or 'empty'})"
+            f"{name}:1: CSV column {missing[0]!r} is missing (header: {_shown_header(header)})"
         )
     for record in reader:
         where = f"{name}:{reader.line_num}"

@@ -11,6 +11,9 @@ from airflow_provider_sft.core.dataset.formats import Format
 from airflow_provider_sft.core.dataset.records import Mapping
 from airflow_provider_sft.core.errors import InvalidParameterError
 
+#: 32 GiB: far above any chat dataset a single SFT run trains on, far below a filled volume.
+DEFAULT_MAX_DECOMPRESSED_BYTES = 32 << 30
+
 
 class OnBadRecord(str, Enum):
     FAIL = "fail"  # the first bad record stops the resolution, nothing is written
@@ -74,6 +77,12 @@ class DatasetOptions(BaseModel):
     )
     hf_endpoint: str | None = Field(
         None, description="HuggingFace Hub endpoint; default HF_ENDPOINT or the public Hub."
+    )
+    max_decompressed_bytes: int = Field(
+        DEFAULT_MAX_DECOMPRESSED_BYTES,
+        ge=0,
+        description="The most bytes the dataset's files may hold together once decompressed (0: no limit): "
+        "a small .gz can expand to terabytes and fill the volume.",
     )
     hf_token: SecretStr | None = None
     s3: S3Options = Field(default_factory=S3Options)

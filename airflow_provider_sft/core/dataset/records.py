@@ -78,8 +78,9 @@ def _explain(messages: Any, where: str) -> NoReturn:
             raise BadRecordError(f"{where}: messages[{index}] must be an object with 'role' and 'content'")
         role = message.get("role")
         if role not in ROLES:
+            got = "another value" if isinstance(role, str) else type(role).__name__  # never the data itself
             raise BadRecordError(
-                f"{where}: messages[{index}].role must be one of {', '.join(ROLES)}, got {role!r}"
+                f"{where}: messages[{index}].role must be one of {', '.join(ROLES)}, got {got}"
             )
         content = message.get("content")
         if not isinstance(content, str):
@@ -113,7 +114,7 @@ def _with_system(record: dict[str, Any], where: str, turns: list[dict[str, str]]
 
 def _from_messages(record: dict[str, Any], where: str) -> list[dict[str, Any]]:
     if "messages" not in record:
-        keys = ", ".join(sorted(map(str, record))[:8]) or "none"
+        keys = ", ".join(sorted(str(key)[:40] for key in record)[:8]) or "none"  # field names, cut short
         raise BadRecordError(
             f"{where}: missing field 'messages' (fields: {keys}; for prompt/completion or "
             "instruction/output records set mapping='prompt_completion' or 'instruction')"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -27,9 +28,9 @@ from airflow_provider_sft.core.dataset.formats import Format
 from airflow_provider_sft.core.dataset.options import DatasetOptions, OnBadRecord
 from airflow_provider_sft.core.dataset.records import BadRecordError, Mapping, chat_messages
 from airflow_provider_sft.core.dataset.sources import Source, SourceFile, parse_source
-from airflow_provider_sft.core.dataset.streams import DECOMPRESSION_ERRORS, decoded
+from airflow_provider_sft.core.dataset.streams import DECOMPRESSION_ERRORS, ByteBudget, decoded, is_compressed
 from airflow_provider_sft.core.errors import DatasetError
-from airflow_provider_sft.core.files import atomic_write_bytes, sha256_file
+from airflow_provider_sft.core.files import atomic_write_bytes, remove_owned, sha256_file
 
 TRAIN_FILE = "train.jsonl"
 MANIFEST_FILE = "manifest.json"
@@ -92,34 +93,86 @@ class _TokenCounter:
         return self.total
 
 
-def _records(file: SourceFile, options: DatasetOptions, spool_dir: Path) -> Iterator[formats.Item]:
+def _records(
+    file: SourceFile, options: DatasetOptions, spool_dir: Path, budget: ByteBudget
+) -> Iterator[formats.Item]:
     """The raw items of one file, in whatever format it turns out to be."""
-    with file.opener() as raw, decoded(raw) as stream:  # type: ignore[arg-type]
-        try:
-            fmt = formats.choose_format(file.name, options.format, stream.peek(8)[:8])  # type: ignore[attr-defined]
-        except DECOMPRESSION_ERRORS as error:
-            raise DatasetError(f"{file.name}: cannot be decompressed ({error})") from None
-        if fmt is Format.JSONL:
-            yield from formats.read_jsonl(stream, file.name)
-        elif fmt is Format.JSON:
-            yield from formats.read_json_array(stream, file.name)
-        elif fmt is Format.CSV:
-            yield from formats.read_csv(stream, file.name, options.mapping)
-        elif file.local_path is not None and stream is raw:
-            yield from formats.read_parquet(
-                file.local_path, file.name, options.mapping, fast=not options.tokenizer
-            )
-        else:  # Parquet needs a seekable file: spool the (decompressed) bytes next to the output
-            with _spool(spool_dir) as spool:
-                shutil.copyfileobj(stream, spool, 1 << 20)
-                spool.flush()
-                yield from formats.read_parquet(
-                    Path(spool.name), file.name, options.mapping, fast=not options.tokenizer
-                )
+    with file.opener() as raw:
+        in_place = file.local_path is not None and not is_compressed(raw)  # type: ignore[arg-type]
+        with decoded(raw, file.name, budget) as stream:  # type: ignore[arg-type]
+            yield from _items(file, options, stream, spool_dir, budget, in_place=in_place)
+
+
+def _items(
+    file: SourceFile,
+    options: DatasetOptions,
+    stream: Any,
+    spool_dir: Path,
+    budget: ByteBudget,
+    *,
+    in_place: bool,
+) -> Iterator[formats.Item]:
+    try:
+        fmt = formats.choose_format(file.name, options.format, stream.peek(8)[:8])
+    except DECOMPRESSION_ERRORS as error:
+        raise DatasetError(f"{file.name}: cannot be decompressed ({error})") from None
+    fast = not options.tokenizer
+    if fmt is Format.JSONL:
+        yield from formats.read_jsonl(stream, file.name)
+    elif fmt is Format.JSON:
+        yield from formats.read_json_array(stream, file.name)
+    elif fmt is Format.CSV:
+        yield from formats.read_csv(stream, file.name, options.mapping)
+    elif in_place and file.local_path is not None:  # an uncompressed Parquet file on disk: read where it is
+        budget.charge(file.local_path.stat().st_size, file.name)
+        yield from formats.read_parquet(file.local_path, file.name, options.mapping, fast=fast)
+    else:  # Parquet needs a seekable file: spool the (decompressed) bytes next to the output
+        with _spool(spool_dir) as spool:
+            shutil.copyfileobj(stream, spool, 1 << 20)
+            spool.flush()
+            yield from formats.read_parquet(Path(spool.name), file.name, options.mapping, fast=fast)
 
 
 def _spool(spool_dir: Path) -> Any:
-    return tempfile.NamedTemporaryFile(dir=spool_dir, prefix=".spool-", suffix=".parquet")
+    return tempfile.NamedTemporaryFile(dir=spool_dir, prefix=f".spool-{os.getpid()}-", suffix=".parquet")
+
+
+#: The temporaries a resolution writes, named after its process id: ``(glob, pattern)``.
+_TEMPORARIES = (
+    (f".{TRAIN_FILE}.*.tmp", re.compile(rf"^\.{re.escape(TRAIN_FILE)}\.(\d+)\.tmp$")),
+    (".spool-*-*.parquet", re.compile(r"^\.spool-(\d+)-.*\.parquet$")),
+)
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether ``pid`` is a running (not zombie) process of this machine's PID namespace."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def remove_dead_temporaries(out_dir: Path) -> list[str]:
+    """Remove the temporaries of resolutions that were killed (their process is gone); their names.
+
+    A resolution killed midway (SIGKILL, an evicted pod) cannot clean up after itself; the next
+    one in the same directory does. A live process's temporaries, and this one's, are kept.
+    """
+    removed = []
+    for pattern, name in _TEMPORARIES:
+        for path in out_dir.glob(pattern):
+            match = name.match(path.name)
+            if match and int(match[1]) != os.getpid() and not _process_alive(int(match[1])):
+                with contextlib.suppress(OSError):
+                    remove_owned(path, out_dir, field="dataset_dir")
+                    removed.append(path.name)
+    return removed
 
 
 class _Writer:
@@ -232,14 +285,18 @@ def resolve_dataset(
         stale.unlink(missing_ok=True)
     tokens = _TokenCounter(options.tokenizer) if options.tokenizer else None
     out_dir.mkdir(parents=True, exist_ok=True)
+    for name in remove_dead_temporaries(out_dir):
+        if log:
+            log(f"removed {name}, left by a resolution that was killed")
     tmp = out_dir / f".{TRAIN_FILE}.{os.getpid()}.tmp"
+    budget = ByteBudget(options.max_decompressed_bytes or None)
     try:
         with tmp.open("wb", buffering=1 << 20) as handle:
             writer = _Writer(handle, options, tokens)
             for file in files:
                 before = writer.records
                 try:
-                    for where, record, raw_line in _records(file, options, out_dir):
+                    for where, record, raw_line in _records(file, options, out_dir, budget):
                         writer.add(where, record, raw_line)
                 except UnicodeDecodeError as error:
                     raise DatasetError(

@@ -29,6 +29,7 @@ from airflow_provider_sft.core.dataset.formats import format_from_name, is_data_
 from airflow_provider_sft.core.dataset.options import DatasetOptions, S3Options
 from airflow_provider_sft.core.dataset.streams import ChunkReader, buffered
 from airflow_provider_sft.core.errors import DatasetError
+from airflow_provider_sft.core.files import system_tree
 from airflow_provider_sft.core.sample_data import bundled_dataset_path
 
 BUNDLED_SOURCE = "bundled"
@@ -79,6 +80,13 @@ def _open_local(path: Path) -> Callable[[], contextlib.AbstractContextManager[Bi
 
 
 def _local_file(path: Path, name: str | None = None) -> SourceFile:
+    """A file on disk; one reached through a symlink into a system directory (``/etc``...) is refused."""
+    resolved = path.resolve()
+    tree = system_tree(resolved)
+    if tree is not None and resolved != Path(os.path.abspath(path)):
+        raise DatasetError(
+            f"{name or path}: a symlink into the system directory {tree}, not a dataset; refused"
+        )
     stat = path.stat()
     identity = {"path": str(path), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
     return SourceFile(name or str(path), identity, _open_local(path), local_path=path)

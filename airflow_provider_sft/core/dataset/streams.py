@@ -1,4 +1,6 @@
-"""Byte streams: adapt network bodies to buffered files and undo gzip/zstd by their magic bytes."""
+"""Byte streams: adapt network bodies to buffered files, undo gzip/zstd by their magic bytes, and
+count what comes out: a 2 MB ``.gz`` may hold terabytes, so every decompressed (or plain) byte of
+one resolution is charged to a :class:`ByteBudget` (``max_decompressed_bytes``) as it is read."""
 
 from __future__ import annotations
 
@@ -8,6 +10,8 @@ import io
 import zlib
 from collections.abc import Callable, Iterator
 from typing import BinaryIO
+
+from airflow_provider_sft.core.errors import DatasetError
 
 try:
     from zstandard import ZstdError
@@ -53,17 +57,52 @@ def strip_compression_suffix(name: str) -> str:
     return name
 
 
+class ByteBudget:
+    """The bytes all files of one resolution may yield once decompressed (``None``: no limit)."""
+
+    def __init__(self, limit: int | None):
+        self.limit, self.used = limit, 0
+
+    def charge(self, count: int, name: str) -> None:
+        self.used += count
+        if self.limit is not None and self.used > self.limit:
+            raise DatasetError(
+                f"{name}: the dataset holds more than max_decompressed_bytes={self.limit} bytes once "
+                "decompressed; refused (raise max_decompressed_bytes, or 0 for no limit, if it is really that big)"
+            )
+
+
+class _Counted(io.RawIOBase):
+    """A raw stream over ``inner`` that charges every byte read to a budget."""
+
+    def __init__(self, inner: BinaryIO, budget: ByteBudget, name: str):
+        self._inner, self._budget, self._name = inner, budget, name
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def]
+        count = self._inner.readinto(buffer)  # type: ignore[attr-defined]
+        if count:
+            self._budget.charge(count, self._name)
+        return count or 0
+
+
+def is_compressed(stream: io.BufferedReader) -> bool:
+    return stream.peek(4)[:4].startswith((GZIP_MAGIC, ZSTD_MAGIC))
+
+
 @contextlib.contextmanager
-def decoded(stream: io.BufferedReader) -> Iterator[BinaryIO]:
-    """``stream`` itself, or a decompressing reader when it starts with gzip or zstd magic bytes."""
+def decoded(stream: io.BufferedReader, name: str, budget: ByteBudget) -> Iterator[BinaryIO]:
+    """The plain bytes of ``stream`` (decompressed when it starts with gzip or zstd magic bytes), counted."""
     head = stream.peek(4)[:4]
     if head.startswith(GZIP_MAGIC):
         with gzip.GzipFile(fileobj=stream) as plain:
-            yield buffered(plain)  # type: ignore[arg-type]
+            yield buffered(_Counted(plain, budget, name))  # type: ignore[arg-type]
     elif head.startswith(ZSTD_MAGIC):
         import zstandard
 
         with zstandard.ZstdDecompressor().stream_reader(stream, read_size=BUFFER) as plain:
-            yield buffered(plain)
+            yield buffered(_Counted(plain, budget, name))
     else:
-        yield stream
+        yield buffered(_Counted(stream, budget, name))

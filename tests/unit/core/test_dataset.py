@@ -261,7 +261,7 @@ MALFORMED = [
         "d.jsonl",
         _write(jsonl_bytes([GOOD, {"messages": [{"role": "bot", "content": "x"}]}])),
         None,
-        "d.jsonl:2: messages[0].role must be one of system, user, assistant, got 'bot'",
+        "d.jsonl:2: messages[0].role must be one of system, user, assistant, got another value",
         id="wrong-role",
     ),
     pytest.param(
