@@ -143,9 +143,13 @@ def test_previous_attempt_output_is_cleared(tmp_path, monkeypatch):
     run = make_run(tmp_path)
     stale = Path(run.output_dir) / c.FULL_STATE_DIR / "epoch_0"
     stale.mkdir(parents=True)
+    dataset = Path(run.output_dir) / c.DATASET_DIR / "train.jsonl"  # the DAG run's, resolved before
+    dataset.parent.mkdir()
+    dataset.write_text("{}\n")
     backend = LocalProcessBackend(python=FAKE_PYTHON)
     backend.wait(backend.submit(run), on_log=lambda _line: None)
     assert not stale.exists()  # never resumed by accident
+    assert dataset.read_text() == "{}\n"  # one DAG run, one directory: its dataset stays
 
 
 @pytest.mark.parametrize(
