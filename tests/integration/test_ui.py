@@ -117,3 +117,6 @@ def test_the_plugin_page_needs_airflows_login(airflow_standalone):
     forged = requests.get(url, headers={"Authorization": "Bearer not-a-token"}, timeout=10)
     assert forged.status_code in (401, 403)
     assert airflow_standalone.session.get(url, timeout=10).status_code == 200
+    # A map index the database column cannot hold is a 400 naming it, not a 500.
+    answer = airflow_standalone.session.get(url, params={"map_index": "9" * 23}, timeout=10)
+    assert answer.status_code == 400 and "map_index" in answer.text

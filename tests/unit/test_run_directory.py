@@ -18,7 +18,10 @@ DECEMBER = [f"manual__2026-12-{day:02d}T09:06:04.123456+00:00" for day in (1, 5,
 
 
 def context(task_id: str, run_id: str = DECEMBER[0], map_index: int = -1) -> dict:
-    return {"ti": SimpleNamespace(dag_id="sft_pipeline", task_id=task_id, map_index=map_index), "run_id": run_id}
+    return {
+        "ti": SimpleNamespace(dag_id="sft_pipeline", task_id=task_id, map_index=map_index),
+        "run_id": run_id,
+    }
 
 
 def test_december_runs_have_distinct_readable_names():
