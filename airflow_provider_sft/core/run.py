@@ -210,7 +210,10 @@ def plan_device(params: SFTParams, *, requested: Device, cuda_devices: int, cpu_
             "metadata_labels/metadata_annotations label Kubernetes pods; a local run records them in "
             "run_config.json only"
         )
-    if device is Device.CPU:
+    if (
+        device is Device.CPU
+        and params.fsdp_sharding_strategy != SFTParams.model_fields["fsdp_sharding_strategy"].default
+    ):
         notes.append(
             f"fsdp_sharding_strategy={params.fsdp_sharding_strategy.value} applies to multi-GPU FSDP; "
             "the single CPU process holds the whole model"

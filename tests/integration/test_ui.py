@@ -10,16 +10,21 @@ playwright is missing (``scripts/test.sh`` installs both).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+import signal
+import socket
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 import requests
 
 from tests.conftest import REPO_ROOT
-from tests.integration.conftest import wait_for_dag_run
+from tests.integration.conftest import running_demo, wait_for_dag_run
 
 pytestmark = pytest.mark.slow
 CHROMIUM = shutil.which("chromium")
@@ -120,3 +125,65 @@ def test_the_plugin_page_needs_airflows_login(airflow_standalone):
     # A map index the database column cannot hold is a 400 naming it, not a 500.
     answer = airflow_standalone.session.get(url, params={"map_index": "9" * 23}, timeout=10)
     assert answer.status_code == 400 and "map_index" in answer.text
+
+
+def process_tree(root: int) -> dict[int, psutil.Process]:
+    """``root`` and every process below it, and every process in any of their sessions."""
+    tree = {root: psutil.Process(root)} | {p.pid: p for p in psutil.Process(root).children(recursive=True)}
+    sessions = set()
+    for pid in tree:
+        with contextlib.suppress(OSError):
+            sessions.add(os.getsid(pid))
+    for process in psutil.process_iter():
+        with contextlib.suppress(OSError, psutil.Error):
+            if os.getsid(process.pid) in sessions:
+                tree.setdefault(process.pid, process)
+    return tree
+
+
+def still_running(processes: dict[int, psutil.Process]) -> list[str]:
+    left = []
+    for process in processes.values():
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
+                left.append(f"{process.pid} {' '.join(process.cmdline())[:120]}")
+    return left
+
+
+@contextlib.contextmanager
+def default_log_server_ports_taken():
+    """Airflow's fixed log-server ports held, as by another Airflow on the host (where free)."""
+    with contextlib.ExitStack() as stack:
+        for port in (8793, 8794):
+            holder = stack.enter_context(socket.socket())
+            with contextlib.suppress(OSError):
+                holder.bind(("", port))
+                holder.listen()
+        yield
+
+
+def test_ctrl_c_on_the_demo_mid_training_leaves_no_process_of_it_behind(tmp_path):
+    with default_log_server_ports_taken(), running_demo(tmp_path) as demo:
+        answer = demo.session.post(
+            f"{demo.base}/api/v2/dags/{DAG_ID}/dagRuns", json={"logical_date": None}, timeout=10
+        )
+        assert answer.ok, answer.text
+        run_id = answer.json()["dag_run_id"]
+        train = f"{demo.base}/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/train"
+        deadline = time.monotonic() + 300
+        while demo.session.get(train, timeout=10).json().get("state") != "running":
+            assert time.monotonic() < deadline, "the train task never started"
+            time.sleep(2)
+        time.sleep(5)  # the training process is up
+        tree = process_tree(demo.process.pid)
+        commands = " ".join(" ".join(p.cmdline()) for p in tree.values() if p.is_running())
+        assert "airflow_provider_sft.core.entrypoint train" in commands  # the training, its own group
+        assert len(tree) >= 8  # standalone, its 4 components, executor workers, the task, the training
+        demo.process.send_signal(signal.SIGINT)  # what Ctrl-C in the terminal sends
+        deadline = time.monotonic() + 30
+        while still_running(tree) and time.monotonic() < deadline:
+            time.sleep(1)
+        assert still_running(tree) == []
+        assert demo.process.wait(5) == 0
+        log = (tmp_path / "standalone.log").read_text()
+        assert "address already in use" not in log.lower()  # log servers on free ports

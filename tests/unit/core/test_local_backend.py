@@ -56,6 +56,10 @@ def test_real_training_run_streams_logs_and_succeeds(tiny_model, tmp_path):
     assert result.status is JobStatus.SUCCEEDED, result.message
     assert any(line.startswith("[sft] step 4/4") for line in lines)
     assert any("data processing: 235/235 samples kept" in line for line in lines)
+    assert any(
+        re.match(r"\[sft\] summary: 4 steps, .*final loss \d+\.\d{4} \(last step", line) for line in lines
+    )
+    assert not any("fsdp_sharding_strategy" in line for line in lines)  # the default: no note
     log_file = Path(run.output_dir) / c.TRAIN_LOG_FILE
     assert "[sft] done in" in log_file.read_text()
     assert (Path(run.output_dir) / c.METRICS_FILE).exists()

@@ -92,3 +92,10 @@ def test_plan_rejects_what_the_machine_cannot_honour(values, cuda, name, message
 def test_pod_metadata_on_a_local_run_is_reported_not_dropped_silently():
     notes = plan(resource_gpu_per_worker=0, metadata_labels="team=ml").notes
     assert any("metadata_labels" in note for note in notes)
+
+
+def test_a_cpu_run_mentions_fsdp_only_when_a_sharding_was_chosen():
+    """The default HYBRID_SHARD is not a choice the person made: no note on every CPU run."""
+    assert not any("fsdp" in note for note in plan(resource_gpu_per_worker=0).notes)
+    chosen = plan(resource_gpu_per_worker=0, fsdp_sharding_strategy="FULL_SHARD").notes
+    assert any("fsdp_sharding_strategy=FULL_SHARD applies to multi-GPU FSDP" in note for note in chosen)
