@@ -84,6 +84,18 @@ def one_machine_settings() -> dict[str, str]:
     }
 
 
+SENSITIVE_NAMES_SETTING = "AIRFLOW__CORE__SENSITIVE_VAR_CONN_NAMES"
+#: Param keys whose values Airflow's secrets masker hides by name: the audit log's trigger
+#: entry (``/api/v2/eventLogs``) records the run's ``conf``, redacted by key name only.
+SECRET_PARAM_KEYS = ("envs",)
+
+
+def sensitive_names(configured: str) -> str:
+    """``[core] sensitive_var_conn_names`` with ``envs`` added (the user's names kept)."""
+    names = [name.strip() for name in configured.split(",") if name.strip()]
+    return ",".join([*names, *(key for key in SECRET_PARAM_KEYS if key not in names)])
+
+
 def serve_environment(workspace: Path, dags_folder: Path, port: int) -> dict[str, str]:
     """``airflow standalone`` on ``port`` (UI, REST, execution API), the form defaulting to the demo."""
     env = demo_environment(workspace, dags_folder)
@@ -92,6 +104,7 @@ def serve_environment(workspace: Path, dags_folder: Path, port: int) -> dict[str
     base = f"http://127.0.0.1:{port}"
     for name, value in one_machine_settings().items():
         env.setdefault(name, value)  # what the caller set wins
+    env[SENSITIVE_NAMES_SETTING] = sensitive_names(env.get(SENSITIVE_NAMES_SETTING, ""))
     env.update(
         {
             # standalone starts its components as `airflow ...` through PATH

@@ -77,3 +77,12 @@ def test_the_served_airflow_fits_one_machine_and_shares_it(tmp_path, monkeypatch
     assert json.loads((tmp_path / "form-defaults.json").read_text())["resource_gpu_per_worker"] == 0
     monkeypatch.setenv("AIRFLOW__CORE__PARALLELISM", "16")  # the user's setting wins
     assert serve_environment(tmp_path, tmp_path, 8080)["AIRFLOW__CORE__PARALLELISM"] == "16"
+
+
+def test_the_served_airflow_hides_envs_by_name_and_keeps_the_users_sensitive_names(tmp_path, monkeypatch):
+    from airflow_provider_sft.demo import SENSITIVE_NAMES_SETTING
+
+    monkeypatch.delenv(SENSITIVE_NAMES_SETTING, raising=False)
+    assert serve_environment(tmp_path, tmp_path, 8080)[SENSITIVE_NAMES_SETTING] == "envs"
+    monkeypatch.setenv(SENSITIVE_NAMES_SETTING, "my_key, envs")
+    assert serve_environment(tmp_path, tmp_path, 8080)[SENSITIVE_NAMES_SETTING] == "my_key,envs"
