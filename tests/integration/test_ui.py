@@ -11,6 +11,7 @@ playwright is missing (``scripts/test.sh`` installs both).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -78,9 +79,61 @@ def test_a_bad_quantity_typed_into_the_form_is_refused_before_any_run_exists(pag
     error.wait_for()
     error.scroll_into_view_if_needed()
     page.screenshot(path=str(ARTIFACTS / "trigger-form-bad-quantity.png"))
-    assert "'64GB' does not match" in error.inner_text()
+    text = error.inner_text()
+    assert "'64GB' does not match" in text
+    assert "'title': 'Memory per worker'" in text and "64Gi" in text  # the field's title, an example
     assert len(dag_runs(airflow_standalone)) == before  # refused: no run was created
     page.keyboard.press("Escape")
+
+
+@pytest.mark.parametrize(
+    ("field", "typed", "message"),
+    [
+        ("effective_batch_size", "-8", "-8 is less than the minimum of 1"),
+        ("num_epochs", "0", "0 is less than the minimum of 1"),
+    ],
+)
+def test_a_bad_number_typed_into_the_form_is_refused_as_typed_not_clamped(
+    page, airflow_standalone, field, typed, message
+):
+    """Airflow's number input clamps to a schema's top-level minimum: -8 became 1 and a run started."""
+    before = len(dag_runs(airflow_standalone))
+    dialog = open_trigger_dialog(page, airflow_standalone)
+    dialog.get_by_role("button", name="Model and training").click()
+    number = dialog.locator(f'[id="number-input:element_{field}"] input')
+    number.fill(typed)
+    number.press("Tab")  # leaving the field is when the input clamps
+    assert number.input_value() == typed
+    dialog.get_by_role("button", name="Trigger", exact=True).click()
+    error = dialog.get_by_text(re.compile(rf"Invalid input for param {field}"))
+    error.wait_for()
+    error.scroll_into_view_if_needed()
+    page.screenshot(path=str(ARTIFACTS / f"trigger-form-bad-{field}.png"))
+    assert message in error.inner_text()
+    assert len(dag_runs(airflow_standalone)) == before  # no run, with this value or another
+    page.keyboard.press("Escape")
+
+
+def test_a_secret_in_envs_stays_out_of_the_audit_log(airflow_standalone):
+    secret = "hf_AuditLogSecret42"
+    answer = airflow_standalone.session.post(
+        f"{airflow_standalone.base}/api/v2/dags/{DAG_ID}/dagRuns",
+        json={"logical_date": None, "conf": {"envs": f"MY_API_TOKEN={secret},NCCL_DEBUG=INFO"}},
+        timeout=10,
+    )
+    assert answer.ok, answer.text
+    events = airflow_standalone.session.get(
+        f"{airflow_standalone.base}/api/v2/eventLogs",
+        params={"event": "trigger_dag_run", "order_by": "-when", "limit": 5},
+        timeout=10,
+    ).json()["event_logs"]
+    assert '"envs": "***"' in events[0]["extra"]  # the newest trigger: this one
+    assert secret not in json.dumps(events)
+    airflow_standalone.session.patch(  # not trained: the run is not what this test is about
+        f"{airflow_standalone.base}/api/v2/dags/{DAG_ID}/dagRuns/{answer.json()['dag_run_id']}",
+        json={"state": "failed"},
+        timeout=10,
+    )
 
 
 def test_trigger_with_the_defaults_trains_and_the_train_task_shows_its_loss_chart(page, airflow_standalone):
