@@ -17,7 +17,9 @@ def test_the_export_is_logged_once_and_the_metrics_read_as_a_summary(tmp_path, c
     with (run_dir / c.METRICS_FILE).open("w") as metrics:
         for step in range(1, 11):
             metrics.write(json.dumps({"step": step, "epoch": 0, "avg_loss": 4.0 / step, "lr": 1e-4}) + "\n")
-    op = ExportModelOperator(task_id="export_model", training_output_dir=str(run_dir), workspace=str(tmp_path))
+    op = ExportModelOperator(
+        task_id="export_model", training_output_dir=str(run_dir), workspace=str(tmp_path)
+    )
     context = {"ti": SimpleNamespace(dag_id="d", task_id="export_model", map_index=-1), "run_id": "r"}
     with caplog.at_level(logging.DEBUG):
         result = op.execute(context)
