@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -29,6 +30,7 @@ from pathlib import Path
 from airflow_provider_sft.core import constants as c
 from airflow_provider_sft.core.tiny_model import build_tiny_model
 from airflow_provider_sft.params_form import FORM_DEFAULTS_ENV
+from airflow_provider_sft.supervisor import supervise
 
 DAG_ID = "sft_pipeline"
 #: The example DAG, shipped inside the package: the demo works from any directory.
@@ -63,12 +65,46 @@ def demo_environment(workspace: Path, dags_folder: Path) -> dict[str, str]:
     }
 
 
+def free_port() -> int:
+    """A TCP port nothing listens on now (on every interface, as Airflow's log servers bind)."""
+    with socket.socket() as probe:
+        probe.bind(("", 0))
+        return probe.getsockname()[1]
+
+
+def one_machine_settings() -> dict[str, str]:
+    """Settings that let ``--serve`` share a machine: a few executor workers, not Airflow's 32
+    (each a Python process of about 150 MB), and log servers on free ports instead of the
+    fixed 8793/8794, so a second demo on the host starts instead of "address already in use".
+    """
+    return {
+        "AIRFLOW__CORE__PARALLELISM": str(max(2, min(4, os.cpu_count() or 2))),
+        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
+        "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
+    }
+
+
+SENSITIVE_NAMES_SETTING = "AIRFLOW__CORE__SENSITIVE_VAR_CONN_NAMES"
+#: Param keys whose values Airflow's secrets masker hides by name: the audit log's trigger
+#: entry (``/api/v2/eventLogs``) records the run's ``conf``, redacted by key name only.
+SECRET_PARAM_KEYS = ("envs",)
+
+
+def sensitive_names(configured: str) -> str:
+    """``[core] sensitive_var_conn_names`` with ``envs`` added (the user's names kept)."""
+    names = [name.strip() for name in configured.split(",") if name.strip()]
+    return ",".join([*names, *(key for key in SECRET_PARAM_KEYS if key not in names)])
+
+
 def serve_environment(workspace: Path, dags_folder: Path, port: int) -> dict[str, str]:
     """``airflow standalone`` on ``port`` (UI, REST, execution API), the form defaulting to the demo."""
     env = demo_environment(workspace, dags_folder)
     defaults = workspace / "form-defaults.json"
     defaults.write_text(json.dumps({"base_model": str(workspace / "base-model"), **DEMO_TRAINING}, indent=2))
     base = f"http://127.0.0.1:{port}"
+    for name, value in one_machine_settings().items():
+        env.setdefault(name, value)  # what the caller set wins
+    env[SENSITIVE_NAMES_SETTING] = sensitive_names(env.get(SENSITIVE_NAMES_SETTING, ""))
     env.update(
         {
             # standalone starts its components as `airflow ...` through PATH
@@ -128,7 +164,7 @@ def run_pipeline(
 
 
 def serve(workspace: Path, dags_folder: Path, port: int) -> int:
-    """Run ``airflow standalone`` in the foreground until Ctrl-C."""
+    """Run ``airflow standalone`` in the foreground until Ctrl-C, which ends every process of it."""
     env = serve_environment(workspace, dags_folder, port)
     home = Path(env["AIRFLOW_HOME"])
     home.mkdir(parents=True, exist_ok=True)
@@ -139,10 +175,7 @@ def serve(workspace: Path, dags_folder: Path, port: int) -> int:
         "Ctrl-C stops it.",
         flush=True,
     )
-    try:
-        return subprocess.call([sys.executable, "-m", "airflow", "standalone"], env=env)
-    except KeyboardInterrupt:
-        return 0
+    return supervise([sys.executable, "-m", "airflow", "standalone"], env)
 
 
 def generate_reply(model_dir: Path, prompt: str) -> str:

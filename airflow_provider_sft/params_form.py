@@ -3,9 +3,13 @@
 Types, enums, minimums and defaults come from :class:`SFTParams` (one source of truth); the
 titles and descriptions are written for the person at the form, not derived from field names.
 Every rule JSON Schema can express is in the schema, so a bad value is refused when the run is
-triggered (UI, REST ``conf``), before any task: quantities, ``K=V`` lists, Kubernetes label
-keys and values, minimums, int32 maximums, enums. Rules across fields are checked by the
-pipeline's first task (:class:`~airflow_provider_sft.operators.validate.ValidateRunOperator`).
+triggered (UI, REST ``conf``), before any task: quantities, Kubernetes label keys and values,
+minimums, int32 maximums, enums. Two exceptions, each for a reason: numeric bounds sit inside
+``allOf`` (the form's number input reads a top-level ``minimum``/``maximum`` and silently clamps
+what was typed to them), and ``envs`` has no pattern: Airflow's refusal prints the value it
+refused, and ``envs`` may hold a token; the pipeline's first task checks it and names the item
+without its value. Rules across fields are checked by that first task too
+(:class:`~airflow_provider_sft.operators.validate.ValidateRunOperator`).
 
 Optional text fields are nullable (``["null", "string"]``, default ``None``): Airflow's form
 treats an empty string as a missing required value, so ``""`` defaults would block *Trigger*.
@@ -30,9 +34,6 @@ from airflow_provider_sft.core.params import INT32_FIELDS, INT32_MAX, SFTParams
 
 #: A Kubernetes quantity: a number with an exponent or a suffix (the API server's grammar).
 QUANTITY_PATTERN = r"^\s*(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+|Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E)?\s*$"
-_ENV_ITEM = r"\s*[-._a-zA-Z][-._a-zA-Z0-9]*\s*=[^,\x00-\x08\x0a-\x1f\x7f]*"
-#: ``KEY=VAL,KEY=VAL`` with environment variable names and no control characters; may be empty.
-ENV_LIST_PATTERN = rf"^({_ENV_ITEM}(,{_ENV_ITEM})*)?\s*$"
 _LABEL_KEY = (
     r"([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
     r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
@@ -169,12 +170,18 @@ TRAINING_FORM: dict[str, tuple[str, str, str]] = {
     ),
 }
 
+#: What the form proposes as the field is typed (a list under it); Airflow's error on a bad value
+#: shows them too, in the schema it prints.
+_EXAMPLES = {
+    "resource_cpu_per_worker": ["1", "4", "500m"],
+    "resource_memory_per_worker": ["8Gi", "64Gi", "512Mi"],
+    "resource_num_procs_per_worker": ["auto", "1", "8"],
+}
 _NULLABLE = {"envs", "metadata_labels", "metadata_annotations", "data_output_dir"}
 _PATTERNS = {
     "resource_cpu_per_worker": QUANTITY_PATTERN,
     "resource_memory_per_worker": QUANTITY_PATTERN,
     "resource_num_procs_per_worker": r"^\s*(auto|[1-9][0-9]*)\s*$",
-    "envs": ENV_LIST_PATTERN,
     "metadata_labels": LABEL_LIST_PATTERN,
     "metadata_annotations": ANNOTATION_LIST_PATTERN,
 }
@@ -197,17 +204,31 @@ def _schema_for(name: str, prop: dict[str, Any], defs: dict[str, Any]) -> dict[s
         schema.update(type=prop["type"], default=prop.get("default"))
     if name in _PATTERNS:
         schema["pattern"] = _PATTERNS[name]
-    if "exclusiveMinimum" in prop:  # pydantic's PositiveInt: > 0
-        schema["minimum"] = prop["exclusiveMinimum"] + 1
-    if "minimum" in prop:
-        schema["minimum"] = prop["minimum"]
-    if name in INT32_FIELDS:
-        schema["maximum"] = INT32_MAX
-    if name == "seed":
-        schema["maximum"] = 2**32 - 1
-    if name == "learning_rate":
-        schema["exclusiveMinimum"] = 0
+    if name in _EXAMPLES:
+        schema["examples"] = _EXAMPLES[name]
+    bounds = _bounds(name, prop)
+    if bounds:
+        # Not top-level "minimum"/"maximum": the form's number input reads those and silently
+        # clamps what was typed (-8 became 1, and a run started). Inside allOf the UI ignores
+        # them and Airflow's check on trigger refuses the value, naming the field.
+        schema["allOf"] = [{"title": title, **bounds}]
     return schema
+
+
+def _bounds(name: str, prop: dict[str, Any]) -> dict[str, Any]:
+    """The numeric bounds of a training parameter, as JSON schema keywords."""
+    bounds: dict[str, Any] = {}
+    if "exclusiveMinimum" in prop:  # pydantic's PositiveInt: > 0
+        bounds["minimum"] = prop["exclusiveMinimum"] + 1
+    if "minimum" in prop:
+        bounds["minimum"] = prop["minimum"]
+    if name in INT32_FIELDS:
+        bounds["maximum"] = INT32_MAX
+    if name == "seed":
+        bounds["maximum"] = 2**32 - 1
+    if name == "learning_rate":
+        bounds = {"exclusiveMinimum": 0}
+    return bounds
 
 
 def training_param_schemas(**defaults: Any) -> dict[str, dict[str, Any]]:

@@ -178,10 +178,12 @@ def run(training_run: TrainingRun) -> None:
             log=_log,
             topology=topology,
         )
-        _log(
-            f"trained {result.steps} steps, {result.samples_seen} samples, {result.tokens_seen} tokens "
-            f"in {result.seconds:.1f}s ({result.tokens_per_second:.0f} tokens/s)"
-        )
+        _log(f"trained in {result.seconds:.1f}s ({result.tokens_per_second:.0f} tokens/s)")
+    if topology.is_first:  # node 0 writes the metrics
+        from airflow_provider_sft.core.metrics import summarize_file
+        from airflow_provider_sft.core.progress import summary_line
+
+        _log(summary_line(summarize_file(output_dir / c.METRICS_FILE)))
     _log(f"done in {time.monotonic() - started:.1f}s")
 
 

@@ -199,7 +199,8 @@ def export_model(
         if isinstance(exc, OSError):
             raise ExportError(f"Export of {source} to {destination} failed: {exc}") from exc
         raise
-    log.info("Exported %s to %s (%d files, %d bytes)", source, destination, len(manifest), total)
+    # The export step reports it, once, in the task log (its caller's line); here for a debugger.
+    log.debug("Exported %s to %s (%d files, %d bytes)", source, destination, len(manifest), total)
     return ExportResult(str(destination), str(source), len(manifest), total, linked_all)
 
 

@@ -97,8 +97,8 @@ def parse_key_value_list(text: str, *, reveal_values: bool = True) -> dict[str, 
         key, sep, value = item.partition("=")
         key = key.strip()
         if not sep:
-            what = repr(item) if reveal_values else f"item {position} ({key!r})"
-            raise ValueError(f"{what} is not KEY=VALUE (no '=')")
+            # Without '=' the whole item may be a value (a token pasted alone): never shown.
+            raise ValueError(f"{shown} is not KEY=VALUE (no '=')")
         if not key:
             raise ValueError(f"{shown} has an empty key")
         if key in result:

@@ -17,7 +17,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from airflow_provider_sft.core.metrics import LOSS_KEYS
+from airflow_provider_sft.core.metrics import LOSS_KEYS, MetricsSummary
 
 Logger = Callable[[str], None]
 PROGRESS_LINES = 20  # about this many progress lines per run
@@ -65,6 +65,23 @@ def progress_line(
     if eta_seconds is not None:
         parts.append(f"ETA {eta_seconds:.0f}s")
     return " ".join(parts)
+
+
+def summary_line(summary: MetricsSummary) -> str:
+    """``summary: 180 steps, 6 epochs, final loss 2.3512 (last step 2.2871, min 1.9702, perplexity 10.5),
+    1440 samples, 118250 tokens, 33.1 samples/s``: where the loss ended, beside how long it took.
+
+    The smoothed loss leads: one step's loss on a small batch is noisy. What the metrics
+    did not record reads ``?``.
+    """
+    throughput = summary.avg_throughput_samples_per_second
+    return (
+        f"summary: {summary.steps} steps, {summary.epochs} epochs, "
+        f"final loss {_number(summary.final_loss_smoothed, '.4f')} (last step {_number(summary.final_loss, '.4f')}, "
+        f"min {_number(summary.min_loss, '.4f')}, perplexity {_number(summary.perplexity, '.3g')}), "
+        f"{summary.samples_seen} samples, {summary.total_tokens} tokens"
+        + ("" if throughput is None else f", {throughput:.1f} samples/s")
+    )
 
 
 def _float(value: Any) -> float | None:

@@ -32,21 +32,52 @@ class Device(str, Enum):
     CUDA = "cuda"
 
 
-def run_name(*parts: str | int | None, max_length: int = 40) -> str:
-    """A deterministic DNS-1123 name from identifying parts (dag id, run id, task id, map index).
+#: An Airflow run id: ``manual__2026-12-05T09:06:04.123456+00:00[_random]``.
+_AIRFLOW_RUN_ID = re.compile(r"^(?P<kind>[a-z_]+?)__(?P<date>\d{4}-\d{2}-\d{2})T(?P<time>\d{2}:\d{2}:\d{2})")
 
-    Readable prefix, then a hash of all parts so different runs never collide
-    even when the prefix is truncated or sanitised to the same text.
+
+def readable_run_id(run_id: str) -> str:
+    """An Airflow run id as a name part: ``manual__2026-12-05T09:06:04...`` -> ``manual-20261205-090604``.
+
+    Cutting the raw id at a length limit left ``manual-2026-12-0``: every December run alike.
+    Kind, date and time to the second fit; what is dropped (microseconds, the random suffix)
+    stays in the name's hash. Other run ids (a REST caller's own) are kept as they are.
+    """
+    match = _AIRFLOW_RUN_ID.match(run_id)
+    if not match:
+        return run_id
+    return "-".join(
+        (match["kind"].replace("_", "-"), match["date"].replace("-", ""), match["time"].replace(":", ""))
+    )
+
+
+def run_name(*parts: str | int | None, max_length: int = 40) -> str:
+    """A deterministic DNS-1123 name from identifying parts, most distinctive first.
+
+    Readable prefix (cut at the end when too long, so put what tells runs apart first), then a
+    hash of all parts so different runs never collide even when the prefix is truncated or
+    sanitised to the same text. Airflow run ids are shortened by :func:`readable_run_id`.
     """
     text = "|".join("" if part is None else str(part) for part in parts)
     digest = hashlib.sha256(text.encode()).hexdigest()[:10]
-    readable = _NAME_UNSAFE.sub("-", "-".join(str(p) for p in parts if p not in (None, "")).lower()).strip(
-        "-"
-    )
+    words = (readable_run_id(p) if isinstance(p, str) else str(p) for p in parts if p not in (None, ""))
+    readable = _NAME_UNSAFE.sub("-", "-".join(words).lower()).strip("-")
     readable = readable[: max_length - len(digest) - 1].strip("-") or "sft"
     if not readable[0].isalpha():
         readable = f"sft-{readable}"[: max_length - len(digest) - 1].strip("-")
     return f"{readable}-{digest}"
+
+
+def dag_run_name(dag_id: str, run_id: str, map_index: int = -1, *, step: str | None = None) -> str:
+    """The name of one DAG run's work: ``manual-20261205-090604-<dag id>-<hash>``.
+
+    Without ``step``: the DAG run's run directory (``runs/<name>/``, holding its dataset, model,
+    metrics and chart) and its training job. With ``step`` (a task id): that step's own job
+    name, so the resolve and export jobs never take the training job's name. The run id comes
+    first, so ``ls runs/`` lists runs by time and a long DAG id is what gets cut. A mapped task
+    instance (``map_index`` >= 0) is a run of its own.
+    """
+    return run_name(run_id, step, None if map_index < 0 else f"m{map_index}", dag_id)
 
 
 _RUN_NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
@@ -213,7 +244,10 @@ def plan_device(params: SFTParams, *, requested: Device, cuda_devices: int, cpu_
             "metadata_labels/metadata_annotations label Kubernetes pods; a local run records them in "
             "run_config.json only"
         )
-    if device is Device.CPU:
+    if (
+        device is Device.CPU
+        and params.fsdp_sharding_strategy != SFTParams.model_fields["fsdp_sharding_strategy"].default
+    ):
         notes.append(
             f"fsdp_sharding_strategy={params.fsdp_sharding_strategy.value} applies to multi-GPU FSDP; "
             "the single CPU process holds the whole model"

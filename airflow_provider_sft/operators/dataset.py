@@ -13,7 +13,11 @@ from airflow_provider_sft.core.dataset import BUNDLED_SOURCE, DatasetOptions
 from airflow_provider_sft.core.errors import InvalidParameterError
 from airflow_provider_sft.lineage import LineageMixin
 from airflow_provider_sft.operators.failures import bad_input_is_final
-from airflow_provider_sft.operators.workspace import STEP_TEMPLATE_FIELDS, WorkspaceStepsMixin
+from airflow_provider_sft.operators.workspace import (
+    STEP_TEMPLATE_FIELDS,
+    WorkspaceStepsMixin,
+    dag_run_dir_name,
+)
 
 
 class ResolveDatasetOperator(WorkspaceStepsMixin, LineageMixin, BaseOperator):
@@ -149,7 +153,7 @@ class ResolveDatasetOperator(WorkspaceStepsMixin, LineageMixin, BaseOperator):
 
     def _execute(self, context: Any) -> dict[str, Any]:
         options = self.build_options()
-        dataset_dir = Path(c.RUNS_DIR) / self.step_run_name(context) / c.DATASET_DIR
+        dataset_dir = Path(c.RUNS_DIR) / dag_run_dir_name(self, context) / c.DATASET_DIR
         config = {
             "source": self.source,
             "workspace": self.step_workspace,

@@ -10,7 +10,8 @@ from airflow.sdk import BaseOperator
 
 from airflow_provider_sft.core import constants as c
 from airflow_provider_sft.core.chart import write_loss_chart
-from airflow_provider_sft.core.metrics import StepRecord, read_step_records, summarize
+from airflow_provider_sft.core.metrics import MetricsSummary, StepRecord, read_step_records, summarize
+from airflow_provider_sft.core.progress import summary_line
 from airflow_provider_sft.lineage import LineageMixin
 from airflow_provider_sft.links import TrainingResultsLink
 from airflow_provider_sft.operators.failures import bad_input_is_final
@@ -84,15 +85,8 @@ class ExportModelOperator(WorkspaceStepsMixin, LineageMixin, BaseOperator):
             "latest_path": str(Path(self.step_workspace) / c.LATEST_FILE),
             "prune": not self.keep_intermediate,
         }
-        result = self.run_step(context, "export", config)
-        self.log.info(
-            "Exported %s -> %s (%d files, %d bytes)",
-            result["source_checkpoint"],
-            result["model_path"],
-            result["files"],
-            result["bytes"],
-        )
-        self.log.info("Metrics: %s", result["metrics"])
+        result = self.run_step(context, "export", config)  # the step's own line reports the export
+        self.log.info("%s: %s", result["metrics_path"], summary_line(MetricsSummary(**result["metrics"])))
         self.record_lineage(
             inputs=[(result["source_checkpoint"], "models")], outputs=[(result["model_path"], "models")]
         )

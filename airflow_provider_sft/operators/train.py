@@ -30,13 +30,18 @@ from airflow_provider_sft.core.backends.kubernetes import (
 from airflow_provider_sft.core.clock import SYSTEM_CLOCK
 from airflow_provider_sft.core.errors import TrainingFailedError, TrainingTimeoutError
 from airflow_provider_sft.core.params import SFTParams
-from airflow_provider_sft.core.run import Device, TrainingRun, run_name
+from airflow_provider_sft.core.run import Device, TrainingRun
 from airflow_provider_sft.lineage import LineageMixin
 from airflow_provider_sft.links import TrainingResultsLink, TrainJobConsoleLink
 from airflow_provider_sft.operators.failures import bad_input_is_final
 from airflow_provider_sft.operators.masking import mask_secret_envs
 from airflow_provider_sft.operators.training_log import log_training_line
-from airflow_provider_sft.operators.workspace import WorkspaceMode, kubernetes_backend, workspace_mode
+from airflow_provider_sft.operators.workspace import (
+    WorkspaceMode,
+    dag_run_dir_name,
+    kubernetes_backend,
+    workspace_mode,
+)
 from airflow_provider_sft.triggers.events import EventStatus, validate_event
 
 #: The training parameters, in the seed component's order (names without ``training_``).
@@ -293,8 +298,7 @@ class SFTTrainOperator(LineageMixin, BaseOperator):
     def _run_name(self, context: Any) -> str:
         if self.run_name:
             return str(self.run_name)
-        ti = context["ti"]
-        return run_name(ti.dag_id, context["run_id"], ti.task_id, getattr(ti, "map_index", -1))
+        return dag_run_dir_name(self, context)  # the DAG run's directory: its dataset is there too
 
     def pod_workspace(self) -> str:
         """The workspace root as the training process sees it."""

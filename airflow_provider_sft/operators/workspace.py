@@ -22,7 +22,7 @@ from airflow_provider_sft.core import constants as c
 from airflow_provider_sft.core.backends.base import BackendName
 from airflow_provider_sft.core.errors import InvalidParameterError
 from airflow_provider_sft.core.files import checked_root
-from airflow_provider_sft.core.run import run_name
+from airflow_provider_sft.core.run import dag_run_name, run_name
 from airflow_provider_sft.core.steps import STEPS
 from airflow_provider_sft.operators.training_log import log_training_line
 
@@ -98,6 +98,22 @@ def kubernetes_backend(
     )
 
 
+def dag_run_dir_name(operator: Any, context: Any) -> str:
+    """The DAG run's directory under ``runs/``: the resolve task's dataset and the train task's
+    model, metrics and chart, all in one place.
+
+    A DAG with two tasks of ``operator``'s kind (two trainings, two datasets) gives each its own
+    directory (the task id is in the name), so they never write over each other.
+    """
+    ti = context.get("ti")
+    if ti is None:  # executed outside a DAG run (a test, a REPL)
+        return run_name(context.get("run_id"), operator.task_id)
+    dag = getattr(operator, "dag", None) if getattr(operator, "has_dag", lambda: True)() else None
+    siblings = [task for task in getattr(dag, "tasks", []) if isinstance(task, type(operator))]
+    step = ti.task_id if len(siblings) > 1 else None
+    return dag_run_name(ti.dag_id, context["run_id"], getattr(ti, "map_index", -1), step=step)
+
+
 class WorkspaceStepsMixin:
     """Runs a workspace step here or, in ``cluster`` mode, as a TrainJob next to the PVC.
 
@@ -136,11 +152,11 @@ class WorkspaceStepsMixin:
         return step_workspace(self.backend, self.workspace_mode, self.workspace, self.pvc_mount_path)
 
     def step_run_name(self, context: Any) -> str:
-        """This task's run name: its TrainJob's name, and its directory under ``runs/``."""
+        """This task's own job name (a step never takes the training job's name)."""
         ti = context.get("ti")
         if ti is None:  # executed outside a DAG run (a test, a REPL)
-            return run_name(self.task_id, context.get("run_id"))  # type: ignore[attr-defined]
-        return run_name(ti.dag_id, context["run_id"], ti.task_id, getattr(ti, "map_index", -1))
+            return run_name(context.get("run_id"), self.task_id)  # type: ignore[attr-defined]
+        return dag_run_name(ti.dag_id, context["run_id"], getattr(ti, "map_index", -1), step=ti.task_id)
 
     def run_step(
         self, context: Any, step: str, config: dict[str, Any], *, secret_env: dict[str, str] | None = None

@@ -22,7 +22,7 @@ from typing import Any
 from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
 from airflow.api_fastapi.common.db.common import SessionDep
 from airflow.api_fastapi.core_api.security import requires_access_dag
-from fastapi import Depends, FastAPI, Query
+from fastapi import Depends, FastAPI, HTTPException, Query
 from fastapi.responses import FileResponse, HTMLResponse
 from sqlalchemy import select
 
@@ -70,12 +70,25 @@ def find_results(results: dict[str, Any], task_id: str) -> tuple[str | None, Res
     return run, None
 
 
+#: A task instance's map index: -1 (not mapped) up to the int32 column's maximum.
+MAP_INDEX_RANGE = range(-1, 2**31)
+
+
 def _map_index(value: str) -> int:
-    """The UI leaves ``{MAP_INDEX}`` unfilled for a task that is not mapped."""
+    """The map index of the query; a number the database cannot hold is the request's fault (400).
+
+    The UI leaves ``{MAP_INDEX}`` unfilled for a task that is not mapped: that is -1.
+    """
     try:
-        return int(value)
+        index = int(value)
     except ValueError:
         return -1
+    if index not in MAP_INDEX_RANGE:
+        raise HTTPException(
+            status_code=400,
+            detail=f"map_index must be an integer from -1 to {MAP_INDEX_RANGE[-1]}, got {value[:40]}",
+        )
+    return index
 
 
 def _dag_run_results(session: Any, dag_id: str, run_id: str, map_index: int) -> dict[str, Any]:

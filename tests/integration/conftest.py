@@ -6,6 +6,7 @@ picks the Trainer release whose CRDs a test runs against (default: the newest).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -86,23 +87,22 @@ class Standalone:
     password: str
     home: Path
     workspace: Path
+    process: subprocess.Popen  # the sft-demo process
 
 
-@pytest.fixture(scope="session")
-def airflow_standalone(tmp_path_factory):
-    """``sft-demo --serve`` on a free loopback port: what the README's "run it yourself" starts.
+@contextlib.contextmanager
+def running_demo(workspace: Path, env: dict[str, str] | None = None):
+    """``sft-demo --serve`` on a free loopback port, up and with the example DAG parsed.
 
-    The example DAG's form defaults are the demo's (its tiny model, CPU settings), so *Trigger*
-    with the defaults trains. Stopped by process group at the end of the session.
+    Started in a session of its own, as from a terminal; ``.process`` is the demo. Stopped by
+    process group on the way out (a test may have stopped it already).
     """
-    workspace = tmp_path_factory.mktemp("standalone")
     port = harness.free_port()
     env = {
         **os.environ,
-        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(harness.free_port()),
-        "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(harness.free_port()),
         "AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL": "1",
         "OMP_NUM_THREADS": "1",
+        **(env or {}),
     }
     sft_demo = Path(sys.executable).parent / "sft-demo"
     log_path = workspace / "standalone.log"
@@ -141,14 +141,26 @@ def airflow_standalone(tmp_path_factory):
                 break
             time.sleep(1)
         assert session.patch(f"{base}/api/v2/dags/sft_pipeline", json={"is_paused": False}, timeout=10).ok
-        yield Standalone(base, session, password, home, workspace)
+        yield Standalone(base, session, password, home, workspace, process)
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)  # the demo stops all it started
+            try:
+                process.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+@pytest.fixture(scope="session")
+def airflow_standalone(tmp_path_factory):
+    """``sft-demo --serve``: what the README's "run it yourself" starts.
+
+    The example DAG's form defaults are the demo's (its tiny model, CPU settings), so *Trigger*
+    with the defaults trains.
+    """
+    with running_demo(tmp_path_factory.mktemp("standalone")) as standalone:
+        yield standalone
 
 
 def wait_for_dag_run(standalone: Standalone, run_id: str, timeout: float = 600) -> str:

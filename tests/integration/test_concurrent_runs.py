@@ -66,6 +66,8 @@ def test_concurrent_runs_train_on_their_own_data_and_keep_their_own_outputs(tiny
         chart = Path(run[("report", "chart_path")])
         assert chart.exists() and chart.parent.name == Path(run[("train", "output_dir")]).name
     assert a[("resolve_dataset", "path")] != b[("resolve_dataset", "path")]
+    for run in (a, b):  # one DAG run, one directory: its dataset beside its training
+        assert Path(run[("resolve_dataset", "path")]).parent.parent == Path(run[("train", "output_dir")])
     assert a[("export_model", "model_path")] != b[("export_model", "model_path")]
     assert json.loads((workspace / c.LATEST_FILE).read_text())["model_path"] in (
         a[("export_model", "model_path")],

@@ -32,8 +32,9 @@ FULL_OUTPUT = "[sft] full output: "
 
 
 @pytest.fixture(scope="module")
-def train_logs(airflow_standalone, tiny_model, tmp_path_factory) -> tuple[list[dict], str]:
-    """The train task's log file (its JSON records) and the run's train.log (text)."""
+def train_logs(airflow_standalone, tiny_model, tmp_path_factory) -> tuple[list[dict], str, list[dict]]:
+    """The train task's log file (its JSON records), the run's train.log (text) and the export
+    task's log records."""
     base, session = airflow_standalone.base, airflow_standalone.session
     workspace = tmp_path_factory.mktemp("task-log")
     conf = {**DEMO_TRAINING, "num_epochs": 2, "base_model": str(tiny_model), "workspace": str(workspace)}
@@ -51,7 +52,9 @@ def train_logs(airflow_standalone, tiny_model, tmp_path_factory) -> tuple[list[d
     (task_log,) = [path for path in logs.glob("run_id=*/task_id=train/attempt=*.log") if run_id in str(path)]
     records = [json.loads(line) for line in task_log.read_text().splitlines() if line.strip()]
     (full_output, *_) = [r["event"] for r in records if str(r.get("event", "")).startswith(FULL_OUTPUT)]
-    return records, Path(full_output.removeprefix(FULL_OUTPUT)).read_text()
+    (export_log,) = [p for p in logs.glob("run_id=*/task_id=export_model/attempt=*.log") if run_id in str(p)]
+    exported = [json.loads(line) for line in export_log.read_text().splitlines() if line.strip()]
+    return records, Path(full_output.removeprefix(FULL_OUTPUT)).read_text(), exported
 
 
 def dataset_fragments() -> list[str]:
@@ -76,7 +79,7 @@ def leaks(text: str, markers: tuple[str, ...] = DATA_PROCESSING_DUMPS) -> list[s
 
 
 def test_the_train_task_log_shows_the_run_and_no_training_data(train_logs):
-    records, train_log = train_logs
+    records, train_log, _ = train_logs
     events = [str(record.get("event", "")) for record in records]
     assert leaks("\n".join(events)) == []
     training = [r for r in records if r.get("logger") == "airflow_provider_sft.training"]
@@ -89,10 +92,21 @@ def test_the_train_task_log_shows_the_run_and_no_training_data(train_logs):
     assert any(e.startswith("[sft] data processing: 235/235 samples kept") for e in events)
     assert not any("\r" in e or "it/s]" in e or "examples/s]" in e for e in events)  # no progress bar
     assert len(training) < len(train_log.splitlines())
+    (summary,) = [e for e in events if e.startswith("[sft] summary: ")]
+    assert summary.startswith("[sft] summary: 60 steps, 2 epochs, final loss ") and "(last step " in summary
+    assert not any("fsdp_sharding_strategy" in e for e in events)  # the default is no choice to remark on
+
+
+def test_the_export_task_says_the_export_once_and_the_metrics_as_a_sentence(train_logs):
+    *_, exported = train_logs
+    events = [str(record.get("event", "")) for record in exported if record.get("level") != "debug"]
+    assert len([e for e in events if "final_model" in e]) == 1, events
+    assert any("metrics.json: summary: 60 steps, 2 epochs, final loss " in e for e in events)
+    assert not any("{'final_loss'" in e for e in events)
 
 
 def test_train_log_has_the_full_output_but_no_training_data(train_logs):
-    _, train_log = train_logs
+    _, train_log, _ = train_logs
     assert "INFO instructlab.training.data_process: ten largest length percentiles:" in train_log
     assert "quantile 90th" in train_log  # instructlab's statistics are kept here, not in the task log
     assert "[sft] step 60/60 epoch 2/2 loss " in train_log

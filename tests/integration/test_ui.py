@@ -10,16 +10,22 @@ playwright is missing (``scripts/test.sh`` installs both).
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import re
 import shutil
+import signal
+import socket
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 import requests
 
 from tests.conftest import REPO_ROOT
-from tests.integration.conftest import wait_for_dag_run
+from tests.integration.conftest import running_demo, wait_for_dag_run
 
 pytestmark = pytest.mark.slow
 CHROMIUM = shutil.which("chromium")
@@ -73,9 +79,61 @@ def test_a_bad_quantity_typed_into_the_form_is_refused_before_any_run_exists(pag
     error.wait_for()
     error.scroll_into_view_if_needed()
     page.screenshot(path=str(ARTIFACTS / "trigger-form-bad-quantity.png"))
-    assert "'64GB' does not match" in error.inner_text()
+    text = error.inner_text()
+    assert "'64GB' does not match" in text
+    assert "'title': 'Memory per worker'" in text and "64Gi" in text  # the field's title, an example
     assert len(dag_runs(airflow_standalone)) == before  # refused: no run was created
     page.keyboard.press("Escape")
+
+
+@pytest.mark.parametrize(
+    ("field", "typed", "message"),
+    [
+        ("effective_batch_size", "-8", "-8 is less than the minimum of 1"),
+        ("num_epochs", "0", "0 is less than the minimum of 1"),
+    ],
+)
+def test_a_bad_number_typed_into_the_form_is_refused_as_typed_not_clamped(
+    page, airflow_standalone, field, typed, message
+):
+    """Airflow's number input clamps to a schema's top-level minimum: -8 became 1 and a run started."""
+    before = len(dag_runs(airflow_standalone))
+    dialog = open_trigger_dialog(page, airflow_standalone)
+    dialog.get_by_role("button", name="Model and training").click()
+    number = dialog.locator(f'[id="number-input:element_{field}"] input')
+    number.fill(typed)
+    number.press("Tab")  # leaving the field is when the input clamps
+    assert number.input_value() == typed
+    dialog.get_by_role("button", name="Trigger", exact=True).click()
+    error = dialog.get_by_text(re.compile(rf"Invalid input for param {field}"))
+    error.wait_for()
+    error.scroll_into_view_if_needed()
+    page.screenshot(path=str(ARTIFACTS / f"trigger-form-bad-{field}.png"))
+    assert message in error.inner_text()
+    assert len(dag_runs(airflow_standalone)) == before  # no run, with this value or another
+    page.keyboard.press("Escape")
+
+
+def test_a_secret_in_envs_stays_out_of_the_audit_log(airflow_standalone):
+    secret = "hf_AuditLogSecret42"
+    answer = airflow_standalone.session.post(
+        f"{airflow_standalone.base}/api/v2/dags/{DAG_ID}/dagRuns",
+        json={"logical_date": None, "conf": {"envs": f"MY_API_TOKEN={secret},NCCL_DEBUG=INFO"}},
+        timeout=10,
+    )
+    assert answer.ok, answer.text
+    events = airflow_standalone.session.get(
+        f"{airflow_standalone.base}/api/v2/eventLogs",
+        params={"event": "trigger_dag_run", "order_by": "-when", "limit": 5},
+        timeout=10,
+    ).json()["event_logs"]
+    assert '"envs": "***"' in events[0]["extra"]  # the newest trigger: this one
+    assert secret not in json.dumps(events)
+    airflow_standalone.session.patch(  # not trained: the run is not what this test is about
+        f"{airflow_standalone.base}/api/v2/dags/{DAG_ID}/dagRuns/{answer.json()['dag_run_id']}",
+        json={"state": "failed"},
+        timeout=10,
+    )
 
 
 def test_trigger_with_the_defaults_trains_and_the_train_task_shows_its_loss_chart(page, airflow_standalone):
@@ -117,3 +175,68 @@ def test_the_plugin_page_needs_airflows_login(airflow_standalone):
     forged = requests.get(url, headers={"Authorization": "Bearer not-a-token"}, timeout=10)
     assert forged.status_code in (401, 403)
     assert airflow_standalone.session.get(url, timeout=10).status_code == 200
+    # A map index the database column cannot hold is a 400 naming it, not a 500.
+    answer = airflow_standalone.session.get(url, params={"map_index": "9" * 23}, timeout=10)
+    assert answer.status_code == 400 and "map_index" in answer.text
+
+
+def process_tree(root: int) -> dict[int, psutil.Process]:
+    """``root`` and every process below it, and every process in any of their sessions."""
+    tree = {root: psutil.Process(root)} | {p.pid: p for p in psutil.Process(root).children(recursive=True)}
+    sessions = set()
+    for pid in tree:
+        with contextlib.suppress(OSError):
+            sessions.add(os.getsid(pid))
+    for process in psutil.process_iter():
+        with contextlib.suppress(OSError, psutil.Error):
+            if os.getsid(process.pid) in sessions:
+                tree.setdefault(process.pid, process)
+    return tree
+
+
+def still_running(processes: dict[int, psutil.Process]) -> list[str]:
+    left = []
+    for process in processes.values():
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
+                left.append(f"{process.pid} {' '.join(process.cmdline())[:120]}")
+    return left
+
+
+@contextlib.contextmanager
+def default_log_server_ports_taken():
+    """Airflow's fixed log-server ports held, as by another Airflow on the host (where free)."""
+    with contextlib.ExitStack() as stack:
+        for port in (8793, 8794):
+            holder = stack.enter_context(socket.socket())
+            with contextlib.suppress(OSError):
+                holder.bind(("", port))
+                holder.listen()
+        yield
+
+
+def test_ctrl_c_on_the_demo_mid_training_leaves_no_process_of_it_behind(tmp_path):
+    with default_log_server_ports_taken(), running_demo(tmp_path) as demo:
+        answer = demo.session.post(
+            f"{demo.base}/api/v2/dags/{DAG_ID}/dagRuns", json={"logical_date": None}, timeout=10
+        )
+        assert answer.ok, answer.text
+        run_id = answer.json()["dag_run_id"]
+        train = f"{demo.base}/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/train"
+        deadline = time.monotonic() + 300
+        while demo.session.get(train, timeout=10).json().get("state") != "running":
+            assert time.monotonic() < deadline, "the train task never started"
+            time.sleep(2)
+        time.sleep(5)  # the training process is up
+        tree = process_tree(demo.process.pid)
+        commands = " ".join(" ".join(p.cmdline()) for p in tree.values() if p.is_running())
+        assert "airflow_provider_sft.core.entrypoint train" in commands  # the training, its own group
+        assert len(tree) >= 8  # standalone, its 4 components, executor workers, the task, the training
+        demo.process.send_signal(signal.SIGINT)  # what Ctrl-C in the terminal sends
+        deadline = time.monotonic() + 30
+        while still_running(tree) and time.monotonic() < deadline:
+            time.sleep(1)
+        assert still_running(tree) == []
+        assert demo.process.wait(5) == 0
+        log = (tmp_path / "standalone.log").read_text()
+        assert "address already in use" not in log.lower()  # log servers on free ports

@@ -47,6 +47,18 @@ def test_a_value_the_form_schema_refuses_fails_before_the_run_exists(tmp_path):
     assert not (workspace / "runs").exists()
 
 
+def test_a_bad_envs_is_refused_by_the_first_task_without_printing_it(tmp_path):
+    """The form has no rule for envs: Airflow's refusal would print the value, a token perhaps."""
+    workspace = tmp_path / "ws"
+    secret = "hf_PastedAlone9d2e"  # a token pasted without its name
+    conf = {"envs": f"NCCL_DEBUG=INFO,{secret}", "workspace": str(workspace), "resource_gpu_per_worker": 0}
+    with pytest.raises(SystemExit):
+        run_pipeline(workspace, EXAMPLE_DAGS, conf, echo=False)
+    text = (workspace / "dags-test.log").read_text()
+    assert "envs: item 2 is not KEY=VALUE" in text and secret not in text
+    assert not (workspace / "runs").exists()
+
+
 def rendered_fields(database, task_id: str) -> str:
     import sqlite3
 

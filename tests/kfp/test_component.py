@@ -158,7 +158,7 @@ class Artifact:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        pytest.param({"training_envs": "K"}, "training_envs: item 1 ('K') is not KEY=VALUE", id="envs"),
+        pytest.param({"training_envs": "K"}, "training_envs: item 1 is not KEY=VALUE", id="envs"),
         pytest.param(
             {"training_resource_cpu_per_worker": "abc"},
             "training_resource_cpu_per_worker: must be a Kubernetes quantity",
@@ -270,7 +270,7 @@ def test_bad_input_fails_the_kfp_task_with_the_core_message(tmp_path, capfd, mon
     with pytest.raises(RuntimeError, match="Inner task failed"):
         pipeline()
     out = capfd.readouterr().out
-    assert "training_envs: item 1 ('K') is not KEY=VALUE" in out
+    assert "training_envs: item 1 is not KEY=VALUE" in out
     assert "training_resource_cpu_per_worker: must be a Kubernetes quantity" in out
     assert not pvc.exists()  # nothing was started or written
 

@@ -8,6 +8,7 @@ import pytest
 
 from airflow_provider_sft.core.params import SFTParams
 from airflow_provider_sft.demo import EXAMPLE_DAGS
+from airflow_provider_sft.params_form import pipeline_params
 
 
 def load_dag():
@@ -88,9 +89,6 @@ def test_the_form_validates_with_its_own_defaults_and_no_optional_text_is_requir
         ("resource_memory_per_worker", "64 Gi"),
         ("resource_cpu_per_worker", "abc"),
         ("resource_num_procs_per_worker", "0"),
-        ("envs", "K"),
-        ("envs", "=V"),
-        ("envs", "A=1\nB=2"),
         ("metadata_labels", "a b=c"),
         ("metadata_labels", "team=" + "x" * 64),
         ("metadata_annotations", "-bad=1"),
@@ -175,3 +173,55 @@ def test_form_defaults_come_from_the_file_the_demo_writes(tmp_path, monkeypatch)
     params = load_dag().params
     assert params["base_model"] == "/models/tiny" and params["resource_gpu_per_worker"] == 0
     assert params.get_param("base_model").description  # the field keeps its text
+
+
+NUMBERS = [
+    name for name, param in pipeline_params("/w").items() if param.schema.get("type") in ("integer", "number")
+]
+
+
+def test_the_forms_number_inputs_get_no_bounds_to_clamp_to_yet_bad_numbers_are_refused_by_title():
+    """Airflow's number input clamps what is typed to a top-level minimum/maximum (-8 became 1)."""
+    from airflow.sdk.definitions.param import ParamsDict
+    from airflow.sdk.exceptions import ParamValidationError
+
+    assert {"effective_batch_size", "num_epochs", "learning_rate", "seed"} <= set(NUMBERS)
+    for name in NUMBERS:
+        schema = pipeline_params("/w")[name].schema
+        assert not {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"} & set(schema), name
+    form = ParamsDict(load_dag().params)
+    for name, bad, title in [
+        ("effective_batch_size", -8, "Effective batch size"),
+        ("num_epochs", 0, "Epochs"),
+        ("learning_rate", 0, "Learning rate"),
+        ("seed", 2**32, "Random seed"),
+        ("lr_warmup_steps", -1, "Warm-up steps"),
+    ]:
+        with pytest.raises(ParamValidationError, match=rf"param {name}: ") as refused:
+            form[name] = bad
+        assert f"'title': '{title}'" in str(refused.value)
+
+
+def test_quantity_fields_propose_examples_that_the_form_accepts():
+    from airflow.sdk.definitions.param import ParamsDict
+
+    form = ParamsDict(load_dag().params)
+    for name in ("resource_memory_per_worker", "resource_cpu_per_worker", "resource_num_procs_per_worker"):
+        examples = form.get_param(name).schema["examples"]
+        assert examples
+        for example in examples:
+            form[name] = example
+
+
+@pytest.mark.parametrize("typed", ["hf_SECRET_VALUE", "MY_TOKEN=hf_SECRET_VALUE\nB=1", "=hf_SECRET_VALUE"])
+def test_a_bad_envs_value_is_refused_by_the_first_task_never_echoed_by_airflows_check(typed):
+    """Airflow's refusal of a param prints the value it refused; envs may hold a token."""
+    from airflow.sdk.definitions.param import ParamsDict
+
+    from airflow_provider_sft.core.errors import InvalidParameterError
+
+    form = ParamsDict(load_dag().params)
+    form["envs"] = typed  # no rule of the form's to refuse it with, and so to print it
+    with pytest.raises(InvalidParameterError, match="envs") as refused:
+        SFTParams.parse({"envs": typed})  # what the validate task checks, first
+    assert "SECRET_VALUE" not in str(refused.value)

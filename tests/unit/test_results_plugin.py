@@ -5,9 +5,12 @@ from __future__ import annotations
 import re
 from importlib.metadata import entry_points
 
+import pytest
+from fastapi import HTTPException
+
 from airflow_provider_sft.get_provider_info import get_provider_info
 from airflow_provider_sft.plugin import URL_ROUTE, SFTResultsPlugin
-from airflow_provider_sft.plugin.results import find_results, render_page, run_name_of
+from airflow_provider_sft.plugin.results import _map_index, find_results, render_page, run_name_of
 
 STEPS = [
     {
@@ -104,3 +107,13 @@ def test_the_plugin_is_declared_so_installing_the_provider_is_enough():
     assert view["href"].startswith(
         fastapi_app["url_prefix"].lstrip("/") + "/results/{DAG_ID}/{RUN_ID}/{TASK_ID}"
     )
+
+
+def test_a_map_index_out_of_the_databases_range_is_the_requests_fault_not_a_500():
+    assert (
+        _map_index("{MAP_INDEX}") == -1 and _map_index("-1") == -1 and _map_index("2147483647") == 2**31 - 1
+    )
+    for bad in ("99999999999999999999999", "2147483648", "-2"):
+        with pytest.raises(HTTPException) as refused:
+            _map_index(bad)
+        assert refused.value.status_code == 400 and "map_index" in refused.value.detail

@@ -35,7 +35,7 @@ from airflow_provider_sft.core.backends.base import (
 from airflow_provider_sft.core.clock import SYSTEM_CLOCK, Clock
 from airflow_provider_sft.core.entrypoint import ERROR_PREFIX, default_cache_env
 from airflow_provider_sft.core.errors import DatasetError, InvalidParameterError
-from airflow_provider_sft.core.files import remove_owned
+from airflow_provider_sft.core.files import owned_path, remove_owned
 from airflow_provider_sft.core.run import DevicePlan, TrainingRun, cuda_device_count, plan_device
 from airflow_provider_sft.core.task_log import classify, provider_line
 
@@ -140,7 +140,11 @@ class LocalProcessBackend(TrainingBackend):
                 {"run_name": f"the run directory {output_dir} is not named after the run {run.name!r}"}
             )
         # An earlier attempt of this same run failed or was killed: never resume it by accident.
-        remove_owned(output_dir, output_dir.parent, field="run_name")
+        # The DAG run's dataset (resolved into this directory by the task before) stays.
+        owned_path(output_dir, output_dir.parent, field="run_name")
+        for earlier in output_dir.iterdir() if output_dir.is_dir() else ():
+            if earlier.name != c.DATASET_DIR:
+                remove_owned(earlier, output_dir, field="run_name")
         config_path = run.write_config()
         log_path = output_dir / c.TRAIN_LOG_FILE
         popen = subprocess.Popen(

@@ -56,6 +56,10 @@ def test_real_training_run_streams_logs_and_succeeds(tiny_model, tmp_path):
     assert result.status is JobStatus.SUCCEEDED, result.message
     assert any(line.startswith("[sft] step 4/4") for line in lines)
     assert any("data processing: 235/235 samples kept" in line for line in lines)
+    assert any(
+        re.match(r"\[sft\] summary: 4 steps, .*final loss \d+\.\d{4} \(last step", line) for line in lines
+    )
+    assert not any("fsdp_sharding_strategy" in line for line in lines)  # the default: no note
     log_file = Path(run.output_dir) / c.TRAIN_LOG_FILE
     assert "[sft] done in" in log_file.read_text()
     assert (Path(run.output_dir) / c.METRICS_FILE).exists()
@@ -143,9 +147,13 @@ def test_previous_attempt_output_is_cleared(tmp_path, monkeypatch):
     run = make_run(tmp_path)
     stale = Path(run.output_dir) / c.FULL_STATE_DIR / "epoch_0"
     stale.mkdir(parents=True)
+    dataset = Path(run.output_dir) / c.DATASET_DIR / "train.jsonl"  # the DAG run's, resolved before
+    dataset.parent.mkdir()
+    dataset.write_text("{}\n")
     backend = LocalProcessBackend(python=FAKE_PYTHON)
     backend.wait(backend.submit(run), on_log=lambda _line: None)
     assert not stale.exists()  # never resumed by accident
+    assert dataset.read_text() == "{}\n"  # one DAG run, one directory: its dataset stays
 
 
 @pytest.mark.parametrize(

@@ -169,3 +169,26 @@ def test_on_cuda_the_entrypoint_prints_progress_from_the_metrics_file(tmp_path, 
     progress = [line for line in shown if line.startswith("[sft] step ")]
     assert len(progress) == 21 and progress[-1].startswith("[sft] step 40/40 epoch 2/2 loss 1.6000 ")
     assert "Epoch 0" in err and not any("Epoch 0" in line for line in shown)
+
+
+def test_the_summary_line_says_where_the_loss_ended():
+    from airflow_provider_sft.core.metrics import StepRecord, summarize
+    from airflow_provider_sft.core.progress import summary_line
+
+    records = [
+        StepRecord(
+            step=n,
+            epoch=0,
+            loss=4.0 / n,
+            lr=1e-4,
+            samples_seen=8 * n,
+            tokens=100,
+            throughput=20.0,
+            timestamp=None,
+        )
+        for n in range(1, 11)
+    ]
+    line = summary_line(summarize(records))
+    assert line.startswith("summary: 10 steps, 1 epochs, final loss ")
+    assert "(last step 0.4000, min 0.4000" in line and "80 samples, 1000 tokens, 20.0 samples/s" in line
+    assert "final loss ? (last step ?" in summary_line(summarize([]))

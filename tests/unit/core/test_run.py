@@ -123,3 +123,10 @@ def test_pytorchjob_pod_and_service_names_fit_whenever_the_run_name_does():
     for nodes in (1, 2, 11, 1000):
         name = "r" * max_run_name_length(nodes)
         assert len(f"{name}-master-0") <= 63 and len(f"{name}-worker-{nodes - 2}") <= 63
+
+
+def test_a_cpu_run_mentions_fsdp_only_when_a_sharding_was_chosen():
+    """The default HYBRID_SHARD is not a choice the person made: no note on every CPU run."""
+    assert not any("fsdp" in note for note in plan(resource_gpu_per_worker=0).notes)
+    chosen = plan(resource_gpu_per_worker=0, fsdp_sharding_strategy="FULL_SHARD").notes
+    assert any("fsdp_sharding_strategy=FULL_SHARD applies to multi-GPU FSDP" in note for note in chosen)

@@ -490,9 +490,7 @@ class KubernetesBackend(TrainingBackend):
         ns, resource = handle.details["namespace"], resource_of(handle.details.get("kind"))
         pod_log = PodLog.of(on_log, ns)
         try:
-            return await asyncio.wait_for(
-                self._finish(client, handle, result, pod_log), CLEANUP_SECONDS
-            )
+            return await asyncio.wait_for(self._finish(client, handle, result, pod_log), CLEANUP_SECONDS)
         except asyncio.TimeoutError:
             note = (
                 f"the API server did not answer within {CLEANUP_SECONDS}s: {resource.kind.value} "
