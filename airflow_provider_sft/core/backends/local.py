@@ -181,38 +181,30 @@ class LocalProcessBackend(TrainingBackend):
         self, handle: JobHandle, process: _Process, on_log: LogSink, timeout_seconds: float | None
     ) -> JobResult:
         deadline = None if timeout_seconds is None else self.clock.monotonic() + timeout_seconds
+        next_check = self.clock.monotonic() + self.poll_interval_seconds
         last_error = ""
         tail: list[str] = []
         # Line-buffered: a person following train.log sees each line as it comes.
         with process.log_path.open("a", encoding="utf-8", buffering=1) as log_file:
             while True:
+                # The limits are checked every poll interval whatever the output does: a run
+                # that prints steadily never leaves the queue empty, and must still be stopped.
+                if self.clock.monotonic() >= next_check:
+                    if (stopped := self._over_limits(handle, process, deadline, timeout_seconds)) is not None:
+                        return stopped
+                    next_check = self.clock.monotonic() + self.poll_interval_seconds
                 try:
                     line = process.lines.get(timeout=self.poll_interval_seconds)
                 except queue.Empty:
-                    line = None
+                    continue
                 if line is _EOF:
                     break
-                if line is not None:
-                    log_file.write(line + "\n")
-                    tail = [*tail[-19:], line]
-                    if (shown := classify(line)) is not None:
-                        on_log(shown.text)
-                        if shown.text.startswith(ERROR_PREFIX):
-                            last_error = shown.text.removeprefix(ERROR_PREFIX)
-                    continue
-                if deadline is not None and self.clock.monotonic() >= deadline:
-                    self.cancel(handle)
-                    return JobResult(
-                        JobStatus.TIMED_OUT, f"training did not finish within {timeout_seconds:g}s"
-                    )
-                rss = _group_rss_bytes(process.popen.pid)
-                if rss > process.memory_limit_bytes:
-                    self.cancel(handle)
-                    return JobResult(
-                        JobStatus.FAILED,
-                        f"training used {rss / 2**20:.0f} MiB, over resource_memory_per_worker "
-                        f"({process.memory_limit_bytes / 2**20:.0f} MiB); the run was stopped",
-                    )
+                log_file.write(line + "\n")
+                tail = [*tail[-19:], line]
+                if (shown := classify(line)) is not None:
+                    on_log(shown.text)
+                    if shown.text.startswith(ERROR_PREFIX):
+                        last_error = shown.text.removeprefix(ERROR_PREFIX)
         exit_code = process.popen.wait()
         if process.cancelled:
             return JobResult(JobStatus.CANCELLED, "training was cancelled", exit_code)
@@ -222,6 +214,25 @@ class LocalProcessBackend(TrainingBackend):
         return JobResult(
             JobStatus.FAILED, f"training process exited with status {exit_code}: {reason}", exit_code
         )
+
+    def _over_limits(
+        self, handle: JobHandle, process: _Process, deadline: float | None, timeout_seconds: float | None
+    ) -> JobResult | None:
+        """Stop the run, and say why, once it is past its deadline or over its memory limit."""
+        if process.cancelled or process.popen.poll() is not None:
+            return None  # already ending: its end of output decides the result
+        if deadline is not None and self.clock.monotonic() >= deadline:
+            self.cancel(handle)
+            return JobResult(JobStatus.TIMED_OUT, f"training did not finish within {timeout_seconds:g}s")
+        rss = _group_rss_bytes(process.popen.pid)
+        if rss > process.memory_limit_bytes:
+            self.cancel(handle)
+            return JobResult(
+                JobStatus.FAILED,
+                f"training used {rss / 2**20:.0f} MiB, over resource_memory_per_worker "
+                f"({process.memory_limit_bytes / 2**20:.0f} MiB); the run was stopped",
+            )
+        return None
 
     def cancel(self, handle: JobHandle) -> None:
         process = self._processes.get(handle.name)

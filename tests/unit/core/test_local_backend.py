@@ -176,3 +176,43 @@ def test_secret_env_reaches_the_process_but_never_the_run_config(tmp_path):
     backend = LocalProcessBackend(secret_env={"HF_TOKEN": "hf_local_secret"})
     assert backend.environment(run)["HF_TOKEN"] == "hf_local_secret"
     assert "hf_local_secret" not in str(run.to_json_dict())
+
+
+@pytest.mark.parametrize(
+    ("mode", "memory", "timeout", "status", "message"),
+    [
+        pytest.param(
+            "chatty", "4Gi", 1.5, JobStatus.TIMED_OUT, "training did not finish within 1.5s", id="timeout"
+        ),
+        pytest.param(
+            "chatty-memory",
+            "256Mi",
+            8,
+            JobStatus.FAILED,
+            "over resource_memory_per_worker (256 MiB)",
+            id="memory",
+        ),
+    ],
+)
+def test_limits_stop_a_process_that_prints_steadily(
+    tmp_path, monkeypatch, mode, memory, timeout, status, message
+):
+    """A line every 20 ms never leaves the output quiet for a poll interval: the limits must not wait for that."""
+    monkeypatch.setenv("FAKE_TRAINING", mode)
+    backend = LocalProcessBackend(python=FAKE_PYTHON, grace_period_seconds=2, poll_interval_seconds=0.1)
+    handle = backend.submit(make_run(tmp_path, resource_memory_per_worker=memory))
+    outcome: list = []
+    waiter = threading.Thread(
+        target=lambda: outcome.append(
+            backend.wait(handle, on_log=lambda _line: None, timeout_seconds=timeout)
+        ),
+        daemon=True,
+    )
+    waiter.start()
+    waiter.join(timeout=20)
+    if not outcome:  # the bug: still following the output; stop it so the test ends
+        backend.cancel(handle)
+        waiter.join(timeout=30)
+    assert outcome and outcome[0].status is status, "a steadily printing process was never stopped"
+    assert message in outcome[0].message
+    assert not alive(handle.details["pid"])
