@@ -59,6 +59,21 @@ class FSDPShardingStrategy(str, Enum):
     HYBRID_SHARD = "HYBRID_SHARD"
 
 
+def normalise_sharding_strategy(value: Any) -> Any:
+    """``"full_shard"``, ``" Full-Shard "`` -> ``"FULL_SHARD"``: the seed upper-cased and stripped the
+    value before handing it to instructlab-training, so pipelines written for it pass it that way."""
+    if isinstance(value, str):
+        return re.sub(r"[\s-]+", "_", value.strip()).upper()
+    return value
+
+
+#: oci:// model images need a pull-and-unpack step no backend has yet: refused when the
+#: parameters are read, so every backend (and the trigger form) refuses it the same way.
+OCI_BASE_MODEL_UNSUPPORTED = (
+    "oci:// base models are not supported yet; use a HuggingFace id or a path on the PVC (or the local disk)"
+)
+
+
 class LRScheduler(str, Enum):
     """The schedulers instructlab-training's ``main_ds --lr_scheduler`` accepts."""
 
@@ -292,13 +307,20 @@ class SFTParams(BaseModel):
     @classmethod
     def _base_model_not_blank(cls, value: str) -> str:
         if not value.strip() or value != value.strip():
-            raise ValueError(f"must be a HuggingFace model id, oci:// reference or path, got {value!r}")
+            raise ValueError(f"must be a HuggingFace model id or a path, got {value!r}")
         if value.startswith("hf://"):
             raise ValueError(
                 f"hf:// names datasets here; give a HuggingFace model as org/name, got {value!r} "
                 f"(use {value.removeprefix('hf://')!r})"
             )
+        if value.startswith("oci://"):
+            raise ValueError(f"{OCI_BASE_MODEL_UNSUPPORTED}, got {value!r}")
         return value
+
+    @field_validator("fsdp_sharding_strategy", mode="before")
+    @classmethod
+    def _sharding_strategy_as_the_seed_read_it(cls, value: Any) -> Any:
+        return normalise_sharding_strategy(value)
 
     @field_validator("data_output_dir")
     @classmethod

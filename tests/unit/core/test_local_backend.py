@@ -216,3 +216,12 @@ def test_limits_stop_a_process_that_prints_steadily(
     assert outcome and outcome[0].status is status, "a steadily printing process was never stopped"
     assert message in outcome[0].message
     assert not alive(handle.details["pid"])
+
+
+def test_an_oci_base_model_is_refused_before_the_local_backend_starts(tmp_path):
+    """Refused by the parameters, as on Kubernetes, not accepted here to fail in the process."""
+    with pytest.raises(InvalidParameterError, match="oci:// base models are not supported yet"):
+        LocalProcessBackend(python=FAKE_PYTHON).submit(
+            make_run(tmp_path, base_model="oci://quay.io/m/granite:1")
+        )
+    assert not (tmp_path / "runs").exists()

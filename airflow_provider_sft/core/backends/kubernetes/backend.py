@@ -170,12 +170,7 @@ class KubernetesBackend(TrainingBackend):
                     "environment), which goes through a Kubernetes Secret"
                 }
             )
-        if run.params.base_model.startswith("oci://"):
-            raise InvalidParameterError(
-                {
-                    "base_model": "oci:// base models are not supported yet; use a HuggingFace id or a path on the PVC"
-                }
-            )
+        self.work(run)  # the node pods' resources must agree with the training parameters
 
     def labels(self) -> dict[str, str]:
         base = {c.LABEL_MANAGED_BY: c.MANAGED_BY_VALUE, c.LABEL_COMPONENT: "sft-training"}
