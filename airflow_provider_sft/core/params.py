@@ -18,6 +18,7 @@ import math
 import re
 from collections.abc import Mapping
 from enum import Enum
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import (
@@ -72,6 +73,25 @@ def normalise_sharding_strategy(value: Any) -> Any:
 OCI_BASE_MODEL_UNSUPPORTED = (
     "oci:// base models are not supported yet; use a HuggingFace id or a path on the PVC (or the local disk)"
 )
+
+
+_HUB_MODEL_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # org/name, never a path like ./x or /x
+
+
+def hub_token_warning(base_model: str) -> str | None:
+    """What to tell a person whose base model comes from the Hub without a token, or None.
+
+    Public models download without one; a gated or private one fails on the training node,
+    minutes later and far from the cause. Said once per submission, naming where a token
+    goes, never a value.
+    """
+    if not _HUB_MODEL_ID.match(base_model) or Path(base_model).exists():
+        return None
+    return (
+        f"base_model {base_model} is downloaded from the HuggingFace Hub without a token: a gated or "
+        "private model will fail on the training node. Give a token with hf_conn_id (a huggingface "
+        "connection) or HF_TOKEN"
+    )
 
 
 class LRScheduler(str, Enum):

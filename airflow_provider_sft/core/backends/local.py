@@ -12,6 +12,7 @@ its process group goes above it.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import queue
 import signal
@@ -36,10 +37,12 @@ from airflow_provider_sft.core.clock import SYSTEM_CLOCK, Clock
 from airflow_provider_sft.core.entrypoint import ERROR_PREFIX, default_cache_env
 from airflow_provider_sft.core.errors import DatasetError, InvalidParameterError
 from airflow_provider_sft.core.files import remove_owned
+from airflow_provider_sft.core.params import hub_token_warning
 from airflow_provider_sft.core.run import DevicePlan, TrainingRun, cuda_device_count, plan_device
 from airflow_provider_sft.core.task_log import classify, provider_line
 
 _EOF = object()
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -71,6 +74,16 @@ def _group_rss_bytes(pid: int) -> int:
         with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
             total += process.memory_info().rss
     return total
+
+
+def _has_hub_token(env: dict[str, str]) -> bool:
+    """A token the training process will find: in its environment, or saved by ``hf auth login``."""
+    if env.get(c.HF_TOKEN_ENV):
+        return True
+    home = Path(
+        env.get("HF_HOME") or Path(env.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "huggingface"
+    )
+    return (Path(env["HF_TOKEN_PATH"]) if env.get("HF_TOKEN_PATH") else home / "token").is_file()
 
 
 class LocalProcessBackend(TrainingBackend):
@@ -143,13 +156,16 @@ class LocalProcessBackend(TrainingBackend):
         remove_owned(output_dir, output_dir.parent, field="run_name")
         config_path = run.write_config()
         log_path = output_dir / c.TRAIN_LOG_FILE
+        env = self.environment(run, plan)
+        if not _has_hub_token(env) and (warning := hub_token_warning(run.params.base_model)):
+            log.warning(warning)
         popen = subprocess.Popen(
             [self.python, "-m", "airflow_provider_sft.core.entrypoint", "train", str(config_path)],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             cwd=output_dir,
-            env=self.environment(run, plan),
+            env=env,
             start_new_session=True,
         )
         lines: queue.Queue = queue.Queue()

@@ -59,6 +59,7 @@ from airflow_provider_sft.core.backends.kubernetes.status import GONE, JobPhase,
 from airflow_provider_sft.core.backends.kubernetes.watch import WaitResult, follow_job
 from airflow_provider_sft.core.clock import SYSTEM_CLOCK, Clock
 from airflow_provider_sft.core.errors import InvalidParameterError, TrainingFailedError
+from airflow_provider_sft.core.params import hub_token_warning
 from airflow_provider_sft.core.run import TrainingRun
 from airflow_provider_sft.core.secret_env import looks_secret
 from airflow_provider_sft.core.steps import parse_result
@@ -241,6 +242,8 @@ class KubernetesBackend(TrainingBackend):
     def submit(self, run: TrainingRun, *, timeout_seconds: float | None = None) -> JobHandle:
         """Create the TrainJob, or attach to the one an earlier attempt created."""
         self.preflight(run)
+        if not self.credentials.hf_token and (warning := hub_token_warning(run.params.base_model)):
+            log.warning(warning)
         return self._run(lambda client: self._submit(client, run, timeout_seconds))
 
     async def _submit(self, client: KubeClient, run: TrainingRun, timeout_seconds: float | None) -> JobHandle:
