@@ -105,6 +105,8 @@ def _records(file: SourceFile, options: DatasetOptions, spool_dir: Path) -> Iter
             yield from formats.read_json_array(stream, file.name)
         elif fmt is Format.CSV:
             yield from formats.read_csv(stream, file.name, options.mapping)
+        elif fmt is Format.ARROW:
+            yield from formats.read_arrow(stream, file.name, options.mapping, fast=not options.tokenizer)
         elif file.local_path is not None and stream is raw:
             yield from formats.read_parquet(
                 file.local_path, file.name, options.mapping, fast=not options.tokenizer
