@@ -108,17 +108,22 @@ class LocalProcessBackend(TrainingBackend):
         self._processes: dict[str, _Process] = {}
 
     def preflight(self, run: TrainingRun) -> None:
+        """The parameters this machine cannot honour. The data is checked by ``submit``: a caller
+        may preflight before it has resolved the data (the KFP shim does, to write nothing on bad input)."""
         self._checked_plan(run)
+
+    @staticmethod
+    def _check_data(run: TrainingRun) -> None:
+        if not Path(run.dataset_path).is_file():
+            raise DatasetError(f"Training data {run.dataset_path} does not exist or is not a file")
+        if Path(run.dataset_path).stat().st_size == 0:
+            raise DatasetError(f"Training data {run.dataset_path} is empty (0 bytes)")
 
     def _checked_plan(self, run: TrainingRun) -> DevicePlan:
         """Everything preflight rejects, and the device plan the run will use (computed once per submit)."""
         plan = plan_device(
             run.params, requested=run.device, cuda_devices=cuda_device_count(), cpu_count=os.cpu_count() or 1
         )
-        if not Path(run.dataset_path).is_file():
-            raise DatasetError(f"Training data {run.dataset_path} does not exist or is not a file")
-        if Path(run.dataset_path).stat().st_size == 0:
-            raise DatasetError(f"Training data {run.dataset_path} is empty (0 bytes)")
         if run.params.resource_num_workers != 1:
             raise InvalidParameterError(
                 {
@@ -147,6 +152,7 @@ class LocalProcessBackend(TrainingBackend):
 
     def submit(self, run: TrainingRun, *, timeout_seconds: float | None = None) -> JobHandle:
         plan = self._checked_plan(run)
+        self._check_data(run)
         output_dir = Path(run.output_dir)
         if output_dir.name != run.name:
             raise InvalidParameterError(
