@@ -6,6 +6,8 @@ min/max buckets: every bucket keeps its first, lowest, highest and last point,
 so spikes and the overall shape survive while 100k steps stay a few thousand
 points. The raw loss is drawn faintly under its smoothed line (the EMA of
 :func:`metrics.smooth`), as TensorBoard and W&B do: a single step's loss is noisy.
+A run without a single loss value gets a small page that says so instead: an empty
+chart (and 4.7 MB of inlined plotly.js) would only look like a broken one.
 """
 
 from __future__ import annotations
@@ -20,6 +22,12 @@ import numpy as np
 from airflow_provider_sft.core.metrics import SMOOTHING_WEIGHT, MetricsSummary, StepRecord, smooth
 
 DEFAULT_MAX_POINTS = 4000
+NO_DATA_MESSAGE = "No data: the run recorded no training step with a loss, so there is no loss curve to draw."
+
+
+def has_loss_data(records: Sequence[StepRecord]) -> bool:
+    """Whether there is anything to draw: at least one step with a finite loss."""
+    return any(r.loss is not None and np.isfinite(r.loss) for r in records)
 
 
 def downsample(x: Sequence[float], y: Sequence[float], max_points: int = DEFAULT_MAX_POINTS):
@@ -123,15 +131,27 @@ def write_loss_chart(
     title: str = "Training loss",
     max_points: int = DEFAULT_MAX_POINTS,
 ) -> Path:
-    """Write the chart to ``path`` atomically and return it."""
+    """Write the chart (or, for a run without loss values, a "no data" page) to ``path`` atomically."""
     subtitle = _subtitle(summary)
-    full_title = (
-        f"{html.escape(title)}<br><sup>{html.escape(subtitle)}</sup>" if subtitle else html.escape(title)
-    )
-    figure = build_figure(records, title=full_title, max_points=max_points)
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp")
-    figure.write_html(tmp, include_plotlyjs=True, full_html=True, config={"displaylogo": False})
+    if not has_loss_data(records):
+        tmp.write_text(_no_data_page(title, subtitle), encoding="utf-8")
+    else:
+        full_title = (
+            f"{html.escape(title)}<br><sup>{html.escape(subtitle)}</sup>" if subtitle else html.escape(title)
+        )
+        figure = build_figure(records, title=full_title, max_points=max_points)
+        figure.write_html(tmp, include_plotlyjs=True, full_html=True, config={"displaylogo": False})
     os.replace(tmp, target)
     return target
+
+
+def _no_data_page(title: str, subtitle: str) -> str:
+    details = f"<p>{html.escape(subtitle)}</p>" if subtitle else ""
+    return (
+        f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title></head>'
+        f'<body><h1>{html.escape(title)}</h1><p id="sft-no-data"><strong>{html.escape(NO_DATA_MESSAGE)}'
+        f"</strong></p>{details}</body></html>\n"
+    )

@@ -120,6 +120,18 @@ def select_final_checkpoint(run_dir: str | Path) -> Path:
     raise ExportError(f"No complete checkpoint in {run_dir / c.HF_FORMAT_DIR} ({detail})")
 
 
+def require_metrics_file(run_dir: str | Path) -> Path:
+    """The run's metrics file, checked before anything is published: a model without the run's
+    metrics (a crashed or foreign run directory) would be exported, and then the step fail."""
+    path = Path(run_dir) / c.METRICS_FILE
+    if not path.is_file():
+        raise ExportError(
+            f"The run's metrics file {path} does not exist: training wrote no metrics, so the run "
+            "cannot be reported. Nothing was published"
+        )
+    return path
+
+
 def _link_or_copy(source: Path, target: Path) -> bool:
     """Hard link when possible (same filesystem), else copy. Returns True when linked."""
     try:

@@ -18,6 +18,7 @@ import math
 import re
 from collections.abc import Mapping
 from enum import Enum
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import (
@@ -57,6 +58,40 @@ class FSDPShardingStrategy(str, Enum):
     SHARD_GRAD_OP = "SHARD_GRAD_OP"
     NO_SHARD = "NO_SHARD"
     HYBRID_SHARD = "HYBRID_SHARD"
+
+
+def normalise_sharding_strategy(value: Any) -> Any:
+    """``"full_shard"``, ``" Full-Shard "`` -> ``"FULL_SHARD"``: the seed upper-cased and stripped the
+    value before handing it to instructlab-training, so pipelines written for it pass it that way."""
+    if isinstance(value, str):
+        return re.sub(r"[\s-]+", "_", value.strip()).upper()
+    return value
+
+
+#: oci:// model images need a pull-and-unpack step no backend has yet: refused when the
+#: parameters are read, so every backend (and the trigger form) refuses it the same way.
+OCI_BASE_MODEL_UNSUPPORTED = (
+    "oci:// base models are not supported yet; use a HuggingFace id or a path on the PVC (or the local disk)"
+)
+
+
+_HUB_MODEL_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # org/name, never a path like ./x or /x
+
+
+def hub_token_warning(base_model: str) -> str | None:
+    """What to tell a person whose base model comes from the Hub without a token, or None.
+
+    Public models download without one; a gated or private one fails on the training node,
+    minutes later and far from the cause. Said once per submission, naming where a token
+    goes, never a value.
+    """
+    if not _HUB_MODEL_ID.match(base_model) or Path(base_model).exists():
+        return None
+    return (
+        f"base_model {base_model} is downloaded from the HuggingFace Hub without a token: a gated or "
+        "private model will fail on the training node. Give a token with hf_conn_id (a huggingface "
+        "connection) or HF_TOKEN"
+    )
 
 
 class LRScheduler(str, Enum):
@@ -292,13 +327,20 @@ class SFTParams(BaseModel):
     @classmethod
     def _base_model_not_blank(cls, value: str) -> str:
         if not value.strip() or value != value.strip():
-            raise ValueError(f"must be a HuggingFace model id, oci:// reference or path, got {value!r}")
+            raise ValueError(f"must be a HuggingFace model id or a path, got {value!r}")
         if value.startswith("hf://"):
             raise ValueError(
                 f"hf:// names datasets here; give a HuggingFace model as org/name, got {value!r} "
                 f"(use {value.removeprefix('hf://')!r})"
             )
+        if value.startswith("oci://"):
+            raise ValueError(f"{OCI_BASE_MODEL_UNSUPPORTED}, got {value!r}")
         return value
+
+    @field_validator("fsdp_sharding_strategy", mode="before")
+    @classmethod
+    def _sharding_strategy_as_the_seed_read_it(cls, value: Any) -> Any:
+        return normalise_sharding_strategy(value)
 
     @field_validator("data_output_dir")
     @classmethod

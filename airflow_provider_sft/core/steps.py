@@ -56,15 +56,16 @@ def export(config: Mapping[str, Any], *, log: Logger, env: Mapping[str, str] = o
     """``config``: ``run_dir``, ``model_dir``, ``metrics_path``, and ``latest_path``: a small JSON
     file naming the newest exported model, replaced atomically (never the model itself).
     The result carries the loss curve."""
-    from airflow_provider_sft.core.export import export_model
+    from airflow_provider_sft.core.export import export_model, require_metrics_file
     from airflow_provider_sft.core.metrics import read_step_records, summarize, write_summary
 
     run_dir = Path(config["run_dir"])
+    metrics_file = require_metrics_file(run_dir)  # before the model is published
     result = export_model(run_dir, config["model_dir"])
     log(
         f"exported {result.source_checkpoint} -> {result.model_path} ({result.files} files, {result.bytes} bytes)"
     )
-    records, skipped = read_step_records(run_dir / c.METRICS_FILE)
+    records, skipped = read_step_records(metrics_file)
     summary = summarize(records, skipped_lines=skipped)
     metrics_path = write_summary(summary, Path(config["metrics_path"]))
     if config.get("prune"):

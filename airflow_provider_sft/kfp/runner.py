@@ -4,20 +4,26 @@
 duck-typed: ``.path``, ``.metadata``, ``.log_metric``) and does what the original
 "SFT Training Component" did, on the same core as the Airflow operator:
 
-1. validate every ``training_*`` parameter (errors name them, before any work);
+1. validate everything before any work, writing nothing: every ``training_*`` parameter,
+   the ``kubernetes_config`` settings, what the backend refuses (its preflight) and where the
+   dataset artifact's data is; errors name the component's own parameters;
 2. resolve the dataset artifact (or the PVC's ``dataset/train.jsonl``) into
    ``<pvc_path>/dataset/train.jsonl``;
 3. train: as a TrainJob when the pod can reach a cluster (``KUBERNETES_SERVER_URL`` +
    ``KUBERNETES_AUTH_TOKEN``, or an in-cluster service account), else on the
    embedded local backend (``SFT_BACKEND=local|kubernetes`` forces one);
-4. export ``<pvc_path>/final_model`` and the model artifact, log the metrics, write
-   the loss chart; return ``"training completed"``.
+4. export ``<pvc_path>/final_model`` and the model artifact (named ``<base model>-checkpoint``,
+   as the original named it), log the metrics, write the loss chart; return ``"training completed"``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
+import re
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +31,11 @@ from airflow_provider_sft.core import constants as c
 from airflow_provider_sft.core.backends import BackendName, JobStatus, TrainingBackend
 from airflow_provider_sft.core.chart import write_loss_chart
 from airflow_provider_sft.core.dataset import artifact_location, resolve_dataset
-from airflow_provider_sft.core.errors import DatasetError, TrainingFailedError
-from airflow_provider_sft.core.export import export_model
+from airflow_provider_sft.core.errors import DatasetError, InvalidParameterError, TrainingFailedError
+from airflow_provider_sft.core.export import export_model, require_metrics_file
 from airflow_provider_sft.core.files import checked_root
 from airflow_provider_sft.core.metrics import read_step_records, summarize, write_summary
-from airflow_provider_sft.core.params import SFTParams
+from airflow_provider_sft.core.params import COMPONENT_PARAMETER_PREFIX, SFTParams
 from airflow_provider_sft.core.run import TrainingRun, run_name
 
 COMPLETED = "training completed"
@@ -58,23 +64,65 @@ def choose_backend() -> BackendName:
     return BackendName.LOCAL
 
 
-def _dataset_path(dataset: Any, pvc_path: str) -> str:
-    """The artifact (its path, metadata ``pvc_path``/``pvc_dir``/``artifact_path``, or uri) -> the PVC.
+def _dataset_source(dataset: Any, pvc_path: str) -> tuple[str, Path]:
+    """Where the data is and the workspace it resolves into; reads and writes nothing.
 
-    Credentials come from the pod's environment: ``HF_TOKEN``/``HF_ENDPOINT`` for the Hub,
-    boto3's chain (``AWS_ACCESS_KEY_ID``..., ``AWS_ENDPOINT_URL_S3``) for S3.
+    The artifact (its path, metadata ``pvc_path``/``pvc_dir``/``artifact_path``, or uri), else
+    the PVC's own ``dataset/train.jsonl``. Credentials come from the pod's environment:
+    ``HF_TOKEN``/``HF_ENDPOINT`` for the Hub, boto3's chain (``AWS_ACCESS_KEY_ID``...,
+    ``AWS_ENDPOINT_URL_S3``) for S3.
     """
     if dataset is not None:
         location = artifact_location(
             getattr(dataset, "path", None), getattr(dataset, "metadata", None), getattr(dataset, "uri", None)
         )
-        stats = resolve_dataset(location, pvc_path, log=print)
-        print(f"Dataset {stats.source}: {stats.records} records, {stats.skipped} skipped -> {stats.path}")
-        return stats.path
+        return location, Path(pvc_path)
     existing = Path(pvc_path) / c.DATASET_DIR / "train.jsonl"
     if existing.is_file():
-        return resolve_dataset(str(existing), Path(pvc_path) / ".sft-resolve").path
+        return str(existing), Path(pvc_path) / ".sft-resolve"
     raise DatasetError(f"No dataset: pass the `dataset` input or put the data at {existing}")
+
+
+def _resolved(location: str, workspace: Path) -> str:
+    stats = resolve_dataset(location, workspace, log=print)
+    print(f"Dataset {stats.source}: {stats.records} records, {stats.skipped} skipped -> {stats.path}")
+    return stats.path
+
+
+#: Settings the shim does not take from a parameter, named where the component's user sets them.
+_SETTING_NAMES = {
+    "pvc_name": "kubernetes_config.volumes",
+    "workspace_mount_path": "pvc_path",
+    "namespace": "SFT_NAMESPACE",
+    "runtime_name": "SFT_RUNTIME",
+}
+_TRAINING_NAME = re.compile(
+    r"(?<![\w.])("
+    + "|".join(sorted((name for name in SFTParams.model_fields if "_" in name), key=len, reverse=True))
+    + r")\b"
+)
+
+
+def component_name(name: str) -> str:
+    """A core parameter's name as the KFP component's interface names it."""
+    if name.startswith(COMPONENT_PARAMETER_PREFIX):
+        return name
+    if name.split(".")[0] in SFTParams.model_fields:
+        return COMPONENT_PARAMETER_PREFIX + name
+    return _SETTING_NAMES.get(name, f"kubernetes_config.{name}")  # the rest comes from the TaskConfig
+
+
+@contextlib.contextmanager
+def component_names() -> Iterator[None]:
+    """Re-raise a core :class:`InvalidParameterError` in the component's names, reasons included."""
+    try:
+        yield
+    except InvalidParameterError as error:
+        renamed = {
+            component_name(name): _TRAINING_NAME.sub(lambda m: COMPONENT_PARAMETER_PREFIX + m[1], reason)
+            for name, reason in error.errors.items()
+        }
+        raise InvalidParameterError(renamed) from None
 
 
 def task_config_settings(task_config: Any, pvc_path: str) -> dict[str, Any]:
@@ -153,22 +201,32 @@ def run_train_model(
     kubernetes_config: Any = None,
     **training: Any,
 ) -> str:
-    params = SFTParams.from_component_kwargs(**training)  # fails here, before any work
-    checked_root(pvc_path, field="pvc_path")  # "/" would create /dataset and /runs
-    dataset_path = _dataset_path(dataset, pvc_path)
-    name = run_name("kfp", os.environ.get("KFP_RUN_ID") or uuid.uuid4().hex)
-    run = TrainingRun(name, params, dataset_path, str(Path(pvc_path) / c.RUNS_DIR / name))
-    backend = _backend(choose_backend(), kubernetes_config, pvc_path)
-    handle = backend.submit(run)
+    with component_names():  # everything that can be refused is, before anything is written
+        params = SFTParams.from_component_kwargs(**training)
+        checked_root(pvc_path, field="pvc_path")  # "/" would create /dataset and /runs
+        backend = _backend(choose_backend(), kubernetes_config, pvc_path)
+        location, workspace = _dataset_source(dataset, pvc_path)
+        name = run_name("kfp", os.environ.get("KFP_RUN_ID") or uuid.uuid4().hex)
+        planned = str(workspace / c.DATASET_DIR / "train.jsonl")
+        run = TrainingRun(name, params, planned, str(Path(pvc_path) / c.RUNS_DIR / name))
+        backend.preflight(run)
+    run = dataclasses.replace(run, dataset_path=_resolved(location, workspace))
+    with component_names():
+        handle = backend.submit(run)
     result = backend.wait(handle, on_log=lambda line: print(line, flush=True))
     if result.status is not JobStatus.SUCCEEDED:
         raise TrainingFailedError(f"Training run {name} failed: {result.message}")
 
+    metrics_file = require_metrics_file(run.output_dir)  # before a model is published
     final = export_model(run.output_dir, Path(pvc_path) / c.FINAL_MODEL_DIR)
     artifact = export_model(run.output_dir, output_model.path)
+    output_model.name = f"{params.base_model}-checkpoint"  # as the original component named it
     output_model.metadata.update(
         {
+            "model_name": params.base_model,
             "base_model": params.base_model,
+            "artifact_path": output_model.path,
+            "pvc_model_dir": final.model_path,
             "source_checkpoint": final.source_checkpoint,
             "pvc_model_path": final.model_path,
             "files": artifact.files,
@@ -177,7 +235,7 @@ def run_train_model(
             "backend": "instructlab-training",
         }
     )
-    records, skipped = read_step_records(Path(run.output_dir) / c.METRICS_FILE)
+    records, skipped = read_step_records(metrics_file)
     summary = summarize(records, skipped_lines=skipped)
     write_summary(summary, Path(pvc_path) / c.METRICS_SUMMARY_FILE)
     for key in LOGGED_METRICS:

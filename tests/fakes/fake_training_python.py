@@ -5,7 +5,9 @@ The local backend starts ``<python> -m airflow_provider_sft.core.entrypoint trai
 Pointing it at this script instead gives a "training" whose behaviour the test
 chooses through FAKE_TRAINING: ``sleep`` (runs forever and starts a child
 process, like data-processing workers), ``memory`` (grows its memory) or
-``fail`` (prints an error line and exits 3). It stands in for a long real
+``fail`` (prints an error line and exits 3); ``chatty`` and ``chatty-memory`` print a
+line every 20 ms forever (the second also grows its memory), like a training run whose
+progress never pauses. It stands in for a long real
 training run, which would make these tests take minutes.
 """
 
@@ -26,6 +28,13 @@ elif mode == "memory":
     while True:
         blocks.append(bytearray(32 * 2**20))
         time.sleep(0.05)
+elif mode in ("chatty", "chatty-memory"):
+    blocks = []
+    while True:
+        if mode == "chatty-memory":
+            blocks.append(bytearray(8 * 2**20))
+        print(f"working {len(blocks)}", flush=True)
+        time.sleep(0.02)
 elif mode == "fail":
     print("ERROR: Invalid training parameter: something precise went wrong", flush=True)
     sys.exit(3)

@@ -352,6 +352,32 @@ def test_oci_models_are_rejected_before_anything_is_sent(cluster, namespace):
         backend(cluster, namespace).submit(make_run(base_model="oci://quay.io/models/granite:1"))
 
 
+@pytest.mark.parametrize(
+    ("credentials", "warned"),
+    [
+        pytest.param(Credentials(), True, id="no-token"),
+        pytest.param(Credentials(hf_token=TOKEN), False, id="token"),
+    ],
+)
+def test_a_hub_base_model_without_a_token_is_warned_about(cluster, namespace, caplog, credentials, warned):
+    """The pods download it: a gated model would fail there, minutes later. Said once, no value."""
+    with caplog.at_level("WARNING", logger="airflow_provider_sft"):
+        backend(cluster, namespace, credentials=credentials).submit(make_run(base_model="org/gated-model"))
+    warnings = [r.getMessage() for r in caplog.records if "without a token" in r.getMessage()]
+    assert len(warnings) == (1 if warned else 0)
+    assert all("hf_conn_id" in w and "HF_TOKEN" in w for w in warnings)
+    assert TOKEN not in caplog.text
+
+
+def test_resources_that_disagree_with_the_parameters_are_refused_by_the_preflight(cluster, namespace):
+    """Checked before anything is read from or sent to the cluster (the KFP shim preflights first)."""
+    b = backend(cluster, namespace, resources={"limits": {"cpu": "16"}})
+    with pytest.raises(
+        InvalidParameterError, match=re.escape("resources.limits.cpu: '16' disagrees with '4'")
+    ):
+        b.preflight(make_run())
+
+
 def _until(check, timeout=20):
     import time
 

@@ -149,7 +149,7 @@ class Artifact:
     """Stands in for a KFP output artifact when the runner is called directly."""
 
     def __init__(self, path):
-        self.path, self.metadata, self.metrics = str(path), {}, {}
+        self.path, self.metadata, self.metrics, self.name = str(path), {}, {}, ""
 
     def log_metric(self, key, value):
         self.metrics[key] = value
@@ -182,6 +182,82 @@ def test_bad_inputs_fail_before_any_work(tmp_path, kwargs, message):
             **kwargs,
         )
     assert not pvc.exists()
+
+
+def dataset_artifact(tmp_path):
+    """A real ``dsl.Dataset`` whose file exists: resolving it would write ``<pvc>/dataset/``."""
+    data = tmp_path / "artifact" / "data"
+    data.parent.mkdir()
+    data.write_bytes(bundled_dataset_path().read_bytes())
+    return dsl.Dataset(name="dataset", uri=str(data), metadata={})
+
+
+def run_with(tmp_path, **kwargs):
+    return run_train_model(
+        pvc_path=str(tmp_path / "pvc"),
+        output_model=Artifact(tmp_path / "m"),
+        output_metrics=Artifact(tmp_path / "x"),
+        output_loss_chart=Artifact(tmp_path / "c.html"),
+        dataset=dataset_artifact(tmp_path),
+        **kwargs,
+    )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        pytest.param(
+            {"training_resource_num_workers": 2},
+            "training_resource_num_workers: the local backend runs one worker, got 2",
+            id="workers",
+        ),
+        pytest.param(
+            {"training_use_liger": True},
+            "training_use_liger: Liger kernels need CUDA; set training_use_liger=false to train on the CPU",
+            id="liger",
+        ),
+    ],
+)
+def test_what_the_local_backend_refuses_is_refused_before_the_dataset_is_written(
+    tmp_path, monkeypatch, kwargs, message
+):
+    monkeypatch.setenv("SFT_BACKEND", "local")
+    with pytest.raises(InvalidParameterError, match=re.escape(message)):
+        run_with(tmp_path, training_resource_gpu_per_worker=0, **kwargs)
+    assert not (tmp_path / "pvc").exists()  # no dataset/, no runs/
+
+
+@pytest.mark.parametrize(
+    ("task_config", "message"),
+    [
+        pytest.param(
+            {"resources": {"limits": {"cpu": "16"}}},
+            "kubernetes_config.resources.limits.cpu: '16' disagrees with '4' from training_resource_cpu_per_worker",
+            id="resources",
+        ),
+        pytest.param(
+            {"volumes": [], "volume_mounts": []},
+            "kubernetes_config.volumes: is required on the kubernetes backend",
+            id="no-pvc",
+        ),
+    ],
+)
+def test_what_the_kubernetes_backend_refuses_is_refused_before_the_dataset_is_written(
+    tmp_path, monkeypatch, task_config, message
+):
+    monkeypatch.setenv("SFT_BACKEND", "kubernetes")
+    monkeypatch.setenv("KUBERNETES_SERVER_URL", "https://127.0.0.1:9")  # never reached: refused first
+    monkeypatch.setenv("KUBERNETES_AUTH_TOKEN", "unused")
+    monkeypatch.setenv("KUBERNETES_CA_CERT", str(tmp_path / "ca.crt"))
+    pvc = str(tmp_path / "pvc")
+    config = {
+        "volumes": [{"name": "ws", "persistentVolumeClaim": {"claimName": "pipeline-ws"}}],
+        "volume_mounts": [{"name": "ws", "mountPath": pvc}],
+        **task_config,
+    }
+    with pytest.raises(InvalidParameterError, match=re.escape(message)):
+        run_with(tmp_path, kubernetes_config=dsl.TaskConfig(**config))
+    assert not (tmp_path / "pvc").exists()
 
 
 @dsl.component(packages_to_install=[], install_kfp_package=False, base_image="python:3.11")
@@ -234,6 +310,9 @@ def test_kfp_local_run_end_to_end(tiny_model, tmp_path, monkeypatch):
     assert AutoModelForCausalLM.from_pretrained(model_dir).num_parameters() > 0
     assert (model_dir / "sft_manifest.json").exists()
     model_meta = executor["artifacts"]["output_model"]["artifacts"][0]["metadata"]
+    assert executor["artifacts"]["output_model"]["artifacts"][0]["name"] == f"{tiny_model}-checkpoint"
+    assert model_meta["model_name"] == str(tiny_model)  # and the original's metadata keys
+    assert model_meta["pvc_model_dir"] == str(pvc / "final_model") and model_meta["artifact_path"]
     assert model_meta["base_model"] == str(tiny_model) and model_meta["pvc_model_path"] == str(
         pvc / "final_model"
     )
@@ -287,3 +366,23 @@ def test_a_system_pvc_path_is_refused_before_anything_is_created(tmp_path, pvc_p
             dataset=Artifact(bundled_dataset_path()),  # without the check: resolved into <pvc_path>/dataset
         )
     assert sorted(os.listdir(pvc_path)) == before  # no dataset/, no runs/
+
+
+def readme_kfp_example() -> str:
+    """The Python block of the README's Kubeflow Pipelines section, as a reader copies it."""
+    section = (REPO_ROOT / "README.md").read_text().split("## From Kubeflow Pipelines", 1)[1]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_readme_kfp_example_compiles_with_kfp(tmp_path):
+    """Copied as it stands, it compiles with the real compiler (kfp 2.17 needs the workspace's size)."""
+    namespace: dict = {}
+    exec(compile(readme_kfp_example(), "README.md", "exec"), namespace)
+    package = tmp_path / "pipeline.yaml"
+    compiler.Compiler().compile(namespace["my_pipeline"], str(package))
+    spec, *_platform = yaml.safe_load_all(package.read_text())
+    assert "comp-train-model" in spec["components"]
+    task = spec["root"]["dag"]["tasks"]["train-model"]
+    assert (
+        task["inputs"]["parameters"]["pvc_path"]["runtimeValue"]["constant"] == dsl.WORKSPACE_PATH_PLACEHOLDER
+    )

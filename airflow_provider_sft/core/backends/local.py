@@ -12,6 +12,7 @@ its process group goes above it.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import queue
 import signal
@@ -36,10 +37,12 @@ from airflow_provider_sft.core.clock import SYSTEM_CLOCK, Clock
 from airflow_provider_sft.core.entrypoint import ERROR_PREFIX, default_cache_env
 from airflow_provider_sft.core.errors import DatasetError, InvalidParameterError
 from airflow_provider_sft.core.files import owned_path, remove_owned
+from airflow_provider_sft.core.params import hub_token_warning
 from airflow_provider_sft.core.run import DevicePlan, TrainingRun, cuda_device_count, plan_device
 from airflow_provider_sft.core.task_log import classify, provider_line
 
 _EOF = object()
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -73,6 +76,16 @@ def _group_rss_bytes(pid: int) -> int:
     return total
 
 
+def _has_hub_token(env: dict[str, str]) -> bool:
+    """A token the training process will find: in its environment, or saved by ``hf auth login``."""
+    if env.get(c.HF_TOKEN_ENV):
+        return True
+    home = Path(
+        env.get("HF_HOME") or Path(env.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "huggingface"
+    )
+    return (Path(env["HF_TOKEN_PATH"]) if env.get("HF_TOKEN_PATH") else home / "token").is_file()
+
+
 class LocalProcessBackend(TrainingBackend):
     """Runs the entrypoint with this interpreter, one run per process group."""
 
@@ -95,17 +108,22 @@ class LocalProcessBackend(TrainingBackend):
         self._processes: dict[str, _Process] = {}
 
     def preflight(self, run: TrainingRun) -> None:
+        """The parameters this machine cannot honour. The data is checked by ``submit``: a caller
+        may preflight before it has resolved the data (the KFP shim does, to write nothing on bad input)."""
         self._checked_plan(run)
+
+    @staticmethod
+    def _check_data(run: TrainingRun) -> None:
+        if not Path(run.dataset_path).is_file():
+            raise DatasetError(f"Training data {run.dataset_path} does not exist or is not a file")
+        if Path(run.dataset_path).stat().st_size == 0:
+            raise DatasetError(f"Training data {run.dataset_path} is empty (0 bytes)")
 
     def _checked_plan(self, run: TrainingRun) -> DevicePlan:
         """Everything preflight rejects, and the device plan the run will use (computed once per submit)."""
         plan = plan_device(
             run.params, requested=run.device, cuda_devices=cuda_device_count(), cpu_count=os.cpu_count() or 1
         )
-        if not Path(run.dataset_path).is_file():
-            raise DatasetError(f"Training data {run.dataset_path} does not exist or is not a file")
-        if Path(run.dataset_path).stat().st_size == 0:
-            raise DatasetError(f"Training data {run.dataset_path} is empty (0 bytes)")
         if run.params.resource_num_workers != 1:
             raise InvalidParameterError(
                 {
@@ -134,6 +152,7 @@ class LocalProcessBackend(TrainingBackend):
 
     def submit(self, run: TrainingRun, *, timeout_seconds: float | None = None) -> JobHandle:
         plan = self._checked_plan(run)
+        self._check_data(run)
         output_dir = Path(run.output_dir)
         if output_dir.name != run.name:
             raise InvalidParameterError(
@@ -147,13 +166,16 @@ class LocalProcessBackend(TrainingBackend):
                 remove_owned(earlier, output_dir, field="run_name")
         config_path = run.write_config()
         log_path = output_dir / c.TRAIN_LOG_FILE
+        env = self.environment(run, plan)
+        if not _has_hub_token(env) and (warning := hub_token_warning(run.params.base_model)):
+            log.warning(warning)
         popen = subprocess.Popen(
             [self.python, "-m", "airflow_provider_sft.core.entrypoint", "train", str(config_path)],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             cwd=output_dir,
-            env=self.environment(run, plan),
+            env=env,
             start_new_session=True,
         )
         lines: queue.Queue = queue.Queue()
@@ -185,38 +207,30 @@ class LocalProcessBackend(TrainingBackend):
         self, handle: JobHandle, process: _Process, on_log: LogSink, timeout_seconds: float | None
     ) -> JobResult:
         deadline = None if timeout_seconds is None else self.clock.monotonic() + timeout_seconds
+        next_check = self.clock.monotonic() + self.poll_interval_seconds
         last_error = ""
         tail: list[str] = []
         # Line-buffered: a person following train.log sees each line as it comes.
         with process.log_path.open("a", encoding="utf-8", buffering=1) as log_file:
             while True:
+                # The limits are checked every poll interval whatever the output does: a run
+                # that prints steadily never leaves the queue empty, and must still be stopped.
+                if self.clock.monotonic() >= next_check:
+                    if (stopped := self._over_limits(handle, process, deadline, timeout_seconds)) is not None:
+                        return stopped
+                    next_check = self.clock.monotonic() + self.poll_interval_seconds
                 try:
                     line = process.lines.get(timeout=self.poll_interval_seconds)
                 except queue.Empty:
-                    line = None
+                    continue
                 if line is _EOF:
                     break
-                if line is not None:
-                    log_file.write(line + "\n")
-                    tail = [*tail[-19:], line]
-                    if (shown := classify(line)) is not None:
-                        on_log(shown.text)
-                        if shown.text.startswith(ERROR_PREFIX):
-                            last_error = shown.text.removeprefix(ERROR_PREFIX)
-                    continue
-                if deadline is not None and self.clock.monotonic() >= deadline:
-                    self.cancel(handle)
-                    return JobResult(
-                        JobStatus.TIMED_OUT, f"training did not finish within {timeout_seconds:g}s"
-                    )
-                rss = _group_rss_bytes(process.popen.pid)
-                if rss > process.memory_limit_bytes:
-                    self.cancel(handle)
-                    return JobResult(
-                        JobStatus.FAILED,
-                        f"training used {rss / 2**20:.0f} MiB, over resource_memory_per_worker "
-                        f"({process.memory_limit_bytes / 2**20:.0f} MiB); the run was stopped",
-                    )
+                log_file.write(line + "\n")
+                tail = [*tail[-19:], line]
+                if (shown := classify(line)) is not None:
+                    on_log(shown.text)
+                    if shown.text.startswith(ERROR_PREFIX):
+                        last_error = shown.text.removeprefix(ERROR_PREFIX)
         exit_code = process.popen.wait()
         if process.cancelled:
             return JobResult(JobStatus.CANCELLED, "training was cancelled", exit_code)
@@ -226,6 +240,25 @@ class LocalProcessBackend(TrainingBackend):
         return JobResult(
             JobStatus.FAILED, f"training process exited with status {exit_code}: {reason}", exit_code
         )
+
+    def _over_limits(
+        self, handle: JobHandle, process: _Process, deadline: float | None, timeout_seconds: float | None
+    ) -> JobResult | None:
+        """Stop the run, and say why, once it is past its deadline or over its memory limit."""
+        if process.cancelled or process.popen.poll() is not None:
+            return None  # already ending: its end of output decides the result
+        if deadline is not None and self.clock.monotonic() >= deadline:
+            self.cancel(handle)
+            return JobResult(JobStatus.TIMED_OUT, f"training did not finish within {timeout_seconds:g}s")
+        rss = _group_rss_bytes(process.popen.pid)
+        if rss > process.memory_limit_bytes:
+            self.cancel(handle)
+            return JobResult(
+                JobStatus.FAILED,
+                f"training used {rss / 2**20:.0f} MiB, over resource_memory_per_worker "
+                f"({process.memory_limit_bytes / 2**20:.0f} MiB); the run was stopped",
+            )
+        return None
 
     def cancel(self, handle: JobHandle) -> None:
         process = self._processes.get(handle.name)

@@ -34,6 +34,9 @@ MAX_RECORD_BYTES = 32 << 20
 #: is not a dataset (``/etc/passwd`` behind a ``.csv`` name) never has its content echoed.
 _COLUMN_NAME = re.compile(r"^[\w .-]{1,64}$")
 PARQUET_MAGIC = b"PAR1"
+#: Arrow IPC: a stream opens with a continuation marker, a file with ``ARROW1`` and 2 bytes of padding.
+ARROW_STREAM_MAGIC = b"\xff\xff\xff\xff"
+ARROW_FILE_MAGIC = b"ARROW1"
 PARQUET_BATCH_ROWS = 2048
 
 Item = tuple[str, Any, bytes | None]
@@ -45,6 +48,7 @@ class Format(str, Enum):
     JSON = "json"
     PARQUET = "parquet"
     CSV = "csv"
+    ARROW = "arrow"  # Arrow IPC, as ``datasets.save_to_disk()`` writes its shards
 
 
 SUFFIXES = {".jsonl": Format.JSONL, ".ndjson": Format.JSONL, ".json": Format.JSON}
@@ -70,6 +74,8 @@ def sniff(head: bytes) -> Format | None:
     """Format from the first bytes of the (decompressed) content, for names without a known suffix."""
     if head.startswith(PARQUET_MAGIC):
         return Format.PARQUET
+    if head.startswith((ARROW_STREAM_MAGIC, ARROW_FILE_MAGIC)):
+        return Format.ARROW
     stripped = head.lstrip(b"\xef\xbb\xbf \t\r\n")
     if stripped.startswith(b"["):
         return Format.JSON
@@ -354,6 +360,46 @@ def _shown_header(header: list[str]) -> str:
     if all(_COLUMN_NAME.match(column) for column in header):
         return ", ".join(header)
     return f"{len(header)} column(s) that do not look like column names, not shown"
+
+
+def read_arrow(stream: BinaryIO, name: str, mapping: Mapping, *, fast: bool = True) -> Iterator[Item]:
+    """Rows of an Arrow IPC stream (``datasets.save_to_disk()`` shards), one record batch at a time.
+
+    Read front to back, never mapped or seeked, so a shard on a network stream works too; an IPC
+    *file* is a stream behind an 8-byte preamble. Chat batches take the columnar check of
+    :func:`read_parquet`.
+    """
+    import pyarrow as pa
+
+    if stream.peek(len(ARROW_FILE_MAGIC))[: len(ARROW_FILE_MAGIC)] == ARROW_FILE_MAGIC:  # type: ignore[attr-defined]
+        stream.read(8)
+    try:
+        reader = pa.ipc.open_stream(stream)
+    except (pa.ArrowInvalid, OSError) as error:
+        raise DatasetError(f"{name}: not a readable Arrow file ({error})") from None
+    available = set(reader.schema.names)
+    missing = [field for field in mapping.fields if field not in available]
+    if missing:
+        raise DatasetError(
+            f"{name}: Arrow column {missing[0]!r} is missing (columns: {', '.join(sorted(available)) or 'none'})"
+        )
+    columns = [*mapping.fields, *(f for f in OPTIONAL_FIELDS[mapping] if f in available)]
+    columnar = fast and mapping is Mapping.MESSAGES and _chat_column(reader.schema.field("messages").type)
+    row = 0
+    try:
+        for batch in reader:
+            batch = batch.select(columns)
+            checked = _validated_lines(batch.column(0)) if columnar else None
+            if checked is not None:
+                blob, count = checked
+                row += count
+                yield "", Validated(count), blob
+                continue
+            for record in batch.to_pylist():
+                row += 1
+                yield f"{name}: row {row}", record, None
+    except (pa.ArrowInvalid, OSError) as error:
+        raise DatasetError(f"{name}: Arrow read failed after row {row} ({error})") from None
 
 
 def read_csv(stream: BinaryIO, name: str, mapping: Mapping) -> Iterator[Item]:

@@ -123,6 +123,8 @@ def _items(
         yield from formats.read_json_array(stream, file.name)
     elif fmt is Format.CSV:
         yield from formats.read_csv(stream, file.name, options.mapping)
+    elif fmt is Format.ARROW:
+        yield from formats.read_arrow(stream, file.name, options.mapping, fast=fast)
     elif in_place and file.local_path is not None:  # an uncompressed Parquet file on disk: read where it is
         budget.charge(file.local_path.stat().st_size, file.name)
         yield from formats.read_parquet(file.local_path, file.name, options.mapping, fast=fast)

@@ -4,7 +4,9 @@ One string names the source, as in the original component:
 
 - ``bundled``: the sample chat dataset shipped with the package;
 - a path: absolute, or relative to the workspace (the PVC root); ``pvc://rel/path`` is the
-  same relative form. A directory contributes every data file below it, in path order;
+  same relative form. A directory contributes every data file below it, in path order; a
+  directory ``datasets.save_to_disk()`` wrote contributes its Arrow shards (a DatasetDict's
+  ``split``, ``train`` by default);
 - ``s3://bucket/key`` (one object) or ``s3://bucket/prefix/`` (every data object under it);
 - ``http(s)://...``: one file;
 - ``hf://org/name[@revision][:split]`` or a bare ``org/name``: a HuggingFace Hub dataset.
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
 import re
 from collections.abc import Callable, Iterator
@@ -58,6 +61,8 @@ class Source:
 
     uri: str
     lister: Callable[[], list[SourceFile]] = field(repr=False)
+    #: Options of :data:`HUB_ONLY_OPTIONS` this source uses too (a saved DatasetDict's ``split``).
+    selects: tuple[str, ...] = ()
 
     def files(self) -> list[SourceFile]:
         files = self.lister()
@@ -109,7 +114,56 @@ def _list_local(path: Path, shown: str) -> list[SourceFile]:
     return files
 
 
-def local_source(location: str, workspace: Path) -> Source:
+#: What ``datasets.save_to_disk()`` writes: a Dataset's ``state.json`` names its Arrow shards in
+#: order; a DatasetDict's ``dataset_dict.json`` names its splits, each a Dataset directory.
+SAVED_DATASET_STATE = "state.json"
+SAVED_DATASET_DICT = "dataset_dict.json"
+
+
+def _saved_json(path: Path, key: str) -> list[Any]:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8")).get(key)
+    except (OSError, ValueError, AttributeError) as error:
+        raise DatasetError(f"{path}: unreadable datasets.save_to_disk() metadata ({error})") from None
+    if not isinstance(value, list) or not value:
+        raise DatasetError(f"{path}: datasets.save_to_disk() metadata without {key!r}")
+    return value
+
+
+def saved_dataset_split(path: Path, split: str | None) -> Path:
+    """The Dataset directory of a saved DatasetDict's ``split`` (``train``, or the only split)."""
+    splits = [str(name) for name in _saved_json(path / SAVED_DATASET_DICT, "splits")]
+    chosen = split or ("train" if "train" in splits or len(splits) > 1 else splits[0])
+    if chosen not in splits:
+        raise DatasetError(
+            f"{path}: this datasets.save_to_disk() DatasetDict has no split {chosen!r} "
+            f"(splits: {', '.join(splits)}); pass split="
+        )
+    return path / chosen
+
+
+def _saved_dataset_files(path: Path) -> list[SourceFile]:
+    """The Arrow shards a ``save_to_disk`` Dataset directory names, in its order, confined to it."""
+    root = path.resolve()
+    files = []
+    for entry in _saved_json(path / SAVED_DATASET_STATE, "_data_files"):
+        name = entry.get("filename") if isinstance(entry, dict) else None
+        shard = path / str(name)
+        if not isinstance(name, str) or not _inside(shard.resolve(), root) or shard.resolve() == root:
+            raise DatasetError(
+                f"{path / SAVED_DATASET_STATE}: shard {name!r} is not a file inside {path}; refused"
+            )
+        if not shard.is_file():
+            raise DatasetError(f"{shard}: named in {SAVED_DATASET_STATE} but missing")
+        files.append(_local_file(shard))
+    return files
+
+
+def is_saved_dataset(path: Path) -> bool:
+    return path.is_dir() and ((path / SAVED_DATASET_DICT).is_file() or (path / SAVED_DATASET_STATE).is_file())
+
+
+def local_source(location: str, workspace: Path, *, split: str | None = None) -> Source:
     """An absolute path as given; a relative or ``pvc://`` path confined to the workspace."""
     relative = location.removeprefix(PVC_PREFIX) if location.startswith(PVC_PREFIX) else None
     if relative is None and not os.path.isabs(location):
@@ -126,6 +180,13 @@ def local_source(location: str, workspace: Path) -> Source:
         path = Path(location)
     if not path.exists():
         raise DatasetError(f"Dataset path {path} does not exist")
+    if (path / SAVED_DATASET_DICT).is_file() and path.is_dir():
+        shown = f"{path}:{split}" if split else str(path)
+        return Source(
+            shown, lambda: _saved_dataset_files(saved_dataset_split(path, split)), selects=("split",)
+        )
+    if is_saved_dataset(path):
+        return Source(str(path), lambda: _saved_dataset_files(path))
     return Source(str(path), lambda: _list_local(path, str(path)))
 
 
@@ -469,7 +530,7 @@ HUB_ONLY_OPTIONS = ("split", "subset", "revision")
 def parse_source(location: str, workspace: Path, options: DatasetOptions) -> Source:
     """The :class:`Source` for ``location``; raises :class:`DatasetError` naming what is wrong."""
     source = _source_for(location.strip(), workspace, options)
-    given = [name for name in HUB_ONLY_OPTIONS if getattr(options, name)]
+    given = [name for name in HUB_ONLY_OPTIONS if getattr(options, name) and name not in source.selects]
     if given and not source.uri.startswith(HUB_PREFIX):
         raise DatasetError(f"{', '.join(given)}: only for a HuggingFace dataset source, not {source.uri}")
     return source
@@ -489,7 +550,7 @@ def _source_for(location: str, workspace: Path, options: DatasetOptions) -> Sour
     if location.startswith(HUB_PREFIX):
         return hub_source(location, options)
     if scheme == "file":
-        return local_source(urlsplit(location).path, workspace)
+        return local_source(urlsplit(location).path, workspace, split=options.split)
     if scheme and scheme not in ("pvc",) and len(scheme) > 1:
         raise DatasetError(
             f"Dataset source {location!r}: unsupported scheme {scheme!r} (s3, http(s), hf, pvc, file)"
@@ -500,4 +561,4 @@ def _source_for(location: str, workspace: Path, options: DatasetOptions) -> Sour
     )
     if not looks_local and parse_hub_id(location):
         return hub_source(location, options)
-    return local_source(location, workspace)
+    return local_source(location, workspace, split=options.split)

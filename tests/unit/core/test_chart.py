@@ -68,3 +68,19 @@ def test_nan_losses_become_gaps(tmp_path):
     recs = [StepRecord(1, 0, 2.0, 1e-5, 1, 1, 1.0, None), StepRecord(2, 0, None, 1e-5, 2, 1, 1.0, None)]
     write_loss_chart(recs, tmp_path / "c.html")
     assert (tmp_path / "c.html").exists()
+
+
+@pytest.mark.parametrize(
+    "steps",
+    [
+        pytest.param([], id="no-steps"),
+        pytest.param([StepRecord(1, 0, None, 1e-5, 8, 100, 10.0, None)], id="no-loss"),
+    ],
+)
+def test_a_run_without_loss_values_says_no_data_plainly(tmp_path, steps):
+    """No 4.7 MB empty chart: a small page that says there is nothing to draw."""
+    path = write_loss_chart(steps, tmp_path / "chart.html", summary=summarize(steps), title="SFT loss — r1")
+    page = path.read_text()
+    assert "No data: the run recorded no training step with a loss" in page
+    assert "<title>SFT loss — r1</title>" in page
+    assert "Plotly" not in page and path.stat().st_size < 4096

@@ -134,3 +134,23 @@ def test_leftovers_of_a_killed_export_are_cleaned_and_replaced(tmp_path):
     assert not stale.exists()
     export_model(tmp_path / "run", tmp_path / "final_model")  # re-export replaces atomically
     assert sorted(os.listdir(tmp_path)) == ["final_model", "run"]
+
+
+def test_a_run_without_its_metrics_file_publishes_nothing(tmp_path):
+    """The export step checks the metrics before the model: no final_model, no latest.json."""
+    from airflow_provider_sft.core import constants as c
+    from airflow_provider_sft.core.steps import export
+
+    run = tmp_path / "runs" / "r1"
+    write_checkpoint(run / "hf_format" / "samples_100")
+    config = {
+        "run_dir": str(run),
+        "model_dir": str(run / "final_model"),
+        "metrics_path": str(run / "metrics.json"),
+        "latest_path": str(tmp_path / "latest.json"),
+        "prune": True,
+    }
+    with pytest.raises(ExportError, match=f"metrics file {run / c.METRICS_FILE} does not exist"):
+        export(config, log=lambda _line: None)
+    assert not (run / "final_model").exists() and not (tmp_path / "latest.json").exists()
+    assert (run / "hf_format" / "samples_100").is_dir()  # nothing pruned either

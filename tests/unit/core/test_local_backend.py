@@ -184,3 +184,92 @@ def test_secret_env_reaches_the_process_but_never_the_run_config(tmp_path):
     backend = LocalProcessBackend(secret_env={"HF_TOKEN": "hf_local_secret"})
     assert backend.environment(run)["HF_TOKEN"] == "hf_local_secret"
     assert "hf_local_secret" not in str(run.to_json_dict())
+
+
+@pytest.mark.parametrize(
+    ("mode", "memory", "timeout", "status", "message"),
+    [
+        pytest.param(
+            "chatty", "4Gi", 1.5, JobStatus.TIMED_OUT, "training did not finish within 1.5s", id="timeout"
+        ),
+        pytest.param(
+            "chatty-memory",
+            "256Mi",
+            8,
+            JobStatus.FAILED,
+            "over resource_memory_per_worker (256 MiB)",
+            id="memory",
+        ),
+    ],
+)
+def test_limits_stop_a_process_that_prints_steadily(
+    tmp_path, monkeypatch, mode, memory, timeout, status, message
+):
+    """A line every 20 ms never leaves the output quiet for a poll interval: the limits must not wait for that."""
+    monkeypatch.setenv("FAKE_TRAINING", mode)
+    backend = LocalProcessBackend(python=FAKE_PYTHON, grace_period_seconds=2, poll_interval_seconds=0.1)
+    handle = backend.submit(make_run(tmp_path, resource_memory_per_worker=memory))
+    outcome: list = []
+    waiter = threading.Thread(
+        target=lambda: outcome.append(
+            backend.wait(handle, on_log=lambda _line: None, timeout_seconds=timeout)
+        ),
+        daemon=True,
+    )
+    waiter.start()
+    waiter.join(timeout=20)
+    if not outcome:  # the bug: still following the output; stop it so the test ends
+        backend.cancel(handle)
+        waiter.join(timeout=30)
+    assert outcome and outcome[0].status is status, "a steadily printing process was never stopped"
+    assert message in outcome[0].message
+    assert not alive(handle.details["pid"])
+
+
+def test_an_oci_base_model_is_refused_before_the_local_backend_starts(tmp_path):
+    """Refused by the parameters, as on Kubernetes, not accepted here to fail in the process."""
+    with pytest.raises(InvalidParameterError, match="oci:// base models are not supported yet"):
+        LocalProcessBackend(python=FAKE_PYTHON).submit(
+            make_run(tmp_path, base_model="oci://quay.io/m/granite:1")
+        )
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.fixture
+def no_hub_token(tmp_path, monkeypatch):
+    for name in ("HF_TOKEN", "HF_TOKEN_PATH"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))  # no saved `hf auth login` token either
+
+
+@pytest.mark.parametrize(
+    ("base_model", "secret_env", "warned"),
+    [
+        pytest.param("Qwen/Qwen2.5-1.5B-Instruct", {}, True, id="hub-no-token"),
+        pytest.param("Qwen/Qwen2.5-1.5B-Instruct", {"HF_TOKEN": "hf_local_secret"}, False, id="hub-token"),
+        pytest.param("/models/base", {}, False, id="local-path"),
+    ],
+)
+def test_a_hub_base_model_without_a_token_is_warned_about_once(
+    tmp_path, monkeypatch, caplog, no_hub_token, base_model, secret_env, warned
+):
+    """A gated model would fail on the node, far from the cause: say where a token goes, never a value."""
+    monkeypatch.setenv("FAKE_TRAINING", "fail")
+    backend = LocalProcessBackend(python=FAKE_PYTHON, secret_env=secret_env)
+    with caplog.at_level("WARNING", logger="airflow_provider_sft"):
+        backend.wait(backend.submit(make_run(tmp_path, base_model=base_model)), on_log=lambda _line: None)
+    warnings = [r.getMessage() for r in caplog.records if "without a token" in r.getMessage()]
+    assert len(warnings) == (1 if warned else 0)
+    if warned:
+        assert "hf_conn_id" in warnings[0] and "HF_TOKEN" in warnings[0] and base_model in warnings[0]
+    assert "hf_local_secret" not in caplog.text
+
+
+def test_a_saved_hub_login_counts_as_a_token(tmp_path, monkeypatch, caplog, no_hub_token):
+    (tmp_path / "hf-home").mkdir()
+    (tmp_path / "hf-home" / "token").write_text("hf_saved")
+    monkeypatch.setenv("FAKE_TRAINING", "fail")
+    backend = LocalProcessBackend(python=FAKE_PYTHON)
+    with caplog.at_level("WARNING", logger="airflow_provider_sft"):
+        backend.wait(backend.submit(make_run(tmp_path, base_model="org/gated")), on_log=lambda _line: None)
+    assert "without a token" not in caplog.text

@@ -293,3 +293,31 @@ def test_values_a_cluster_or_the_trainer_would_refuse_later_are_refused_now(valu
     with pytest.raises(InvalidParameterError) as info:
         SFTParams.parse(values)
     assert list(info.value.errors) == [field]
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    [
+        pytest.param("full_shard", id="lower"),
+        pytest.param(" FULL_SHARD ", id="spaces"),
+        pytest.param("Full-Shard", id="hyphen"),
+        pytest.param("full shard", id="inner-space"),
+    ],
+)
+def test_sharding_strategy_is_read_as_the_seed_read_it(spelling):
+    """The seed upper-cased and stripped it: pipelines written for it pass lower case."""
+    assert SFTParams.parse({"fsdp_sharding_strategy": spelling}).fsdp_sharding_strategy is (
+        FSDPShardingStrategy.FULL_SHARD
+    )
+    assert (
+        SFTParams.from_component_kwargs(
+            training_fsdp_sharding_strategy=spelling.lower()
+        ).fsdp_sharding_strategy
+        is FSDPShardingStrategy.FULL_SHARD
+    )
+
+
+def test_an_oci_base_model_is_refused_when_the_parameters_are_read():
+    """One rule for every backend: the local one used to accept it and fail later."""
+    with pytest.raises(InvalidParameterError, match="base_model: oci:// base models are not supported yet"):
+        SFTParams.parse({"base_model": "oci://quay.io/models/granite:1"})

@@ -66,6 +66,7 @@ from airflow_provider_sft.core.backends.kubernetes.status import GONE, JobPhase,
 from airflow_provider_sft.core.backends.kubernetes.watch import WaitResult, follow_job
 from airflow_provider_sft.core.clock import SYSTEM_CLOCK, Clock
 from airflow_provider_sft.core.errors import InvalidParameterError, TrainingFailedError
+from airflow_provider_sft.core.params import hub_token_warning
 from airflow_provider_sft.core.run import TrainingRun
 from airflow_provider_sft.core.secret_env import looks_secret
 from airflow_provider_sft.core.steps import parse_result
@@ -191,12 +192,7 @@ class KubernetesBackend(TrainingBackend):
                     "environment), which goes through a Kubernetes Secret"
                 }
             )
-        if run.params.base_model.startswith("oci://"):
-            raise InvalidParameterError(
-                {
-                    "base_model": "oci:// base models are not supported yet; use a HuggingFace id or a path on the PVC"
-                }
-            )
+        self.work(run)  # the node pods' resources must agree with the training parameters
 
     def labels(self) -> dict[str, str]:
         base = {c.LABEL_MANAGED_BY: c.MANAGED_BY_VALUE, c.LABEL_COMPONENT: "sft-training"}
@@ -267,6 +263,8 @@ class KubernetesBackend(TrainingBackend):
     def submit(self, run: TrainingRun, *, timeout_seconds: float | None = None) -> JobHandle:
         """Create the TrainJob, or attach to the one an earlier attempt created."""
         self.preflight(run)
+        if not self.credentials.hf_token and (warning := hub_token_warning(run.params.base_model)):
+            log.warning(warning)
         return self._run(lambda client: self._submit(client, run, timeout_seconds))
 
     async def _submit(self, client: KubeClient, run: TrainingRun, timeout_seconds: float | None) -> JobHandle:
