@@ -13,12 +13,12 @@ chart (and 4.7 MB of inlined plotly.js) would only look like a broken one.
 from __future__ import annotations
 
 import html
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from airflow_provider_sft.core.files import atomic_write_bytes
 from airflow_provider_sft.core.metrics import SMOOTHING_WEIGHT, MetricsSummary, StepRecord, smooth
 
 DEFAULT_MAX_POINTS = 4000
@@ -133,19 +133,15 @@ def write_loss_chart(
 ) -> Path:
     """Write the chart (or, for a run without loss values, a "no data" page) to ``path`` atomically."""
     subtitle = _subtitle(summary)
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
     if not has_loss_data(records):
-        tmp.write_text(_no_data_page(title, subtitle), encoding="utf-8")
+        page = _no_data_page(title, subtitle)
     else:
         full_title = (
             f"{html.escape(title)}<br><sup>{html.escape(subtitle)}</sup>" if subtitle else html.escape(title)
         )
         figure = build_figure(records, title=full_title, max_points=max_points)
-        figure.write_html(tmp, include_plotlyjs=True, full_html=True, config={"displaylogo": False})
-    os.replace(tmp, target)
-    return target
+        page = figure.to_html(include_plotlyjs=True, full_html=True, config={"displaylogo": False})
+    return atomic_write_bytes(path, page.encode("utf-8"))
 
 
 def _no_data_page(title: str, subtitle: str) -> str:

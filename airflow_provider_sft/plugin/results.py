@@ -168,7 +168,7 @@ def render_page(task_id: str, run: str | None, results: Results | None) -> str:
         )
         body = f'<p class="note">{html.escape(note)}</p>'
     else:
-        from airflow_provider_sft.core.chart import build_figure
+        from airflow_provider_sft.core.chart import NO_DATA_MESSAGE, build_figure, has_loss_data
 
         records = [StepRecord(**step) for step in results.steps]
         metrics = results.metrics  # the export's summary: computed once, where the run was read
@@ -176,13 +176,16 @@ def render_page(task_id: str, run: str | None, results: Results | None) -> str:
             f"<tr><th>{label}</th><td>{_cell(metrics.get(key), spec)}</td></tr>"
             for key, label, spec in _METRIC_ROWS
         )
-        figure = build_figure(records, title=f"Training loss — {html.escape(results.run_name)}")
-        chart = figure.to_html(
-            full_html=False,
-            include_plotlyjs=False,
-            div_id="sft-loss-chart",
-            config={"displaylogo": False, "responsive": True},
-        )
+        if has_loss_data(records):
+            figure = build_figure(records, title=f"Training loss — {html.escape(results.run_name)}")
+            chart = figure.to_html(
+                full_html=False,
+                include_plotlyjs=False,
+                div_id="sft-loss-chart",
+                config={"displaylogo": False, "responsive": True},
+            )
+        else:  # an empty set of axes reads as a broken page
+            chart = f'<p class="note" id="sft-no-data">{html.escape(NO_DATA_MESSAGE)}</p>'
         body = (
             f"<h2>Training run {html.escape(results.run_name)}</h2>"
             f'<table id="sft-metrics">{rows}</table>{chart}'

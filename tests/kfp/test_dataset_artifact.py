@@ -11,9 +11,14 @@ import pytest
 from kfp import dsl
 
 from airflow_provider_sft.core.errors import DatasetError
-from airflow_provider_sft.kfp.runner import _dataset_path
+from airflow_provider_sft.kfp.runner import _dataset_source, _resolved
 from tests.dataset_files import ROWS, jsonl_bytes, parquet_bytes, write_jsonl
 from tests.servers import serve_directory
+
+
+def _dataset_path(dataset, pvc_path: str) -> str:
+    """What the runner does with the component's ``dataset`` input: locate it, then resolve it."""
+    return _resolved(*_dataset_source(dataset, pvc_path))
 
 
 def artifact(tmp_path, *, exists: bool, metadata=None):

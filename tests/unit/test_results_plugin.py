@@ -85,6 +85,14 @@ def test_the_page_has_the_metrics_and_the_chart_with_plotly_from_this_server():
     assert '<script src="../../../static/plotly.min.js">' in page
 
 
+def test_a_run_without_a_loss_says_no_data_instead_of_drawing_empty_axes():
+    results = dag_run("r1", "r2")
+    results["export_model"]["steps"] = [{**step, "loss": None} for step in STEPS[:3]]
+    page = render_page("train", *find_results(results, "train"))
+    assert 'id="sft-no-data"' in page and "no loss curve to draw" in page
+    assert "sft-loss-chart" not in page and 'id="sft-metrics"' in page
+
+
 def test_run_names_are_escaped_in_the_page():
     results = {"train": {"output_dir": "/w/runs/<script>x</script>"}}
     page = render_page("train", *find_results(results, "train"))
