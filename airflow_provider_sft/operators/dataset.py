@@ -46,6 +46,9 @@ class ResolveDatasetOperator(WorkspaceStepsMixin, LineageMixin, BaseOperator):
         ``revision``: branch, tag or commit (default: the source's ``@rev``, then the connection's,
         else ``main``). Given for any other kind of source, these three are an error.
     :param tokenizer: a ``tokenizer.json`` (or its directory) to report ``approx_tokens``.
+    :param max_decompressed_bytes: the most bytes the source's files may hold together once
+        decompressed (default 32 GiB; 0: no limit). A small ``.gz`` can expand to terabytes and
+        fill the workspace; past the limit the task fails naming the file, and writes nothing.
     :param hf_conn_id: a ``huggingface`` connection (token, endpoint); default ``HF_TOKEN``/``HF_ENDPOINT``.
     :param aws_conn_id: an ``aws`` connection for ``s3://`` (keys, region, ``endpoint_url`` extra);
         default: boto3's chain (environment, profile, role).
@@ -93,6 +96,7 @@ class ResolveDatasetOperator(WorkspaceStepsMixin, LineageMixin, BaseOperator):
         subset: str | None = None,
         revision: str | None = None,
         tokenizer: str | None = None,
+        max_decompressed_bytes: int | None = None,
         hf_conn_id: str | None = None,
         aws_conn_id: str | None = None,
         s3_endpoint_url: str | None = None,
@@ -116,6 +120,7 @@ class ResolveDatasetOperator(WorkspaceStepsMixin, LineageMixin, BaseOperator):
         self.subset = subset
         self.revision = revision
         self.tokenizer = tokenizer
+        self.max_decompressed_bytes = max_decompressed_bytes
         self.hf_conn_id = hf_conn_id
         self.aws_conn_id = aws_conn_id  # "" (an empty form field) means none, like None
         self.s3_endpoint_url = s3_endpoint_url
@@ -140,6 +145,7 @@ class ResolveDatasetOperator(WorkspaceStepsMixin, LineageMixin, BaseOperator):
             revision=self.revision,
             hf_default_revision=hub.get_revision(),
             tokenizer=self.tokenizer,
+            max_decompressed_bytes=self.max_decompressed_bytes,
             hf_endpoint=hub.get_endpoint(),
             hf_token=hub.get_token(),
             s3=s3_options(

@@ -36,12 +36,7 @@ from airflow_provider_sft.links import TrainingResultsLink, TrainJobConsoleLink
 from airflow_provider_sft.operators.failures import bad_input_is_final
 from airflow_provider_sft.operators.masking import mask_secret_envs
 from airflow_provider_sft.operators.training_log import log_training_line
-from airflow_provider_sft.operators.workspace import (
-    WorkspaceMode,
-    dag_run_dir_name,
-    kubernetes_backend,
-    workspace_mode,
-)
+from airflow_provider_sft.operators.workspace import dag_run_dir_name, kubernetes_backend, workspace_root
 from airflow_provider_sft.triggers.events import EventStatus, validate_event
 
 #: The training parameters, in the seed component's order (names without ``training_``).
@@ -301,10 +296,8 @@ class SFTTrainOperator(LineageMixin, BaseOperator):
         return dag_run_dir_name(self, context)  # the DAG run's directory: its dataset is there too
 
     def pod_workspace(self) -> str:
-        """The workspace root as the training process sees it."""
-        if workspace_mode(self.backend, self.workspace_mode) is WorkspaceMode.CLUSTER:
-            return self.pvc_mount_path or c.DEFAULT_WORKSPACE_MOUNT
-        return str(self.workspace)
+        """The workspace root as the training process sees it; never ``/``, a system or a home directory."""
+        return workspace_root(self.backend, self.workspace_mode, self.workspace, self.pvc_mount_path)
 
     def build_run(self, context: Any) -> TrainingRun:
         name = self._run_name(context)

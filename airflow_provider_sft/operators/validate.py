@@ -14,7 +14,7 @@ from airflow_provider_sft.core.files import checked_root, checked_target
 from airflow_provider_sft.core.params import SFTParams
 from airflow_provider_sft.operators.failures import FinalInvalidParameterError
 from airflow_provider_sft.operators.masking import mask_secret_envs
-from airflow_provider_sft.operators.workspace import WorkspaceMode, step_workspace, workspace_mode
+from airflow_provider_sft.operators.workspace import WorkspaceMode, workspace_mode, workspace_root
 
 
 class ValidateRunOperator(BaseOperator):
@@ -107,7 +107,7 @@ class ValidateRunOperator(BaseOperator):
             checked_root(self.workspace, field="workspace")
         if not (self.workspace or self.pvc_mount_path):
             return
-        root = step_workspace(self.backend, self.workspace_mode, self.workspace or "", self.pvc_mount_path)
+        root = workspace_root(self.backend, self.workspace_mode, self.workspace or "", self.pvc_mount_path)
         if self.model_dir:
             # In ``cluster`` mode the model's directory is on the PVC, seen only by the pods: its
             # contents are checked there, by the export step itself.

@@ -53,7 +53,7 @@ def workspace_mode(backend: str, mode: str | None) -> WorkspaceMode | None:
         ) from None
 
 
-def step_workspace(backend: str, mode: str | None, workspace: str, pvc_mount_path: str | None) -> str:
+def workspace_root(backend: str, mode: str | None, workspace: str, pvc_mount_path: str | None) -> str:
     """Where the workspace steps see the workspace, checked by the one confinement helper.
 
     ``pvc_mount_path`` in ``cluster`` mode (``/workspace`` by default), else ``workspace``;
@@ -149,7 +149,7 @@ class WorkspaceStepsMixin:
     @property
     def step_workspace(self) -> str:
         """The workspace root as the step sees it; never ``/``, a system or a home directory."""
-        return step_workspace(self.backend, self.workspace_mode, self.workspace, self.pvc_mount_path)
+        return workspace_root(self.backend, self.workspace_mode, self.workspace, self.pvc_mount_path)
 
     def step_run_name(self, context: Any) -> str:
         """This task's own job name (a step never takes the training job's name)."""

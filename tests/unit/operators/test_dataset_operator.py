@@ -60,6 +60,33 @@ def test_bad_options_fail_naming_every_parameter_before_reading(tmp_path):
     assert not (tmp_path / "dataset").exists()
 
 
+def test_max_decompressed_bytes_stops_a_source_that_expands_past_it(tmp_path):
+    """The cap is the operator's parameter too, not only the core's: a user can lower or lift it."""
+    import gzip
+
+    from airflow_provider_sft.core.errors import DatasetError
+    from airflow_provider_sft.core.sample_data import bundled_dataset_path
+
+    source = tmp_path / "data.jsonl.gz"
+    data = bundled_dataset_path().read_bytes()
+    source.write_bytes(gzip.compress(data))
+    workspace = tmp_path / "ws"
+    capped = ResolveDatasetOperator(
+        task_id="r", workspace=str(workspace), source=str(source), max_decompressed_bytes=len(data) // 2
+    )
+    with pytest.raises(DatasetError, match=rf"data\.jsonl\.gz: .*max_decompressed_bytes={len(data) // 2}"):
+        capped.execute({"run_id": "manual__1"})
+    assert not list(workspace.rglob("train.jsonl"))
+    with pytest.raises(InvalidParameterError, match="max_decompressed_bytes"):
+        ResolveDatasetOperator(
+            task_id="r", workspace=str(workspace), source=str(source), max_decompressed_bytes=-1
+        ).execute({"run_id": "manual__1"})
+    lifted = ResolveDatasetOperator(
+        task_id="r", workspace=str(workspace), source=str(source), max_decompressed_bytes=0
+    )
+    assert lifted.execute({"run_id": "manual__1"})["bytes"] > 0
+
+
 def test_every_option_is_templated():
     assert {
         "source",

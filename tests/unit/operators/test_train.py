@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -88,6 +89,19 @@ def test_a_run_name_that_is_not_a_dns_label_is_refused(tmp_path, name):
     with pytest.raises(InvalidParameterError, match="run_name"):
         op.execute(context())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.jsonl"]  # nothing created or removed
+
+
+@pytest.mark.parametrize("workspace", ["/", "/etc", "/home"])
+def test_a_system_workspace_is_refused_by_the_train_task_itself(tmp_path, workspace):
+    """A DAG without the validate task gets the same confinement: no ``/runs`` is created."""
+    (tmp_path / "d.jsonl").write_text("{}\n")
+    before = sorted(os.listdir(workspace))
+    op = SFTTrainOperator(
+        task_id="t", workspace=workspace, dataset_path=str(tmp_path / "d.jsonl"), resource_gpu_per_worker=0
+    )
+    with pytest.raises(InvalidParameterError, match=rf"workspace: '{workspace}' .*refused"):
+        op.execute(context())
+    assert sorted(os.listdir(workspace)) == before
 
 
 def test_run_name_is_stable_across_retries(tmp_path):
