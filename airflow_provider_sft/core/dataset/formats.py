@@ -16,7 +16,7 @@ import io
 import itertools
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from enum import Enum
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -188,42 +188,18 @@ def read_json_array(stream: BinaryIO, name: str) -> Iterator[Item]:
 
 
 def read_parquet(path: Path, name: str, mapping: Mapping, *, fast: bool = True) -> Iterator[Item]:
-    """Rows of a Parquet file, one row group at a time (``pre_buffer`` off: it caches every group read).
-
-    Chat columns (``messages: list<struct<role, content>>``) are checked a whole batch at a time
-    with Arrow compute; a batch that passes is written as lines built straight from its string
-    columns (one ``Validated`` item per batch). A batch with any doubt goes row by row, for the exact error.
-    """
+    """Rows of a Parquet file, one row group at a time (``pre_buffer`` off: it caches every group read)."""
     import pyarrow.parquet as pq
 
     try:
         parquet = pq.ParquetFile(path, pre_buffer=False)
     except Exception as error:  # pyarrow raises ArrowInvalid/OSError for a broken file
         raise DatasetError(f"{name}: not a readable Parquet file ({error})") from None
-    available = set(parquet.schema_arrow.names)
-    missing = [field for field in mapping.fields if field not in available]
-    if missing:
-        raise DatasetError(
-            f"{name}: Parquet column {missing[0]!r} is missing (columns: {', '.join(sorted(available)) or 'none'})"
-        )
-    columns = [*mapping.fields, *(f for f in OPTIONAL_FIELDS[mapping] if f in available)]
-    columnar = (
-        fast and mapping is Mapping.MESSAGES and _chat_column(parquet.schema_arrow.field("messages").type)
-    )
-    row = 0
-    try:
-        for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=columns, use_threads=False):
-            checked = _validated_lines(batch.column(0)) if columnar else None
-            if checked is not None:
-                blob, count = checked
-                row += count
-                yield "", Validated(count), blob
-                continue
-            for record in batch.to_pylist():
-                row += 1
-                yield f"{name}: row {row}", record, None
-    except OSError as error:
-        raise DatasetError(f"{name}: Parquet read failed after row {row} ({error})") from None
+
+    def batches(columns: list[str]) -> Iterable[Any]:
+        return parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=columns, use_threads=False)
+
+    yield from _table_rows("Parquet", name, parquet.schema_arrow, batches, mapping, fast=fast)
 
 
 def _chat_column(column_type: Any) -> bool:
@@ -366,8 +342,7 @@ def read_arrow(stream: BinaryIO, name: str, mapping: Mapping, *, fast: bool = Tr
     """Rows of an Arrow IPC stream (``datasets.save_to_disk()`` shards), one record batch at a time.
 
     Read front to back, never mapped or seeked, so a shard on a network stream works too; an IPC
-    *file* is a stream behind an 8-byte preamble. Chat batches take the columnar check of
-    :func:`read_parquet`.
+    *file* is a stream behind an 8-byte preamble.
     """
     import pyarrow as pa
 
@@ -377,18 +352,41 @@ def read_arrow(stream: BinaryIO, name: str, mapping: Mapping, *, fast: bool = Tr
         reader = pa.ipc.open_stream(stream)
     except (pa.ArrowInvalid, OSError) as error:
         raise DatasetError(f"{name}: not a readable Arrow file ({error})") from None
-    available = set(reader.schema.names)
+
+    def batches(columns: list[str]) -> Iterable[Any]:
+        return (batch.select(columns) for batch in reader)
+
+    yield from _table_rows("Arrow", name, reader.schema, batches, mapping, fast=fast)
+
+
+def _table_rows(
+    kind: str,
+    name: str,
+    schema: Any,
+    batches: Callable[[list[str]], Iterable[Any]],
+    mapping: Mapping,
+    *,
+    fast: bool,
+) -> Iterator[Item]:
+    """The items of a columnar file's record batches (``batches(columns)`` reads those columns only).
+
+    Chat columns (``messages: list<struct<role, content>>``) are checked a whole batch at a time
+    with Arrow compute; a batch that passes is written as lines built straight from its string
+    columns (one ``Validated`` item per batch). A batch with any doubt goes row by row, for the exact error.
+    """
+    import pyarrow as pa
+
+    available = set(schema.names)
     missing = [field for field in mapping.fields if field not in available]
     if missing:
         raise DatasetError(
-            f"{name}: Arrow column {missing[0]!r} is missing (columns: {', '.join(sorted(available)) or 'none'})"
+            f"{name}: {kind} column {missing[0]!r} is missing (columns: {', '.join(sorted(available)) or 'none'})"
         )
     columns = [*mapping.fields, *(f for f in OPTIONAL_FIELDS[mapping] if f in available)]
-    columnar = fast and mapping is Mapping.MESSAGES and _chat_column(reader.schema.field("messages").type)
+    columnar = fast and mapping is Mapping.MESSAGES and _chat_column(schema.field("messages").type)
     row = 0
     try:
-        for batch in reader:
-            batch = batch.select(columns)
+        for batch in batches(columns):
             checked = _validated_lines(batch.column(0)) if columnar else None
             if checked is not None:
                 blob, count = checked
@@ -399,7 +397,7 @@ def read_arrow(stream: BinaryIO, name: str, mapping: Mapping, *, fast: bool = Tr
                 row += 1
                 yield f"{name}: row {row}", record, None
     except (pa.ArrowInvalid, OSError) as error:
-        raise DatasetError(f"{name}: Arrow read failed after row {row} ({error})") from None
+        raise DatasetError(f"{name}: {kind} read failed after row {row} ({error})") from None
 
 
 def read_csv(stream: BinaryIO, name: str, mapping: Mapping) -> Iterator[Item]:
