@@ -31,25 +31,32 @@ def resolve(config: Mapping[str, Any], *, log: Logger, env: Mapping[str, str] = 
     from airflow_provider_sft.core.dataset import DatasetOptions, resolve_dataset
 
     options = DatasetOptions.from_settings(config.get("settings", {}), env)
-    shared_runs_dir(Path(config["workspace"]))
+    if config.get("dataset_dir"):  # the DAG run's directory, which its training pods write into
+        shared_dirs(Path(config["workspace"]), Path(config["dataset_dir"]).parent)
     stats = resolve_dataset(
         config["source"], config["workspace"], options, log=log, dataset_dir=config.get("dataset_dir")
     )
     return stats.to_dict()
 
 
-def shared_runs_dir(workspace: Path) -> Path:
-    """``<workspace>/runs``, group-writable when created here (setgid, like an fsGroup volume).
+def shared_dirs(workspace: Path, relative: Path) -> Path:
+    """``<workspace>/<relative>`` (``runs/<run>``), each level group-writable when created here
+    (setgid, like an fsGroup volume).
 
-    In ``shared`` mode the worker creates it and the training pods, another user of the same
-    group, write their runs into it.
+    In ``shared`` mode the worker resolves the dataset into the DAG run's directory, and the
+    training pods, another user of the same group, write their checkpoints next to it.
     """
-    runs = workspace / c.RUNS_DIR
-    if not runs.exists():
-        runs.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(OSError):  # not ours to change on some volumes
-            runs.chmod(0o2775)
-    return runs
+    from airflow_provider_sft.core.files import owned_path
+
+    owned_path(workspace / relative, workspace, field="dataset_dir")  # never a level outside it
+    path = workspace
+    for part in relative.parts:
+        path = path / part
+        if not path.exists():
+            path.mkdir(exist_ok=True)
+            with contextlib.suppress(OSError):  # not ours to change on some volumes
+                path.chmod(0o2775)
+    return path
 
 
 def export(config: Mapping[str, Any], *, log: Logger, env: Mapping[str, str] = os.environ) -> dict[str, Any]:
