@@ -49,6 +49,7 @@ def shared_dirs(workspace: Path, relative: Path) -> Path:
     from airflow_provider_sft.core.files import owned_path
 
     owned_path(workspace / relative, workspace, field="dataset_dir")  # never a level outside it
+    workspace.mkdir(parents=True, exist_ok=True)  # the workspace itself is the user's: as it comes
     path = workspace
     for part in relative.parts:
         path = path / part

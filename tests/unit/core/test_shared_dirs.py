@@ -31,3 +31,8 @@ def test_a_path_leading_out_of_the_workspace_creates_nothing(tmp_path):
     with pytest.raises(InvalidParameterError, match="dataset_dir"):
         shared_dirs(workspace, Path("../outside/run"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ws"]
+
+
+def test_a_workspace_that_does_not_exist_yet_is_created(tmp_path):
+    run = shared_dirs(tmp_path / "new" / "ws", Path("runs/r"))
+    assert run.is_dir() and run == tmp_path / "new" / "ws" / "runs" / "r"
