@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from airflow_provider_sft.core import constants as c
-from airflow_provider_sft.core.tiny_model import build_tiny_model
+from airflow_provider_sft.core.training.tiny_model import build_tiny_model
 from airflow_provider_sft.params_form import FORM_DEFAULTS_ENV
 from airflow_provider_sft.supervisor import supervise
 

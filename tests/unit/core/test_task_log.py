@@ -13,9 +13,9 @@ from airflow_provider_sft.core import constants as c
 from airflow_provider_sft.core.backends import JobStatus
 from airflow_provider_sft.core.backends.local import LocalProcessBackend
 from airflow_provider_sft.core.params import SFTParams
+from airflow_provider_sft.core.pod.protocol import Shown, classify, node_prefix
 from airflow_provider_sft.core.run import TrainingRun
 from airflow_provider_sft.core.sample_data import bundled_dataset_path
-from airflow_provider_sft.core.task_log import Shown, classify, node_prefix
 
 INFO, WARNING, ERROR = logging.INFO, logging.WARNING, logging.ERROR
 
@@ -184,7 +184,7 @@ def test_data_processing_prints_no_training_sample(tiny_model, tmp_path, capfd):
     import datasets
     from instructlab.training import data_process
 
-    from airflow_provider_sft.core.data_processing import process_chat_data
+    from airflow_provider_sft.core.training.data_processing import process_chat_data
 
     preview, bars_were_disabled = data_process.print_masked_samples, datasets.are_progress_bars_disabled()
     report = process_chat_data(

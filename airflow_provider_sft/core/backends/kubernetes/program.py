@@ -30,13 +30,13 @@ PROGRAM_DIR = "/opt/airflow-provider-sft"  # where the ConfigMap is mounted in t
 PROGRAM_FILE = "program.pyz"
 CONFIG_FILE = "config.json"
 _PACKAGE = Path(airflow_provider_sft.__file__).parent
-_LEFT_OUT = ("core/backends/", "core/chart.py", "core/tiny_model.py")
+_LEFT_OUT = ("core/backends/", "core/results/chart.py", "core/training/tiny_model.py")
 _MAIN = b"""import sys
 
-from airflow_provider_sft.core.steps import ERROR_PREFIX, missing_module  # stdlib only
+from airflow_provider_sft.core.pod.steps import ERROR_PREFIX, missing_module  # stdlib only
 
 try:
-    from airflow_provider_sft.core.entrypoint import main
+    from airflow_provider_sft.core.pod.entrypoint import main
 except ImportError as exc:  # the image lacks a module the program needs: one line that says which
     print(ERROR_PREFIX + missing_module(exc), flush=True)
     sys.exit(1)

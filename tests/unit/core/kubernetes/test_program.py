@@ -18,7 +18,7 @@ def names() -> list[str]:
 def test_the_program_carries_the_core_but_not_what_the_image_lacks():
     members = names()
     assert members[0] == "__main__.py"
-    assert "airflow_provider_sft/core/entrypoint.py" in members
+    assert "airflow_provider_sft/core/pod/entrypoint.py" in members
     assert "airflow_provider_sft/core/data/chat_sft_sample.jsonl" in members  # the bundled dataset
     assert not [m for m in members if "/backends/" in m or m.endswith(("chart.py", "tiny_model.py"))]
     assert not [m for m in members if "airflow_provider_sft/operators" in m or "__pycache__" in m]

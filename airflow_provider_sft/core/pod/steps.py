@@ -56,8 +56,8 @@ def export(config: Mapping[str, Any], *, log: Logger, env: Mapping[str, str] = o
     """``config``: ``run_dir``, ``model_dir``, ``metrics_path``, and ``latest_path``: a small JSON
     file naming the newest exported model, replaced atomically (never the model itself).
     The result carries the loss curve."""
-    from airflow_provider_sft.core.export import export_model, require_metrics_file
-    from airflow_provider_sft.core.metrics import read_step_records, summarize, write_summary
+    from airflow_provider_sft.core.results.export import export_model, require_metrics_file
+    from airflow_provider_sft.core.results.metrics import read_step_records, summarize, write_summary
 
     run_dir = Path(config["run_dir"])
     metrics_file = require_metrics_file(run_dir)  # before the model is published

@@ -17,7 +17,7 @@ import logging
 import re
 from typing import NamedTuple
 
-from airflow_provider_sft.core.steps import ERROR_PREFIX
+from airflow_provider_sft.core.pod.steps import ERROR_PREFIX
 
 PREFIX = "[sft] "
 #: A provider line whose message starts with this is a warning (``[sft] warning: ...``).
