@@ -37,7 +37,7 @@ from airflow_provider_sft.core.clock import SYSTEM_CLOCK, Clock
 from airflow_provider_sft.core.errors import DatasetError, InvalidParameterError
 from airflow_provider_sft.core.files import owned_path, remove_owned
 from airflow_provider_sft.core.params import hub_token_warning
-from airflow_provider_sft.core.pod.entrypoint import ERROR_PREFIX, default_cache_env
+from airflow_provider_sft.core.pod.entrypoint import default_cache_env
 from airflow_provider_sft.core.pod.protocol import classify, provider_line
 from airflow_provider_sft.core.run import DevicePlan, TrainingRun, cuda_device_count, plan_device
 
@@ -229,8 +229,8 @@ class LocalProcessBackend(TrainingBackend):
                 tail = [*tail[-19:], line]
                 if (shown := classify(line)) is not None:
                     on_log(shown.text)
-                    if shown.text.startswith(ERROR_PREFIX):
-                        last_error = shown.text.removeprefix(ERROR_PREFIX)
+                    if shown.error is not None:
+                        last_error = shown.error
         exit_code = process.popen.wait()
         if process.cancelled:
             return JobResult(JobStatus.CANCELLED, "training was cancelled", exit_code)

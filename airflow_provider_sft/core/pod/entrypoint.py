@@ -38,8 +38,14 @@ from airflow_provider_sft.core import constants as c
 from airflow_provider_sft.core import jsonio
 from airflow_provider_sft.core.errors import SFTError, TrainingFailedError
 from airflow_provider_sft.core.files import remove_owned
-from airflow_provider_sft.core.pod.protocol import PREFIX, WARNING_MARK, node_prefix
-from airflow_provider_sft.core.pod.steps import ERROR_PREFIX, missing_module
+from airflow_provider_sft.core.pod.protocol import (
+    PREFIX,
+    WARNING_MARK,
+    error_line,
+    missing_module,
+    node_prefix,
+    result_line,
+)
 from airflow_provider_sft.core.run import Device, TrainingRun, cuda_device_count, plan_device
 from airflow_provider_sft.core.training.nodes import (
     Topology,
@@ -245,19 +251,21 @@ def main(argv: list[str] | None = None) -> int:
         if step == "train":
             run(TrainingRun.from_json_dict(config))
         else:
-            from airflow_provider_sft.core.pod.steps import STEPS, result_line
+            from airflow_provider_sft.core.pod.steps import STEPS
 
             print(result_line(STEPS[step](config, log=_log)), flush=True)
     except SFTError as exc:
-        print(f"{ERROR_PREFIX}{exc}", flush=True)
+        print(error_line(str(exc)), flush=True)
         return 1
     except ImportError as exc:
-        print(f"{ERROR_PREFIX}{missing_module(exc)}", flush=True)
+        print(error_line(missing_module(exc)), flush=True)
         return 1
     except PermissionError as exc:
         print(
-            f"{ERROR_PREFIX}permission denied: {exc.filename or exc}: the pod's user (uid {os.getuid()}, "
-            f"gid {os.getgid()}) may not access it",
+            error_line(
+                f"permission denied: {exc.filename or exc}: the pod's user (uid {os.getuid()}, "
+                f"gid {os.getgid()}) may not access it"
+            ),
             flush=True,
         )
         return 1
@@ -265,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         import traceback
 
         traceback.print_exc()
-        print(f"{ERROR_PREFIX}{step} failed: {type(exc).__name__}: {exc}", flush=True)
+        print(error_line(f"{step} failed: {type(exc).__name__}: {exc}"), flush=True)
         return 1
     return 0
 

@@ -33,12 +33,12 @@ _PACKAGE = Path(airflow_provider_sft.__file__).parent
 _LEFT_OUT = ("core/backends/", "core/results/chart.py", "core/training/tiny_model.py")
 _MAIN = b"""import sys
 
-from airflow_provider_sft.core.pod.steps import ERROR_PREFIX, missing_module  # stdlib only
+from airflow_provider_sft.core.pod.protocol import error_line, missing_module  # stdlib only
 
 try:
     from airflow_provider_sft.core.pod.entrypoint import main
 except ImportError as exc:  # the image lacks a module the program needs: one line that says which
-    print(ERROR_PREFIX + missing_module(exc), flush=True)
+    print(error_line(missing_module(exc)), flush=True)
     sys.exit(1)
 sys.exit(main())
 """
