@@ -18,6 +18,7 @@ defaults trains it, and the train task's *Training results* tab shows the loss c
 from __future__ import annotations
 
 import argparse
+import importlib.resources
 import json
 import os
 import re
@@ -28,13 +29,14 @@ import time
 from pathlib import Path
 
 from airflow_provider_sft.core import constants as c
-from airflow_provider_sft.core.tiny_model import build_tiny_model
+from airflow_provider_sft.core.training.tiny_model import build_tiny_model
 from airflow_provider_sft.params_form import FORM_DEFAULTS_ENV
 from airflow_provider_sft.supervisor import supervise
 
 DAG_ID = "sft_pipeline"
-#: The example DAG, shipped inside the package: the demo works from any directory.
-EXAMPLE_DAGS = Path(__file__).parent / "example_dags"
+#: The example DAGs: the repository's top-level ``dags/``, installed as the package
+#: ``airflow_provider_sft.example_dags`` (see pyproject.toml), so the demo works from any directory.
+EXAMPLE_DAGS = Path(str(importlib.resources.files("airflow_provider_sft.example_dags")))
 
 #: Sized for a 2-core machine: 180 optimizer steps on the bundled dataset, about 40 s on one thread.
 DEMO_TRAINING = {

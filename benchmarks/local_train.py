@@ -27,11 +27,11 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from airflow_provider_sft.core.cpu_trainer import train_on_cpu
-from airflow_provider_sft.core.data_processing import process_chat_data
 from airflow_provider_sft.core.params import SFTParams
 from airflow_provider_sft.core.sample_data import bundled_dataset_path
-from airflow_provider_sft.core.tiny_model import build_tiny_model
+from airflow_provider_sft.core.training.cpu_trainer import train_on_cpu
+from airflow_provider_sft.core.training.data_processing import process_chat_data
+from airflow_provider_sft.core.training.tiny_model import build_tiny_model
 
 BATCH = 8
 LR = 1e-3

@@ -22,7 +22,7 @@ collect_ignore = [] if importlib.util.find_spec("kfp") else ["kfp"]
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     """A tiny Llama + tokenizer trained on the bundled dataset's text, built once per session."""
-    from airflow_provider_sft.core.tiny_model import build_tiny_model
+    from airflow_provider_sft.core.training.tiny_model import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
 

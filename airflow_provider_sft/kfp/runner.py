@@ -29,13 +29,13 @@ from typing import Any
 
 from airflow_provider_sft.core import constants as c
 from airflow_provider_sft.core.backends import BackendName, JobStatus, TrainingBackend
-from airflow_provider_sft.core.chart import write_loss_chart
 from airflow_provider_sft.core.dataset import artifact_location, resolve_dataset
 from airflow_provider_sft.core.errors import DatasetError, InvalidParameterError, TrainingFailedError
-from airflow_provider_sft.core.export import export_model, require_metrics_file
 from airflow_provider_sft.core.files import checked_root
-from airflow_provider_sft.core.metrics import read_step_records, summarize, write_summary
 from airflow_provider_sft.core.params import COMPONENT_PARAMETER_PREFIX, SFTParams
+from airflow_provider_sft.core.results.chart import write_loss_chart
+from airflow_provider_sft.core.results.export import export_model, require_metrics_file
+from airflow_provider_sft.core.results.metrics import read_step_records, summarize, write_summary
 from airflow_provider_sft.core.run import TrainingRun, run_name
 
 COMPLETED = "training completed"

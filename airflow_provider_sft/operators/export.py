@@ -9,9 +9,9 @@ from typing import Any
 from airflow.sdk import BaseOperator
 
 from airflow_provider_sft.core import constants as c
-from airflow_provider_sft.core.chart import write_loss_chart
-from airflow_provider_sft.core.metrics import MetricsSummary, StepRecord, read_step_records, summarize
-from airflow_provider_sft.core.progress import summary_line
+from airflow_provider_sft.core.results.chart import write_loss_chart
+from airflow_provider_sft.core.results.metrics import MetricsSummary, StepRecord, read_step_records, summarize
+from airflow_provider_sft.core.training.progress import summary_line
 from airflow_provider_sft.lineage import LineageMixin
 from airflow_provider_sft.links import TrainingResultsLink
 from airflow_provider_sft.operators.failures import bad_input_is_final

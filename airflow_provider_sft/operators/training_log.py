@@ -1,6 +1,6 @@
 """The training program's lines in the Airflow task log, at their level, under their own logger.
 
-The backends pass on only the provider's own lines (:mod:`airflow_provider_sft.core.task_log`);
+The backends pass on only the provider's own lines (:mod:`airflow_provider_sft.core.pod.protocol`);
 a dedicated logger lets the UI's source filter separate them from Airflow's and the operator's.
 """
 
@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import logging
 
-from airflow_provider_sft.core.task_log import classify
+from airflow_provider_sft.core.pod.protocol import classify
 
-#: The training's lines in the task log: the backends pass the provider's own (see core.task_log).
+#: The training's lines in the task log: the backends pass the provider's own (see core.pod.protocol).
 TRAINING_LOG = logging.getLogger("airflow_provider_sft.training")
 
 

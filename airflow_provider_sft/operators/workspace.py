@@ -22,8 +22,8 @@ from airflow_provider_sft.core import constants as c
 from airflow_provider_sft.core.backends.base import BackendName
 from airflow_provider_sft.core.errors import InvalidParameterError
 from airflow_provider_sft.core.files import checked_root
+from airflow_provider_sft.core.pod.steps import STEPS
 from airflow_provider_sft.core.run import dag_run_name, run_name
-from airflow_provider_sft.core.steps import STEPS
 from airflow_provider_sft.operators.training_log import log_training_line
 
 

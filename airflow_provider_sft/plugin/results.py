@@ -26,7 +26,7 @@ from fastapi import Depends, FastAPI, HTTPException, Query
 from fastapi.responses import FileResponse, HTMLResponse
 from sqlalchemy import select
 
-from airflow_provider_sft.core.metrics import StepRecord
+from airflow_provider_sft.core.results.metrics import StepRecord
 
 PREFIX = "/sft"
 _RUN_FILE_KEYS = ("metrics_path", "model_path", "chart_path")
@@ -168,7 +168,7 @@ def render_page(task_id: str, run: str | None, results: Results | None) -> str:
         )
         body = f'<p class="note">{html.escape(note)}</p>'
     else:
-        from airflow_provider_sft.core.chart import NO_DATA_MESSAGE, build_figure, has_loss_data
+        from airflow_provider_sft.core.results.chart import NO_DATA_MESSAGE, build_figure, has_loss_data
 
         records = [StepRecord(**step) for step in results.steps]
         metrics = results.metrics  # the export's summary: computed once, where the run was read

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Stand-in for the training interpreter in local-backend tests of waiting and cancellation.
 
-The local backend starts ``<python> -m airflow_provider_sft.core.entrypoint train CONFIG``.
+The local backend starts ``<python> -m airflow_provider_sft.core.pod.entrypoint train CONFIG``.
 Pointing it at this script instead gives a "training" whose behaviour the test
 chooses through FAKE_TRAINING: ``sleep`` (runs forever and starts a child
 process, like data-processing workers), ``memory`` (grows its memory) or

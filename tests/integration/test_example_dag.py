@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from airflow_provider_sft.core import constants as c
-from airflow_provider_sft.core.export import verify_manifest
+from airflow_provider_sft.core.results.export import verify_manifest
 from airflow_provider_sft.demo import DEMO_TRAINING, EXAMPLE_DAGS, generate_reply, run_pipeline
 
 pytestmark = pytest.mark.slow

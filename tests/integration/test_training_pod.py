@@ -12,8 +12,8 @@ import pytest
 
 from airflow_provider_sft.core import constants as c
 from airflow_provider_sft.core.backends.kubernetes import KubernetesBackend, KubernetesConfig
-from airflow_provider_sft.core.metrics import read_step_records
 from airflow_provider_sft.core.params import SFTParams
+from airflow_provider_sft.core.results.metrics import read_step_records
 from airflow_provider_sft.core.run import TrainingRun
 from airflow_provider_sft.core.sample_data import bundled_dataset_path
 from airflow_provider_sft.demo import DEMO_TRAINING

@@ -230,7 +230,7 @@ def test_ctrl_c_on_the_demo_mid_training_leaves_no_process_of_it_behind(tmp_path
         time.sleep(5)  # the training process is up
         tree = process_tree(demo.process.pid)
         commands = " ".join(" ".join(p.cmdline()) for p in tree.values() if p.is_running())
-        assert "airflow_provider_sft.core.entrypoint train" in commands  # the training, its own group
+        assert "airflow_provider_sft.core.pod.entrypoint train" in commands  # the training, its own group
         assert len(tree) >= 8  # standalone, its 4 components, executor workers, the task, the training
         demo.process.send_signal(signal.SIGINT)  # what Ctrl-C in the terminal sends
         deadline = time.monotonic() + 30

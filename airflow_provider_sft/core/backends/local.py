@@ -3,7 +3,7 @@
 The process runs in its own session (process group), so cancellation reaches
 everything it started (data-processing workers, torchrun children): SIGTERM to
 the group, then SIGKILL after a grace period. Every output line is kept in
-``<run>/train.log``; the caller gets the provider's own lines (see :mod:`task_log`), and
+``<run>/train.log``; the caller gets the provider's own lines (see :mod:`pod.protocol`), and
 a line naming that file when the wait starts and ends. ``resource_memory_per_worker`` is
 enforced like a kubelet would: the run is stopped when the resident memory of
 its process group goes above it.
@@ -34,12 +34,12 @@ from airflow_provider_sft.core.backends.base import (
     TrainingBackend,
 )
 from airflow_provider_sft.core.clock import SYSTEM_CLOCK, Clock
-from airflow_provider_sft.core.entrypoint import ERROR_PREFIX, default_cache_env
 from airflow_provider_sft.core.errors import DatasetError, InvalidParameterError
 from airflow_provider_sft.core.files import owned_path, remove_owned
 from airflow_provider_sft.core.params import hub_token_warning
+from airflow_provider_sft.core.pod.entrypoint import default_cache_env
+from airflow_provider_sft.core.pod.protocol import classify, provider_line
 from airflow_provider_sft.core.run import DevicePlan, TrainingRun, cuda_device_count, plan_device
-from airflow_provider_sft.core.task_log import classify, provider_line
 
 _EOF = object()
 log = logging.getLogger(__name__)
@@ -170,7 +170,7 @@ class LocalProcessBackend(TrainingBackend):
         if not _has_hub_token(env) and (warning := hub_token_warning(run.params.base_model)):
             log.warning(warning)
         popen = subprocess.Popen(
-            [self.python, "-m", "airflow_provider_sft.core.entrypoint", "train", str(config_path)],
+            [self.python, "-m", "airflow_provider_sft.core.pod.entrypoint", "train", str(config_path)],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -229,8 +229,8 @@ class LocalProcessBackend(TrainingBackend):
                 tail = [*tail[-19:], line]
                 if (shown := classify(line)) is not None:
                     on_log(shown.text)
-                    if shown.text.startswith(ERROR_PREFIX):
-                        last_error = shown.text.removeprefix(ERROR_PREFIX)
+                    if shown.error is not None:
+                        last_error = shown.error
         exit_code = process.popen.wait()
         if process.cancelled:
             return JobResult(JobStatus.CANCELLED, "training was cancelled", exit_code)

@@ -8,8 +8,8 @@ import re
 import numpy as np
 import pytest
 
-from airflow_provider_sft.core.chart import downsample, write_loss_chart
-from airflow_provider_sft.core.metrics import StepRecord, smooth, summarize
+from airflow_provider_sft.core.results.chart import downsample, write_loss_chart
+from airflow_provider_sft.core.results.metrics import StepRecord, smooth, summarize
 
 
 def records(n, spike_at=None):

@@ -13,8 +13,8 @@ import subprocess
 
 import pytest
 
-from airflow_provider_sft.core.chart import write_loss_chart
-from airflow_provider_sft.core.metrics import StepRecord
+from airflow_provider_sft.core.results.chart import write_loss_chart
+from airflow_provider_sft.core.results.metrics import StepRecord
 
 CHROMIUM = shutil.which("chromium")
 OFFLINE_FLAGS = [

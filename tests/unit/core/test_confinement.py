@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from airflow_provider_sft.core.errors import InvalidParameterError
-from airflow_provider_sft.core.export import export_model
 from airflow_provider_sft.core.files import owned_path, remove_owned
+from airflow_provider_sft.core.results.export import export_model
 from airflow_provider_sft.core.run import check_run_name
 from tests.unit.core.test_export import write_checkpoint
 

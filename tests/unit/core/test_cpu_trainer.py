@@ -10,11 +10,16 @@ import statistics
 import pytest
 
 from airflow_provider_sft.core import constants as c
-from airflow_provider_sft.core.cpu_trainer import Sample, optimizer_steps, pack_micro_batches, train_on_cpu
-from airflow_provider_sft.core.data_processing import process_chat_data
-from airflow_provider_sft.core.export import checkpoint_problem
 from airflow_provider_sft.core.params import SFTParams
+from airflow_provider_sft.core.results.export import checkpoint_problem
 from airflow_provider_sft.core.sample_data import bundled_dataset_path
+from airflow_provider_sft.core.training.cpu_trainer import (
+    Sample,
+    optimizer_steps,
+    pack_micro_batches,
+    train_on_cpu,
+)
+from airflow_provider_sft.core.training.data_processing import process_chat_data
 
 
 def test_micro_batches_respect_the_token_budget():

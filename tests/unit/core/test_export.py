@@ -7,9 +7,9 @@ import os
 
 import pytest
 
-from airflow_provider_sft.core import export as export_module
 from airflow_provider_sft.core.errors import ExportError
-from airflow_provider_sft.core.export import (
+from airflow_provider_sft.core.results import export as export_module
+from airflow_provider_sft.core.results.export import (
     checkpoint_problem,
     export_model,
     select_final_checkpoint,
@@ -139,7 +139,7 @@ def test_leftovers_of_a_killed_export_are_cleaned_and_replaced(tmp_path):
 def test_a_run_without_its_metrics_file_publishes_nothing(tmp_path):
     """The export step checks the metrics before the model: no final_model, no latest.json."""
     from airflow_provider_sft.core import constants as c
-    from airflow_provider_sft.core.steps import export
+    from airflow_provider_sft.core.pod.steps import export
 
     run = tmp_path / "runs" / "r1"
     write_checkpoint(run / "hf_format" / "samples_100")

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from airflow_provider_sft.core.instructlab_command import build_command, main_ds_path
 from airflow_provider_sft.core.params import SFTParams
+from airflow_provider_sft.core.training.instructlab_command import build_command, main_ds_path
 
 
 def main_ds_flags() -> set[str]:
@@ -107,8 +107,8 @@ def test_torchrun_launch(env, values, expected):
 
 def test_a_retry_starts_clean_instead_of_resuming(tmp_path):
     """instructlab-training resumes from any full_state/: an earlier attempt's is removed first."""
-    from airflow_provider_sft.core.entrypoint import start_clean
-    from airflow_provider_sft.core.nodes import Topology
+    from airflow_provider_sft.core.pod.entrypoint import start_clean
+    from airflow_provider_sft.core.training.nodes import Topology
 
     (tmp_path / "full_state" / "epoch_0").mkdir(parents=True)
     (tmp_path / "hf_format" / "samples_64").mkdir(parents=True)

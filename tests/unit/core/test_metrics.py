@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from airflow_provider_sft.core.metrics import (
+from airflow_provider_sft.core.results.metrics import (
     SMOOTHING_WEIGHT,
     perplexity,
     read_step_records,

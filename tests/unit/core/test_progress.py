@@ -6,7 +6,7 @@ import json
 import time
 from datetime import datetime, timedelta
 
-from airflow_provider_sft.core.progress import MetricsFollower, is_progress_step, progress_line
+from airflow_provider_sft.core.training.progress import MetricsFollower, is_progress_step, progress_line
 
 START = datetime(2026, 1, 1, 12, 0, 0)
 
@@ -138,10 +138,11 @@ def test_on_cuda_the_entrypoint_prints_progress_from_the_metrics_file(tmp_path, 
     import sys
 
     from airflow_provider_sft.core import constants as c
-    from airflow_provider_sft.core import entrypoint, instructlab_command
     from airflow_provider_sft.core.params import SFTParams
+    from airflow_provider_sft.core.pod import entrypoint
+    from airflow_provider_sft.core.pod.protocol import classify
     from airflow_provider_sft.core.run import TrainingRun
-    from airflow_provider_sft.core.task_log import classify
+    from airflow_provider_sft.core.training import instructlab_command
 
     run = TrainingRun(
         name="cuda-run",
@@ -172,8 +173,8 @@ def test_on_cuda_the_entrypoint_prints_progress_from_the_metrics_file(tmp_path, 
 
 
 def test_the_summary_line_says_where_the_loss_ended():
-    from airflow_provider_sft.core.metrics import StepRecord, summarize
-    from airflow_provider_sft.core.progress import summary_line
+    from airflow_provider_sft.core.results.metrics import StepRecord, summarize
+    from airflow_provider_sft.core.training.progress import summary_line
 
     records = [
         StepRecord(

@@ -13,9 +13,17 @@ from airflow_provider_sft.core import constants as c
 from airflow_provider_sft.core.backends import JobStatus
 from airflow_provider_sft.core.backends.local import LocalProcessBackend
 from airflow_provider_sft.core.params import SFTParams
+from airflow_provider_sft.core.pod.protocol import (
+    Shown,
+    classify,
+    error_line,
+    node_prefix,
+    parse_result,
+    provider_line,
+    result_line,
+)
 from airflow_provider_sft.core.run import TrainingRun
 from airflow_provider_sft.core.sample_data import bundled_dataset_path
-from airflow_provider_sft.core.task_log import Shown, classify, node_prefix
 
 INFO, WARNING, ERROR = logging.INFO, logging.WARNING, logging.ERROR
 
@@ -59,6 +67,25 @@ def test_node_prefix():
     assert node_prefix(0, 1) == "[sft] "
     assert node_prefix(1, 3) == "[sft node 1/3] "
     assert classify(node_prefix(2, 3) + "done").level == INFO
+
+
+def test_a_steps_result_line_round_trips_is_never_shown_and_the_last_one_counts():
+    result = {"records": 3, "path": "/ws/dätä set/train.jsonl", "stats": {"skipped": None}}
+    line = result_line(result)
+    assert line.startswith("SFT_RESULT ") and "\n" not in line
+    assert classify(line) is None
+    assert (
+        parse_result([provider_line("resolved"), result_line({"records": 1}), line, "a trailing line"])
+        == result
+    )
+    assert parse_result([provider_line("resolved"), "ERROR: no result"]) is None
+
+
+def test_the_error_line_is_shown_as_an_error_and_its_message_is_the_failure():
+    shown = classify("bar 50%\r" + error_line("train failed: OSError: disk full"))
+    assert shown == Shown(ERROR, "ERROR: train failed: OSError: disk full")
+    assert shown.error == "train failed: OSError: disk full"
+    assert classify(provider_line("ERROR: quoted, not a failure")).error is None
 
 
 MIXED_OUTPUT = [
@@ -184,7 +211,7 @@ def test_data_processing_prints_no_training_sample(tiny_model, tmp_path, capfd):
     import datasets
     from instructlab.training import data_process
 
-    from airflow_provider_sft.core.data_processing import process_chat_data
+    from airflow_provider_sft.core.training.data_processing import process_chat_data
 
     preview, bars_were_disabled = data_process.print_masked_samples, datasets.are_progress_bars_disabled()
     report = process_chat_data(

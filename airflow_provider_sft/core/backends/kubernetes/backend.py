@@ -67,9 +67,9 @@ from airflow_provider_sft.core.backends.kubernetes.watch import WaitResult, foll
 from airflow_provider_sft.core.clock import SYSTEM_CLOCK, Clock
 from airflow_provider_sft.core.errors import InvalidParameterError, TrainingFailedError
 from airflow_provider_sft.core.params import hub_token_warning
+from airflow_provider_sft.core.pod.protocol import parse_result
 from airflow_provider_sft.core.run import TrainingRun
 from airflow_provider_sft.core.secret_env import looks_secret
-from airflow_provider_sft.core.steps import parse_result
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

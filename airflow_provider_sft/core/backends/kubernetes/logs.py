@@ -2,7 +2,7 @@
 and backfilled at the end with what the task log has not got yet.
 
 The pod log is the run's full output; the task log shows its provider lines (see
-:mod:`~airflow_provider_sft.core.task_log`), through a :class:`PodLog`. Every read asks for
+:mod:`~airflow_provider_sft.core.pod.protocol`), through a :class:`PodLog`. Every read asks for
 timestamps: a read after a cut (an API-server restart, a proxy's idle timeout) starts at the
 last timestamp the task log has (``sinceTime``), and the lines it has at that timestamp are
 skipped, so no line is shown twice and none is lost.
@@ -22,8 +22,7 @@ from airflow_provider_sft.core.backends.kubernetes.client import KubeClient
 from airflow_provider_sft.core.backends.kubernetes.kinds import JobResource
 from airflow_provider_sft.core.backends.kubernetes.retry import KubeApiError, is_transient
 from airflow_provider_sft.core.clock import Clock
-from airflow_provider_sft.core.steps import ERROR_PREFIX, RESULT_PREFIX
-from airflow_provider_sft.core.task_log import classify, provider_line
+from airflow_provider_sft.core.pod.protocol import classify, is_result_line, provider_line
 
 log = logging.getLogger(__name__)
 LOG_START_TIMEOUT_SECONDS = 300  # how long to keep asking for a log whose container has not started
@@ -121,15 +120,15 @@ class PodLog:
 
     def pod_line(self, line: str) -> None:
         self.lines += 1
-        if line.startswith(RESULT_PREFIX):
+        if is_result_line(line):
             self.result_line = line
             return
         shown = classify(line)
         self._recent.append((line, shown is not None))
         if shown is None:
             return
-        if shown.text.startswith(ERROR_PREFIX):
-            self.last_error = shown.text.removeprefix(ERROR_PREFIX)
+        if shown.error is not None:
+            self.last_error = shown.error
         self.sink(shown.text)
 
     def show_failure_context(self) -> None:

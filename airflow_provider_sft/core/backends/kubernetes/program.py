@@ -9,9 +9,12 @@ TrainJob owns, next to the JSON config of the run, and mounted read-only at
 the same reason; a zip keeps it one code base with the local backend, not a second copy.
 
 The zip is built from this installed package, byte for byte reproducibly (fixed timestamps,
-sorted entries), so its sha256 names the exact program a pod ran. It leaves out what the pod
-never imports and the image does not have: the backends (Kubernetes clients), the chart
-(plotly) and the test-model builder.
+sorted entries), so its sha256 names the exact program a pod ran. It carries what
+:data:`CARRIED` lists, and only that: the pod program (``core/pod/``), what it imports, and the
+bundled dataset. A new module goes to pods only when it is added there, so the backends
+(Kubernetes clients), the chart (plotly), the test-model builder and whatever comes next stay
+on the Airflow side. A test holds the list to the program's imports, and runs the zip in an
+interpreter that has only what the training image has.
 """
 
 from __future__ import annotations
@@ -30,15 +33,40 @@ PROGRAM_DIR = "/opt/airflow-provider-sft"  # where the ConfigMap is mounted in t
 PROGRAM_FILE = "program.pyz"
 CONFIG_FILE = "config.json"
 _PACKAGE = Path(airflow_provider_sft.__file__).parent
-_LEFT_OUT = ("core/backends/", "core/chart.py", "core/tiny_model.py")
+#: What the pod program is made of, relative to the package: packages (``/``: all their modules)
+#: and single modules. The pod imports these and nothing else of the package.
+CARRIED = (
+    "__init__.py",
+    "core/__init__.py",
+    "core/constants.py",
+    "core/errors.py",
+    "core/files.py",
+    "core/jsonio.py",
+    "core/params.py",
+    "core/quantity.py",
+    "core/run.py",
+    "core/sample_data.py",
+    "core/data/",  # the bundled chat dataset (the ``bundled`` source)
+    "core/dataset/",  # the ``resolve`` step
+    "core/pod/",  # the program: entrypoint, steps, protocol
+    "core/results/__init__.py",
+    "core/results/export.py",  # the ``export`` step
+    "core/results/metrics.py",
+    "core/training/__init__.py",
+    "core/training/cpu_trainer.py",
+    "core/training/data_processing.py",
+    "core/training/instructlab_command.py",
+    "core/training/nodes.py",
+    "core/training/progress.py",
+)
 _MAIN = b"""import sys
 
-from airflow_provider_sft.core.steps import ERROR_PREFIX, missing_module  # stdlib only
+from airflow_provider_sft.core.pod.protocol import error_line, missing_module  # stdlib only
 
 try:
-    from airflow_provider_sft.core.entrypoint import main
+    from airflow_provider_sft.core.pod.entrypoint import main
 except ImportError as exc:  # the image lacks a module the program needs: one line that says which
-    print(ERROR_PREFIX + missing_module(exc), flush=True)
+    print(error_line(missing_module(exc)), flush=True)
     sys.exit(1)
 sys.exit(main())
 """
@@ -46,16 +74,19 @@ sys.exit(main())
 CONFIGMAP_LIMIT = 1024 * 1024
 
 
-def _members() -> list[tuple[str, bytes]]:
-    files = [_PACKAGE / "__init__.py"]
-    for path in sorted((_PACKAGE / "core").rglob("*")):
-        relative = path.relative_to(_PACKAGE).as_posix()
-        if path.is_dir() or "__pycache__" in relative or relative.startswith(_LEFT_OUT):
-            continue
-        if path.suffix == ".py" or relative.startswith("core/data/"):
+def _members(package: Path = _PACKAGE) -> list[tuple[str, bytes]]:
+    """The zip's entries: ``__main__.py``, then :data:`CARRIED` read from ``package``."""
+    files: list[Path] = []
+    for entry in CARRIED:
+        path = package / entry
+        if not path.exists():  # a module moved or renamed: the pod would fail to import it
+            raise FileNotFoundError(f"the pod program lists {entry}, which {package} does not have")
+        if entry.endswith("/"):
+            files += [p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+        else:
             files.append(path)
-    members = [(f"airflow_provider_sft/{p.relative_to(_PACKAGE).as_posix()}", p.read_bytes()) for p in files]
-    return [("__main__.py", _MAIN), *members]
+    members = [(f"airflow_provider_sft/{p.relative_to(package).as_posix()}", p.read_bytes()) for p in files]
+    return [("__main__.py", _MAIN), *sorted(members)]
 
 
 @functools.cache

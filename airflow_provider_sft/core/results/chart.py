@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from airflow_provider_sft.core.files import atomic_write_bytes
-from airflow_provider_sft.core.metrics import SMOOTHING_WEIGHT, MetricsSummary, StepRecord, smooth
+from airflow_provider_sft.core.results.metrics import SMOOTHING_WEIGHT, MetricsSummary, StepRecord, smooth
 
 DEFAULT_MAX_POINTS = 4000
 NO_DATA_MESSAGE = "No data: the run recorded no training step with a loss, so there is no loss curve to draw."

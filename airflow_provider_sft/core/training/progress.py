@@ -2,7 +2,7 @@
 
 The CPU loop prints them as it trains. On CUDA, instructlab-training trains in a torchrun
 subprocess whose own output only the full log keeps (the task log shows the provider's lines:
-see :mod:`task_log`), so :class:`MetricsFollower` prints the same lines from the metrics file
+see :mod:`pod.protocol`), so :class:`MetricsFollower` prints the same lines from the metrics file
 instructlab writes, one JSON line per optimizer step, while the subprocess runs.
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from airflow_provider_sft.core.metrics import LOSS_KEYS, MetricsSummary
+from airflow_provider_sft.core.results.metrics import LOSS_KEYS, MetricsSummary
 
 Logger = Callable[[str], None]
 PROGRESS_LINES = 20  # about this many progress lines per run

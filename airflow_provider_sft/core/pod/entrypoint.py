@@ -1,6 +1,6 @@
 """The program of the training pod and of the local backend's process.
 
-    python -m airflow_provider_sft.core.entrypoint train RUN_CONFIG_JSON
+    python -m airflow_provider_sft.core.pod.entrypoint train RUN_CONFIG_JSON
     python program.pyz {train,resolve,export} CONFIG_JSON      (in a pod: see program.py)
 
 ``train``:
@@ -15,7 +15,7 @@
 printed as the last line (``SFT_RESULT {...}``).
 
 Its own lines start with ``[sft] `` (``[sft node i/n] `` on several nodes): those are what the
-Airflow task log shows of the output (see :mod:`task_log`); the rest, libraries included, is
+Airflow task log shows of the output (see :mod:`protocol`); the rest, libraries included, is
 kept in full (``train.log`` locally, the pod log on Kubernetes).
 
 Exit status 0 means success; anything else is a failure whose reason is the last
@@ -38,10 +38,21 @@ from airflow_provider_sft.core import constants as c
 from airflow_provider_sft.core import jsonio
 from airflow_provider_sft.core.errors import SFTError, TrainingFailedError
 from airflow_provider_sft.core.files import remove_owned
-from airflow_provider_sft.core.nodes import Topology, clear_data_ready, mark_data_ready, wait_for_data
+from airflow_provider_sft.core.pod.protocol import (
+    PREFIX,
+    WARNING_MARK,
+    error_line,
+    missing_module,
+    node_prefix,
+    result_line,
+)
 from airflow_provider_sft.core.run import Device, TrainingRun, cuda_device_count, plan_device
-from airflow_provider_sft.core.steps import ERROR_PREFIX, missing_module
-from airflow_provider_sft.core.task_log import PREFIX, WARNING_MARK, node_prefix
+from airflow_provider_sft.core.training.nodes import (
+    Topology,
+    clear_data_ready,
+    mark_data_ready,
+    wait_for_data,
+)
 
 _PREFIX = PREFIX
 
@@ -139,7 +150,7 @@ def run(training_run: TrainingRun) -> None:
 
     processed_dir = Path(training_run.processed_data_dir)
     if topology.is_first:
-        from airflow_provider_sft.core.data_processing import process_chat_data
+        from airflow_provider_sft.core.training.data_processing import process_chat_data
 
         with contextlib.suppress(ImportError):  # instructlab's logs reach the full output (it mutes them)
             from instructlab.training.logger import propagate_package_logs
@@ -167,7 +178,7 @@ def run(training_run: TrainingRun) -> None:
     if plan.device is Device.CUDA:
         _train_on_cuda(training_run, plan.processes, show_progress=topology.is_first)
     else:
-        from airflow_provider_sft.core.cpu_trainer import train_on_cpu
+        from airflow_provider_sft.core.training.cpu_trainer import train_on_cpu
 
         result = train_on_cpu(
             params,
@@ -180,8 +191,8 @@ def run(training_run: TrainingRun) -> None:
         )
         _log(f"trained in {result.seconds:.1f}s ({result.tokens_per_second:.0f} tokens/s)")
     if topology.is_first:  # node 0 writes the metrics
-        from airflow_provider_sft.core.metrics import summarize_file
-        from airflow_provider_sft.core.progress import summary_line
+        from airflow_provider_sft.core.results.metrics import summarize_file
+        from airflow_provider_sft.core.training.progress import summary_line
 
         _log(summary_line(summarize_file(output_dir / c.METRICS_FILE)))
     _log(f"done in {time.monotonic() - started:.1f}s")
@@ -190,8 +201,8 @@ def run(training_run: TrainingRun) -> None:
 def _train_on_cuda(training_run: TrainingRun, gpus: int, *, show_progress: bool = True) -> None:
     """instructlab-training under torchrun; its own output goes to the full log only, so the
     run's progress lines come from the metrics file it writes (on node 0, which writes it)."""
-    from airflow_provider_sft.core.instructlab_command import build_command
-    from airflow_provider_sft.core.progress import MetricsFollower
+    from airflow_provider_sft.core.training.instructlab_command import build_command
+    from airflow_provider_sft.core.training.progress import MetricsFollower
 
     command = build_command(
         training_run.params,
@@ -240,19 +251,21 @@ def main(argv: list[str] | None = None) -> int:
         if step == "train":
             run(TrainingRun.from_json_dict(config))
         else:
-            from airflow_provider_sft.core.steps import STEPS, result_line
+            from airflow_provider_sft.core.pod.steps import STEPS
 
             print(result_line(STEPS[step](config, log=_log)), flush=True)
     except SFTError as exc:
-        print(f"{ERROR_PREFIX}{exc}", flush=True)
+        print(error_line(str(exc)), flush=True)
         return 1
     except ImportError as exc:
-        print(f"{ERROR_PREFIX}{missing_module(exc)}", flush=True)
+        print(error_line(missing_module(exc)), flush=True)
         return 1
     except PermissionError as exc:
         print(
-            f"{ERROR_PREFIX}permission denied: {exc.filename or exc}: the pod's user (uid {os.getuid()}, "
-            f"gid {os.getgid()}) may not access it",
+            error_line(
+                f"permission denied: {exc.filename or exc}: the pod's user (uid {os.getuid()}, "
+                f"gid {os.getgid()}) may not access it"
+            ),
             flush=True,
         )
         return 1
@@ -260,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         import traceback
 
         traceback.print_exc()
-        print(f"{ERROR_PREFIX}{step} failed: {type(exc).__name__}: {exc}", flush=True)
+        print(error_line(f"{step} failed: {type(exc).__name__}: {exc}"), flush=True)
         return 1
     return 0
 

@@ -38,9 +38,9 @@ from airflow_provider_sft.core import constants as c
 from airflow_provider_sft.core import jsonio
 from airflow_provider_sft.core.errors import DatasetError
 from airflow_provider_sft.core.files import remove_owned
-from airflow_provider_sft.core.nodes import Topology
 from airflow_provider_sft.core.params import SFTParams
-from airflow_provider_sft.core.progress import is_progress_step, progress_line
+from airflow_provider_sft.core.training.nodes import Topology
+from airflow_provider_sft.core.training.progress import is_progress_step, progress_line
 
 Logger = Callable[[str], None]
 

@@ -5,7 +5,8 @@ final model there; each returns the small JSON result its Airflow task pushes to
 They run in the Airflow worker when it mounts the workspace (the local backend, or a PVC
 mounted on the worker), and otherwise in a pod next to the PVC, as the pod program's
 ``resolve`` and ``export`` commands. The function and its result are the same in both
-places; only the transport differs (a pod prints its result on its last log line).
+places; only the transport differs (a pod prints its result on its last log line, see
+:func:`~airflow_provider_sft.core.pod.protocol.result_line`).
 """
 
 from __future__ import annotations
@@ -20,8 +21,6 @@ from typing import Any
 from airflow_provider_sft.core import constants as c
 from airflow_provider_sft.core import jsonio
 
-RESULT_PREFIX = "SFT_RESULT "
-ERROR_PREFIX = "ERROR: "  # the last line of a failed pod program
 Logger = Callable[[str], None]
 
 
@@ -64,8 +63,8 @@ def export(config: Mapping[str, Any], *, log: Logger, env: Mapping[str, str] = o
     """``config``: ``run_dir``, ``model_dir``, ``metrics_path``, and ``latest_path``: a small JSON
     file naming the newest exported model, replaced atomically (never the model itself).
     The result carries the loss curve."""
-    from airflow_provider_sft.core.export import export_model, require_metrics_file
-    from airflow_provider_sft.core.metrics import read_step_records, summarize, write_summary
+    from airflow_provider_sft.core.results.export import export_model, require_metrics_file
+    from airflow_provider_sft.core.results.metrics import read_step_records, summarize, write_summary
 
     run_dir = Path(config["run_dir"])
     metrics_file = require_metrics_file(run_dir)  # before the model is published
@@ -110,24 +109,3 @@ def prune_intermediate(run_dir: Path) -> list[str]:
 
 
 STEPS: dict[str, Callable[..., dict[str, Any]]] = {"resolve": resolve, "export": export}
-
-
-def missing_module(exc: ImportError) -> str:
-    """What a pod whose image lacks a module the program imports reports."""
-    return (
-        f"the training image lacks the Python module {exc.name or exc!r} ({exc}). The node container needs "
-        "Python with torch and instructlab-training (and their dependencies) in its image: set image= to "
-        "one that has them (see deploy/Containerfile.training)"
-    )
-
-
-def result_line(result: dict[str, Any]) -> str:
-    return RESULT_PREFIX + jsonio.dumps(result).decode()
-
-
-def parse_result(lines: list[str]) -> dict[str, Any] | None:
-    """The result a step printed (its last ``SFT_RESULT`` line), or None."""
-    for line in reversed(lines):
-        if line.startswith(RESULT_PREFIX):
-            return jsonio.loads(line.removeprefix(RESULT_PREFIX))
-    return None
