@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from airflow_provider_sft.core.errors import InvalidParameterError
-from airflow_provider_sft.core.steps import shared_dirs
+from airflow_provider_sft.core.pod.steps import shared_dirs
 
 
 def test_each_created_level_is_group_writable_and_setgid(tmp_path):
