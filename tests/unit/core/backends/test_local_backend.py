@@ -20,7 +20,7 @@ from airflow_provider_sft.core.params import SFTParams
 from airflow_provider_sft.core.run import TrainingRun
 from airflow_provider_sft.core.sample_data import bundled_dataset_path
 
-FAKE_PYTHON = str(Path(__file__).resolve().parents[2] / "fakes" / "fake_training_python.py")
+FAKE_PYTHON = str(Path(__file__).resolve().parents[3] / "fakes" / "fake_training_python.py")
 
 
 def make_run(tmp_path, **values) -> TrainingRun:
