@@ -97,7 +97,7 @@ def test_start_deadline_gives_a_timeout_event_with_the_scheduler_events(cluster,
     )
     start_deadline = (datetime.now(timezone.utc) + timedelta(seconds=2)).isoformat()
     event = asyncio.run(
-        first_event(trigger(namespace, connection, start_deadline=start_deadline, start_timeout=2))
+        first_event(trigger(namespace, connection, start_deadline=start_deadline, start_timeout_seconds=2))
     )
     assert event["status"] == "timeout" and event["result"]["reason"] == "StartTimeout"
     assert "Insufficient nvidia.com/gpu" in event["message"]

@@ -29,13 +29,21 @@ def test_serialize_round_trip():
         "kubernetes_conn_id": "k",
         "deadline": "2026-11-25T21:00:00+00:00",
         "start_deadline": "2026-11-25T20:10:00+00:00",
-        "start_timeout": 600.0,
+        "start_timeout_seconds": 600.0,
         "delete_on_kill": False,
     }
     classpath, serialized = TrainJobTrigger(**kwargs).serialize()
     assert classpath == "airflow_provider_sft.triggers.trainjob.TrainJobTrigger"
     assert serialized == kwargs
     assert TrainJobTrigger(**serialized).serialize() == (classpath, kwargs)
+
+
+def test_a_trigger_serialized_before_start_timeout_said_its_unit_resumes_with_it():
+    old = {"job": job("ns", "n"), "kubernetes_conn_id": "k", "start_timeout": 600.0}
+    trig = TrainJobTrigger(**old)
+    assert trig.start_timeout_seconds == 600.0
+    assert trig.serialize()[1]["start_timeout_seconds"] == 600.0
+    assert "start_timeout" not in trig.serialize()[1]
 
 
 def test_an_unreachable_cluster_is_waited_out_until_the_deadline(tmp_path, monkeypatch):

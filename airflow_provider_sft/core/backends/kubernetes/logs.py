@@ -170,18 +170,18 @@ async def follow_log(
     pod_log: PodLog,
     *,
     clock: Clock,
-    start_timeout: float = LOG_START_TIMEOUT_SECONDS,
+    start_timeout_seconds: float = LOG_START_TIMEOUT_SECONDS,
 ) -> None:
     """Stream the rank-0 pod's log into ``pod_log`` until its container ends.
 
     The pod may not exist yet, and its log answers 400 while the container waits to
-    start: both are asked again every few seconds, for at most ``start_timeout``. A
+    start: both are asked again every few seconds, for at most ``start_timeout_seconds``. A
     stream that ends while the container runs was cut (an API-server restart, a proxy's
     idle timeout), and so was one that breaks: either is resumed where it stopped.
     Best effort: the status watch decides the outcome, and the backend stops this
     follower when the job ends (a backfill then reads what is left).
     """
-    deadline = clock.monotonic() + start_timeout
+    deadline = clock.monotonic() + start_timeout_seconds
     while True:
         try:
             pod = await rank0_pod(client, resource, namespace, job_name)
