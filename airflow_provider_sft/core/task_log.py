@@ -42,7 +42,7 @@ def provider_line(message: str) -> str:
     return PREFIX + message
 
 
-def classify(line: str) -> Shown | None:
+def classify_log_line(line: str) -> Shown | None:
     """How the task log shows one output line, or None when only the full output keeps it.
 
     Progress bars rewrite their line with carriage returns, and one written without a newline

@@ -62,7 +62,7 @@ from airflow_provider_sft.core.backends.kubernetes.manifest import (
 )
 from airflow_provider_sft.core.backends.kubernetes.pytorchjob import build_pytorchjob
 from airflow_provider_sft.core.backends.kubernetes.retry import KubeApiError
-from airflow_provider_sft.core.backends.kubernetes.status import GONE, JobPhase, JobState, classify
+from airflow_provider_sft.core.backends.kubernetes.status import GONE, JobPhase, JobState, classify_job_status
 from airflow_provider_sft.core.backends.kubernetes.watch import WaitResult, follow_job
 from airflow_provider_sft.core.clock import SYSTEM_CLOCK, Clock
 from airflow_provider_sft.core.errors import InvalidParameterError, TrainingFailedError
@@ -273,7 +273,7 @@ class KubernetesBackend(TrainingBackend):
         handle = self.handle(run.name, run.output_dir)
         existing = await client.get_job(self.resource, ns, run.name)
         if existing is not None:
-            state = classify(existing)
+            state = classify_job_status(existing)
             if state.phase is not JobPhase.FAILED:
                 log.info("Attaching to existing %s %s/%s (%s)", kind, ns, run.name, state.phase.value)
                 return handle
@@ -356,7 +356,7 @@ class KubernetesBackend(TrainingBackend):
 
         async def read(client: KubeClient) -> JobResult:
             job = await client.get_job(resource, handle.details["namespace"], handle.name)
-            state = classify(job) if job is not None else GONE
+            state = classify_job_status(job) if job is not None else GONE
             if not state.terminal:
                 return JobResult(JobStatus.RUNNING, state.describe())
             return result_of(

@@ -23,7 +23,7 @@ from airflow_provider_sft.core.backends.kubernetes.kinds import JobResource
 from airflow_provider_sft.core.backends.kubernetes.retry import KubeApiError, is_transient
 from airflow_provider_sft.core.clock import Clock
 from airflow_provider_sft.core.steps import ERROR_PREFIX, RESULT_PREFIX
-from airflow_provider_sft.core.task_log import classify, provider_line
+from airflow_provider_sft.core.task_log import classify_log_line, provider_line
 
 log = logging.getLogger(__name__)
 LOG_START_TIMEOUT_SECONDS = 300  # how long to keep asking for a log whose container has not started
@@ -58,7 +58,7 @@ def rfc3339_second(stamp_ns: int) -> str:
 class PodLog:
     """The task log's view of a job's rank-0 pod log, and what the backend needs of the rest.
 
-    The task log gets the pod's provider lines (:func:`classify`), one line naming the pod
+    The task log gets the pod's provider lines (:func:`classify_log_line`), one line naming the pod
     whose log holds the full output, and after a failure the last lines it did not show: the
     pod goes with its job, and a failure's context (a library's traceback) with it. The
     last ``ERROR:`` line and the last result line (``SFT_RESULT``, never shown) are kept for
@@ -124,7 +124,7 @@ class PodLog:
         if line.startswith(RESULT_PREFIX):
             self.result_line = line
             return
-        shown = classify(line)
+        shown = classify_log_line(line)
         self._recent.append((line, shown is not None))
         if shown is None:
             return

@@ -15,7 +15,7 @@ from airflow_provider_sft.core.backends.local import LocalProcessBackend
 from airflow_provider_sft.core.params import SFTParams
 from airflow_provider_sft.core.run import TrainingRun
 from airflow_provider_sft.core.sample_data import bundled_dataset_path
-from airflow_provider_sft.core.task_log import Shown, classify, node_prefix
+from airflow_provider_sft.core.task_log import Shown, classify_log_line, node_prefix
 
 INFO, WARNING, ERROR = logging.INFO, logging.WARNING, logging.ERROR
 
@@ -51,14 +51,14 @@ INFO, WARNING, ERROR = logging.INFO, logging.WARNING, logging.ERROR
         ("", None),
     ],
 )
-def test_classify(line, shown):
-    assert classify(line) == shown
+def test_classify_log_line(line, shown):
+    assert classify_log_line(line) == shown
 
 
 def test_node_prefix():
     assert node_prefix(0, 1) == "[sft] "
     assert node_prefix(1, 3) == "[sft node 1/3] "
-    assert classify(node_prefix(2, 3) + "done").level == INFO
+    assert classify_log_line(node_prefix(2, 3) + "done").level == INFO
 
 
 MIXED_OUTPUT = [
@@ -125,7 +125,7 @@ def test_the_local_backend_keeps_every_line_and_shows_the_providers(tmp_path):
         "ERROR: the run's reason",
         full_output,
     ]
-    assert [classify(line).level for line in shown] == [INFO, INFO, WARNING, INFO, INFO, ERROR, INFO]
+    assert [classify_log_line(line).level for line in shown] == [INFO, INFO, WARNING, INFO, INFO, ERROR, INFO]
     assert result.status is JobStatus.FAILED
     assert result.message == "training process exited with status 3: the run's reason"
 

@@ -141,7 +141,7 @@ def test_on_cuda_the_entrypoint_prints_progress_from_the_metrics_file(tmp_path, 
     from airflow_provider_sft.core import entrypoint, instructlab_command
     from airflow_provider_sft.core.params import SFTParams
     from airflow_provider_sft.core.run import TrainingRun
-    from airflow_provider_sft.core.task_log import classify
+    from airflow_provider_sft.core.task_log import classify_log_line
 
     run = TrainingRun(
         name="cuda-run",
@@ -165,7 +165,7 @@ def test_on_cuda_the_entrypoint_prints_progress_from_the_metrics_file(tmp_path, 
     )
     entrypoint._train_on_cuda(run, 1)
     out, err = capfd.readouterr()
-    shown = [s.text for line in out.splitlines() if (s := classify(line)) is not None]
+    shown = [s.text for line in out.splitlines() if (s := classify_log_line(line)) is not None]
     progress = [line for line in shown if line.startswith("[sft] step ")]
     assert len(progress) == 21 and progress[-1].startswith("[sft] step 40/40 epoch 2/2 loss 1.6000 ")
     assert "Epoch 0" in err and not any("Epoch 0" in line for line in shown)
