@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import time
+import threading
 from datetime import datetime, timedelta
 
 from airflow_provider_sft.core.progress import MetricsFollower, is_progress_step, progress_line
@@ -121,11 +121,15 @@ def test_unreadable_lines_are_skipped(tmp_path):
 def test_as_a_context_manager_it_follows_while_the_file_is_written_and_prints_the_end(tmp_path):
     metrics = tmp_path / "metrics.jsonl"
     lines: list[str] = []
-    with follower(metrics, lines, interval=0.05):
+    printed = threading.Event()
+
+    def log(line):
+        lines.append(line)
+        printed.set()
+
+    with MetricsFollower(metrics, num_epochs=2, effective_batch_size=8, log=log, interval=0.05):
         append(metrics, step_row(1))
-        deadline = time.monotonic() + 10
-        while not lines and time.monotonic() < deadline:
-            time.sleep(0.02)
+        printed.wait(10)
         assert lines == [lines[0]] and lines[0].startswith("step 1/40 ")  # seen while "training" runs
         append(metrics, *(step_row(s) for s in range(2, 41)))
     assert lines[-1].startswith("step 40/40 ")  # the rest is read on exit
