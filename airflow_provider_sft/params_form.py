@@ -26,8 +26,7 @@ from typing import Any
 
 from airflow.sdk import Param
 
-from airflow_provider_sft.core.dataset import BUNDLED_SOURCE, Format, OnBadRecord
-from airflow_provider_sft.core.dataset import Mapping as RecordLayout
+from airflow_provider_sft.core.dataset import BUNDLED_SOURCE, Format, OnBadRecord, RecordMapping
 from airflow_provider_sft.core.params import INT32_FIELDS, INT32_MAX, SFTParams
 
 # --- patterns (valid in Python's ``re`` and in JavaScript) ---------------------------------
@@ -279,9 +278,9 @@ def pipeline_params(workspace: str, **defaults: Any) -> dict[str, Param]:
             description="auto: from the file name, then the content. gzip and zstd are recognised by themselves.",
         ),
         dataset_mapping=Param(
-            RecordLayout.MESSAGES.value,
+            RecordMapping.MESSAGES.value,
             type="string",
-            enum=[m.value for m in RecordLayout],
+            enum=[m.value for m in RecordMapping],
             title="Record layout",
             section="Dataset",
             description="messages (chat samples), or convert prompt/completion or instruction/input/output records.",

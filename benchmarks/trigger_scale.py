@@ -42,7 +42,7 @@ def child(
 
     os.environ["AIRFLOW_CONN_BENCH_K8S"] = conn_env
     from airflow_provider_sft.core.backends.kubernetes.kinds import TRAINJOB
-    from airflow_provider_sft.core.backends.kubernetes.status import classify
+    from airflow_provider_sft.core.backends.kubernetes.status import classify_job_status
     from airflow_provider_sft.hooks.sft import SFTTrainingHook
     from airflow_provider_sft.triggers.trainjob import TrainJobTrigger
 
@@ -62,7 +62,7 @@ def child(
 
     async def poll_one(name: str) -> None:
         async with SFTTrainingHook(kubernetes_conn_id="bench_k8s").connect() as jobs:
-            while not classify(await jobs.get_job(TRAINJOB, namespace, name)).terminal:
+            while not classify_job_status(await jobs.get_job(TRAINJOB, namespace, name)).terminal:
                 await asyncio.sleep(poll)
         done_at[name] = time.monotonic()
 

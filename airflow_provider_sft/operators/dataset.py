@@ -128,8 +128,8 @@ class ResolveDatasetOperator(WorkspaceStepsMixin, LineageMixin, BaseOperator):
 
     def build_options(self) -> DatasetOptions:
         """The validated options, credentials from the connections (never logged or returned)."""
+        from airflow_provider_sft.hooks.aws_connection import s3_options
         from airflow_provider_sft.hooks.huggingface import HuggingFaceHook
-        from airflow_provider_sft.hooks.storage import s3_options
 
         s3_settings = {"s3_endpoint_url": self.s3_endpoint_url, "region_name": self.region_name}
         misplaced = {name: "only for an s3:// source" for name, value in s3_settings.items() if value}

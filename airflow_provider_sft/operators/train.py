@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from airflow.configuration import conf
+from airflow.exceptions import AirflowProviderDeprecationWarning
 from airflow.sdk import BaseOperator
 
 from airflow_provider_sft.core import constants as c
@@ -27,6 +28,7 @@ from airflow_provider_sft.core.backends.kubernetes import (
     RuntimeKind,
     SpecGeneration,
 )
+from airflow_provider_sft.core.backends.kubernetes.config import renamed_start_timeout
 from airflow_provider_sft.core.clock import SYSTEM_CLOCK
 from airflow_provider_sft.core.errors import TrainingFailedError, TrainingTimeoutError
 from airflow_provider_sft.core.params import SFTParams
@@ -56,7 +58,7 @@ KUBERNETES_PARAMETERS: tuple[str, ...] = (
     "affinity",
     "priority_class_name",
     "shm_size",
-    "start_timeout",
+    "start_timeout_seconds",
     "scheduling_queue",
     "ttl_seconds_after_finished",
 )
@@ -114,7 +116,7 @@ class SFTTrainOperator(LineageMixin, BaseOperator):
     :param priority_class_name: pod priority class. The TrainJob API has no field for it, so it
         must be the one the runtime sets; anything else is refused with what to do instead.
     :param shm_size: size of a memory-backed ``/dev/shm`` in the node pods (e.g. ``"16Gi"``).
-    :param start_timeout: seconds the job may stay queued (suspended) or pending before it is
+    :param start_timeout_seconds: how long the job may stay queued (suspended) or pending before it is
         deleted and the task fails, with the scheduler's events in the message. ``execution_timeout``
         bounds the whole run and also becomes the TrainJob's ``activeDeadlineSeconds`` (v2.2+).
     :param spec_generation: ``"auto"`` (read the served CRD), ``"v2.1"`` or ``"v2.2"``.
@@ -130,6 +132,7 @@ class SFTTrainOperator(LineageMixin, BaseOperator):
     :param delete_on_success: delete the TrainJob (and its Secret) once it has succeeded.
     :param console_url_template: URL of a TrainJob in the cluster console, with ``{namespace}``
         and ``{name}`` placeholders, for the task's extra link.
+    :param start_timeout: deprecated, the old name of ``start_timeout_seconds``.
 
     Returns (XCom) ``run_name``, ``backend``, ``output_dir`` and ``metrics_path``; the
     job coordinates are also pushed as the ``training_job`` XCom as soon as it starts.
@@ -204,7 +207,7 @@ class SFTTrainOperator(LineageMixin, BaseOperator):
         affinity: str | dict[str, Any] | None = None,
         priority_class_name: str | None = None,
         shm_size: str | None = None,
-        start_timeout: float | str | None = None,
+        start_timeout_seconds: float | str | None = None,
         spec_generation: str = SpecGeneration.AUTO.value,
         image: str | None = None,
         workspace_mode: str | None = None,
@@ -214,6 +217,7 @@ class SFTTrainOperator(LineageMixin, BaseOperator):
         keep_failed_jobs: bool = False,
         delete_on_success: bool = True,
         console_url_template: str | None = None,
+        start_timeout: float | str | None = None,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("multiple_outputs", True)  # each result key is its own XCom too
@@ -262,7 +266,9 @@ class SFTTrainOperator(LineageMixin, BaseOperator):
         self.affinity = affinity
         self.priority_class_name = priority_class_name
         self.shm_size = shm_size
-        self.start_timeout = start_timeout
+        self.start_timeout_seconds = renamed_start_timeout(
+            start_timeout, start_timeout_seconds, category=AirflowProviderDeprecationWarning
+        )
         self.spec_generation = SpecGeneration(spec_generation)  # checked now: not templated
         self.image = image
         self.workspace_mode = workspace_mode
@@ -403,16 +409,16 @@ class SFTTrainOperator(LineageMixin, BaseOperator):
         deadline = start_deadline = None
         if timeout_seconds is not None:
             deadline = (now + timedelta(seconds=timeout_seconds)).isoformat()
-        start_timeout = float(self.start_timeout) if self.start_timeout else None
-        if start_timeout is not None:
-            start_deadline = (now + timedelta(seconds=start_timeout)).isoformat()
+        start_timeout_seconds = float(self.start_timeout_seconds) if self.start_timeout_seconds else None
+        if start_timeout_seconds is not None:
+            start_deadline = (now + timedelta(seconds=start_timeout_seconds)).isoformat()
         self.defer(
             trigger=TrainJobTrigger(
                 job=handle.to_json_dict(),
                 kubernetes_conn_id=self.kubernetes_conn_id,
                 deadline=deadline,
                 start_deadline=start_deadline,
-                start_timeout=start_timeout,
+                start_timeout_seconds=start_timeout_seconds,
             ),
             method_name="execute_complete",
             timeout=None

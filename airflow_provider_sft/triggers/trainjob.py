@@ -29,7 +29,9 @@ class TrainJobTrigger(BaseTrigger):
     :param deadline: absolute UTC deadline (ISO-8601) of the run, or None. Deadlines cross
         the deferral as wall-clock times so a triggerer restart does not extend the wait.
     :param start_deadline: absolute UTC deadline for the job to start (leave its queue and
-        have its pods running), or None; ``start_timeout`` is its length, for the message.
+        have its pods running), or None; ``start_timeout_seconds`` is its length, for the message.
+    :param start_timeout: the name of ``start_timeout_seconds`` in triggers serialized before
+        it said its unit: such a trigger, resumed by an upgraded triggerer, still reads it.
     :param delete_on_kill: delete the TrainJob when a user kills the task (Airflow >= 3.3
         calls ``on_kill`` only for user kills, never for a triggerer restart).
     """
@@ -41,16 +43,17 @@ class TrainJobTrigger(BaseTrigger):
         kubernetes_conn_id: str | None = SFTTrainingHook.default_conn_name,
         deadline: str | None = None,
         start_deadline: str | None = None,
-        start_timeout: float | None = None,
+        start_timeout_seconds: float | None = None,
         delete_on_kill: bool = True,
         clock: Clock = SYSTEM_CLOCK,
+        start_timeout: float | None = None,
     ) -> None:
         super().__init__()
         self.job = dict(job)
         self.kubernetes_conn_id = kubernetes_conn_id
         self.deadline = deadline
         self.start_deadline = start_deadline
-        self.start_timeout = start_timeout
+        self.start_timeout_seconds = start_timeout if start_timeout_seconds is None else start_timeout_seconds
         self.delete_on_kill = delete_on_kill
         self.clock = clock
         self._fired_event = False
@@ -75,7 +78,7 @@ class TrainJobTrigger(BaseTrigger):
                 "kubernetes_conn_id": self.kubernetes_conn_id,
                 "deadline": self.deadline,
                 "start_deadline": self.start_deadline,
-                "start_timeout": self.start_timeout,
+                "start_timeout_seconds": self.start_timeout_seconds,
                 "delete_on_kill": self.delete_on_kill,
             },
         )
@@ -113,7 +116,7 @@ class TrainJobTrigger(BaseTrigger):
                 self.namespace,
                 self.name,
                 waited,
-                start_timeout=self.start_timeout,
+                start_timeout_seconds=self.start_timeout_seconds,
                 kind=self.resource.kind.value,
             )
         except asyncio.CancelledError:

@@ -2,8 +2,9 @@
 
 Usage: ``stubborn_tree.py PIDFILE``. Starts workers that ignore SIGINT and SIGTERM (like the
 LocalExecutor's), one in a session of its own (like a training process group), and one orphan
-(its parent exits at once). Writes every pid to PIDFILE, one a line, then waits, ignoring
-SIGINT and SIGTERM itself too.
+(its parent exits at once). Writes every pid to PIDFILE, one a line, says ``started`` on its
+stdout (so a test waits for that line, not in a polling loop), then waits, ignoring SIGINT and
+SIGTERM itself too.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ def main(pid_file: str) -> None:
     with open(pid_file + ".tmp", "w") as out:
         out.write("\n".join(map(str, pids)))
     os.replace(pid_file + ".tmp", pid_file)
+    print("started", flush=True)
     time.sleep(600)
 
 

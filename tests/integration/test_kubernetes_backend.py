@@ -440,7 +440,7 @@ def test_status_transitions_pending_is_not_running_and_the_failure_reason(cluste
 
 
 def test_a_pending_job_reports_the_scheduler_and_times_out_with_it(cluster, namespace):
-    b = backend(cluster, namespace, start_timeout=3, credentials=Credentials(hf_token=TOKEN))
+    b = backend(cluster, namespace, start_timeout_seconds=3, credentials=Credentials(hf_token=TOKEN))
     handle = b.submit(make_run())
     cluster.drive(namespace, handle.name, "pending")
     pod = cluster.add_pod(namespace, handle.name, phase="Pending")
@@ -456,7 +456,7 @@ def test_a_pending_job_reports_the_scheduler_and_times_out_with_it(cluster, name
 
 
 def test_image_pull_backoff_is_reported(cluster, namespace):
-    b = backend(cluster, namespace, start_timeout=2)
+    b = backend(cluster, namespace, start_timeout_seconds=2)
     handle = b.submit(make_run())
     cluster.drive(namespace, handle.name, "pending")
     cluster.add_pod(namespace, handle.name, phase="Pending", waiting="ImagePullBackOff")
@@ -465,7 +465,7 @@ def test_image_pull_backoff_is_reported(cluster, namespace):
 
 
 def test_a_job_left_suspended_by_its_queue_times_out_about_admission(cluster, namespace):
-    b = backend(cluster, namespace, start_timeout=2, job_labels="kueue.x-k8s.io/queue-name=gpu")
+    b = backend(cluster, namespace, start_timeout_seconds=2, job_labels="kueue.x-k8s.io/queue-name=gpu")
     handle = b.submit(make_run())
     cluster.drive(namespace, handle.name, "suspended", reason="Suspended", message="queued by Kueue")
     result = b.wait(handle, on_log=lambda _l: None)

@@ -74,10 +74,10 @@ def defer(cluster, namespace, **kwargs):
 
 
 def test_the_trigger_fires_before_airflows_deferral_timeout(cluster, namespace, k8s_connection):
-    _, _, deferred = defer(cluster, namespace, start_timeout=600)
+    _, _, deferred = defer(cluster, namespace, start_timeout_seconds=600)
     trigger = deferred.trigger
     assert deferred.timeout == timedelta(minutes=30) + DEFERRAL_TIMEOUT_MARGIN
-    assert trigger.deadline and trigger.start_deadline and trigger.start_timeout == 600
+    assert trigger.deadline and trigger.start_deadline and trigger.start_timeout_seconds == 600
     job = trainjobs(cluster, namespace)[0]
     assert trigger.job == {
         "backend": "kubernetes",

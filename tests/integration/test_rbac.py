@@ -61,7 +61,7 @@ def allowed(group, resource, verb, name) -> dict | None:
 
 def test_every_call_the_provider_makes_is_granted_and_nothing_more(cluster, namespace):
     cluster.queries.clear()
-    b = backend(cluster, namespace, credentials=Credentials(hf_token="hf_x"), start_timeout=1)
+    b = backend(cluster, namespace, credentials=Credentials(hf_token="hf_x"), start_timeout_seconds=1)
     handle = b.submit(make_run())  # CRD, runtime, secret, create, owner
     b.submit(make_run())  # re-attach
     cluster.add_pod(namespace, handle.name, phase="Pending")
@@ -78,7 +78,7 @@ def test_every_call_the_provider_makes_is_granted_and_nothing_more(cluster, name
     with pytest.raises(InvalidParameterError):
         backend(cluster, namespace, runtime_name="missing").submit(make_run())  # lists the cluster's runtimes
 
-    v1 = backend(cluster, namespace, job_kind="PyTorchJob", start_timeout=1)
+    v1 = backend(cluster, namespace, job_kind="PyTorchJob", start_timeout_seconds=1)
     handle = v1.submit(make_run("sft-run-v1"))  # a PyTorchJob: create, owner
     v1.submit(make_run("sft-run-v1"))  # re-attach
     assert v1.wait(handle, on_log=lambda _l: None).status is JobStatus.TIMED_OUT  # watch, pods, delete

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -14,6 +13,7 @@ from airflow_provider_sft.core.run import TrainingRun
 from airflow_provider_sft.triggers.trainjob import TrainJobTrigger
 from tests.integration.test_kubernetes_backend import IMAGE, exists
 from tests.k8s import harness
+from tests.unit.triggers.test_trainjob_trigger import job
 
 CONN_ID = "sft_test_k8s"
 
@@ -35,16 +35,6 @@ def submit(cluster, namespace, name="trig-job", kind="TrainJob"):
     return backend.submit(run)
 
 
-def job(namespace, name="trig-job", kind="TrainJob"):
-    return {
-        "backend": "kubernetes",
-        "name": name,
-        "output_dir": f"/workspace/runs/{name}",
-        "namespace": namespace,
-        "kind": kind,
-    }
-
-
 def trigger(namespace, conn, kind="TrainJob", **kwargs):
     return TrainJobTrigger(job=job(namespace, kind=kind), kubernetes_conn_id=conn, **kwargs)
 
@@ -55,21 +45,6 @@ async def first_event(trig, drive=None):
         await asyncio.sleep(0.3)
         await asyncio.to_thread(drive)
     return (await asyncio.wait_for(task, 30)).payload
-
-
-def test_serialize_round_trip():
-    kwargs = {
-        "job": job("ns", "n"),
-        "kubernetes_conn_id": "k",
-        "deadline": "2026-11-25T21:00:00+00:00",
-        "start_deadline": "2026-11-25T20:10:00+00:00",
-        "start_timeout": 600.0,
-        "delete_on_kill": False,
-    }
-    classpath, serialized = TrainJobTrigger(**kwargs).serialize()
-    assert classpath == "airflow_provider_sft.triggers.trainjob.TrainJobTrigger"
-    assert serialized == kwargs
-    assert TrainJobTrigger(**serialized).serialize() == (classpath, kwargs)
 
 
 def test_success_event_carries_the_coordinates_and_the_result(cluster, namespace, connection):
@@ -122,7 +97,7 @@ def test_start_deadline_gives_a_timeout_event_with_the_scheduler_events(cluster,
     )
     start_deadline = (datetime.now(timezone.utc) + timedelta(seconds=2)).isoformat()
     event = asyncio.run(
-        first_event(trigger(namespace, connection, start_deadline=start_deadline, start_timeout=2))
+        first_event(trigger(namespace, connection, start_deadline=start_deadline, start_timeout_seconds=2))
     )
     assert event["status"] == "timeout" and event["result"]["reason"] == "StartTimeout"
     assert "Insufficient nvidia.com/gpu" in event["message"]
@@ -135,30 +110,6 @@ def test_a_deleted_job_is_a_failure_not_a_hang(cluster, namespace, connection):
     )
     event = asyncio.run(first_event(trigger(namespace, connection), drive))
     assert (event["status"], event["result"]["reason"]) == ("failed", "NotFound")
-
-
-def test_an_unreachable_cluster_is_waited_out_until_the_deadline(namespace, tmp_path, monkeypatch):
-    kubeconfig = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "current-context": "x",
-        "clusters": [{"name": "x", "cluster": {"server": "http://127.0.0.1:9"}}],
-        "users": [{"name": "x", "user": {}}],
-        "contexts": [{"name": "x", "context": {"cluster": "x", "user": "x"}}],
-    }
-    (tmp_path / "kc").write_text(json.dumps(kubeconfig))
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_DOWN",
-        json.dumps({"conn_type": "kubernetes", "extra": {"kube_config_path": str(tmp_path / "kc")}}),
-    )
-    trig = TrainJobTrigger(job=job("ns", "x"), kubernetes_conn_id="down", deadline=_in(30))
-    trig.clock = _InstantClock()
-    event = asyncio.run(first_event(trig))
-    assert event["status"] == "timeout"  # an unreachable server is waited out until the deadline
-
-
-def _in(seconds):
-    return (datetime.now(timezone.utc) + timedelta(seconds=seconds)).isoformat()
 
 
 def test_user_kill_deletes_the_job_but_not_after_the_event(cluster, namespace, connection, kind):
@@ -174,26 +125,3 @@ def test_user_kill_deletes_the_job_but_not_after_the_event(cluster, namespace, c
     asyncio.run(first_event(fired, lambda: cluster.drive(namespace, "trig-job", "complete", kind=kind)))
     asyncio.run(fired.on_kill())
     assert exists(cluster, namespace, "trig-job", kind)
-
-
-class _InstantClock:
-    """Backoff without waiting: each sleep moves this clock on instead."""
-
-    def __init__(self):
-        import time
-
-        self.offset, self.start = 0.0, time.monotonic()
-
-    def now(self):
-        return datetime.now(timezone.utc) + timedelta(seconds=self.offset)
-
-    def monotonic(self):
-        import time
-
-        return time.monotonic() + self.offset
-
-    def sleep(self, seconds):
-        self.offset += seconds
-
-    async def asleep(self, seconds):
-        self.offset += seconds

@@ -36,7 +36,7 @@ def test_dataset_options_are_in_their_own_section_with_the_cores_choices():
     from airflow.sdk.definitions.param import ParamsDict
     from airflow.sdk.exceptions import ParamValidationError
 
-    from airflow_provider_sft.core.dataset import Format, Mapping, OnBadRecord
+    from airflow_provider_sft.core.dataset import Format, OnBadRecord, RecordMapping
 
     params = load_dag().params
     dataset = {name for name, p in params.items() if p.schema.get("section") == "Dataset"}
@@ -48,7 +48,7 @@ def test_dataset_options_are_in_their_own_section_with_the_cores_choices():
         "hf_conn_id",
         "aws_conn_id",
     } <= dataset
-    assert params.get_param("dataset_mapping").schema["enum"] == [m.value for m in Mapping]
+    assert params.get_param("dataset_mapping").schema["enum"] == [m.value for m in RecordMapping]
     assert params.get_param("dataset_format").schema["enum"] == [f.value for f in Format]
     assert params.get_param("on_bad_record").schema["enum"] == [o.value for o in OnBadRecord]
     form = ParamsDict(params)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import psutil
@@ -31,11 +31,10 @@ def alive(pid: int) -> bool:
         return False
 
 
-def wait_for(path: Path, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert time.monotonic() < deadline, f"{path} never appeared"
-        time.sleep(0.1)
+def wait_for_started(process: subprocess.Popen, path: Path, timeout: float = 30) -> None:
+    """Until the stubborn tree says it wrote ``path`` (a line on its stdout): no polling loop."""
+    ready, _, _ = select.select([process.stdout], [], [], timeout)
+    assert ready and process.stdout.readline() == b"started\n", f"{path} never appeared"
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
@@ -49,9 +48,10 @@ def test_a_stop_signal_ends_every_process_the_command_started_even_those_that_ig
             f"sys.exit(supervise([sys.executable, {str(STUBBORN_TREE)!r}, {str(pid_file)!r}], grace=1))",
         ],
         start_new_session=True,  # like a terminal: the signal reaches the supervisor only
+        stdout=subprocess.PIPE,
     )
     try:
-        wait_for(pid_file)
+        wait_for_started(supervisor, pid_file)
         pids = [int(line) for line in pid_file.read_text().split()]
         assert len(pids) == 6 and all(map(alive, pids))
         supervisor.send_signal(signum)
@@ -64,6 +64,7 @@ def test_a_stop_signal_ends_every_process_the_command_started_even_those_that_ig
         for pid in pid_file.read_text().split() if pid_file.exists() else ():
             if alive(int(pid)):
                 os.kill(int(pid), signal.SIGKILL)
+        supervisor.stdout.close()
 
 
 def test_the_served_airflow_fits_one_machine_and_shares_it(tmp_path, monkeypatch):

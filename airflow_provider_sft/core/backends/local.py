@@ -38,7 +38,7 @@ from airflow_provider_sft.core.errors import DatasetError, InvalidParameterError
 from airflow_provider_sft.core.files import owned_path, remove_owned
 from airflow_provider_sft.core.params import hub_token_warning
 from airflow_provider_sft.core.pod.entrypoint import default_cache_env
-from airflow_provider_sft.core.pod.protocol import classify, provider_line
+from airflow_provider_sft.core.pod.protocol import classify_log_line, provider_line
 from airflow_provider_sft.core.run import DevicePlan, TrainingRun, cuda_device_count, plan_device
 
 _EOF = object()
@@ -193,7 +193,7 @@ class LocalProcessBackend(TrainingBackend):
         lines.put(_EOF)
 
     def wait(self, handle: JobHandle, *, on_log: LogSink, timeout_seconds: float | None = None) -> JobResult:
-        """Follow the process to its end. ``on_log`` gets the lines :func:`classify` shows; the
+        """Follow the process to its end. ``on_log`` gets the lines :func:`classify_log_line` shows; the
         failure message has the ``ERROR:`` line, or the last lines of the whole output."""
         process = self._processes[handle.name]
         full_output = provider_line(f"full output: {process.log_path}")
@@ -227,7 +227,7 @@ class LocalProcessBackend(TrainingBackend):
                     break
                 log_file.write(line + "\n")
                 tail = [*tail[-19:], line]
-                if (shown := classify(line)) is not None:
+                if (shown := classify_log_line(line)) is not None:
                     on_log(shown.text)
                     if shown.error is not None:
                         last_error = shown.error

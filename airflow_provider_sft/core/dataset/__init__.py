@@ -2,7 +2,7 @@
 
 from airflow_provider_sft.core.dataset.formats import Format
 from airflow_provider_sft.core.dataset.options import DatasetOptions, OnBadRecord, S3Options
-from airflow_provider_sft.core.dataset.records import ROLES, BadRecordError, Mapping
+from airflow_provider_sft.core.dataset.records import ROLES, BadRecordError, RecordMapping
 from airflow_provider_sft.core.dataset.resolve import MANIFEST_FILE, TRAIN_FILE, DatasetStats, resolve_dataset
 from airflow_provider_sft.core.dataset.sources import BUNDLED_SOURCE, Source, artifact_location, parse_source
 
@@ -15,8 +15,8 @@ __all__ = [
     "DatasetOptions",
     "DatasetStats",
     "Format",
-    "Mapping",
     "OnBadRecord",
+    "RecordMapping",
     "S3Options",
     "Source",
     "artifact_location",

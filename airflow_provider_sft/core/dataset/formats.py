@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from airflow_provider_sft.core import jsonio
-from airflow_provider_sft.core.dataset.records import OPTIONAL_FIELDS, ROLES, BadRecordError, Mapping
+from airflow_provider_sft.core.dataset.records import OPTIONAL_FIELDS, ROLES, BadRecordError, RecordMapping
 from airflow_provider_sft.core.dataset.streams import strip_compression_suffix
 from airflow_provider_sft.core.errors import DatasetError
 
@@ -187,7 +187,7 @@ def read_json_array(stream: BinaryIO, name: str) -> Iterator[Item]:
         position += 1
 
 
-def read_parquet(path: Path, name: str, mapping: Mapping, *, fast: bool = True) -> Iterator[Item]:
+def read_parquet(path: Path, name: str, mapping: RecordMapping, *, fast: bool = True) -> Iterator[Item]:
     """Rows of a Parquet file, one row group at a time (``pre_buffer`` off: it caches every group read)."""
     import pyarrow.parquet as pq
 
@@ -338,7 +338,7 @@ def _shown_header(header: list[str]) -> str:
     return f"{len(header)} column(s) that do not look like column names, not shown"
 
 
-def read_arrow(stream: BinaryIO, name: str, mapping: Mapping, *, fast: bool = True) -> Iterator[Item]:
+def read_arrow(stream: BinaryIO, name: str, mapping: RecordMapping, *, fast: bool = True) -> Iterator[Item]:
     """Rows of an Arrow IPC stream (``datasets.save_to_disk()`` shards), one record batch at a time.
 
     Read front to back, never mapped or seeked, so a shard on a network stream works too; an IPC
@@ -364,7 +364,7 @@ def _table_rows(
     name: str,
     schema: Any,
     batches: Callable[[list[str]], Iterable[Any]],
-    mapping: Mapping,
+    mapping: RecordMapping,
     *,
     fast: bool,
 ) -> Iterator[Item]:
@@ -383,7 +383,7 @@ def _table_rows(
             f"{name}: {kind} column {missing[0]!r} is missing (columns: {', '.join(sorted(available)) or 'none'})"
         )
     columns = [*mapping.fields, *(f for f in OPTIONAL_FIELDS[mapping] if f in available)]
-    columnar = fast and mapping is Mapping.MESSAGES and _chat_column(schema.field("messages").type)
+    columnar = fast and mapping is RecordMapping.MESSAGES and _chat_column(schema.field("messages").type)
     row = 0
     try:
         for batch in batches(columns):
@@ -400,7 +400,7 @@ def _table_rows(
         raise DatasetError(f"{name}: {kind} read failed after row {row} ({error})") from None
 
 
-def read_csv(stream: BinaryIO, name: str, mapping: Mapping) -> Iterator[Item]:
+def read_csv(stream: BinaryIO, name: str, mapping: RecordMapping) -> Iterator[Item]:
     """CSV with a header; with the ``messages`` mapping, the ``messages`` column holds JSON text."""
     csv.field_size_limit(MAX_RECORD_BYTES)
     decoder = codecs.getincrementaldecoder("utf-8-sig")()
@@ -413,7 +413,7 @@ def read_csv(stream: BinaryIO, name: str, mapping: Mapping) -> Iterator[Item]:
         )
     for record in reader:
         where = f"{name}:{reader.line_num}"
-        if mapping is Mapping.MESSAGES:
+        if mapping is RecordMapping.MESSAGES:
             try:
                 record = {**record, "messages": jsonio.loads(record["messages"] or "null")}
             except ValueError as error:

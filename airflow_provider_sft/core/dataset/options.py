@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from airflow_provider_sft.core.dataset.formats import Format
-from airflow_provider_sft.core.dataset.records import Mapping
+from airflow_provider_sft.core.dataset.records import RecordMapping
 from airflow_provider_sft.core.errors import InvalidParameterError
 
 #: 32 GiB: far above any chat dataset a single SFT run trains on, far below a filled volume.
@@ -61,8 +61,8 @@ class DatasetOptions(BaseModel):
     format: Format = Field(
         Format.AUTO, description="jsonl, json (array), parquet, csv; auto: by name, then content."
     )
-    mapping: Mapping = Field(
-        Mapping.MESSAGES,
+    mapping: RecordMapping = Field(
+        RecordMapping.MESSAGES,
         description="messages (as is), prompt_completion or instruction (Alpaca): converted to chat messages.",
     )
     on_bad_record: OnBadRecord = Field(OnBadRecord.FAIL, description="fail, or skip and count bad records.")

@@ -22,7 +22,7 @@ class BadRecordError(DatasetError):
     """One record is not usable; with ``on_bad_record="skip"`` it is counted and skipped."""
 
 
-class Mapping(str, Enum):
+class RecordMapping(str, Enum):
     """How records are read: ``messages`` as is, or converted from another layout."""
 
     MESSAGES = "messages"
@@ -36,14 +36,14 @@ class Mapping(str, Enum):
 
 
 _FIELDS = {
-    Mapping.MESSAGES: ("messages",),
-    Mapping.PROMPT_COMPLETION: ("prompt", "completion"),
-    Mapping.INSTRUCTION: ("instruction", "output"),
+    RecordMapping.MESSAGES: ("messages",),
+    RecordMapping.PROMPT_COMPLETION: ("prompt", "completion"),
+    RecordMapping.INSTRUCTION: ("instruction", "output"),
 }
 OPTIONAL_FIELDS = {
-    Mapping.MESSAGES: (),
-    Mapping.PROMPT_COMPLETION: ("system",),
-    Mapping.INSTRUCTION: ("input", "system"),
+    RecordMapping.MESSAGES: (),
+    RecordMapping.PROMPT_COMPLETION: ("system",),
+    RecordMapping.INSTRUCTION: ("input", "system"),
 }
 
 
@@ -143,14 +143,14 @@ def _from_instruction(record: dict[str, Any], where: str) -> list[dict[str, str]
     )
 
 
-_CONVERTERS: dict[Mapping, Callable[[dict[str, Any], str], list[dict[str, Any]]]] = {
-    Mapping.MESSAGES: _from_messages,
-    Mapping.PROMPT_COMPLETION: _from_prompt_completion,
-    Mapping.INSTRUCTION: _from_instruction,
+_CONVERTERS: dict[RecordMapping, Callable[[dict[str, Any], str], list[dict[str, Any]]]] = {
+    RecordMapping.MESSAGES: _from_messages,
+    RecordMapping.PROMPT_COMPLETION: _from_prompt_completion,
+    RecordMapping.INSTRUCTION: _from_instruction,
 }
 
 
-def chat_messages(record: Any, where: str, mapping: Mapping) -> list[dict[str, Any]]:
+def chat_messages(record: Any, where: str, mapping: RecordMapping) -> list[dict[str, Any]]:
     """The record's chat messages under ``mapping``, validated; :class:`BadRecordError` otherwise."""
     if not isinstance(record, dict):
         raise BadRecordError(f"{where}: record must be a JSON object, got {type(record).__name__}")

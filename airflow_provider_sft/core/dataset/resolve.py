@@ -26,7 +26,7 @@ from airflow_provider_sft.core import jsonio
 from airflow_provider_sft.core.dataset import formats
 from airflow_provider_sft.core.dataset.formats import Format
 from airflow_provider_sft.core.dataset.options import DatasetOptions, OnBadRecord
-from airflow_provider_sft.core.dataset.records import BadRecordError, Mapping, chat_messages
+from airflow_provider_sft.core.dataset.records import BadRecordError, RecordMapping, chat_messages
 from airflow_provider_sft.core.dataset.sources import Source, SourceFile, parse_source
 from airflow_provider_sft.core.dataset.streams import DECOMPRESSION_ERRORS, ByteBudget, decoded, is_compressed
 from airflow_provider_sft.core.errors import DatasetError
@@ -185,7 +185,7 @@ class _Writer:
         self.digest = hashlib.sha256()
         self.records = self.bytes = self.skipped = 0
         self.skip_reasons: list[str] = []
-        self._messages_mapping = options.mapping is Mapping.MESSAGES
+        self._messages_mapping = options.mapping is RecordMapping.MESSAGES
 
     def bad(self, error: BadRecordError) -> None:
         if self.options.on_bad_record is OnBadRecord.FAIL:

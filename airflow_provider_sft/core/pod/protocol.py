@@ -89,7 +89,7 @@ def parse_result(lines: list[str]) -> dict[str, Any] | None:
     return None
 
 
-def classify(line: str) -> Shown | None:
+def classify_log_line(line: str) -> Shown | None:
     """How the task log shows one output line, or None when only the full output keeps it.
 
     Progress bars rewrite their line with carriage returns, and one written without a newline

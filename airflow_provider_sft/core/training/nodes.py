@@ -10,13 +10,13 @@ earlier attempt left does not count).
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from airflow_provider_sft.core import jsonio
+from airflow_provider_sft.core.clock import SYSTEM_CLOCK, Clock
 from airflow_provider_sft.core.errors import TrainingFailedError
 from airflow_provider_sft.core.files import atomic_write_bytes
 
@@ -72,13 +72,13 @@ def wait_for_data(
     timeout: float | None = None,
     poll: float = 1.0,
     log: Callable[[str], None] = print,
-    clock: Callable[[], float] = time.monotonic,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> dict[str, Any]:
     """Wait until node 0 marks the processed data ready for ``attempt``; its report."""
     if timeout is None:
         timeout = float(os.environ.get(DATA_WAIT_SECONDS_ENV, DEFAULT_DATA_WAIT_SECONDS))
     marker = processed_dir / DATA_READY_MARKER
-    deadline = clock() + timeout
+    deadline = clock.monotonic() + timeout
     log(f"waiting for node 0 to process the data (marker {marker}, up to {timeout:g}s)")
     while True:
         try:
@@ -87,9 +87,9 @@ def wait_for_data(
             ready = None
         if ready is not None and ready.get("attempt") == attempt:
             return ready["report"]
-        if clock() >= deadline:
+        if clock.monotonic() >= deadline:
             raise TrainingFailedError(
                 f"node 0 did not finish data processing within {timeout:g}s (no {marker} for attempt "
                 f"{attempt or '-'}); see node 0's log, or raise {DATA_WAIT_SECONDS_ENV}"
             )
-        time.sleep(poll)
+        clock.sleep(poll)

@@ -15,7 +15,7 @@ from airflow_provider_sft.core.errors import InvalidParameterError
 from airflow_provider_sft.core.files import owned_path, remove_owned
 from airflow_provider_sft.core.results.export import export_model
 from airflow_provider_sft.core.run import check_run_name
-from tests.unit.core.test_export import write_checkpoint
+from tests.unit.core.results.test_export import write_checkpoint
 
 PIECES = st.sampled_from(["..", ".", "/", "a", "runs", "ä", "名", "-", "x" * 300, "link", " ", "\\", "~"])
 NAMES = st.lists(PIECES, min_size=1, max_size=6).map("".join) | st.text(min_size=1, max_size=80)

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from airflow_provider_sft.core.errors import InvalidParameterError
-from airflow_provider_sft.hooks.storage import s3_options
+from airflow_provider_sft.hooks.aws_connection import s3_options
 from airflow_provider_sft.operators.dataset import ResolveDatasetOperator
 
 SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYNotReal"

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 from airflow_provider_sft.core import constants as c
 from airflow_provider_sft.operators.export import ExportModelOperator
-from tests.unit.core.test_export import write_checkpoint
+from tests.unit.core.results.test_export import write_checkpoint
 
 
 def test_the_export_is_logged_once_and_the_metrics_read_as_a_summary(tmp_path, capsys, caplog):

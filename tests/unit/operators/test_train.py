@@ -206,3 +206,24 @@ def test_deferrable_on_the_local_backend_says_it_keeps_the_worker_slot(monkeypat
     logged = "".join(capsys.readouterr())  # the task logger (structlog) writes to the console here
     assert "deferrable=True has no effect on the local backend" in logged
     assert "keeps its worker slot" in logged
+
+
+def test_start_timeout_seconds_reaches_the_kubernetes_config_and_the_old_name_still_works_with_a_warning(
+    tmp_path,
+):
+    from airflow.exceptions import AirflowProviderDeprecationWarning
+
+    ws = str(tmp_path)
+
+    op = SFTTrainOperator(task_id="t", dataset_path="d", workspace=ws, start_timeout_seconds=600)
+    assert "start_timeout_seconds" in SFTTrainOperator.template_fields
+    assert op.kubernetes_config("ns").start_timeout_seconds == 600
+    with pytest.warns(AirflowProviderDeprecationWarning, match="start_timeout is deprecated"):
+        old = SFTTrainOperator(task_id="t", dataset_path="d", workspace=ws, start_timeout="600")
+    assert old.kubernetes_config("ns").start_timeout_seconds == 600
+    with pytest.raises(
+        InvalidParameterError, match="start_timeout: is the old name of start_timeout_seconds"
+    ):
+        SFTTrainOperator(
+            task_id="t", dataset_path="d", workspace=ws, start_timeout=60, start_timeout_seconds=600
+        )

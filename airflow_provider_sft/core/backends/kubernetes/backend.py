@@ -62,7 +62,7 @@ from airflow_provider_sft.core.backends.kubernetes.manifest import (
 )
 from airflow_provider_sft.core.backends.kubernetes.pytorchjob import build_pytorchjob
 from airflow_provider_sft.core.backends.kubernetes.retry import KubeApiError
-from airflow_provider_sft.core.backends.kubernetes.status import GONE, JobPhase, JobState, classify
+from airflow_provider_sft.core.backends.kubernetes.status import GONE, JobPhase, JobState, classify_job_status
 from airflow_provider_sft.core.backends.kubernetes.watch import WaitResult, follow_job
 from airflow_provider_sft.core.clock import SYSTEM_CLOCK, Clock
 from airflow_provider_sft.core.errors import InvalidParameterError, TrainingFailedError
@@ -109,7 +109,7 @@ def result_of(
     name: str,
     waited: WaitResult,
     *,
-    start_timeout: float | None = None,
+    start_timeout_seconds: float | None = None,
     kind: str = c.TRAINJOB_KIND,
 ) -> JobResult:
     """What a finished wait means for the run (the trigger's event carries this)."""
@@ -120,14 +120,14 @@ def result_of(
         if state.phase is JobPhase.SUSPENDED:
             return JobResult(
                 JobStatus.TIMED_OUT,
-                f"{job} stayed suspended for {start_timeout:g}s: no queue admitted it. With Kueue, check "
+                f"{job} stayed suspended for {start_timeout_seconds:g}s: no queue admitted it. With Kueue, check "
                 "that the kueue.x-k8s.io/queue-name label (job_labels) names a LocalQueue and that its "
                 f"ClusterQueue has quota for the requested resources{pending}",
                 reason="StartTimeout",
             )
         return JobResult(
             JobStatus.TIMED_OUT,
-            f"{job} did not start within {start_timeout:g}s{pending or ': its pods were never ready'}",
+            f"{job} did not start within {start_timeout_seconds:g}s{pending or ': its pods were never ready'}",
             reason="StartTimeout",
         )
     if waited.timeout == "run":
@@ -273,7 +273,7 @@ class KubernetesBackend(TrainingBackend):
         handle = self.handle(run.name, run.output_dir)
         existing = await client.get_job(self.resource, ns, run.name)
         if existing is not None:
-            state = classify(existing)
+            state = classify_job_status(existing)
             if state.phase is not JobPhase.FAILED:
                 log.info("Attaching to existing %s %s/%s (%s)", kind, ns, run.name, state.phase.value)
                 return handle
@@ -356,7 +356,7 @@ class KubernetesBackend(TrainingBackend):
 
         async def read(client: KubeClient) -> JobResult:
             job = await client.get_job(resource, handle.details["namespace"], handle.name)
-            state = classify(job) if job is not None else GONE
+            state = classify_job_status(job) if job is not None else GONE
             if not state.terminal:
                 return JobResult(JobStatus.RUNNING, state.describe())
             return result_of(
@@ -401,7 +401,7 @@ class KubernetesBackend(TrainingBackend):
                 handle.name,
                 clock=self.clock,
                 timeout_seconds=timeout_seconds,
-                start_timeout_seconds=self.config.start_timeout,
+                start_timeout_seconds=self.config.start_timeout_seconds,
                 on_state=on_state,
                 on_note=pod_log,
             )
@@ -413,7 +413,11 @@ class KubernetesBackend(TrainingBackend):
         # job past its deadline is deleted now.
         await _drain(log_task, LOG_DRAIN_SECONDS if pod_log.lines and waited.timeout is None else 0)
         result = result_of(
-            ns, handle.name, waited, start_timeout=self.config.start_timeout, kind=resource.kind.value
+            ns,
+            handle.name,
+            waited,
+            start_timeout_seconds=self.config.start_timeout_seconds,
+            kind=resource.kind.value,
         )
         return await self._complete(client, handle, result, pod_log)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import typing
+import warnings
 from enum import Enum
 from typing import Any
 
@@ -86,7 +87,7 @@ class KubernetesConfig(BaseModel):
     affinity: dict[str, Any] | None = None
     priority_class_name: str | None = None
     shm_size: str | None = None  # a memory-backed /dev/shm of this size in the node pods
-    start_timeout: PositiveFloat | None = None  # seconds the job may stay queued/pending
+    start_timeout_seconds: PositiveFloat | None = None  # how long the job may stay queued/pending
     # Forwarded as given (the KFP shim's TaskConfig): more trainer env entries (valueFrom allowed),
     # node pod volumes and node container mounts, and node container resources merged with
     # the training_resource_* ones (a different value for the same resource is an error).
@@ -106,8 +107,14 @@ class KubernetesConfig(BaseModel):
         """Validate; one :class:`InvalidParameterError` lists every bad parameter.
 
         ``""`` means "not set" (a template or an empty form field renders ``""``), and so does
-        ``None`` for a setting that cannot be None.
+        ``None`` for a setting that cannot be None. ``start_timeout``, the old name of
+        ``start_timeout_seconds`` (a ``kubernetes=`` settings dict may still use it), is taken
+        with a ``DeprecationWarning``.
         """
+        if "start_timeout" in values:
+            values["start_timeout_seconds"] = renamed_start_timeout(
+                values.pop("start_timeout"), values.get("start_timeout_seconds")
+            )
         nullable = {
             name for name, f in cls.model_fields.items() if type(None) in typing.get_args(f.annotation)
         }
@@ -240,3 +247,23 @@ class KubernetesConfig(BaseModel):
     @classmethod
     def _shm(cls, value: Any) -> str | None:
         return None if value in (None, "") else kubernetes_quantity(value)
+
+
+def renamed_start_timeout(
+    old: float | str | None,
+    new: float | str | None,
+    *,
+    category: type[Warning] = DeprecationWarning,
+) -> float | str | None:
+    """``start_timeout_seconds``, or ``start_timeout`` (its name before it said its unit) with a warning.
+
+    Both the operator parameter and a ``kubernetes=`` settings dict may still use the old name.
+    """
+    if old is None:
+        return new
+    if new not in (None, ""):
+        raise InvalidParameterError(
+            {"start_timeout": "is the old name of start_timeout_seconds: give only the new one"}
+        )
+    warnings.warn("start_timeout is deprecated: use start_timeout_seconds", category, stacklevel=3)
+    return old

@@ -22,7 +22,7 @@ from airflow_provider_sft.core.backends.kubernetes.client import KubeClient
 from airflow_provider_sft.core.backends.kubernetes.kinds import JobResource
 from airflow_provider_sft.core.backends.kubernetes.retry import KubeApiError, is_transient
 from airflow_provider_sft.core.clock import Clock
-from airflow_provider_sft.core.pod.protocol import classify, is_result_line, provider_line
+from airflow_provider_sft.core.pod.protocol import classify_log_line, is_result_line, provider_line
 
 log = logging.getLogger(__name__)
 LOG_START_TIMEOUT_SECONDS = 300  # how long to keep asking for a log whose container has not started
@@ -57,7 +57,7 @@ def rfc3339_second(stamp_ns: int) -> str:
 class PodLog:
     """The task log's view of a job's rank-0 pod log, and what the backend needs of the rest.
 
-    The task log gets the pod's provider lines (:func:`classify`), one line naming the pod
+    The task log gets the pod's provider lines (:func:`classify_log_line`), one line naming the pod
     whose log holds the full output, and after a failure the last lines it did not show: the
     pod goes with its job, and a failure's context (a library's traceback) with it. The
     last ``ERROR:`` line and the last result line (``SFT_RESULT``, never shown) are kept for
@@ -123,7 +123,7 @@ class PodLog:
         if is_result_line(line):
             self.result_line = line
             return
-        shown = classify(line)
+        shown = classify_log_line(line)
         self._recent.append((line, shown is not None))
         if shown is None:
             return
@@ -169,18 +169,18 @@ async def follow_log(
     pod_log: PodLog,
     *,
     clock: Clock,
-    start_timeout: float = LOG_START_TIMEOUT_SECONDS,
+    start_timeout_seconds: float = LOG_START_TIMEOUT_SECONDS,
 ) -> None:
     """Stream the rank-0 pod's log into ``pod_log`` until its container ends.
 
     The pod may not exist yet, and its log answers 400 while the container waits to
-    start: both are asked again every few seconds, for at most ``start_timeout``. A
+    start: both are asked again every few seconds, for at most ``start_timeout_seconds``. A
     stream that ends while the container runs was cut (an API-server restart, a proxy's
     idle timeout), and so was one that breaks: either is resumed where it stopped.
     Best effort: the status watch decides the outcome, and the backend stops this
     follower when the job ends (a backfill then reads what is left).
     """
-    deadline = clock.monotonic() + start_timeout
+    deadline = clock.monotonic() + start_timeout_seconds
     while True:
         try:
             pod = await rank0_pod(client, resource, namespace, job_name)

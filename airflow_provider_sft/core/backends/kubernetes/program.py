@@ -38,6 +38,7 @@ _PACKAGE = Path(airflow_provider_sft.__file__).parent
 CARRIED = (
     "__init__.py",
     "core/__init__.py",
+    "core/clock.py",  # the node waits for node 0's data on it
     "core/constants.py",
     "core/errors.py",
     "core/files.py",

@@ -56,7 +56,7 @@ class JobState:
 GONE = JobState(JobPhase.FAILED, "NotFound", "the job was deleted before it finished")
 
 
-def classify(job: dict[str, Any]) -> JobState:
+def classify_job_status(job: dict[str, Any]) -> JobState:
     """The phase of a TrainJob or PyTorchJob (by its ``kind``) from its status."""
     if job.get("kind") == c.PYTORCHJOB_KIND:
         return _classify_pytorchjob(job)

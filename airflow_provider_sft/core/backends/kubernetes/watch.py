@@ -37,7 +37,7 @@ from airflow_provider_sft.core.backends.kubernetes.status import (
     GONE,
     JobPhase,
     JobState,
-    classify,
+    classify_job_status,
     pending_reasons,
 )
 from airflow_provider_sft.core.clock import Clock
@@ -87,7 +87,7 @@ class WatchCursor:
         if job is None:
             return GONE
         self.resource_version = (job.get("metadata") or {}).get("resourceVersion", self.resource_version)
-        state = classify(job)
+        state = classify_job_status(job)
         self.started = self.started or state.phase.started
         if state != self.last:
             self.on_state(state)

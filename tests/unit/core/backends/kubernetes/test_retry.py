@@ -8,23 +8,7 @@ import json
 import pytest
 
 from airflow_provider_sft.core.backends.kubernetes.retry import KubeApiError, RetryPolicy
-
-
-class FakeClock:
-    def __init__(self):
-        self.slept: list[float] = []
-
-    def now(self):  # pragma: no cover - unused here
-        raise NotImplementedError
-
-    def monotonic(self):
-        return sum(self.slept)
-
-    def sleep(self, seconds):
-        self.slept.append(seconds)
-
-    async def asleep(self, seconds):
-        self.slept.append(seconds)
+from tests.fakes.clock import FakeClock
 
 
 class ApiError(Exception):

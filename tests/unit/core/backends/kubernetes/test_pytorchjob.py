@@ -7,7 +7,7 @@ import pytest
 from airflow_provider_sft.core.backends.kubernetes.config import KubernetesConfig
 from airflow_provider_sft.core.backends.kubernetes.manifest import step_work, training_work
 from airflow_provider_sft.core.backends.kubernetes.pytorchjob import build_pytorchjob
-from airflow_provider_sft.core.backends.kubernetes.status import JobPhase, classify
+from airflow_provider_sft.core.backends.kubernetes.status import JobPhase, classify_job_status
 from airflow_provider_sft.core.errors import InvalidParameterError
 from airflow_provider_sft.core.params import SFTParams
 from airflow_provider_sft.core.run import TrainingRun
@@ -122,9 +122,9 @@ def conditions(*types):
     ],
 )
 def test_a_pytorchjobs_conditions_give_its_phase(types, phase):
-    assert classify(conditions(*types)).phase is phase
+    assert classify_job_status(conditions(*types)).phase is phase
 
 
 def test_a_false_condition_is_not_a_state():
     job = {"kind": "PyTorchJob", "status": {"conditions": [{"type": "Running", "status": "False"}]}}
-    assert classify(job).phase is JobPhase.PENDING
+    assert classify_job_status(job).phase is JobPhase.PENDING

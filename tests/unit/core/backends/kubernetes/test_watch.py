@@ -21,19 +21,7 @@ from airflow_provider_sft.core.backends.kubernetes.watch import (
     WatchCursor,
     follow_job,
 )
-
-
-class FakeClock:
-    def __init__(self):
-        self.t = 1000.0
-        self.slept: list[float] = []
-
-    def monotonic(self):
-        return self.t
-
-    async def asleep(self, seconds):
-        self.slept.append(seconds)
-        self.t += seconds
+from tests.fakes.clock import FakeClock
 
 
 def job(rv="1", *, ready=0, active=0, conditions=(), suspend=False):
@@ -153,7 +141,7 @@ class ScriptedClient:
             raise events
         for event in events:
             yield event
-        self.clock.t += timeout_seconds  # a watch that saw nothing more lasted its window
+        self.clock.advance(timeout_seconds)  # a watch that saw nothing more lasted its window
 
     async def list_job_pods(self, resource, namespace, name):
         self.calls.append("pods")
@@ -169,7 +157,7 @@ def follow(client, clock, **kwargs):
 
 
 def test_an_outage_is_ridden_out_then_the_job_read_again():
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     client = ScriptedClient(
         clock,
         gets=[
@@ -186,7 +174,7 @@ def test_an_outage_is_ridden_out_then_the_job_read_again():
 
 
 def test_a_403_ends_the_wait_at_once():
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     client = ScriptedClient(clock, gets=[job("1", ready=1)], watches=[api_error(403, "forbidden")])
     with pytest.raises(KubeApiError, match="403"):
         follow(client, clock)
@@ -194,7 +182,7 @@ def test_a_403_ends_the_wait_at_once():
 
 
 def test_a_pending_job_is_described_and_its_start_timeout_ends_the_wait():
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     pod = {"metadata": {"name": "j-node-0-0-x"}, "status": {"phase": "Pending"}}
     event = {
         "type": "Warning",
@@ -212,11 +200,11 @@ def test_a_pending_job_is_described_and_its_start_timeout_ends_the_wait():
     )
     assert notes == [f"TrainJob j not running yet: {result.pending[0]}"]  # reported once, not every look
     assert [c for c in client.calls if c.startswith("watch")] == ["watch 1 30", "watch 1 30", "watch 1 10"]
-    assert clock.t == 1070.0
+    assert clock.monotonic() == 1070.0
 
 
 def test_the_run_deadline_ends_a_wait_on_a_running_job():
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     client = ScriptedClient(clock, gets=[job("1", ready=1)], watches=[])
     result = follow(client, clock, timeout_seconds=700)
     assert result.timeout == "run" and result.state.phase is JobPhase.RUNNING
@@ -252,7 +240,7 @@ def test_a_deadline_ends_a_call_that_hangs(monkeypatch, first, deadlines, timeou
     from airflow_provider_sft.core.backends.kubernetes import watch
 
     monkeypatch.setattr(watch, "DEADLINE_GRACE_SECONDS", 0.0)
-    clock = FakeClock()  # it never moves: only the bound on the call in flight ends this wait
+    clock = FakeClock(1000.0)  # it never moves: only the bound on the call in flight ends this wait
     client = FrozenClient(clock, first)
     result = follow(client, clock, **deadlines)
     assert result.timeout == timeout

@@ -6,7 +6,6 @@ import dataclasses
 import os
 import re
 import threading
-import time
 from pathlib import Path
 
 import psutil
@@ -20,7 +19,7 @@ from airflow_provider_sft.core.params import SFTParams
 from airflow_provider_sft.core.run import TrainingRun
 from airflow_provider_sft.core.sample_data import bundled_dataset_path
 
-FAKE_PYTHON = str(Path(__file__).resolve().parents[2] / "fakes" / "fake_training_python.py")
+FAKE_PYTHON = str(Path(__file__).resolve().parents[3] / "fakes" / "fake_training_python.py")
 
 
 def make_run(tmp_path, **values) -> TrainingRun:
@@ -90,11 +89,16 @@ def test_cancel_stops_the_whole_process_group(tmp_path, monkeypatch):
     backend = LocalProcessBackend(python=FAKE_PYTHON, grace_period_seconds=2)
     handle = backend.submit(make_run(tmp_path))
     lines: list[str] = []
-    waiter = threading.Thread(target=lambda: lines.append(backend.wait(handle, on_log=lines.append)))
+    both_started = threading.Event()
+
+    def on_log(line):
+        lines.append(line)
+        if len(pids_from(lines)) >= 2:
+            both_started.set()
+
+    waiter = threading.Thread(target=lambda: lines.append(backend.wait(handle, on_log=on_log)))
     waiter.start()
-    deadline = time.monotonic() + 30
-    while len(pids_from(lines)) < 2 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    both_started.wait(30)
     pids = pids_from(lines)
     assert len(pids) == 2 and all(alive(pid) for pid in pids)
     backend.cancel(handle)

@@ -27,7 +27,7 @@ GIB = 1 << 30
 RSS_LIMIT_BYTES = 300 << 20
 #: A guard against a run-away child (the defect held 6 GB): the address space it may reserve.
 ADDRESS_SPACE_LIMIT = 2 * GIB
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[4]
 
 
 def sparse_single_line(path: Path, size: int) -> Path:

@@ -15,7 +15,7 @@ from airflow_provider_sft.core.backends.local import LocalProcessBackend
 from airflow_provider_sft.core.params import SFTParams
 from airflow_provider_sft.core.pod.protocol import (
     Shown,
-    classify,
+    classify_log_line,
     error_line,
     node_prefix,
     parse_result,
@@ -59,21 +59,21 @@ INFO, WARNING, ERROR = logging.INFO, logging.WARNING, logging.ERROR
         ("", None),
     ],
 )
-def test_classify(line, shown):
-    assert classify(line) == shown
+def test_classify_log_line(line, shown):
+    assert classify_log_line(line) == shown
 
 
 def test_node_prefix():
     assert node_prefix(0, 1) == "[sft] "
     assert node_prefix(1, 3) == "[sft node 1/3] "
-    assert classify(node_prefix(2, 3) + "done").level == INFO
+    assert classify_log_line(node_prefix(2, 3) + "done").level == INFO
 
 
 def test_a_steps_result_line_round_trips_is_never_shown_and_the_last_one_counts():
     result = {"records": 3, "path": "/ws/dätä set/train.jsonl", "stats": {"skipped": None}}
     line = result_line(result)
     assert line.startswith("SFT_RESULT ") and "\n" not in line
-    assert classify(line) is None
+    assert classify_log_line(line) is None
     assert (
         parse_result([provider_line("resolved"), result_line({"records": 1}), line, "a trailing line"])
         == result
@@ -82,10 +82,10 @@ def test_a_steps_result_line_round_trips_is_never_shown_and_the_last_one_counts(
 
 
 def test_the_error_line_is_shown_as_an_error_and_its_message_is_the_failure():
-    shown = classify("bar 50%\r" + error_line("train failed: OSError: disk full"))
+    shown = classify_log_line("bar 50%\r" + error_line("train failed: OSError: disk full"))
     assert shown == Shown(ERROR, "ERROR: train failed: OSError: disk full")
     assert shown.error == "train failed: OSError: disk full"
-    assert classify(provider_line("ERROR: quoted, not a failure")).error is None
+    assert classify_log_line(provider_line("ERROR: quoted, not a failure")).error is None
 
 
 MIXED_OUTPUT = [
@@ -152,7 +152,7 @@ def test_the_local_backend_keeps_every_line_and_shows_the_providers(tmp_path):
         "ERROR: the run's reason",
         full_output,
     ]
-    assert [classify(line).level for line in shown] == [INFO, INFO, WARNING, INFO, INFO, ERROR, INFO]
+    assert [classify_log_line(line).level for line in shown] == [INFO, INFO, WARNING, INFO, INFO, ERROR, INFO]
     assert result.status is JobStatus.FAILED
     assert result.message == "training process exited with status 3: the run's reason"
 

@@ -269,7 +269,7 @@ def test_every_problem_is_reported_at_once():
         ({"tolerations": "{not json"}, "tolerations", "must be JSON"),
         ({"affinity": {"nodeAfinity": {}}}, "affinity", "unknown field"),
         ({"shm_size": "16 GB"}, "shm_size", "Kubernetes quantity"),
-        ({"start_timeout": 0}, "start_timeout", "must be > 0"),
+        ({"start_timeout_seconds": 0}, "start_timeout_seconds", "must be > 0"),
         ({"workspace_mount_path": "workspace"}, "workspace_mount_path", "absolute path"),
         ({"node_selector": {"Bad Key": "x"}}, "node_selector", "name part"),
     ],
@@ -279,6 +279,14 @@ def test_bad_kubernetes_settings_name_the_parameter(values, field, message):
         KubernetesConfig.build(**values)
     assert list(info.value.errors) == [field]
     assert message in info.value.errors[field]
+
+
+def test_the_old_start_timeout_setting_is_read_with_a_deprecation_warning():
+    with pytest.warns(DeprecationWarning, match="start_timeout is deprecated: use start_timeout_seconds"):
+        assert KubernetesConfig.build(start_timeout="90").start_timeout_seconds == 90
+    with pytest.raises(InvalidParameterError) as info:
+        KubernetesConfig.build(start_timeout=60, start_timeout_seconds=90)
+    assert list(info.value.errors) == ["start_timeout"]
 
 
 def test_empty_means_not_set_and_none_only_where_it_is_no_value():

@@ -477,15 +477,15 @@ def test_parquet_columnar_fast_path_writes_what_the_row_path_writes(tmp_path):
     import orjson
 
     from airflow_provider_sft.core.dataset.formats import Validated, read_parquet
-    from airflow_provider_sft.core.dataset.records import Mapping
+    from airflow_provider_sft.core.dataset.records import RecordMapping
 
     tricky = 'a "quoted" \\ back\\slash é ✓ line\nbreak\ttab\r\x08\x0c'
     rows = [*ROWS, chat(("q", tricky))] * 700  # several batches
     path = write_parquet(tmp_path / "d.parquet", rows)
-    fast = list(read_parquet(path, "d", Mapping.MESSAGES))
+    fast = list(read_parquet(path, "d", RecordMapping.MESSAGES))
     assert {type(record) for _, record, _ in fast} == {Validated}
     assert sum(record.count for _, record, _ in fast) == len(rows)
-    row_path = [record for _, record, _ in read_parquet(path, "d", Mapping.MESSAGES, fast=False)]
+    row_path = [record for _, record, _ in read_parquet(path, "d", RecordMapping.MESSAGES, fast=False)]
     expected = b"".join(orjson.dumps(r) + b"\n" for r in row_path)
     assert b"".join(bytes(blob) for _, _, blob in fast) == expected
     resolve_dataset(str(path), tmp_path / "ws")
@@ -497,10 +497,10 @@ def test_parquet_rare_control_characters_take_the_row_path(tmp_path):
     import orjson
 
     from airflow_provider_sft.core.dataset.formats import Validated, read_parquet
-    from airflow_provider_sft.core.dataset.records import Mapping
+    from airflow_provider_sft.core.dataset.records import RecordMapping
 
     rows = [chat(("bell \x07 and \x01", "ok"))]
-    items = list(read_parquet(write_parquet(tmp_path / "d.parquet", rows), "d", Mapping.MESSAGES))
+    items = list(read_parquet(write_parquet(tmp_path / "d.parquet", rows), "d", RecordMapping.MESSAGES))
     assert not any(isinstance(record, Validated) for _, record, _ in items)
     resolve_dataset(str(tmp_path / "d.parquet"), tmp_path / "ws")
     assert (tmp_path / "ws" / "dataset" / "train.jsonl").read_bytes() == orjson.dumps(rows[0]) + b"\n"

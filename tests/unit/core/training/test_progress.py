@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import time
+import threading
 from datetime import datetime, timedelta
 
 from airflow_provider_sft.core.training.progress import MetricsFollower, is_progress_step, progress_line
@@ -121,11 +121,15 @@ def test_unreadable_lines_are_skipped(tmp_path):
 def test_as_a_context_manager_it_follows_while_the_file_is_written_and_prints_the_end(tmp_path):
     metrics = tmp_path / "metrics.jsonl"
     lines: list[str] = []
-    with follower(metrics, lines, interval=0.05):
+    printed = threading.Event()
+
+    def log(line):
+        lines.append(line)
+        printed.set()
+
+    with MetricsFollower(metrics, num_epochs=2, effective_batch_size=8, log=log, interval=0.05):
         append(metrics, step_row(1))
-        deadline = time.monotonic() + 10
-        while not lines and time.monotonic() < deadline:
-            time.sleep(0.02)
+        printed.wait(10)
         assert lines == [lines[0]] and lines[0].startswith("step 1/40 ")  # seen while "training" runs
         append(metrics, *(step_row(s) for s in range(2, 41)))
     assert lines[-1].startswith("step 40/40 ")  # the rest is read on exit
@@ -140,7 +144,7 @@ def test_on_cuda_the_entrypoint_prints_progress_from_the_metrics_file(tmp_path, 
     from airflow_provider_sft.core import constants as c
     from airflow_provider_sft.core.params import SFTParams
     from airflow_provider_sft.core.pod import entrypoint
-    from airflow_provider_sft.core.pod.protocol import classify
+    from airflow_provider_sft.core.pod.protocol import classify_log_line
     from airflow_provider_sft.core.run import TrainingRun
     from airflow_provider_sft.core.training import instructlab_command
 
@@ -166,7 +170,7 @@ def test_on_cuda_the_entrypoint_prints_progress_from_the_metrics_file(tmp_path, 
     )
     entrypoint._train_on_cuda(run, 1)
     out, err = capfd.readouterr()
-    shown = [s.text for line in out.splitlines() if (s := classify(line)) is not None]
+    shown = [s.text for line in out.splitlines() if (s := classify_log_line(line)) is not None]
     progress = [line for line in shown if line.startswith("[sft] step ")]
     assert len(progress) == 21 and progress[-1].startswith("[sft] step 40/40 epoch 2/2 loss 1.6000 ")
     assert "Epoch 0" in err and not any("Epoch 0" in line for line in shown)

@@ -1,0 +1,67 @@
+"""TrainJobTrigger without a cluster: its serialized form, and an unreachable server on a fake clock.
+
+The trigger against the real API server is in tests/integration/test_trainjob_trigger.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import timedelta
+
+from airflow_provider_sft.triggers.trainjob import TrainJobTrigger
+from tests.fakes.clock import FakeClock
+
+
+def job(namespace, name="trig-job", kind="TrainJob"):
+    return {
+        "backend": "kubernetes",
+        "name": name,
+        "output_dir": f"/workspace/runs/{name}",
+        "namespace": namespace,
+        "kind": kind,
+    }
+
+
+def test_serialize_round_trip():
+    kwargs = {
+        "job": job("ns", "n"),
+        "kubernetes_conn_id": "k",
+        "deadline": "2026-11-25T21:00:00+00:00",
+        "start_deadline": "2026-11-25T20:10:00+00:00",
+        "start_timeout_seconds": 600.0,
+        "delete_on_kill": False,
+    }
+    classpath, serialized = TrainJobTrigger(**kwargs).serialize()
+    assert classpath == "airflow_provider_sft.triggers.trainjob.TrainJobTrigger"
+    assert serialized == kwargs
+    assert TrainJobTrigger(**serialized).serialize() == (classpath, kwargs)
+
+
+def test_a_trigger_serialized_before_start_timeout_said_its_unit_resumes_with_it():
+    old = {"job": job("ns", "n"), "kubernetes_conn_id": "k", "start_timeout": 600.0}
+    trig = TrainJobTrigger(**old)
+    assert trig.start_timeout_seconds == 600.0
+    assert trig.serialize()[1]["start_timeout_seconds"] == 600.0
+    assert "start_timeout" not in trig.serialize()[1]
+
+
+def test_an_unreachable_cluster_is_waited_out_until_the_deadline(tmp_path, monkeypatch):
+    kubeconfig = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "current-context": "x",
+        "clusters": [{"name": "x", "cluster": {"server": "http://127.0.0.1:9"}}],
+        "users": [{"name": "x", "user": {}}],
+        "contexts": [{"name": "x", "context": {"cluster": "x", "user": "x"}}],
+    }
+    (tmp_path / "kc").write_text(json.dumps(kubeconfig))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_DOWN",
+        json.dumps({"conn_type": "kubernetes", "extra": {"kube_config_path": str(tmp_path / "kc")}}),
+    )
+    clock = FakeClock()  # backoff without waiting: each sleep moves this clock on instead
+    deadline = (clock.now() + timedelta(seconds=30)).isoformat()
+    trig = TrainJobTrigger(job=job("ns", "x"), kubernetes_conn_id="down", deadline=deadline, clock=clock)
+    event = asyncio.run(asyncio.wait_for(trig.run().__anext__(), 30)).payload
+    assert event["status"] == "timeout"  # an unreachable server is waited out until the deadline
