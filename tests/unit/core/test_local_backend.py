@@ -107,7 +107,9 @@ def test_cancel_stops_the_whole_process_group(tmp_path, monkeypatch):
 
 def test_timeout_cancels_and_reports(tmp_path, monkeypatch):
     monkeypatch.setenv("FAKE_TRAINING", "sleep")
-    backend = LocalProcessBackend(LocalConfig(python=FAKE_PYTHON, grace_period_seconds=2, poll_interval_seconds=0.1))
+    backend = LocalProcessBackend(
+        LocalConfig(python=FAKE_PYTHON, grace_period_seconds=2, poll_interval_seconds=0.1)
+    )
     handle = backend.submit(make_run(tmp_path))
     lines: list[str] = []
     result = backend.wait(handle, on_log=lines.append, timeout_seconds=1.5)
@@ -118,7 +120,9 @@ def test_timeout_cancels_and_reports(tmp_path, monkeypatch):
 
 def test_memory_limit_is_enforced(tmp_path, monkeypatch):
     monkeypatch.setenv("FAKE_TRAINING", "memory")
-    backend = LocalProcessBackend(LocalConfig(python=FAKE_PYTHON, grace_period_seconds=2, poll_interval_seconds=0.1))
+    backend = LocalProcessBackend(
+        LocalConfig(python=FAKE_PYTHON, grace_period_seconds=2, poll_interval_seconds=0.1)
+    )
     handle = backend.submit(make_run(tmp_path, resource_memory_per_worker="256Mi"))
     result = backend.wait(handle, on_log=lambda _line: None, timeout_seconds=60)
     assert result.status is JobStatus.FAILED
@@ -208,7 +212,9 @@ def test_limits_stop_a_process_that_prints_steadily(
 ):
     """A line every 20 ms never leaves the output quiet for a poll interval: the limits must not wait for that."""
     monkeypatch.setenv("FAKE_TRAINING", mode)
-    backend = LocalProcessBackend(LocalConfig(python=FAKE_PYTHON, grace_period_seconds=2, poll_interval_seconds=0.1))
+    backend = LocalProcessBackend(
+        LocalConfig(python=FAKE_PYTHON, grace_period_seconds=2, poll_interval_seconds=0.1)
+    )
     handle = backend.submit(make_run(tmp_path, resource_memory_per_worker=memory))
     outcome: list = []
     waiter = threading.Thread(

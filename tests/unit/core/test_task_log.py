@@ -106,7 +106,9 @@ def make_run(tmp_path: Path) -> TrainingRun:
 
 def run_fake(tmp_path: Path, *, error: str | None, code: int):
     run = make_run(tmp_path)
-    backend = LocalProcessBackend(LocalConfig(python=fake_python(tmp_path, MIXED_OUTPUT, error=error, code=code)))
+    backend = LocalProcessBackend(
+        LocalConfig(python=fake_python(tmp_path, MIXED_OUTPUT, error=error, code=code))
+    )
     shown: list[str] = []
     result = backend.wait(backend.submit(run), on_log=shown.append, timeout_seconds=60)
     return result, shown, Path(run.output_dir) / c.TRAIN_LOG_FILE
