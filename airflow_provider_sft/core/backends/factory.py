@@ -8,6 +8,7 @@ KFP pod's environment) is turned into a config and a ``connect`` before, never i
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 
 from airflow_provider_sft.core.backends.base import BackendName, Credentials, TrainingBackend
@@ -70,5 +71,4 @@ def build_backend(
 def _environment_connect() -> Connector:
     from airflow_provider_sft.core.backends.kubernetes.client import connect, environment_configuration
 
-    configuration = environment_configuration()
-    return lambda: connect(configuration)
+    return functools.partial(connect, environment_configuration())
