@@ -20,7 +20,9 @@ def resolve_task(tmp_path, **values) -> ResolveDatasetOperator:
 def test_steps_run_in_the_task_where_the_worker_sees_the_workspace(tmp_path):
     """Local backend, and ``shared`` mode on Kubernetes (the worker mounts the PVC): the local config."""
     assert resolve_task(tmp_path).step_config() == LocalConfig()
-    shared = resolve_task(tmp_path, backend="kubernetes", workspace_mode="shared", kubernetes={"pvc_name": "ws"})
+    shared = resolve_task(
+        tmp_path, backend="kubernetes", workspace_mode="shared", kubernetes={"pvc_name": "ws"}
+    )
     assert shared.step_config() == LocalConfig()
 
 
@@ -53,7 +55,11 @@ def test_the_train_task_builds_the_backend_its_backend_parameter_names(tmp_path,
     local = SFTTrainOperator(task_id="t", dataset_path="d", workspace=str(tmp_path))
     assert type(local._backend_for({})) is LocalProcessBackend
     cluster = SFTTrainOperator(
-        task_id="t", dataset_path="d", workspace=str(tmp_path), backend="kubernetes", pvc_name="ws",
+        task_id="t",
+        dataset_path="d",
+        workspace=str(tmp_path),
+        backend="kubernetes",
+        pvc_name="ws",
         kubernetes_conn_id="k",
     )
     backend = cluster._backend_for({})
