@@ -31,10 +31,6 @@ class TrainingJobConsoleLink(BaseOperatorLink):
         return template.format(namespace=handle.namespace, name=handle.name)
 
 
-#: The link's earlier name, for an import that still uses it.
-TrainJobConsoleLink = TrainingJobConsoleLink
-
-
 def airflow_ui_url() -> str:
     """The UI's base URL: ``[api] base_url``, else the API server's host and port."""
     from airflow.configuration import conf
