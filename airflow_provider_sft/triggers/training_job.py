@@ -16,7 +16,7 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_provider_sft.core.backends.base import JobHandle
 from airflow_provider_sft.core.backends.kubernetes import result_of
-from airflow_provider_sft.core.backends.kubernetes.backend import delete_job_and_owned
+from airflow_provider_sft.core.backends.kubernetes.backend import delete_job_and_owned, job_namespace
 from airflow_provider_sft.core.backends.kubernetes.kinds import JobResource, resource_of
 from airflow_provider_sft.core.backends.kubernetes.watch import follow_job
 from airflow_provider_sft.core.clock import SYSTEM_CLOCK, Clock
@@ -67,9 +67,7 @@ class TrainingJobTrigger(BaseTrigger):
 
     @property
     def namespace(self) -> str:
-        if self.handle.namespace is None:
-            raise ValueError(f"{self.handle.name} is not a cluster job: its handle has no namespace")
-        return self.handle.namespace
+        return job_namespace(self.handle)
 
     @property
     def resource(self) -> JobResource:

@@ -340,11 +340,11 @@ class KubernetesBackend(TrainingBackend):
         resource = resource_of(handle.kind)
 
         async def read(client: KubeClient) -> JobResult:
-            job = await client.get_job(resource, _namespace(handle), handle.name)
+            job = await client.get_job(resource, job_namespace(handle), handle.name)
             state = classify(job) if job is not None else GONE
             if not state.terminal:
                 return JobResult(JobStatus.RUNNING, state.describe())
-            return result_of(_namespace(handle), handle.name, WaitResult(state), kind=resource.kind.value)
+            return result_of(job_namespace(handle), handle.name, WaitResult(state), kind=resource.kind.value)
 
         return self._run(read)
 
@@ -364,7 +364,7 @@ class KubernetesBackend(TrainingBackend):
         timeout_seconds: float | None,
     ) -> JobResult:
         """Follow the job to its end, then complete it (which backfills what the log stream missed)."""
-        ns, resource = _namespace(handle), resource_of(handle.kind)
+        ns, resource = job_namespace(handle), resource_of(handle.kind)
         log_task: asyncio.Task | None = None
         pod_log = PodLog.of(on_log, ns)
 
@@ -468,7 +468,7 @@ class KubernetesBackend(TrainingBackend):
         log the pod log's last lines it did not show (the pod goes with its job). An API server
         that does not answer in time is reported, not waited for.
         """
-        ns, resource = _namespace(handle), resource_of(handle.kind)
+        ns, resource = job_namespace(handle), resource_of(handle.kind)
         pod_log = PodLog.of(on_log, ns)
         try:
             return await asyncio.wait_for(self._finish(client, handle, result, pod_log), CLEANUP_SECONDS)
@@ -487,7 +487,7 @@ class KubernetesBackend(TrainingBackend):
     async def _finish(
         self, client: KubeClient, handle: JobHandle, result: JobResult, pod_log: PodLog
     ) -> JobResult:
-        ns, resource = _namespace(handle), resource_of(handle.kind)
+        ns, resource = job_namespace(handle), resource_of(handle.kind)
         await backfill_log(client, resource, ns, handle.name, pod_log)
         if not result.succeeded:
             pod_log.show_failure_context()
@@ -525,7 +525,7 @@ class KubernetesBackend(TrainingBackend):
 
 async def delete_job_and_owned(client: KubeClient, handle: JobHandle) -> None:
     """Delete a job and the Secret and ConfigMap made for it (each may already be gone)."""
-    ns, resource = _namespace(handle), resource_of(handle.kind)
+    ns, resource = job_namespace(handle), resource_of(handle.kind)
     if await client.delete_job(resource, ns, handle.name):
         log.info("Deleted %s %s/%s", resource.kind.value, ns, handle.name)
     # Owned by the job, so garbage-collected with it; deleted here too for clusters (and
@@ -539,7 +539,8 @@ def _with_uid(handle: JobHandle, job: dict[str, Any]) -> JobHandle:
     return dataclasses.replace(handle, uid=(job.get("metadata") or {}).get("uid"))
 
 
-def _namespace(handle: JobHandle) -> str:
+def job_namespace(handle: JobHandle) -> str:
+    """The namespace of a cluster job's handle (a handle of another backend has none)."""
     if handle.namespace is None:
         raise ValueError(f"{handle.name} is not a cluster job: its handle has no namespace")
     return handle.namespace
