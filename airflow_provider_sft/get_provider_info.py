@@ -48,13 +48,16 @@ def get_provider_info() -> dict:
             }
         ],
         "extra-links": [
-            "airflow_provider_sft.links.TrainJobConsoleLink",
+            "airflow_provider_sft.links.TrainingJobConsoleLink",
             "airflow_provider_sft.links.TrainingResultsLink",
         ],
         # The *Training results* tab of task instances (an Airflow 3 FastAPI app + external view).
         "plugins": [{"name": "sft", "plugin-class": "airflow_provider_sft.plugin.SFTResultsPlugin"}],
         "triggers": [
-            {"integration-name": INTEGRATION, "python-modules": ["airflow_provider_sft.triggers.trainjob"]}
+            {
+                "integration-name": INTEGRATION,
+                "python-modules": ["airflow_provider_sft.triggers.training_job"],
+            }
         ],
         "hooks": [
             {

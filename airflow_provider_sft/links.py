@@ -1,4 +1,4 @@
-"""Operator extra links: the TrainJob in a cluster console, and the run's *Training results* tab.
+"""Operator extra links: the training job in a cluster console, and the run's *Training results* tab.
 
 Airflow 3's UI shows only http(s) and mailto links and hides empty ones: a link that has
 nothing to point at returns ``""``.
@@ -11,22 +11,24 @@ from urllib.parse import quote
 from airflow.sdk import BaseOperatorLink
 from airflow.sdk.execution_time.xcom import XCom
 
+from airflow_provider_sft.core.backends.base import TRAINING_JOB_XCOM_KEY, JobHandle
 from airflow_provider_sft.plugin import URL_ROUTE
 
 
-class TrainJobConsoleLink(BaseOperatorLink):
-    """The training run's TrainJob in the cluster console (``console_url_template`` of the operator)."""
+class TrainingJobConsoleLink(BaseOperatorLink):
+    """The run's TrainJob or PyTorchJob in the cluster console (``console_url_template`` of the operator)."""
 
-    name = "TrainJob"
+    name = "Training job"
 
     def get_link(self, operator, *, ti_key) -> str:
         template = getattr(operator, "console_url_template", None)
         if not template:  # no lookup at all: a failed task has no job, and no error line for it
             return ""
-        job = XCom.get_value(ti_key=ti_key, key="training_job")
-        if not job or job.get("backend") != "kubernetes":
-            return ""  # the local backend has no TrainJob
-        return template.format(namespace=job.get("namespace", ""), name=job.get("name", ""))
+        job = XCom.get_value(ti_key=ti_key, key=TRAINING_JOB_XCOM_KEY)
+        handle = JobHandle.from_dict(job) if job else None
+        if handle is None or handle.namespace is None:
+            return ""  # a run on this machine is no cluster job
+        return template.format(namespace=handle.namespace, name=handle.name)
 
 
 def airflow_ui_url() -> str:

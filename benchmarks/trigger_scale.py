@@ -5,7 +5,7 @@
 
 Needs the test API server (tests/k8s/build-crdserver.sh, etcd). For each N it creates
 N running TrainJobs on the REAL server (the upstream v2.3.0 CRDs), then runs, each in a
-fresh child process (the "triggerer"), first our wait (one ``TrainJobTrigger`` per job:
+fresh child process (the "triggerer"), first our wait (one ``TrainingJobTrigger`` per job:
 ``follow_job`` over the shared async client), then the baseline (one GET per job
 every ``--poll`` seconds). After a warm-up it counts the API requests the server
 receives during ``--window`` seconds, then completes every job and times how long
@@ -37,14 +37,14 @@ SMOKE = {"jobs": [3], "window": 2.0, "poll": 1.0, "warmup": 1.0, "quiet": 1}
 def child(
     mode: str, conn_env: str, namespace: str, names: list[str], poll: float, conn, go_complete, t0
 ) -> None:
-    """The triggerer: one TrainJobTrigger per job (or the poll baseline); reports CPU, RSS, latency."""
+    """The triggerer: one TrainingJobTrigger per job (or the poll baseline); reports CPU, RSS, latency."""
     import os
 
     os.environ["AIRFLOW_CONN_BENCH_K8S"] = conn_env
     from airflow_provider_sft.core.backends.kubernetes.kinds import TRAINJOB
     from airflow_provider_sft.core.backends.kubernetes.status import classify_job_status
     from airflow_provider_sft.hooks.sft import SFTTrainingHook
-    from airflow_provider_sft.triggers.trainjob import TrainJobTrigger
+    from airflow_provider_sft.triggers.training_job import TrainingJobTrigger
 
     done_at: dict[str, float] = {}
 
@@ -55,7 +55,7 @@ def child(
             "output_dir": f"/workspace/runs/{name}",
             "namespace": namespace,
         }
-        trigger = TrainJobTrigger(job=job, kubernetes_conn_id="bench_k8s")
+        trigger = TrainingJobTrigger(job=job, kubernetes_conn_id="bench_k8s")
         event = await trigger.run().__anext__()
         assert event.payload["status"] == "success", event.payload
         done_at[name] = time.monotonic()

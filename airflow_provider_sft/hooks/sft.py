@@ -57,7 +57,7 @@ class SFTTrainingHook(BaseHook):
     async def connect(self, clock: Clock = SYSTEM_CLOCK) -> AsyncIterator[KubeClient]:
         """A client on the API client this process shares for this connection (and event loop).
 
-        Every TrainJobTrigger of one triggerer process that uses the same connection
+        Every TrainingJobTrigger of one triggerer process that uses the same connection
         borrows the same ``kubernetes_asyncio`` client (one connection pool, watches
         multiplexed over it) instead of building its own: that keeps a triggerer
         following a thousand TrainJobs small. The client closes with its last user.

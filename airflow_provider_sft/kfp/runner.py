@@ -28,7 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from airflow_provider_sft.core import constants as c
-from airflow_provider_sft.core.backends import BackendName, JobStatus, TrainingBackend
+from airflow_provider_sft.core.backends import Credentials, JobStatus
+from airflow_provider_sft.core.backends.factory import BackendConfig, build_backend, config_type
+from airflow_provider_sft.core.backends.kubernetes.config import KubernetesConfig
+from airflow_provider_sft.core.backends.local import LocalConfig
 from airflow_provider_sft.core.dataset import artifact_location, resolve_dataset
 from airflow_provider_sft.core.errors import DatasetError, InvalidParameterError, TrainingFailedError
 from airflow_provider_sft.core.files import checked_root
@@ -53,15 +56,16 @@ LOGGED_METRICS = (
 )
 
 
-def choose_backend() -> BackendName:
+def choose_backend() -> type[BackendConfig]:
+    """``SFT_BACKEND``'s backend, else Kubernetes when the pod can reach a cluster, else local."""
     forced = os.environ.get(BACKEND_ENV)
     if forced:
-        return BackendName(forced)
+        return config_type(forced)
     from airflow_provider_sft.core.backends.kubernetes.client import IN_CLUSTER_CA, environment_server
 
     if environment_server() is not None or Path(IN_CLUSTER_CA).exists():
-        return BackendName.KUBERNETES
-    return BackendName.LOCAL
+        return KubernetesConfig
+    return LocalConfig
 
 
 def _dataset_source(dataset: Any, pvc_path: str) -> tuple[str, Path]:
@@ -91,6 +95,7 @@ def _resolved(location: str, workspace: Path) -> str:
 
 #: Settings the shim does not take from a parameter, named where the component's user sets them.
 _SETTING_NAMES = {
+    "backend": BACKEND_ENV,
     "pvc_name": "kubernetes_config.volumes",
     "workspace_mount_path": "pvc_path",
     "namespace": "SFT_NAMESPACE",
@@ -157,17 +162,15 @@ def task_config_settings(task_config: Any, pvc_path: str) -> dict[str, Any]:
     }
 
 
-def _backend(kind: BackendName, task_config: Any, pvc_path: str) -> TrainingBackend:
-    if kind is BackendName.LOCAL:
-        from airflow_provider_sft.core.backends.local import LocalProcessBackend
-
-        return LocalProcessBackend()
-    from airflow_provider_sft.core.backends.kubernetes import Credentials, KubernetesBackend, KubernetesConfig
-    from airflow_provider_sft.core.backends.kubernetes.client import (
-        IN_CLUSTER_NAMESPACE,
-        connect,
-        environment_configuration,
-    )
+def backend_config(
+    kind: type[BackendConfig], task_config: Any, pvc_path: str
+) -> tuple[BackendConfig, Credentials]:
+    """The config of a ``kind`` backend from the pod's environment and the TaskConfig, and its
+    credentials (``HF_TOKEN``; on Kubernetes ``OCI_PULL_SECRET_MODEL_DOWNLOAD`` too)."""
+    credentials = Credentials(hf_token=os.environ.get(c.HF_TOKEN_ENV) or None)
+    if not issubclass(kind, KubernetesConfig):
+        return kind(), credentials
+    from airflow_provider_sft.core.backends.kubernetes.client import IN_CLUSTER_NAMESPACE
     from airflow_provider_sft.core.backends.kubernetes.pull_secret import oci_pull_secret
 
     namespace_file = Path(IN_CLUSTER_NAMESPACE)
@@ -180,15 +183,7 @@ def _backend(kind: BackendName, task_config: Any, pvc_path: str) -> TrainingBack
         workspace_mount_path=pvc_path,
         **task_config_settings(task_config, pvc_path),
     )
-    configuration = environment_configuration()
-    return KubernetesBackend(
-        config=config,
-        connect=lambda: connect(configuration),
-        credentials=Credentials(
-            hf_token=os.environ.get(c.HF_TOKEN_ENV) or None,
-            oci_pull_secret=oci_pull_secret(),
-        ),
-    )
+    return config, dataclasses.replace(credentials, oci_pull_secret=oci_pull_secret())
 
 
 def run_train_model(
@@ -204,7 +199,8 @@ def run_train_model(
     with component_names():  # everything that can be refused is, before anything is written
         params = SFTParams.from_component_kwargs(**training)
         checked_root(pvc_path, field="pvc_path")  # "/" would create /dataset and /runs
-        backend = _backend(choose_backend(), kubernetes_config, pvc_path)
+        config, credentials = backend_config(choose_backend(), kubernetes_config, pvc_path)
+        backend = build_backend(config, credentials=credentials)
         location, workspace = _dataset_source(dataset, pvc_path)
         name = run_name("kfp", os.environ.get("KFP_RUN_ID") or uuid.uuid4().hex)
         planned = str(workspace / c.DATASET_DIR / "train.jsonl")

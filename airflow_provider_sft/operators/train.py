@@ -14,31 +14,31 @@ from airflow.sdk import BaseOperator
 
 from airflow_provider_sft.core import constants as c
 from airflow_provider_sft.core.backends import (
-    BackendName,
+    TRAINING_JOB_XCOM_KEY,
+    Credentials,
     JobHandle,
     JobResult,
     JobStatus,
     TrainingBackend,
-    get_backend,
 )
-from airflow_provider_sft.core.backends.kubernetes import (
-    Credentials,
-    KubernetesBackend,
-    KubernetesConfig,
-    RuntimeKind,
-    SpecGeneration,
-)
+from airflow_provider_sft.core.backends.factory import BackendConfig
+from airflow_provider_sft.core.backends.kubernetes import RuntimeKind, SpecGeneration
 from airflow_provider_sft.core.backends.kubernetes.config import renamed_start_timeout
 from airflow_provider_sft.core.clock import SYSTEM_CLOCK
 from airflow_provider_sft.core.errors import TrainingFailedError, TrainingTimeoutError
 from airflow_provider_sft.core.params import SFTParams
 from airflow_provider_sft.core.run import Device, TrainingRun
 from airflow_provider_sft.lineage import LineageMixin
-from airflow_provider_sft.links import TrainingResultsLink, TrainJobConsoleLink
+from airflow_provider_sft.links import TrainingJobConsoleLink, TrainingResultsLink
 from airflow_provider_sft.operators.failures import bad_input_is_final
 from airflow_provider_sft.operators.masking import mask_secret_envs
 from airflow_provider_sft.operators.training_log import log_training_line
-from airflow_provider_sft.operators.workspace import dag_run_dir_name, kubernetes_backend, workspace_root
+from airflow_provider_sft.operators.workspace import (
+    backend_config,
+    connected_backend,
+    dag_run_dir_name,
+    workspace_root,
+)
 from airflow_provider_sft.triggers.events import EventStatus, validate_event
 
 #: The training parameters, in the seed component's order (names without ``training_``).
@@ -158,7 +158,7 @@ class SFTTrainOperator(LineageMixin, BaseOperator):
         "affinity": "json",
     }
     ui_color = "#f4ecf7"
-    operator_extra_links = (TrainJobConsoleLink(), TrainingResultsLink())
+    operator_extra_links = (TrainingJobConsoleLink(), TrainingResultsLink())
 
     def __init__(
         self,
@@ -326,19 +326,9 @@ class SFTTrainOperator(LineageMixin, BaseOperator):
             "delete_on_success": self.delete_on_success,
         }
 
-    def kubernetes_config(self, namespace_default: str | None = None) -> KubernetesConfig:
-        """The rendered Kubernetes parameters, validated (raises ``InvalidParameterError``)."""
-        values = self.kubernetes_settings()
-        values["namespace"] = self.namespace or namespace_default or "default"
-        return KubernetesConfig.build(**values)
-
-    def kubernetes_backend(self, context: Any | None = None) -> KubernetesBackend:
-        return kubernetes_backend(
-            conn_id=self.kubernetes_conn_id,
-            settings=self.kubernetes_settings(),
-            context=context,
-            credentials=self._credentials(),
-        )
+    def backend_config(self) -> BackendConfig:
+        """The rendered ``backend`` and its settings as the config that chooses the backend."""
+        return backend_config(self.backend, self.kubernetes_conn_id, self.kubernetes_settings())
 
     def _credentials(self) -> Credentials:
         from airflow_provider_sft.hooks.huggingface import HuggingFaceHook
@@ -349,11 +339,10 @@ class SFTTrainOperator(LineageMixin, BaseOperator):
         return Credentials(hf_token=token, oci_pull_secret=oci_pull_secret())
 
     def _backend_for(self, context: Any) -> TrainingBackend:
-        if BackendName(self.backend) is BackendName.KUBERNETES:
-            return self.kubernetes_backend(context)
-        credentials = self._credentials()
-        secret_env = {c.HF_TOKEN_ENV: credentials.hf_token} if credentials.hf_token else {}
-        return get_backend(self.backend, secret_env=secret_env)
+        credentials = self._credentials()  # a bad pull secret is reported first, on every backend
+        return connected_backend(
+            self.backend_config(), conn_id=self.kubernetes_conn_id, context=context, credentials=credentials
+        )
 
     # --- Airflow hooks ------------------------------------------------------------------
 
@@ -370,10 +359,10 @@ class SFTTrainOperator(LineageMixin, BaseOperator):
         backend = self._backend_for(context)
         self.log.info("Training run %s on the %s backend -> %s", run.name, backend.name.value, run.output_dir)
         timeout = self.execution_timeout.total_seconds() if self.execution_timeout else None
-        self._backend, self._handle = backend, _expected_handle(backend, run)
+        self._backend, self._handle = backend, backend.handle(run.name, run.output_dir)
         handle = self._handle = backend.submit(run, timeout_seconds=timeout)  # preflight first
         self._stop_if_killed(backend, handle)  # a kill during submit may have come before the create
-        context["ti"].xcom_push(key="training_job", value=handle.to_json_dict())
+        context["ti"].xcom_push(key=TRAINING_JOB_XCOM_KEY, value=handle.to_dict())
         if self.deferrable and not backend.deferrable:
             self.log.warning(
                 "deferrable=True has no effect on the %s backend: training runs as a child process of "
@@ -399,11 +388,11 @@ class SFTTrainOperator(LineageMixin, BaseOperator):
         from airflow.sdk.exceptions import AirflowTaskTerminated
 
         backend.cancel(handle)
-        kind = handle.details.get("kind", "run")
+        kind = handle.kind or "run"
         raise AirflowTaskTerminated(f"Training run {handle.name} was killed; its {kind} was deleted")
 
     def _defer(self, handle: JobHandle, timeout_seconds: float | None) -> None:
-        from airflow_provider_sft.triggers.trainjob import TrainJobTrigger
+        from airflow_provider_sft.triggers.training_job import TrainingJobTrigger
 
         now = SYSTEM_CLOCK.now()
         deadline = start_deadline = None
@@ -413,8 +402,8 @@ class SFTTrainOperator(LineageMixin, BaseOperator):
         if start_timeout_seconds is not None:
             start_deadline = (now + timedelta(seconds=start_timeout_seconds)).isoformat()
         self.defer(
-            trigger=TrainJobTrigger(
-                job=handle.to_json_dict(),
+            trigger=TrainingJobTrigger(
+                job=handle.to_dict(),
                 kubernetes_conn_id=self.kubernetes_conn_id,
                 deadline=deadline,
                 start_deadline=start_deadline,
@@ -429,11 +418,11 @@ class SFTTrainOperator(LineageMixin, BaseOperator):
     def execute_complete(self, context: Any, event: dict[str, Any] | None = None) -> dict[str, Any]:
         """Resume after the trigger, on the coordinates its event carries: log tail, clean-up, result."""
         trainjob_event = validate_event(event)
-        handle = JobHandle.from_json_dict(trainjob_event.job)
+        handle = JobHandle.from_dict(trainjob_event.job)
         backend = self._backend_for(context)
         self._backend, self._handle = backend, handle  # a kill from here on deletes it too
         if trainjob_event.status is EventStatus.ERROR:
-            kind = handle.details.get("kind", "TrainJob")
+            kind = handle.kind
             backend.cancel(handle)  # we cannot follow it any more: it must not run on unobserved
             raise TrainingFailedError(
                 f"Lost track of {kind} {handle.name}: {trainjob_event.message}; the {kind} was deleted"
@@ -452,12 +441,12 @@ class SFTTrainOperator(LineageMixin, BaseOperator):
         try:
             return super().resume_execution(next_method, next_kwargs, context)
         except (TaskDeferralTimeout, TaskDeferralError):
-            job = context["ti"].xcom_pull(task_ids=self.task_id, key="training_job")
+            job = context["ti"].xcom_pull(task_ids=self.task_id, key=TRAINING_JOB_XCOM_KEY)
             if job:
-                handle = JobHandle.from_json_dict(job)
+                handle = JobHandle.from_dict(job)
                 self.log.warning(
                     "The deferral ended without an event: deleting %s %s",
-                    handle.details.get("kind", "TrainJob"),
+                    handle.kind,
                     handle.name,
                 )
                 self._backend_for(context).cancel(handle)
@@ -493,10 +482,3 @@ class SFTTrainOperator(LineageMixin, BaseOperator):
             self._backend.cancel(self._handle)
         except Exception:
             self.log.exception("Could not cancel training run %s", self._handle.name)
-
-
-def _expected_handle(backend: TrainingBackend, run: TrainingRun) -> JobHandle:
-    """The handle the run will have, known before submit: the job is named after the run."""
-    if isinstance(backend, KubernetesBackend):
-        return backend.handle(run.name, run.output_dir)
-    return JobHandle(backend.name, run.name, run.output_dir)

@@ -8,6 +8,8 @@ from typing import Any
 
 from airflow.sdk import BaseOperator
 
+from airflow_provider_sft.core.backends.factory import config_type
+from airflow_provider_sft.core.backends.kubernetes.config import KubernetesConfig
 from airflow_provider_sft.core.dataset import DatasetOptions
 from airflow_provider_sft.core.errors import InvalidParameterError
 from airflow_provider_sft.core.files import checked_root, checked_target
@@ -89,11 +91,8 @@ class ValidateRunOperator(BaseOperator):
             lambda: DatasetOptions.build(**{k: v for k, v in (self.dataset or {}).items() if v != ""}),
             lambda: workspace_mode(self.backend, self.workspace_mode),
             self._directories,
+            self._backend,
         ]
-        if self.backend == "kubernetes":
-            checks.append(self._kubernetes)
-        else:
-            checks.append(self._local)
         for check in checks:
             try:
                 check()
@@ -114,6 +113,13 @@ class ValidateRunOperator(BaseOperator):
             local = workspace_mode(self.backend, self.workspace_mode) is not WorkspaceMode.CLUSTER
             checked_target(self.model_dir, field="model_dir", workspace=root, check_contents=local)
 
+    def _backend(self) -> None:
+        """What the backend's config refuses: the config type decides which rules apply."""
+        if issubclass(config_type(self.backend), KubernetesConfig):
+            self._kubernetes()
+        else:
+            self._local()
+
     def _local(self) -> None:
         workers = SFTParams.parse(self.training).resource_num_workers
         if workers != 1:
@@ -124,7 +130,6 @@ class ValidateRunOperator(BaseOperator):
             )
 
     def _kubernetes(self) -> None:
-        from airflow_provider_sft.core.backends.kubernetes import KubernetesConfig
         from airflow_provider_sft.core.backends.kubernetes.pull_secret import oci_pull_secret
 
         oci_pull_secret()  # the worker's environment, as the training task reads it

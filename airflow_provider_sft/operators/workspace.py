@@ -9,21 +9,26 @@ Two workspace modes on the ``kubernetes`` backend:
 * ``shared``: the Airflow workers mount the same PVC at ``workspace`` (a KubernetesExecutor
   ``pod_override``, a Celery worker with a ReadWriteMany mount), and the steps run in the task.
 
-The ``local`` backend always runs the steps in the task, on ``workspace``.
+The ``local`` backend always runs the steps in the task, on ``workspace``. A step runs where the
+workspace is: on the local backend's config when this worker sees it, else on the Kubernetes one.
+Every backend comes from the one ``build_backend``; this module only turns the operators'
+parameters and their ``kubernetes`` connection into its config.
 """
 
 from __future__ import annotations
 
-import os
 from enum import Enum
 from typing import Any
 
 from airflow_provider_sft.core import constants as c
-from airflow_provider_sft.core.backends.base import BackendName
+from airflow_provider_sft.core.backends.base import Credentials, TrainingBackend
+from airflow_provider_sft.core.backends.factory import BackendConfig, build_backend, config_type
+from airflow_provider_sft.core.backends.kubernetes.config import KubernetesConfig
+from airflow_provider_sft.core.backends.local import LocalConfig
 from airflow_provider_sft.core.errors import InvalidParameterError
 from airflow_provider_sft.core.files import checked_root
-from airflow_provider_sft.core.pod.steps import STEPS
 from airflow_provider_sft.core.run import dag_run_name, run_name
+from airflow_provider_sft.hooks.sft import SFTTrainingHook
 from airflow_provider_sft.operators.training_log import log_training_line
 
 
@@ -36,15 +41,9 @@ STEP_TEMPLATE_FIELDS = ("backend", "workspace_mode", "pvc_mount_path", "kubernet
 
 
 def workspace_mode(backend: str, mode: str | None) -> WorkspaceMode | None:
-    """The mode for ``backend`` (None: local), ``""``/None meaning the default."""
-    try:
-        kind = BackendName(backend)
-    except ValueError:
-        raise InvalidParameterError(
-            {"backend": f"must be one of {[b.value for b in BackendName]}, got {backend!r}"}
-        ) from None
-    if kind is not BackendName.KUBERNETES:
-        return None
+    """The mode for ``backend`` (None: a backend on this machine), ``""``/None meaning the default."""
+    if not issubclass(config_type(backend), KubernetesConfig):
+        return None  # only a cluster's runs see the workspace on a volume of their own
     try:
         return WorkspaceMode(mode or WorkspaceMode.CLUSTER.value)
     except ValueError:
@@ -68,7 +67,7 @@ def workspace_root(backend: str, mode: str | None, workspace: str, pvc_mount_pat
 
 
 def run_labels(context: Any | None) -> dict[str, str]:
-    ti = context["ti"] if context else None
+    ti = context.get("ti") if context else None
     if ti is None:
         return {}
     return {
@@ -79,21 +78,30 @@ def run_labels(context: Any | None) -> dict[str, str]:
     }
 
 
-def kubernetes_backend(
-    *, conn_id: str | None, settings: dict[str, Any], context: Any | None, credentials: Any = None
-) -> Any:
-    """A KubernetesBackend on the connection, ``settings`` validated (``KubernetesConfig`` fields)."""
-    from airflow_provider_sft.core.backends.kubernetes import Credentials, KubernetesBackend, KubernetesConfig
-    from airflow_provider_sft.hooks.sft import SFTTrainingHook
-
-    hook = SFTTrainingHook(kubernetes_conn_id=conn_id)
+def kubernetes_config(conn_id: str | None, settings: dict[str, Any]) -> KubernetesConfig:
+    """``settings`` (``KubernetesConfig`` fields) validated, the namespace defaulting to the
+    ``kubernetes`` connection's, else ``default``."""
     values = dict(settings)
     if not values.get("namespace"):
-        values["namespace"] = hook.get_namespace() or "default"
-    return KubernetesBackend(
-        config=KubernetesConfig.build(**values),
-        connect=hook.connect,
-        credentials=credentials or Credentials(),
+        values["namespace"] = SFTTrainingHook(kubernetes_conn_id=conn_id).get_namespace() or "default"
+    return KubernetesConfig.build(**values)
+
+
+def backend_config(backend: str, conn_id: str | None, settings: dict[str, Any]) -> BackendConfig:
+    """The config of the backend an operator's ``backend=`` names (``settings``: the Kubernetes ones)."""
+    if issubclass(config_type(backend), KubernetesConfig):
+        return kubernetes_config(conn_id, settings)
+    return LocalConfig()
+
+
+def connected_backend(
+    config: BackendConfig, *, conn_id: str | None, context: Any | None, credentials: Credentials
+) -> TrainingBackend:
+    """The backend of ``config``, reaching a cluster through the ``kubernetes`` connection."""
+    return build_backend(
+        config,
+        credentials=credentials,
+        connect=SFTTrainingHook(kubernetes_conn_id=conn_id).connect,
         run_labels=run_labels(context),
     )
 
@@ -158,21 +166,25 @@ class WorkspaceStepsMixin:
             return run_name(context.get("run_id"), self.task_id)  # type: ignore[attr-defined]
         return dag_run_name(ti.dag_id, context["run_id"], getattr(ti, "map_index", -1), step=ti.task_id)
 
+    def step_config(self) -> BackendConfig:
+        """Where the steps run: on this worker when it sees the workspace (the local backend,
+        ``shared`` mode), else as a job next to the PVC."""
+        if not self.in_cluster:
+            return LocalConfig()
+        settings = {**(self.kubernetes or {}), "workspace_mount_path": self.step_workspace}
+        return kubernetes_config(self.kubernetes_conn_id, settings)
+
     def run_step(
         self, context: Any, step: str, config: dict[str, Any], *, secret_env: dict[str, str] | None = None
     ) -> dict[str, Any]:
-        secret_env = secret_env or {}
-        if not self.in_cluster:
-            return STEPS[step](config, log=self.log.info, env={**os.environ, **secret_env})  # type: ignore[attr-defined]
-        from airflow_provider_sft.core.backends.kubernetes import Credentials
-
+        secret_env = dict(secret_env or {})
         hf_token = secret_env.pop(c.HF_TOKEN_ENV, None)
-        backend = kubernetes_backend(
+        backend = connected_backend(
+            self.step_config(),
             conn_id=self.kubernetes_conn_id,
-            settings={**(self.kubernetes or {}), "workspace_mount_path": self.step_workspace},
             context=context,
             credentials=Credentials(hf_token=hf_token, env=secret_env),
         )
         name = self.step_run_name(context)
         timeout = self.execution_timeout.total_seconds() if self.execution_timeout else None  # type: ignore[attr-defined]
-        return backend.run_step(step, name, config, on_log=log_training_line, timeout_seconds=timeout)  # type: ignore[attr-defined]
+        return backend.run_step(step, name, config, on_log=log_training_line, timeout_seconds=timeout)

@@ -1,4 +1,4 @@
-"""The contract between ``TrainJobTrigger`` and ``SFTTrainOperator.execute_complete``."""
+"""The contract between ``TrainingJobTrigger`` and ``SFTTrainOperator.execute_complete``."""
 
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ from airflow_provider_sft.core.backends.kubernetes import JobPhase, KubeApiError
 from airflow_provider_sft.core.backends.kubernetes.kinds import TRAINJOB
 from airflow_provider_sft.core.backends.kubernetes.watch import follow_job
 from airflow_provider_sft.core.clock import SYSTEM_CLOCK
-from airflow_provider_sft.triggers.trainjob import TrainJobTrigger
+from airflow_provider_sft.triggers.training_job import TrainingJobTrigger
 from tests.integration.test_kubernetes_backend import _until, backend, in_thread, make_run, trainjobs
 from tests.integration.test_trainjob_trigger import CONN_ID
 from tests.k8s import harness
@@ -59,7 +59,7 @@ def test_both_waits_survive_an_api_server_restart(cluster, namespace, connection
     cluster.drive(namespace, handle.name, "running")
     logs: list[str] = []
     sync_wait, sync_result = in_thread(lambda: b.wait(handle, on_log=logs.append, timeout_seconds=180))
-    trigger = TrainJobTrigger(job=handle.to_json_dict(), kubernetes_conn_id=connection)
+    trigger = TrainingJobTrigger(job=handle.to_dict(), kubernetes_conn_id=connection)
     deferred_wait, event = in_thread(lambda: asyncio.run(trigger_event(trigger)()))
     _until(lambda: any("running" in line for line in logs))
     time.sleep(1)  # both are watching now
@@ -121,7 +121,7 @@ def test_a_403_surfaces_at_once_with_the_rbac_hint(cluster, namespace, connectio
         assert time.monotonic() - started < 10  # not retried until the deadline
         assert info.value.status == 403 and "deploy/rbac.yaml" in str(info.value)
         before = len(cluster.requests)
-        trigger = TrainJobTrigger(job=handle.to_json_dict(), kubernetes_conn_id=connection)
+        trigger = TrainingJobTrigger(job=handle.to_dict(), kubernetes_conn_id=connection)
         event = asyncio.run(trigger_event(trigger)())
         assert (
             event["status"] == "error"

@@ -85,6 +85,7 @@ def test_the_trigger_fires_before_airflows_deferral_timeout(cluster, namespace, 
         "output_dir": f"/workspace/runs/{job['metadata']['name']}",
         "namespace": namespace,
         "kind": "TrainJob",
+        "uid": job["metadata"]["uid"],  # this job, not a later one of the same name
     }
     assert job["spec"]["activeDeadlineSeconds"] == 1801  # and the Trainer enforces the run's limit too
 

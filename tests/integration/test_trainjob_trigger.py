@@ -1,4 +1,4 @@
-"""TrainJobTrigger against the real API server: one event per TrainJob outcome, kill deletes the job."""
+"""TrainingJobTrigger against the real API server: one event per TrainJob outcome, kill deletes the job."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import pytest
 from airflow_provider_sft.core.backends.kubernetes import KubernetesBackend, KubernetesConfig
 from airflow_provider_sft.core.params import SFTParams
 from airflow_provider_sft.core.run import TrainingRun
-from airflow_provider_sft.triggers.trainjob import TrainJobTrigger
+from airflow_provider_sft.triggers.training_job import TrainingJobTrigger
 from tests.integration.test_kubernetes_backend import IMAGE, exists
 from tests.k8s import harness
-from tests.unit.triggers.test_trainjob_trigger import job
+from tests.unit.triggers.test_training_job_trigger import job
 
 CONN_ID = "sft_test_k8s"
 
@@ -36,7 +36,7 @@ def submit(cluster, namespace, name="trig-job", kind="TrainJob"):
 
 
 def trigger(namespace, conn, kind="TrainJob", **kwargs):
-    return TrainJobTrigger(job=job(namespace, kind=kind), kubernetes_conn_id=conn, **kwargs)
+    return TrainingJobTrigger(job=job(namespace, kind=kind), kubernetes_conn_id=conn, **kwargs)
 
 
 async def first_event(trig, drive=None):
@@ -45,6 +45,29 @@ async def first_event(trig, drive=None):
         await asyncio.sleep(0.3)
         await asyncio.to_thread(drive)
     return (await asyncio.wait_for(task, 30)).payload
+
+
+def test_a_trigger_serialized_under_the_old_class_path_still_follows_its_job(cluster, namespace, connection):
+    """A trigger stored in the database before the rename (``triggers.trainjob.TrainJobTrigger``,
+    its job without a ``kind``, as versions before PyTorchJobs wrote it) is loaded as the triggerer
+    loads it, follows its TrainJob to the end, and serializes itself under the new path."""
+    from airflow._shared.module_loading import import_string  # what the triggerer imports with
+    from airflow.models.trigger import Trigger
+
+    submit(cluster, namespace)
+    old_job = {k: v for k, v in job(namespace).items() if k != "kind"}
+    old_kwargs = {"job": old_job, "kubernetes_conn_id": connection, "deadline": None, "start_deadline": None}
+    stored = Trigger("airflow_provider_sft.triggers.trainjob.TrainJobTrigger", old_kwargs)  # the database row
+    trigger = import_string(stored.classpath)(**stored.kwargs)
+    assert isinstance(trigger, TrainingJobTrigger)
+    classpath, kwargs = trigger.serialize()
+    assert classpath == "airflow_provider_sft.triggers.training_job.TrainingJobTrigger"
+    assert kwargs["job"] == job(namespace)  # the handle, read from the old shape: a TrainJob
+    event = asyncio.run(
+        first_event(trigger, lambda: cluster.drive(namespace, "trig-job", "complete", reason="JobsCompleted"))
+    )
+    assert (event["status"], event["result"]["reason"]) == ("success", "JobsCompleted")
+    assert event["job"] == job(namespace)
 
 
 def test_success_event_carries_the_coordinates_and_the_result(cluster, namespace, connection):

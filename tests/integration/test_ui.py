@@ -159,14 +159,14 @@ def test_trigger_with_the_defaults_trains_and_the_train_task_shows_its_loss_char
     assert lines.count() >= 3  # raw loss, smoothed loss, learning rate: drawn, not just declared
     page.screenshot(path=str(ARTIFACTS / "train-task-training-results.png"))
 
-    # The extra link points there over http(s); no TrainJob link without a TrainJob.
+    # The extra link points there over http(s); no training job link without a cluster job.
     links = airflow_standalone.session.get(
         f"{airflow_standalone.base}/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/train/links",
         timeout=10,
     ).json()["extra_links"]
     assert links["Training results"].startswith(f"{airflow_standalone.base}/dags/{DAG_ID}/runs/")
     assert links["Training results"].endswith("/tasks/train/plugin/sft-results")
-    assert not links.get("TrainJob")
+    assert not links.get("Training job")
 
 
 def test_the_plugin_page_needs_airflows_login(airflow_standalone):

@@ -227,6 +227,14 @@ def test_what_the_local_backend_refuses_is_refused_before_the_dataset_is_written
     assert not (tmp_path / "pvc").exists()  # no dataset/, no runs/
 
 
+def test_an_unknown_sft_backend_is_refused_naming_the_variable(tmp_path, monkeypatch):
+    monkeypatch.setenv("SFT_BACKEND", "slurm")
+    message = "SFT_BACKEND: must be one of ['local', 'kubernetes'], got 'slurm'"
+    with pytest.raises(InvalidParameterError, match=re.escape(message)):
+        run_with(tmp_path, training_resource_gpu_per_worker=0)
+    assert not (tmp_path / "pvc").exists()
+
+
 @pytest.mark.parametrize(
     ("task_config", "message"),
     [

@@ -1,11 +1,14 @@
 """Where training runs: one contract (:class:`TrainingBackend`), several implementations.
 
 ``local`` runs the entrypoint as a process on this machine (the embedded backend);
-``kubernetes`` submits it as a Kubeflow Trainer TrainJob.
+``kubernetes`` submits it as a Kubeflow Trainer TrainJob (or a PyTorchJob). Which one runs is
+chosen by the type of the config, in :func:`airflow_provider_sft.core.backends.factory.build_backend`.
 """
 
 from airflow_provider_sft.core.backends.base import (
+    TRAINING_JOB_XCOM_KEY,
     BackendName,
+    Credentials,
     JobHandle,
     JobResult,
     JobStatus,
@@ -13,16 +16,13 @@ from airflow_provider_sft.core.backends.base import (
     TrainingBackend,
 )
 
-__all__ = ["BackendName", "JobHandle", "JobResult", "JobStatus", "LogSink", "TrainingBackend", "get_backend"]
-
-
-def get_backend(name: str | BackendName, **config) -> TrainingBackend:
-    """Instantiate a backend by name (the operator's ``backend=`` argument)."""
-    backend = BackendName(name)
-    if backend is BackendName.LOCAL:
-        from airflow_provider_sft.core.backends.local import LocalProcessBackend
-
-        return LocalProcessBackend(**config)
-    from airflow_provider_sft.core.backends.kubernetes import KubernetesBackend
-
-    return KubernetesBackend(**config)
+__all__ = [
+    "TRAINING_JOB_XCOM_KEY",
+    "BackendName",
+    "Credentials",
+    "JobHandle",
+    "JobResult",
+    "JobStatus",
+    "LogSink",
+    "TrainingBackend",
+]

@@ -7,17 +7,23 @@ A caller (the operator, the KFP runner) never asks which backend it holds:
 * where ``deferrable`` is true, ``poll`` tells without blocking whether the run has
   ended, a trigger waits instead of ``wait``, and ``complete`` turns the trigger's
   :class:`JobResult` into the final one (log tail, clean-up), as ``wait`` would have;
-* ``cancel`` stops the run and leaves nothing behind.
+* ``cancel`` stops the run and leaves nothing behind;
+* ``run_step`` runs a workspace step (``resolve``, ``export``) where the workspace is, and
+  returns its result.
+
+Which backend runs a run is chosen by the type of its config, in one place:
+:func:`airflow_provider_sft.core.backends.factory.build_backend`.
 """
 
 from __future__ import annotations
 
 import abc
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import Enum
 from typing import Any
 
+from airflow_provider_sft.core.constants import HF_TOKEN_ENV, TRAINJOB_KIND
 from airflow_provider_sft.core.run import TrainingRun
 
 LogSink = Callable[[str], None]
@@ -37,26 +43,72 @@ class JobStatus(str, Enum):
 
 
 @dataclass(frozen=True)
+class Credentials:
+    """Secrets a run needs, by backend: a local process gets them in its environment, a cluster
+    job through a Kubernetes Secret (and the pull secret as an image pull secret), never the spec."""
+
+    hf_token: str | None = None
+    oci_pull_secret: str | None = None
+    env: dict[str, str] = field(default_factory=dict)  # more secret variables (a step's S3 keys)
+
+    def secret_env(self) -> dict[str, str]:
+        """The secret environment variables of the run, by name."""
+        values = {HF_TOKEN_ENV: self.hf_token, **self.env}
+        return {name: value for name, value in values.items() if value}
+
+    def __repr__(self) -> str:  # never print the values
+        def shown(value: str | None) -> str:
+            return "'***'" if value else "None"
+
+        return (
+            f"Credentials(hf_token={shown(self.hf_token)}, oci_pull_secret={shown(self.oci_pull_secret)}, "
+            f"env={sorted(self.env)})"
+        )
+
+
+#: The XCom key the train task pushes its ``JobHandle.to_dict()`` under, as soon as the job exists.
+TRAINING_JOB_XCOM_KEY = "training_job"
+
+
+@dataclass(frozen=True)
 class JobHandle:
-    """JSON-safe coordinates of a submitted run (pushed to XCom, crosses deferral)."""
+    """JSON-safe coordinates of a submitted run (pushed to XCom, crosses deferral).
+
+    Each backend fills what locates its runs: a cluster job its ``kind`` and ``namespace``
+    (and ``uid`` once the API server has given one), a local process its ``pid``; the rest is None.
+    """
 
     backend: BackendName
     name: str
     output_dir: str
-    details: dict[str, Any] = field(default_factory=dict)
+    kind: str | None = None  # TrainJob or PyTorchJob
+    namespace: str | None = None
+    uid: str | None = None
+    pid: int | None = None
 
-    def to_json_dict(self) -> dict[str, Any]:
-        return {
-            "backend": self.backend.value,
-            "name": self.name,
-            "output_dir": self.output_dir,
-            **self.details,
-        }
+    def to_dict(self) -> dict[str, Any]:
+        """The flat dict of XCom and trigger kwargs, without the fields that do not apply."""
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["backend"] = self.backend.value
+        return {key: value for key, value in data.items() if value is not None}
 
     @classmethod
-    def from_json_dict(cls, data: dict[str, Any]) -> JobHandle:
-        details = {k: v for k, v in data.items() if k not in ("backend", "name", "output_dir")}
-        return cls(BackendName(data["backend"]), data["name"], data["output_dir"], details)
+    def from_dict(cls, data: dict[str, Any]) -> JobHandle:
+        """Read a handle, also one an earlier version wrote (an XCom, a serialized trigger).
+
+        Those have the same flat shape; a cluster job's handle from before job kinds has a
+        namespace and no ``kind``: it is a TrainJob.
+        """
+        kind = data.get("kind") or (TRAINJOB_KIND if data.get("namespace") else None)
+        return cls(
+            BackendName(data["backend"]),
+            data["name"],
+            data["output_dir"],
+            kind=kind,
+            namespace=data.get("namespace"),
+            uid=data.get("uid"),
+            pid=data.get("pid"),
+        )
 
 
 @dataclass(frozen=True)
@@ -114,6 +166,24 @@ class TrainingBackend(abc.ABC):
     @abc.abstractmethod
     def cancel(self, handle: JobHandle) -> None:
         """Stop the run and leave nothing running. Safe to call twice or after the end."""
+
+    @abc.abstractmethod
+    def run_step(
+        self,
+        step: str,
+        job_name: str,
+        config: dict[str, Any],
+        *,
+        on_log: LogSink,
+        timeout_seconds: float | None = None,
+    ) -> dict[str, Any]:
+        """Run the workspace step ``step`` (``resolve``, ``export``) on ``config``, as ``job_name``
+        where the backend runs it in a job; its small JSON result. Log lines go to ``on_log``."""
+
+    def handle(self, run_name: str, output_dir: str) -> JobHandle:
+        """The handle a run of this name will have, known before ``submit``: a kill during the
+        submit cancels it."""
+        return JobHandle(self.name, run_name, output_dir)
 
     def poll(self, handle: JobHandle) -> JobResult:
         """The run's result now, ``RUNNING`` while it has not ended (deferrable backends)."""

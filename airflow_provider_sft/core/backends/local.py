@@ -7,6 +7,9 @@ the group, then SIGKILL after a grace period. Every output line is kept in
 a line naming that file when the wait starts and ends. ``resource_memory_per_worker`` is
 enforced like a kubelet would: the run is stopped when the resident memory of
 its process group goes above it.
+
+The workspace steps (``resolve``, ``export``) run in this process: wherever this machine sees
+the workspace (this backend, or a cluster's PVC that the worker mounts too), this backend runs them.
 """
 
 from __future__ import annotations
@@ -21,12 +24,15 @@ import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat
 
 from airflow_provider_sft.core import constants as c
 from airflow_provider_sft.core.backends.base import (
     BackendName,
+    Credentials,
     JobHandle,
     JobResult,
     JobStatus,
@@ -39,6 +45,7 @@ from airflow_provider_sft.core.files import owned_path, remove_owned
 from airflow_provider_sft.core.params import hub_token_warning
 from airflow_provider_sft.core.pod.entrypoint import default_cache_env
 from airflow_provider_sft.core.pod.protocol import classify_log_line, provider_line
+from airflow_provider_sft.core.pod.steps import STEPS
 from airflow_provider_sft.core.run import DevicePlan, TrainingRun, cuda_device_count, plan_device
 
 _EOF = object()
@@ -86,6 +93,16 @@ def _has_hub_token(env: dict[str, str]) -> bool:
     return (Path(env["HF_TOKEN_PATH"]) if env.get("HF_TOKEN_PATH") else home / "token").is_file()
 
 
+class LocalConfig(BaseModel):
+    """The local backend's settings: a run on this machine (see ``build_backend``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    python: str = Field(default_factory=lambda: sys.executable)  # the interpreter that runs the entrypoint
+    grace_period_seconds: PositiveFloat = 10.0  # between SIGTERM and SIGKILL on cancel
+    poll_interval_seconds: PositiveFloat = 0.5  # how often the deadline and memory limit are checked
+
+
 class LocalProcessBackend(TrainingBackend):
     """Runs the entrypoint with this interpreter, one run per process group."""
 
@@ -93,18 +110,18 @@ class LocalProcessBackend(TrainingBackend):
 
     def __init__(
         self,
+        config: LocalConfig | None = None,
         *,
-        python: str = sys.executable,
-        grace_period_seconds: float = 10.0,
-        poll_interval_seconds: float = 0.5,
+        credentials: Credentials | None = None,
         clock: Clock = SYSTEM_CLOCK,
-        secret_env: dict[str, str] | None = None,
     ):
-        self.python = python
-        self.grace_period_seconds = grace_period_seconds
-        self.poll_interval_seconds = poll_interval_seconds
+        config = config or LocalConfig()
+        self.python = config.python
+        self.grace_period_seconds = config.grace_period_seconds
+        self.poll_interval_seconds = config.poll_interval_seconds
         self.clock = clock
-        self.secret_env = dict(secret_env or {})  # e.g. HF_TOKEN: only ever in the process environment
+        # e.g. HF_TOKEN: only ever in the process environment (a pull secret has no use here)
+        self.secret_env = (credentials or Credentials()).secret_env()
         self._processes: dict[str, _Process] = {}
 
     def preflight(self, run: TrainingRun) -> None:
@@ -183,7 +200,7 @@ class LocalProcessBackend(TrainingBackend):
             target=self._pump, args=(popen, lines), daemon=True, name=f"sft-log-{run.name}"
         ).start()
         self._processes[run.name] = _Process(popen, lines, log_path, run.params.memory_bytes)
-        return JobHandle(BackendName.LOCAL, run.name, str(output_dir), {"pid": popen.pid})
+        return JobHandle(self.name, run.name, str(output_dir), pid=popen.pid)
 
     @staticmethod
     def _pump(popen: subprocess.Popen, lines: queue.Queue) -> None:
@@ -259,6 +276,22 @@ class LocalProcessBackend(TrainingBackend):
                 f"({process.memory_limit_bytes / 2**20:.0f} MiB); the run was stopped",
             )
         return None
+
+    def run_step(
+        self,
+        step: str,
+        job_name: str,
+        config: dict[str, Any],
+        *,
+        on_log: LogSink,
+        timeout_seconds: float | None = None,
+    ) -> dict[str, Any]:
+        """Run a workspace step in this process, the secrets in its environment only; its result.
+
+        ``job_name`` names no job here, and ``timeout_seconds`` is the caller's to enforce (the
+        task's ``execution_timeout`` interrupts this process itself).
+        """
+        return STEPS[step](config, log=on_log, env={**os.environ, **self.secret_env})
 
     def cancel(self, handle: JobHandle) -> None:
         process = self._processes.get(handle.name)

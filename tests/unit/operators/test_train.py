@@ -111,10 +111,12 @@ def test_run_name_is_stable_across_retries(tmp_path):
     assert Path(first.output_dir).parent == tmp_path / "runs"
 
 
-def test_console_link_points_at_the_trainjob(monkeypatch):
+def test_console_link_points_at_the_training_job(monkeypatch):
     from airflow_provider_sft import links
 
-    job = {"backend": "kubernetes", "name": "sft-run-1", "namespace": "ml"}
+    # As the train task pushed it (this version's handle, an earlier version's: the same shape).
+    job = {"backend": "kubernetes", "name": "sft-run-1", "output_dir": "/workspace/runs/sft-run-1"}
+    job["namespace"] = "ml"
     # XCom.get_value stands in for the metadata database the link reads in a real webserver.
     monkeypatch.setattr(
         links.XCom, "get_value", staticmethod(lambda ti_key, key: job if key == "training_job" else None)
@@ -125,11 +127,14 @@ def test_console_link_points_at_the_trainjob(monkeypatch):
         workspace="/w",
         console_url_template="https://console/ns/{namespace}/trainjobs/{name}",
     )
+    assert links.TrainingJobConsoleLink.name == "Training job"  # a TrainJob or a PyTorchJob
     assert (
-        links.TrainJobConsoleLink().get_link(op, ti_key=None) == "https://console/ns/ml/trainjobs/sft-run-1"
+        links.TrainingJobConsoleLink().get_link(op, ti_key=None)
+        == "https://console/ns/ml/trainjobs/sft-run-1"
     )
-    job["backend"] = "local"
-    assert links.TrainJobConsoleLink().get_link(op, ti_key=None) == ""
+    job.update(backend="local", pid=1234)  # a local process has no namespace: no cluster job to show
+    del job["namespace"]
+    assert links.TrainingJobConsoleLink().get_link(op, ti_key=None) == ""
 
 
 def test_training_results_link_opens_the_plugin_tab_over_http_once_there_are_results(monkeypatch):
@@ -166,7 +171,7 @@ def test_no_console_link_means_no_xcom_lookup(monkeypatch):
 
     monkeypatch.setattr(links.XCom, "get_value", staticmethod(fail))
     op = SFTTrainOperator(task_id="t", dataset_path="d", workspace="/ws")
-    assert links.TrainJobConsoleLink().get_link(op, ti_key=None) == ""
+    assert links.TrainingJobConsoleLink().get_link(op, ti_key=None) == ""
 
 
 def test_hf_connection_token_reaches_the_local_backend_environment(monkeypatch, tmp_path):
@@ -215,12 +220,13 @@ def test_start_timeout_seconds_reaches_the_kubernetes_config_and_the_old_name_st
 
     ws = str(tmp_path)
 
-    op = SFTTrainOperator(task_id="t", dataset_path="d", workspace=ws, start_timeout_seconds=600)
+    k8s = {"backend": "kubernetes", "namespace": "ns", "pvc_name": "ws"}
+    op = SFTTrainOperator(task_id="t", dataset_path="d", workspace=ws, start_timeout_seconds=600, **k8s)
     assert "start_timeout_seconds" in SFTTrainOperator.template_fields
-    assert op.kubernetes_config("ns").start_timeout_seconds == 600
+    assert op.backend_config().start_timeout_seconds == 600
     with pytest.warns(AirflowProviderDeprecationWarning, match="start_timeout is deprecated"):
-        old = SFTTrainOperator(task_id="t", dataset_path="d", workspace=ws, start_timeout="600")
-    assert old.kubernetes_config("ns").start_timeout_seconds == 600
+        old = SFTTrainOperator(task_id="t", dataset_path="d", workspace=ws, start_timeout="600", **k8s)
+    assert old.backend_config().start_timeout_seconds == 600
     with pytest.raises(
         InvalidParameterError, match="start_timeout: is the old name of start_timeout_seconds"
     ):

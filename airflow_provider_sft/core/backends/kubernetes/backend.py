@@ -36,6 +36,7 @@ from typing import Any, TypeVar
 from airflow_provider_sft.core import constants as c
 from airflow_provider_sft.core.backends.base import (
     BackendName,
+    Credentials,
     JobHandle,
     JobResult,
     JobStatus,
@@ -79,29 +80,6 @@ LOG_DRAIN_SECONDS = 10
 #: The longest a clean-up (a kill's, a timeout's) waits for the API server: a restarting one is
 #: back well within it (refused connections are retried for ~8 s), a frozen one is not waited for.
 CLEANUP_SECONDS = 15
-
-
-@dataclass(frozen=True)
-class Credentials:
-    """Secrets handed to the training pod through a Kubernetes Secret, never the spec."""
-
-    hf_token: str | None = None
-    oci_pull_secret: str | None = None
-    env: dict[str, str] = field(default_factory=dict)  # more secret variables (a step's S3 keys)
-
-    def secret_env(self) -> dict[str, str]:
-        """What the pod reads from the job's Secret, by variable name."""
-        values = {c.HF_TOKEN_ENV: self.hf_token, **self.env}
-        return {name: value for name, value in values.items() if value}
-
-    def __repr__(self) -> str:  # never print the values
-        def shown(value: str | None) -> str:
-            return "'***'" if value else "None"
-
-        return (
-            f"Credentials(hf_token={shown(self.hf_token)}, oci_pull_secret={shown(self.oci_pull_secret)}, "
-            f"env={sorted(self.env)})"
-        )
 
 
 def result_of(
@@ -276,28 +254,33 @@ class KubernetesBackend(TrainingBackend):
             state = classify_job_status(existing)
             if state.phase is not JobPhase.FAILED:
                 log.info("Attaching to existing %s %s/%s (%s)", kind, ns, run.name, state.phase.value)
-                return handle
+                return _with_uid(handle, existing)
             log.info(
                 "%s %s/%s failed earlier (%s); deleting it to submit again", kind, ns, run.name, state.reason
             )
             await self._delete_and_wait(client, self.resource, ns, run.name)
         try:
-            await self._create_training(client, run, body)
+            created = await self._create_training(client, run, body)
         except KubeApiError as exc:
             if exc.status == 409:  # created by a concurrent or earlier attempt: attach
                 return handle
             raise
-        return handle
+        return _with_uid(handle, created)
 
-    async def _create_training(self, client: KubeClient, run: TrainingRun, body: dict[str, Any]) -> None:
+    async def _create_training(
+        self, client: KubeClient, run: TrainingRun, body: dict[str, Any]
+    ) -> dict[str, Any]:
         ns = self.config.namespace
         # A new attempt id: the nodes of this job ignore a data marker an earlier attempt left.
         config = dataclasses.replace(run, attempt=uuid.uuid4().hex[:12]).to_json_dict()
-        await self._create(client, body, config)
+        created = await self._create(client, body, config)
         log.info("Created %s %s/%s", self.resource.kind.value, ns, run.name)
+        return created
 
-    async def _create(self, client: KubeClient, body: dict[str, Any], config: dict[str, Any]) -> None:
-        """The program's ConfigMap and the Secret, then the job that owns them.
+    async def _create(
+        self, client: KubeClient, body: dict[str, Any], config: dict[str, Any]
+    ) -> dict[str, Any]:
+        """The program's ConfigMap and the Secret, then the job that owns them; the job as created.
 
         A 409 on the job (a concurrent attempt created it, with these objects) is left to the
         caller; any other failure removes what this call made, the job included.
@@ -322,6 +305,7 @@ class KubernetesBackend(TrainingBackend):
             created = await client.create_job(self.resource, body)
             for item in owned:
                 await client.set_owner(item["kind"], ns, item["metadata"]["name"], owner_reference(created))
+            return created
         except Exception as exc:
             if created is None and isinstance(exc, KubeApiError) and exc.status == 409:
                 raise
@@ -333,8 +317,9 @@ class KubernetesBackend(TrainingBackend):
             raise
 
     def handle(self, run_name: str, output_dir: str) -> JobHandle:
-        details = {"namespace": self.config.namespace, "kind": self.resource.kind.value}
-        return JobHandle(BackendName.KUBERNETES, run_name, output_dir, details)
+        return JobHandle(
+            self.name, run_name, output_dir, kind=self.resource.kind.value, namespace=self.config.namespace
+        )
 
     async def _delete_and_wait(
         self, client: KubeClient, resource: JobResource, namespace: str, name: str
@@ -352,16 +337,14 @@ class KubernetesBackend(TrainingBackend):
             await self.clock.asleep(1.0)
 
     def poll(self, handle: JobHandle) -> JobResult:
-        resource = resource_of(handle.details.get("kind"))
+        resource = resource_of(handle.kind)
 
         async def read(client: KubeClient) -> JobResult:
-            job = await client.get_job(resource, handle.details["namespace"], handle.name)
+            job = await client.get_job(resource, job_namespace(handle), handle.name)
             state = classify_job_status(job) if job is not None else GONE
             if not state.terminal:
                 return JobResult(JobStatus.RUNNING, state.describe())
-            return result_of(
-                handle.details["namespace"], handle.name, WaitResult(state), kind=resource.kind.value
-            )
+            return result_of(job_namespace(handle), handle.name, WaitResult(state), kind=resource.kind.value)
 
         return self._run(read)
 
@@ -381,7 +364,7 @@ class KubernetesBackend(TrainingBackend):
         timeout_seconds: float | None,
     ) -> JobResult:
         """Follow the job to its end, then complete it (which backfills what the log stream missed)."""
-        ns, resource = handle.details["namespace"], resource_of(handle.details.get("kind"))
+        ns, resource = job_namespace(handle), resource_of(handle.kind)
         log_task: asyncio.Task | None = None
         pod_log = PodLog.of(on_log, ns)
 
@@ -489,7 +472,7 @@ class KubernetesBackend(TrainingBackend):
         log the pod log's last lines it did not show (the pod goes with its job). An API server
         that does not answer in time is reported, not waited for.
         """
-        ns, resource = handle.details["namespace"], resource_of(handle.details.get("kind"))
+        ns, resource = job_namespace(handle), resource_of(handle.kind)
         pod_log = PodLog.of(on_log, ns)
         try:
             return await asyncio.wait_for(self._finish(client, handle, result, pod_log), CLEANUP_SECONDS)
@@ -508,7 +491,7 @@ class KubernetesBackend(TrainingBackend):
     async def _finish(
         self, client: KubeClient, handle: JobHandle, result: JobResult, pod_log: PodLog
     ) -> JobResult:
-        ns, resource = handle.details["namespace"], resource_of(handle.details.get("kind"))
+        ns, resource = job_namespace(handle), resource_of(handle.kind)
         await backfill_log(client, resource, ns, handle.name, pod_log)
         if not result.succeeded:
             pod_log.show_failure_context()
@@ -535,8 +518,7 @@ class KubernetesBackend(TrainingBackend):
                 await asyncio.wait_for(delete_job_and_owned(client, handle), CLEANUP_SECONDS)
             except asyncio.TimeoutError:
                 raise KubeApiError(
-                    f"Delete {handle.details.get('kind', c.TRAINJOB_KIND)} {handle.details['namespace']}/"
-                    f"{handle.name}",
+                    f"Delete {resource_of(handle.kind).kind.value} {handle.namespace}/{handle.name}",
                     0,
                     "Timeout",
                     f"the API server did not answer within {CLEANUP_SECONDS}s",
@@ -547,13 +529,25 @@ class KubernetesBackend(TrainingBackend):
 
 async def delete_job_and_owned(client: KubeClient, handle: JobHandle) -> None:
     """Delete a job and the Secret and ConfigMap made for it (each may already be gone)."""
-    ns, resource = handle.details["namespace"], resource_of(handle.details.get("kind"))
+    ns, resource = job_namespace(handle), resource_of(handle.kind)
     if await client.delete_job(resource, ns, handle.name):
         log.info("Deleted %s %s/%s", resource.kind.value, ns, handle.name)
     # Owned by the job, so garbage-collected with it; deleted here too for clusters (and
     # test servers) without the garbage collector, and for a job never created.
     await client.delete_owned("Secret", ns, secret_name(handle.name))
     await client.delete_owned("ConfigMap", ns, program_configmap_name(handle.name))
+
+
+def _with_uid(handle: JobHandle, job: dict[str, Any]) -> JobHandle:
+    """The handle with the job's uid: the same name later may be another job."""
+    return dataclasses.replace(handle, uid=(job.get("metadata") or {}).get("uid"))
+
+
+def job_namespace(handle: JobHandle) -> str:
+    """The namespace of a cluster job's handle (a handle of another backend has none)."""
+    if handle.namespace is None:
+        raise ValueError(f"{handle.name} is not a cluster job: its handle has no namespace")
+    return handle.namespace
 
 
 def _loop_running() -> bool:

@@ -12,8 +12,9 @@ import psutil
 import pytest
 
 from airflow_provider_sft.core import constants as c
-from airflow_provider_sft.core.backends import JobStatus, get_backend
-from airflow_provider_sft.core.backends.local import LocalProcessBackend
+from airflow_provider_sft.core.backends import Credentials, JobStatus
+from airflow_provider_sft.core.backends.factory import build_backend
+from airflow_provider_sft.core.backends.local import LocalConfig, LocalProcessBackend
 from airflow_provider_sft.core.errors import DatasetError, InvalidParameterError
 from airflow_provider_sft.core.params import SFTParams
 from airflow_provider_sft.core.run import TrainingRun
@@ -48,7 +49,7 @@ def test_real_training_run_streams_logs_and_succeeds(tiny_model, tmp_path):
     run = make_run(
         tmp_path, base_model=str(tiny_model), effective_batch_size=64, max_seq_len=512, learning_rate=1e-3
     )
-    backend = get_backend("local")
+    backend = build_backend(LocalConfig())
     handle = backend.submit(run)
     lines: list[str] = []
     result = backend.wait(handle, on_log=lines.append, timeout_seconds=600)
@@ -66,7 +67,7 @@ def test_real_training_run_streams_logs_and_succeeds(tiny_model, tmp_path):
 
 def test_failure_reason_is_the_error_line(tmp_path, monkeypatch):
     monkeypatch.setenv("FAKE_TRAINING", "fail")
-    backend = LocalProcessBackend(python=FAKE_PYTHON)
+    backend = LocalProcessBackend(LocalConfig(python=FAKE_PYTHON))
     handle = backend.submit(make_run(tmp_path))
     result = backend.wait(handle, on_log=lambda _line: None)
     assert result.status is JobStatus.FAILED and result.exit_code == 3
@@ -78,7 +79,7 @@ def test_failure_reason_is_the_error_line(tmp_path, monkeypatch):
 
 def test_real_entrypoint_error_is_surfaced(tmp_path):
     run = make_run(tmp_path, base_model=str(tmp_path / "no-such-model"))
-    backend = get_backend("local")
+    backend = build_backend(LocalConfig())
     result = backend.wait(backend.submit(run), on_log=lambda _line: None, timeout_seconds=300)
     assert result.status is JobStatus.FAILED
     assert f"base_model {tmp_path / 'no-such-model'} does not exist" in result.message
@@ -86,7 +87,7 @@ def test_real_entrypoint_error_is_surfaced(tmp_path):
 
 def test_cancel_stops_the_whole_process_group(tmp_path, monkeypatch):
     monkeypatch.setenv("FAKE_TRAINING", "sleep")
-    backend = LocalProcessBackend(python=FAKE_PYTHON, grace_period_seconds=2)
+    backend = LocalProcessBackend(LocalConfig(python=FAKE_PYTHON, grace_period_seconds=2))
     handle = backend.submit(make_run(tmp_path))
     lines: list[str] = []
     both_started = threading.Event()
@@ -110,7 +111,9 @@ def test_cancel_stops_the_whole_process_group(tmp_path, monkeypatch):
 
 def test_timeout_cancels_and_reports(tmp_path, monkeypatch):
     monkeypatch.setenv("FAKE_TRAINING", "sleep")
-    backend = LocalProcessBackend(python=FAKE_PYTHON, grace_period_seconds=2, poll_interval_seconds=0.1)
+    backend = LocalProcessBackend(
+        LocalConfig(python=FAKE_PYTHON, grace_period_seconds=2, poll_interval_seconds=0.1)
+    )
     handle = backend.submit(make_run(tmp_path))
     lines: list[str] = []
     result = backend.wait(handle, on_log=lines.append, timeout_seconds=1.5)
@@ -121,7 +124,9 @@ def test_timeout_cancels_and_reports(tmp_path, monkeypatch):
 
 def test_memory_limit_is_enforced(tmp_path, monkeypatch):
     monkeypatch.setenv("FAKE_TRAINING", "memory")
-    backend = LocalProcessBackend(python=FAKE_PYTHON, grace_period_seconds=2, poll_interval_seconds=0.1)
+    backend = LocalProcessBackend(
+        LocalConfig(python=FAKE_PYTHON, grace_period_seconds=2, poll_interval_seconds=0.1)
+    )
     handle = backend.submit(make_run(tmp_path, resource_memory_per_worker="256Mi"))
     result = backend.wait(handle, on_log=lambda _line: None, timeout_seconds=60)
     assert result.status is JobStatus.FAILED
@@ -154,7 +159,7 @@ def test_previous_attempt_output_is_cleared(tmp_path, monkeypatch):
     dataset = Path(run.output_dir) / c.DATASET_DIR / "train.jsonl"  # the DAG run's, resolved before
     dataset.parent.mkdir()
     dataset.write_text("{}\n")
-    backend = LocalProcessBackend(python=FAKE_PYTHON)
+    backend = LocalProcessBackend(LocalConfig(python=FAKE_PYTHON))
     backend.wait(backend.submit(run), on_log=lambda _line: None)
     assert not stale.exists()  # never resumed by accident
     assert dataset.read_text() == "{}\n"  # one DAG run, one directory: its dataset stays
@@ -168,7 +173,7 @@ def test_previous_attempt_output_is_cleared(tmp_path, monkeypatch):
     ],
 )
 def test_preflight_rejects_before_anything_starts(tmp_path, values, error, message):
-    backend = LocalProcessBackend(python=FAKE_PYTHON)
+    backend = LocalProcessBackend(LocalConfig(python=FAKE_PYTHON))
     run = make_run(tmp_path, **values)
     with pytest.raises(error, match=message):
         backend.submit(run)
@@ -185,7 +190,7 @@ def test_preflight_rejects_a_missing_dataset(tmp_path):
 
 def test_secret_env_reaches_the_process_but_never_the_run_config(tmp_path):
     run = make_run(tmp_path)
-    backend = LocalProcessBackend(secret_env={"HF_TOKEN": "hf_local_secret"})
+    backend = LocalProcessBackend(credentials=Credentials(hf_token="hf_local_secret"))
     assert backend.environment(run)["HF_TOKEN"] == "hf_local_secret"
     assert "hf_local_secret" not in str(run.to_json_dict())
 
@@ -211,7 +216,9 @@ def test_limits_stop_a_process_that_prints_steadily(
 ):
     """A line every 20 ms never leaves the output quiet for a poll interval: the limits must not wait for that."""
     monkeypatch.setenv("FAKE_TRAINING", mode)
-    backend = LocalProcessBackend(python=FAKE_PYTHON, grace_period_seconds=2, poll_interval_seconds=0.1)
+    backend = LocalProcessBackend(
+        LocalConfig(python=FAKE_PYTHON, grace_period_seconds=2, poll_interval_seconds=0.1)
+    )
     handle = backend.submit(make_run(tmp_path, resource_memory_per_worker=memory))
     outcome: list = []
     waiter = threading.Thread(
@@ -227,13 +234,13 @@ def test_limits_stop_a_process_that_prints_steadily(
         waiter.join(timeout=30)
     assert outcome and outcome[0].status is status, "a steadily printing process was never stopped"
     assert message in outcome[0].message
-    assert not alive(handle.details["pid"])
+    assert not alive(handle.pid)
 
 
 def test_an_oci_base_model_is_refused_before_the_local_backend_starts(tmp_path):
     """Refused by the parameters, as on Kubernetes, not accepted here to fail in the process."""
     with pytest.raises(InvalidParameterError, match="oci:// base models are not supported yet"):
-        LocalProcessBackend(python=FAKE_PYTHON).submit(
+        LocalProcessBackend(LocalConfig(python=FAKE_PYTHON)).submit(
             make_run(tmp_path, base_model="oci://quay.io/m/granite:1")
         )
     assert not (tmp_path / "runs").exists()
@@ -259,7 +266,7 @@ def test_a_hub_base_model_without_a_token_is_warned_about_once(
 ):
     """A gated model would fail on the node, far from the cause: say where a token goes, never a value."""
     monkeypatch.setenv("FAKE_TRAINING", "fail")
-    backend = LocalProcessBackend(python=FAKE_PYTHON, secret_env=secret_env)
+    backend = LocalProcessBackend(LocalConfig(python=FAKE_PYTHON), credentials=Credentials(env=secret_env))
     with caplog.at_level("WARNING", logger="airflow_provider_sft"):
         backend.wait(backend.submit(make_run(tmp_path, base_model=base_model)), on_log=lambda _line: None)
     warnings = [r.getMessage() for r in caplog.records if "without a token" in r.getMessage()]
@@ -273,7 +280,7 @@ def test_a_saved_hub_login_counts_as_a_token(tmp_path, monkeypatch, caplog, no_h
     (tmp_path / "hf-home").mkdir()
     (tmp_path / "hf-home" / "token").write_text("hf_saved")
     monkeypatch.setenv("FAKE_TRAINING", "fail")
-    backend = LocalProcessBackend(python=FAKE_PYTHON)
+    backend = LocalProcessBackend(LocalConfig(python=FAKE_PYTHON))
     with caplog.at_level("WARNING", logger="airflow_provider_sft"):
         backend.wait(backend.submit(make_run(tmp_path, base_model="org/gated")), on_log=lambda _line: None)
     assert "without a token" not in caplog.text

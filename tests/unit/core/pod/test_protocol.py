@@ -11,7 +11,7 @@ import pytest
 
 from airflow_provider_sft.core import constants as c
 from airflow_provider_sft.core.backends import JobStatus
-from airflow_provider_sft.core.backends.local import LocalProcessBackend
+from airflow_provider_sft.core.backends.local import LocalConfig, LocalProcessBackend
 from airflow_provider_sft.core.params import SFTParams
 from airflow_provider_sft.core.pod.protocol import (
     Shown,
@@ -133,7 +133,9 @@ def make_run(tmp_path: Path) -> TrainingRun:
 
 def run_fake(tmp_path: Path, *, error: str | None, code: int):
     run = make_run(tmp_path)
-    backend = LocalProcessBackend(python=fake_python(tmp_path, MIXED_OUTPUT, error=error, code=code))
+    backend = LocalProcessBackend(
+        LocalConfig(python=fake_python(tmp_path, MIXED_OUTPUT, error=error, code=code))
+    )
     shown: list[str] = []
     result = backend.wait(backend.submit(run), on_log=shown.append, timeout_seconds=60)
     return result, shown, Path(run.output_dir) / c.TRAIN_LOG_FILE

@@ -1,4 +1,4 @@
-"""TrainJobTrigger without a cluster: its serialized form, and an unreachable server on a fake clock.
+"""TrainingJobTrigger without a cluster: its serialized form, and an unreachable server on a fake clock.
 
 The trigger against the real API server is in tests/integration/test_trainjob_trigger.py.
 """
@@ -9,7 +9,7 @@ import asyncio
 import json
 from datetime import timedelta
 
-from airflow_provider_sft.triggers.trainjob import TrainJobTrigger
+from airflow_provider_sft.triggers.training_job import TrainingJobTrigger
 from tests.fakes.clock import FakeClock
 
 
@@ -32,15 +32,15 @@ def test_serialize_round_trip():
         "start_timeout_seconds": 600.0,
         "delete_on_kill": False,
     }
-    classpath, serialized = TrainJobTrigger(**kwargs).serialize()
-    assert classpath == "airflow_provider_sft.triggers.trainjob.TrainJobTrigger"
+    classpath, serialized = TrainingJobTrigger(**kwargs).serialize()
+    assert classpath == "airflow_provider_sft.triggers.training_job.TrainingJobTrigger"
     assert serialized == kwargs
-    assert TrainJobTrigger(**serialized).serialize() == (classpath, kwargs)
+    assert TrainingJobTrigger(**serialized).serialize() == (classpath, kwargs)
 
 
 def test_a_trigger_serialized_before_start_timeout_said_its_unit_resumes_with_it():
     old = {"job": job("ns", "n"), "kubernetes_conn_id": "k", "start_timeout": 600.0}
-    trig = TrainJobTrigger(**old)
+    trig = TrainingJobTrigger(**old)
     assert trig.start_timeout_seconds == 600.0
     assert trig.serialize()[1]["start_timeout_seconds"] == 600.0
     assert "start_timeout" not in trig.serialize()[1]
@@ -62,6 +62,6 @@ def test_an_unreachable_cluster_is_waited_out_until_the_deadline(tmp_path, monke
     )
     clock = FakeClock()  # backoff without waiting: each sleep moves this clock on instead
     deadline = (clock.now() + timedelta(seconds=30)).isoformat()
-    trig = TrainJobTrigger(job=job("ns", "x"), kubernetes_conn_id="down", deadline=deadline, clock=clock)
+    trig = TrainingJobTrigger(job=job("ns", "x"), kubernetes_conn_id="down", deadline=deadline, clock=clock)
     event = asyncio.run(asyncio.wait_for(trig.run().__anext__(), 30)).payload
     assert event["status"] == "timeout"  # an unreachable server is waited out until the deadline
