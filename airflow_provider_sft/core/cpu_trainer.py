@@ -291,7 +291,10 @@ def _build_job(params: SFTParams, model_path: str, total_samples: int) -> _Job:
     """Load the model and build instructlab's optimizer and schedule for it.
 
     AdamW with instructlab's betas/eps/weight decay and ``get_scheduler`` over the whole run,
-    so the learning rate follows the curve ``main_ds`` would follow on the same data.
+    so the learning rate follows the curve ``main_ds`` would follow on the same data. The
+    fused kernel is the same AdamW update in one pass over all parameters: on a CPU torch
+    otherwise steps one tensor at a time in Python, about 3% of a step on the tiny model
+    (``transformers.Trainer`` uses the fused kernel by default too).
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler
@@ -308,6 +311,7 @@ def _build_job(params: SFTParams, model_path: str, total_samples: int) -> _Job:
         betas=c.ADAMW_BETAS,
         eps=c.ADAMW_EPS,
         weight_decay=c.ADAMW_WEIGHT_DECAY,
+        fused=True,
     )
     scheduler = get_scheduler(
         params.lr_scheduler.value,
