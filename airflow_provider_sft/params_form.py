@@ -248,6 +248,11 @@ def _text(title: str, section: str, description: str, **schema: Any) -> Param:
     )
 
 
+def _choice(default: str, choices: list[str], title: str, section: str, description: str) -> Param:
+    """A required pick from a closed list (a drop-down in the form)."""
+    return Param(default, type="string", enum=choices, title=title, section=section, description=description)
+
+
 def pipeline_params(workspace: str, **defaults: Any) -> dict[str, Param]:
     """Every Param of the example pipeline (training, dataset, where it runs), in section order.
 
@@ -256,8 +261,19 @@ def pipeline_params(workspace: str, **defaults: Any) -> dict[str, Param]:
     params: dict[str, Param] = {
         name: Param(schema.pop("default"), **schema) for name, schema in training_param_schemas().items()
     }
-    params.update(
-        dataset=Param(
+    params.update(_dataset_params())
+    params.update(_dataset_access_params())
+    params.update(_where_it_runs_params(workspace))
+    params.update(_kubernetes_params())
+    for name, value in defaults.items():
+        params[name] = Param(value, description=params[name].description, schema=dict(params[name].schema))
+    return ordered(params)
+
+
+def _dataset_params() -> dict[str, Param]:
+    """Section "Dataset": what the data is and how its records read."""
+    return {
+        "dataset": Param(
             BUNDLED_SOURCE,
             type="string",
             minLength=1,
@@ -269,69 +285,77 @@ def pipeline_params(workspace: str, **defaults: Any) -> dict[str, Param]:
                 "URL; or a HuggingFace dataset org/name[@revision][:split]."
             ),
         ),
-        dataset_format=Param(
+        "dataset_format": _choice(
             Format.AUTO.value,
-            type="string",
-            enum=[f.value for f in Format],
-            title="File format",
-            section="Dataset",
-            description="auto: from the file name, then the content. gzip and zstd are recognised by themselves.",
+            [f.value for f in Format],
+            "File format",
+            "Dataset",
+            "auto: from the file name, then the content. gzip and zstd are recognised by themselves.",
         ),
-        dataset_mapping=Param(
+        "dataset_mapping": _choice(
             RecordMapping.MESSAGES.value,
-            type="string",
-            enum=[m.value for m in RecordMapping],
-            title="Record layout",
-            section="Dataset",
-            description="messages (chat samples), or convert prompt/completion or instruction/input/output records.",
+            [m.value for m in RecordMapping],
+            "Record layout",
+            "Dataset",
+            "messages (chat samples), or convert prompt/completion or instruction/input/output records.",
         ),
-        on_bad_record=Param(
+        "on_bad_record": _choice(
             OnBadRecord.FAIL.value,
-            type="string",
-            enum=[o.value for o in OnBadRecord],
-            title="Bad records",
-            section="Dataset",
-            description="fail: stop at the first bad record, naming file, line and field; skip: count and drop them.",
+            [o.value for o in OnBadRecord],
+            "Bad records",
+            "Dataset",
+            "fail: stop at the first bad record, naming file, line and field; skip: count and drop them.",
         ),
-        dataset_split=_text(
+    }
+
+
+def _dataset_access_params() -> dict[str, Param]:
+    """Section "Dataset", continued: which part of a HuggingFace dataset, and the connections that reach it."""
+    return {
+        "dataset_split": _text(
             "HuggingFace split",
             "Dataset",
             "Empty: train. Only for HuggingFace datasets.",
             pattern=WORD_PATTERN,
         ),
-        dataset_subset=_text(
+        "dataset_subset": _text(
             "HuggingFace subset",
             "Dataset",
             "A subset (configuration) directory. Only for HuggingFace datasets.",
             pattern=WORD_PATTERN,
         ),
-        dataset_revision=_text(
+        "dataset_revision": _text(
             "HuggingFace revision",
             "Dataset",
             "Branch, tag or commit; empty: main. Only for HuggingFace datasets.",
             pattern=WORD_PATTERN,
         ),
-        hf_conn_id=_text(
+        "hf_conn_id": _text(
             "HuggingFace connection",
             "Dataset",
             "A 'huggingface' connection (token, endpoint) for datasets and models; empty: HF_TOKEN of the worker.",
             pattern=WORD_PATTERN,
         ),
-        aws_conn_id=_text(
+        "aws_conn_id": _text(
             "S3 connection",
             "Dataset",
             "An 'aws' connection (keys, region, endpoint_url) for s3:// sources; empty: the worker's environment.",
             pattern=WORD_PATTERN,
         ),
-        backend=Param(
+    }
+
+
+def _where_it_runs_params(workspace: str) -> dict[str, Param]:
+    """Section "Where it runs": the backend, and the worker-side directory every run lives under."""
+    return {
+        "backend": _choice(
             "local",
-            type="string",
-            enum=["local", "kubernetes"],
-            title="Backend",
-            section="Where it runs",
-            description="local: on the Airflow worker (CUDA if present, else the CPU); kubernetes: a Kubeflow TrainJob.",
+            ["local", "kubernetes"],
+            "Backend",
+            "Where it runs",
+            "local: on the Airflow worker (CUDA if present, else the CPU); kubernetes: a Kubeflow TrainJob.",
         ),
-        workspace=Param(
+        "workspace": Param(
             workspace,
             type="string",
             minLength=1,
@@ -342,40 +366,44 @@ def pipeline_params(workspace: str, **defaults: Any) -> dict[str, Param]:
                 "shared mode, where the worker mounts the PVC."
             ),
         ),
-        workspace_mode=Param(
+    }
+
+
+def _kubernetes_params() -> dict[str, Param]:
+    """Section "Kubernetes": read only on the kubernetes backend (the PVC, namespace, job kind, image)."""
+    return {
+        "workspace_mode": _choice(
             "cluster",
-            type="string",
-            enum=["cluster", "shared"],
-            title="Workspace mode",
-            section="Kubernetes",
-            description="cluster: only the pods mount the PVC (at /workspace); shared: the worker mounts it at the workspace too.",
+            ["cluster", "shared"],
+            "Workspace mode",
+            "Kubernetes",
+            "cluster: only the pods mount the PVC (at /workspace); shared: the worker mounts it at the workspace too.",
         ),
-        pvc_name=_text(
+        "pvc_name": _text(
             "Workspace PVC",
             "Kubernetes",
             "Required on kubernetes: the PVC the pods use as workspace (ReadWriteMany for several workers).",
             pattern=DNS_SUBDOMAIN_PATTERN,
         ),
-        namespace=_text(
+        "namespace": _text(
             "Namespace",
             "Kubernetes",
             "Where the TrainJob goes; empty: the connection's namespace.",
             pattern=DNS_LABEL_PATTERN,
         ),
-        job_kind=Param(
+        "job_kind": _choice(
             "TrainJob",
-            type="string",
-            enum=["TrainJob", "PyTorchJob"],
-            title="Job kind",
-            section="Kubernetes",
-            description="TrainJob: Kubeflow Trainer v2. PyTorchJob: Training Operator v1 (Master + Workers; needs an image).",
+            ["TrainJob", "PyTorchJob"],
+            "Job kind",
+            "Kubernetes",
+            "TrainJob: Kubeflow Trainer v2. PyTorchJob: Training Operator v1 (Master + Workers; needs an image).",
         ),
-        image=_text(
+        "image": _text(
             "Training image",
             "Kubernetes",
             "Python with torch and instructlab-training. Empty: the TrainJob runtime's image; required for a PyTorchJob.",
         ),
-        runtime_name=Param(
+        "runtime_name": Param(
             "torch-distributed",
             type="string",
             pattern=DNS_SUBDOMAIN_PATTERN,
@@ -383,16 +411,13 @@ def pipeline_params(workspace: str, **defaults: Any) -> dict[str, Param]:
             section="Kubernetes",
             description="The ClusterTrainingRuntime: torch-distributed upstream, training-hub on OpenShift AI.",
         ),
-        job_labels=_text(
+        "job_labels": _text(
             "TrainJob labels",
             "Kubernetes",
             "key=value,... on the TrainJob itself, e.g. kueue.x-k8s.io/queue-name=gpu-queue.",
             pattern=LABEL_LIST_PATTERN,
         ),
-    )
-    for name, value in defaults.items():
-        params[name] = Param(value, description=params[name].description, schema=dict(params[name].schema))
-    return ordered(params)
+    }
 
 
 #: A JSON file of form defaults (``{"base_model": ..., ...}``) the example DAG reads: how

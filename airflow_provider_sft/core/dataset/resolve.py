@@ -267,21 +267,11 @@ def resolve_dataset(
     out_dir = _output_dir(workspace, dataset_dir)
     target, manifest_path = out_dir / TRAIN_FILE, out_dir / MANIFEST_FILE
     files = parsed.files()
-    for file in files:  # resolving would first delete what it is about to read
-        if file.local_path is not None and out_dir.resolve() in file.local_path.resolve().parents:
-            raise DatasetError(
-                f"{file.name}: the source lies in the output directory {out_dir}; move it elsewhere"
-            )
-    identity = {
-        "version": MANIFEST_VERSION,
-        "source": parsed.uri,
-        "files": [f.identity for f in files],
-        "options": options.cache_key(),
-        "tokenizer": options.tokenizer,
-    }
-    manifest = _read_manifest(manifest_path) if target.exists() else None
-    if manifest and manifest.get("identity") == identity and manifest.get("sha256") == sha256_file(target):
-        return DatasetStats(**{**manifest["stats"], "reused": True, "seconds": time.monotonic() - started})
+    _refuse_sources_in(out_dir, files)
+    identity = _identity(parsed.uri, files, options)
+    reused = _reused_stats(target, manifest_path, identity, started)
+    if reused is not None:
+        return reused
     # Whatever is there was made from something else: it must not outlive a failure below.
     for stale in (manifest_path, target):
         stale.unlink(missing_ok=True)
@@ -290,36 +280,7 @@ def resolve_dataset(
     for name in remove_dead_temporaries(out_dir):
         if log:
             log(f"removed {name}, left by a resolution that was killed")
-    tmp = out_dir / f".{TRAIN_FILE}.{os.getpid()}.tmp"
-    budget = ByteBudget(options.max_decompressed_bytes or None)
-    try:
-        with tmp.open("wb", buffering=1 << 20) as handle:
-            writer = _Writer(handle, options, tokens)
-            for file in files:
-                before = writer.records
-                try:
-                    for where, record, raw_line in _records(file, options, out_dir, budget):
-                        writer.add(where, record, raw_line)
-                except UnicodeDecodeError as error:
-                    raise DatasetError(
-                        f"{file.name}: not UTF-8 text ({error.reason} at byte {error.start})"
-                    ) from None
-                except EOFError:
-                    raise DatasetError(f"{file.name}: compressed stream is truncated") from None
-                except DECOMPRESSION_ERRORS as error:
-                    raise DatasetError(f"{file.name}: cannot be decompressed ({error})") from None
-                if log:
-                    log(f"{file.name}: {writer.records - before} records")
-        if writer.records == 0:
-            if writer.skipped:
-                raise DatasetError(
-                    f"Dataset {parsed.uri} has no usable records ({writer.skipped} bad records skipped; "
-                    f"first: {writer.skip_reasons[0]})"
-                )
-            raise DatasetError(f"Dataset {parsed.uri} has no records")
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
+    writer = _write_train_file(parsed.uri, files, options, target, tokens, log)
     stats = DatasetStats(
         path=str(target),
         source=parsed.uri,
@@ -332,9 +293,100 @@ def resolve_dataset(
         approx_tokens=tokens.flush() if tokens else None,
         seconds=round(time.monotonic() - started, 3),
     )
+    _write_manifest(manifest_path, identity, stats)
+    return stats
+
+
+def _identity(uri: str, files: list[SourceFile], options: DatasetOptions) -> dict[str, Any]:
+    """What the output was made from (source, each file's identity, options): equal means reusable."""
+    return {
+        "version": MANIFEST_VERSION,
+        "source": uri,
+        "files": [f.identity for f in files],
+        "options": options.cache_key(),
+        "tokenizer": options.tokenizer,
+    }
+
+
+def _write_manifest(manifest_path: Path, identity: dict[str, Any], stats: DatasetStats) -> None:
+    """Record what ``train.jsonl`` was made from, so the next resolution of the same source reuses it."""
     with contextlib.suppress(OSError):  # a missing manifest only costs a re-resolve next time
         atomic_write_bytes(
             manifest_path,
             jsonio.dumps({"identity": identity, "sha256": stats.sha256, "stats": stats.to_dict()}),
         )
-    return stats
+
+
+def _refuse_sources_in(out_dir: Path, files: list[SourceFile]) -> None:
+    """Refuse a source inside the output directory: resolving would first delete what it is about to read."""
+    for file in files:
+        if file.local_path is not None and out_dir.resolve() in file.local_path.resolve().parents:
+            raise DatasetError(
+                f"{file.name}: the source lies in the output directory {out_dir}; move it elsewhere"
+            )
+
+
+def _reused_stats(
+    target: Path, manifest_path: Path, identity: dict[str, Any], started: float
+) -> DatasetStats | None:
+    """The last resolution's stats when it was of the same source and options and its file is intact.
+
+    The sha256 is checked, not only the manifest: a ``train.jsonl`` edited or truncated since
+    is resolved again.
+    """
+    manifest = _read_manifest(manifest_path) if target.exists() else None
+    if manifest and manifest.get("identity") == identity and manifest.get("sha256") == sha256_file(target):
+        return DatasetStats(**{**manifest["stats"], "reused": True, "seconds": time.monotonic() - started})
+    return None
+
+
+def _write_train_file(
+    uri: str,
+    files: list[SourceFile],
+    options: DatasetOptions,
+    target: Path,
+    tokens: _TokenCounter | None,
+    log: Callable[[str], None] | None,
+) -> _Writer:
+    """Write every file's records to a temporary and rename it to ``target``; the writer's counts.
+
+    On any failure the temporary is removed and ``target`` does not exist, so a reader never
+    sees half a dataset.
+    """
+    out_dir = target.parent
+    tmp = out_dir / f".{TRAIN_FILE}.{os.getpid()}.tmp"
+    budget = ByteBudget(options.max_decompressed_bytes or None)
+    try:
+        with tmp.open("wb", buffering=1 << 20) as handle:
+            writer = _Writer(handle, options, tokens)
+            for file in files:
+                before = writer.records
+                _write_file(writer, file, options, out_dir, budget)
+                if log:
+                    log(f"{file.name}: {writer.records - before} records")
+        if writer.records == 0:
+            if writer.skipped:
+                raise DatasetError(
+                    f"Dataset {uri} has no usable records ({writer.skipped} bad records skipped; "
+                    f"first: {writer.skip_reasons[0]})"
+                )
+            raise DatasetError(f"Dataset {uri} has no records")
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return writer
+
+
+def _write_file(
+    writer: _Writer, file: SourceFile, options: DatasetOptions, spool_dir: Path, budget: ByteBudget
+) -> None:
+    """Pass one file's records to ``writer``; a file that is not text or not whole is named in the error."""
+    try:
+        for where, record, raw_line in _records(file, options, spool_dir, budget):
+            writer.add(where, record, raw_line)
+    except UnicodeDecodeError as error:
+        raise DatasetError(f"{file.name}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+    except EOFError:
+        raise DatasetError(f"{file.name}: compressed stream is truncated") from None
+    except DECOMPRESSION_ERRORS as error:
+        raise DatasetError(f"{file.name}: cannot be decompressed ({error})") from None

@@ -434,42 +434,8 @@ def hub_source(location: str, options: DatasetOptions) -> Source:
     uri = f"{HUB_PREFIX}{repo_id}"
 
     def lister() -> list[SourceFile]:
-        from huggingface_hub import HfApi, hf_hub_url
-        from huggingface_hub.errors import (
-            GatedRepoError,
-            HfHubHTTPError,
-            OfflineModeIsEnabled,
-            RepositoryNotFoundError,
-            RevisionNotFoundError,
-        )
-        from huggingface_hub.utils import build_hf_headers, get_session
-
         token = options.hf_token.get_secret_value() if options.hf_token else None
-        api = HfApi(endpoint=options.hf_endpoint, token=token)
-        try:
-            info = api.dataset_info(repo_id, revision=revision)
-        except GatedRepoError:
-            raise DatasetError(
-                f"{uri}: the dataset is gated; accept its terms and pass a token (hf_conn_id)"
-            ) from None
-        except RepositoryNotFoundError:
-            raise DatasetError(
-                f"{uri}: no such dataset on {api.endpoint}, or it is private and the token (hf_conn_id / HF_TOKEN) "
-                "is missing or not allowed"
-            ) from None
-        except RevisionNotFoundError:
-            raise DatasetError(f"{uri}: revision {revision!r} does not exist") from None
-        except OfflineModeIsEnabled:
-            raise DatasetError(
-                f"{uri}: HF_HUB_OFFLINE is set, so the Hub cannot be asked for this dataset"
-            ) from None
-        except HfHubHTTPError as error:
-            status = error.response.status_code if error.response is not None else "?"
-            raise DatasetError(f"{uri}: the Hub answered HTTP {status}") from None
-        except Exception as error:  # connection errors from httpx
-            raise DatasetError(
-                f"{uri}: cannot reach the Hub at {api.endpoint} ({type(error).__name__})"
-            ) from None
+        info = _hub_dataset_info(uri, repo_id, revision, options.hf_endpoint, token)
         paths = [s.rfilename for s in info.siblings or []]
         chosen = select_split(paths, split, subset)
         if not chosen:
@@ -477,20 +443,72 @@ def hub_source(location: str, options: DatasetOptions) -> Source:
             raise DatasetError(
                 f"{uri}@{info.sha}: no data files for {where}split {split!r} (files: {', '.join(paths[:10]) or 'none'})"
             )
-        headers = build_hf_headers(token=token)
-        files = []
-        for path in chosen:
-            url = hf_hub_url(
-                repo_id, path, repo_type="dataset", revision=info.sha, endpoint=options.hf_endpoint
-            )
-            name = f"{uri}@{info.sha[:12]}/{path}"
-            identity = {"repo": repo_id, "commit": info.sha, "path": path}
-            files.append(SourceFile(name, identity, _http_stream(url, name, headers, session=get_session())))
-        return files
+        return _hub_files(uri, repo_id, info.sha, chosen, options.hf_endpoint, token)
 
     return Source(
         uri + (f"@{revision}" if revision else "") + (f":{split}" if split != "train" else ""), lister
     )
+
+
+def _hub_dataset_info(
+    uri: str, repo_id: str, revision: str | None, endpoint: str | None, token: str | None
+) -> Any:
+    """The dataset's file list at ``revision``, its failures as one :class:`DatasetError` each.
+
+    Each says what to do about it (accept the terms, pass a token, unset offline mode), and
+    none carries the Hub's own message, which could echo the request.
+    """
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    api = HfApi(endpoint=endpoint, token=token)
+    try:
+        return api.dataset_info(repo_id, revision=revision)
+    except GatedRepoError:
+        raise DatasetError(
+            f"{uri}: the dataset is gated; accept its terms and pass a token (hf_conn_id)"
+        ) from None
+    except RepositoryNotFoundError:
+        raise DatasetError(
+            f"{uri}: no such dataset on {api.endpoint}, or it is private and the token (hf_conn_id / HF_TOKEN) "
+            "is missing or not allowed"
+        ) from None
+    except RevisionNotFoundError:
+        raise DatasetError(f"{uri}: revision {revision!r} does not exist") from None
+    except OfflineModeIsEnabled:
+        raise DatasetError(
+            f"{uri}: HF_HUB_OFFLINE is set, so the Hub cannot be asked for this dataset"
+        ) from None
+    except HfHubHTTPError as error:
+        status = error.response.status_code if error.response is not None else "?"
+        raise DatasetError(f"{uri}: the Hub answered HTTP {status}") from None
+    except Exception as error:  # connection errors from httpx
+        raise DatasetError(
+            f"{uri}: cannot reach the Hub at {api.endpoint} ({type(error).__name__})"
+        ) from None
+
+
+def _hub_files(
+    uri: str, repo_id: str, commit: str, paths: list[str], endpoint: str | None, token: str | None
+) -> list[SourceFile]:
+    """The chosen files, pinned to the commit the listing saw, so every file comes from one revision."""
+    from huggingface_hub import hf_hub_url
+    from huggingface_hub.utils import build_hf_headers, get_session
+
+    headers = build_hf_headers(token=token)
+    files = []
+    for path in paths:
+        url = hf_hub_url(repo_id, path, repo_type="dataset", revision=commit, endpoint=endpoint)
+        name = f"{uri}@{commit[:12]}/{path}"
+        identity = {"repo": repo_id, "commit": commit, "path": path}
+        files.append(SourceFile(name, identity, _http_stream(url, name, headers, session=get_session())))
+    return files
 
 
 # --- KFP artifacts ------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from airflow_provider_sft.core import constants as c
 from airflow_provider_sft.core import jsonio
@@ -132,12 +133,7 @@ def run(training_run: TrainingRun) -> None:
     output_dir = Path(training_run.output_dir)
     topology = Topology.from_env()
     _PREFIX = node_prefix(topology.node_rank, topology.num_nodes)
-    _check_writable(output_dir)
-    _check_base_model(params.base_model)
-    if removed := start_clean(output_dir, topology):
-        _log(f"starting clean: removed {', '.join(removed)} of an earlier attempt (no accidental resume)")
-    for key, value in default_cache_env(output_dir).items():
-        os.environ.setdefault(key, value)
+    _prepare_output_dir(output_dir, params.base_model, topology)
 
     plan = plan_device(
         params, requested=training_run.device, cuda_devices=cuda_device_count(), cpu_count=os.cpu_count() or 1
@@ -148,54 +144,84 @@ def run(training_run: TrainingRun) -> None:
     for note in plan.notes:
         _log(note)
 
-    processed_dir = Path(training_run.processed_data_dir)
     if topology.is_first:
-        from airflow_provider_sft.core.training.data_processing import process_chat_data
-
-        with contextlib.suppress(ImportError):  # instructlab's logs reach the full output (it mutes them)
-            from instructlab.training.logger import propagate_package_logs
-
-            propagate_package_logs(True)
-        clear_data_ready(processed_dir)
-        report = process_chat_data(
-            training_run.dataset_path,
-            processed_dir,
-            model_path=params.base_model,
-            max_seq_len=params.max_seq_len,
-            num_cpu_procs=max(1, min(plan.cpu_threads, 8)),
-        ).to_dict()
-        mark_data_ready(processed_dir, training_run.attempt, report)
-        _log(
-            (WARNING_MARK if report["dropped_samples"] else "")
-            + f"data processing: {report['kept_samples']}/{report['input_samples']} samples kept, "
-            f"{report['dropped_samples']} dropped (shorter than 20 tokens or >= max_seq_len={params.max_seq_len}), "
-            f"{report['total_tokens']} tokens, {report['label_tokens']} trained on"
-        )
+        report = _process_data(training_run, plan.cpu_threads)
     else:
-        report = wait_for_data(processed_dir, training_run.attempt, log=_log)
+        report = wait_for_data(Path(training_run.processed_data_dir), training_run.attempt, log=_log)
         _log(f"using node 0's processed data: {report['kept_samples']} samples")
 
     if plan.device is Device.CUDA:
         _train_on_cuda(training_run, plan.processes, show_progress=topology.is_first)
     else:
-        from airflow_provider_sft.core.training.cpu_trainer import train_on_cpu
-
-        result = train_on_cpu(
-            params,
-            model_path=params.base_model,
-            processed_data=report["processed_path"],
-            output_dir=output_dir,
-            threads=plan.cpu_threads,
-            log=_log,
-            topology=topology,
-        )
-        _log(f"trained in {result.seconds:.1f}s ({result.tokens_per_second:.0f} tokens/s)")
+        _train_on_cpu(training_run, report["processed_path"], plan.cpu_threads, topology)
     if topology.is_first:  # node 0 writes the metrics
         from airflow_provider_sft.core.results.metrics import summarize_file
         from airflow_provider_sft.core.training.progress import summary_line
 
         _log(summary_line(summarize_file(output_dir / c.METRICS_FILE)))
     _log(f"done in {time.monotonic() - started:.1f}s")
+
+
+def _prepare_output_dir(output_dir: Path, base_model: str, topology: Topology) -> None:
+    """Check what can be checked before the first costly step, start clean, and keep caches in the run.
+
+    An unwritable output directory or a missing base model fails here, in seconds, not after
+    data processing; a rerun never resumes an earlier attempt's checkpoints by accident.
+    """
+    _check_writable(output_dir)
+    _check_base_model(base_model)
+    if removed := start_clean(output_dir, topology):
+        _log(f"starting clean: removed {', '.join(removed)} of an earlier attempt (no accidental resume)")
+    for key, value in default_cache_env(output_dir).items():
+        os.environ.setdefault(key, value)
+
+
+def _process_data(training_run: TrainingRun, cpu_threads: int) -> dict[str, Any]:
+    """Node 0's instructlab data processing, then the marker the other nodes wait for; its report.
+
+    The marker is cleared first, so a node of this attempt never reads an earlier attempt's data.
+    """
+    from airflow_provider_sft.core.training.data_processing import process_chat_data
+
+    params = training_run.params
+    processed_dir = Path(training_run.processed_data_dir)
+    with contextlib.suppress(ImportError):  # instructlab's logs reach the full output (it mutes them)
+        from instructlab.training.logger import propagate_package_logs
+
+        propagate_package_logs(True)
+    clear_data_ready(processed_dir)
+    report = process_chat_data(
+        training_run.dataset_path,
+        processed_dir,
+        model_path=params.base_model,
+        max_seq_len=params.max_seq_len,
+        num_cpu_procs=max(1, min(cpu_threads, 8)),
+    ).to_dict()
+    mark_data_ready(processed_dir, training_run.attempt, report)
+    _log(
+        (WARNING_MARK if report["dropped_samples"] else "")
+        + f"data processing: {report['kept_samples']}/{report['input_samples']} samples kept, "
+        f"{report['dropped_samples']} dropped (shorter than 20 tokens or >= max_seq_len={params.max_seq_len}), "
+        f"{report['total_tokens']} tokens, {report['label_tokens']} trained on"
+    )
+    return report
+
+
+def _train_on_cpu(training_run: TrainingRun, processed_path: str, threads: int, topology: Topology) -> None:
+    """The CPU loop, on this node's share of every step (instructlab-training needs CUDA)."""
+    from airflow_provider_sft.core.training.cpu_trainer import train_on_cpu
+
+    params = training_run.params
+    result = train_on_cpu(
+        params,
+        model_path=params.base_model,
+        processed_data=processed_path,
+        output_dir=Path(training_run.output_dir),
+        threads=threads,
+        log=_log,
+        topology=topology,
+    )
+    _log(f"trained in {result.seconds:.1f}s ({result.tokens_per_second:.0f} tokens/s)")
 
 
 def _train_on_cuda(training_run: TrainingRun, gpus: int, *, show_progress: bool = True) -> None:

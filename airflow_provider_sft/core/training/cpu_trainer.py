@@ -201,41 +201,109 @@ def train_on_cpu(
     topology: Topology | None = None,
 ) -> CPUTrainingResult:
     """Train ``model_path`` on instructlab-processed data; write metrics and checkpoints to ``output_dir``."""
-    import torch
-    import torch.nn.functional as F
-    from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler
-
     topology = topology or Topology()
-    rank, world = topology.node_rank, topology.num_nodes
-    if world > 1:
-        import datetime
-
-        import torch.distributed as dist
-
-        log(
-            f"joining {world} nodes over gloo at {topology.master_addr}:{topology.master_port} as rank {rank}"
-        )
-        dist.init_process_group(
-            "gloo",
-            init_method=f"tcp://{topology.master_addr}:{topology.master_port}",
-            rank=rank,
-            world_size=world,
-            timeout=datetime.timedelta(minutes=30),
-        )
-
-    torch.set_num_threads(threads)
-    torch.manual_seed(params.seed)
-    random.seed(params.seed)
+    _join_nodes(topology, log)
+    _seed_and_limit_threads(params.seed, threads)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
 
     samples = load_processed_samples(processed_data, max_tokens_per_gpu=params.max_tokens_per_gpu)
+    job = _build_job(params, model_path, len(samples))
+    metrics = MetricsWriter(out / c.METRICS_FILE) if topology.node_rank == 0 else _NoMetrics()
+    metrics.write(
+        _hparams_record(
+            params,
+            model_path=model_path,
+            processed_data=processed_data,
+            out=out,
+            threads=threads,
+            total_samples=len(samples),
+            steps_per_epoch=job.steps_per_epoch,
+        )
+    )
+    log(_plan_line(params, len(samples), job.steps_per_epoch, threads, topology.num_nodes))
+
+    loop = _Loop(params, job, samples, out, topology, metrics, log)
+    try:
+        for epoch in range(params.num_epochs):
+            loop.train_epoch(epoch)
+    finally:
+        metrics.close()
+        _leave_nodes(topology.num_nodes)
+    return loop.result()
+
+
+def _join_nodes(topology: Topology, log: Logger) -> None:
+    """Join the other nodes over gloo before anything trains: every node must build the same model."""
+    world = topology.num_nodes
+    if world <= 1:
+        return
+    import datetime
+
+    import torch.distributed as dist
+
+    log(
+        f"joining {world} nodes over gloo at {topology.master_addr}:{topology.master_port} "
+        f"as rank {topology.node_rank}"
+    )
+    dist.init_process_group(
+        "gloo",
+        init_method=f"tcp://{topology.master_addr}:{topology.master_port}",
+        rank=topology.node_rank,
+        world_size=world,
+        timeout=datetime.timedelta(minutes=30),
+    )
+
+
+def _leave_nodes(world: int) -> None:
+    """Tear the process group down even when training failed, so the other nodes are not left waiting."""
+    if world <= 1:
+        return
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _seed_and_limit_threads(seed: int, threads: int) -> None:
+    """Seed torch and ``random`` so a run repeats exactly, and use only the threads the pod was given."""
+    import torch
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    random.seed(seed)
+
+
+@dataclass(frozen=True)
+class _Job:
+    """The model and what steps it, built once before the first step."""
+
+    model: Any
+    tokenizer: Any
+    optimizer: Any
+    scheduler: Any
+    pad_id: int
+    steps_per_epoch: int
+    total_steps: int
+
+
+def _build_job(params: SFTParams, model_path: str, total_samples: int) -> _Job:
+    """Load the model and build instructlab's optimizer and schedule for it.
+
+    AdamW with instructlab's betas/eps/weight decay and ``get_scheduler`` over the whole run,
+    so the learning rate follows the curve ``main_ds`` would follow on the same data. The
+    fused kernel is the same AdamW update in one pass over all parameters: on a CPU torch
+    otherwise steps one tensor at a time in Python, about 3% of a step on the tiny model
+    (``transformers.Trainer`` uses the fused kernel by default too).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler
+
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
     model.train()
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-
-    steps_per_epoch = math.ceil(len(samples) / params.effective_batch_size)
+    steps_per_epoch = math.ceil(total_samples / params.effective_batch_size)
     total_steps = steps_per_epoch * params.num_epochs
     optimizer = torch.optim.AdamW(
         model.parameters(),
@@ -243,6 +311,7 @@ def train_on_cpu(
         betas=c.ADAMW_BETAS,
         eps=c.ADAMW_EPS,
         weight_decay=c.ADAMW_WEIGHT_DECAY,
+        fused=True,
     )
     scheduler = get_scheduler(
         params.lr_scheduler.value,
@@ -250,146 +319,239 @@ def train_on_cpu(
         num_warmup_steps=params.lr_warmup_steps,
         num_training_steps=total_steps,
     )
+    return _Job(model, tokenizer, optimizer, scheduler, pad_id, steps_per_epoch, total_steps)
 
-    metrics = MetricsWriter(out / c.METRICS_FILE) if rank == 0 else _NoMetrics()
-    metrics.write(
-        {
-            **params.to_json_dict(),
-            "model_name_or_path": model_path,
-            "data_path": str(processed_data),
-            "output_dir": str(out),
-            "num_warmup_steps": params.lr_warmup_steps,
-            "max_batch_len": params.max_tokens_per_gpu,
-            "device": "cpu",
-            "torch_threads": threads,
-            "total_samples": len(samples),
-            "num_epoch_steps": steps_per_epoch,
-            "hparams": True,
-        }
-    )
-    log(
-        f"CPU SFT: {len(samples)} samples, {params.num_epochs} epoch(s) x {steps_per_epoch} step(s), "
+
+def _hparams_record(
+    params: SFTParams,
+    *,
+    model_path: str,
+    processed_data: str | Path,
+    out: Path,
+    threads: int,
+    total_samples: int,
+    steps_per_epoch: int,
+) -> dict[str, Any]:
+    """The metrics file's first line: the run's settings, as instructlab writes them before step 1."""
+    return {
+        **params.to_json_dict(),
+        "model_name_or_path": model_path,
+        "data_path": str(processed_data),
+        "output_dir": str(out),
+        "num_warmup_steps": params.lr_warmup_steps,
+        "max_batch_len": params.max_tokens_per_gpu,
+        "device": "cpu",
+        "torch_threads": threads,
+        "total_samples": total_samples,
+        "num_epoch_steps": steps_per_epoch,
+        "hparams": True,
+    }
+
+
+def _plan_line(params: SFTParams, total_samples: int, steps_per_epoch: int, threads: int, world: int) -> str:
+    """One log line with the run's shape, so a reader of the task log knows what the steps count towards."""
+    return (
+        f"CPU SFT: {total_samples} samples, {params.num_epochs} epoch(s) x {steps_per_epoch} step(s), "
         f"effective batch {params.effective_batch_size}, lr {params.learning_rate:g} ({params.lr_scheduler.value}, "
         f"warmup {params.lr_warmup_steps}), {threads} thread(s)" + (f", {world} nodes" if world > 1 else "")
     )
 
-    def save_checkpoint(samples_seen: int) -> str:
-        target = out / c.HF_FORMAT_DIR / f"{c.SAMPLES_CHECKPOINT_PREFIX}{samples_seen}"
+
+@dataclass(frozen=True)
+class _StepStats:
+    """What one optimizer step did, as its metrics line and progress line report it."""
+
+    samples: int
+    micro_batches: int
+    label_tokens: int
+    tokens: int
+    loss_sum: float
+    grad_norm: float
+    lr: float
+
+    @property
+    def avg_loss(self) -> float:
+        return self.loss_sum / max(self.label_tokens, 1)
+
+
+def _accumulate_gradients(
+    model: Any, micro_batches: Sequence[Sequence[Sample]], pad_id: int, label_tokens: int
+) -> float:
+    """Forward and backward each micro-batch; return the step's summed token loss.
+
+    Each micro-batch's loss is divided by the label tokens of the WHOLE step (every node's
+    share included), so the accumulated gradient is the step's mean, as in ``main_ds``.
+    """
+    import torch.nn.functional as F
+
+    loss_sum = 0.0
+    for batch in micro_batches:
+        input_ids, labels, attention = _collate(batch, pad_id)
+        logits = model(input_ids=input_ids, attention_mask=attention).logits
+        loss = F.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.size(-1)).float(),
+            labels[:, 1:].reshape(-1),
+            ignore_index=-100,
+            reduction="sum",
+        )
+        (loss / max(label_tokens, 1)).backward()
+        loss_sum += loss.item()
+    return loss_sum
+
+
+def _train_step(job: _Job, step_samples: list[Sample], max_tokens: int, rank: int, world: int) -> _StepStats:
+    """One optimizer step over this node's share of ``step_samples``: accumulate, sum over nodes, clip, step."""
+    import torch
+
+    micro_batches = pack_micro_batches(step_samples[rank::world], max_tokens)
+    label_tokens = sum(s.label_tokens for s in step_samples)
+    loss_sum = _accumulate_gradients(job.model, micro_batches, job.pad_id, label_tokens)
+    if world > 1:  # each node's loss is already over the whole step's tokens: sum
+        loss_sum = _sum_over_nodes(job.model, loss_sum)
+    grad_norm = torch.nn.utils.clip_grad_norm_(job.model.parameters(), c.GRAD_CLIP_NORM).item()
+    lr = job.scheduler.get_last_lr()[0]
+    job.optimizer.step()
+    job.scheduler.step()
+    job.optimizer.zero_grad(set_to_none=True)
+    return _StepStats(
+        samples=len(step_samples),
+        micro_batches=len(micro_batches),
+        label_tokens=label_tokens,
+        tokens=sum(s.length for s in step_samples),
+        loss_sum=loss_sum,
+        grad_norm=grad_norm,
+        lr=lr,
+    )
+
+
+class _Loop:
+    """The epochs and steps of one run: counts what was trained and decides what to write when.
+
+    Only node 0 writes checkpoints and progress lines; every node steps the same model.
+    """
+
+    def __init__(
+        self,
+        params: SFTParams,
+        job: _Job,
+        samples: list[Sample],
+        out: Path,
+        topology: Topology,
+        metrics: MetricsWriter | _NoMetrics,
+        log: Logger,
+    ):
+        self.params, self.job, self.samples, self.out = params, job, samples, out
+        self.rank, self.world = topology.node_rank, topology.num_nodes
+        self.metrics, self.log = metrics, log
+        self.step = self.samples_seen = self.tokens_seen = 0
+        self.checkpoints: list[str] = []
+        self.started = time.monotonic()
+
+    def train_epoch(self, epoch: int) -> None:
+        """Every step of one epoch, then node 0's end-of-epoch checkpoint and full state."""
+        params = self.params
+        for step_samples in optimizer_steps(self.samples, params.effective_batch_size, params.seed, epoch):
+            step_started = time.monotonic()
+            stats = _train_step(self.job, step_samples, params.max_tokens_per_gpu, self.rank, self.world)
+            previous_seen = self.samples_seen
+            self.step += 1
+            self.samples_seen += stats.samples
+            self.tokens_seen += stats.tokens
+            elapsed = time.monotonic() - step_started
+            self.metrics.write(self._step_record(epoch, stats, elapsed))
+            if self.rank == 0:
+                self._report_step(epoch, stats, elapsed, previous_seen)
+        if self.rank == 0:
+            self._end_epoch(epoch)
+
+    def _step_record(self, epoch: int, stats: _StepStats, elapsed: float) -> dict[str, Any]:
+        """One metrics line in instructlab's keys, so metrics, the chart and export read CPU runs unchanged."""
+        return {
+            "epoch": epoch,
+            "step": self.step,
+            "rank": 0,
+            "overall_throughput": stats.samples / elapsed if elapsed else 0.0,
+            "lr": stats.lr,
+            "num_loss_counted_tokens": stats.label_tokens,
+            "num_tokens_rank0": stats.tokens,
+            "batch_size": stats.samples,
+            "num_minibatches": stats.micro_batches,
+            "avg_loss": stats.avg_loss,
+            "samples_seen": self.samples_seen,
+            "gradnorm": stats.grad_norm,
+            "total_samples": len(self.samples),
+            "num_epoch_steps": self.job.steps_per_epoch,
+            "tokens_per_second": stats.tokens / elapsed if elapsed else 0.0,
+        }
+
+    def _report_step(self, epoch: int, stats: _StepStats, elapsed: float, previous_seen: int) -> None:
+        """Node 0's progress line (about 20 a run) and a checkpoint each time ``save_samples`` more were seen."""
+        total_steps = self.job.total_steps
+        if is_progress_step(self.step, total_steps):
+            spent = time.monotonic() - self.started
+            self.log(
+                progress_line(
+                    step=self.step,
+                    total_steps=total_steps,
+                    epoch=epoch,
+                    num_epochs=self.params.num_epochs,
+                    loss=stats.avg_loss,
+                    lr=stats.lr,
+                    grad_norm=stats.grad_norm,
+                    samples_per_second=stats.samples / elapsed,
+                    eta_seconds=spent / self.step * (total_steps - self.step),
+                )
+            )
+        save_every = self.params.save_samples
+        if save_every > 0 and self.samples_seen // save_every > previous_seen // save_every:
+            self.checkpoints.append(self._save_checkpoint())
+
+    def _end_epoch(self, epoch: int) -> None:
+        """The epoch's checkpoint (unless a ``save_samples`` one was just written) and full state, as asked."""
+        if self.params.checkpoint_at_epoch and (
+            not self.checkpoints or not self.checkpoints[-1].endswith(f"_{self.samples_seen}")
+        ):
+            self.checkpoints.append(self._save_checkpoint())
+        if self.params.accelerate_full_state_at_epoch:
+            self._save_full_state(epoch)
+
+    def _save_checkpoint(self) -> str:
+        """``hf_format/samples_<N>/``: the model and tokenizer export reads, written whole or not at all."""
+        target = self.out / c.HF_FORMAT_DIR / f"{c.SAMPLES_CHECKPOINT_PREFIX}{self.samples_seen}"
+        job = self.job
 
         def write(tmp: Path) -> None:
-            model.save_pretrained(tmp, safe_serialization=True)
-            tokenizer.save_pretrained(tmp)
+            job.model.save_pretrained(tmp, safe_serialization=True)
+            job.tokenizer.save_pretrained(tmp)
 
         _save_atomically(target, write)
-        log(f"saved checkpoint {target}")
+        self.log(f"saved checkpoint {target}")
         return str(target)
 
-    def save_full_state(epoch: int, samples_seen: int, step: int) -> None:
-        target = out / c.FULL_STATE_DIR / f"epoch_{epoch}"
+    def _save_full_state(self, epoch: int) -> None:
+        """``full_state/epoch_<N>/``: model, optimizer and scheduler, as accelerate's resumable state holds them."""
+        import torch
+
+        target = self.out / c.FULL_STATE_DIR / f"epoch_{epoch}"
+        job, metadata = (
+            self.job,
+            {"current_epoch": epoch, "samples_seen": self.samples_seen, "global_step": self.step},
+        )
 
         def write(tmp: Path) -> None:
-            model.save_pretrained(tmp / "model", safe_serialization=True)
-            torch.save(optimizer.state_dict(), tmp / "optimizer.bin")
-            torch.save(scheduler.state_dict(), tmp / "scheduler.bin")
-            (tmp / "training_metadata.json").write_bytes(
-                jsonio.dumps({"current_epoch": epoch, "samples_seen": samples_seen, "global_step": step})
-            )
+            job.model.save_pretrained(tmp / "model", safe_serialization=True)
+            torch.save(job.optimizer.state_dict(), tmp / "optimizer.bin")
+            torch.save(job.scheduler.state_dict(), tmp / "scheduler.bin")
+            (tmp / "training_metadata.json").write_bytes(jsonio.dumps(metadata))
 
         _save_atomically(target, write)
-        log(f"saved full training state {target}")
+        self.log(f"saved full training state {target}")
 
-    checkpoints: list[str] = []
-    step = samples_seen = tokens_seen = 0
-    started = time.monotonic()
-    try:
-        for epoch in range(params.num_epochs):
-            for step_samples in optimizer_steps(samples, params.effective_batch_size, params.seed, epoch):
-                step_started = time.monotonic()
-                micro_batches = pack_micro_batches(step_samples[rank::world], params.max_tokens_per_gpu)
-                label_tokens = sum(s.label_tokens for s in step_samples)
-                step_tokens = sum(s.length for s in step_samples)
-                loss_sum = 0.0
-                for batch in micro_batches:
-                    input_ids, labels, attention = _collate(batch, pad_id)
-                    logits = model(input_ids=input_ids, attention_mask=attention).logits
-                    loss = F.cross_entropy(
-                        logits[:, :-1].reshape(-1, logits.size(-1)).float(),
-                        labels[:, 1:].reshape(-1),
-                        ignore_index=-100,
-                        reduction="sum",
-                    )
-                    (loss / max(label_tokens, 1)).backward()
-                    loss_sum += loss.item()
-                if world > 1:  # each node's loss is already over the whole step's tokens: sum
-                    loss_sum = _sum_over_nodes(model, loss_sum)
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), c.GRAD_CLIP_NORM).item()
-                lr = scheduler.get_last_lr()[0]
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-
-                previous_seen = samples_seen
-                step += 1
-                samples_seen += len(step_samples)
-                tokens_seen += step_tokens
-                elapsed = time.monotonic() - step_started
-                avg_loss = loss_sum / max(label_tokens, 1)
-                metrics.write(
-                    {
-                        "epoch": epoch,
-                        "step": step,
-                        "rank": 0,
-                        "overall_throughput": len(step_samples) / elapsed if elapsed else 0.0,
-                        "lr": lr,
-                        "num_loss_counted_tokens": label_tokens,
-                        "num_tokens_rank0": step_tokens,
-                        "batch_size": len(step_samples),
-                        "num_minibatches": len(micro_batches),
-                        "avg_loss": avg_loss,
-                        "samples_seen": samples_seen,
-                        "gradnorm": grad_norm,
-                        "total_samples": len(samples),
-                        "num_epoch_steps": steps_per_epoch,
-                        "tokens_per_second": step_tokens / elapsed if elapsed else 0.0,
-                    }
-                )
-                if rank == 0 and is_progress_step(step, total_steps):
-                    spent = time.monotonic() - started
-                    log(
-                        progress_line(
-                            step=step,
-                            total_steps=total_steps,
-                            epoch=epoch,
-                            num_epochs=params.num_epochs,
-                            loss=avg_loss,
-                            lr=lr,
-                            grad_norm=grad_norm,
-                            samples_per_second=len(step_samples) / elapsed,
-                            eta_seconds=spent / step * (total_steps - step),
-                        )
-                    )
-                save_every = params.save_samples
-                if rank == 0 and save_every > 0 and samples_seen // save_every > previous_seen // save_every:
-                    checkpoints.append(save_checkpoint(samples_seen))
-            if rank != 0:
-                continue
-            if params.checkpoint_at_epoch and (
-                not checkpoints or not checkpoints[-1].endswith(f"_{samples_seen}")
-            ):
-                checkpoints.append(save_checkpoint(samples_seen))
-            if params.accelerate_full_state_at_epoch:
-                save_full_state(epoch, samples_seen, step)
-    finally:
-        metrics.close()
-        if world > 1:
-            import torch.distributed as dist
-
-            if dist.is_initialized():
-                dist.destroy_process_group()
-    return CPUTrainingResult(
-        steps=step,
-        samples_seen=samples_seen,
-        tokens_seen=tokens_seen,
-        seconds=time.monotonic() - started,
-        checkpoints=tuple(checkpoints),
-    )
+    def result(self) -> CPUTrainingResult:
+        return CPUTrainingResult(
+            steps=self.step,
+            samples_seen=self.samples_seen,
+            tokens_seen=self.tokens_seen,
+            seconds=time.monotonic() - self.started,
+            checkpoints=tuple(self.checkpoints),
+        )

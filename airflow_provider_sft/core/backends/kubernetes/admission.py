@@ -182,17 +182,36 @@ def check(
 
     Keys are the webhook's field paths; each message says which parameter sets the field.
     """
-    errors: dict[str, str] = {}
     runtime_name = f"{runtime.get('kind', 'runtime')} {runtime.get('metadata', {}).get('name', '')!r}"
-    spec = trainjob["spec"]
+    v21 = generation is SpecGeneration.V2_1
+    errors = {
+        **({} if v21 else _manager_errors(trainjob["spec"])),
+        **_patch_errors(trainjob, runtime, generation, runtime_name),
+        **_reserved_env_errors(trainjob["spec"], runtime),
+        **_volcano_queue_errors(trainjob, runtime, v21),
+        **_pod_name_errors(trainjob, runtime, runtime_name),
+        **_priority_class_errors(runtime, runtime_name, priority_class_name),
+    }
+    if errors:
+        raise InvalidParameterError(errors, kind="TrainJob (refused by the Trainer admission rules)")
+
+
+def _manager_errors(spec: dict[str, Any]) -> dict[str, str]:
+    """A runtime patch's ``manager`` must be a domain-prefixed path (v2.2+ only has patches)."""
+    errors = {}
+    for patch in spec.get("runtimePatches") or []:
+        if problems := domain_prefixed_path_errors(patch.get("manager", "")):
+            errors["spec.runtimePatches.manager"] = f"{patch.get('manager', '')!r}: " + "; ".join(problems)
+    return errors
+
+
+def _patch_errors(
+    trainjob: dict[str, Any], runtime: dict[str, Any], generation: SpecGeneration, runtime_name: str
+) -> dict[str, str]:
+    """Pod patches may only name jobs and containers the runtime has, and set no env on the ones it owns."""
     v21 = generation is SpecGeneration.V2_1
     patches_path = "spec.podTemplateOverrides" if v21 else "spec.runtimePatches"
-    if not v21:
-        for patch in spec.get("runtimePatches") or []:
-            if problems := domain_prefixed_path_errors(patch.get("manager", "")):
-                errors["spec.runtimePatches.manager"] = f"{patch.get('manager', '')!r}: " + "; ".join(
-                    problems
-                )
+    errors = {}
     jobs = _runtime_jobs(runtime)
     for job_name, pod_spec in _patched_jobs(trainjob, generation):
         if job_name not in jobs:
@@ -215,6 +234,12 @@ def check(
                     errors[patches_path] = (
                         "must not have envs for the dataset-initializer, model-initializer, node containers"
                     )
+    return errors
+
+
+def _reserved_env_errors(spec: dict[str, Any], runtime: dict[str, Any]) -> dict[str, str]:
+    """``envs`` must not set what the runtime's ML policy sets in each node (torch's ``PET_*``, MPI's, ...)."""
+    errors = {}
     ml_policy = (runtime.get("spec") or {}).get("mlPolicy") or {}
     env_names = {entry.get("name") for entry in spec["trainer"].get("env") or []}
     for policy, names in RESERVED_ENV_NAMES.items():
@@ -223,33 +248,57 @@ def check(
                 f"must not have reserved envs, invalid envs configured: [{' '.join(reserved)}] "
                 f"(the {policy} runtime sets them for each node; remove them from envs)"
             )
-    if "volcano" in ((runtime.get("spec") or {}).get("podGroupPolicy") or {}):
-        queue, source = _volcano_annotations(trainjob, runtime, v21).get(VOLCANO_QUEUE_ANNOTATION, (None, ""))
-        if queue == "":
-            fix = {
-                "the TrainJob's spec.annotations": "; remove it from metadata_annotations",
-                _RUNTIME_ANNOTATIONS: "; use a runtime that names a queue (runtime_name)",
-            }.get(source, "")
-            errors[f"spec.annotations[{VOLCANO_QUEUE_ANNOTATION}]"] = (
-                f"Volcano queue name must not be empty (set empty by {source}{fix})"
-            )
+    return errors
+
+
+def _volcano_queue_errors(trainjob: dict[str, Any], runtime: dict[str, Any], v21: bool) -> dict[str, str]:
+    """Under a Volcano pod group, an empty queue annotation is refused; the message names who set it."""
+    if "volcano" not in ((runtime.get("spec") or {}).get("podGroupPolicy") or {}):
+        return {}
+    queue, source = _volcano_annotations(trainjob, runtime, v21).get(VOLCANO_QUEUE_ANNOTATION, (None, ""))
+    if queue != "":
+        return {}
+    fix = {
+        "the TrainJob's spec.annotations": "; remove it from metadata_annotations",
+        _RUNTIME_ANNOTATIONS: "; use a runtime that names a queue (runtime_name)",
+    }.get(source, "")
+    return {
+        f"spec.annotations[{VOLCANO_QUEUE_ANNOTATION}]": (
+            f"Volcano queue name must not be empty (set empty by {source}{fix})"
+        )
+    }
+
+
+def _pod_name_errors(trainjob: dict[str, Any], runtime: dict[str, Any], runtime_name: str) -> dict[str, str]:
+    """The pods JobSet will name must fit a DNS label: JobSet refuses them only after admission."""
+    spec = trainjob["spec"]
     job_name = (trainjob.get("metadata") or {}).get("name", "")
     for replicated_job, pod_name in longest_pod_names(trainjob, runtime).items():
         if len(pod_name) > DNS_LABEL_MAX:
-            errors["run_name"] = (
-                f"{job_name!r} is too long for {runtime_name} with {spec['trainer'].get('numNodes', 1)} "
-                f"node(s): JobSet would name its {replicated_job!r} pods like {pod_name} "
-                f"({len(pod_name)} characters, at most {DNS_LABEL_MAX}) and refuse the job after it was "
-                f"admitted; shorten the run name by {len(pod_name) - DNS_LABEL_MAX} or more characters"
-            )
-            break
-    if priority_class_name is not None:
-        has = _runtime_jobs(runtime).get(c.NODE, {}).get("priorityClassName")
-        if has != priority_class_name:
-            errors["priority_class_name"] = (
-                f"the TrainJob API has no field for a pod priorityClassName, and {runtime_name} sets "
-                f"{has!r}: use a runtime that sets {priority_class_name!r}, or give Kueue's workload "
-                "priority with job_labels='kueue.x-k8s.io/priority-class=<name>'"
-            )
-    if errors:
-        raise InvalidParameterError(errors, kind="TrainJob (refused by the Trainer admission rules)")
+            return {
+                "run_name": (
+                    f"{job_name!r} is too long for {runtime_name} with {spec['trainer'].get('numNodes', 1)} "
+                    f"node(s): JobSet would name its {replicated_job!r} pods like {pod_name} "
+                    f"({len(pod_name)} characters, at most {DNS_LABEL_MAX}) and refuse the job after it was "
+                    f"admitted; shorten the run name by {len(pod_name) - DNS_LABEL_MAX} or more characters"
+                )
+            }
+    return {}
+
+
+def _priority_class_errors(
+    runtime: dict[str, Any], runtime_name: str, priority_class_name: str | None
+) -> dict[str, str]:
+    """A pod priority class can only come from the runtime: the TrainJob API has no field for it."""
+    if priority_class_name is None:
+        return {}
+    has = _runtime_jobs(runtime).get(c.NODE, {}).get("priorityClassName")
+    if has == priority_class_name:
+        return {}
+    return {
+        "priority_class_name": (
+            f"the TrainJob API has no field for a pod priorityClassName, and {runtime_name} sets "
+            f"{has!r}: use a runtime that sets {priority_class_name!r}, or give Kueue's workload "
+            "priority with job_labels='kueue.x-k8s.io/priority-class=<name>'"
+        )
+    }

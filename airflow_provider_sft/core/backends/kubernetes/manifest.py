@@ -298,6 +298,30 @@ def build_trainjob(
     """
     if generation is SpecGeneration.AUTO:
         raise ValueError("resolve SpecGeneration.AUTO with detect_generation() before building")
+    pod_spec = pod_spec_patch(work.name, config, has_pull_secret=has_pull_secret)
+    if generation is SpecGeneration.V2_1:
+        pod_patch = _v21_pod_overrides(work, pod_spec)
+    else:
+        pod_patch = _runtime_patches(work, pod_spec, active_deadline_seconds)
+    spec: dict[str, Any] = {
+        "runtimeRef": {
+            "name": config.runtime_name,
+            "apiGroup": c.TRAINER_GROUP,
+            "kind": config.runtime_kind.value,
+        },
+        "trainer": _trainer_spec(work, config),
+        **pod_patch,
+    }
+    return {
+        "apiVersion": c.TRAINER_API_VERSION,
+        "kind": c.TRAINJOB_KIND,
+        "metadata": job_metadata(work, config),
+        "spec": spec,
+    }
+
+
+def _trainer_spec(work: NodeWork, config: KubernetesConfig) -> dict[str, Any]:
+    """``spec.trainer``: nodes, resources, command and env; the image only when one is given."""
     trainer: dict[str, Any] = {
         "numNodes": work.num_nodes,
         "resourcesPerNode": work.resources,
@@ -308,42 +332,42 @@ def build_trainjob(
         trainer["numProcPerNode"] = work.procs_per_node
     if config.image:
         trainer["image"] = config.image
+    return trainer
+
+
+def _v21_pod_overrides(work: NodeWork, pod_spec: dict[str, Any]) -> dict[str, Any]:
+    """Trainer v2.1's way to reach the node pods: ``spec.labels``/``annotations`` and ``podTemplateOverrides``.
+
+    The run's own labels are left out of ``spec.labels``: they are on the TrainJob already.
+    """
     pod_metadata = work.pod_metadata
-    pod_spec = pod_spec_patch(work.name, config, has_pull_secret=has_pull_secret)
-    spec: dict[str, Any] = {
-        "runtimeRef": {
-            "name": config.runtime_name,
-            "apiGroup": c.TRAINER_GROUP,
-            "kind": config.runtime_kind.value,
-        },
-        "trainer": trainer,
-    }
-    pod_labels = {k: v for k, v in pod_metadata["labels"].items() if k not in work.labels}
-    if generation is SpecGeneration.V2_1:
-        spec["labels"] = pod_labels
-        spec["annotations"] = dict(pod_metadata["annotations"])
-        spec["podTemplateOverrides"] = [
-            {"targetJobs": [{"name": c.NODE}], "metadata": pod_metadata, "spec": pod_spec}
-        ]
-    else:
-        if active_deadline_seconds is not None:
-            spec["activeDeadlineSeconds"] = max(1, int(active_deadline_seconds))
-        replicated_job = {
-            "name": c.NODE,
-            "template": {"spec": {"template": {"metadata": pod_metadata, "spec": pod_spec}}},
-        }
-        spec["runtimePatches"] = [
-            {
-                "manager": c.RUNTIME_PATCH_MANAGER,
-                "trainingRuntimeSpec": {"template": {"spec": {"replicatedJobs": [replicated_job]}}},
-            }
-        ]
     return {
-        "apiVersion": c.TRAINER_API_VERSION,
-        "kind": c.TRAINJOB_KIND,
-        "metadata": job_metadata(work, config),
-        "spec": spec,
+        "labels": {k: v for k, v in pod_metadata["labels"].items() if k not in work.labels},
+        "annotations": dict(pod_metadata["annotations"]),
+        "podTemplateOverrides": [
+            {"targetJobs": [{"name": c.NODE}], "metadata": pod_metadata, "spec": pod_spec}
+        ],
     }
+
+
+def _runtime_patches(
+    work: NodeWork, pod_spec: dict[str, Any], active_deadline_seconds: int | None
+) -> dict[str, Any]:
+    """v2.2+: the node pods patched through ``runtimePatches`` (under our manager), and the deadline field."""
+    patch: dict[str, Any] = {}
+    if active_deadline_seconds is not None:
+        patch["activeDeadlineSeconds"] = max(1, int(active_deadline_seconds))
+    replicated_job = {
+        "name": c.NODE,
+        "template": {"spec": {"template": {"metadata": work.pod_metadata, "spec": pod_spec}}},
+    }
+    patch["runtimePatches"] = [
+        {
+            "manager": c.RUNTIME_PATCH_MANAGER,
+            "trainingRuntimeSpec": {"template": {"spec": {"replicatedJobs": [replicated_job]}}},
+        }
+    ]
+    return patch
 
 
 def job_metadata(work: NodeWork, config: KubernetesConfig) -> dict[str, Any]:
