@@ -4,6 +4,8 @@
 ``kubernetes`` submits it as a Kubeflow Trainer TrainJob.
 """
 
+from typing import Any
+
 from airflow_provider_sft.core.backends.base import (
     BackendName,
     JobHandle,
@@ -16,7 +18,7 @@ from airflow_provider_sft.core.backends.base import (
 __all__ = ["BackendName", "JobHandle", "JobResult", "JobStatus", "LogSink", "TrainingBackend", "get_backend"]
 
 
-def get_backend(name: str | BackendName, **config) -> TrainingBackend:
+def get_backend(name: str | BackendName, **config: Any) -> TrainingBackend:
     """Instantiate a backend by name (the operator's ``backend=`` argument)."""
     backend = BackendName(name)
     if backend is BackendName.LOCAL:

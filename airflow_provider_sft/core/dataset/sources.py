@@ -314,7 +314,9 @@ def _retryable(error: BaseException) -> bool:
     return isinstance(error, _RetryableStatus) or type(error).__module__.split(".")[0] in ("httpx", "httpx2")
 
 
-def _http_stream(url: str, shown: str, headers: dict[str, str] | None = None, session: Any = None):
+def _http_stream(
+    url: str, shown: str, headers: dict[str, str] | None = None, session: Any = None
+) -> Callable[[], contextlib.AbstractContextManager[BinaryIO]]:
     """Open ``url`` as a buffered byte stream (``session``: the Hub's shared client, else a fresh httpx one).
 
     Opening is retried (tenacity, exponential backoff) on 408/429/5xx and transport errors;
@@ -478,6 +480,7 @@ def hub_source(location: str, options: DatasetOptions) -> Source:
                 f"{uri}@{info.sha}: no data files for {where}split {split!r} (files: {', '.join(paths[:10]) or 'none'})"
             )
         headers = build_hf_headers(token=token)
+        assert info.sha is not None  # the Hub names the commit the revision resolved to
         files = []
         for path in chosen:
             url = hf_hub_url(
