@@ -69,7 +69,7 @@ def workspace_root(backend: str, mode: str | None, workspace: str, pvc_mount_pat
 
 def run_labels(context: Any | None) -> dict[str, str]:
     ti = context["ti"] if context else None
-    if ti is None:
+    if context is None or ti is None:
         return {}
     return {
         c.LABEL_DAG_ID: ti.dag_id,
@@ -175,4 +175,4 @@ class WorkspaceStepsMixin:
         )
         name = self.step_run_name(context)
         timeout = self.execution_timeout.total_seconds() if self.execution_timeout else None  # type: ignore[attr-defined]
-        return backend.run_step(step, name, config, on_log=log_training_line, timeout_seconds=timeout)  # type: ignore[attr-defined]
+        return backend.run_step(step, name, config, on_log=log_training_line, timeout_seconds=timeout)
