@@ -27,6 +27,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import cast
 
 from airflow_provider_sft.core import constants as c
 from airflow_provider_sft.core.training.tiny_model import build_tiny_model
@@ -181,7 +182,7 @@ def serve(workspace: Path, dags_folder: Path, port: int) -> int:
 
 
 def generate_reply(model_dir: Path, prompt: str) -> str:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BatchEncoding
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
@@ -191,8 +192,10 @@ def generate_reply(model_dir: Path, prompt: str) -> str:
         return_tensors="pt",
         return_dict=True,
     )
+    inputs = cast(BatchEncoding, inputs)  # typed as all it can return; return_dict=True gives this
     output = model.generate(**inputs, max_new_tokens=24, do_sample=False, eos_token_id=tokenizer.eos_token_id)
-    return tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+    reply = tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    return cast(str, reply).strip()  # one sequence of ids decodes to one string
 
 
 def main(argv: list[str] | None = None) -> int:

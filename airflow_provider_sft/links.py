@@ -6,6 +6,7 @@ nothing to point at returns ``""``.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from airflow.sdk import BaseOperatorLink
@@ -14,13 +15,17 @@ from airflow.sdk.execution_time.xcom import XCom
 from airflow_provider_sft.core.backends.base import TRAINING_JOB_XCOM_KEY, JobHandle
 from airflow_provider_sft.plugin import URL_ROUTE
 
+if TYPE_CHECKING:
+    from airflow.sdk import BaseOperator
+    from airflow.sdk.types import TaskInstanceKey
+
 
 class TrainingJobConsoleLink(BaseOperatorLink):
     """The run's TrainJob or PyTorchJob in the cluster console (``console_url_template`` of the operator)."""
 
     name = "Training job"
 
-    def get_link(self, operator, *, ti_key) -> str:
+    def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
         template = getattr(operator, "console_url_template", None)
         if not template:  # no lookup at all: a failed task has no job, and no error line for it
             return ""
@@ -44,7 +49,7 @@ def airflow_ui_url() -> str:
     return f"http://{host}:{conf.get('api', 'port', fallback='8080')}"
 
 
-def results_tab_url(ti_key) -> str:
+def results_tab_url(ti_key: TaskInstanceKey) -> str:
     """The *Training results* tab of one task instance in the Airflow UI."""
     path = f"/dags/{quote(ti_key.dag_id, safe='')}/runs/{quote(ti_key.run_id, safe='')}/tasks/{quote(ti_key.task_id, safe='')}"
     if ti_key.map_index is not None and ti_key.map_index >= 0:
@@ -57,7 +62,7 @@ class TrainingResultsLink(BaseOperatorLink):
 
     name = "Training results"
 
-    def get_link(self, operator, *, ti_key) -> str:
+    def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
         if XCom.get_value(ti_key=ti_key, key="return_value") is None:
             return ""  # not finished (or failed): there are no results to show
         return results_tab_url(ti_key)

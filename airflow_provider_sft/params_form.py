@@ -435,5 +435,5 @@ def form_defaults() -> dict[str, Any]:
 
 def ordered(params: Mapping[str, Param]) -> dict[str, Param]:
     """``params`` by section in :data:`SECTIONS` order (Airflow shows sections as they first appear)."""
-    rank = {section: index for index, section in enumerate(SECTIONS)}
+    rank: dict[str | None, int] = {section: index for index, section in enumerate(SECTIONS)}
     return dict(sorted(params.items(), key=lambda item: rank.get(item[1].schema.get("section"), len(rank))))

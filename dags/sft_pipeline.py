@@ -16,6 +16,7 @@ it at ``workspace``. The loss chart is always drawn here, under ``workspace``.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from airflow.sdk import DAG
 
@@ -40,7 +41,7 @@ STEP_KUBERNETES = {
     "job_labels": "{{ params.job_labels }}",
     "pvc_name": "{{ params.pvc_name }}",
 }
-WORKSPACE_STEPS = {
+WORKSPACE_STEPS: dict[str, Any] = {
     "backend": "{{ params.backend }}",
     "workspace_mode": "{{ params.workspace_mode }}",
     "kubernetes": STEP_KUBERNETES,
@@ -91,7 +92,8 @@ with DAG(
     train = SFTTrainOperator(
         task_id="train",
         backend="{{ params.backend }}",
-        dataset_path=resolve_dataset.output["path"],
+        # .output is typed XComArg but is a PlainXComArg, whose [key] reads that XCom key
+        dataset_path=resolve_dataset.output["path"],  # type: ignore[index]
         workspace="{{ params.workspace }}",
         namespace="{{ params.namespace }}",
         job_kind="{{ params.job_kind }}",
@@ -102,18 +104,19 @@ with DAG(
         workspace_mode="{{ params.workspace_mode }}",
         hf_conn_id="{{ params.hf_conn_id }}",
         deferrable=True,  # kubernetes: wait in the triggerer, not in a worker slot
-        **{name: "{{ params." + name + " }}" for name in TRAINING_PARAMETERS},
+        # templates, rendered to each parameter's type at run time (render_template_as_native_obj)
+        **{name: "{{ params." + name + " }}" for name in TRAINING_PARAMETERS},  # type: ignore[arg-type]
     )
     export_model = ExportModelOperator(
         task_id="export_model",
-        training_output_dir=train.output["output_dir"],
+        training_output_dir=train.output["output_dir"],  # type: ignore[index]  # as above
         workspace="{{ params.workspace }}",
         **WORKSPACE_STEPS,
     )
     report = LossChartOperator(
         task_id="report",
-        training_output_dir=train.output["output_dir"],
-        steps=export_model.output["steps"],
+        training_output_dir=train.output["output_dir"],  # type: ignore[index]  # as above
+        steps=export_model.output["steps"],  # type: ignore[index]  # as above
         workspace="{{ params.workspace }}",
     )
     validate >> resolve_dataset >> train >> export_model >> report

@@ -22,6 +22,10 @@ bash tests/k8s/build-crdserver.sh >/dev/null || [ "${CI:-}" != true ] || exit 1
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 step "lint (ruff)"
 .venv/bin/ruff check .
+step "format (ruff format --check)"
+.venv/bin/ruff format --check .
+step "type check (mypy, config in pyproject.toml)"
+.venv/bin/mypy
 # The KFP shim in its own venv (kfp's pins conflict with Airflow's), then everything else.
 step "tests of the KFP shim (.venv-kfp)"
 .venv-kfp/bin/python -m pytest tests/kfp -p no:cacheprovider "$@"

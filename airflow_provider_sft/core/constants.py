@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Final
+
 # --- Seed component defaults (shared/seed/sft-component.md) -----------------
 DEFAULT_BASE_MODEL = "Qwen/Qwen2.5-1.5B-Instruct"  # training_base_model
 DEFAULT_EFFECTIVE_BATCH_SIZE = 128  # samples per optimizer step
@@ -12,7 +14,7 @@ DEFAULT_NUM_EPOCHS = 1
 DEFAULT_CPU_PER_WORKER = "4"
 DEFAULT_GPU_PER_WORKER = 1
 DEFAULT_MEMORY_PER_WORKER = "64Gi"
-DEFAULT_NUM_PROCS_PER_WORKER = "auto"
+DEFAULT_NUM_PROCS_PER_WORKER: Final = "auto"  # Final: its type is Literal["auto"]
 DEFAULT_NUM_WORKERS = 1
 
 # --- instructlab-training defaults for the seed's optional parameters -------

@@ -4,6 +4,7 @@ import os
 from typing import Optional
 
 from kfp import dsl
+from kfp.dsl.python_component import PythonComponent
 
 from airflow_provider_sft import __version__
 
@@ -101,7 +102,12 @@ def train_model(
 _train_model_function = train_model
 
 
-def make_train_model(*, packages_to_install=None, install_kfp_package: bool = False, base_image=None):
+def make_train_model(
+    *,
+    packages_to_install: Optional[list[str]] = None,
+    install_kfp_package: bool = False,
+    base_image: Optional[str] = None,
+) -> PythonComponent:
     """Build the component on ``base_image`` (default :data:`BASE_IMAGE`, which has the provider and kfp).
 
     ``packages_to_install`` (and ``install_kfp_package=True``) are for a base image without them,

@@ -68,7 +68,7 @@ def workspace_root(backend: str, mode: str | None, workspace: str, pvc_mount_pat
 
 def run_labels(context: Any | None) -> dict[str, str]:
     ti = context.get("ti") if context else None
-    if ti is None:
+    if context is None or ti is None:
         return {}
     return {
         c.LABEL_DAG_ID: ti.dag_id,

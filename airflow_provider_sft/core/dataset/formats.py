@@ -16,7 +16,7 @@ import io
 import itertools
 import json
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from enum import Enum
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -330,7 +330,7 @@ def _validated_lines(messages: Any) -> tuple[Any, int] | None:
     return memoryview(_string_bytes(lines)), len(lines)
 
 
-def _shown_header(header: list[str]) -> str:
+def _shown_header(header: Sequence[str]) -> str:
     if not header:
         return "empty"
     if all(_COLUMN_NAME.match(column) for column in header):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from enum import Enum
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn, overload
 
 from airflow_provider_sft.core.errors import DatasetError
 
@@ -94,6 +94,10 @@ def _explain(messages: Any, where: str) -> NoReturn:
     )  # unreachable for what the fast check rejects
 
 
+@overload
+def _text(record: dict[str, Any], field: str, where: str, *, required: Literal[True]) -> str: ...
+@overload
+def _text(record: dict[str, Any], field: str, where: str, *, required: bool) -> str | None: ...
 def _text(record: dict[str, Any], field: str, where: str, *, required: bool) -> str | None:
     value = record.get(field)
     if value is None:

@@ -314,7 +314,9 @@ def _retryable(error: BaseException) -> bool:
     return isinstance(error, _RetryableStatus) or type(error).__module__.split(".")[0] in ("httpx", "httpx2")
 
 
-def _http_stream(url: str, shown: str, headers: dict[str, str] | None = None, session: Any = None):
+def _http_stream(
+    url: str, shown: str, headers: dict[str, str] | None = None, session: Any = None
+) -> Callable[[], contextlib.AbstractContextManager[BinaryIO]]:
     """Open ``url`` as a buffered byte stream (``session``: the Hub's shared client, else a fresh httpx one).
 
     Opening is retried (tenacity, exponential backoff) on 408/429/5xx and transport errors;

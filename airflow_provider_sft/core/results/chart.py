@@ -15,11 +15,15 @@ from __future__ import annotations
 import html
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from airflow_provider_sft.core.files import atomic_write_bytes
 from airflow_provider_sft.core.results.metrics import SMOOTHING_WEIGHT, MetricsSummary, StepRecord, smooth
+
+if TYPE_CHECKING:
+    import plotly.graph_objects as go
 
 DEFAULT_MAX_POINTS = 4000
 NO_DATA_MESSAGE = "No data: the run recorded no training step with a loss, so there is no loss curve to draw."
@@ -30,7 +34,9 @@ def has_loss_data(records: Sequence[StepRecord]) -> bool:
     return any(r.loss is not None and np.isfinite(r.loss) for r in records)
 
 
-def downsample(x: Sequence[float], y: Sequence[float], max_points: int = DEFAULT_MAX_POINTS):
+def downsample(
+    x: Sequence[float], y: Sequence[float], max_points: int = DEFAULT_MAX_POINTS
+) -> tuple[np.ndarray, np.ndarray]:
     """Min/max bucket decimation keeping at most about ``max_points`` points; NaNs stay as gaps."""
     xs, ys = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     if len(xs) <= max_points:
@@ -51,7 +57,7 @@ def downsample(x: Sequence[float], y: Sequence[float], max_points: int = DEFAULT
 
 def build_figure(
     records: Sequence[StepRecord], *, title: str = "Training loss", max_points: int = DEFAULT_MAX_POINTS
-):
+) -> go.Figure:
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 

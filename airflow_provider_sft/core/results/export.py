@@ -105,7 +105,7 @@ def _candidates(run_dir: Path) -> list[Path]:
 def select_final_checkpoint(run_dir: str | Path) -> Path:
     """The newest complete checkpoint of a run; :class:`ExportError` if there is none."""
     run_dir = Path(run_dir)
-    skipped = []
+    skipped: list[tuple[str, str]] = []
     for candidate in _candidates(run_dir):
         problem = checkpoint_problem(candidate)
         if problem is None:

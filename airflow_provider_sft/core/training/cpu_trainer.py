@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow_provider_sft.core import constants as c
 from airflow_provider_sft.core import jsonio
@@ -41,6 +41,9 @@ from airflow_provider_sft.core.files import remove_owned
 from airflow_provider_sft.core.params import SFTParams
 from airflow_provider_sft.core.training.nodes import Topology
 from airflow_provider_sft.core.training.progress import is_progress_step, progress_line
+
+if TYPE_CHECKING:
+    import torch
 
 Logger = Callable[[str], None]
 
@@ -167,7 +170,7 @@ def _sum_over_nodes(model: Any, loss_sum: float) -> float:
     return float(flat[-1])
 
 
-def _collate(batch: Sequence[Sample], pad_id: int):
+def _collate(batch: Sequence[Sample], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     import torch
 
     width = max(s.length for s in batch)

@@ -103,11 +103,13 @@ def _pod_spec(replicated_job: dict[str, Any]) -> dict[str, Any]:
 
 
 def _runtime_jobs(runtime: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """replicated job name -> its pod spec, in a runtime's template."""
-    return {job.get("name"): _pod_spec(job) for job in _replicated_jobs(runtime.get("spec"))}
+    """replicated job name (required by the JobSet schema) -> its pod spec, in a runtime's template."""
+    return {job["name"]: _pod_spec(job) for job in _replicated_jobs(runtime.get("spec"))}
 
 
-def _patched_jobs(trainjob: dict[str, Any], generation: SpecGeneration) -> list[tuple[str, dict[str, Any]]]:
+def _patched_jobs(
+    trainjob: dict[str, Any], generation: SpecGeneration
+) -> list[tuple[str | None, dict[str, Any]]]:
     """(replicated job name, pod spec patch) of every patch or override in the manifest."""
     spec = trainjob["spec"]
     if generation is SpecGeneration.V2_1:

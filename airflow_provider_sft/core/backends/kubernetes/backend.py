@@ -449,8 +449,12 @@ class KubernetesBackend(TrainingBackend):
         log.info("Created %s %s/%s for the %s step", self.resource.kind.value, ns, name, step)
         pod_log = PodLog(on_log, ns)
         result = await self._follow(client, self.handle(name, ""), pod_log, timeout_seconds)
-        if result.succeeded and pod_log.result_line is not None:
-            return parse_result([pod_log.result_line])
+        if (
+            result.succeeded
+            and pod_log.result_line is not None
+            and (parsed := parse_result([pod_log.result_line])) is not None
+        ):
+            return parsed
         raise TrainingFailedError(
             f"The {step} step failed: {result.message if not result.succeeded else 'it printed no result'}"
         )

@@ -117,7 +117,8 @@ class KubeClient:
             try:
                 error = ApiException(status=response.status, reason=response.reason)
                 error.body = (await response.read()).decode("utf-8", errors="replace")
-                error.headers = dict(response.headers)
+                # a plain dict; the library infers the attribute's type from aiohttp's CIMultiDictProxy
+                error.headers = dict(response.headers)  # type: ignore[assignment]
             finally:
                 response.release()
             raise error
@@ -289,7 +290,7 @@ class KubeClient:
         return tuple(
             getattr(self.core, f"{verb}_namespaced_{suffix}")
             for verb in ("create", "replace", "patch", "delete")
-        )  # type: ignore[return-value]
+        )
 
     async def put_owned(self, body: dict[str, Any]) -> None:
         """Create the Secret or ConfigMap, or replace the one an earlier attempt left."""

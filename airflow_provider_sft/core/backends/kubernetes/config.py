@@ -151,6 +151,7 @@ class KubernetesConfig(BaseModel):
     @field_validator("runtime_name", "runtime_kind", "spec_generation")
     @classmethod
     def _trainjob_only(cls, value: Any, info: ValidationInfo) -> Any:
+        assert info.field_name is not None  # a field validator: pydantic names the field
         if (
             info.data.get("job_kind") is JobKind.PYTORCHJOB
             and value != cls.model_fields[info.field_name].default

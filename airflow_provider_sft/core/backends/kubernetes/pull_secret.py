@@ -32,7 +32,7 @@ def docker_config_problem(value: str) -> str | None:
     """Why ``value`` is not a usable docker config JSON, without quoting any of it; None when it is."""
     try:
         config = json.loads(value)
-    except ValueError as error:  # the position, never the text
+    except json.JSONDecodeError as error:  # the position, never the text
         return f"is not JSON (line {error.lineno}, column {error.colno})"
     if not isinstance(config, dict):
         return f"is a JSON {type(config).__name__}, not an object"

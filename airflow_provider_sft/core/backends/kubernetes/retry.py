@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import tenacity
 
@@ -55,7 +55,8 @@ def server_message(exc: BaseException) -> tuple[int, str, str, dict]:
     status = int(getattr(exc, "status", 0) or 0)
     reason = str(getattr(exc, "reason", "") or type(exc).__name__)
     body = getattr(exc, "body", None)
-    message, details = "", {}
+    message = ""
+    details: dict[str, Any] = {}
     if body:
         try:
             parsed = json.loads(body)
@@ -89,7 +90,7 @@ def is_transient(exc: BaseException) -> bool:
 def retry_after_seconds(exc: BaseException) -> float | None:
     headers = getattr(exc, "headers", None) or {}
     try:
-        return float(headers.get("Retry-After"))
+        return float(headers.get("Retry-After", ""))  # no header: float("") fails as a bad one does
     except (TypeError, ValueError):
         return None
 
@@ -116,8 +117,9 @@ class RetryPolicy:
 
     def _before_sleep(self, action: str) -> Callable[[tenacity.RetryCallState], None]:
         def log(state: tenacity.RetryCallState) -> None:
-            if self.log and state.outcome is not None and state.next_action is not None:
-                _, reason, _, _ = server_message(state.outcome.exception())
+            exc = state.outcome.exception() if state.outcome is not None else None
+            if self.log and exc is not None and state.next_action is not None:
+                _, reason, _, _ = server_message(exc)
                 self.log(
                     f"{action}: transient error ({reason}), retry {state.attempt_number} "
                     f"in {state.next_action.sleep:.1f}s"

@@ -174,7 +174,7 @@ class WatchCursor:
 
     def window(self, now: float) -> int:
         """Seconds for the next watch: never past a deadline, short while the job has not started."""
-        limits = [WATCH_WINDOW_SECONDS]
+        limits: list[float] = [WATCH_WINDOW_SECONDS]
         if self.timeout_seconds is not None:
             limits.append(self.started_at + self.timeout_seconds - now)
         if not self.started:
