@@ -42,6 +42,8 @@ SAMPLES_CHECKPOINT_PREFIX = "samples_"
 LAST_EPOCH_CHECKPOINT = "last_epoch"
 FULL_STATE_DIR = "full_state"  # full_state/epoch_<N>/ (optimizer + scheduler state)
 PROCESSED_DATA_FILE = "data.jsonl"  # instructlab data_process output
+#: A run may lose at most this share of its samples to instructlab's length filters (the data gate).
+DEFAULT_MAX_DROPPED_FRACTION = 0.02
 RUN_CONFIG_FILE = "run_config.json"  # what the entrypoint was asked to do
 TRAIN_LOG_FILE = "train.log"  # stdout/stderr of the training process
 

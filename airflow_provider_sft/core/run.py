@@ -143,6 +143,8 @@ class TrainingRun:
     # Names one submission of the run: the nodes of a multi-node job tell a marker written by
     # this attempt's node 0 from one an earlier attempt left on the PVC.
     attempt: str = ""
+    # The gate on samples the length filters drop, when the pod processes the data itself.
+    max_dropped_fraction: float = c.DEFAULT_MAX_DROPPED_FRACTION
 
     def __post_init__(self) -> None:
         check_run_name(self.name, num_nodes=self.params.resource_num_workers)
@@ -164,6 +166,7 @@ class TrainingRun:
             "device": self.device.value,
             "extra": self.extra,
             "attempt": self.attempt,
+            "max_dropped_fraction": self.max_dropped_fraction,
         }
 
     @classmethod
@@ -176,6 +179,7 @@ class TrainingRun:
             device=Device(data.get("device", "auto")),
             extra=data.get("extra", {}),
             attempt=data.get("attempt", ""),
+            max_dropped_fraction=data.get("max_dropped_fraction", c.DEFAULT_MAX_DROPPED_FRACTION),
         )
 
     def write_config(self) -> Path:

@@ -1,17 +1,19 @@
 """The program of the training pod and of the local backend's process.
 
     python -m airflow_provider_sft.core.pod.entrypoint train RUN_CONFIG_JSON
-    python program.pyz {train,resolve,export} CONFIG_JSON      (in a pod: see program.py)
+    python program.pyz {train,resolve,prepare,export} CONFIG_JSON      (in a pod: see program.py)
 
 ``train``:
 
-1. node 0 tokenizes the chat data with instructlab-training's data processing and
-   reports how many samples it dropped; the other nodes wait for its marker;
+1. reuses the data the ``prepare`` step tokenized on a CPU before the job, when its
+   fingerprint matches (no node processes, none waits); else node 0 tokenizes it with
+   instructlab-training's data processing, counts what it dropped and applies the gate,
+   while the other nodes wait for its marker;
 2. trains: on CUDA with instructlab-training's ``main_ds`` under torchrun, every
    parameter mapped (see :mod:`instructlab_command`); on a CPU with the loop in
    :mod:`cpu_trainer`, which writes the same files (over gloo on several nodes).
 
-``resolve`` and ``export`` are the workspace steps of :mod:`steps`; their result is
+``resolve``, ``prepare`` and ``export`` are the workspace steps of :mod:`steps`; their result is
 printed as the last line (``SFT_RESULT {...}``).
 
 Its own lines start with ``[sft] `` (``[sft node i/n] `` on several nodes): those are what the
@@ -144,11 +146,7 @@ def run(training_run: TrainingRun) -> None:
     for note in plan.notes:
         _log(note)
 
-    if topology.is_first:
-        report = _process_data(training_run, plan.cpu_threads)
-    else:
-        report = wait_for_data(Path(training_run.processed_data_dir), training_run.attempt, log=_log)
-        _log(f"using node 0's processed data: {report['kept_samples']} samples")
+    report = _training_data(training_run, plan.cpu_threads, topology)
 
     if plan.device is Device.CUDA:
         _train_on_cuda(training_run, plan.processes, show_progress=topology.is_first)
@@ -176,12 +174,41 @@ def _prepare_output_dir(output_dir: Path, base_model: str, topology: Topology) -
         os.environ.setdefault(key, value)
 
 
+def _training_data(training_run: TrainingRun, cpu_threads: int, topology: Topology) -> dict[str, Any]:
+    """The processed data's report: the data prepared before the job when its fingerprint matches
+    (no node processes, none waits), else processed here by node 0 while the others wait."""
+    from airflow_provider_sft.core.training.prepare import reusable
+
+    params = training_run.params
+    prepared, why = reusable(
+        training_run.dataset_path,
+        training_run.processed_data_dir,
+        base_model=params.base_model,
+        max_seq_len=params.max_seq_len,
+        env=os.environ,
+    )
+    if prepared is not None:
+        _log(
+            f"data prepared before the job (fingerprint {prepared.to_dict()['fingerprint_id']}) is reused, "
+            f"not processed again: {prepared.report.kept_samples} samples"
+        )
+        return prepared.report.to_dict()
+    if not topology.is_first:
+        _log(f"no prepared data to reuse ({why}): node 0 processes it")
+        report = wait_for_data(Path(training_run.processed_data_dir), training_run.attempt, log=_log)
+        _log(f"using node 0's processed data: {report['kept_samples']} samples")
+        return report
+    _log(f"processing the data here: {why}")
+    return _process_data(training_run, cpu_threads)
+
+
 def _process_data(training_run: TrainingRun, cpu_threads: int) -> dict[str, Any]:
-    """Node 0's instructlab data processing, then the marker the other nodes wait for; its report.
+    """Node 0's instructlab data processing, the gate, then the marker the other nodes wait for.
 
     The marker is cleared first, so a node of this attempt never reads an earlier attempt's data.
     """
-    from airflow_provider_sft.core.training.data_processing import process_chat_data
+    from airflow_provider_sft.core.training.data_report import check_dropped
+    from airflow_provider_sft.core.training.prepare import prepare_data
 
     params = training_run.params
     processed_dir = Path(training_run.processed_data_dir)
@@ -190,21 +217,20 @@ def _process_data(training_run: TrainingRun, cpu_threads: int) -> dict[str, Any]
 
         propagate_package_logs(True)
     clear_data_ready(processed_dir)
-    report = process_chat_data(
+    report = prepare_data(
         training_run.dataset_path,
         processed_dir,
-        model_path=params.base_model,
+        base_model=params.base_model,
         max_seq_len=params.max_seq_len,
-        num_cpu_procs=max(1, min(cpu_threads, 8)),
-    ).to_dict()
-    mark_data_ready(processed_dir, training_run.attempt, report)
-    _log(
-        (WARNING_MARK if report["dropped_samples"] else "")
-        + f"data processing: {report['kept_samples']}/{report['input_samples']} samples kept, "
-        f"{report['dropped_samples']} dropped (shorter than 20 tokens or >= max_seq_len={params.max_seq_len}), "
-        f"{report['total_tokens']} tokens, {report['label_tokens']} trained on"
-    )
-    return report
+        effective_batch_size=params.effective_batch_size,
+        num_epochs=params.num_epochs,
+        num_cpu_procs=cpu_threads,
+        env=os.environ,
+    ).report
+    _log((WARNING_MARK if report.dropped_samples else "") + f"data processing: {report.summary()}")
+    check_dropped(report, training_run.max_dropped_fraction)
+    mark_data_ready(processed_dir, training_run.attempt, report.to_dict())
+    return report.to_dict()
 
 
 def _train_on_cpu(training_run: TrainingRun, processed_path: str, threads: int, topology: Topology) -> None:
@@ -255,14 +281,14 @@ def _train_on_cuda(training_run: TrainingRun, gpus: int, *, show_progress: bool 
         raise TrainingFailedError(f"instructlab-training finished without writing {metrics}")
 
 
-USAGE = "usage: entrypoint {train,resolve,export} CONFIG_JSON"
+USAGE = "usage: entrypoint {train,resolve,prepare,export} CONFIG_JSON"
 
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) == 1:  # a config alone: train (what earlier versions ran)
         args = ["train", *args]
-    if len(args) != 2 or args[0] not in ("train", "resolve", "export"):
+    if len(args) != 2 or args[0] not in ("train", "resolve", "prepare", "export"):
         print(USAGE, file=sys.stderr)
         return 2
     step, config_path = args

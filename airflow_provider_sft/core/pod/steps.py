@@ -1,7 +1,7 @@
 """The workspace steps of the pipeline, each one function run where the workspace is mounted.
 
-``resolve`` writes the validated dataset into the workspace and ``export`` publishes the
-final model there; each returns the small JSON result its Airflow task pushes to XCom.
+``resolve`` writes the validated dataset into the workspace, ``prepare`` tokenizes and measures
+it on a CPU before any training job exists, and ``export`` publishes the final model there; each returns the small JSON result its Airflow task pushes to XCom.
 They run in the Airflow worker when it mounts the workspace (the local backend, or a PVC
 mounted on the worker), and otherwise in a pod next to the PVC, as the pod program's
 ``resolve`` and ``export`` commands. The function and its result are the same in both
@@ -20,6 +20,7 @@ from typing import Any
 
 from airflow_provider_sft.core import constants as c
 from airflow_provider_sft.core import jsonio
+from airflow_provider_sft.core.pod.protocol import WARNING_MARK
 
 Logger = Callable[[str], None]
 
@@ -57,6 +58,34 @@ def shared_dirs(workspace: Path, relative: Path) -> Path:
             with contextlib.suppress(OSError):  # not ours to change on some volumes
                 path.chmod(0o2775)
     return path
+
+
+def prepare(config: Mapping[str, Any], *, log: Logger, env: Mapping[str, str] = os.environ) -> dict[str, Any]:
+    """``config``: ``dataset_path``, ``processed_dir``, ``base_model``, ``max_seq_len``,
+    ``effective_batch_size``, ``num_epochs``, ``max_dropped_fraction``. Tokenizes on every CPU
+    this process may use, reports, then applies the gate (a :class:`DataGateError` past it)."""
+    from airflow_provider_sft.core.training.data_processing import available_cpus
+    from airflow_provider_sft.core.training.data_report import check_dropped
+    from airflow_provider_sft.core.training.prepare import prepare_data
+
+    cpus = available_cpus()
+    log(f"tokenizing {config['dataset_path']} with the tokenizer of {config['base_model']} on {cpus} CPU(s)")
+    prepared = prepare_data(
+        config["dataset_path"],
+        config["processed_dir"],
+        base_model=config["base_model"],
+        max_seq_len=config["max_seq_len"],
+        effective_batch_size=config["effective_batch_size"],
+        num_epochs=config["num_epochs"],
+        num_cpu_procs=cpus,
+        env=env,
+    )
+    log(
+        (WARNING_MARK if prepared.report.dropped_samples else "")
+        + f"data report: {prepared.report.summary()}"
+    )
+    check_dropped(prepared.report, config["max_dropped_fraction"])
+    return prepared.to_dict()
 
 
 def export(config: Mapping[str, Any], *, log: Logger, env: Mapping[str, str] = os.environ) -> dict[str, Any]:
@@ -108,4 +137,4 @@ def prune_intermediate(run_dir: Path) -> list[str]:
     ]
 
 
-STEPS: dict[str, Callable[..., dict[str, Any]]] = {"resolve": resolve, "export": export}
+STEPS: dict[str, Callable[..., dict[str, Any]]] = {"resolve": resolve, "prepare": prepare, "export": export}

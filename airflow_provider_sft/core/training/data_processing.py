@@ -1,11 +1,15 @@
-"""Tokenize chat data with instructlab-training's own data processing, and report what it dropped.
+"""Tokenize chat data with instructlab-training's own data processing, and measure every sample.
 
-instructlab's ``process_data`` applies the tokenizer's chat template and masks
-every label except assistant content (plus its end-of-turn token). It drops
-samples shorter than 20 tokens or at/over ``max_seq_len`` with only a log line;
-:func:`process_chat_data` counts them so the caller can report it before any
-training time is spent. It also prints a few whole training samples and draws
-progress bars: both are switched off while it runs (:func:`without_sample_previews`).
+instructlab's ``process_data`` applies the tokenizer's chat template and masks every label
+except assistant content (plus its end-of-turn token). It drops samples shorter than 20 tokens
+or at/over ``max_seq_len`` with only a log line. :func:`process_chat_data` runs the same
+functions in the same order (``process_messages_into_input_ids``: load, configure the
+tokenizer, tokenize and mask, filter by length, select the columns, save), so its
+``data.jsonl`` is byte for byte what ``process_data`` writes (a test holds it to that). What
+it adds is the measurement: the token length of *every* sample, taken between tokenizing and
+filtering, so the dropped ones are counted by reason and drawn in the histogram. It leaves out
+the two steps that only log: the quantile lines, and ``print_masked_samples``, which prints
+whole training samples (training data never reaches a log).
 """
 
 from __future__ import annotations
@@ -16,61 +20,40 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from airflow_provider_sft.core import constants as c
-from airflow_provider_sft.core import jsonio
 from airflow_provider_sft.core.errors import DatasetError
 
 log = logging.getLogger(__name__)
 
+#: instructlab-training's fixed lower bound (``filter_samples_by_length``'s ``min_seq_len``).
+MIN_SAMPLE_TOKENS = 20
+IGNORED_LABEL = -100
+
 
 @dataclass(frozen=True)
-class ProcessingReport:
-    input_samples: int
+class ProcessedData:
+    """What processing measured: every input sample's token length, and the kept samples' totals."""
+
+    lengths: list[int]  # of every input sample, in input order (dropped ones included)
     kept_samples: int
-    dropped_samples: int
-    total_tokens: int
-    label_tokens: int
-    max_sample_tokens: int
+    total_tokens: int  # of the kept samples
+    label_tokens: int  # of the kept samples: the tokens the loss counts
     processed_path: str
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def count_lines(path: Path) -> int:
-    with path.open("rb") as handle:
-        return sum(1 for line in handle if line.strip())
-
-
-def _no_sample_preview(*_args: object, **_kwargs: object) -> None:
-    """Stands in for instructlab's ``print_masked_samples``: prints nothing."""
 
 
 @contextlib.contextmanager
-def without_sample_previews() -> Iterator[None]:
-    """instructlab's data processing without its sample previews and progress bars.
-
-    ``process_data`` calls the module-level ``print_masked_samples``, which prints a few
-    random training conversations whole ("Original Input: ...") and their labels as
-    ``<|MASK|>`` runs. Training data is the user's, and may be private: it must not reach any
-    log (the task log, ``train.log``, a pod log or wherever a cluster ships those). It is
-    replaced for the call, at the source. ``datasets``' progress bars, a dozen per run and
-    all carriage returns in a log file, are off for the call too. Both are restored after.
-    """
+def quiet_datasets() -> Iterator[None]:
+    """``datasets``' progress bars off for the call: a dozen per run, all carriage returns in a log."""
     import datasets
-    from instructlab.training import data_process
 
-    preview = data_process.print_masked_samples
     bars_were_on = not datasets.are_progress_bars_disabled()
-    data_process.print_masked_samples = _no_sample_preview
     datasets.disable_progress_bars()
     try:
         yield
     finally:
-        data_process.print_masked_samples = preview
         if bars_were_on:
             datasets.enable_progress_bars()
 
@@ -82,54 +65,51 @@ def process_chat_data(
     model_path: str,
     max_seq_len: int,
     num_cpu_procs: int = 1,
-) -> ProcessingReport:
-    """Run instructlab-training's data processing into ``output_dir/data.jsonl``."""
-    from instructlab.training import data_process
+) -> ProcessedData:
+    """instructlab-training's data processing into ``output_dir/data.jsonl``, measured."""
+    from instructlab.training import data_process as ilab
 
     data_path, output_dir = Path(data_path), Path(output_dir)
     if not data_path.is_file():
         raise DatasetError(f"Training data {data_path} does not exist or is not a file")
-    input_samples = count_lines(data_path)
-    if input_samples == 0:
+    if data_path.stat().st_size == 0:
         raise DatasetError(f"Training data {data_path} is empty")
     output_dir.mkdir(parents=True, exist_ok=True)
-    # Processed in a hidden directory, then renamed into place: another node (or a restarted
-    # one) reading data.jsonl sees a whole file, never one being written.
+    # Written in a hidden directory, then renamed into place: another node (or a restarted one)
+    # reading data.jsonl sees a whole file, never one being written.
     scratch = Path(tempfile.mkdtemp(prefix=".processing-", dir=output_dir))
     try:
-        with without_sample_previews():
-            data_process.process_data(
-                data_path=str(data_path),
-                data_output_path=str(scratch),
-                max_seq_len=max_seq_len,
-                model_path=model_path,
-                num_cpu_procs=num_cpu_procs,
+        with quiet_datasets():
+            data = ilab.load_and_validate_dataset(str(data_path), num_cpu_procs)
+            tokenizer = ilab.configure_tokenizer(model_path)
+            tokenized = ilab.process_samples(data, tokenizer, num_cpu_procs)
+            lengths = list(tokenized["len"])
+            kept = ilab.filter_samples_by_length(
+                tokenized, max_seq_len, min_seq_len=MIN_SAMPLE_TOKENS, num_proc=num_cpu_procs
+            )
+            final = ilab.prepare_final_dataset(kept, tokenizer, num_cpu_procs)
+            ilab.save_dataset(final, str(scratch), num_cpu_procs)
+            total_tokens = sum(final["len"])
+            label_tokens = sum(
+                sum(1 for label in labels if label != IGNORED_LABEL) for labels in final["labels"]
             )
         os.replace(scratch / c.PROCESSED_DATA_FILE, output_dir / c.PROCESSED_DATA_FILE)
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    processed = output_dir / c.PROCESSED_DATA_FILE
-    kept = total = labelled = longest = 0
-    with processed.open("rb") as handle:
-        for line in handle:
-            if not line.strip():
-                continue
-            row = jsonio.loads(line)
-            kept += 1
-            total += row["len"]
-            labelled += sum(1 for label in row["labels"] if label != -100)
-            longest = max(longest, row["len"])
-    if kept == 0:
-        raise DatasetError(
-            f"Data processing kept none of the {input_samples} samples of {data_path}: every sample is "
-            f"shorter than 20 tokens or at least max_seq_len={max_seq_len} tokens"
-        )
-    return ProcessingReport(
-        input_samples=input_samples,
-        kept_samples=kept,
-        dropped_samples=input_samples - kept,
-        total_tokens=total,
-        label_tokens=labelled,
-        max_sample_tokens=longest,
-        processed_path=str(processed),
+        shutil.rmtree(scratch, ignore_errors=True)  # the mkdtemp above: never a user's directory
+    return ProcessedData(
+        lengths=lengths,
+        kept_samples=len(final),
+        total_tokens=total_tokens,
+        label_tokens=label_tokens,
+        processed_path=str(output_dir / c.PROCESSED_DATA_FILE),
     )
+
+
+def available_cpus() -> int:
+    """The CPUs this process may use: its affinity set, capped by a cgroup v2 CPU quota (a pod's limit)."""
+    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    with contextlib.suppress(OSError, ValueError):
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            count = min(count, max(1, int(int(quota) / int(period))))
+    return max(1, count)

@@ -56,8 +56,10 @@ CARRIED = (
     "core/training/__init__.py",
     "core/training/cpu_trainer.py",
     "core/training/data_processing.py",
+    "core/training/data_report.py",
     "core/training/instructlab_command.py",
     "core/training/nodes.py",
+    "core/training/prepare.py",  # the ``prepare`` step, and the pod's reuse of its output
     "core/training/progress.py",
 )
 _MAIN = b"""import sys

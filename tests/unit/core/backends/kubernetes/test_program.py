@@ -62,7 +62,7 @@ def test_the_program_runs_from_its_zip_and_prints_its_usage(tmp_path):
     path = tmp_path / "program.pyz"
     path.write_bytes(program.program_zip())
     done = subprocess.run([sys.executable, str(path)], capture_output=True, text=True)
-    assert done.returncode == 2 and "usage: entrypoint {train,resolve,export}" in done.stderr
+    assert done.returncode == 2 and "usage: entrypoint {train,resolve,prepare,export}" in done.stderr
 
 
 def test_an_image_without_a_module_the_program_needs_gets_one_error_line(tmp_path):
@@ -167,7 +167,7 @@ def test_the_program_runs_a_step_with_only_what_the_image_has(image_python, tmp_
     path = tmp_path / "program.pyz"
     path.write_bytes(program.program_zip())
     usage = subprocess.run([*python, str(path)], env=env, cwd=tmp_path, capture_output=True, text=True)
-    assert usage.returncode == 2 and "usage: entrypoint {train,resolve,export}" in usage.stderr
+    assert usage.returncode == 2 and "usage: entrypoint {train,resolve,prepare,export}" in usage.stderr
     config = tmp_path / "config.json"
     config.write_text(json.dumps({"source": "bundled", "workspace": str(tmp_path / "ws"), "settings": {}}))
     done = subprocess.run(
