@@ -75,6 +75,7 @@ def get_provider_info() -> dict:
                 "integration-name": INTEGRATION,
                 "python-modules": [
                     "airflow_provider_sft.operators.dataset",
+                    "airflow_provider_sft.operators.prepare",
                     "airflow_provider_sft.operators.train",
                     "airflow_provider_sft.operators.export",
                     "airflow_provider_sft.operators.validate",

@@ -26,6 +26,7 @@ from typing import Any
 
 from airflow.sdk import Param
 
+from airflow_provider_sft.core import constants as c
 from airflow_provider_sft.core.dataset import BUNDLED_SOURCE, Format, OnBadRecord, RecordMapping
 from airflow_provider_sft.core.params import INT32_FIELDS, INT32_MAX, SFTParams
 
@@ -305,6 +306,18 @@ def _dataset_params() -> dict[str, Param]:
             "Bad records",
             "Dataset",
             "fail: stop at the first bad record, naming file, line and field; skip: count and drop them.",
+        ),
+        "max_dropped_fraction": Param(
+            c.DEFAULT_MAX_DROPPED_FRACTION,
+            type="number",
+            allOf=[{"title": "Most samples the run may lose", "minimum": 0, "maximum": 1}],  # not clamped
+            title="Most samples the run may lose",
+            section="Dataset",
+            description=(
+                "A share from 0 to 1. Samples under 20 tokens or at/over max_seq_len are dropped by the data "
+                "processing; past this share the run stops before any GPU is asked for, with a max_seq_len "
+                "that would keep 99%."
+            ),
         ),
     }
 

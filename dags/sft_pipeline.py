@@ -1,12 +1,14 @@
-"""SFT pipeline: resolve_dataset -> train -> export_model -> report.
+"""SFT pipeline: validate -> resolve_dataset -> prepare_data -> train -> export_model -> report.
 
 Trigger it from the UI form (``sft-demo --serve`` starts an Airflow with this DAG whose form
 defaults train the demo's tiny model), the REST API (``conf``) or ``airflow dags test``:
 
     airflow dags test sft_pipeline -c '{"base_model": "/path/to/model", "resource_gpu_per_worker": 0}'
 
-Each task hands its result to the next through XCom: the dataset path and stats,
-the training run directory, the exported model path and metrics, the chart path.
+Each task hands its result to the next through XCom: the dataset path and stats, the data
+report (tokenized on a CPU before any GPU is asked for; the gate stops a run that would lose
+more than ``max_dropped_fraction`` of its samples), the training run directory, the exported
+model path and metrics, the chart path.
 Files go under ``workspace``. On the kubernetes backend the training PVC (``pvc_name``) is the
 workspace of the cluster: in ``cluster`` mode (the default) the worker does not mount it, and
 dataset resolution and export run in pods next to it; in ``shared`` mode the worker mounts
@@ -23,6 +25,7 @@ from airflow.sdk import DAG
 from airflow_provider_sft.operators import (
     ExportModelOperator,
     LossChartOperator,
+    PrepareDataOperator,
     ResolveDatasetOperator,
     SFTTrainOperator,
     ValidateRunOperator,
@@ -74,6 +77,7 @@ with DAG(
         workspace_mode="{{ params.workspace_mode }}",
         kubernetes=STEP_KUBERNETES,
         workspace="{{ params.workspace }}",  # never /, a system or a home directory
+        max_dropped_fraction="{{ params.max_dropped_fraction }}",
     )
     resolve_dataset = ResolveDatasetOperator(
         task_id="resolve_dataset",
@@ -87,6 +91,20 @@ with DAG(
         revision="{{ params.dataset_revision }}",
         hf_conn_id="{{ params.hf_conn_id }}",
         aws_conn_id="{{ params.aws_conn_id }}",
+        **WORKSPACE_STEPS,
+    )
+    prepare_data = PrepareDataOperator(  # tokenize and judge the data on a CPU, before any GPU
+        task_id="prepare_data",
+        # .output is typed XComArg but is a PlainXComArg, whose [key] reads that XCom key
+        dataset_path=resolve_dataset.output["path"],  # type: ignore[index]
+        workspace="{{ params.workspace }}",
+        base_model="{{ params.base_model }}",
+        max_seq_len="{{ params.max_seq_len }}",
+        effective_batch_size="{{ params.effective_batch_size }}",
+        num_epochs="{{ params.num_epochs }}",
+        data_output_dir="{{ params.data_output_dir }}",
+        max_dropped_fraction="{{ params.max_dropped_fraction }}",
+        hf_conn_id="{{ params.hf_conn_id }}",
         **WORKSPACE_STEPS,
     )
     train = SFTTrainOperator(
@@ -103,6 +121,7 @@ with DAG(
         pvc_name="{{ params.pvc_name }}",
         workspace_mode="{{ params.workspace_mode }}",
         hf_conn_id="{{ params.hf_conn_id }}",
+        max_dropped_fraction="{{ params.max_dropped_fraction }}",
         deferrable=True,  # kubernetes: wait in the triggerer, not in a worker slot
         # templates, rendered to each parameter's type at run time (render_template_as_native_obj)
         **{name: "{{ params." + name + " }}" for name in TRAINING_PARAMETERS},  # type: ignore[arg-type]
@@ -119,4 +138,4 @@ with DAG(
         steps=export_model.output["steps"],  # type: ignore[index]  # as above
         workspace="{{ params.workspace }}",
     )
-    validate >> resolve_dataset >> train >> export_model >> report
+    validate >> resolve_dataset >> prepare_data >> train >> export_model >> report

@@ -51,6 +51,7 @@ TRAIN_LOG_FILE = "train.log"  # stdout/stderr of the training process
 FINAL_MODEL_DIR = "final_model"
 MODEL_MANIFEST_FILE = "sft_manifest.json"  # sha256 of every file of the exported model
 METRICS_SUMMARY_FILE = "metrics.json"
+DATA_REPORT_FILE = "data_report.json"  # the data the run trained on: counts, histogram, steps
 LOSS_CHART_FILE = "loss_chart.html"
 LATEST_FILE = "latest.json"  # <workspace>/latest.json: names the newest exported model (never the model)
 

@@ -8,7 +8,9 @@ duck-typed: ``.path``, ``.metadata``, ``.log_metric``) and does what the origina
    the ``kubernetes_config`` settings, what the backend refuses (its preflight) and where the
    dataset artifact's data is; errors name the component's own parameters;
 2. resolve the dataset artifact (or the PVC's ``dataset/train.jsonl``) into
-   ``<pvc_path>/dataset/train.jsonl``;
+   ``<pvc_path>/dataset/train.jsonl``, then tokenize and measure it here (the ``prepare`` step)
+   and stop, before any training job exists, a run that would lose more than 2% of its samples
+   (``SFT_MAX_DROPPED_FRACTION`` changes the share);
 3. train: as a TrainJob when the pod can reach a cluster (``KUBERNETES_SERVER_URL`` +
    ``KUBERNETES_AUTH_TOKEN``, or an in-cluster service account), else on the
    embedded local backend (``SFT_BACKEND=local|kubernetes`` forces one);
@@ -40,6 +42,11 @@ from airflow_provider_sft.core.results.chart import write_loss_chart
 from airflow_provider_sft.core.results.export import export_model, require_metrics_file
 from airflow_provider_sft.core.results.metrics import read_step_records, summarize, write_summary
 from airflow_provider_sft.core.run import TrainingRun, run_name
+from airflow_provider_sft.core.training.data_report import (
+    DataReport,
+    check_dropped,
+    checked_max_dropped_fraction,
+)
 
 COMPLETED = "training completed"
 BACKEND_ENV = "SFT_BACKEND"
@@ -186,6 +193,36 @@ def backend_config(
     return config, dataclasses.replace(credentials, oci_pull_secret=oci_pull_secret())
 
 
+MAX_DROPPED_ENV = "SFT_MAX_DROPPED_FRACTION"
+#: The data report's figures the metrics artifact carries, as ``data_<name>``.
+LOGGED_DATA_METRICS = ("input_samples", "kept_samples", "dropped_samples", "label_tokens", "total_steps")
+
+
+def _prepared(run: TrainingRun) -> DataReport:
+    """The ``prepare`` step, here where the PVC is mounted, then the gate.
+
+    The component's signature is the seed's, so the gate's share comes from the environment
+    (``SFT_MAX_DROPPED_FRACTION``, e.g. ``task.set_env_variable``), else the default 0.02.
+
+    The training job finds the processed data by its fingerprint and does not process it again.
+    """
+    from airflow_provider_sft.core.pod.steps import prepare
+
+    params = run.params
+    config = {
+        "dataset_path": run.dataset_path,
+        "processed_dir": run.processed_data_dir,
+        "base_model": params.base_model,
+        "max_seq_len": params.max_seq_len,
+        "effective_batch_size": params.effective_batch_size,
+        "num_epochs": params.num_epochs,
+    }
+    report = DataReport.from_dict(prepare(config, log=print, env=os.environ)["report"])
+    print(f"data report: {report.summary()}", flush=True)
+    check_dropped(report, run.max_dropped_fraction, field=MAX_DROPPED_ENV)
+    return report
+
+
 def run_train_model(
     *,
     pvc_path: str,
@@ -204,9 +241,15 @@ def run_train_model(
         location, workspace = _dataset_source(dataset, pvc_path)
         name = run_name("kfp", os.environ.get("KFP_RUN_ID") or uuid.uuid4().hex)
         planned = str(workspace / c.DATASET_DIR / "train.jsonl")
-        run = TrainingRun(name, params, planned, str(Path(pvc_path) / c.RUNS_DIR / name))
+        max_dropped = checked_max_dropped_fraction(
+            os.environ.get(MAX_DROPPED_ENV, c.DEFAULT_MAX_DROPPED_FRACTION), field=MAX_DROPPED_ENV
+        )
+        run = TrainingRun(
+            name, params, planned, str(Path(pvc_path) / c.RUNS_DIR / name), max_dropped_fraction=max_dropped
+        )
         backend.preflight(run)
     run = dataclasses.replace(run, dataset_path=_resolved(location, workspace))
+    data_report = _prepared(run)  # tokenized and judged here, before the training job exists
     with component_names():
         handle = backend.submit(run)
     result = backend.wait(handle, on_log=lambda line: print(line, flush=True))
@@ -233,10 +276,12 @@ def run_train_model(
     )
     records, skipped = read_step_records(metrics_file)
     summary = summarize(records, skipped_lines=skipped)
-    write_summary(summary, Path(pvc_path) / c.METRICS_SUMMARY_FILE)
+    write_summary(summary, Path(pvc_path) / c.METRICS_SUMMARY_FILE, data=data_report.to_dict())
     for key in LOGGED_METRICS:
         value = getattr(summary, key)
         if value is not None:
             output_metrics.log_metric(key, float(value))
+    for key in LOGGED_DATA_METRICS:
+        output_metrics.log_metric(f"data_{key}", float(getattr(data_report, key)))
     write_loss_chart(records, output_loss_chart.path, summary=summary, title=f"SFT loss — {name}")
     return COMPLETED

@@ -1,13 +1,15 @@
-"""Airflow operators: resolve dataset -> train -> export model -> report, linked by XCom."""
+"""Airflow operators: resolve dataset -> prepare data -> train -> export model -> report, linked by XCom."""
 
 from airflow_provider_sft.operators.dataset import ResolveDatasetOperator
 from airflow_provider_sft.operators.export import ExportModelOperator, LossChartOperator
+from airflow_provider_sft.operators.prepare import PrepareDataOperator
 from airflow_provider_sft.operators.train import SFTTrainOperator
 from airflow_provider_sft.operators.validate import ValidateRunOperator
 
 __all__ = [
     "ExportModelOperator",
     "LossChartOperator",
+    "PrepareDataOperator",
     "ResolveDatasetOperator",
     "SFTTrainOperator",
     "ValidateRunOperator",

@@ -40,7 +40,8 @@ class ExportModelOperator(WorkspaceStepsMixin, LineageMixin, BaseOperator):
     the model and ``metrics.json`` are then on the PVC.
 
     Returns (XCom) ``model_path``, ``source_checkpoint``, ``metrics_path``, ``metrics`` (the
-    summary) and ``steps`` (the per-step loss curve the report task draws).
+    summary), ``steps`` (the per-step loss curve the report task draws) and ``data_report`` (the
+    data the run trained on: counts, token-length histogram, steps; also in ``metrics.json``).
     """
 
     template_fields: Sequence[str] = ("training_output_dir", "workspace", "model_dir", *STEP_TEMPLATE_FIELDS)
@@ -92,7 +93,7 @@ class ExportModelOperator(WorkspaceStepsMixin, LineageMixin, BaseOperator):
         )
         return {
             key: result[key]
-            for key in ("model_path", "source_checkpoint", "metrics_path", "metrics", "steps")
+            for key in ("model_path", "source_checkpoint", "metrics_path", "metrics", "steps", "data_report")
         }
 
 

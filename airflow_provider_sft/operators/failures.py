@@ -1,4 +1,4 @@
-"""Bad input fails a task for good: retrying cannot fix a parameter."""
+"""Bad input fails a task for good: retrying cannot fix a parameter, nor data the gate refused."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_provider_sft.core.errors import InvalidParameterError
+from airflow_provider_sft.core.training.data_report import DataGateError
 
 
 class FinalInvalidParameterError(InvalidParameterError, AirflowFailException):
@@ -24,3 +25,17 @@ def bad_input_is_final() -> Iterator[None]:
         final = FinalInvalidParameterError(error.errors)
         final.args = error.args  # the same message, its kind included
         raise final from error
+
+
+class FinalDataGateError(DataGateError, AirflowFailException):
+    """A run stopped by the data gate: the same data and parameters would stop it again."""
+
+
+@contextlib.contextmanager
+def data_gate_is_final() -> Iterator[None]:
+    try:
+        yield
+    except DataGateError as error:
+        if isinstance(error, FinalDataGateError):
+            raise
+        raise FinalDataGateError(*error.args) from error

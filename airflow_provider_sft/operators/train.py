@@ -28,6 +28,7 @@ from airflow_provider_sft.core.clock import SYSTEM_CLOCK
 from airflow_provider_sft.core.errors import TrainingFailedError, TrainingTimeoutError
 from airflow_provider_sft.core.params import SFTParams
 from airflow_provider_sft.core.run import Device, TrainingRun
+from airflow_provider_sft.core.training.data_report import checked_max_dropped_fraction
 from airflow_provider_sft.lineage import LineageMixin
 from airflow_provider_sft.links import TrainingJobConsoleLink, TrainingResultsLink
 from airflow_provider_sft.operators.failures import bad_input_is_final
@@ -133,6 +134,9 @@ class SFTTrainOperator(LineageMixin, BaseOperator):
     :param console_url_template: URL of a TrainJob in the cluster console, with ``{namespace}``
         and ``{name}`` placeholders, for the task's extra link.
     :param start_timeout: deprecated, the old name of ``start_timeout_seconds``.
+    :param max_dropped_fraction: the data gate, applied when the training job processes the data
+        itself (no ``PrepareDataOperator`` ran before it, or its data no longer matches): past this
+        share of samples dropped by the length filters, node 0 fails before training. (templated)
 
     Returns (XCom) ``run_name``, ``backend``, ``output_dir`` and ``metrics_path``; the
     job coordinates are also pushed as the ``training_job`` XCom as soon as it starts.
@@ -147,6 +151,7 @@ class SFTTrainOperator(LineageMixin, BaseOperator):
         "pvc_mount_path",
         *KUBERNETES_PARAMETERS,
         "hf_conn_id",
+        "max_dropped_fraction",
         *TRAINING_PARAMETERS,
     )
     template_fields_renderers = {
@@ -218,6 +223,7 @@ class SFTTrainOperator(LineageMixin, BaseOperator):
         delete_on_success: bool = True,
         console_url_template: str | None = None,
         start_timeout: float | str | None = None,
+        max_dropped_fraction: float | str = c.DEFAULT_MAX_DROPPED_FRACTION,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("multiple_outputs", True)  # each result key is its own XCom too
@@ -278,6 +284,7 @@ class SFTTrainOperator(LineageMixin, BaseOperator):
         self.keep_failed_jobs = keep_failed_jobs
         self.delete_on_success = delete_on_success
         self.console_url_template = console_url_template
+        self.max_dropped_fraction = max_dropped_fraction
         self._backend: TrainingBackend | None = None
         self._handle: JobHandle | None = None  # set before submit: a kill during submit deletes it
         self._killed = False
@@ -313,6 +320,7 @@ class SFTTrainOperator(LineageMixin, BaseOperator):
             dataset_path=str(self.dataset_path),
             output_dir=str(Path(self.pod_workspace()) / c.RUNS_DIR / name),
             device=Device(self.device),
+            max_dropped_fraction=checked_max_dropped_fraction(self.max_dropped_fraction),
         )
 
     def kubernetes_settings(self) -> dict[str, Any]:

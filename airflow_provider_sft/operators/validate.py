@@ -14,6 +14,7 @@ from airflow_provider_sft.core.dataset import DatasetOptions
 from airflow_provider_sft.core.errors import InvalidParameterError
 from airflow_provider_sft.core.files import checked_root, checked_target
 from airflow_provider_sft.core.params import SFTParams
+from airflow_provider_sft.core.training.data_report import checked_max_dropped_fraction
 from airflow_provider_sft.operators.failures import FinalInvalidParameterError
 from airflow_provider_sft.operators.masking import mask_secret_envs
 from airflow_provider_sft.operators.workspace import WorkspaceMode, workspace_mode, workspace_root
@@ -39,6 +40,7 @@ class ValidateRunOperator(BaseOperator):
     :param workspace: the workspace root, as the other tasks take it. (templated)
     :param model_dir: the ``ExportModelOperator``'s ``model_dir``, when one is set. (templated)
     :param pvc_mount_path: where the pods mount the PVC in ``cluster`` mode. (templated)
+    :param max_dropped_fraction: the data gate's share (0 to 1), as the prepare task takes it. (templated)
     """
 
     template_fields: Sequence[str] = (
@@ -50,6 +52,7 @@ class ValidateRunOperator(BaseOperator):
         "workspace",
         "model_dir",
         "pvc_mount_path",
+        "max_dropped_fraction",
     )
     ui_color = "#fef9e7"
 
@@ -64,9 +67,11 @@ class ValidateRunOperator(BaseOperator):
         workspace: str | None = None,
         model_dir: str | None = None,
         pvc_mount_path: str | None = None,
+        max_dropped_fraction: float | str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.max_dropped_fraction = max_dropped_fraction
         self.workspace = workspace
         self.model_dir = model_dir
         self.pvc_mount_path = pvc_mount_path
@@ -90,6 +95,7 @@ class ValidateRunOperator(BaseOperator):
             lambda: SFTParams.parse(self.training),
             lambda: DatasetOptions.build(**{k: v for k, v in (self.dataset or {}).items() if v != ""}),
             lambda: workspace_mode(self.backend, self.workspace_mode),
+            self._data_gate,
             self._directories,
             self._backend,
         ]
@@ -99,6 +105,10 @@ class ValidateRunOperator(BaseOperator):
             except InvalidParameterError as error:
                 problems.update(error.errors)
         return problems
+
+    def _data_gate(self) -> None:
+        if self.max_dropped_fraction is not None:
+            checked_max_dropped_fraction(self.max_dropped_fraction)
 
     def _directories(self) -> None:
         """The roots the run writes under and the directory its model replaces, before any task writes."""

@@ -40,7 +40,7 @@ from typing import Any
 from airflow_provider_sft.core import constants as c
 from airflow_provider_sft.core import jsonio
 from airflow_provider_sft.core.errors import SFTError, TrainingFailedError
-from airflow_provider_sft.core.files import remove_owned
+from airflow_provider_sft.core.files import atomic_write_bytes, remove_owned
 from airflow_provider_sft.core.pod.protocol import (
     PREFIX,
     WARNING_MARK,
@@ -147,6 +147,8 @@ def run(training_run: TrainingRun) -> None:
         _log(note)
 
     report = _training_data(training_run, plan.cpu_threads, topology)
+    if topology.is_first:  # the report of the data this run trains on, kept with its metrics
+        atomic_write_bytes(output_dir / c.DATA_REPORT_FILE, jsonio.dumps(report, indent=True))
 
     if plan.device is Device.CUDA:
         _train_on_cuda(training_run, plan.processes, show_progress=topology.is_first)

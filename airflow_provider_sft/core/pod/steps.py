@@ -20,7 +20,6 @@ from typing import Any
 
 from airflow_provider_sft.core import constants as c
 from airflow_provider_sft.core import jsonio
-from airflow_provider_sft.core.pod.protocol import WARNING_MARK
 
 Logger = Callable[[str], None]
 
@@ -62,10 +61,10 @@ def shared_dirs(workspace: Path, relative: Path) -> Path:
 
 def prepare(config: Mapping[str, Any], *, log: Logger, env: Mapping[str, str] = os.environ) -> dict[str, Any]:
     """``config``: ``dataset_path``, ``processed_dir``, ``base_model``, ``max_seq_len``,
-    ``effective_batch_size``, ``num_epochs``, ``max_dropped_fraction``. Tokenizes on every CPU
-    this process may use, reports, then applies the gate (a :class:`DataGateError` past it)."""
+    ``effective_batch_size``, ``num_epochs``. Tokenizes on every CPU this process may use and
+    returns the fingerprint and the data report; the caller judges it (the gate), so a run
+    stopped by the gate fails the same way wherever the step ran."""
     from airflow_provider_sft.core.training.data_processing import available_cpus
-    from airflow_provider_sft.core.training.data_report import check_dropped
     from airflow_provider_sft.core.training.prepare import prepare_data
 
     cpus = available_cpus()
@@ -80,18 +79,13 @@ def prepare(config: Mapping[str, Any], *, log: Logger, env: Mapping[str, str] = 
         num_cpu_procs=cpus,
         env=env,
     )
-    log(
-        (WARNING_MARK if prepared.report.dropped_samples else "")
-        + f"data report: {prepared.report.summary()}"
-    )
-    check_dropped(prepared.report, config["max_dropped_fraction"])
     return prepared.to_dict()
 
 
 def export(config: Mapping[str, Any], *, log: Logger, env: Mapping[str, str] = os.environ) -> dict[str, Any]:
     """``config``: ``run_dir``, ``model_dir``, ``metrics_path``, and ``latest_path``: a small JSON
     file naming the newest exported model, replaced atomically (never the model itself).
-    The result carries the loss curve."""
+    The result carries the loss curve and the data report (also in ``metrics.json``)."""
     from airflow_provider_sft.core.results.export import export_model, require_metrics_file
     from airflow_provider_sft.core.results.metrics import read_step_records, summarize, write_summary
 
@@ -103,7 +97,8 @@ def export(config: Mapping[str, Any], *, log: Logger, env: Mapping[str, str] = o
     )
     records, skipped = read_step_records(metrics_file)
     summary = summarize(records, skipped_lines=skipped)
-    metrics_path = write_summary(summary, Path(config["metrics_path"]))
+    data_report = read_data_report(run_dir)
+    metrics_path = write_summary(summary, Path(config["metrics_path"]), data=data_report)
     if config.get("prune"):
         pruned = prune_intermediate(run_dir)
         log(f"pruned the run's intermediate state ({', '.join(pruned) or 'nothing'}); the model is kept")
@@ -120,7 +115,16 @@ def export(config: Mapping[str, Any], *, log: Logger, env: Mapping[str, str] = o
         "metrics_path": str(metrics_path),
         "metrics": summary.to_dict(),
         "steps": [asdict(record) for record in records],
+        "data_report": data_report,
     }
+
+
+def read_data_report(run_dir: Path) -> dict[str, Any] | None:
+    """The report of the data the run trained on, as its node 0 wrote it (None for an older run)."""
+    try:
+        return jsonio.loads((run_dir / c.DATA_REPORT_FILE).read_bytes())
+    except FileNotFoundError:
+        return None
 
 
 #: What a run keeps only until its model is exported: optimizer state, checkpoints (the

@@ -179,6 +179,8 @@ def summarize_file(path: str | Path) -> MetricsSummary:
     return summarize(records, skipped_lines=skipped)
 
 
-def write_summary(summary: MetricsSummary, path: str | Path) -> Path:
-    """Write ``metrics.json`` (strict JSON: no NaN)."""
-    return atomic_write_bytes(path, jsonio.dumps(summary.to_dict(), indent=True))
+def write_summary(summary: MetricsSummary, path: str | Path, *, data: dict[str, Any] | None = None) -> Path:
+    """Write ``metrics.json`` (strict JSON: no NaN), with the data report under ``data`` when known."""
+    return atomic_write_bytes(
+        path, jsonio.dumps({**summary.to_dict(), **({"data": data} if data else {})}, indent=True)
+    )

@@ -13,7 +13,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from airflow_provider_sft.core.errors import DatasetError
+from airflow_provider_sft.core.errors import DatasetError, InvalidParameterError
 from airflow_provider_sft.core.training.data_processing import MIN_SAMPLE_TOKENS, ProcessedData
 
 #: The share of samples a suggested ``max_seq_len`` keeps.
@@ -140,6 +140,19 @@ def histogram(lengths: list[int], bins: int = HISTOGRAM_BINS) -> Histogram:
     for n in lengths:
         counts[n // width] += 1
     return Histogram(edges=[i * width for i in range(len(counts) + 1)], counts=counts)
+
+
+def checked_max_dropped_fraction(value: Any, *, field: str = "max_dropped_fraction") -> float:
+    """A share of the samples, 0 to 1 (a number or its text, as a form or ``conf`` gives it)."""
+    try:
+        fraction = float(value)
+    except (TypeError, ValueError):
+        fraction = float("nan")
+    if not 0.0 <= fraction <= 1.0:  # NaN fails too
+        raise InvalidParameterError(
+            {field: f"must be a number from 0 to 1 (a share of the samples), got {value!r}"}
+        )
+    return fraction
 
 
 def check_dropped(
