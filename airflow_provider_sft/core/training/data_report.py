@@ -169,7 +169,7 @@ def check_dropped(
         reasons.append(
             f"{report.dropped_too_long} are at or over max_seq_len={report.max_seq_len} tokens (longest "
             f"{report.max_sample_tokens}): max_seq_len={report.suggested_max_seq_len} would keep "
-            f"{SUGGESTION_KEEPS:.0%} of them (multipack needs max_tokens_per_gpu >= max_seq_len too)"
+            f"{SUGGESTION_KEEPS:.0%} of the samples (and max_tokens_per_gpu must be at least as large)"
         )
     if report.dropped_too_short:
         reasons.append(
