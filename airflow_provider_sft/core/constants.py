@@ -58,6 +58,7 @@ LATEST_FILE = "latest.json"  # <workspace>/latest.json: names the newest exporte
 # --- Workspace layout ----------------------------------------------------------
 RUNS_DIR = "runs"  # <workspace>/runs/<run-name>/: one directory per training run
 DATASET_DIR = "dataset"
+PROCESSED_DIR = "data"  # <run>/data: the tokenized data.jsonl and its prepared.json (fingerprint, report)
 
 # Perplexity is exp(loss) capped as the original component did: exp(min(loss, 10)).
 PERPLEXITY_LOSS_CAP = 10.0

@@ -151,7 +151,7 @@ class TrainingRun:
 
     @property
     def processed_data_dir(self) -> str:
-        return self.params.data_output_dir or str(Path(self.output_dir) / "data")
+        return self.params.data_output_dir or str(Path(self.output_dir) / c.PROCESSED_DIR)
 
     @property
     def config_path(self) -> Path:

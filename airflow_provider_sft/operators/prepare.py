@@ -121,7 +121,7 @@ class PrepareDataOperator(WorkspaceStepsMixin, BaseOperator):
         run_dir = Path(self.step_workspace) / c.RUNS_DIR / dag_run_dir_name(self, context)
         return {
             "dataset_path": str(self.dataset_path),
-            "processed_dir": params.data_output_dir or str(run_dir / "data"),
+            "processed_dir": params.data_output_dir or str(run_dir / c.PROCESSED_DIR),
             "base_model": base_model,
             "max_seq_len": params.max_seq_len,
             "effective_batch_size": params.effective_batch_size,

@@ -38,8 +38,28 @@ def test_dag_run_succeeds_with_every_task(pipeline_run):
     _workspace, log = pipeline_run
     text = log.read_text()
     assert "state=success" in text
-    for task in ("resolve_dataset", "train", "export_model", "report"):
+    for task in ("resolve_dataset", "prepare_data", "train", "export_model", "report"):
         assert f"task_id={task}" in text
+
+
+def test_data_is_prepared_on_the_cpu_step_and_reused_by_the_training_process(pipeline_run):
+    workspace, log = pipeline_run
+    text = log.read_text()
+    prepared = xcoms(workspace, "prepare_data")
+    report = prepared["report"]
+    assert report["input_samples"] == report["kept_samples"] == 235 and report["dropped_samples"] == 0
+    assert (
+        sum(report["histogram"]["counts"]) == 235 and report["total_steps"] == 6 * report["steps_per_epoch"]
+    )
+    assert 0 < report["label_tokens"] < report["total_tokens"]
+    assert Path(prepared["processed_dir"]) == run_dir_of(workspace) / "data"  # where training reads it
+    # the training process found the fingerprint equal and did not tokenize again
+    assert f"(fingerprint {prepared['fingerprint_id']}) is reused, not processed again" in text
+    assert "processing the data here" not in text
+    # what the run trained on is kept with its metrics, and reached the export's XCom
+    metrics = json.loads((run_dir_of(workspace) / c.METRICS_SUMMARY_FILE).read_text())
+    assert metrics["data"]["kept_samples"] == 235 and metrics["data"]["histogram"] == report["histogram"]
+    assert xcoms(workspace, "export_model")["data_report"]["total_steps"] == report["total_steps"]
 
 
 def run_dir_of(workspace):

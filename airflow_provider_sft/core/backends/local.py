@@ -176,10 +176,11 @@ class LocalProcessBackend(TrainingBackend):
                 {"run_name": f"the run directory {output_dir} is not named after the run {run.name!r}"}
             )
         # An earlier attempt of this same run failed or was killed: never resume it by accident.
-        # The DAG run's dataset (resolved into this directory by the task before) stays.
+        # The DAG run's dataset and its prepared data (written here by the tasks before) stay: the
+        # training process reuses the prepared data only when its fingerprint matches.
         owned_path(output_dir, output_dir.parent, field="run_name")
         for earlier in output_dir.iterdir() if output_dir.is_dir() else ():
-            if earlier.name != c.DATASET_DIR:
+            if earlier.name not in (c.DATASET_DIR, c.PROCESSED_DIR):
                 remove_owned(earlier, output_dir, field="run_name")
         config_path = run.write_config()
         log_path = output_dir / c.TRAIN_LOG_FILE

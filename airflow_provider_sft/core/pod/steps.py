@@ -129,7 +129,7 @@ def read_data_report(run_dir: Path) -> dict[str, Any] | None:
 
 #: What a run keeps only until its model is exported: optimizer state, checkpoints (the
 #: exported model holds hard links to, or copies of, the files it needs) and processed data.
-INTERMEDIATE = (c.FULL_STATE_DIR, c.HF_FORMAT_DIR, "data")
+INTERMEDIATE = (c.FULL_STATE_DIR, c.HF_FORMAT_DIR, c.PROCESSED_DIR)
 
 
 def prune_intermediate(run_dir: Path) -> list[str]:
