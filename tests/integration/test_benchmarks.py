@@ -69,9 +69,20 @@ def check_trigger_scale(_tmp_path) -> None:
     assert re.search(rf"^N=3: poll .*; CPU poll/watch = {NUMBER}$", out, re.M), out
 
 
+def check_prepare_data(_tmp_path) -> None:
+    out = run_smoke("prepare_data.py")
+    for case in ("no prepared data", "prepared data"):
+        assert re.search(rf"^  {case} +{NUMBER} s", out, re.M), out
+    assert re.search(rf"^  saving -?{NUMBER} s, ratio before/after = {NUMBER}$", out, re.M), out
+    for procs in ("1 proc", r"\d+ procs"):
+        assert re.search(rf"^  ratio prepare_data/process_data\({procs}\) = {NUMBER}$", out, re.M), out
+    assert "data.jsonl byte-identical in every run: yes" in out, out
+
+
 SMOKE_CHECKS = {
     "local_train.py": check_local_train,
     "dataset_resolve.py": check_dataset_resolve,
+    "prepare_data.py": check_prepare_data,
     "trigger_scale.py": check_trigger_scale,  # on the real API server (tests/k8s/harness.py)
 }
 
