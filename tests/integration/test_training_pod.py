@@ -271,7 +271,7 @@ def test_a_changed_dataset_is_processed_again_on_node_0(cluster, namespace, pvc)
     samples = dataset.read_bytes().splitlines(keepends=True)
     dataset.write_bytes(b"".join(samples[:-1]))  # one sample fewer after the data was prepared
 
-    lines, result = train(cluster, namespace, training)
+    _, result = train(cluster, namespace, training)
     node0 = pod_log(cluster, namespace, training.name, 0)
     assert result.succeeded, node0[-3000:]
     assert "[sft] processing the data here: the dataset changed (sha256)" in node0
@@ -288,7 +288,7 @@ def test_two_nodes_reuse_the_prepared_data_and_neither_waits(cluster, namespace,
     training = training_run("reuse-two", resource_num_workers=2)
     prepared, _ = prepare(cluster, namespace, training)
 
-    lines, result = train(cluster, namespace, training)
+    _, result = train(cluster, namespace, training)
     node0, node1 = (pod_log(cluster, namespace, training.name, rank) for rank in (0, 1))
     assert result.succeeded, node0[-3000:] + node1[-3000:]
     reused = f"data prepared before the job (fingerprint {prepared['fingerprint_id']}) is reused"
