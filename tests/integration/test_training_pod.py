@@ -299,3 +299,16 @@ def test_two_nodes_reuse_the_prepared_data_and_neither_waits(cluster, namespace,
     assert "joining 2 nodes over gloo" in node0 and "joining 2 nodes over gloo" in node1
     records, _ = read_step_records(pvc / "runs" / training.name / c.METRICS_FILE)
     assert len(records) == 30
+
+
+def test_a_retry_after_the_gate_stopped_it_is_stopped_again(cluster, namespace, pvc):
+    """Node 0's processing writes prepared.json before its gate fails: the retried job finds data
+    that matches, and must apply the gate to it rather than train on what it refused."""
+    training = training_run("gated", max_seq_len=60)  # the longer half of the samples is dropped
+    gate = "more than max_dropped_fraction=0.02 allows"
+    _fails_with(cluster, namespace, training, gate)
+    assert (pvc / "runs" / training.name / "data" / "prepared.json").is_file()
+    _fails_with(cluster, namespace, training, gate)  # the retry: a new TrainJob, the same run
+    node0 = pod_log(cluster, namespace, training.name, 0)
+    assert "is reused, not processed again" in node0 and "processing the data here" not in node0
+    assert not (pvc / "runs" / training.name / c.HF_FORMAT_DIR).exists()
