@@ -5,6 +5,8 @@ torch and instructlab-training but not this provider (tests/k8s/standin.py, test
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
 from pathlib import Path
 
@@ -212,3 +214,101 @@ def test_one_node_on_trainer_v21_through_pod_template_overrides(cluster, namespa
     codes, lines, result = run(cluster, namespace, training)
     assert codes == [0] and result.succeeded, lines[-20:]
     assert (pvc / "runs" / training.name / c.HF_FORMAT_DIR / "samples_235").is_dir()
+
+
+# --- the data prepared before the job, reused by fingerprint (#21) ----------------------------
+
+
+def prepare(cluster, namespace, training: TrainingRun) -> tuple[dict, str]:
+    """The ``prepare`` step as cluster mode runs it: a one-node job of the pod program next to the
+    PVC (the stand-in kubelet runs it); its result and its pod's log."""
+    cluster.auto_run(namespace, extra_env=POD_ENV)
+    params = training.params
+    config = {
+        "dataset_path": training.dataset_path,
+        "processed_dir": training.processed_data_dir,
+        "base_model": params.base_model,
+        "max_seq_len": params.max_seq_len,
+        "effective_batch_size": params.effective_batch_size,
+        "num_epochs": params.num_epochs,
+        "max_dropped_fraction": training.max_dropped_fraction,
+    }
+    job = f"{training.name}-prep"
+    result = backend(cluster, namespace).run_step("prepare", job, config, on_log=lambda line: None)
+    return result, pod_log(cluster, namespace, job, 0)
+
+
+def train(cluster, namespace, training: TrainingRun) -> tuple[list[str], object]:
+    """Submit and follow the TrainJob while ``prepare``'s background kubelet runs its pods."""
+    sft = backend(cluster, namespace)
+    lines: list[str] = []
+    result = sft.wait(sft.submit(training), on_log=lines.append)
+    return lines, result
+
+
+def test_the_job_reuses_the_data_prepared_before_it(cluster, namespace, pvc):
+    training = training_run("reuse")
+    prepared, step_log = prepare(cluster, namespace, training)
+    assert prepared["report"]["kept_samples"] == 235, step_log[-3000:]
+    assert "tokenizing /workspace/dataset/train.jsonl" in step_log
+
+    lines, result = train(cluster, namespace, training)
+    node0 = pod_log(cluster, namespace, training.name, 0)
+    assert result.succeeded, node0[-3000:]
+    assert (
+        f"data prepared before the job (fingerprint {prepared['fingerprint_id']}) is reused, not processed "
+        "again: 235 samples" in node0
+    )
+    assert "processing the data here" not in node0 and "data processing:" not in node0
+    assert (pvc / "runs" / training.name / c.HF_FORMAT_DIR / "samples_235").is_dir()
+    assert any("is reused, not processed again" in line for line in lines)  # in the task log too
+
+
+def test_a_changed_dataset_is_processed_again_on_node_0(cluster, namespace, pvc):
+    training = training_run("changed")
+    prepare(cluster, namespace, training)
+    dataset = pvc / "dataset" / "train.jsonl"
+    samples = dataset.read_bytes().splitlines(keepends=True)
+    dataset.write_bytes(b"".join(samples[:-1]))  # one sample fewer after the data was prepared
+
+    _, result = train(cluster, namespace, training)
+    node0 = pod_log(cluster, namespace, training.name, 0)
+    assert result.succeeded, node0[-3000:]
+    assert "[sft] processing the data here: the dataset changed (sha256)" in node0
+    assert "is reused, not processed again" not in node0
+    assert "data processing: 234/234 samples kept" in node0
+    # node 0 prepared it anew: the next job with these inputs reuses it
+    processed = pvc / "runs" / training.name / "data"
+    recorded = json.loads((processed / "prepared.json").read_text())
+    assert recorded["fingerprint"]["dataset_sha256"] == hashlib.sha256(dataset.read_bytes()).hexdigest()
+    assert len((processed / c.PROCESSED_DATA_FILE).read_bytes().splitlines()) == 234
+
+
+def test_two_nodes_reuse_the_prepared_data_and_neither_waits(cluster, namespace, pvc):
+    training = training_run("reuse-two", resource_num_workers=2)
+    prepared, _ = prepare(cluster, namespace, training)
+
+    _, result = train(cluster, namespace, training)
+    node0, node1 = (pod_log(cluster, namespace, training.name, rank) for rank in (0, 1))
+    assert result.succeeded, node0[-3000:] + node1[-3000:]
+    reused = f"data prepared before the job (fingerprint {prepared['fingerprint_id']}) is reused"
+    assert f"[sft node 0/2] {reused}" in node0 and f"[sft node 1/2] {reused}" in node1
+    for log in (node0, node1):
+        assert "processing the data here" not in log and "data processing:" not in log
+        assert "waiting for node 0" not in log and "node 0 processes it" not in log
+    assert "joining 2 nodes over gloo" in node0 and "joining 2 nodes over gloo" in node1
+    records, _ = read_step_records(pvc / "runs" / training.name / c.METRICS_FILE)
+    assert len(records) == 30
+
+
+def test_a_retry_after_the_gate_stopped_it_is_stopped_again(cluster, namespace, pvc):
+    """Node 0's processing writes prepared.json before its gate fails: the retried job finds data
+    that matches, and must apply the gate to it rather than train on what it refused."""
+    training = training_run("gated", max_seq_len=60)  # the longer half of the samples is dropped
+    gate = "more than max_dropped_fraction=0.02 allows"
+    _fails_with(cluster, namespace, training, gate)
+    assert (pvc / "runs" / training.name / "data" / "prepared.json").is_file()
+    _fails_with(cluster, namespace, training, gate)  # the retry: a new TrainJob, the same run
+    node0 = pod_log(cluster, namespace, training.name, 0)
+    assert "is reused, not processed again" in node0 and "processing the data here" not in node0
+    assert not (pvc / "runs" / training.name / c.HF_FORMAT_DIR).exists()

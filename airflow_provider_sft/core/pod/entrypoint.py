@@ -178,7 +178,12 @@ def _prepare_output_dir(output_dir: Path, base_model: str, topology: Topology) -
 
 def _training_data(training_run: TrainingRun, cpu_threads: int, topology: Topology) -> dict[str, Any]:
     """The processed data's report: the data prepared before the job when its fingerprint matches
-    (no node processes, none waits), else processed here by node 0 while the others wait."""
+    (no node processes, none waits), else processed here by node 0 while the others wait.
+
+    Reused data passes the gate too: node 0's processing records it before its gate runs, so a
+    retry of a job the gate stopped would otherwise train on the data it refused.
+    """
+    from airflow_provider_sft.core.training.data_report import check_dropped
     from airflow_provider_sft.core.training.prepare import reusable
 
     params = training_run.params
@@ -194,6 +199,7 @@ def _training_data(training_run: TrainingRun, cpu_threads: int, topology: Topolo
             f"data prepared before the job (fingerprint {prepared.to_dict()['fingerprint_id']}) is reused, "
             f"not processed again: {prepared.report.kept_samples} samples"
         )
+        check_dropped(prepared.report, training_run.max_dropped_fraction)
         return prepared.report.to_dict()
     if not topology.is_first:
         _log(f"no prepared data to reuse ({why}): node 0 processes it")
