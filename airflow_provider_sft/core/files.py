@@ -113,6 +113,18 @@ def make_readable(path: Path) -> None:
     os.chmod(path, mode | (READABLE_DIR_BITS if path.is_dir() else READABLE_FILE_BITS))
 
 
+def make_group_writable(root: Path) -> None:
+    """Give ``root``'s tree group write permission (directories setgid too, like an fsGroup volume).
+
+    What the worker writes in ``shared`` mode, a training pod of another user in the same group
+    may have to replace: the prepared data, when its fingerprint no longer matches.
+    """
+    for path in [root, *root.rglob("*")]:
+        with contextlib.suppress(OSError):  # not ours to change on some volumes
+            mode = path.stat().st_mode
+            path.chmod(mode | (0o2070 if path.is_dir() else 0o060))
+
+
 def _refuse(field: str, path: str | Path, resolved: Path, why: str) -> InvalidParameterError:
     shown = f"{str(path)!r}" + ("" if str(path) == str(resolved) else f" (resolves to {resolved})")
     return InvalidParameterError({field: f"{shown} {why}: refused, nothing was touched"})

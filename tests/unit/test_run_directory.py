@@ -55,6 +55,11 @@ def test_the_example_dag_keeps_dataset_and_training_in_one_run_directory(tmp_pat
             setattr(train, name, None)
     run = train.build_run(context("train"))
     assert Path(run.output_dir) == tmp_path / c.RUNS_DIR / directory
+    # the prepare task writes where the training process reads the processed data
+    prepare = dag.get_task("prepare_data")
+    prepare.workspace, prepare.backend, prepare.data_output_dir = str(tmp_path), "local", None
+    prepare.base_model, prepare.max_seq_len, prepare.effective_batch_size, prepare.num_epochs = "m", 512, 8, 1
+    assert prepare.step_settings(context("prepare_data"))["processed_dir"] == run.processed_data_dir
 
 
 def test_two_trainings_in_one_dag_get_a_directory_each():

@@ -199,8 +199,9 @@ def _training_data(training_run: TrainingRun, cpu_threads: int, topology: Topolo
             f"data prepared before the job (fingerprint {prepared.to_dict()['fingerprint_id']}) is reused, "
             f"not processed again: {prepared.report.kept_samples} samples"
         )
-        check_dropped(prepared.report, training_run.max_dropped_fraction)
-        return prepared.report.to_dict()
+        report = prepared.report.for_schedule(params.effective_batch_size, params.num_epochs)
+        check_dropped(report, training_run.max_dropped_fraction)
+        return report.to_dict()
     if not topology.is_first:
         _log(f"no prepared data to reuse ({why}): node 0 processes it")
         report = wait_for_data(Path(training_run.processed_data_dir), training_run.attempt, log=_log)

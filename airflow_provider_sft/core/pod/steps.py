@@ -64,6 +64,7 @@ def prepare(config: Mapping[str, Any], *, log: Logger, env: Mapping[str, str] = 
     ``effective_batch_size``, ``num_epochs``. Tokenizes on every CPU this process may use and
     returns the fingerprint and the data report; the caller judges it (the gate), so a run
     stopped by the gate fails the same way wherever the step ran."""
+    from airflow_provider_sft.core.files import make_group_writable
     from airflow_provider_sft.core.training.data_processing import available_cpus
     from airflow_provider_sft.core.training.prepare import prepare_data
 
@@ -79,6 +80,7 @@ def prepare(config: Mapping[str, Any], *, log: Logger, env: Mapping[str, str] = 
         num_cpu_procs=cpus,
         env=env,
     )
+    make_group_writable(Path(prepared.processed_dir))  # a pod of another user may have to redo it
     return prepared.to_dict()
 
 

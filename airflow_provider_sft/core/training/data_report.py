@@ -10,9 +10,10 @@ in XCom, in ``metrics.json`` and in the Training results tab.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from airflow_provider_sft.core import constants as c
 from airflow_provider_sft.core.errors import DatasetError, InvalidParameterError
 from airflow_provider_sft.core.training.data_processing import MIN_SAMPLE_TOKENS, ProcessedData
 
@@ -69,6 +70,18 @@ class DataReport:
         values = {name: data[name] for name in cls.__dataclass_fields__ if name in data}
         values["histogram"] = Histogram(**data["histogram"])
         return cls(**values)
+
+    def for_schedule(self, effective_batch_size: int, num_epochs: int) -> DataReport:
+        """This report with the steps of another batch size and epoch count (neither is in the
+        fingerprint: they change the schedule, not the processed data)."""
+        per_epoch = math.ceil(self.kept_samples / effective_batch_size)
+        return replace(
+            self,
+            effective_batch_size=effective_batch_size,
+            num_epochs=num_epochs,
+            steps_per_epoch=per_epoch,
+            total_steps=per_epoch * num_epochs,
+        )
 
     def summary(self) -> str:
         """One line for a log: counts and steps, no sample content."""
@@ -143,7 +156,12 @@ def histogram(lengths: list[int], bins: int = HISTOGRAM_BINS) -> Histogram:
 
 
 def checked_max_dropped_fraction(value: Any, *, field: str = "max_dropped_fraction") -> float:
-    """A share of the samples, 0 to 1 (a number or its text, as a form or ``conf`` gives it)."""
+    """A share of the samples, 0 to 1 (a number or its text, as a form or ``conf`` gives it);
+    empty (None, ``""``) is the default, as for every optional parameter."""
+    if value is None or value == "":
+        return c.DEFAULT_MAX_DROPPED_FRACTION
+    if isinstance(value, bool):  # a switch is not a share
+        value = str(value)
     try:
         fraction = float(value)
     except (TypeError, ValueError):
@@ -153,6 +171,10 @@ def checked_max_dropped_fraction(value: Any, *, field: str = "max_dropped_fracti
             {field: f"must be a number from 0 to 1 (a share of the samples), got {value!r}"}
         )
     return fraction
+
+
+def _are(count: int) -> str:
+    return f"{count} {'is' if count == 1 else 'are'}"
 
 
 def check_dropped(
@@ -167,13 +189,13 @@ def check_dropped(
     reasons = []
     if report.dropped_too_long:
         reasons.append(
-            f"{report.dropped_too_long} are at or over max_seq_len={report.max_seq_len} tokens (longest "
+            f"{_are(report.dropped_too_long)} at or over max_seq_len={report.max_seq_len} tokens (longest "
             f"{report.max_sample_tokens}): max_seq_len={report.suggested_max_seq_len} would keep "
             f"{SUGGESTION_KEEPS:.0%} of the samples (and max_tokens_per_gpu must be at least as large)"
         )
     if report.dropped_too_short:
         reasons.append(
-            f"{report.dropped_too_short} are under instructlab-training's fixed minimum of "
+            f"{_are(report.dropped_too_short)} under instructlab-training's fixed minimum of "
             f"{report.min_seq_len} tokens: check the dataset mapping, or remove them"
         )
     advice = (

@@ -36,3 +36,26 @@ def test_a_path_leading_out_of_the_workspace_creates_nothing(tmp_path):
 def test_a_workspace_that_does_not_exist_yet_is_created(tmp_path):
     run = shared_dirs(tmp_path / "new" / "ws", Path("runs/r"))
     assert run.is_dir() and run == tmp_path / "new" / "ws" / "runs" / "r"
+
+
+def test_the_prepared_data_is_replaceable_by_the_pods_group(tiny_model, tmp_path):
+    """A pod of another user whose fingerprint differs (another instructlab version in its image)
+    processes again: it must be able to replace what the worker prepared."""
+    from airflow_provider_sft.core.pod.steps import prepare
+    from airflow_provider_sft.core.sample_data import bundled_dataset_path
+
+    processed = tmp_path / "runs" / "r" / "data"
+    config = {
+        "dataset_path": str(bundled_dataset_path()),
+        "processed_dir": str(processed),
+        "base_model": str(tiny_model),
+        "max_seq_len": 512,
+        "effective_batch_size": 8,
+        "num_epochs": 1,
+    }
+    prepare(config, log=lambda line: None, env={})
+    for path in [processed, *processed.rglob("*")]:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        assert mode & stat.S_IWGRP and mode & stat.S_IRGRP, (path, oct(mode))
+        if path.is_dir():
+            assert mode & stat.S_ISGID, (path, oct(mode))

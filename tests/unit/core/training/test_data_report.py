@@ -154,7 +154,7 @@ def test_the_gate_stops_a_run_that_would_lose_more(processed):
     assert "lose 3 of 100 samples (3.0%), more than max_dropped_fraction=0.02 allows" in message
     assert f"2 are at or over max_seq_len={MAX_SEQ_LEN} tokens (longest 71)" in message
     assert "max_seq_len=72 would keep 99%" in message
-    assert "1 are under instructlab-training's fixed minimum of 20 tokens" in message
+    assert "1 is under instructlab-training's fixed minimum of 20 tokens" in message
     assert "Raise max_dropped_fraction to train on the 97 kept samples anyway" in message
 
 
@@ -175,3 +175,11 @@ def test_the_report_and_the_gate_carry_no_sample_text(processed):
     assert "lose 5 of 11 samples" in str(caught.value)
     for text in (str(caught.value), report.summary(), json.dumps(report.to_dict())):
         assert CANARY not in text and "1 1 1" not in text
+
+
+def test_a_reused_report_takes_the_training_runs_schedule(processed):
+    """Batch size and epochs are not in the fingerprint: the pod recounts the steps for its own."""
+    report = gated(processed, kept=100, short=0, long=0)
+    rescheduled = report.for_schedule(effective_batch_size=16, num_epochs=3)
+    assert (rescheduled.steps_per_epoch, rescheduled.total_steps) == (7, 21)  # ceil(100 / 16) = 7
+    assert rescheduled.histogram == report.histogram and rescheduled.kept_samples == 100
