@@ -204,9 +204,9 @@ def _training_data(training_run: TrainingRun, cpu_threads: int, topology: Topolo
         return report.to_dict()
     if not topology.is_first:
         _log(f"no prepared data to reuse ({why}): node 0 processes it")
-        report = wait_for_data(Path(training_run.processed_data_dir), training_run.attempt, log=_log)
-        _log(f"using node 0's processed data: {report['kept_samples']} samples")
-        return report
+        ready = wait_for_data(Path(training_run.processed_data_dir), training_run.attempt, log=_log)
+        _log(f"using node 0's processed data: {ready['kept_samples']} samples")
+        return ready
     _log(f"processing the data here: {why}")
     return _process_data(training_run, cpu_threads)
 
