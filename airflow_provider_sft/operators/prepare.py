@@ -10,7 +10,8 @@ from typing import Any
 from airflow.sdk import BaseOperator
 
 from airflow_provider_sft.core import constants as c
-from airflow_provider_sft.core.params import SFTParams
+from airflow_provider_sft.core.errors import InvalidParameterError
+from airflow_provider_sft.core.params import SFTParams, kubernetes_quantity
 from airflow_provider_sft.core.training.data_report import (
     DataReport,
     check_dropped,
@@ -44,10 +45,12 @@ class PrepareDataOperator(WorkspaceStepsMixin, BaseOperator):
         Past it the task fails, naming the counts, the reasons and a ``max_seq_len`` that would
         keep 99%, and the training job is never created. (templated)
     :param hf_conn_id: a ``huggingface`` connection for a Hub base model's tokenizer. (templated)
+    :param cpu, memory: the size of the step's job in ``cluster`` mode (Kubernetes quantities,
+        requests = limits; default ``"4"`` and ``"16Gi"``). (templated)
 
     In ``cluster`` workspace mode it runs as a one-node CPU job next to the PVC, like resolve
-    and export (see :class:`~airflow_provider_sft.operators.workspace.WorkspaceStepsMixin`),
-    using every core the job's pod may use.
+    and export (see :class:`~airflow_provider_sft.operators.workspace.WorkspaceStepsMixin`); it
+    tokenizes on every core its process may use (its CPU limit, or the worker's affinity).
 
     Returns (XCom) ``processed_dir``, ``fingerprint``, ``fingerprint_id`` and ``report``: samples
     in, kept, dropped by reason, a token-length histogram, tokens and loss-counted tokens, and
@@ -64,6 +67,8 @@ class PrepareDataOperator(WorkspaceStepsMixin, BaseOperator):
         "data_output_dir",
         "max_dropped_fraction",
         "hf_conn_id",
+        "cpu",
+        "memory",
         *STEP_TEMPLATE_FIELDS,
     )
     ui_color = "#fef9e7"
@@ -80,6 +85,8 @@ class PrepareDataOperator(WorkspaceStepsMixin, BaseOperator):
         data_output_dir: str | None = None,
         max_dropped_fraction: float | str = c.DEFAULT_MAX_DROPPED_FRACTION,
         hf_conn_id: str | None = None,
+        cpu: str = "4",
+        memory: str = "16Gi",
         backend: str = "local",
         workspace_mode: str | None = None,
         pvc_mount_path: str | None = None,
@@ -99,6 +106,8 @@ class PrepareDataOperator(WorkspaceStepsMixin, BaseOperator):
         self.data_output_dir = data_output_dir
         self.max_dropped_fraction = max_dropped_fraction
         self.hf_conn_id = hf_conn_id
+        self.cpu = cpu
+        self.memory = memory
 
     def execute(self, context: Any) -> dict[str, Any]:
         with bad_input_is_final(), data_gate_is_final():  # neither a parameter nor the data changes on retry
@@ -128,14 +137,31 @@ class PrepareDataOperator(WorkspaceStepsMixin, BaseOperator):
             "num_epochs": params.num_epochs,
         }
 
+    def job_resources(self) -> dict[str, str]:
+        """``cpu`` and ``memory`` checked as Kubernetes quantities, naming the field."""
+        errors, resources = {}, {}
+        for name in ("cpu", "memory"):
+            try:
+                resources[name] = kubernetes_quantity(getattr(self, name))
+            except ValueError as exc:
+                errors[name] = str(exc)
+        if errors:
+            raise InvalidParameterError(errors)
+        return resources
+
     def _execute(self, context: Any) -> dict[str, Any]:
         from airflow_provider_sft.hooks.huggingface import HuggingFaceHook
 
         max_dropped = checked_max_dropped_fraction(self.max_dropped_fraction)
+        resources = self.job_resources()
         config = self.step_settings(context)
         token = HuggingFaceHook(self.hf_conn_id or None).get_token()
         result = self.run_step(
-            context, "prepare", config, secret_env={c.HF_TOKEN_ENV: token} if token else None
+            context,
+            "prepare",
+            config,
+            secret_env={c.HF_TOKEN_ENV: token} if token else None,
+            resources=resources,
         )
         report = DataReport.from_dict(result["report"])
         log = self.log.warning if report.dropped_samples else self.log.info

@@ -175,7 +175,13 @@ class WorkspaceStepsMixin:
         return kubernetes_config(self.kubernetes_conn_id, settings)
 
     def run_step(
-        self, context: Any, step: str, config: dict[str, Any], *, secret_env: dict[str, str] | None = None
+        self,
+        context: Any,
+        step: str,
+        config: dict[str, Any],
+        *,
+        secret_env: dict[str, str] | None = None,
+        resources: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         secret_env = dict(secret_env or {})
         hf_token = secret_env.pop(c.HF_TOKEN_ENV, None)
@@ -187,4 +193,6 @@ class WorkspaceStepsMixin:
         )
         name = self.step_run_name(context)
         timeout = self.execution_timeout.total_seconds() if self.execution_timeout else None  # type: ignore[attr-defined]
-        return backend.run_step(step, name, config, on_log=log_training_line, timeout_seconds=timeout)
+        return backend.run_step(
+            step, name, config, on_log=log_training_line, timeout_seconds=timeout, resources=resources
+        )

@@ -133,6 +133,18 @@ def test_gate_stops_the_run_before_the_training_job_in_cluster_mode(
     created = re.findall(r"Created TrainJob \S+ for the (\w+) step", text)
     assert created == ["resolve", "prepare"], created
     assert creates(cluster, namespace).count("trainjobs") == 2  # the two steps' jobs, no training job
+    # the prepare job is sized for tokenizing (the operator's cpu and memory), the resolve job is not
+    sizes = {
+        info["pod"]["metadata"]["labels"][c.LABEL_COMPONENT]: container["resources"]
+        for (ns, _), info in cluster.pods.items()
+        if ns == namespace and "pod" in info
+        for container in info["pod"]["spec"]["containers"]
+        if container["name"] == "node"
+    }
+    assert (
+        sizes["sft-prepare"]["limits"] == sizes["sft-prepare"]["requests"] == {"cpu": "4", "memory": "16Gi"}
+    )
+    assert sizes["sft-resolve"]["limits"] == {"cpu": "1", "memory": "4Gi"}, sizes
     from tests.integration.test_kubernetes_backend import trainjobs
 
     assert trainjobs(cluster, namespace) == []

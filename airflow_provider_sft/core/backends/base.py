@@ -18,7 +18,7 @@ Which backend runs a run is chosen by the type of its config, in one place:
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from enum import Enum
 from typing import Any
@@ -176,9 +176,12 @@ class TrainingBackend(abc.ABC):
         *,
         on_log: LogSink,
         timeout_seconds: float | None = None,
+        resources: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
-        """Run the workspace step ``step`` (``resolve``, ``export``) on ``config``, as ``job_name``
-        where the backend runs it in a job; its small JSON result. Log lines go to ``on_log``."""
+        """Run the workspace step ``step`` (``resolve``, ``prepare``, ``export``) on ``config``, as
+        ``job_name`` where the backend runs it in a job; its small JSON result. Log lines go to
+        ``on_log``. ``resources`` (``cpu``, ``memory``) size the step's job where it has one (the
+        default: one CPU, 4Gi); a step run in this process has the process's own."""
 
     def handle(self, run_name: str, output_dir: str) -> JobHandle:
         """The handle a run of this name will have, known before ``submit``: a kill during the

@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -286,11 +287,12 @@ class LocalProcessBackend(TrainingBackend):
         *,
         on_log: LogSink,
         timeout_seconds: float | None = None,
+        resources: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
         """Run a workspace step in this process, the secrets in its environment only; its result.
 
-        ``job_name`` names no job here, and ``timeout_seconds`` is the caller's to enforce (the
-        task's ``execution_timeout`` interrupts this process itself).
+        ``job_name`` names no job here, ``resources`` size none, and ``timeout_seconds`` is the
+        caller's to enforce (the task's ``execution_timeout`` interrupts this process itself).
         """
         return STEPS[step](config, log=on_log, env={**os.environ, **self.secret_env})
 

@@ -55,3 +55,12 @@ def test_validate_names_a_bad_share_with_the_other_problems(tmp_path):
     )
     problems = op.problems({}, [])
     assert set(problems) >= {"num_epochs", "max_dropped_fraction"}
+
+
+def test_a_bad_job_size_is_refused_naming_the_field(tmp_path):
+    op = PrepareDataOperator(
+        task_id="prepare_data", dataset_path="d.jsonl", workspace=str(tmp_path), cpu="four", memory="-1Gi"
+    )
+    with pytest.raises(InvalidParameterError) as caught:
+        op.execute(CONTEXT)
+    assert set(caught.value.errors) == {"cpu", "memory"} and list(tmp_path.iterdir()) == []

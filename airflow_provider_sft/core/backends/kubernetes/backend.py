@@ -28,7 +28,7 @@ import contextlib
 import dataclasses
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -414,15 +414,17 @@ class KubernetesBackend(TrainingBackend):
         *,
         on_log: LogSink,
         timeout_seconds: float | None = None,
+        resources: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
-        """Run a workspace step of the pod program as a one-node job next to the PVC; its result.
+        """Run a workspace step of the pod program as a one-node job next to the PVC, sized by
+        ``resources`` (requests = limits); its result.
 
         The step's provider lines go to ``on_log`` (see :class:`PodLog`; its result line is read,
         never shown); a failure raises :class:`TrainingFailedError` with the pod's ``ERROR:`` line.
         """
         self.require_pvc()
         return self._run(
-            lambda client: self._run_step(client, step, job_name, config, on_log, timeout_seconds)
+            lambda client: self._run_step(client, step, job_name, config, on_log, timeout_seconds, resources)
         )
 
     async def _run_step(
@@ -433,6 +435,7 @@ class KubernetesBackend(TrainingBackend):
         config: dict[str, Any],
         on_log: LogSink,
         timeout_seconds: float | None,
+        resources: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
         ns = self.config.namespace
         work = step_work(
@@ -441,6 +444,7 @@ class KubernetesBackend(TrainingBackend):
             self.config,
             labels={**self.labels(), c.LABEL_COMPONENT: f"sft-{step}"},
             secret_env=list(self.credentials.secret_env()),
+            resources=resources,
         )
         body = await self.checked_manifest(client, work)
         if await client.get_job(self.resource, ns, name) is not None:  # a step is cheap: always run it afresh

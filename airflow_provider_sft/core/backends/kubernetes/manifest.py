@@ -26,6 +26,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,7 +66,8 @@ def program_configmap_name(job_name: str) -> str:
     return f"{job_name}-program"
 
 
-#: A workspace step copies files; it needs neither a GPU nor the training's memory.
+#: A workspace step copies files (prepare tokenizes: its operator asks for more); it needs neither
+#: a GPU nor the training's memory.
 STEP_RESOURCES = {"cpu": "1", "memory": "4Gi"}
 
 
@@ -268,15 +270,18 @@ def step_work(
     *,
     labels: dict[str, str],
     secret_env: list[str] = (),  # type: ignore[assignment]
+    resources: Mapping[str, str] | None = None,
 ) -> NodeWork:
-    """A one-node job running the workspace step ``step`` of the pod program, without a GPU."""
+    """A one-node job running the workspace step ``step`` of the pod program, without a GPU,
+    with ``resources`` (``cpu``, ``memory``) over the default :data:`STEP_RESOURCES`."""
+    sized = {**STEP_RESOURCES, **(resources or {})}
     return NodeWork(
         name=job_name,
         num_nodes=1,
         procs_per_node=None,
         command=program.command(step),
         env=_pod_env(job_name, config, {}, list(secret_env)),
-        resources={"requests": dict(STEP_RESOURCES), "limits": dict(STEP_RESOURCES)},
+        resources={"requests": dict(sized), "limits": dict(sized)},
         pod_metadata={"labels": dict(labels), "annotations": {}},
         labels=dict(labels),
         annotations={},
