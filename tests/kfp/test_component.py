@@ -17,6 +17,7 @@ from kfp.dsl.types import type_annotations
 
 from airflow_provider_sft.core.errors import InvalidParameterError
 from airflow_provider_sft.core.sample_data import bundled_dataset_path
+from airflow_provider_sft.core.training.data_report import DataGateError
 from airflow_provider_sft.kfp import BASE_IMAGE, PACKAGES_TO_INSTALL, make_train_model, train_model
 from airflow_provider_sft.kfp.runner import run_train_model
 from tests.conftest import REPO_ROOT
@@ -331,6 +332,11 @@ def test_kfp_local_run_end_to_end(tiny_model, tmp_path, monkeypatch):
         metrics
     )
     assert metrics["steps"] == 8 and metrics["min_loss"] <= metrics["final_loss"]
+    # the data was prepared (and judged) before the training job, through the same core
+    assert metrics["data_input_samples"] == metrics["data_kept_samples"] == 235
+    assert metrics["data_dropped_samples"] == 0 and metrics["data_total_steps"] == 8
+    summary = json.loads((pvc / "metrics.json").read_text())
+    assert summary["data"]["kept_samples"] == 235 and sum(summary["data"]["histogram"]["counts"]) == 235
 
     html = (task_dir / "output_loss_chart").read_text()
     assert "Plotly.newPlot" in html and not re.search(r"<script[^>]+src=[\"']?https?:", html)
@@ -394,3 +400,25 @@ def test_the_readme_kfp_example_compiles_with_kfp(tmp_path):
     assert (
         task["inputs"]["parameters"]["pvc_path"]["runtimeValue"]["constant"] == dsl.WORKSPACE_PATH_PLACEHOLDER
     )
+
+
+def test_the_gate_stops_the_kfp_run_before_training(tiny_model, tmp_path, monkeypatch):
+    """Samples at or over max_seq_len: the shim fails before the training job exists, and
+    SFT_MAX_DROPPED_FRACTION (the signature is the seed's) is the share it allows."""
+    monkeypatch.setenv("SFT_BACKEND", "local")
+    common = {
+        "training_base_model": str(tiny_model),
+        "training_max_seq_len": 60,  # the bundled samples run to 112 tokens
+        "training_max_tokens_per_gpu": 4096,
+        "training_resource_gpu_per_worker": 0,
+        "training_resource_cpu_per_worker": "1",
+    }
+    with pytest.raises(DataGateError, match=r"more than SFT_MAX_DROPPED_FRACTION=0\.02 allows") as caught:
+        run_with(tmp_path, **common)
+    assert "would keep 99% of the samples" in str(caught.value)
+    assert not list((tmp_path / "pvc" / "runs").glob("*/training_params_and_metrics_global0.jsonl"))
+    monkeypatch.setenv("SFT_MAX_DROPPED_FRACTION", "2")
+    (tmp_path / "again").mkdir()
+    with pytest.raises(InvalidParameterError, match="SFT_MAX_DROPPED_FRACTION: must be a number from 0 to 1"):
+        run_with(tmp_path / "again", **common)
+    assert not (tmp_path / "again" / "pvc").exists()  # refused before anything was written
