@@ -41,7 +41,7 @@ from airflow_provider_sft.core.backends.base import (
     TrainingBackend,
 )
 from airflow_provider_sft.core.clock import SYSTEM_CLOCK, Clock
-from airflow_provider_sft.core.errors import DatasetError, InvalidParameterError
+from airflow_provider_sft.core.errors import DatasetError, InvalidParameterError, TrainingFailedError
 from airflow_provider_sft.core.files import owned_path, remove_owned
 from airflow_provider_sft.core.params import hub_token_warning
 from airflow_provider_sft.core.pod.entrypoint import default_cache_env
@@ -82,6 +82,52 @@ def _group_rss_bytes(pid: int) -> int:
         with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
             total += process.memory_info().rss
     return total
+
+
+#: Steps that fork worker processes (``datasets``' ``num_proc`` pools): forked from the Airflow
+#: task's process, which runs threads of its own (logging, the supervisor's channel), a child can
+#: inherit a lock another thread held and hang for ever, as the prepare step did here. They run
+#: in a fresh interpreter, the pod program's own command, as they do in a pod.
+CHILD_PROCESS_STEPS = frozenset({"prepare"})
+
+
+def run_step_in_child(
+    step: str, config: dict[str, Any], *, on_log: LogSink, env: dict[str, str]
+) -> dict[str, Any]:
+    """Run ``python -m ...pod.entrypoint <step> <config>`` and read its result line; its provider
+    lines go to ``on_log``. The child never outlives the call (a task timeout or kill included)."""
+    import tempfile
+
+    from airflow_provider_sft.core import jsonio
+    from airflow_provider_sft.core.pod.protocol import parse_result
+
+    with tempfile.TemporaryDirectory(prefix=f"sft-{step}-") as scratch:
+        config_path = Path(scratch) / "config.json"
+        config_path.write_bytes(jsonio.dumps(config))
+        command = [sys.executable, "-m", "airflow_provider_sft.core.pod.entrypoint", step, str(config_path)]
+        popen = subprocess.Popen(
+            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        lines: list[str] = []
+        error = ""
+        try:
+            assert popen.stdout is not None
+            for raw in popen.stdout:
+                line = raw.rstrip("\n")
+                lines = [*lines[-19:], line]
+                if (shown := classify_log_line(line)) is not None:  # the result line is not shown
+                    on_log(shown.text)
+                    error = shown.error or error
+            code = popen.wait()
+        finally:
+            if popen.poll() is None:
+                popen.kill()
+                popen.wait()
+    result = parse_result(lines)
+    if code == 0 and result is not None:
+        return result
+    reason = error or "\n".join(lines[-5:]) or "no output"
+    raise TrainingFailedError(f"The {step} step failed (exit status {code}): {reason}")
 
 
 def _has_hub_token(env: dict[str, str]) -> bool:
@@ -289,11 +335,15 @@ class LocalProcessBackend(TrainingBackend):
         timeout_seconds: float | None = None,
         resources: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
-        """Run a workspace step in this process, the secrets in its environment only; its result.
+        """Run a workspace step here, the secrets in its environment only; its result.
 
         ``job_name`` names no job here, ``resources`` size none, and ``timeout_seconds`` is the
         caller's to enforce (the task's ``execution_timeout`` interrupts this process itself).
+        A step that forks worker processes runs in a child process of its own (see
+        :data:`CHILD_PROCESS_STEPS`); the others in this one.
         """
+        if step in CHILD_PROCESS_STEPS:
+            return run_step_in_child(step, config, on_log=on_log, env={**os.environ, **self.secret_env})
         return STEPS[step](config, log=on_log, env={**os.environ, **self.secret_env})
 
     def cancel(self, handle: JobHandle) -> None:

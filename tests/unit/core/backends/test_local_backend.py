@@ -159,10 +159,14 @@ def test_previous_attempt_output_is_cleared(tmp_path, monkeypatch):
     dataset = Path(run.output_dir) / c.DATASET_DIR / "train.jsonl"  # the DAG run's, resolved before
     dataset.parent.mkdir()
     dataset.write_text("{}\n")
+    prepared = Path(run.processed_data_dir) / "prepared.json"  # the prepare task's, by fingerprint
+    prepared.parent.mkdir()
+    prepared.write_text("{}")
     backend = LocalProcessBackend(LocalConfig(python=FAKE_PYTHON))
     backend.wait(backend.submit(run), on_log=lambda _line: None)
     assert not stale.exists()  # never resumed by accident
     assert dataset.read_text() == "{}\n"  # one DAG run, one directory: its dataset stays
+    assert prepared.read_text() == "{}"  # and its prepared data: the process checks its fingerprint
 
 
 @pytest.mark.parametrize(
@@ -284,3 +288,42 @@ def test_a_saved_hub_login_counts_as_a_token(tmp_path, monkeypatch, caplog, no_h
     with caplog.at_level("WARNING", logger="airflow_provider_sft"):
         backend.wait(backend.submit(make_run(tmp_path, base_model="org/gated")), on_log=lambda _line: None)
     assert "without a token" not in caplog.text
+
+
+def test_the_prepare_step_runs_in_a_child_process_of_its_own(tiny_model, tmp_path, monkeypatch):
+    """datasets forks worker pools; forked from the Airflow task's threaded process a worker can
+    hang for ever on a lock another thread held (it did), so the step runs in a fresh interpreter."""
+    from airflow_provider_sft.core.pod import steps
+
+    monkeypatch.setitem(steps.STEPS, "prepare", None)  # a call in this process would be a TypeError
+    lines: list[str] = []
+    config = {
+        "dataset_path": str(bundled_dataset_path()),
+        "processed_dir": str(tmp_path / "data"),
+        "base_model": str(tiny_model),
+        "max_seq_len": 512,
+        "effective_batch_size": 8,
+        "num_epochs": 1,
+    }
+    result = LocalProcessBackend().run_step("prepare", "p", config, on_log=lines.append)
+    assert result["report"]["kept_samples"] == 235 and (tmp_path / "data" / c.PROCESSED_DATA_FILE).is_file()
+    assert any(line.startswith("[sft] tokenizing") for line in lines)
+    assert not any("SFT_RESULT" in line for line in lines)  # the result is read, not shown
+
+
+def test_a_failed_child_step_raises_with_its_error_line(tmp_path):
+    from airflow_provider_sft.core.errors import TrainingFailedError
+
+    config = {
+        "dataset_path": str(tmp_path / "missing.jsonl"),
+        "processed_dir": str(tmp_path / "data"),
+        "base_model": str(tmp_path / "no-model"),
+        "max_seq_len": 512,
+        "effective_batch_size": 8,
+        "num_epochs": 1,
+    }
+    with pytest.raises(
+        TrainingFailedError,
+        match=r"The prepare step failed \(exit status 1\): base_model .*no-model does not exist",
+    ):
+        LocalProcessBackend().run_step("prepare", "p", config, on_log=lambda line: None)
