@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import html
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -83,9 +83,15 @@ def data_report_of(value: Any) -> DataReport | None:
     except (KeyError, TypeError, ValueError):
         return None
     histogram = report.histogram
-    if len(histogram.edges) != len(histogram.counts) + 1:
+    numbers = [getattr(report, f.name) for f in fields(report) if f.type == "int"]
+    numbers += [*histogram.edges, *histogram.counts, *report.percentiles.values()]
+    if len(histogram.edges) != len(histogram.counts) + 1 or not all(_is_count(n) for n in numbers):
         return None
     return report
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _prepared_reports(reports: dict[str, Any]) -> dict[str, DataReport]:

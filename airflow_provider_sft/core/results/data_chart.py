@@ -30,7 +30,7 @@ def build_data_figure(report: DataReport, *, title: str = "Tokens per sample") -
     kept = [b for b in bins if b not in dropped]
     figure = go.Figure()
     for name, chosen, colour in (("kept", kept, KEPT_COLOUR), ("dropped", dropped, DROPPED_COLOUR)):
-        if chosen or name == "kept":
+        if name == "kept" or any(n for _, _, n in chosen):  # no "dropped" legend over empty bins
             figure.add_trace(
                 go.Bar(
                     x=[(lo + hi) / 2 for lo, hi, _ in chosen],
