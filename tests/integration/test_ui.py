@@ -194,7 +194,7 @@ def assert_data_section(frame, *, steps: str) -> None:
     assert total.split()[-1] == steps  # what the report foresaw is what the run took
     assert frame.locator("#sft-data-chart .barlayer .point").count() > 0  # bars drawn, not just declared
     assert frame.locator("#sft-data-chart .shapelayer path").count() == 1  # the max_seq_len line
-    label = frame.locator("#sft-data-chart .annotation-text").inner_text()
+    label = frame.locator("#sft-data-chart .annotation-text").text_content()  # an SVG text
     assert label == "max_seq_len 512"
 
 

@@ -21,7 +21,7 @@ DROPPED_COLOUR = "#e07b39"
 LIMIT_COLOUR = "#c53030"
 
 
-def build_data_figure(report: DataReport, *, title: str = "Tokens per sample") -> go.Figure:
+def build_data_figure(report: DataReport, *, title: str = "Samples by length") -> go.Figure:
     import plotly.graph_objects as go
 
     edges, counts = report.histogram.edges, report.histogram.counts
@@ -44,21 +44,26 @@ def build_data_figure(report: DataReport, *, title: str = "Tokens per sample") -
                     + "</extra>",
                 )
             )
-    figure.add_vline(
+    figure.add_vline(x=report.max_seq_len, line={"color": LIMIT_COLOUR, "dash": "dash", "width": 2})
+    figure.add_annotation(  # above the plot, where no bar can hide it
         x=report.max_seq_len,
-        line={"color": LIMIT_COLOUR, "dash": "dash", "width": 2},
-        annotation={"text": f"max_seq_len {report.max_seq_len}", "font": {"color": LIMIT_COLOUR}},
-        annotation_position="top left",
+        y=1,
+        yref="paper",
+        yanchor="bottom",
+        xanchor="right",
+        showarrow=False,
+        text=f"max_seq_len {report.max_seq_len}",
+        font={"color": LIMIT_COLOUR},
     )
     right = max(edges[-1] if edges else 0, report.max_seq_len) * 1.05
     figure.update_layout(
         title=title,
         template="plotly_white",
         height=360,
-        margin={"t": 60, "b": 50, "l": 60, "r": 20},
+        margin={"t": 60, "b": 60, "l": 60, "r": 20},
         bargap=0,
         barmode="overlay",
-        legend={"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 1, "xanchor": "right"},
+        legend={"orientation": "h", "y": -0.2, "yanchor": "top", "x": 1, "xanchor": "right"},
         xaxis={"title": "tokens per sample", "range": [0, right]},
         yaxis={"title": "samples", "rangemode": "tozero"},
     )
