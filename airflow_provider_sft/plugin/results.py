@@ -83,6 +83,8 @@ def data_report_of(value: Any) -> DataReport | None:
     except (KeyError, TypeError, ValueError):
         return None
     histogram = report.histogram
+    if not isinstance(report.percentiles, dict) or not isinstance(report.processed_path, str):
+        return None
     numbers = [getattr(report, f.name) for f in fields(report) if f.type == "int"]
     numbers += [*histogram.edges, *histogram.counts, *report.percentiles.values()]
     if len(histogram.edges) != len(histogram.counts) + 1 or not all(_is_count(n) for n in numbers):

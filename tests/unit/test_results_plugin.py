@@ -245,6 +245,8 @@ def test_a_value_that_is_no_data_report_is_ignored_not_a_500():
         {**broken, "histogram": {"edges": [0, 10], "counts": [1]}, "max_seq_len": "<b>512</b>"},
         {**broken, "histogram": {"edges": [0, 10], "counts": ["<i>1</i>"]}},
         {**broken, "histogram": {"edges": [0, 10], "counts": [1]}, "percentiles": {"p50": True}},
+        {**broken, "histogram": {"edges": [0, 10], "counts": [1]}, "percentiles": [50]},
+        {**broken, "histogram": {"edges": [0, 10], "counts": [1]}, "processed_path": 3},
     ):
         reports = {"prepare_data": value}
         assert find_data(results, reports, "train", "r1", None) is None
