@@ -13,6 +13,7 @@ from airflow.sdk import BaseOperatorLink
 from airflow.sdk.execution_time.xcom import XCom
 
 from airflow_provider_sft.core.backends.base import TRAINING_JOB_XCOM_KEY, JobHandle
+from airflow_provider_sft.core.training.data_report import REPORT_XCOM_KEY
 from airflow_provider_sft.plugin import URL_ROUTE
 
 if TYPE_CHECKING:
@@ -58,11 +59,13 @@ def results_tab_url(ti_key: TaskInstanceKey) -> str:
 
 
 class TrainingResultsLink(BaseOperatorLink):
-    """The run's loss chart and metrics, in the provider's tab of this task instance."""
+    """The run's loss chart, metrics and data report, in the provider's tab of this task instance."""
 
     name = "Training results"
 
     def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
-        if XCom.get_value(ti_key=ti_key, key="return_value") is None:
-            return ""  # not finished (or failed): there are no results to show
+        # Not finished (or failed): nothing to show, unless a prepare task's gate stopped the run
+        # after its data report was pushed.
+        if all(XCom.get_value(ti_key=ti_key, key=key) is None for key in ("return_value", REPORT_XCOM_KEY)):
+            return ""
         return results_tab_url(ti_key)

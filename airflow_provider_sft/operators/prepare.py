@@ -13,10 +13,12 @@ from airflow_provider_sft.core import constants as c
 from airflow_provider_sft.core.errors import InvalidParameterError
 from airflow_provider_sft.core.params import SFTParams, kubernetes_quantity
 from airflow_provider_sft.core.training.data_report import (
+    REPORT_XCOM_KEY,
     DataReport,
     check_dropped,
     checked_max_dropped_fraction,
 )
+from airflow_provider_sft.links import TrainingResultsLink
 from airflow_provider_sft.operators.failures import bad_input_is_final, data_gate_is_final
 from airflow_provider_sft.operators.workspace import (
     STEP_TEMPLATE_FIELDS,
@@ -72,6 +74,7 @@ class PrepareDataOperator(WorkspaceStepsMixin, BaseOperator):
         *STEP_TEMPLATE_FIELDS,
     )
     ui_color = "#fef9e7"
+    operator_extra_links = (TrainingResultsLink(),)  # the data report and its histogram, gate stopped or not
 
     def __init__(
         self,
@@ -167,6 +170,6 @@ class PrepareDataOperator(WorkspaceStepsMixin, BaseOperator):
         log = self.log.warning if report.dropped_samples else self.log.info
         log("Data report (fingerprint %s): %s", result["fingerprint_id"], report.summary())
         # pushed before the gate: a run it stops still shows its histogram in the results tab
-        context["ti"].xcom_push(key="report", value=result["report"])
+        context["ti"].xcom_push(key=REPORT_XCOM_KEY, value=result["report"])
         check_dropped(report, max_dropped)
         return result

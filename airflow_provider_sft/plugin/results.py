@@ -1,4 +1,4 @@
-"""The *Training results* page of a task instance: its run's loss chart and metrics.
+"""The *Training results* page of a task instance: its run's loss chart, metrics and data report.
 
 Everything on the page comes from the DAG run's XComs in Airflow's metadata database, the same
 values the REST API serves: the ``export_model`` result holds the metrics summary and the
@@ -7,15 +7,19 @@ page works where the API server cannot see the workspace (a PVC only the pods mo
 
 Which training run a task instance belongs to is read from its own result: ``output_dir``
 (train), or the run directory its ``metrics_path``, ``model_path`` or ``chart_path`` lies in
-(export, report). Run directories are named after the run, so the name matches across the
-pod's and the worker's paths.
+(export, report), or ``<run>/data`` (the prepare task's ``processed_dir``). Run directories
+are named after the run, so the name matches across the pod's and the worker's paths.
+
+The *Data* section shows the report of the data the run trained on (the export's
+``data_report``), else the prepare task's ``report`` XCom, which that task pushes before its
+gate: a run the gate stopped still shows why. Only counts and lengths, never a sample.
 """
 
 from __future__ import annotations
 
 import html
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -27,9 +31,12 @@ from fastapi.responses import FileResponse, HTMLResponse
 from sqlalchemy import select
 
 from airflow_provider_sft.core.results.metrics import StepRecord
+from airflow_provider_sft.core.training.data_report import REPORT_XCOM_KEY, DataReport
 
 PREFIX = "/sft"
 _RUN_FILE_KEYS = ("metrics_path", "model_path", "chart_path")
+#: The prepare task's ``processed_dir`` in its run's directory (unless ``data_output_dir`` is set).
+_RUN_DATA_DIR = "data"
 
 app = FastAPI(title="SFT training results", docs_url=None, redoc_url=None, openapi_url=None)
 
@@ -42,6 +49,14 @@ class Results:
     source_task: str
 
 
+@dataclass(frozen=True)
+class DataSection:
+    report: DataReport
+    source_task: str
+    trained_on: bool = False  # the export's: the data the run trained on, not a prepare task's
+    stopped: bool = False  # the prepare task's gate stopped the run: a report, and no result
+
+
 def run_name_of(result: Any) -> str | None:
     """The training run a task's result refers to (the run directory's name), if any."""
     if not isinstance(result, dict):
@@ -51,12 +66,67 @@ def run_name_of(result: Any) -> str | None:
     for key in _RUN_FILE_KEYS:
         if isinstance(result.get(key), str):
             return PurePosixPath(result[key]).parent.name or None
+    if isinstance(result.get("processed_dir"), str):  # a data_output_dir elsewhere names no run
+        processed = PurePosixPath(result["processed_dir"])
+        if processed.name == _RUN_DATA_DIR:
+            return processed.parent.name or None
+        return None
     return None
 
 
-def find_results(results: dict[str, Any], task_id: str) -> tuple[str | None, Results | None]:
-    """The run of ``task_id`` and the exported metrics of that run, from one DAG run's results."""
+def data_report_of(value: Any) -> DataReport | None:
+    """A data report from an XCom value; anything else (an older or foreign value) is no report."""
+    if not isinstance(value, dict):
+        return None
+    try:
+        report = DataReport.from_dict(value)
+    except (KeyError, TypeError, ValueError):
+        return None
+    histogram = report.histogram
+    if not isinstance(report.percentiles, dict) or not isinstance(report.processed_path, str):
+        return None
+    numbers = [getattr(report, f.name) for f in fields(report) if f.type == "int"]
+    numbers += [*histogram.edges, *histogram.counts, *report.percentiles.values()]
+    if len(histogram.edges) != len(histogram.counts) + 1 or not all(_is_count(n) for n in numbers):
+        return None
+    return report
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _prepared_reports(reports: dict[str, Any]) -> dict[str, DataReport]:
+    return {task: report for task, value in reports.items() if (report := data_report_of(value))}
+
+
+def _run_of_report(report: DataReport) -> str | None:
+    """The run whose ``<run>/data`` holds the processed data (``processed_path`` is a file in it)."""
+    return run_name_of({"processed_dir": str(PurePosixPath(report.processed_path).parent)})
+
+
+def _only_run(results: dict[str, Any]) -> str | None:
+    """The DAG run's training run when it has exactly one."""
+    runs = {run_name_of(result) for result in results.values()} - {None}
+    return runs.pop() if len(runs) == 1 else None
+
+
+def run_of_task(results: dict[str, Any], reports: dict[str, Any], task_id: str) -> str | None:
+    """The training run of ``task_id``: from its result, or, for a prepare task (even one its gate
+    stopped), from where it put the data; data put elsewhere belongs to the DAG run's only run."""
     run = run_name_of(results.get(task_id))
+    report = _prepared_reports(reports).get(task_id)
+    if run is None and report is not None:
+        run = _run_of_report(report) or _only_run(results)
+    return run
+
+
+def find_results(
+    results: dict[str, Any], task_id: str, reports: dict[str, Any] | None = None
+) -> tuple[str | None, Results | None]:
+    """The run of ``task_id`` and the exported metrics of that run, from one DAG run's results
+    (``reports``: its ``report`` XComs, by task)."""
+    run = run_of_task(results, reports or {}, task_id)
     if run is None:
         return None, None
     for source, result in results.items():
@@ -68,6 +138,30 @@ def find_results(results: dict[str, Any], task_id: str) -> tuple[str | None, Res
         ):
             return run, Results(run, result["metrics"], result["steps"], source)
     return run, None
+
+
+def find_data(
+    results: dict[str, Any], reports: dict[str, Any], task_id: str, run: str | None, found: Results | None
+) -> DataSection | None:
+    """The data report to show with ``task_id``: the data its run trained on (the export's), else
+    the task's own (a prepare task), else the prepare task's of the same run. A prepare task that
+    wrote to a ``data_output_dir`` outside the run is the run's when it is the DAG run's only one."""
+    if found is not None and (exported := data_report_of(results[found.source_task].get("data_report"))):
+        return DataSection(exported, found.source_task, trained_on=True)
+    prepared = _prepared_reports(reports)
+    if task_id in prepared:
+        chosen = [task_id]
+    elif run is None:
+        return None
+    else:
+        by_run = {task: _run_of_report(report) for task, report in prepared.items()}
+        chosen = [task for task, of in by_run.items() if of == run]
+        if not chosen and len(by_run) == 1 and None in by_run.values():
+            chosen = list(by_run)
+    if len(chosen) != 1:
+        return None
+    (task,) = chosen
+    return DataSection(prepared[task], task, stopped=results.get(task) is None)
 
 
 #: A task instance's map index: -1 (not mapped) up to the int32 column's maximum.
@@ -91,7 +185,10 @@ def _map_index(value: str) -> int:
     return index
 
 
-def _dag_run_results(session: Any, dag_id: str, run_id: str, map_index: int) -> dict[str, Any]:
+def _dag_run_results(
+    session: Any, dag_id: str, run_id: str, map_index: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The DAG run's results and its prepare tasks' data reports, each by task."""
     from airflow.models.xcom import XComModel
 
     rows = session.scalars(
@@ -99,10 +196,13 @@ def _dag_run_results(session: Any, dag_id: str, run_id: str, map_index: int) -> 
             XComModel.dag_id == dag_id,
             XComModel.run_id == run_id,
             XComModel.map_index == map_index,
-            XComModel.key == "return_value",
+            XComModel.key.in_(("return_value", REPORT_XCOM_KEY)),
         )
     )
-    return {row.task_id: XComModel.deserialize_value(row) for row in rows}
+    by_key: dict[str, dict[str, Any]] = {"return_value": {}, REPORT_XCOM_KEY: {}}
+    for row in rows:
+        by_key[row.key][row.task_id] = XComModel.deserialize_value(row)
+    return by_key["return_value"], by_key[REPORT_XCOM_KEY]
 
 
 @app.get(
@@ -113,9 +213,10 @@ def _dag_run_results(session: Any, dag_id: str, run_id: str, map_index: int) -> 
 def results_page(
     dag_id: str, run_id: str, task_id: str, session: SessionDep, map_index: str = Query("-1")
 ) -> HTMLResponse:
-    results = _dag_run_results(session, dag_id, run_id, _map_index(map_index))
-    run, found = find_results(results, task_id)
-    return HTMLResponse(render_page(task_id, run, found))
+    results, reports = _dag_run_results(session, dag_id, run_id, _map_index(map_index))
+    run, found = find_results(results, task_id, reports)
+    data = find_data(results, reports, task_id, run, found)
+    return HTMLResponse(render_page(task_id, run, found, data))
 
 
 @app.get("/static/plotly.min.js")
@@ -158,40 +259,106 @@ def _cell(value: Any, spec: str) -> str:
         return html.escape(str(value))
 
 
-def render_page(task_id: str, run: str | None, results: Results | None) -> str:
-    """The HTML page: a metrics table and the interactive chart, or why there is none."""
-    if results is None:
-        note = (
-            f"Task {task_id!r} has no SFT training run."
-            if run is None
-            else f"Training run {run!r} has no exported metrics yet: the export task of this DAG run writes them."
+def _chart_html(figure: Any, div_id: str) -> str:
+    return str(
+        figure.to_html(
+            full_html=False,
+            include_plotlyjs=False,
+            div_id=div_id,
+            config={"displaylogo": False, "responsive": True},
         )
-        body = f'<p class="note">{html.escape(note)}</p>'
-    else:
-        from airflow_provider_sft.core.results.chart import NO_DATA_MESSAGE, build_figure, has_loss_data
+    )
 
-        records = [StepRecord(**step) for step in results.steps]
-        metrics = results.metrics  # the export's summary: computed once, where the run was read
-        rows = "".join(
-            f"<tr><th>{label}</th><td>{_cell(metrics.get(key), spec)}</td></tr>"
-            for key, label, spec in _METRIC_ROWS
+
+def _training_section(results: Results) -> str:
+    from airflow_provider_sft.core.results.chart import NO_DATA_MESSAGE, build_figure, has_loss_data
+
+    records = [StepRecord(**step) for step in results.steps]
+    metrics = results.metrics  # the export's summary: computed once, where the run was read
+    rows = "".join(
+        f"<tr><th>{label}</th><td>{_cell(metrics.get(key), spec)}</td></tr>"
+        for key, label, spec in _METRIC_ROWS
+    )
+    if has_loss_data(records):
+        chart = _chart_html(
+            build_figure(records, title=f"Training loss — {html.escape(results.run_name)}"), "sft-loss-chart"
         )
-        if has_loss_data(records):
-            figure = build_figure(records, title=f"Training loss — {html.escape(results.run_name)}")
-            chart = figure.to_html(
-                full_html=False,
-                include_plotlyjs=False,
-                div_id="sft-loss-chart",
-                config={"displaylogo": False, "responsive": True},
-            )
-        else:  # an empty set of axes reads as a broken page
-            chart = f'<p class="note" id="sft-no-data">{html.escape(NO_DATA_MESSAGE)}</p>'
-        body = (
-            f"<h2>Training run {html.escape(results.run_name)}</h2>"
-            f'<table id="sft-metrics">{rows}</table>{chart}'
-            f'<p class="note">From the XComs of task {html.escape(results.source_task)!s}.</p>'
-            f'<script type="application/json" id="sft-metrics-json">{html.escape(json.dumps(metrics))}</script>'
+    else:  # an empty set of axes reads as a broken page
+        chart = f'<p class="note" id="sft-no-data">{html.escape(NO_DATA_MESSAGE)}</p>'
+    return (
+        f"<h2>Training run {html.escape(results.run_name)}</h2>"
+        f'<table id="sft-metrics">{rows}</table>{chart}'
+        f'<p class="note">From the XComs of task {html.escape(results.source_task)!s}.</p>'
+        f'<script type="application/json" id="sft-metrics-json">{html.escape(json.dumps(metrics))}</script>'
+    )
+
+
+def _data_rows(report: DataReport) -> list[tuple[str, Any, str]]:
+    """The report's figures as (label, value, format): counts, tokens, steps; no sample content."""
+    percentiles = report.percentiles
+    lengths = " / ".join(
+        _cell(value, "d")
+        for value in (
+            percentiles.get("p50"),
+            percentiles.get("p90"),
+            percentiles.get("p99"),
+            report.max_sample_tokens,
         )
+    )
+    rows: list[tuple[str, Any, str]] = [
+        ("Samples in", report.input_samples, "d"),
+        ("Kept", report.kept_samples, "d"),
+        (f"Dropped: under {report.min_seq_len} tokens", report.dropped_too_short, "d"),
+        (f"Dropped: at or over max_seq_len ({report.max_seq_len})", report.dropped_too_long, "d"),
+        ("Tokens (kept samples)", report.total_tokens, "d"),
+        ("Tokens counted by the loss", report.label_tokens, "d"),
+        ("Tokens per sample: p50 / p90 / p99 / longest", lengths, "s"),
+        (f"Optimizer steps per epoch (batch {report.effective_batch_size})", report.steps_per_epoch, "d"),
+        (f"Optimizer steps in total ({report.num_epochs} epochs)", report.total_steps, "d"),
+    ]
+    if report.dropped_samples:
+        rows.append(("Suggested max_seq_len (keeps 99%)", report.suggested_max_seq_len, "d"))
+    return rows
+
+
+def _data_section(data: DataSection) -> str:
+    from airflow_provider_sft.core.results.data_chart import build_data_figure
+
+    report = data.report
+    rows = "".join(
+        f"<tr><th>{html.escape(label)}</th><td>{html.escape(value) if spec == 's' else _cell(value, spec)}</td></tr>"
+        for label, value, spec in _data_rows(report)
+    )
+    chart = _chart_html(build_data_figure(report), "sft-data-chart") if report.histogram.counts else ""
+    source = "the data the run trained on" if data.trained_on else "prepared before training"
+    return (
+        f'<h2 id="sft-data">Data</h2><table id="sft-data-report">{rows}</table>{chart}'
+        f'<p class="note">From the data report of task {html.escape(data.source_task)} ({source}).</p>'
+    )
+
+
+def render_page(
+    task_id: str, run: str | None, results: Results | None, data: DataSection | None = None
+) -> str:
+    """The HTML page: metrics and the loss chart, the data report and its histogram, or why there is none."""
+    if results is not None:
+        body = _training_section(results)
+    elif data is not None and data.stopped:
+        report = data.report
+        note = (
+            f"Training did not run: task {data.source_task!r} stopped the run before any training job "
+            f"existed, because {report.dropped_samples} of {report.input_samples} samples would be dropped. "
+            "Its log says what would keep them."
+        )
+        body = f'<p class="note" id="sft-not-trained">{html.escape(note)}</p>'
+    elif data is None and run is None:
+        body = f'<p class="note">{html.escape(f"Task {task_id!r} has no SFT training run.")}</p>'
+    else:
+        of = f"Training run {run!r}" if run is not None else "The training run of this data"
+        note = f"{of} has no exported metrics yet: the export task of this DAG run writes them."
+        body = f'<p class="note">{html.escape(note)}</p>'
+    if data is not None:
+        body += _data_section(data)
     # Relative to /sft/results/<dag>/<run>/<task>: the page works behind a proxy's base path.
     return (
         '<!doctype html><html><head><meta charset="utf-8"><title>Training results</title>'

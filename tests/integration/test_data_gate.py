@@ -63,6 +63,27 @@ def test_gate_stops_the_local_run_before_training(tiny_model, tmp_path):
     (run,) = (workspace / c.RUNS_DIR).iterdir()
     assert not (run / c.RUN_CONFIG_FILE).exists() and not (run / c.METRICS_FILE).exists()  # never trained
     assert json.loads((run / "data" / "prepared.json").read_text())["report"]["dropped_too_long"] == TOO_LONG
+    assert_results_tab_shows_the_stopped_runs_data(workspace / "airflow" / "airflow.db")
+
+
+def assert_results_tab_shows_the_stopped_runs_data(airflow_db: Path) -> None:
+    """The *Training results* page of the failed prepare task, from the run's real XComs."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.orm import Session
+
+    from airflow_provider_sft.plugin.results import _dag_run_results, find_data, find_results, render_page
+
+    with sqlite3.connect(airflow_db) as db:
+        ((dag_id, run_id),) = db.execute("SELECT dag_id, run_id FROM dag_run").fetchall()
+    with Session(create_engine(f"sqlite:///{airflow_db}")) as session:
+        results, reports = _dag_run_results(session, dag_id, run_id, -1)
+    run, found = find_results(results, "prepare_data", reports)
+    data = find_data(results, reports, "prepare_data", run, found)
+    assert data is not None and data.stopped and data.report.dropped_too_long == TOO_LONG
+    page = render_page("prepare_data", run, found, data)
+    assert "Training did not run" in page and 'id="sft-data-chart"' in page
+    assert f"{TOO_LONG} of {SAMPLES} samples would be dropped" in page
+    assert "Milk is white" not in page  # no training sample on the page
 
 
 needs_cluster = pytest.mark.skipif(bool(standin.unavailable()), reason=str(standin.unavailable()))

@@ -3,7 +3,8 @@
 Logs in through the simple auth manager's form, opens the example DAG's trigger dialog, refuses
 a bad quantity before any run exists, triggers with the form's defaults (the demo's tiny model)
 until the run succeeds, and opens the train task instance's *Training results* tab: the loss
-chart and metrics the provider's plugin serves. Screenshots are kept under
+chart and metrics the provider's plugin serves, and the data report with its token-length
+histogram (there and on the prepare task's tab). Screenshots are kept under
 ``test-artifacts/ui/`` (``$SFT_TEST_ARTIFACTS``). Skipped with the reason where chromium or
 playwright is missing (``scripts/test.sh`` installs both).
 """
@@ -158,6 +159,15 @@ def test_trigger_with_the_defaults_trains_and_the_train_task_shows_its_loss_char
     lines = frame.locator("#sft-loss-chart .scatterlayer .trace path.js-line")
     assert lines.count() >= 3  # raw loss, smoothed loss, learning rate: drawn, not just declared
     page.screenshot(path=str(ARTIFACTS / "train-task-training-results.png"))
+    assert_data_section(frame, steps="180")  # the train tab shows the data it trained on too
+
+    # The prepare task's tab: the data report and its histogram, with the max_seq_len line.
+    page.goto(f"{airflow_standalone.base}/dags/{DAG_ID}/runs/{run_id}/tasks/prepare_data")
+    page.get_by_role("link", name="Training results").click()
+    frame = page.frame_locator("iframe").first
+    assert_data_section(frame, steps="180")
+    frame.locator("#sft-data-chart").scroll_into_view_if_needed()
+    page.screenshot(path=str(ARTIFACTS / "data-report.png"))
 
     # The extra link points there over http(s); no training job link without a cluster job.
     links = airflow_standalone.session.get(
@@ -167,6 +177,25 @@ def test_trigger_with_the_defaults_trains_and_the_train_task_shows_its_loss_char
     assert links["Training results"].startswith(f"{airflow_standalone.base}/dags/{DAG_ID}/runs/")
     assert links["Training results"].endswith("/tasks/train/plugin/sft-results")
     assert not links.get("Training job")
+
+
+def assert_data_section(frame, *, steps: str) -> None:
+    """The *Data* section: its figures, and the histogram drawn with bars and the max_seq_len line."""
+    frame.locator("#sft-data-chart .main-svg").first.wait_for()
+    table = frame.locator("#sft-data-report")
+    for label in (
+        "Samples in",
+        "Kept",
+        "Dropped: at or over max_seq_len (512)",
+        "Tokens counted by the loss",
+    ):
+        assert label in table.inner_text(), label
+    total = frame.locator("#sft-data-report tr", has_text="Optimizer steps in total").inner_text()
+    assert total.split()[-1] == steps  # what the report foresaw is what the run took
+    assert frame.locator("#sft-data-chart .barlayer .point").count() > 0  # bars drawn, not just declared
+    assert frame.locator("#sft-data-chart .shapelayer path").count() == 1  # the max_seq_len line
+    label = frame.locator("#sft-data-chart .annotation-text").text_content()  # an SVG text
+    assert label == "max_seq_len 512"
 
 
 def test_the_plugin_page_needs_airflows_login(airflow_standalone):

@@ -20,6 +20,8 @@ from airflow_provider_sft.core.training.data_processing import MIN_SAMPLE_TOKENS
 #: The share of samples a suggested ``max_seq_len`` keeps.
 SUGGESTION_KEEPS = 0.99
 HISTOGRAM_BINS = 40
+#: The prepare task's XCom of the report, pushed before its gate: a run it stops still shows it.
+REPORT_XCOM_KEY = "report"
 
 
 class DataGateError(DatasetError):
