@@ -32,9 +32,11 @@ FULL_OUTPUT = "[sft] full output: "
 
 
 @pytest.fixture(scope="module")
-def train_logs(airflow_standalone, tiny_model, tmp_path_factory) -> tuple[list[dict], str, list[dict]]:
-    """The train task's log file (its JSON records), the run's train.log (text) and the export
-    task's log records."""
+def train_logs(
+    airflow_standalone, tiny_model, tmp_path_factory
+) -> tuple[list[dict], str, list[dict], list[dict]]:
+    """The train task's log file (its JSON records), the run's train.log (text), the export
+    task's log records and the prepare_data task's."""
     base, session = airflow_standalone.base, airflow_standalone.session
     workspace = tmp_path_factory.mktemp("task-log")
     conf = {**DEMO_TRAINING, "num_epochs": 2, "base_model": str(tiny_model), "workspace": str(workspace)}
@@ -52,9 +54,13 @@ def train_logs(airflow_standalone, tiny_model, tmp_path_factory) -> tuple[list[d
     (task_log,) = [path for path in logs.glob("run_id=*/task_id=train/attempt=*.log") if run_id in str(path)]
     records = [json.loads(line) for line in task_log.read_text().splitlines() if line.strip()]
     (full_output, *_) = [r["event"] for r in records if str(r.get("event", "")).startswith(FULL_OUTPUT)]
-    (export_log,) = [p for p in logs.glob("run_id=*/task_id=export_model/attempt=*.log") if run_id in str(p)]
-    exported = [json.loads(line) for line in export_log.read_text().splitlines() if line.strip()]
-    return records, Path(full_output.removeprefix(FULL_OUTPUT)).read_text(), exported
+    exported, prepared = (task_records(logs, run_id, task_id) for task_id in ("export_model", "prepare_data"))
+    return records, Path(full_output.removeprefix(FULL_OUTPUT)).read_text(), exported, prepared
+
+
+def task_records(logs: Path, run_id: str, task_id: str) -> list[dict]:
+    (path,) = [p for p in logs.glob(f"run_id=*/task_id={task_id}/attempt=*.log") if run_id in str(p)]
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def dataset_fragments() -> list[str]:
@@ -79,7 +85,7 @@ def leaks(text: str, markers: tuple[str, ...] = DATA_PROCESSING_DUMPS) -> list[s
 
 
 def test_the_train_task_log_shows_the_run_and_no_training_data(train_logs):
-    records, train_log, _ = train_logs
+    records, train_log, *_ = train_logs
     events = [str(record.get("event", "")) for record in records]
     assert leaks("\n".join(events)) == []
     training = [r for r in records if r.get("logger") == "airflow_provider_sft.training"]
@@ -89,25 +95,40 @@ def test_the_train_task_log_shows_the_run_and_no_training_data(train_logs):
     assert progress[-1].startswith("[sft] step 60/60 epoch 2/2 loss ")
     assert [r["event"] for r in training if r["event"].startswith(FULL_OUTPUT)] == [training[0]["event"]] * 2
     assert training[-1]["event"] == training[0]["event"]  # named again at the end
-    assert any(e.startswith("[sft] data processing: 235/235 samples kept") for e in events)
+    # prepare_data tokenized it before the job: the train task says so and does not process again
+    assert any(
+        e.startswith("[sft] data prepared before the job (fingerprint ")
+        and e.endswith("not processed again: 235 samples")
+        for e in events
+    ), events
+    assert not any(e.startswith(("[sft] data processing:", "[sft] processing the data here")) for e in events)
     assert not any("\r" in e or "it/s]" in e or "examples/s]" in e for e in events)  # no progress bar
-    assert len(training) < len(train_log.splitlines())
+    shown = [r["event"] for r in training if not r["event"].startswith(FULL_OUTPUT)]
+    assert shown and set(shown) <= set(train_log.splitlines())  # the task log shows lines of the full output
     (summary,) = [e for e in events if e.startswith("[sft] summary: ")]
     assert summary.startswith("[sft] summary: 60 steps, 2 epochs, final loss ") and "(last step " in summary
     assert not any("fsdp_sharding_strategy" in e for e in events)  # the default is no choice to remark on
 
 
 def test_the_export_task_says_the_export_once_and_the_metrics_as_a_sentence(train_logs):
-    *_, exported = train_logs
+    _, _, exported, _ = train_logs
     events = [str(record.get("event", "")) for record in exported if record.get("level") != "debug"]
     assert len([e for e in events if "final_model" in e]) == 1, events
     assert any("metrics.json: summary: 60 steps, 2 epochs, final loss " in e for e in events)
     assert not any("{'final_loss'" in e for e in events)
 
 
+def test_the_prepare_task_reports_the_data_in_one_line_and_no_training_data(train_logs):
+    *_, prepared = train_logs
+    events = [str(record.get("event", "")) for record in prepared]
+    assert leaks("\n".join(events)) == []
+    (report,) = [e for e in events if e.startswith("Data report (fingerprint ")]
+    assert "): 235/235 samples kept, 0 dropped (0 under 20 tokens, 0 at or over max_seq_len=" in report
+    assert "optimizer step(s) per epoch x 2 = " in report
+
+
 def test_train_log_has_the_full_output_but_no_training_data(train_logs):
-    _, train_log, _ = train_logs
-    assert "INFO instructlab.training.data_process: ten largest length percentiles:" in train_log
-    assert "quantile 90th" in train_log  # instructlab's statistics are kept here, not in the task log
+    _, train_log, *_ = train_logs
+    assert "is reused, not processed again: 235 samples" in train_log
     assert "[sft] step 60/60 epoch 2/2 loss " in train_log
     assert leaks(train_log, markers=("Original Input", "ex sample", "<|MASK|>")) == []
