@@ -114,7 +114,7 @@ class TrainingJobTrigger(BaseTrigger):
                     timeout_seconds=self._remaining(self.deadline),
                     start_timeout_seconds=self._remaining(self.start_deadline),
                     on_state=lambda s: self.log.info(
-                        "%s %s/%s: %s", self.resource.kind.value, self.namespace, self.name, s.describe()
+                        "%s", s.line(f"{self.resource.kind.value} {self.namespace}/{self.name}")
                     ),
                     on_note=self.log.warning,
                 )

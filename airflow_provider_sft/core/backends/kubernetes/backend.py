@@ -80,6 +80,8 @@ LOG_DRAIN_SECONDS = 10
 #: The longest a clean-up (a kill's, a timeout's) waits for the API server: a restarting one is
 #: back well within it (refused connections are retried for ~8 s), a frozen one is not waited for.
 CLEANUP_SECONDS = 15
+#: How a node that saved its state on SIGTERM and stopped ends its log (``ERROR: preempted: ...``).
+PREEMPTED_ERROR = "preempted:"
 
 
 def result_of(
@@ -109,9 +111,14 @@ def result_of(
             reason="StartTimeout",
         )
     if waited.timeout == "run":
-        not_started = "" if state.phase.started else f", it never started{pending}"
+        if state.phase is JobPhase.PREEMPTED:
+            why = "it was preempted and still waits for readmission"
+        else:
+            why = "" if state.phase.started else f"it never started{pending}"
         return JobResult(
-            JobStatus.TIMED_OUT, f"{job} did not finish in time{not_started}", reason="DeadlineExceeded"
+            JobStatus.TIMED_OUT,
+            f"{job} did not finish in time{f', {why}' if why else ''}",
+            reason="DeadlineExceeded",
         )
     if state.phase is JobPhase.SUCCEEDED:
         return JobResult(JobStatus.SUCCEEDED, "training completed", reason=state.reason)
@@ -370,8 +377,11 @@ class KubernetesBackend(TrainingBackend):
 
         def on_state(state: JobState) -> None:
             nonlocal log_task
-            pod_log(f"{resource.kind.value} {handle.name}: {state.describe()}")
-            if state.phase.started and not state.terminal and log_task is None:
+            pod_log(state.line(f"{resource.kind.value} {handle.name}"))
+            # A preempted job's follower streams its stopping pods to their end; the pods of a
+            # readmission are followed by a new one.
+            live = state.phase.started and state.phase is not JobPhase.PREEMPTED and not state.terminal
+            if live and (log_task is None or log_task.done()):
                 log_task = asyncio.ensure_future(
                     follow_log(client, resource, ns, handle.name, pod_log, clock=self.clock)
                 )
@@ -505,6 +515,11 @@ class KubernetesBackend(TrainingBackend):
             pod_log.show_failure_context()
             if pod_log.last_error:
                 reported = f"{result.message}; the pod reported: {pod_log.last_error}"
+                if pod_log.last_error.startswith(PREEMPTED_ERROR):
+                    reported += (
+                        " (its node was stopped, not by a queue: a retry of the task resumes from "
+                        'the state it saved, with resume="auto")'
+                    )
                 result = dataclasses.replace(result, message=reported)
         keep = (result.succeeded and not self.config.delete_on_success) or (
             result.status is JobStatus.FAILED and self.config.keep_failed_jobs

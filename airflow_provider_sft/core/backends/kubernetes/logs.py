@@ -83,8 +83,8 @@ class PodLog:
         self.sink(line)
 
     def found(self, pod: str) -> None:
-        """Name the pod whose log is the full output, once."""
-        if self.pod is None:
+        """Name the pod whose log is the full output, once per pod (a readmitted job's are new)."""
+        if self.pod != pod:
             self.pod = pod
             command = f"kubectl logs -n {self.namespace} {pod}"
             self.sink(provider_line(f"full output: {command} (while the job exists)"))

@@ -13,6 +13,9 @@ tested on a fake clock:
 * a job that has not started (pending pods, or suspended in a queue) is looked at
   every ``PENDING_POLL_SECONDS``: its pods' waiting reasons and Warning events are
   reported, and ``start_timeout_seconds`` bounds how long it may stay so;
+* a job suspended after it started (Kueue preempted it) is *preempted*, reported once, not a
+  failure and not held to the start timeout: only ``timeout_seconds`` bounds the wait for its
+  readmission, which is reported too (its pods start again and resume from their saved state);
 * ``timeout_seconds`` bounds the whole wait, and ``start_timeout_seconds`` the time before the
   start, even while a call hangs on a server that does not answer (frozen, half-open): a deadline
   that passed ends the wait ``DEADLINE_GRACE_SECONDS`` later, whatever the call in flight.
@@ -23,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from airflow_provider_sft.core.backends.kubernetes.client import KubeClient
@@ -87,12 +90,22 @@ class WatchCursor:
         if job is None:
             return GONE
         self.resource_version = (job.get("metadata") or {}).get("resourceVersion", self.resource_version)
-        state = classify_job_status(job)
+        state = self.seen(classify_job_status(job))
         self.started = self.started or state.phase.started
         if state != self.last:
             self.on_state(state)
             self.last = state
         return state if state.terminal else None
+
+    def seen(self, state: JobState) -> JobState:
+        """The state in the light of what this wait saw before: a job suspended after it ran was
+        preempted (a queued one was not), and the first other state after that is its readmission."""
+        if state.phase is JobPhase.SUSPENDED and self.started:
+            return replace(state, phase=JobPhase.PREEMPTED)
+        preempted_last = self.last is not None and self.last.phase is JobPhase.PREEMPTED
+        if preempted_last and state.phase is not JobPhase.PREEMPTED and not state.terminal:
+            return replace(state, readmitted=True)
+        return state
 
     def event(self, kind: str, obj: Any) -> JobState | None:
         """Take one watch event; returns the terminal state when the wait is over."""

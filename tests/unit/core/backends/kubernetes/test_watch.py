@@ -66,6 +66,72 @@ def test_states_are_reported_once_each():
     assert [s.phase for s in seen] == [JobPhase.PENDING, JobPhase.SUSPENDED, JobPhase.RUNNING]
 
 
+SUSPENDED = ("Suspended", "Suspended", "TrainJob is suspended")  # the Trainer v2.3.0 condition
+
+
+def test_a_job_suspended_after_it_ran_is_preempted_and_its_readmission_reported():
+    seen = []
+    cursor = WatchCursor("ns", "j", started_at=0, start_timeout_seconds=20, on_state=seen.append)
+    cursor.observe(job("1", ready=1))
+    cursor.observe(job("2", suspend=True, conditions=[SUSPENDED]))
+    cursor.observe(job("3", suspend=True, conditions=[SUSPENDED]))  # reported once
+    assert cursor.last == JobState(JobPhase.PREEMPTED, "Suspended", "TrainJob is suspended")
+    assert cursor.timed_out(10_000) is None and cursor.next_deadline() is None  # no start timeout
+    assert cursor.window(0) == WATCH_WINDOW_SECONDS  # nothing to poll while it waits
+    cursor.observe(job("4", active=1))  # resumed: pods created, not ready yet
+    cursor.observe(job("5", ready=1))
+    assert [(s.phase, s.readmitted) for s in seen] == [
+        (JobPhase.RUNNING, False),
+        (JobPhase.PREEMPTED, False),
+        (JobPhase.PENDING, True),
+        (JobPhase.RUNNING, False),
+    ]
+    assert seen[1].line("TrainJob j") == (
+        "preempted, waiting for readmission: TrainJob j was suspended after it started (Suspended: "
+        "TrainJob is suspended); its pods are stopped. Not a failure, and no start timeout applies "
+        "while it waits"
+    )
+    readmitted = "readmitted: the pods start again; they resume from the state saved at preemption"
+    assert seen[2].line("TrainJob j").startswith(f"{readmitted} (TrainJob j: pending: PodsNotReady")
+    assert seen[3].line("TrainJob j") == "TrainJob j: running"
+
+
+def test_a_job_suspended_before_it_ran_is_queued_and_held_to_its_start_timeout():
+    seen = []
+    cursor = WatchCursor("ns", "j", started_at=0, start_timeout_seconds=20, on_state=seen.append)
+    cursor.observe(job("1", suspend=True, conditions=[SUSPENDED]))
+    assert seen[-1].phase is JobPhase.SUSPENDED and seen[-1].line("TrainJob j") == (
+        "TrainJob j: suspended: Suspended: TrainJob is suspended"
+    )
+    assert cursor.timed_out(20) == "start"
+
+
+def test_a_pytorchjob_that_ran_says_so_in_its_conditions():
+    """Training Operator v1.9: suspending a running job sets Running False (PyTorchJobSuspended),
+    so a wait that never saw it run (a restarted triggerer) still knows it was preempted."""
+    message = "PyTorchJob j is suspended."
+    preempted = {
+        "kind": "PyTorchJob",
+        "spec": {"runPolicy": {"suspend": True}},
+        "status": {
+            "conditions": [
+                {"type": "Created", "status": "True", "reason": "PyTorchJobCreated"},
+                {"type": "Running", "status": "False", "reason": "PyTorchJobSuspended", "message": message},
+                {"type": "Suspended", "status": "True", "reason": "PyTorchJobSuspended", "message": message},
+            ]
+        },
+    }
+    cursor = WatchCursor("ns", "j", started_at=0, kind="PyTorchJob", start_timeout_seconds=20)
+    cursor.observe(preempted)
+    assert cursor.last == JobState(JobPhase.PREEMPTED, "PyTorchJobSuspended", message)
+    assert cursor.timed_out(10_000) is None
+    queued = {**preempted, "status": {"conditions": [preempted["status"]["conditions"][2]]}}
+    assert WatchCursor("ns", "j", started_at=0, kind="PyTorchJob").observe(queued) is None
+    fresh = WatchCursor("ns", "j", started_at=0, kind="PyTorchJob", start_timeout_seconds=20)
+    fresh.observe(queued)
+    assert fresh.last.phase is JobPhase.SUSPENDED and fresh.timed_out(20) == "start"
+
+
 def test_watch_events():
     cursor = WatchCursor("ns", "j", started_at=0)
     assert cursor.event("BOOKMARK", {"metadata": {"resourceVersion": "9"}}) is None
@@ -209,6 +275,53 @@ def test_the_run_deadline_ends_a_wait_on_a_running_job():
     result = follow(client, clock, timeout_seconds=700)
     assert result.timeout == "run" and result.state.phase is JobPhase.RUNNING
     assert [c for c in client.calls if c.startswith("watch")] == ["watch 1 300", "watch 1 300", "watch 1 100"]
+
+
+def test_a_preempted_job_is_waited_for_past_its_start_timeout_and_succeeds():
+    clock = FakeClock(1000.0)
+    seen = []
+    client = ScriptedClient(
+        clock,
+        gets=[job("1", ready=1)],
+        watches=[
+            [{"type": "MODIFIED", "object": job("2", suspend=True, conditions=[SUSPENDED])}],
+            [],  # preempted for a whole window, and another: longer than the start timeout
+            [],
+            [
+                {"type": "MODIFIED", "object": job("3", active=1)},
+                {"type": "MODIFIED", "object": job("4", ready=1)},
+                {"type": "MODIFIED", "object": job("5", conditions=[("Complete", "JobsCompleted", "")])},
+            ],
+        ],
+    )
+    result = follow(client, clock, timeout_seconds=3600, start_timeout_seconds=60, on_state=seen.append)
+    assert result.timeout is None and result.state.phase is JobPhase.SUCCEEDED
+    assert [s.phase for s in seen] == [
+        JobPhase.RUNNING,
+        JobPhase.PREEMPTED,
+        JobPhase.PENDING,
+        JobPhase.RUNNING,
+        JobPhase.SUCCEEDED,
+    ]
+    assert clock.monotonic() - 1000.0 > 60  # waited past the start timeout while preempted
+    assert "pods" not in client.calls  # a preempted job's (deleted) pods are not polled
+
+
+def test_the_run_deadline_still_ends_a_wait_for_readmission():
+    clock = FakeClock(1000.0)
+    client = ScriptedClient(
+        clock,
+        gets=[job("1", ready=1)],
+        watches=[[{"type": "MODIFIED", "object": job("2", suspend=True, conditions=[SUSPENDED])}]],
+    )
+    result = follow(client, clock, timeout_seconds=700, start_timeout_seconds=60)
+    assert result.timeout == "run" and result.state.phase is JobPhase.PREEMPTED
+    assert clock.monotonic() == 1700.0
+    from airflow_provider_sft.core.backends.kubernetes import result_of
+
+    assert result_of("ns", "j", result, start_timeout_seconds=60).message == (
+        "TrainJob ns/j did not finish in time, it was preempted and still waits for readmission"
+    )
 
 
 class FrozenClient(ScriptedClient):
