@@ -47,6 +47,7 @@ from tests.k8s.standin import NODE, PYTORCH, Kubelet, PodFailed, job_pods
 GROUP, VERSION, PLURAL = "trainer.kubeflow.org", "v1alpha1", "trainjobs"
 #: The API of each kind of job the stand-in controller drives: (group, version, plural).
 KINDS = {"TrainJob": (GROUP, VERSION, PLURAL), "PyTorchJob": ("kubeflow.org", "v1", "pytorchjobs")}
+SUSPEND_POLL_SECONDS = 0.2  # how often the stand-in controllers read a running job's suspend flag
 #: A PyTorchJob's conditions for each phase (the Training Operator keeps one per type).
 _PYTORCHJOB_CONDITIONS = {
     "pending": ("Created",),
@@ -446,7 +447,7 @@ class FakeCluster:
                 }
             )
         status = {
-            "conditions": conditions,
+            "conditions": self._resumed(namespace, name, "TrainJob") + conditions,
             "jobsStatus": [
                 {
                     "name": "node",
@@ -461,6 +462,62 @@ class FakeCluster:
         self._drive_pods(namespace, name, f"{name}-node-0-0-abcde", phase, log)
         self.custom().patch_namespaced_custom_object_status(
             GROUP, VERSION, namespace, PLURAL, name, {"status": status}
+        )
+
+    def drive_suspension(self, namespace: str, name: str, kind: str, *, suspended: bool) -> None:
+        """The status a controller sets when its job is suspended or resumed (conditions from
+        Trainer v2.3.0 ``setSuspendedCondition`` and Training Operator v1.9 ``ReconcileJobs``).
+
+        A TrainJob: ``Suspended`` True (``Suspended``, "TrainJob is suspended"), then False
+        (``Resumed``, "TrainJob is resumed"); its JobSet's own condition (``SuspendedJobs``,
+        "jobset is suspended") is not copied to it, its child Jobs count as suspended. A
+        PyTorchJob: ``Running`` False and ``Suspended`` True (``PyTorchJobSuspended``, "PyTorchJob
+        <name> is suspended."), then ``Suspended`` False (``PyTorchJobResumed``, "... is resumed.").
+        """
+        group, version, plural = KINDS[kind]
+        job = self._job(namespace, name, kind) or {}
+        kept = [
+            cond
+            for cond in (job.get("status") or {}).get("conditions") or []
+            if cond["type"] not in ("Suspended", "Running")
+        ]
+        running = next(
+            (cond for cond in (job.get("status") or {}).get("conditions") or [] if cond["type"] == "Running"),
+            None,
+        )
+        if kind == "PyTorchJob":
+            reason = "PyTorchJobSuspended" if suspended else "PyTorchJobResumed"
+            message = f"PyTorchJob {name} is {'suspended' if suspended else 'resumed'}."
+            condition = {
+                "reason": reason,
+                "message": message,
+                "lastTransitionTime": _now(),
+                "lastUpdateTime": _now(),
+            }
+            if running is not None:  # only a job that ran has one; suspension turns it False
+                kept.append({**running, **condition, "status": "False"} if suspended else running)
+            kept.append({"type": "Suspended", "status": str(suspended), **condition})
+            status: dict[str, Any] = {"conditions": kept}
+        else:
+            kept.append(
+                {
+                    "type": "Suspended",
+                    "status": str(suspended),
+                    "reason": "Suspended" if suspended else "Resumed",
+                    "message": f"TrainJob is {'suspended' if suspended else 'resumed'}",
+                    "lastTransitionTime": _now(),
+                }
+            )
+            counts = {
+                "ready": 0,
+                "succeeded": 0,
+                "failed": 0,
+                "active": int(not suspended),
+                "suspended": int(suspended),
+            }
+            status = {"conditions": kept, "jobsStatus": [{"name": "node", **counts}]}
+        self.custom().patch_namespaced_custom_object_status(
+            group, version, namespace, plural, name, {"status": status}
         )
 
     def _drive_pods(self, namespace: str, name: str, pod: str, phase: str, log: str) -> None:
@@ -496,9 +553,16 @@ class FakeCluster:
         ]
         group, version, plural = KINDS["PyTorchJob"]
         self._drive_pods(namespace, name, f"{name}-master-0", phase, log)
+        conditions = self._resumed(namespace, name, "PyTorchJob") + conditions
         self.custom().patch_namespaced_custom_object_status(
             group, version, namespace, plural, name, {"status": {"conditions": conditions}}
         )
+
+    def _resumed(self, namespace: str, name: str, kind: str) -> list[dict[str, Any]]:
+        """The job's ``Suspended`` condition once it was resumed (False): a controller keeps it."""
+        job = self._job(namespace, name, kind) or {}
+        conditions = (job.get("status") or {}).get("conditions") or []
+        return [cond for cond in conditions if cond["type"] == "Suspended" and cond["status"] == "False"]
 
     def auto_run(
         self, namespace: str, *, extra_env: dict[str, str] | None = None, kind: str = "TrainJob"
@@ -540,36 +604,97 @@ class FakeCluster:
         thread.start()
         return thread
 
+    def _job(self, namespace: str, name: str, kind: str) -> dict[str, Any] | None:
+        from kubernetes.client.rest import ApiException
+
+        group, version, plural = KINDS[kind]
+        try:
+            return self.custom().get_namespaced_custom_object(group, version, namespace, plural, name)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def _runtime(self, namespace: str, job: dict[str, Any]) -> dict[str, Any]:
+        ref = job["spec"]["runtimeRef"]
+        if ref.get("kind", "ClusterTrainingRuntime") == "ClusterTrainingRuntime":
+            return self.custom().get_cluster_custom_object(
+                GROUP, VERSION, "clustertrainingruntimes", ref["name"]
+            )
+        return self.custom().get_namespaced_custom_object(
+            GROUP, VERSION, namespace, "trainingruntimes", ref["name"]
+        )
+
+    def _await_suspend(
+        self, namespace: str, name: str, kind: str, wanted: bool, until: threading.Event
+    ) -> bool:
+        """Poll the stored job until its suspend flag is ``wanted`` (True), or ``until`` is set or the
+        job is gone (False): how the controllers learn of a queue's PATCH."""
+        while not (until.is_set() or self.stopped.is_set()):
+            job = self._job(namespace, name, kind)
+            if job is None:
+                return False
+            if is_suspended(job) == wanted:
+                return True
+            until.wait(SUSPEND_POLL_SECONDS)
+        return False
+
+    def _preempt_when_suspended(self, namespace: str, name: str, kind: str, ended: threading.Event) -> None:
+        if self._await_suspend(namespace, name, kind, True, ended):
+            self.drive_suspension(namespace, name, kind, suspended=True)
+            self.kubelet.stop(namespace, name)
+
     def run_pods(
         self, namespace: str, name: str, *, extra_env: dict[str, str] | None = None, kind: str = "TrainJob"
     ) -> list[int]:
-        """Run the job's pods with the stand-in controller and kubelet; mark it done."""
-        group, version, plural = KINDS[kind]
-        job = self.custom().get_namespaced_custom_object(group, version, namespace, plural, name)
-        runtime = None
-        if kind == "TrainJob":
-            ref = job["spec"]["runtimeRef"]
-            if ref.get("kind", "ClusterTrainingRuntime") == "ClusterTrainingRuntime":
-                runtime = self.custom().get_cluster_custom_object(
-                    GROUP, VERSION, "clustertrainingruntimes", ref["name"]
-                )
-            else:
-                runtime = self.custom().get_namespaced_custom_object(
-                    GROUP, VERSION, namespace, "trainingruntimes", ref["name"]
-                )
-        pods, container, hosts = job_pods(job, runtime)
+        """Run the job's pods with the stand-in controller and kubelet; mark it done.
+
+        While they run, ``spec.suspend: true`` (``spec.runPolicy.suspend`` for a PyTorchJob), as
+        a queue sets it to preempt the job, is acted on as the controllers do: the Suspended
+        condition at once, the pods deleted (:meth:`Kubelet.stop`); ``false`` again readmits the
+        job: its condition says Resumed and new pods start with the same command.
+        """
         self.kubelet.extra_env = dict(extra_env or {})
 
         def drive(phase: str, **kwargs: str) -> None:
             self.drive(namespace, name, phase, kind=kind, **kwargs)
 
-        try:
-            codes = self.kubelet.run(
-                namespace, name, pods, container=container, hosts=hosts, on_started=lambda: drive("running")
+        while True:
+            job = self._job(namespace, name, kind)
+            if job is None:
+                return []
+            pods, container, hosts = job_pods(
+                job, self._runtime(namespace, job) if kind == "TrainJob" else None
             )
-        except PodFailed as exc:
-            drive("failed", reason="JobsFailed", message=str(exc))
-            return [1]
+            ended = threading.Event()
+            watcher = threading.Thread(
+                target=self._preempt_when_suspended,
+                args=(namespace, name, kind, ended),
+                daemon=True,
+                name=f"suspend-{name}",
+            )
+            watcher.start()
+            try:
+                codes = self.kubelet.run(
+                    namespace,
+                    name,
+                    pods,
+                    container=container,
+                    hosts=hosts,
+                    on_started=lambda: drive("running"),
+                )
+            except PodFailed as exc:
+                drive("failed", reason="JobsFailed", message=str(exc))
+                return [1]
+            finally:
+                ended.set()
+                watcher.join()
+            job = self._job(namespace, name, kind)
+            if (namespace, name) not in self.kubelet.stopped or job is None or not is_suspended(job):
+                break  # ended, or stopped by something else than a suspension (a drain): failed
+            if not self._await_suspend(namespace, name, kind, False, threading.Event()):
+                return codes  # deleted while suspended, or the cluster stopped
+            self.drive_suspension(namespace, name, kind, suspended=False)
         if all(code == 0 for code in codes):
             drive("complete", reason="JobsCompleted", message="jobs completed")
         else:
@@ -580,6 +705,16 @@ class FakeCluster:
                 message=f"container {container} of node {failed} exited with code {codes[failed]}",
             )
         return codes
+
+
+def is_suspended(job: dict[str, Any]) -> bool:
+    """A TrainJob's ``spec.suspend``, a PyTorchJob's ``spec.runPolicy.suspend``."""
+    spec = job.get("spec") or {}
+    return bool(
+        (spec.get("runPolicy") or {}).get("suspend")
+        if job.get("kind") == "PyTorchJob"
+        else spec.get("suspend")
+    )
 
 
 def _refused(body: dict[str, Any], plural: str) -> web.Response | None:
@@ -604,7 +739,7 @@ def _pod_status(pod: str, info: dict[str, Any]) -> dict[str, Any]:
     if waiting:
         state: dict[str, Any] = {"waiting": {"reason": waiting}}
     elif phase in ("Succeeded", "Failed"):
-        code = 0 if phase == "Succeeded" else 1
+        code = info.get("exit_code", 0 if phase == "Succeeded" else 1)
         state = {"terminated": {"exitCode": code, "reason": "Completed" if code == 0 else "Error"}}
     else:
         state = {"running": {"startedAt": _now()}}

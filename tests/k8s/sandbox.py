@@ -12,21 +12,29 @@ Started by :mod:`tests.k8s.standin` as root inside fresh network and mount names
   files read-only, emptyDirs as tmpfs), then makes the root filesystem read-only;
 * runs each node's command as a non-root UID with GID 0 (OpenShift's restricted
   policy), ``HOME=/`` (unwritable), its env exactly as the controller merged it, and
-  writes each node's output to its log file.
+  writes each node's output to its log file;
+* stops the nodes as a kubelet stops a deleted pod's container when it gets SIGTERM itself (the
+  stand-in kubelet's way to delete the pods), and the other nodes once one fails (JobSet's failure
+  policy): SIGTERM to the container's own process (the command, which ``setpriv`` and the image's
+  ``python`` exec into), then, after the pod's ``terminationGracePeriodSeconds``, SIGKILL to all
+  its processes (its process group: a container's cgroup is killed whole).
 
-It prints ``{"exit_codes": [...]}`` when every node has ended.
+It prints ``{"started": [pids]}`` once the nodes run, and ``{"exit_codes": [...], "killed": [...]}``
+when every node has ended: a kubelet's exit codes (128 + the signal for one a signal ended), and
+whether the grace period ran out.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
 
 IMAGE = "/opt/image"
-GRACE_SECONDS = 5  # terminationGracePeriodSeconds, shortened
 
 
 def sh(*argv: str) -> None:
@@ -61,7 +69,33 @@ def build_image(plan: dict) -> None:
         os.chmod(f"{IMAGE}/bin/{name}", 0o755)
 
 
+def stop(processes: list[subprocess.Popen], graces: list[float]) -> list[bool]:
+    """SIGTERM to each running container process, SIGKILL to its group after its grace period;
+    whether each was killed so."""
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    started, killed = time.monotonic(), []
+    for process, grace in zip(processes, graces, strict=True):
+        try:
+            process.wait(max(0.0, started + grace - time.monotonic()))
+            killed.append(False)
+        except subprocess.TimeoutExpired:
+            killed.append(True)
+        with contextlib.suppress(ProcessLookupError):  # what is left of the container goes with it
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    return killed
+
+
+def exit_code(returncode: int) -> int:
+    """The container's exit code as the kubelet reports it: 128 + N for a process signal N ended."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
 def main() -> int:
+    deleted: list[int] = []  # the kubelet stand-in's SIGTERM: the pods were deleted
+    signal.signal(signal.SIGTERM, lambda signum, _frame: deleted.append(signum))
     plan = json.load(sys.stdin)
     sh("ip", "link", "set", "lo", "up")
     # The logs are opened before /tmp is covered, through a mount of their own: files open for
@@ -89,25 +123,28 @@ def main() -> int:
     sh("mount", "-o", "remount,bind,ro", "/")
     user = ["setpriv", f"--reuid={plan['uid']}", f"--regid={plan['gid']}", "--clear-groups", "--"]
     processes = [
-        subprocess.Popen(user + node["argv"], env=node["env"], cwd="/", stdout=log, stderr=subprocess.STDOUT)
+        subprocess.Popen(
+            user + node["argv"],
+            env=node["env"],
+            cwd="/",
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # the container's processes, as one group
+        )
         for node, log in zip(plan["nodes"], logs, strict=False)
     ]
-    # As JobSet's default failure policy does: once a node fails, the job fails and the
-    # other nodes' pods are deleted (SIGTERM, then SIGKILL after the grace period).
+    print(json.dumps({"started": [process.pid for process in processes]}), flush=True)
+    graces = [node["grace_seconds"] for node in plan["nodes"]]
+    killed = [False] * len(processes)
+    # Deleted pods are stopped; and as JobSet's default failure policy does: once a node fails,
+    # the job fails and the other nodes' pods are deleted.
     while any(process.poll() is None for process in processes):
-        if any(process.poll() not in (None, 0) for process in processes):
-            for process in processes:
-                if process.poll() is None:
-                    process.terminate()
-            for process in processes:
-                try:
-                    process.wait(GRACE_SECONDS)
-                except subprocess.TimeoutExpired:
-                    process.kill()
+        if deleted or any(process.poll() not in (None, 0) for process in processes):
+            killed = stop(processes, graces)
             break
-        time.sleep(0.2)
-    codes = [process.wait() for process in processes]
-    print(json.dumps({"exit_codes": codes}), flush=True)
+        time.sleep(0.1)
+    codes = [exit_code(process.wait()) for process in processes]
+    print(json.dumps({"exit_codes": codes, "killed": killed}), flush=True)
     return 0
 
 

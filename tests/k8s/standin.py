@@ -10,7 +10,11 @@ work for a TrainJob stored in the REAL API server, against the REAL runtime obje
 * :class:`Kubelet` runs those pods like a kubelet: volumes resolved (a PVC is a directory
   registered with :meth:`Kubelet.add_pvc`, a ConfigMap or Secret comes from the fake core
   store), every node its own process in :mod:`tests.k8s.sandbox` (no network, non-root,
-  read-only root, an image Python that cannot import this provider).
+  read-only root, an image Python that cannot import this provider);
+* :meth:`Kubelet.stop` deletes a job's pods as the Job controller does when JobSet (or the
+  Training Operator) suspends a job: each container gets SIGTERM, then SIGKILL after its pod's
+  ``terminationGracePeriodSeconds`` (Kubernetes' default 30 s when unset), and the pods leave
+  the core store once their containers ended.
 
 Status goes back through the real ``/status`` subresource (``FakeCluster.drive``).
 """
@@ -24,10 +28,13 @@ import importlib.metadata
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +46,8 @@ POD_UID, POD_GID = 1000770000, 0  # an OpenShift restricted-SCC UID, root group
 MASTER_PORT = 29500
 IMAGE_PATH = "/opt/image/bin:/usr/local/bin:/usr/bin:/bin"
 IMAGE_DISTRIBUTION = "instructlab-training"  # the training image: this and what it requires
+#: A pod's terminationGracePeriodSeconds when its spec has none (k8s.io/api core/v1 DefaultTerminationGracePeriodSeconds).
+DEFAULT_GRACE_SECONDS = 30
 
 
 def unavailable() -> str | None:
@@ -218,8 +227,26 @@ def image_entries() -> tuple[str, ...]:
 # --- the kubelet --------------------------------------------------------------------------------
 
 
+def _sandbox_reports(process: subprocess.Popen, sandbox: Sandbox) -> list[dict[str, Any]]:
+    reports = []
+    for line in process.stdout:
+        reports.append(json.loads(line))
+        sandbox.started.set()
+    process.wait()
+    return reports
+
+
 class PodFailed(Exception):
     """A pod that cannot start (a missing Secret or ConfigMap, an unknown PVC)."""
+
+
+@dataclass
+class Sandbox:
+    """The running pods of one job: their sandbox process, and whether their containers started."""
+
+    process: subprocess.Popen
+    started: threading.Event = field(default_factory=threading.Event)
+    ended: threading.Event = field(default_factory=threading.Event)
 
 
 class Kubelet:
@@ -227,6 +254,21 @@ class Kubelet:
         self.cluster = cluster  # FakeCluster: the core objects (Secrets, ConfigMaps) and pod records
         self.pvcs: dict[str, Path] = {}
         self.extra_env: dict[str, str] = {}
+        self.sandboxes: dict[tuple[str, str], Sandbox] = {}  # (namespace, job) -> its running pods
+        self.stopped: set[tuple[str, str]] = set()  # jobs whose pods stop() ended (run() returns then)
+        self.killed: dict[tuple[str, str], list[bool]] = {}  # per job: which nodes outlived their grace
+
+    def stop(self, namespace: str, name: str) -> None:
+        """Delete the running pods of job ``name`` (a suspension, a drain): SIGTERM, the grace
+        period, SIGKILL (see :mod:`tests.k8s.sandbox`); returns once they are gone."""
+        sandbox = self.sandboxes.get((namespace, name))
+        if sandbox is None:
+            return
+        sandbox.started.wait()
+        self.stopped.add((namespace, name))
+        if sandbox.process.poll() is None:
+            sandbox.process.send_signal(signal.SIGTERM)
+        sandbox.ended.wait()
 
     def add_pvc(self, claim: str, directory: Path) -> Path:
         """A PersistentVolumeClaim, backed by ``directory`` (group 0 writable, as OpenShift's fsGroup)."""
@@ -241,6 +283,19 @@ class Kubelet:
         if (namespace, name) not in store:
             raise PodFailed(f'CreateContainerConfigError: {kind.lower()} "{name}" not found')
         return store[(namespace, name)]
+
+    def _wait(
+        self, process: subprocess.Popen, sandbox: Sandbox, plan: dict[str, Any], errors: Any, key: tuple
+    ) -> list[int]:
+        """Hand the sandbox its plan, wait for its nodes to end; their exit codes."""
+        process.stdin.write(json.dumps(plan))
+        process.stdin.close()
+        reports = _sandbox_reports(process, sandbox)
+        if process.returncode != 0 or not reports or "exit_codes" not in reports[-1]:
+            errors.seek(0)
+            raise RuntimeError(f"the sandbox failed: {errors.read()[-3000:]}")
+        self.killed[key] = reports[-1]["killed"]
+        return reports[-1]["exit_codes"]
 
     def _env(self, namespace: str, container: dict[str, Any]) -> dict[str, str]:
         env = {  # the image's ENV, then the container's
@@ -317,7 +372,8 @@ class Kubelet:
         hosts: list[str],
         on_started: Any = None,
     ) -> list[int]:
-        """Run the pods of job ``name`` (rank order) to completion; their exit codes.
+        """Run the pods of job ``name`` (rank order) to completion, or until :meth:`stop` deletes
+        them; their exit codes.
 
         ``container`` runs the program; ``hosts`` are the DNS names of the pods, rank order.
         """
@@ -341,6 +397,7 @@ class Kubelet:
                     "env": self._env(namespace, container),
                     "argv": container["command"] + container.get("args", []),
                     "log": str(log),
+                    "grace_seconds": pod["spec"].get("terminationGracePeriodSeconds", DEFAULT_GRACE_SECONDS),
                 }
             )
         mounts = self._mounts(
@@ -369,26 +426,37 @@ class Kubelet:
         }
         if on_started is not None:
             on_started()
-        completed = subprocess.run(
-            [
-                "unshare",
-                "--net",
-                "--mount",
-                "--propagation",
-                "private",
-                sys.executable,
-                str(Path(__file__).with_name("sandbox.py")),
-            ],
-            input=json.dumps(plan),
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if completed.returncode != 0:
-            raise RuntimeError(f"the sandbox failed: {completed.stderr[-3000:]}")
-        codes = json.loads(completed.stdout.strip().splitlines()[-1])["exit_codes"]
-        for pod, code in zip(pods, codes, strict=False):
-            self.cluster.pods[(namespace, pod["metadata"]["name"])]["phase"] = (
-                "Succeeded" if code == 0 else "Failed"
+        key = (namespace, name)
+        self.stopped.discard(key)
+        with (scratch / "sandbox.err").open("w+") as errors:
+            # unshare execs the sandbox (no --fork): its PID is the sandbox's, which stop() signals
+            process = subprocess.Popen(
+                [
+                    "unshare",
+                    "--net",
+                    "--mount",
+                    "--propagation",
+                    "private",
+                    sys.executable,
+                    str(Path(__file__).with_name("sandbox.py")),
+                ],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=errors,
+                text=True,
             )
+            sandbox = self.sandboxes[key] = Sandbox(process)
+            try:
+                codes = self._wait(process, sandbox, plan, errors, key)
+                for pod, code in zip(pods, codes, strict=False):
+                    self.cluster.pods[(namespace, pod["metadata"]["name"])].update(
+                        phase="Succeeded" if code == 0 else "Failed", exit_code=code
+                    )
+                if key in self.stopped:  # deleted: gone from the API once their containers ended
+                    for pod in pods:
+                        self.cluster.pods.pop((namespace, pod["metadata"]["name"]), None)
+            finally:
+                del self.sandboxes[key]
+                sandbox.started.set()  # a sandbox that failed to start has nothing to stop
+                sandbox.ended.set()
         return codes

@@ -101,8 +101,12 @@ class WatchCursor:
         """The state in the light of what this wait saw before: a job suspended after it ran was
         preempted (a queued one was not), and the first other state after that is its readmission."""
         if state.phase is JobPhase.SUSPENDED and self.started:
-            return replace(state, phase=JobPhase.PREEMPTED)
+            state = replace(state, phase=JobPhase.PREEMPTED)
         preempted_last = self.last is not None and self.last.phase is JobPhase.PREEMPTED
+        if preempted_last and state.phase is JobPhase.PREEMPTED:
+            # One preemption, reported once: the queue's spec.suspend is often seen before the
+            # controller's Suspended condition, which adds only its wording.
+            return self.last
         if preempted_last and state.phase is not JobPhase.PREEMPTED and not state.terminal:
             return replace(state, readmitted=True)
         return state

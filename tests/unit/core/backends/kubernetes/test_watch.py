@@ -75,6 +75,7 @@ def test_a_job_suspended_after_it_ran_is_preempted_and_its_readmission_reported(
     cursor.observe(job("1", ready=1))
     cursor.observe(job("2", suspend=True, conditions=[SUSPENDED]))
     cursor.observe(job("3", suspend=True, conditions=[SUSPENDED]))  # reported once
+    cursor.observe(job("3", suspend=True))  # whatever the wording of what follows
     assert cursor.last == JobState(JobPhase.PREEMPTED, "Suspended", "TrainJob is suspended")
     assert cursor.timed_out(10_000) is None and cursor.next_deadline() is None  # no start timeout
     assert cursor.window(0) == WATCH_WINDOW_SECONDS  # nothing to poll while it waits
