@@ -105,21 +105,20 @@ def test_torchrun_launch(env, values, expected):
         assert launch == expected  # torchrun takes nnodes/rank/rendezvous from PET_*
 
 
-def test_a_retry_starts_clean_instead_of_resuming(tmp_path):
-    """instructlab-training resumes from any full_state/: an earlier attempt's is removed first."""
-    from airflow_provider_sft.core.pod.entrypoint import start_clean
-    from airflow_provider_sft.core.training.nodes import Topology
+def test_a_clean_start_removes_what_instructlab_would_resume_from(tmp_path):
+    """instructlab-training resumes from any full_state/: a clean start removes it, and the run's identity."""
+    from airflow_provider_sft.core.training.resume import start_clean
 
     (tmp_path / "full_state" / "epoch_0").mkdir(parents=True)
+    (tmp_path / "full_state.run.json").write_text("{}")
     (tmp_path / "hf_format" / "samples_64").mkdir(parents=True)
     (tmp_path / "training_params_and_metrics_global0.jsonl").write_text("{}\n")
     (tmp_path / "data").mkdir()
-    second, first = Topology(node_rank=1, num_nodes=2), Topology(node_rank=0, num_nodes=2)
-    assert start_clean(tmp_path, second) == []  # only node 0 cleans, before the rendezvous the others wait on
-    assert start_clean(tmp_path, first) == [
+    assert start_clean(tmp_path) == [
         "full_state",
+        "full_state.run.json",
         "hf_format",
         "training_params_and_metrics_global0.jsonl",
     ]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
-    assert start_clean(tmp_path, first) == []
+    assert start_clean(tmp_path) == []
