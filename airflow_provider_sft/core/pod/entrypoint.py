@@ -273,9 +273,14 @@ def _train_on_cpu(
 
 def _train_on_cuda(training_run: TrainingRun, gpus: int, *, show_progress: bool = True) -> None:
     """instructlab-training under torchrun; its own output goes to the full log only, so the
-    run's progress lines come from the metrics file it writes (on node 0, which writes it)."""
+    run's progress lines come from the metrics file it writes (on node 0, which writes it).
+
+    With ``resume="auto"`` a termination signal makes the workers save a full state and stop
+    (instructlab's on-demand checkpointing), and this process exits as preempted.
+    """
     from airflow_provider_sft.core.training.instructlab_command import build_command
     from airflow_provider_sft.core.training.progress import MetricsFollower
+    from airflow_provider_sft.core.training.resume import RESUME_AUTO
 
     command = build_command(
         training_run.params,
@@ -285,6 +290,7 @@ def _train_on_cuda(training_run: TrainingRun, gpus: int, *, show_progress: bool 
         env=os.environ,
         gpus_visible=gpus,
         flash_attn_available=_flash_attn_available(),
+        on_demand_checkpointing=training_run.resume == RESUME_AUTO,
     )
     _log("instructlab-training: " + " ".join(command))
     metrics = Path(training_run.output_dir) / c.METRICS_FILE
@@ -295,11 +301,31 @@ def _train_on_cuda(training_run: TrainingRun, gpus: int, *, show_progress: bool 
         log=_log,
     )
     with follower if show_progress else contextlib.nullcontext():
-        completed = subprocess.run(command, check=False)
-    if completed.returncode != 0:
-        raise TrainingFailedError(f"instructlab-training exited with status {completed.returncode}")
+        returncode = _run_instructlab(command, training_run)
+    if returncode != 0:
+        raise TrainingFailedError(f"instructlab-training exited with status {returncode}")
     if not metrics.exists():
         raise TrainingFailedError(f"instructlab-training finished without writing {metrics}")
+
+
+def _run_instructlab(command: list[str], training_run: TrainingRun) -> int:
+    """torchrun's exit status; with ``resume="auto"`` a signal saves a full state first (see
+    :func:`preemption.run_checkpointing_on_sigterm`), and the trigger file is this run's own."""
+    from airflow_provider_sft.core.training.resume import RESUME_AUTO
+
+    if training_run.resume != RESUME_AUTO:
+        return subprocess.run(command, check=False).returncode
+    from airflow_provider_sft.core.training.preemption import run_checkpointing_on_sigterm
+
+    try:
+        return run_checkpointing_on_sigterm(
+            command,
+            output_dir=Path(training_run.output_dir),
+            trigger_name=f"sft-checkpoint-{training_run.name}-{training_run.attempt or os.getpid()}",
+        )
+    except PreemptedError as exc:
+        _log(f"preempted: instructlab-training saved the full state at step {exc.step}")
+        raise
 
 
 USAGE = "usage: entrypoint {train,resolve,prepare,export} CONFIG_JSON"

@@ -332,6 +332,20 @@ def _state_index(state: SavedState) -> int:
     return int(_STATE_DIR.match(state.path.name)[1])
 
 
+def newest_complete_state(full_state: Path, *, since: float = 0.0) -> SavedState | None:
+    """The newest complete state in ``full_state/`` whose metadata was written after ``since``; reads only."""
+    entries = full_state.iterdir() if full_state.is_dir() else ()
+    states = []
+    for entry in entries:
+        if entry.is_dir() and _STATE_DIR.match(entry.name) and state_problem(entry) is None:
+            try:
+                states.append(load_state(entry))
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+    states = [s for s in states if s.saved_at >= since]
+    return max(states, key=lambda s: (_state_index(s), s.samples_seen), default=None)
+
+
 def _sort_states(full_state: Path) -> tuple[list[SavedState], list[str]]:
     """Complete states, newest first, after removing what instructlab must not load; the removals, in words."""
     complete, removed = [], []

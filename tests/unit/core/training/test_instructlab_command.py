@@ -17,7 +17,7 @@ def main_ds_flags() -> set[str]:
     return set(re.findall(r'add_argument\(\s*"(--[a-z_0-9-]+)"', source))
 
 
-def command(env=None, **values):
+def command(env=None, on_demand_checkpointing=False, **values):
     params = SFTParams.parse(values)
     return build_command(
         params,
@@ -27,6 +27,7 @@ def command(env=None, **values):
         env=env or {},
         gpus_visible=4,
         flash_attn_available=False,
+        on_demand_checkpointing=on_demand_checkpointing,
     )
 
 
@@ -70,8 +71,14 @@ def test_every_parameter_is_mapped():
     assert f["--disable_flash_attn"] is True
 
 
+def test_on_demand_checkpointing_is_asked_for_only_when_resuming():
+    """resume="auto": the workers save a full state on the parent's trigger (SIGTERM), else they do not."""
+    assert flags(command(on_demand_checkpointing=True))["--on_demand_checkpointing"] is True
+    assert "--on_demand_checkpointing" not in flags(command())
+
+
 def test_every_flag_exists_in_the_installed_main_ds():
-    emitted = set(flags(command(use_liger=True)))
+    emitted = set(flags(command(use_liger=True, on_demand_checkpointing=True)))
     unknown = emitted - main_ds_flags()
     assert not unknown, f"main_ds does not accept {sorted(unknown)}"
 
