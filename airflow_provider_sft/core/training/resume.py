@@ -111,7 +111,8 @@ def model_fingerprint(base_model: str, env: Mapping[str, str] = os.environ) -> s
 
     A local directory: the relative path, size and modification time of each of its files (a
     rewritten weight file changes its time; reading gigabytes of weights per attempt would not
-    be cheap). A Hub id: the revision the local Hub cache resolved ``main`` to, if any.
+    be cheap). A Hub id: the revision the local Hub cache resolved ``main`` to, if any (the data
+    step fetched the model's tokenizer files into that cache just before, so attempts agree).
     """
     local = Path(base_model)
     if local.is_dir():
@@ -121,9 +122,9 @@ def model_fingerprint(base_model: str, env: Mapping[str, str] = os.environ) -> s
                 stat = path.stat()
                 digest.update(f"{path.relative_to(local)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
         return "files:" + digest.hexdigest()
-    hub_cache = Path(
-        env.get("HF_HUB_CACHE") or Path(env.get("HF_HOME") or Path.home() / ".cache/huggingface") / "hub"
-    )
+    from huggingface_hub.constants import HF_HUB_CACHE  # where the data step fetched its tokenizer
+
+    hub_cache = Path(env.get("HF_HUB_CACHE") or HF_HUB_CACHE)
     ref = hub_cache / f"models--{base_model.replace('/', '--')}" / "refs" / "main"
     try:
         return "revision:" + ref.read_text().strip()

@@ -293,3 +293,16 @@ def test_resume_round_trips_through_the_run_config_and_defaults_to_auto():
     assert TrainingRun.from_json_dict(data).resume == "never"
     del data["resume"]  # a config written before the field existed
     assert TrainingRun.from_json_dict(data).resume == "auto"
+
+
+def test_a_hub_model_is_known_by_the_revision_its_cache_resolved(tmp_path):
+    from airflow_provider_sft.core.training.resume import model_fingerprint
+
+    env = {"HF_HUB_CACHE": str(tmp_path / "hub")}
+    ref = tmp_path / "hub" / "models--org--model" / "refs" / "main"
+    assert model_fingerprint("org/model", env) == "revision:unknown"
+    ref.parent.mkdir(parents=True)
+    ref.write_text("abc123")
+    assert model_fingerprint("org/model", env) == "revision:abc123"
+    ref.write_text("def456")  # the model was updated on the Hub and fetched again
+    assert model_fingerprint("org/model", env) == "revision:def456"
