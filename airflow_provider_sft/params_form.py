@@ -264,6 +264,7 @@ def pipeline_params(workspace: str, **defaults: Any) -> dict[str, Param]:
     }
     params.update(_dataset_params())
     params.update(_dataset_access_params())
+    params.update(_resume_params())
     params.update(_where_it_runs_params(workspace))
     params.update(_kubernetes_params())
     for name, value in defaults.items():
@@ -354,6 +355,20 @@ def _dataset_access_params() -> dict[str, Param]:
             "Dataset",
             "An 'aws' connection (keys, region, endpoint_url) for s3:// sources; empty: the worker's environment.",
             pattern=WORD_PATTERN,
+        ),
+    }
+
+
+def _resume_params() -> dict[str, Param]:
+    """Section "Checkpoints", continued: what a new attempt of the run starts from."""
+    return {
+        "resume": _choice(
+            c.DEFAULT_RESUME,
+            ["auto", "never"],
+            "Resume",
+            "Checkpoints",
+            "auto: after a preemption or a retry, continue from the run's newest complete saved state of the "
+            "same settings, data, model and code (the task log says from where, or why not); never: start clean.",
         ),
     }
 

@@ -44,6 +44,10 @@ FULL_STATE_DIR = "full_state"  # full_state/epoch_<N>/ (optimizer + scheduler st
 PROCESSED_DATA_FILE = "data.jsonl"  # instructlab data_process output
 #: A run may lose at most this share of its samples to instructlab's length filters (the data gate).
 DEFAULT_MAX_DROPPED_FRACTION = 0.02
+#: What a new attempt of a run starts from: "auto" (its newest complete saved state) or "never".
+DEFAULT_RESUME = "auto"
+#: The exit status of a training process that saved its full state on SIGTERM and stopped (EX_TEMPFAIL).
+PREEMPTED_EXIT_CODE = 75
 RUN_CONFIG_FILE = "run_config.json"  # what the entrypoint was asked to do
 TRAIN_LOG_FILE = "train.log"  # stdout/stderr of the training process
 

@@ -31,3 +31,14 @@ class TrainingTimeoutError(SFTError, TimeoutError):
 
 class ExportError(SFTError):
     """No usable checkpoint could be exported."""
+
+
+class PreemptedError(SFTError):
+    """Training stopped on SIGTERM after saving its full state: a new attempt can continue from it."""
+
+    def __init__(self, *, step: int, epoch: int, samples_seen: int):
+        self.step, self.epoch, self.samples_seen = step, epoch, samples_seen
+        super().__init__(
+            f"preempted: saved the full state at step {step} (epoch {epoch}, {samples_seen} samples seen); "
+            'resume="auto" continues from it'
+        )

@@ -22,6 +22,7 @@ from airflow_provider_sft.core import jsonio
 from airflow_provider_sft.core.errors import InvalidParameterError
 from airflow_provider_sft.core.files import atomic_write_bytes
 from airflow_provider_sft.core.params import SFTParams
+from airflow_provider_sft.core.training.resume import checked_resume
 
 _NAME_UNSAFE = re.compile(r"[^a-z0-9-]+")
 
@@ -145,9 +146,13 @@ class TrainingRun:
     attempt: str = ""
     # The gate on samples the length filters drop, when the pod processes the data itself.
     max_dropped_fraction: float = c.DEFAULT_MAX_DROPPED_FRACTION
+    # "auto": a new attempt continues from the newest complete saved state of this same run
+    # (after a preemption, a suspension or a task retry); "never": it starts clean.
+    resume: str = c.DEFAULT_RESUME
 
     def __post_init__(self) -> None:
         check_run_name(self.name, num_nodes=self.params.resource_num_workers)
+        checked_resume(self.resume)
 
     @property
     def processed_data_dir(self) -> str:
@@ -167,6 +172,7 @@ class TrainingRun:
             "extra": self.extra,
             "attempt": self.attempt,
             "max_dropped_fraction": self.max_dropped_fraction,
+            "resume": self.resume,
         }
 
     @classmethod
@@ -180,6 +186,7 @@ class TrainingRun:
             extra=data.get("extra", {}),
             attempt=data.get("attempt", ""),
             max_dropped_fraction=data.get("max_dropped_fraction", c.DEFAULT_MAX_DROPPED_FRACTION),
+            resume=data.get("resume", c.DEFAULT_RESUME),
         )
 
     def write_config(self) -> Path:

@@ -11,6 +11,8 @@ duck-typed: ``.path``, ``.metadata``, ``.log_metric``) and does what the origina
    ``<pvc_path>/dataset/train.jsonl``, then tokenize and measure it here (the ``prepare`` step)
    and stop, before any training job exists, a run that would lose more than 2% of its samples
    (``SFT_MAX_DROPPED_FRACTION`` changes the share);
+   a retried or preempted training continues from its saved state (``SFT_RESUME=never``
+   starts it clean; the component's signature is the seed's, so both are environment variables);
 3. train: as a TrainJob when the pod can reach a cluster (``KUBERNETES_SERVER_URL`` +
    ``KUBERNETES_AUTH_TOKEN``, or an in-cluster service account), else on the
    embedded local backend (``SFT_BACKEND=local|kubernetes`` forces one);
@@ -47,6 +49,7 @@ from airflow_provider_sft.core.training.data_report import (
     check_dropped,
     checked_max_dropped_fraction,
 )
+from airflow_provider_sft.core.training.resume import checked_resume
 
 COMPLETED = "training completed"
 BACKEND_ENV = "SFT_BACKEND"
@@ -194,6 +197,7 @@ def backend_config(
 
 
 MAX_DROPPED_ENV = "SFT_MAX_DROPPED_FRACTION"
+RESUME_ENV = "SFT_RESUME"  # "auto" (default) or "never", e.g. task.set_env_variable
 #: The data report's figures the metrics artifact carries, as ``data_<name>``.
 LOGGED_DATA_METRICS = ("input_samples", "kept_samples", "dropped_samples", "label_tokens", "total_steps")
 
@@ -245,7 +249,12 @@ def run_train_model(
             os.environ.get(MAX_DROPPED_ENV, c.DEFAULT_MAX_DROPPED_FRACTION), field=MAX_DROPPED_ENV
         )
         run = TrainingRun(
-            name, params, planned, str(Path(pvc_path) / c.RUNS_DIR / name), max_dropped_fraction=max_dropped
+            name,
+            params,
+            planned,
+            str(Path(pvc_path) / c.RUNS_DIR / name),
+            max_dropped_fraction=max_dropped,
+            resume=checked_resume(os.environ.get(RESUME_ENV, c.DEFAULT_RESUME), field=RESUME_ENV),
         )
         backend.preflight(run)
     run = dataclasses.replace(run, dataset_path=_resolved(location, workspace))

@@ -29,6 +29,7 @@ from airflow_provider_sft.core.errors import TrainingFailedError, TrainingTimeou
 from airflow_provider_sft.core.params import SFTParams
 from airflow_provider_sft.core.run import Device, TrainingRun
 from airflow_provider_sft.core.training.data_report import checked_max_dropped_fraction
+from airflow_provider_sft.core.training.resume import checked_resume
 from airflow_provider_sft.lineage import LineageMixin
 from airflow_provider_sft.links import TrainingJobConsoleLink, TrainingResultsLink
 from airflow_provider_sft.operators.failures import bad_input_is_final
@@ -137,6 +138,10 @@ class SFTTrainOperator(LineageMixin, BaseOperator):
     :param max_dropped_fraction: the data gate, applied when the training job processes the data
         itself (no ``PrepareDataOperator`` ran before it, or its data no longer matches): past this
         share of samples dropped by the length filters, node 0 fails before training. (templated)
+    :param resume: ``"auto"`` (default): a new attempt of the run (after a preemption, a Kueue
+        suspension or a task retry) continues from its newest complete saved state of the same
+        settings, data, base model and code, and SIGTERM saves one; ``"never"``: every attempt
+        starts clean. The task log says in one line what it starts from, and why. (templated)
 
     Returns (XCom) ``run_name``, ``backend``, ``output_dir`` and ``metrics_path``; the
     job coordinates are also pushed as the ``training_job`` XCom as soon as it starts.
@@ -152,6 +157,7 @@ class SFTTrainOperator(LineageMixin, BaseOperator):
         *KUBERNETES_PARAMETERS,
         "hf_conn_id",
         "max_dropped_fraction",
+        "resume",
         *TRAINING_PARAMETERS,
     )
     template_fields_renderers = {
@@ -224,6 +230,7 @@ class SFTTrainOperator(LineageMixin, BaseOperator):
         console_url_template: str | None = None,
         start_timeout: float | str | None = None,
         max_dropped_fraction: float | str = c.DEFAULT_MAX_DROPPED_FRACTION,
+        resume: str = c.DEFAULT_RESUME,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("multiple_outputs", True)  # each result key is its own XCom too
@@ -285,6 +292,7 @@ class SFTTrainOperator(LineageMixin, BaseOperator):
         self.delete_on_success = delete_on_success
         self.console_url_template = console_url_template
         self.max_dropped_fraction = max_dropped_fraction
+        self.resume = resume
         self._backend: TrainingBackend | None = None
         self._handle: JobHandle | None = None  # set before submit: a kill during submit deletes it
         self._killed = False
@@ -321,6 +329,7 @@ class SFTTrainOperator(LineageMixin, BaseOperator):
             output_dir=str(Path(self.pod_workspace()) / c.RUNS_DIR / name),
             device=Device(self.device),
             max_dropped_fraction=checked_max_dropped_fraction(self.max_dropped_fraction),
+            resume=checked_resume(self.resume),
         )
 
     def kubernetes_settings(self) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from airflow_provider_sft.core.errors import InvalidParameterError
 from airflow_provider_sft.core.files import checked_root, checked_target
 from airflow_provider_sft.core.params import SFTParams
 from airflow_provider_sft.core.training.data_report import checked_max_dropped_fraction
+from airflow_provider_sft.core.training.resume import checked_resume
 from airflow_provider_sft.operators.failures import FinalInvalidParameterError
 from airflow_provider_sft.operators.masking import mask_secret_envs
 from airflow_provider_sft.operators.workspace import WorkspaceMode, workspace_mode, workspace_root
@@ -41,6 +42,7 @@ class ValidateRunOperator(BaseOperator):
     :param model_dir: the ``ExportModelOperator``'s ``model_dir``, when one is set. (templated)
     :param pvc_mount_path: where the pods mount the PVC in ``cluster`` mode. (templated)
     :param max_dropped_fraction: the data gate's share (0 to 1), as the prepare task takes it. (templated)
+    :param resume: ``"auto"`` or ``"never"``, as the train task takes it. (templated)
     """
 
     template_fields: Sequence[str] = (
@@ -53,6 +55,7 @@ class ValidateRunOperator(BaseOperator):
         "model_dir",
         "pvc_mount_path",
         "max_dropped_fraction",
+        "resume",
     )
     ui_color = "#fef9e7"
 
@@ -68,10 +71,12 @@ class ValidateRunOperator(BaseOperator):
         model_dir: str | None = None,
         pvc_mount_path: str | None = None,
         max_dropped_fraction: float | str | None = None,
+        resume: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.max_dropped_fraction = max_dropped_fraction
+        self.resume = resume
         self.workspace = workspace
         self.model_dir = model_dir
         self.pvc_mount_path = pvc_mount_path
@@ -96,6 +101,7 @@ class ValidateRunOperator(BaseOperator):
             lambda: DatasetOptions.build(**{k: v for k, v in (self.dataset or {}).items() if v != ""}),
             lambda: workspace_mode(self.backend, self.workspace_mode),
             self._data_gate,
+            lambda: self.resume is None or checked_resume(self.resume),
             self._directories,
             self._backend,
         ]

@@ -422,3 +422,14 @@ def test_the_gate_stops_the_kfp_run_before_training(tiny_model, tmp_path, monkey
     with pytest.raises(InvalidParameterError, match="SFT_MAX_DROPPED_FRACTION: must be a number from 0 to 1"):
         run_with(tmp_path / "again", **common)
     assert not (tmp_path / "again" / "pvc").exists()  # refused before anything was written
+
+
+def test_a_bad_sft_resume_is_refused_naming_the_variable_before_anything_is_written(tmp_path, monkeypatch):
+    """resume reaches the KFP component through SFT_RESUME: its signature is the seed's."""
+    monkeypatch.setenv("SFT_BACKEND", "local")
+    monkeypatch.setenv("SFT_RESUME", "sometimes")
+    with pytest.raises(
+        InvalidParameterError, match="SFT_RESUME: must be one of 'auto', 'never', got 'sometimes'"
+    ):
+        run_with(tmp_path, training_resource_gpu_per_worker=0, training_resource_cpu_per_worker="1")
+    assert not (tmp_path / "pvc").exists()

@@ -104,6 +104,7 @@ def test_the_form_validates_with_its_own_defaults_and_no_optional_text_is_requir
         ("namespace", "ML_Training"),
         ("pvc_name", "sft workspace"),
         ("runtime_name", ""),
+        ("resume", "always"),
     ],
 )
 def test_the_form_refuses_what_the_operator_refuses(name, bad):
@@ -133,6 +134,7 @@ def test_the_form_refuses_what_the_operator_refuses(name, bad):
         ("metadata_labels", "app.kubernetes.io/name=sft,team=ml"),
         ("metadata_annotations", "example.com/owner=ml team"),
         ("job_labels", "kueue.x-k8s.io/queue-name=gpu-queue"),
+        ("resume", "never"),
     ],
 )
 def test_the_form_accepts_what_the_operator_accepts(name, good):

@@ -15,6 +15,7 @@ the workspace (this backend, or a cluster's PVC that the worker mounts too), thi
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import queue
@@ -22,6 +23,7 @@ import signal
 import subprocess
 import sys
 import threading
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +50,7 @@ from airflow_provider_sft.core.pod.entrypoint import default_cache_env
 from airflow_provider_sft.core.pod.protocol import classify_log_line, provider_line
 from airflow_provider_sft.core.pod.steps import STEPS
 from airflow_provider_sft.core.run import DevicePlan, TrainingRun, cuda_device_count, plan_device
+from airflow_provider_sft.core.training.resume import EARLIER_ATTEMPT_STATE
 
 _EOF = object()
 log = logging.getLogger(__name__)
@@ -222,13 +225,16 @@ class LocalProcessBackend(TrainingBackend):
             raise InvalidParameterError(
                 {"run_name": f"the run directory {output_dir} is not named after the run {run.name!r}"}
             )
-        # An earlier attempt of this same run failed or was killed: never resume it by accident.
-        # The DAG run's dataset and its prepared data (written here by the tasks before) stay: the
-        # training process reuses the prepared data only when its fingerprint matches.
+        # An earlier attempt of this same run failed or was killed: its outputs go. The DAG run's
+        # dataset and its prepared data (written here by the tasks before) stay: the training
+        # process reuses the prepared data only when its fingerprint matches. Its saved training
+        # state stays too: the training process resumes from it or removes it (resume.py), and says which.
         owned_path(output_dir, output_dir.parent, field="run_name")
+        kept = (c.DATASET_DIR, c.PROCESSED_DIR, *EARLIER_ATTEMPT_STATE)
         for earlier in output_dir.iterdir() if output_dir.is_dir() else ():
-            if earlier.name not in (c.DATASET_DIR, c.PROCESSED_DIR):
+            if earlier.name not in kept:
                 remove_owned(earlier, output_dir, field="run_name")
+        run = dataclasses.replace(run, attempt=uuid.uuid4().hex[:12])  # names who saved a state
         config_path = run.write_config()
         log_path = output_dir / c.TRAIN_LOG_FILE
         env = self.environment(run, plan)

@@ -39,8 +39,8 @@ from typing import Any
 
 from airflow_provider_sft.core import constants as c
 from airflow_provider_sft.core import jsonio
-from airflow_provider_sft.core.errors import SFTError, TrainingFailedError
-from airflow_provider_sft.core.files import atomic_write_bytes, remove_owned
+from airflow_provider_sft.core.errors import PreemptedError, SFTError, TrainingFailedError
+from airflow_provider_sft.core.files import atomic_write_bytes
 from airflow_provider_sft.core.pod.protocol import (
     PREFIX,
     WARNING_MARK,
@@ -56,6 +56,7 @@ from airflow_provider_sft.core.training.nodes import (
     mark_data_ready,
     wait_for_data,
 )
+from airflow_provider_sft.core.training.resume import SavedState
 
 _PREFIX = PREFIX
 
@@ -80,27 +81,6 @@ def default_cache_env(run_dir: Path) -> dict[str, str]:
     ``hf auth login`` token. In a pod the TrainJob sets ``HF_HOME`` on the PVC itself.
     """
     return {"TRITON_CACHE_DIR": str(run_dir / ".cache" / "triton")}
-
-
-#: What an earlier attempt of the same run leaves in its directory, and a new attempt must not
-#: inherit: instructlab-training resumes from any ``full_state/`` it finds, unconditionally.
-EARLIER_ATTEMPT_STATE = (c.FULL_STATE_DIR, c.HF_FORMAT_DIR, c.METRICS_FILE)
-
-
-def start_clean(output_dir: Path, topology: Topology) -> list[str]:
-    """Remove an earlier attempt's training state (node rank 0 only); returns what was removed.
-
-    A retried TrainJob reuses its run directory on the PVC. The other nodes cannot load the
-    state before this runs: their training starts only after torchrun's rendezvous with rank 0,
-    which happens after this. Resuming on purpose is a separate feature, not an accident.
-    """
-    if not topology.is_first:
-        return []
-    return [
-        name
-        for name in EARLIER_ATTEMPT_STATE
-        if remove_owned(output_dir / name, output_dir, field="output_dir")
-    ]
 
 
 def _check_writable(directory: Path) -> None:
@@ -135,7 +115,7 @@ def run(training_run: TrainingRun) -> None:
     output_dir = Path(training_run.output_dir)
     topology = Topology.from_env()
     _PREFIX = node_prefix(topology.node_rank, topology.num_nodes)
-    _prepare_output_dir(output_dir, params.base_model, topology)
+    _prepare_output_dir(output_dir, params.base_model)
 
     plan = plan_device(
         params, requested=training_run.device, cuda_devices=cuda_device_count(), cpu_count=os.cpu_count() or 1
@@ -150,10 +130,11 @@ def run(training_run: TrainingRun) -> None:
     if topology.is_first:  # the report of the data this run trains on, kept with its metrics
         atomic_write_bytes(output_dir / c.DATA_REPORT_FILE, jsonio.dumps(report, indent=True))
 
+    resume_from = _resume_decision(training_run, plan.processes, topology)
     if plan.device is Device.CUDA:
         _train_on_cuda(training_run, plan.processes, show_progress=topology.is_first)
     else:
-        _train_on_cpu(training_run, report["processed_path"], plan.cpu_threads, topology)
+        _train_on_cpu(training_run, report["processed_path"], plan.cpu_threads, topology, resume_from)
     if topology.is_first:  # node 0 writes the metrics
         from airflow_provider_sft.core.results.metrics import summarize_file
         from airflow_provider_sft.core.training.progress import summary_line
@@ -162,18 +143,42 @@ def run(training_run: TrainingRun) -> None:
     _log(f"done in {time.monotonic() - started:.1f}s")
 
 
-def _prepare_output_dir(output_dir: Path, base_model: str, topology: Topology) -> None:
-    """Check what can be checked before the first costly step, start clean, and keep caches in the run.
+def _prepare_output_dir(output_dir: Path, base_model: str) -> None:
+    """Check what can be checked before the first costly step, and keep caches in the run.
 
     An unwritable output directory or a missing base model fails here, in seconds, not after
-    data processing; a rerun never resumes an earlier attempt's checkpoints by accident.
+    data processing.
     """
     _check_writable(output_dir)
     _check_base_model(base_model)
-    if removed := start_clean(output_dir, topology):
-        _log(f"starting clean: removed {', '.join(removed)} of an earlier attempt (no accidental resume)")
     for key, value in default_cache_env(output_dir).items():
         os.environ.setdefault(key, value)
+
+
+def _resume_decision(training_run: TrainingRun, processes: int, topology: Topology) -> SavedState | None:
+    """Node 0 decides what this attempt starts from, and says so in one line (see :mod:`resume`).
+
+    After the data step, whose fingerprint is part of the run's identity, and before any node
+    trains: the other nodes load a state only after the rendezvous with node 0 (gloo's on a
+    CPU, torchrun's on CUDA), which comes after this.
+    """
+    if not topology.is_first:
+        return None
+    from airflow_provider_sft.core.training.resume import decide, run_identity
+
+    params = training_run.params
+    identity = run_identity(
+        params,
+        processed_dir=training_run.processed_data_dir,
+        dataset_path=training_run.dataset_path,
+        num_nodes=topology.num_nodes,
+        processes_per_node=processes,
+    )
+    decision = decide(
+        training_run.output_dir, identity, resume=training_run.resume, attempt=training_run.attempt
+    )
+    _log(decision.line)
+    return decision.state
 
 
 def _training_data(training_run: TrainingRun, cpu_threads: int, topology: Topology) -> dict[str, Any]:
@@ -242,7 +247,13 @@ def _process_data(training_run: TrainingRun, cpu_threads: int) -> dict[str, Any]
     return report.to_dict()
 
 
-def _train_on_cpu(training_run: TrainingRun, processed_path: str, threads: int, topology: Topology) -> None:
+def _train_on_cpu(
+    training_run: TrainingRun,
+    processed_path: str,
+    threads: int,
+    topology: Topology,
+    resume_from: SavedState | None,
+) -> None:
     """The CPU loop, on this node's share of every step (instructlab-training needs CUDA)."""
     from airflow_provider_sft.core.training.cpu_trainer import train_on_cpu
 
@@ -255,15 +266,21 @@ def _train_on_cpu(training_run: TrainingRun, processed_path: str, threads: int, 
         threads=threads,
         log=_log,
         topology=topology,
+        resume_from=resume_from.path if resume_from else None,
     )
     _log(f"trained in {result.seconds:.1f}s ({result.tokens_per_second:.0f} tokens/s)")
 
 
 def _train_on_cuda(training_run: TrainingRun, gpus: int, *, show_progress: bool = True) -> None:
     """instructlab-training under torchrun; its own output goes to the full log only, so the
-    run's progress lines come from the metrics file it writes (on node 0, which writes it)."""
+    run's progress lines come from the metrics file it writes (on node 0, which writes it).
+
+    With ``resume="auto"`` a termination signal makes the workers save a full state and stop
+    (instructlab's on-demand checkpointing), and this process exits as preempted.
+    """
     from airflow_provider_sft.core.training.instructlab_command import build_command
     from airflow_provider_sft.core.training.progress import MetricsFollower
+    from airflow_provider_sft.core.training.resume import RESUME_AUTO
 
     command = build_command(
         training_run.params,
@@ -273,6 +290,7 @@ def _train_on_cuda(training_run: TrainingRun, gpus: int, *, show_progress: bool 
         env=os.environ,
         gpus_visible=gpus,
         flash_attn_available=_flash_attn_available(),
+        on_demand_checkpointing=training_run.resume == RESUME_AUTO,
     )
     _log("instructlab-training: " + " ".join(command))
     metrics = Path(training_run.output_dir) / c.METRICS_FILE
@@ -283,11 +301,31 @@ def _train_on_cuda(training_run: TrainingRun, gpus: int, *, show_progress: bool 
         log=_log,
     )
     with follower if show_progress else contextlib.nullcontext():
-        completed = subprocess.run(command, check=False)
-    if completed.returncode != 0:
-        raise TrainingFailedError(f"instructlab-training exited with status {completed.returncode}")
+        returncode = _run_instructlab(command, training_run)
+    if returncode != 0:
+        raise TrainingFailedError(f"instructlab-training exited with status {returncode}")
     if not metrics.exists():
         raise TrainingFailedError(f"instructlab-training finished without writing {metrics}")
+
+
+def _run_instructlab(command: list[str], training_run: TrainingRun) -> int:
+    """torchrun's exit status; with ``resume="auto"`` a signal saves a full state first (see
+    :func:`preemption.run_checkpointing_on_sigterm`), and the trigger file is this run's own."""
+    from airflow_provider_sft.core.training.resume import RESUME_AUTO
+
+    if training_run.resume != RESUME_AUTO:
+        return subprocess.run(command, check=False).returncode
+    from airflow_provider_sft.core.training.preemption import run_checkpointing_on_sigterm
+
+    try:
+        return run_checkpointing_on_sigterm(
+            command,
+            output_dir=Path(training_run.output_dir),
+            trigger_name=f"sft-checkpoint-{training_run.name}-{training_run.attempt or os.getpid()}",
+        )
+    except PreemptedError as exc:
+        _log(f"preempted: instructlab-training saved the full state at step {exc.step}")
+        raise
 
 
 USAGE = "usage: entrypoint {train,resolve,prepare,export} CONFIG_JSON"
@@ -315,6 +353,9 @@ def main(argv: list[str] | None = None) -> int:
             from airflow_provider_sft.core.pod.steps import STEPS
 
             print(result_line(STEPS[step](config, log=_log)), flush=True)
+    except PreemptedError as exc:  # the state is saved: a new attempt continues from it
+        print(error_line(str(exc)), flush=True)
+        return c.PREEMPTED_EXIT_CODE
     except SFTError as exc:
         print(error_line(str(exc)), flush=True)
         return 1

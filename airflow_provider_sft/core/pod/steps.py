@@ -20,6 +20,7 @@ from typing import Any
 
 from airflow_provider_sft.core import constants as c
 from airflow_provider_sft.core import jsonio
+from airflow_provider_sft.core.training.resume import IDENTITY_FILE
 
 Logger = Callable[[str], None]
 
@@ -129,9 +130,10 @@ def read_data_report(run_dir: Path) -> dict[str, Any] | None:
         return None
 
 
-#: What a run keeps only until its model is exported: optimizer state, checkpoints (the
+#: What a run keeps only until its model is exported: optimizer state (and the identity that
+#: lets a new attempt resume from it: kept as long as the state, no longer), checkpoints (the
 #: exported model holds hard links to, or copies of, the files it needs) and processed data.
-INTERMEDIATE = (c.FULL_STATE_DIR, c.HF_FORMAT_DIR, c.PROCESSED_DIR)
+INTERMEDIATE = (c.FULL_STATE_DIR, IDENTITY_FILE, c.HF_FORMAT_DIR, c.PROCESSED_DIR)
 
 
 def prune_intermediate(run_dir: Path) -> list[str]:

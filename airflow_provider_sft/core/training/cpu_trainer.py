@@ -15,7 +15,11 @@ cannot tell the difference:
 * ``training_params_and_metrics_global0.jsonl`` (an hparams line, then one line
   per step) and ``hf_format/samples_<N>/`` checkpoints, each written to a
   temporary directory and renamed, so a reader never sees half of one;
-* ``full_state/epoch_<N>/`` (model, optimizer, scheduler) when asked.
+* ``full_state/epoch_<N>/`` (model, optimizer, scheduler, random states: :mod:`cpu_state`) when
+  asked, and on SIGTERM: the loop stops at the next step boundary, saves it and raises
+  :class:`PreemptedError`; given such a state (``resume_from``) it continues exactly where it
+  stopped: the steps already done in that epoch are skipped (the per-epoch shuffle is seeded),
+  and ``samples_seen``, the step counter and the ``save_samples`` schedule carry on.
 
 With more than one node (``PET_NNODES`` > 1) the nodes train as one job over
 ``torch.distributed`` with gloo: every node holds the model, takes its share of each
@@ -25,6 +29,7 @@ result is the single-process one. Only node 0 writes metrics and checkpoints.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import random
@@ -36,10 +41,12 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_provider_sft.core import constants as c
 from airflow_provider_sft.core import jsonio
-from airflow_provider_sft.core.errors import DatasetError
+from airflow_provider_sft.core.errors import DatasetError, PreemptedError
 from airflow_provider_sft.core.files import remove_owned
 from airflow_provider_sft.core.params import SFTParams
+from airflow_provider_sft.core.training.cpu_state import MODEL_DIR, restore_full_state, write_full_state
 from airflow_provider_sft.core.training.nodes import Topology
+from airflow_provider_sft.core.training.preemption import StopOnSigterm
 from airflow_provider_sft.core.training.progress import is_progress_step, progress_line
 
 if TYPE_CHECKING:
@@ -202,38 +209,51 @@ def train_on_cpu(
     threads: int = 1,
     log: Logger = print,
     topology: Topology | None = None,
+    resume_from: Path | None = None,
 ) -> CPUTrainingResult:
-    """Train ``model_path`` on instructlab-processed data; write metrics and checkpoints to ``output_dir``."""
+    """Train ``model_path`` on instructlab-processed data; write metrics and checkpoints to ``output_dir``.
+
+    ``resume_from`` (node 0's: the others are told) is a full state to continue from. SIGTERM
+    stops the loop at the next step boundary with a saved state and :class:`PreemptedError`.
+    """
     topology = topology or Topology()
     _join_nodes(topology, log)
+    resume_from = _agree_on_state(resume_from, topology.num_nodes)
     _seed_and_limit_threads(params.seed, threads)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
 
     samples = load_processed_samples(processed_data, max_tokens_per_gpu=params.max_tokens_per_gpu)
-    job = _build_job(params, model_path, len(samples))
-    metrics = MetricsWriter(out / c.METRICS_FILE) if topology.node_rank == 0 else _NoMetrics()
-    metrics.write(
-        _hparams_record(
-            params,
-            model_path=model_path,
-            processed_data=processed_data,
-            out=out,
-            threads=threads,
-            total_samples=len(samples),
-            steps_per_epoch=job.steps_per_epoch,
-        )
+    job = _build_job(
+        params, model_path, len(samples), weights=resume_from / MODEL_DIR if resume_from else None
     )
+    metrics = MetricsWriter(out / c.METRICS_FILE) if topology.node_rank == 0 else _NoMetrics()
+    loop = _Loop(params, job, samples, out, topology, metrics, log)
+    if resume_from is None:  # a resumed run continues the metrics of the one it resumes: one hparams line
+        metrics.write(_hparams_record(params, model_path, processed_data, out, threads, len(samples), job))
+    else:
+        loop.restore(resume_from)
     log(_plan_line(params, len(samples), job.steps_per_epoch, threads, topology.num_nodes))
 
-    loop = _Loop(params, job, samples, out, topology, metrics, log)
     try:
-        for epoch in range(params.num_epochs):
-            loop.train_epoch(epoch)
+        with StopOnSigterm() as stop:
+            for epoch in range(loop.first_epoch, params.num_epochs):
+                loop.train_epoch(epoch, stop)
     finally:
         metrics.close()
         _leave_nodes(topology.num_nodes)
     return loop.result()
+
+
+def _agree_on_state(resume_from: Path | None, world: int) -> Path | None:
+    """Every node resumes from node 0's choice (node 0 decided and cleaned before the nodes joined)."""
+    if world <= 1:
+        return resume_from
+    import torch.distributed as dist
+
+    chosen = [str(resume_from) if resume_from else None]
+    dist.broadcast_object_list(chosen, src=0)
+    return Path(chosen[0]) if chosen[0] else None
 
 
 def _join_nodes(topology: Topology, log: Logger) -> None:
@@ -290,8 +310,10 @@ class _Job:
     total_steps: int
 
 
-def _build_job(params: SFTParams, model_path: str, total_samples: int) -> _Job:
-    """Load the model and build instructlab's optimizer and schedule for it.
+def _build_job(
+    params: SFTParams, model_path: str, total_samples: int, *, weights: Path | None = None
+) -> _Job:
+    """Load the model (from ``weights`` when resuming) and build instructlab's optimizer and schedule for it.
 
     AdamW with instructlab's betas/eps/weight decay and ``get_scheduler`` over the whole run,
     so the learning rate follows the curve ``main_ds`` would follow on the same data. The
@@ -303,7 +325,7 @@ def _build_job(params: SFTParams, model_path: str, total_samples: int) -> _Job:
     from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(weights or model_path, dtype=torch.float32)
     model.train()
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     steps_per_epoch = math.ceil(total_samples / params.effective_batch_size)
@@ -327,13 +349,12 @@ def _build_job(params: SFTParams, model_path: str, total_samples: int) -> _Job:
 
 def _hparams_record(
     params: SFTParams,
-    *,
     model_path: str,
     processed_data: str | Path,
     out: Path,
     threads: int,
     total_samples: int,
-    steps_per_epoch: int,
+    job: _Job,
 ) -> dict[str, Any]:
     """The metrics file's first line: the run's settings, as instructlab writes them before step 1."""
     return {
@@ -346,7 +367,7 @@ def _hparams_record(
         "device": "cpu",
         "torch_threads": threads,
         "total_samples": total_samples,
-        "num_epoch_steps": steps_per_epoch,
+        "num_epoch_steps": job.steps_per_epoch,
         "hparams": True,
     }
 
@@ -447,13 +468,31 @@ class _Loop:
         self.rank, self.world = topology.node_rank, topology.num_nodes
         self.metrics, self.log = metrics, log
         self.step = self.samples_seen = self.tokens_seen = 0
+        self.first_epoch = self._skip_steps = self._first_step = 0
         self.checkpoints: list[str] = []
         self.started = time.monotonic()
 
-    def train_epoch(self, epoch: int) -> None:
-        """Every step of one epoch, then node 0's end-of-epoch checkpoint and full state."""
+    def restore(self, state_dir: Path) -> None:
+        """Continue after the last step ``state_dir`` holds (the model was loaded from it already)."""
+        metadata = restore_full_state(state_dir, optimizer=self.job.optimizer, scheduler=self.job.scheduler)
+        epoch, per_epoch = metadata["current_epoch"], self.job.steps_per_epoch
+        self.samples_seen, self.tokens_seen = metadata["samples_seen"], metadata.get("tokens_seen", 0)
+        if "global_step" in metadata:  # saved mid-epoch (or at its last step, before its end)
+            self.step, self.first_epoch = metadata["global_step"], epoch
+            self._skip_steps = self.step - epoch * per_epoch
+        else:  # saved at the end of its epoch
+            self.step, self.first_epoch = (epoch + 1) * per_epoch, epoch + 1
+        self._first_step = self.step  # the ETA counts this attempt's steps only
+
+    def train_epoch(self, epoch: int, stop: StopOnSigterm) -> None:
+        """Every step of one epoch (but those a resumed state holds), then the end-of-epoch saves.
+
+        After each step every node asks whether a node got SIGTERM; if so, they stop there.
+        """
         params = self.params
-        for step_samples in optimizer_steps(self.samples, params.effective_batch_size, params.seed, epoch):
+        steps = optimizer_steps(self.samples, params.effective_batch_size, params.seed, epoch)
+        skip, self._skip_steps = self._skip_steps, 0
+        for step_samples in itertools.islice(steps, skip, None):
             step_started = time.monotonic()
             stats = _train_step(self.job, step_samples, params.max_tokens_per_gpu, self.rank, self.world)
             previous_seen = self.samples_seen
@@ -464,8 +503,21 @@ class _Loop:
             self.metrics.write(self._step_record(epoch, stats, elapsed))
             if self.rank == 0:
                 self._report_step(epoch, stats, elapsed, previous_seen)
+            if stop.agreed(self.world):
+                self._stop(epoch)
         if self.rank == 0:
             self._end_epoch(epoch)
+
+    def _stop(self, epoch: int) -> None:
+        """Preempted: node 0 saves the full state of this step, every node waits for it and stops."""
+        if self.rank == 0:
+            self.log(f"preempted: SIGTERM received, saving the full state at step {self.step}")
+            self._save_full_state(epoch, mid_epoch=True)
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()  # no node reports a state saved before node 0 saved it
+        raise PreemptedError(step=self.step, epoch=epoch, samples_seen=self.samples_seen)
 
     def _step_record(self, epoch: int, stats: _StepStats, elapsed: float) -> dict[str, Any]:
         """One metrics line in instructlab's keys, so metrics, the chart and export read CPU runs unchanged."""
@@ -502,7 +554,7 @@ class _Loop:
                     lr=stats.lr,
                     grad_norm=stats.grad_norm,
                     samples_per_second=stats.samples / elapsed,
-                    eta_seconds=spent / self.step * (total_steps - self.step),
+                    eta_seconds=spent / (self.step - self._first_step) * (total_steps - self.step),
                 )
             )
         save_every = self.params.save_samples
@@ -531,21 +583,23 @@ class _Loop:
         self.log(f"saved checkpoint {target}")
         return str(target)
 
-    def _save_full_state(self, epoch: int) -> None:
-        """``full_state/epoch_<N>/``: model, optimizer and scheduler, as accelerate's resumable state holds them."""
-        import torch
-
+    def _save_full_state(self, epoch: int, *, mid_epoch: bool = False) -> None:
+        """``full_state/epoch_<N>/`` (see :mod:`cpu_state`); ``global_step`` only in a mid-epoch one,
+        as instructlab writes it: without it a resume starts at the next epoch."""
         target = self.out / c.FULL_STATE_DIR / f"epoch_{epoch}"
-        job, metadata = (
-            self.job,
-            {"current_epoch": epoch, "samples_seen": self.samples_seen, "global_step": self.step},
-        )
+        metadata = {
+            "current_epoch": epoch,
+            "samples_seen": self.samples_seen,
+            "tokens_seen": self.tokens_seen,
+        }
+        if mid_epoch:
+            metadata["global_step"] = self.step
+        job = self.job
 
         def write(tmp: Path) -> None:
-            job.model.save_pretrained(tmp / "model", safe_serialization=True)
-            torch.save(job.optimizer.state_dict(), tmp / "optimizer.bin")
-            torch.save(job.scheduler.state_dict(), tmp / "scheduler.bin")
-            (tmp / "training_metadata.json").write_bytes(jsonio.dumps(metadata))
+            write_full_state(
+                tmp, model=job.model, optimizer=job.optimizer, scheduler=job.scheduler, metadata=metadata
+            )
 
         _save_atomically(target, write)
         self.log(f"saved full training state {target}")

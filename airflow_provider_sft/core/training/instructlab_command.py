@@ -42,8 +42,13 @@ def main_ds_args(
     processed_data_dir: str | Path,
     output_dir: str | Path,
     flash_attn_available: bool,
+    on_demand_checkpointing: bool = False,
 ) -> list[str]:
-    """``main_ds`` flags for every training parameter (the same flags ``run_training`` emits)."""
+    """``main_ds`` flags for every training parameter (the same flags ``run_training`` emits).
+
+    ``on_demand_checkpointing`` (``resume="auto"``): the workers save a full state when the
+    parent writes the trigger file on SIGTERM (see :func:`preemption.run_checkpointing_on_sigterm`).
+    """
     args = [
         f"--model_name_or_path={model_path}",
         f"--data_path={Path(processed_data_dir) / c.PROCESSED_DATA_FILE}",
@@ -72,6 +77,8 @@ def main_ds_args(
         args.append("--accelerate_full_state_at_epoch")
     if not flash_attn_available:
         args.append("--disable_flash_attn")
+    if on_demand_checkpointing:
+        args.append("--on_demand_checkpointing")
     return args
 
 
@@ -84,6 +91,7 @@ def build_command(
     env: Mapping[str, str],
     gpus_visible: int,
     flash_attn_available: bool,
+    on_demand_checkpointing: bool = False,
 ) -> list[str]:
     return [
         sys.executable,
@@ -97,5 +105,6 @@ def build_command(
             processed_data_dir=processed_data_dir,
             output_dir=output_dir,
             flash_attn_available=flash_attn_available,
+            on_demand_checkpointing=on_demand_checkpointing,
         ),
     ]

@@ -51,10 +51,14 @@ def test_a_bad_training_parameter_fails_the_prepare_task_naming_it(tmp_path):
 
 def test_validate_names_a_bad_share_with_the_other_problems(tmp_path):
     op = ValidateRunOperator(
-        task_id="validate", training={"num_epochs": 0}, workspace=str(tmp_path), max_dropped_fraction="2"
+        task_id="validate",
+        training={"num_epochs": 0},
+        workspace=str(tmp_path),
+        max_dropped_fraction="2",
+        resume="sometimes",
     )
     problems = op.problems({}, [])
-    assert set(problems) >= {"num_epochs", "max_dropped_fraction"}
+    assert set(problems) >= {"num_epochs", "max_dropped_fraction", "resume"}
 
 
 def test_a_bad_job_size_is_refused_naming_the_field(tmp_path):

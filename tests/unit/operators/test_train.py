@@ -32,7 +32,7 @@ def test_operator_takes_every_training_parameter_and_templates_it():
         assert name in signature, name
         assert signature[name].default is None  # None = the seed's default
         assert name in SFTTrainOperator.template_fields
-    assert {"dataset_path", "workspace", "backend", "namespace", "runtime_name", "pvc_name"} <= set(
+    assert {"dataset_path", "workspace", "backend", "namespace", "runtime_name", "pvc_name", "resume"} <= set(
         SFTTrainOperator.template_fields
     )
 
@@ -59,6 +59,9 @@ def test_rendered_strings_are_validated_into_params(tmp_path):
         pytest.param({"resource_gpu_per_worker": 1}, InvalidParameterError, "0 CUDA device", id="gpu-on-cpu"),
         pytest.param({"dataset_path": "/nonexistent.jsonl"}, DatasetError, "does not exist", id="dataset"),
         pytest.param({"backend": "slurm"}, InvalidParameterError, "backend: must be one of", id="backend"),
+        pytest.param(
+            {"resume": "always"}, InvalidParameterError, "resume: must be one of 'auto', 'never'", id="resume"
+        ),
     ],
 )
 def test_bad_input_fails_before_anything_starts(tmp_path, kwargs, error, message):
@@ -233,3 +236,11 @@ def test_start_timeout_seconds_reaches_the_kubernetes_config_and_the_old_name_st
         SFTTrainOperator(
             task_id="t", dataset_path="d", workspace=ws, start_timeout=60, start_timeout_seconds=600
         )
+
+
+def test_resume_reaches_the_run_auto_by_default(tmp_path):
+    """A retry or a preempted job continues unless the DAG says never (see DESIGN.md)."""
+    op = SFTTrainOperator(task_id="t", dataset_path="d", workspace=str(tmp_path), resource_gpu_per_worker=0)
+    assert op.build_run(context()).resume == "auto"
+    op.resume = "never"  # as rendered from "{{ params.resume }}"
+    assert op.build_run(context()).to_json_dict()["resume"] == "never"

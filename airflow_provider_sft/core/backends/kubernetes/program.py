@@ -60,6 +60,9 @@ CARRIED = (
     "core/training/instructlab_command.py",
     "core/training/nodes.py",
     "core/training/prepare.py",  # the ``prepare`` step, and the pod's reuse of its output
+    "core/training/cpu_state.py",  # the CPU loop's full state: save on SIGTERM, resume
+    "core/training/preemption.py",  # SIGTERM: stop at the next step boundary
+    "core/training/resume.py",  # what a new attempt starts from
     "core/training/progress.py",
 )
 _MAIN = b"""import sys

@@ -151,11 +151,16 @@ def test_an_empty_dataset_stops_the_submit(tmp_path):
     assert not Path(run.output_dir).exists()
 
 
-def test_previous_attempt_output_is_cleared(tmp_path, monkeypatch):
+def test_previous_attempt_output_is_cleared_but_its_saved_state_is_left_to_the_training_process(
+    tmp_path, monkeypatch
+):
+    """The training process decides whether the earlier attempt's state is resumed or removed (resume.py)."""
     monkeypatch.setenv("FAKE_TRAINING", "fail")
     run = make_run(tmp_path)
-    stale = Path(run.output_dir) / c.FULL_STATE_DIR / "epoch_0"
-    stale.mkdir(parents=True)
+    state = Path(run.output_dir) / c.FULL_STATE_DIR / "epoch_0"
+    state.mkdir(parents=True)
+    stale = Path(run.output_dir) / c.FINAL_MODEL_DIR  # an earlier attempt's output, not its state
+    stale.mkdir()
     dataset = Path(run.output_dir) / c.DATASET_DIR / "train.jsonl"  # the DAG run's, resolved before
     dataset.parent.mkdir()
     dataset.write_text("{}\n")
@@ -164,9 +169,11 @@ def test_previous_attempt_output_is_cleared(tmp_path, monkeypatch):
     prepared.write_text("{}")
     backend = LocalProcessBackend(LocalConfig(python=FAKE_PYTHON))
     backend.wait(backend.submit(run), on_log=lambda _line: None)
-    assert not stale.exists()  # never resumed by accident
+    assert not stale.exists()
+    assert state.is_dir()  # judged by the training process, which logs what it does with it
     assert dataset.read_text() == "{}\n"  # one DAG run, one directory: its dataset stays
     assert prepared.read_text() == "{}"  # and its prepared data: the process checks its fingerprint
+    assert TrainingRun.read_config(run.config_path).attempt  # names the attempt that saves a state
 
 
 @pytest.mark.parametrize(

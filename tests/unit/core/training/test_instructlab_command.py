@@ -17,7 +17,7 @@ def main_ds_flags() -> set[str]:
     return set(re.findall(r'add_argument\(\s*"(--[a-z_0-9-]+)"', source))
 
 
-def command(env=None, **values):
+def command(env=None, on_demand_checkpointing=False, **values):
     params = SFTParams.parse(values)
     return build_command(
         params,
@@ -27,6 +27,7 @@ def command(env=None, **values):
         env=env or {},
         gpus_visible=4,
         flash_attn_available=False,
+        on_demand_checkpointing=on_demand_checkpointing,
     )
 
 
@@ -70,8 +71,14 @@ def test_every_parameter_is_mapped():
     assert f["--disable_flash_attn"] is True
 
 
+def test_on_demand_checkpointing_is_asked_for_only_when_resuming():
+    """resume="auto": the workers save a full state on the parent's trigger (SIGTERM), else they do not."""
+    assert flags(command(on_demand_checkpointing=True))["--on_demand_checkpointing"] is True
+    assert "--on_demand_checkpointing" not in flags(command())
+
+
 def test_every_flag_exists_in_the_installed_main_ds():
-    emitted = set(flags(command(use_liger=True)))
+    emitted = set(flags(command(use_liger=True, on_demand_checkpointing=True)))
     unknown = emitted - main_ds_flags()
     assert not unknown, f"main_ds does not accept {sorted(unknown)}"
 
@@ -105,21 +112,20 @@ def test_torchrun_launch(env, values, expected):
         assert launch == expected  # torchrun takes nnodes/rank/rendezvous from PET_*
 
 
-def test_a_retry_starts_clean_instead_of_resuming(tmp_path):
-    """instructlab-training resumes from any full_state/: an earlier attempt's is removed first."""
-    from airflow_provider_sft.core.pod.entrypoint import start_clean
-    from airflow_provider_sft.core.training.nodes import Topology
+def test_a_clean_start_removes_what_instructlab_would_resume_from(tmp_path):
+    """instructlab-training resumes from any full_state/: a clean start removes it, and the run's identity."""
+    from airflow_provider_sft.core.training.resume import start_clean
 
     (tmp_path / "full_state" / "epoch_0").mkdir(parents=True)
+    (tmp_path / "full_state.run.json").write_text("{}")
     (tmp_path / "hf_format" / "samples_64").mkdir(parents=True)
     (tmp_path / "training_params_and_metrics_global0.jsonl").write_text("{}\n")
     (tmp_path / "data").mkdir()
-    second, first = Topology(node_rank=1, num_nodes=2), Topology(node_rank=0, num_nodes=2)
-    assert start_clean(tmp_path, second) == []  # only node 0 cleans, before the rendezvous the others wait on
-    assert start_clean(tmp_path, first) == [
+    assert start_clean(tmp_path) == [
         "full_state",
+        "full_state.run.json",
         "hf_format",
         "training_params_and_metrics_global0.jsonl",
     ]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
-    assert start_clean(tmp_path, first) == []
+    assert start_clean(tmp_path) == []
