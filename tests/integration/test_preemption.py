@@ -8,6 +8,8 @@ PATCH of ``spec.suspend`` (``spec.runPolicy.suspend`` for a PyTorchJob).
 
 from __future__ import annotations
 
+import itertools
+import json
 import re
 import threading
 import time
@@ -144,8 +146,9 @@ def patch_suspend(cluster, namespace: str, name: str, suspend: bool, kind: str =
 
 
 def test_a_running_trainjob_preempted_by_kueue_waits_for_readmission_and_completes(cluster, namespace, pvc):
-    """Suspended mid-training: the task log says preempted (not a failure), the start timeout
-    passes unheeded, the pods are gone while it waits; readmitted, new pods run and it succeeds."""
+    """Suspended mid-training: the node saves its state on SIGTERM and says so, the wait says
+    preempted (not a failure), the start timeout passes unheeded, the pods are gone while it waits;
+    readmitted, new pods resume from the saved state and it succeeds with one continuous curve."""
     training = training_run("preempted", num_epochs=3)
     sft = KubernetesBackend(
         config=KubernetesConfig.build(namespace=namespace, pvc_name=CLAIM, start_timeout_seconds=4),
@@ -183,6 +186,20 @@ def test_a_running_trainjob_preempted_by_kueue_waits_for_readmission_and_complet
     )
     done = [i for i, line in enumerate(lines) if line.startswith("[sft] done in")]
     assert done and lines.index(preempted) < readmitted < done[-1], lines  # the new pods' log too
+    # the pod side: saved on SIGTERM (before its pod went), then the new pod resumed from it
+    saving = next(i for i, line in enumerate(lines) if line.startswith("[sft] preempted: SIGTERM received"))
+    step = int(lines[saving].rpartition(" ")[2])
+    resuming = next(i for i, line in enumerate(lines) if line.startswith("[sft] resuming from"))
+    assert saving < readmitted < resuming < done[-1], lines
+    assert f"at step {step}, " in lines[resuming], lines[resuming]
+    # one run, one curve: every step recorded once, samples_seen carried on across the resume
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+    steps = [row for row in rows if "avg_loss" in row]
+    assert [row["step"] for row in steps] == list(range(1, len(steps) + 1))
+    assert 3 <= step < len(steps)  # preempted mid-run
+    per_step = {row["samples_seen"] - previous["samples_seen"] for previous, row in itertools.pairwise(steps)}
+    assert min(per_step) > 0, per_step  # no step's samples counted twice or from zero again
+    assert [row["step"] for row in rows if row.get("resumed")] == [step]  # the resume, marked once
     assert sum(line.startswith("preempted, waiting") for line in lines) == 1  # reported once
     assert not any("StartTimeout" in line or "did not start" in line for line in lines)
     assert (pvc / "runs" / training.name / c.HF_FORMAT_DIR).is_dir()
