@@ -102,14 +102,13 @@ class WatchCursor:
         preempted (a queued one was not), and the first other state after that is its readmission."""
         if state.phase is JobPhase.SUSPENDED and self.started:
             state = replace(state, phase=JobPhase.PREEMPTED)
-        preempted_last = self.last is not None and self.last.phase is JobPhase.PREEMPTED
-        if preempted_last and state.phase is JobPhase.PREEMPTED:
+        if self.last is None or self.last.phase is not JobPhase.PREEMPTED:
+            return state
+        if state.phase is JobPhase.PREEMPTED:
             # One preemption, reported once: the queue's spec.suspend is often seen before the
             # controller's Suspended condition, which adds only its wording.
             return self.last
-        if preempted_last and state.phase is not JobPhase.PREEMPTED and not state.terminal:
-            return replace(state, readmitted=True)
-        return state
+        return state if state.terminal else replace(state, readmitted=True)
 
     def event(self, kind: str, obj: Any) -> JobState | None:
         """Take one watch event; returns the terminal state when the wait is over."""
