@@ -78,6 +78,7 @@ with DAG(
         kubernetes=STEP_KUBERNETES,
         workspace="{{ params.workspace }}",  # never /, a system or a home directory
         max_dropped_fraction="{{ params.max_dropped_fraction }}",
+        checkpoint_grace_seconds="{{ params.checkpoint_grace_seconds }}",
     )
     resolve_dataset = ResolveDatasetOperator(
         task_id="resolve_dataset",
@@ -122,6 +123,7 @@ with DAG(
         workspace_mode="{{ params.workspace_mode }}",
         hf_conn_id="{{ params.hf_conn_id }}",
         max_dropped_fraction="{{ params.max_dropped_fraction }}",
+        checkpoint_grace_seconds="{{ params.checkpoint_grace_seconds }}",
         deferrable=True,  # kubernetes: wait in the triggerer, not in a worker slot
         # templates, rendered to each parameter's type at run time (render_template_as_native_obj)
         **{name: "{{ params." + name + " }}" for name in TRAINING_PARAMETERS},  # type: ignore[arg-type]

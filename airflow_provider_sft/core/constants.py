@@ -44,6 +44,9 @@ FULL_STATE_DIR = "full_state"  # full_state/epoch_<N>/ (optimizer + scheduler st
 PROCESSED_DATA_FILE = "data.jsonl"  # instructlab data_process output
 #: A run may lose at most this share of its samples to instructlab's length filters (the data gate).
 DEFAULT_MAX_DROPPED_FRACTION = 0.02
+#: Seconds a training pod has, after SIGTERM, to save its full state (``checkpoint_grace_seconds``)
+#: when the base model's size is unknown here: a model of up to 7B parameters (core/checkpoint_grace.py).
+DEFAULT_CHECKPOINT_GRACE_SECONDS = 900
 RUN_CONFIG_FILE = "run_config.json"  # what the entrypoint was asked to do
 TRAIN_LOG_FILE = "train.log"  # stdout/stderr of the training process
 

@@ -145,6 +145,8 @@ class TrainingRun:
     attempt: str = ""
     # The gate on samples the length filters drop, when the pod processes the data itself.
     max_dropped_fraction: float = c.DEFAULT_MAX_DROPPED_FRACTION
+    # The pods' terminationGracePeriodSeconds: time to save a full state after SIGTERM (a preemption).
+    checkpoint_grace_seconds: int = c.DEFAULT_CHECKPOINT_GRACE_SECONDS
 
     def __post_init__(self) -> None:
         check_run_name(self.name, num_nodes=self.params.resource_num_workers)
@@ -167,6 +169,7 @@ class TrainingRun:
             "extra": self.extra,
             "attempt": self.attempt,
             "max_dropped_fraction": self.max_dropped_fraction,
+            "checkpoint_grace_seconds": self.checkpoint_grace_seconds,
         }
 
     @classmethod
@@ -180,6 +183,7 @@ class TrainingRun:
             extra=data.get("extra", {}),
             attempt=data.get("attempt", ""),
             max_dropped_fraction=data.get("max_dropped_fraction", c.DEFAULT_MAX_DROPPED_FRACTION),
+            checkpoint_grace_seconds=data.get("checkpoint_grace_seconds", c.DEFAULT_CHECKPOINT_GRACE_SECONDS),
         )
 
     def write_config(self) -> Path:

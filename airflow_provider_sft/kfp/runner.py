@@ -10,7 +10,8 @@ duck-typed: ``.path``, ``.metadata``, ``.log_metric``) and does what the origina
 2. resolve the dataset artifact (or the PVC's ``dataset/train.jsonl``) into
    ``<pvc_path>/dataset/train.jsonl``, then tokenize and measure it here (the ``prepare`` step)
    and stop, before any training job exists, a run that would lose more than 2% of its samples
-   (``SFT_MAX_DROPPED_FRACTION`` changes the share);
+   (``SFT_MAX_DROPPED_FRACTION`` changes the share); ``SFT_CHECKPOINT_GRACE_SECONDS`` sets the
+   pods' grace period to save their state when preempted (default: from the base model's size);
 3. train: as a TrainJob when the pod can reach a cluster (``KUBERNETES_SERVER_URL`` +
    ``KUBERNETES_AUTH_TOKEN``, or an in-cluster service account), else on the
    embedded local backend (``SFT_BACKEND=local|kubernetes`` forces one);
@@ -34,6 +35,7 @@ from airflow_provider_sft.core.backends import Credentials, JobStatus
 from airflow_provider_sft.core.backends.factory import BackendConfig, build_backend, config_type
 from airflow_provider_sft.core.backends.kubernetes.config import KubernetesConfig
 from airflow_provider_sft.core.backends.local import LocalConfig
+from airflow_provider_sft.core.checkpoint_grace import checked_checkpoint_grace_seconds
 from airflow_provider_sft.core.dataset import artifact_location, resolve_dataset
 from airflow_provider_sft.core.errors import DatasetError, InvalidParameterError, TrainingFailedError
 from airflow_provider_sft.core.files import checked_root
@@ -194,6 +196,8 @@ def backend_config(
 
 
 MAX_DROPPED_ENV = "SFT_MAX_DROPPED_FRACTION"
+#: The component's signature is the seed's: the pods' grace period comes from the environment.
+CHECKPOINT_GRACE_ENV = "SFT_CHECKPOINT_GRACE_SECONDS"
 #: The data report's figures the metrics artifact carries, as ``data_<name>``.
 LOGGED_DATA_METRICS = ("input_samples", "kept_samples", "dropped_samples", "label_tokens", "total_steps")
 
@@ -244,8 +248,16 @@ def run_train_model(
         max_dropped = checked_max_dropped_fraction(
             os.environ.get(MAX_DROPPED_ENV, c.DEFAULT_MAX_DROPPED_FRACTION), field=MAX_DROPPED_ENV
         )
+        grace = checked_checkpoint_grace_seconds(
+            os.environ.get(CHECKPOINT_GRACE_ENV), base_model=params.base_model, field=CHECKPOINT_GRACE_ENV
+        )
         run = TrainingRun(
-            name, params, planned, str(Path(pvc_path) / c.RUNS_DIR / name), max_dropped_fraction=max_dropped
+            name,
+            params,
+            planned,
+            str(Path(pvc_path) / c.RUNS_DIR / name),
+            max_dropped_fraction=max_dropped,
+            checkpoint_grace_seconds=grace,
         )
         backend.preflight(run)
     run = dataclasses.replace(run, dataset_path=_resolved(location, workspace))
