@@ -42,7 +42,7 @@ from airflow_provider_sft.core.files import checked_root
 from airflow_provider_sft.core.params import COMPONENT_PARAMETER_PREFIX, SFTParams
 from airflow_provider_sft.core.results.chart import write_loss_chart
 from airflow_provider_sft.core.results.export import export_model, require_metrics_file
-from airflow_provider_sft.core.results.metrics import read_step_records, summarize, write_summary
+from airflow_provider_sft.core.results.metrics import read_metrics_log, summarize_log, write_summary
 from airflow_provider_sft.core.run import TrainingRun, run_name
 from airflow_provider_sft.core.training.data_report import (
     DataReport,
@@ -286,8 +286,8 @@ def run_train_model(
             "backend": "instructlab-training",
         }
     )
-    records, skipped = read_step_records(metrics_file)
-    summary = summarize(records, skipped_lines=skipped)
+    metrics = read_metrics_log(metrics_file)
+    records, summary = metrics.records, summarize_log(metrics)
     write_summary(summary, Path(pvc_path) / c.METRICS_SUMMARY_FILE, data=data_report.to_dict())
     for key in LOGGED_METRICS:
         value = getattr(summary, key)
