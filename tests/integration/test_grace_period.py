@@ -112,3 +112,35 @@ def test_a_pytorchjob_carries_the_grace_period_on_master_and_workers(fake_cluste
     assert set(replicas) == {"Master", "Worker"}
     for replica in replicas.values():
         assert replica["template"]["spec"]["terminationGracePeriodSeconds"] == GRACE
+
+
+@pytest.mark.parametrize(("release", "expected"), [("v2.3.0", GRACE), ("v2.2.1", None)])
+def test_the_node_pods_the_controller_makes_get_it_from_the_v23_patch_only(
+    fake_cluster, namespace, release, expected
+):
+    """Merged as the Trainer merges the runtime and the patch (tests/k8s/standin.py): the period the
+    kubelet gives a preempted pod. None: Kubernetes' 30 s (the upstream runtime sets none)."""
+    from tests.k8s.standin import merge_node_pods
+
+    use_release(fake_cluster.server, release)
+    handle = backend(fake_cluster, namespace).submit(grace_run(resource_num_workers=2))
+    runtime = fake_cluster.custom().get_cluster_custom_object(
+        c.TRAINER_GROUP, c.TRAINER_VERSION, "clustertrainingruntimes", "torch-distributed"
+    )
+    pods = merge_node_pods(stored(fake_cluster, namespace, handle.name), runtime)
+    assert [pod["spec"].get("terminationGracePeriodSeconds") for pod in pods] == [expected, expected]
+
+
+@pytest.mark.slow
+def test_a_grace_period_out_of_range_is_refused_by_the_form_before_the_run_exists(tmp_path):
+    """Through real Airflow (``airflow dags test``): the trigger's schema check names the field."""
+    from airflow_provider_sft.demo import EXAMPLE_DAGS, run_pipeline
+
+    workspace = tmp_path / "ws"
+    conf = {"checkpoint_grace_seconds": 3601, "workspace": str(workspace), "resource_gpu_per_worker": 0}
+    with pytest.raises(SystemExit):
+        run_pipeline(workspace, EXAMPLE_DAGS, conf, echo=False)
+    text = (workspace / "dags-test.log").read_text()
+    assert "checkpoint_grace_seconds" in text and "3601" in text
+    assert "task_id=validate" not in text  # no task ran
+    assert not (workspace / "runs").exists()
