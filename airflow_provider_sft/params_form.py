@@ -27,6 +27,7 @@ from typing import Any
 from airflow.sdk import Param
 
 from airflow_provider_sft.core import constants as c
+from airflow_provider_sft.core.checkpoint_grace import MAX_CHECKPOINT_GRACE_SECONDS
 from airflow_provider_sft.core.dataset import BUNDLED_SOURCE, Format, OnBadRecord, RecordMapping
 from airflow_provider_sft.core.params import INT32_FIELDS, INT32_MAX, SFTParams
 
@@ -444,6 +445,21 @@ def _kubernetes_params() -> dict[str, Param]:
             "Kubernetes",
             "key=value,... on the TrainJob itself, e.g. kueue.x-k8s.io/queue-name=gpu-queue.",
             pattern=LABEL_LIST_PATTERN,
+        ),
+        "checkpoint_grace_seconds": Param(
+            None,
+            type=["null", "integer"],
+            # not top-level minimum/maximum: the form's number input would clamp what was typed
+            allOf=[
+                {"title": "Checkpoint grace period", "minimum": 1, "maximum": MAX_CHECKPOINT_GRACE_SECONDS}
+            ],
+            title="Checkpoint grace period (s)",
+            section="Kubernetes",
+            description=(
+                f"Seconds a preempted training pod may take to save its state (1 to {MAX_CHECKPOINT_GRACE_SECONDS}): "
+                "the pods' terminationGracePeriodSeconds. Empty: derived from a local base model's size, "
+                f"else {c.DEFAULT_CHECKPOINT_GRACE_SECONDS} (enough for 7B parameters)."
+            ),
         ),
     }
 

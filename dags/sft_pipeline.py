@@ -79,6 +79,7 @@ with DAG(
         workspace="{{ params.workspace }}",  # never /, a system or a home directory
         max_dropped_fraction="{{ params.max_dropped_fraction }}",
         resume="{{ params.resume }}",
+        checkpoint_grace_seconds="{{ params.checkpoint_grace_seconds }}",
     )
     resolve_dataset = ResolveDatasetOperator(
         task_id="resolve_dataset",
@@ -124,6 +125,7 @@ with DAG(
         hf_conn_id="{{ params.hf_conn_id }}",
         max_dropped_fraction="{{ params.max_dropped_fraction }}",
         resume="{{ params.resume }}",  # auto: a retry or a preempted job continues from its saved state
+        checkpoint_grace_seconds="{{ params.checkpoint_grace_seconds }}",
         deferrable=True,  # kubernetes: wait in the triggerer, not in a worker slot
         # templates, rendered to each parameter's type at run time (render_template_as_native_obj)
         **{name: "{{ params." + name + " }}" for name in TRAINING_PARAMETERS},  # type: ignore[arg-type]
@@ -138,6 +140,7 @@ with DAG(
         task_id="report",
         training_output_dir=train.output["output_dir"],  # type: ignore[index]  # as above
         steps=export_model.output["steps"],  # type: ignore[index]  # as above
+        resumes=export_model.output["resumes"],  # type: ignore[index]  # as above
         workspace="{{ params.workspace }}",
     )
     validate >> resolve_dataset >> prepare_data >> train >> export_model >> report

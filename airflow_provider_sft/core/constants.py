@@ -48,6 +48,9 @@ DEFAULT_MAX_DROPPED_FRACTION = 0.02
 DEFAULT_RESUME = "auto"
 #: The exit status of a training process that saved its full state on SIGTERM and stopped (EX_TEMPFAIL).
 PREEMPTED_EXIT_CODE = 75
+#: Seconds a training pod has, after SIGTERM, to save its full state (``checkpoint_grace_seconds``)
+#: when the base model's size is unknown here: a model of up to 7B parameters (core/checkpoint_grace.py).
+DEFAULT_CHECKPOINT_GRACE_SECONDS = 900
 RUN_CONFIG_FILE = "run_config.json"  # what the entrypoint was asked to do
 TRAIN_LOG_FILE = "train.log"  # stdout/stderr of the training process
 

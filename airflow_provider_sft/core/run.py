@@ -149,6 +149,8 @@ class TrainingRun:
     # "auto": a new attempt continues from the newest complete saved state of this same run
     # (after a preemption, a suspension or a task retry); "never": it starts clean.
     resume: str = c.DEFAULT_RESUME
+    # The pods' terminationGracePeriodSeconds: time to save a full state after SIGTERM (a preemption).
+    checkpoint_grace_seconds: int = c.DEFAULT_CHECKPOINT_GRACE_SECONDS
 
     def __post_init__(self) -> None:
         check_run_name(self.name, num_nodes=self.params.resource_num_workers)
@@ -173,6 +175,7 @@ class TrainingRun:
             "attempt": self.attempt,
             "max_dropped_fraction": self.max_dropped_fraction,
             "resume": self.resume,
+            "checkpoint_grace_seconds": self.checkpoint_grace_seconds,
         }
 
     @classmethod
@@ -187,6 +190,7 @@ class TrainingRun:
             attempt=data.get("attempt", ""),
             max_dropped_fraction=data.get("max_dropped_fraction", c.DEFAULT_MAX_DROPPED_FRACTION),
             resume=data.get("resume", c.DEFAULT_RESUME),
+            checkpoint_grace_seconds=data.get("checkpoint_grace_seconds", c.DEFAULT_CHECKPOINT_GRACE_SECONDS),
         )
 
     def write_config(self) -> Path:

@@ -12,7 +12,9 @@ duck-typed: ``.path``, ``.metadata``, ``.log_metric``) and does what the origina
    and stop, before any training job exists, a run that would lose more than 2% of its samples
    (``SFT_MAX_DROPPED_FRACTION`` changes the share);
    a retried or preempted training continues from its saved state (``SFT_RESUME=never``
-   starts it clean; the component's signature is the seed's, so both are environment variables);
+   starts it clean); ``SFT_CHECKPOINT_GRACE_SECONDS`` sets the pods' grace period to save
+   that state when preempted (default: from the base model's size). The component's
+   signature is the seed's, so all three are environment variables;
 3. train: as a TrainJob when the pod can reach a cluster (``KUBERNETES_SERVER_URL`` +
    ``KUBERNETES_AUTH_TOKEN``, or an in-cluster service account), else on the
    embedded local backend (``SFT_BACKEND=local|kubernetes`` forces one);
@@ -36,13 +38,14 @@ from airflow_provider_sft.core.backends import Credentials, JobStatus
 from airflow_provider_sft.core.backends.factory import BackendConfig, build_backend, config_type
 from airflow_provider_sft.core.backends.kubernetes.config import KubernetesConfig
 from airflow_provider_sft.core.backends.local import LocalConfig
+from airflow_provider_sft.core.checkpoint_grace import checked_checkpoint_grace_seconds
 from airflow_provider_sft.core.dataset import artifact_location, resolve_dataset
 from airflow_provider_sft.core.errors import DatasetError, InvalidParameterError, TrainingFailedError
 from airflow_provider_sft.core.files import checked_root
 from airflow_provider_sft.core.params import COMPONENT_PARAMETER_PREFIX, SFTParams
 from airflow_provider_sft.core.results.chart import write_loss_chart
 from airflow_provider_sft.core.results.export import export_model, require_metrics_file
-from airflow_provider_sft.core.results.metrics import read_step_records, summarize, write_summary
+from airflow_provider_sft.core.results.metrics import read_metrics_log, summarize_log, write_summary
 from airflow_provider_sft.core.run import TrainingRun, run_name
 from airflow_provider_sft.core.training.data_report import (
     DataReport,
@@ -198,6 +201,8 @@ def backend_config(
 
 MAX_DROPPED_ENV = "SFT_MAX_DROPPED_FRACTION"
 RESUME_ENV = "SFT_RESUME"  # "auto" (default) or "never", e.g. task.set_env_variable
+#: The component's signature is the seed's: the pods' grace period comes from the environment.
+CHECKPOINT_GRACE_ENV = "SFT_CHECKPOINT_GRACE_SECONDS"
 #: The data report's figures the metrics artifact carries, as ``data_<name>``.
 LOGGED_DATA_METRICS = ("input_samples", "kept_samples", "dropped_samples", "label_tokens", "total_steps")
 
@@ -248,6 +253,9 @@ def run_train_model(
         max_dropped = checked_max_dropped_fraction(
             os.environ.get(MAX_DROPPED_ENV, c.DEFAULT_MAX_DROPPED_FRACTION), field=MAX_DROPPED_ENV
         )
+        grace = checked_checkpoint_grace_seconds(
+            os.environ.get(CHECKPOINT_GRACE_ENV), base_model=params.base_model, field=CHECKPOINT_GRACE_ENV
+        )
         run = TrainingRun(
             name,
             params,
@@ -255,6 +263,7 @@ def run_train_model(
             str(Path(pvc_path) / c.RUNS_DIR / name),
             max_dropped_fraction=max_dropped,
             resume=checked_resume(os.environ.get(RESUME_ENV, c.DEFAULT_RESUME), field=RESUME_ENV),
+            checkpoint_grace_seconds=grace,
         )
         backend.preflight(run)
     run = dataclasses.replace(run, dataset_path=_resolved(location, workspace))
@@ -283,8 +292,8 @@ def run_train_model(
             "backend": "instructlab-training",
         }
     )
-    records, skipped = read_step_records(metrics_file)
-    summary = summarize(records, skipped_lines=skipped)
+    metrics = read_metrics_log(metrics_file)
+    records, summary = metrics.records, summarize_log(metrics)
     write_summary(summary, Path(pvc_path) / c.METRICS_SUMMARY_FILE, data=data_report.to_dict())
     for key in LOGGED_METRICS:
         value = getattr(summary, key)

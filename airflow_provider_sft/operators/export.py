@@ -10,7 +10,13 @@ from airflow.sdk import BaseOperator
 
 from airflow_provider_sft.core import constants as c
 from airflow_provider_sft.core.results.chart import write_loss_chart
-from airflow_provider_sft.core.results.metrics import MetricsSummary, StepRecord, read_step_records, summarize
+from airflow_provider_sft.core.results.metrics import (
+    MetricsLog,
+    MetricsSummary,
+    StepRecord,
+    read_metrics_log,
+    summarize_log,
+)
 from airflow_provider_sft.core.training.progress import summary_line
 from airflow_provider_sft.lineage import LineageMixin
 from airflow_provider_sft.links import TrainingResultsLink
@@ -40,8 +46,9 @@ class ExportModelOperator(WorkspaceStepsMixin, LineageMixin, BaseOperator):
     the model and ``metrics.json`` are then on the PVC.
 
     Returns (XCom) ``model_path``, ``source_checkpoint``, ``metrics_path``, ``metrics`` (the
-    summary), ``steps`` (the per-step loss curve the report task draws) and ``data_report`` (the
-    data the run trained on: counts, token-length histogram, steps; also in ``metrics.json``).
+    summary), ``steps`` (the per-step loss curve the report task draws), ``resumes`` (where a
+    preempted or retried run resumed: the chart marks them) and ``data_report`` (the data the run
+    trained on: counts, token-length histogram, steps; also in ``metrics.json``).
     """
 
     template_fields: Sequence[str] = ("training_output_dir", "workspace", "model_dir", *STEP_TEMPLATE_FIELDS)
@@ -94,7 +101,7 @@ class ExportModelOperator(WorkspaceStepsMixin, LineageMixin, BaseOperator):
         return {
             key: result[key]
             for key in ("model_path", "source_checkpoint", "metrics_path", "metrics", "steps", "data_report")
-        }
+        } | {"resumes": result.get("resumes", [])}
 
 
 class LossChartOperator(BaseOperator):
@@ -103,6 +110,8 @@ class LossChartOperator(BaseOperator):
     :param training_output_dir: the training run's directory. (templated)
     :param steps: the loss curve, the ``steps`` XCom of :class:`ExportModelOperator`; without it
         the run's metrics file is read (the worker must then see the workspace). (templated)
+    :param resumes: with ``steps``: the ``resumes`` XCom of :class:`ExportModelOperator`, drawn as
+        vertical lines where a preempted or retried run resumed. (templated)
     :param chart_path: output HTML path, default ``<workspace>/runs/<run>/loss_chart.html``: the
         chart is drawn on the Airflow side, in this worker's ``workspace``. (templated)
     :param workspace: workspace root. (templated)
@@ -110,7 +119,7 @@ class LossChartOperator(BaseOperator):
     Returns (XCom) ``chart_path``.
     """
 
-    template_fields: Sequence[str] = ("training_output_dir", "workspace", "chart_path", "steps")
+    template_fields: Sequence[str] = ("training_output_dir", "workspace", "chart_path", "steps", "resumes")
     ui_color = "#fdf2e9"
     operator_extra_links = (TrainingResultsLink(),)
 
@@ -121,6 +130,7 @@ class LossChartOperator(BaseOperator):
         workspace: str,
         chart_path: str | None = None,
         steps: list[dict[str, Any]] | None = None,
+        resumes: list[dict[str, Any]] | None = None,
         **kwargs: Any,
     ):
         kwargs.setdefault("multiple_outputs", True)  # each result key is its own XCom too
@@ -129,18 +139,19 @@ class LossChartOperator(BaseOperator):
         self.workspace = workspace
         self.chart_path = chart_path
         self.steps = steps
+        self.resumes = resumes
 
     def execute(self, context: Any) -> dict[str, Any]:
         if self.steps is not None:
-            records, skipped = [StepRecord(**step) for step in self.steps], 0
+            metrics = MetricsLog([StepRecord(**step) for step in self.steps], 0, list(self.resumes or []))
         else:
-            records, skipped = read_step_records(Path(self.training_output_dir) / c.METRICS_FILE)
+            metrics = read_metrics_log(Path(self.training_output_dir) / c.METRICS_FILE)
         run = Path(self.training_output_dir).name
         target = Path(self.chart_path or Path(self.workspace) / c.RUNS_DIR / run / c.LOSS_CHART_FILE)
         chart = write_loss_chart(
-            records,
+            metrics.records,
             target,
-            summary=summarize(records, skipped_lines=skipped),
+            summary=summarize_log(metrics),
             title=f"SFT loss — {Path(self.training_output_dir).name}",
         )
         self.log.info("Loss chart: %s", chart)

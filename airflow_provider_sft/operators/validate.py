@@ -10,6 +10,7 @@ from airflow.sdk import BaseOperator
 
 from airflow_provider_sft.core.backends.factory import config_type
 from airflow_provider_sft.core.backends.kubernetes.config import KubernetesConfig
+from airflow_provider_sft.core.checkpoint_grace import checked_checkpoint_grace_seconds
 from airflow_provider_sft.core.dataset import DatasetOptions
 from airflow_provider_sft.core.errors import InvalidParameterError
 from airflow_provider_sft.core.files import checked_root, checked_target
@@ -43,6 +44,7 @@ class ValidateRunOperator(BaseOperator):
     :param pvc_mount_path: where the pods mount the PVC in ``cluster`` mode. (templated)
     :param max_dropped_fraction: the data gate's share (0 to 1), as the prepare task takes it. (templated)
     :param resume: ``"auto"`` or ``"never"``, as the train task takes it. (templated)
+    :param checkpoint_grace_seconds: as the train task takes it (1 to 3600 s, empty: derived). (templated)
     """
 
     template_fields: Sequence[str] = (
@@ -56,6 +58,7 @@ class ValidateRunOperator(BaseOperator):
         "pvc_mount_path",
         "max_dropped_fraction",
         "resume",
+        "checkpoint_grace_seconds",
     )
     ui_color = "#fef9e7"
 
@@ -72,11 +75,13 @@ class ValidateRunOperator(BaseOperator):
         pvc_mount_path: str | None = None,
         max_dropped_fraction: float | str | None = None,
         resume: str | None = None,
+        checkpoint_grace_seconds: int | str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.max_dropped_fraction = max_dropped_fraction
         self.resume = resume
+        self.checkpoint_grace_seconds = checkpoint_grace_seconds
         self.workspace = workspace
         self.model_dir = model_dir
         self.pvc_mount_path = pvc_mount_path
@@ -102,6 +107,7 @@ class ValidateRunOperator(BaseOperator):
             lambda: workspace_mode(self.backend, self.workspace_mode),
             self._data_gate,
             lambda: self.resume is None or checked_resume(self.resume),
+            lambda: checked_checkpoint_grace_seconds(self.checkpoint_grace_seconds),
             self._directories,
             self._backend,
         ]

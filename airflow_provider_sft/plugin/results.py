@@ -271,18 +271,26 @@ def _chart_html(figure: Any, div_id: str) -> str:
 
 
 def _training_section(results: Results) -> str:
-    from airflow_provider_sft.core.results.chart import NO_DATA_MESSAGE, build_figure, has_loss_data
+    from airflow_provider_sft.core.results.chart import (
+        NO_DATA_MESSAGE,
+        build_figure,
+        has_loss_data,
+        resume_label,
+    )
 
     records = [StepRecord(**step) for step in results.steps]
     metrics = results.metrics  # the export's summary: computed once, where the run was read
+    resumes = [mark for mark in metrics.get("resumes") or [] if isinstance(mark, dict) and "step" in mark]
     rows = "".join(
         f"<tr><th>{label}</th><td>{_cell(metrics.get(key), spec)}</td></tr>"
         for key, label, spec in _METRIC_ROWS
     )
+    if resumes:  # a preempted or retried run that continued from its saved state
+        listed = "<br>".join(html.escape(resume_label(mark)) for mark in resumes)
+        rows += f'<tr id="sft-resumes"><th>Resumed</th><td>{listed}</td></tr>'
     if has_loss_data(records):
-        chart = _chart_html(
-            build_figure(records, title=f"Training loss — {html.escape(results.run_name)}"), "sft-loss-chart"
-        )
+        title = f"Training loss — {html.escape(results.run_name)}"
+        chart = _chart_html(build_figure(records, title=title, resumes=resumes), "sft-loss-chart")
     else:  # an empty set of axes reads as a broken page
         chart = f'<p class="note" id="sft-no-data">{html.escape(NO_DATA_MESSAGE)}</p>'
     return (

@@ -79,11 +79,22 @@ def check_prepare_data(_tmp_path) -> None:
     assert "data.jsonl byte-identical in every run: yes" in out, out
 
 
+def check_preemption_steps(_tmp_path) -> None:
+    out = run_smoke("preemption_steps.py")
+    assert "not a measurement" in out, out
+    row = rf"^\| 10,000 samples, batch 128, 3 epochs \| 79 \| 71 \| 0 \(at most 1 in flight\) \| {NUMBER} \| 0\.00 \|"
+    assert re.search(row, out, re.M), out
+    assert re.search(
+        rf"^10,000 samples, batch 128, 3 epochs: GPU-hours saved per preemption = {NUMBER}", out, re.M
+    ), out
+
+
 SMOKE_CHECKS = {
     "local_train.py": check_local_train,
     "dataset_resolve.py": check_dataset_resolve,
     "prepare_data.py": check_prepare_data,
     "trigger_scale.py": check_trigger_scale,  # on the real API server (tests/k8s/harness.py)
+    "preemption_steps.py": check_preemption_steps,  # arithmetic: the figure in benchmarks/README.md
 }
 
 

@@ -552,7 +552,7 @@ def test_a_running_job_streams_its_rank0_log_and_succeeds(cluster, namespace, ki
 
 @pytest.mark.parametrize(
     ("release", "generation"),
-    [("v2.1.0", SpecGeneration.V2_1), ("v2.2.1", SpecGeneration.V2_2), ("v2.3.0", SpecGeneration.V2_2)],
+    [("v2.1.0", SpecGeneration.V2_1), ("v2.2.1", SpecGeneration.V2_2), ("v2.3.0", SpecGeneration.V2_3)],
 )
 def test_detects_the_generation_from_the_served_crd(fake_cluster, namespace, release, generation):
     from tests.integration.conftest import use_release

@@ -90,7 +90,7 @@ def export(config: Mapping[str, Any], *, log: Logger, env: Mapping[str, str] = o
     file naming the newest exported model, replaced atomically (never the model itself).
     The result carries the loss curve and the data report (also in ``metrics.json``)."""
     from airflow_provider_sft.core.results.export import export_model, require_metrics_file
-    from airflow_provider_sft.core.results.metrics import read_step_records, summarize, write_summary
+    from airflow_provider_sft.core.results.metrics import read_metrics_log, summarize_log, write_summary
 
     run_dir = Path(config["run_dir"])
     metrics_file = require_metrics_file(run_dir)  # before the model is published
@@ -98,18 +98,18 @@ def export(config: Mapping[str, Any], *, log: Logger, env: Mapping[str, str] = o
     log(
         f"exported {result.source_checkpoint} -> {result.model_path} ({result.files} files, {result.bytes} bytes)"
     )
-    records, skipped = read_step_records(metrics_file)
-    summary = summarize(records, skipped_lines=skipped)
+    metrics = read_metrics_log(metrics_file)
+    records, summary = metrics.records, summarize_log(metrics)
     data_report = read_data_report(run_dir)
     metrics_path = write_summary(summary, Path(config["metrics_path"]), data=data_report)
-    if config.get("prune"):
-        pruned = prune_intermediate(run_dir)
-        log(f"pruned the run's intermediate state ({', '.join(pruned) or 'nothing'}); the model is kept")
     if config.get("latest_path"):
         from airflow_provider_sft.core.files import atomic_write_bytes
 
         latest = {"run_dir": str(run_dir), "model_path": result.model_path, "metrics_path": str(metrics_path)}
         atomic_write_bytes(config["latest_path"], jsonio.dumps(latest, indent=True))
+    if config.get("prune"):  # last: until the model is published, the run's newest full state can resume it
+        pruned = prune_intermediate(run_dir)
+        log(f"pruned the run's intermediate state ({', '.join(pruned) or 'nothing'}); the model is kept")
     return {
         "model_path": result.model_path,
         "source_checkpoint": result.source_checkpoint,
@@ -118,6 +118,7 @@ def export(config: Mapping[str, Any], *, log: Logger, env: Mapping[str, str] = o
         "metrics_path": str(metrics_path),
         "metrics": summary.to_dict(),
         "steps": [asdict(record) for record in records],
+        "resumes": summary.resumes,  # the loss chart marks them
         "data_report": data_report,
     }
 
@@ -133,6 +134,9 @@ def read_data_report(run_dir: Path) -> dict[str, Any] | None:
 #: What a run keeps only until its model is exported: optimizer state (and the identity that
 #: lets a new attempt resume from it: kept as long as the state, no longer), checkpoints (the
 #: exported model holds hard links to, or copies of, the files it needs) and processed data.
+#: Retention: the newest complete ``full_state/`` survives until the export has published the
+#: model (the model, ``metrics.json`` and ``latest.json`` written): an export that fails on the
+#: way leaves the run resumable (``resume="auto"``). Then, unless ``keep_intermediate``, all go.
 INTERMEDIATE = (c.FULL_STATE_DIR, IDENTITY_FILE, c.HF_FORMAT_DIR, c.PROCESSED_DIR)
 
 

@@ -8,14 +8,16 @@ points. The raw loss is drawn faintly under its smoothed line (the EMA of
 :func:`metrics.smooth`), as TensorBoard and W&B do: a single step's loss is noisy.
 A run without a single loss value gets a small page that says so instead: an empty
 chart (and 4.7 MB of inlined plotly.js) would only look like a broken one.
+A run that resumed (after a preemption or a task retry) is still one curve; each resume is a
+dashed vertical line after the last step before it, labelled with the state it resumed from.
 """
 
 from __future__ import annotations
 
 import html
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -55,8 +57,23 @@ def downsample(
     return xs[index], ys[index]
 
 
+def resume_label(mark: Mapping[str, Any]) -> str:
+    """``resumed after step 40 from epoch_1 (samples 160, attempt 3f2a)``: what the line says."""
+    details = [
+        f"{name} {mark[key]}"
+        for name, key in (("samples", "samples_seen"), ("attempt", "attempt"))
+        if mark.get(key) not in (None, "")
+    ]
+    source = f" from {mark['state']}" if mark.get("state") else ""
+    return f"resumed after step {mark['step']}{source}" + (f" ({', '.join(details)})" if details else "")
+
+
 def build_figure(
-    records: Sequence[StepRecord], *, title: str = "Training loss", max_points: int = DEFAULT_MAX_POINTS
+    records: Sequence[StepRecord],
+    *,
+    title: str = "Training loss",
+    max_points: int = DEFAULT_MAX_POINTS,
+    resumes: Sequence[Mapping[str, Any]] = (),
 ) -> go.Figure:
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
@@ -103,6 +120,13 @@ def build_figure(
         ),
         secondary_y=True,
     )
+    for mark in resumes:
+        figure.add_vline(
+            x=mark["step"],
+            line={"dash": "dash", "color": "#7f7f7f", "width": 1},
+            annotation={"text": html.escape(resume_label(mark)), "textangle": -90, "font": {"size": 10}},
+            annotation_position="top left",
+        )
     figure.update_layout(
         title=title,
         hovermode="x unified",
@@ -123,9 +147,11 @@ def _subtitle(summary: MetricsSummary | None) -> str:
     def fmt(value: float | None, spec: str) -> str:
         return "n/a" if value is None else format(value, spec)
 
+    resumed = len(summary.resumes)
     return (
         f"final loss {fmt(summary.final_loss_smoothed, '.4f')} smoothed, {fmt(summary.final_loss, '.4f')} last step · min loss {fmt(summary.min_loss, '.4f')} · "
         f"perplexity {fmt(summary.perplexity, '.2f')} · {summary.steps} steps · {summary.total_tokens} tokens"
+        + (f" · resumed {resumed}x" if resumed else "")
     )
 
 
@@ -145,7 +171,8 @@ def write_loss_chart(
         full_title = (
             f"{html.escape(title)}<br><sup>{html.escape(subtitle)}</sup>" if subtitle else html.escape(title)
         )
-        figure = build_figure(records, title=full_title, max_points=max_points)
+        resumes = summary.resumes if summary is not None else ()
+        figure = build_figure(records, title=full_title, max_points=max_points, resumes=resumes)
         page = figure.to_html(include_plotlyjs=True, full_html=True, config={"displaylogo": False})
     return atomic_write_bytes(path, page.encode("utf-8"))
 

@@ -8,6 +8,11 @@ lines. Rules:
 * NaN/inf losses are kept in the trace (the chart shows gaps) but excluded from
   ``min_loss``; a NaN final loss is reported as ``None`` with a count;
 * a torn last line (the writer was killed mid-line) is skipped, not fatal;
+* a resumed run writes a marker line ``{"resumed": true, "step": S, "samples_seen": N, "epoch":
+  E, "state": "epoch_E", "attempt": "..."}`` after its steps up to S (preemption, task retry);
+  the steps before and after are one run, one curve, and the markers are kept in order as
+  ``resumes`` (``metrics.json``, the chart's vertical lines). ``runtime_seconds`` adds up the
+  time spent training in each stretch, not the time the run waited between them;
 * the last step's loss is one (often partial) batch: ``final_loss_smoothed``, the
   debiased exponential moving average TensorBoard and W&B draw (weight
   :data:`SMOOTHING_WEIGHT`), is reported beside it, and the chart draws the same line.
@@ -20,7 +25,8 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +52,19 @@ class StepRecord:
     timestamp: str | None
 
 
+#: The keys of a resume marker as ``metrics.json`` keeps it.
+RESUME_KEYS = ("step", "samples_seen", "epoch", "state", "attempt")
+
+
+@dataclass(frozen=True)
+class MetricsLog:
+    """What a metrics JSONL holds: the steps (one per step), the resumes, the unreadable lines."""
+
+    records: list[StepRecord]
+    skipped_lines: int
+    resumes: list[dict[str, Any]] = field(default_factory=list)
+
+
 @dataclass(frozen=True)
 class MetricsSummary:
     final_loss: float | None  # the last step's raw loss
@@ -60,6 +79,7 @@ class MetricsSummary:
     runtime_seconds: float | None
     non_finite_losses: int
     skipped_lines: int
+    resumes: list[dict[str, Any]] = field(default_factory=list)  # RESUME_KEYS each, in file order
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -81,9 +101,27 @@ def _number(value: Any) -> float | None:
         return None
 
 
+def _resume_mark(row: dict[str, Any]) -> dict[str, Any] | None:
+    """A resume marker line as ``metrics.json`` keeps it; None for any other line."""
+    if row.get("resumed") is not True or isinstance(row.get("step"), bool):
+        return None
+    try:
+        step = int(row["step"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return {"step": step, **{key: row.get(key) for key in RESUME_KEYS[1:]}}
+
+
 def read_step_records(path: str | Path) -> tuple[list[StepRecord], int]:
     """Per-step records in step order (last line per step wins) and the number of unreadable lines."""
+    metrics = read_metrics_log(path)
+    return metrics.records, metrics.skipped_lines
+
+
+def read_metrics_log(path: str | Path) -> MetricsLog:
+    """The steps in step order (last line per step wins), the resume markers, the unreadable lines."""
     by_step: dict[int, StepRecord] = {}
+    resumes: list[dict[str, Any]] = []
     skipped = 0
     with Path(path).open("rb") as handle:
         for line in handle:
@@ -95,6 +133,9 @@ def read_step_records(path: str | Path) -> tuple[list[StepRecord], int]:
                 skipped += 1
                 continue
             if not isinstance(row, dict) or row.get("hparams") or "step" not in row:
+                continue
+            if (mark := _resume_mark(row)) is not None:
+                resumes.append(mark)
                 continue
             loss_key = next((key for key in LOSS_KEYS if key in row), None)
             if loss_key is None:
@@ -110,17 +151,26 @@ def read_step_records(path: str | Path) -> tuple[list[StepRecord], int]:
                 throughput=_number(row.get("overall_throughput")),
                 timestamp=row.get("timestamp"),
             )
-    return [by_step[step] for step in sorted(by_step)], skipped
+    return MetricsLog([by_step[step] for step in sorted(by_step)], skipped, resumes)
 
 
-def _runtime_seconds(records: list[StepRecord]) -> float | None:
+def _runtime_seconds(records: list[StepRecord], resumes: Sequence[dict[str, Any]] = ()) -> float | None:
+    """First to last step's timestamp, within each stretch between resumes, added up."""
     from datetime import datetime
 
-    stamps = [r.timestamp for r in records if r.timestamp]
-    if len(stamps) < 2:
+    cuts = sorted({mark["step"] for mark in resumes})
+    stretches: list[list[str]] = [[] for _ in range(len(cuts) + 1)]
+    for record in records:
+        if record.timestamp:
+            stretches[sum(1 for cut in cuts if record.step > cut)].append(record.timestamp)
+    if sum(len(stamps) for stamps in stretches) < 2:
         return None
     try:
-        return (datetime.fromisoformat(stamps[-1]) - datetime.fromisoformat(stamps[0])).total_seconds()
+        return sum(
+            (datetime.fromisoformat(stamps[-1]) - datetime.fromisoformat(stamps[0])).total_seconds()
+            for stamps in stretches
+            if stamps
+        )
     except ValueError:
         return None
 
@@ -150,7 +200,12 @@ def smooth(losses: list[float | None], weight: float = SMOOTHING_WEIGHT) -> list
     return smoothed
 
 
-def summarize(records: list[StepRecord], *, skipped_lines: int = 0) -> MetricsSummary:
+def summarize(
+    records: list[StepRecord],
+    *,
+    skipped_lines: int = 0,
+    resumes: Sequence[dict[str, Any]] = (),
+) -> MetricsSummary:
     finite = [r.loss for r in records if r.loss is not None and math.isfinite(r.loss)]
     final = records[-1].loss if records else None
     final = final if final is not None and math.isfinite(final) else None
@@ -168,15 +223,19 @@ def summarize(records: list[StepRecord], *, skipped_lines: int = 0) -> MetricsSu
         total_tokens=sum(r.tokens or 0 for r in records),
         samples_seen=max(samples) if samples else 0,
         avg_throughput_samples_per_second=sum(throughputs) / len(throughputs) if throughputs else None,
-        runtime_seconds=_runtime_seconds(records),
+        runtime_seconds=_runtime_seconds(records, resumes),
         non_finite_losses=sum(1 for r in records if r.loss is not None and not math.isfinite(r.loss)),
         skipped_lines=skipped_lines,
+        resumes=[dict(mark) for mark in resumes],
     )
 
 
+def summarize_log(metrics: MetricsLog) -> MetricsSummary:
+    return summarize(metrics.records, skipped_lines=metrics.skipped_lines, resumes=metrics.resumes)
+
+
 def summarize_file(path: str | Path) -> MetricsSummary:
-    records, skipped = read_step_records(path)
-    return summarize(records, skipped_lines=skipped)
+    return summarize_log(read_metrics_log(path))
 
 
 def write_summary(summary: MetricsSummary, path: str | Path, *, data: dict[str, Any] | None = None) -> Path:

@@ -219,7 +219,7 @@ def load_state(state_dir: Path) -> SavedState:
     step = metadata.get("global_step")
     return SavedState(
         path=state_dir,
-        epoch=int(metadata.get("current_epoch", int(_STATE_DIR.match(state_dir.name)[1]))),
+        epoch=int(metadata.get("current_epoch", _epoch_of(state_dir.name))),
         samples_seen=metadata["samples_seen"],
         global_step=step if isinstance(step, int) else None,
         saved_at=metadata_path.stat().st_mtime,
@@ -330,7 +330,15 @@ def _saved_by(attempts: list[dict[str, Any]], state: SavedState) -> str:
 
 
 def _state_index(state: SavedState) -> int:
-    return int(_STATE_DIR.match(state.path.name)[1])
+    return _epoch_of(state.path.name)
+
+
+def _epoch_of(name: str) -> int:
+    """The number of a state directory ``epoch_<N>`` (callers only pass names that matched)."""
+    match = _STATE_DIR.match(name)
+    if match is None:
+        raise ValueError(f"not a full state directory name: {name!r}")
+    return int(match[1])
 
 
 def newest_complete_state(full_state: Path, *, since: float = 0.0) -> SavedState | None:

@@ -34,6 +34,10 @@ the pod names JobSet derives from the TrainJob's name must fit in 63 characters:
 webhook refuses them (kubernetes-sigs/jobset ``pkg/webhooks/jobset_webhook.go``, "pod names
 generated for this JobSet will exceed 63 characters") after the TrainJob was admitted.
 Rules that the CRD schema enforces (types, enums, CEL) are left to the API server.
+
+Not a refusal but a warning (:func:`grace_period_warning`): on v2.1 and v2.2 no TrainJob field
+reaches the pods' ``terminationGracePeriodSeconds`` (added to runtime patches in v2.3.0), so
+``checkpoint_grace_seconds`` cannot be applied and the runtime's own period holds.
 """
 
 from __future__ import annotations
@@ -304,3 +308,34 @@ def _priority_class_errors(
             "priority with job_labels='kueue.x-k8s.io/priority-class=<name>'"
         )
     }
+
+
+#: Kubernetes' own ``terminationGracePeriodSeconds`` when a pod spec sets none.
+KUBERNETES_DEFAULT_GRACE_SECONDS = 30
+
+
+def grace_period_warning(
+    grace_seconds: int | None, runtime: dict[str, Any], generation: SpecGeneration
+) -> str | None:
+    """One line when the run's grace period cannot reach its pods and the one that holds is shorter.
+
+    From v2.3 the runtime patch sets it (:func:`.manifest.build_trainjob`). Before, the runtime's
+    ``node`` pod template decides: its ``terminationGracePeriodSeconds``, else Kubernetes' 30 s.
+    """
+    if grace_seconds is None or generation is SpecGeneration.V2_3:
+        return None
+    runtime_name = f"{runtime.get('kind', 'runtime')} {runtime.get('metadata', {}).get('name', '')!r}"
+    own = _runtime_jobs(runtime).get(c.NODE, {}).get("terminationGracePeriodSeconds")
+    holds = KUBERNETES_DEFAULT_GRACE_SECONDS if own is None else int(own)
+    if holds >= grace_seconds:
+        return None
+    source = f"Kubernetes' default: {runtime_name} sets none" if own is None else f"set by {runtime_name}"
+    carrier = "podTemplateOverrides" if generation is SpecGeneration.V2_1 else "runtimePatches"
+    return (
+        f"checkpoint_grace_seconds={grace_seconds} cannot reach the training pods: the cluster serves "
+        f"the Kubeflow Trainer {generation.value} TrainJob API, whose spec.{carrier} has no "
+        f"terminationGracePeriodSeconds, so the pods get {holds} s ({source}) to save their state when "
+        f"preempted. Upgrade Kubeflow Trainer to v2.3 or later (spec_generation='v2.3' if it is already "
+        f"v2.3 and its CRD cannot be read here), or set terminationGracePeriodSeconds: {grace_seconds} "
+        f"in the node pod template of {runtime_name}"
+    )

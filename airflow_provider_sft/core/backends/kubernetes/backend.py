@@ -216,6 +216,8 @@ class KubernetesBackend(TrainingBackend):
         runtime = await self.runtime(client)
         body = self.manifest(work, generation, timeout_seconds)
         admission.check(body, runtime, generation, priority_class_name=self.config.priority_class_name)
+        if warning := admission.grace_period_warning(work.termination_grace_seconds, runtime, generation):
+            log.warning(warning)
         return body
 
     async def generation(self, client: KubeClient) -> SpecGeneration:

@@ -43,7 +43,8 @@ _AFFINITY_KEYS = {"nodeAffinity", "podAffinity", "podAntiAffinity"}
 class SpecGeneration(str, Enum):
     AUTO = "auto"  # detect from the served CRD
     V2_1 = "v2.1"  # spec.labels/annotations + podTemplateOverrides
-    V2_2 = "v2.2"  # runtimePatches (v2.2 and later)
+    V2_2 = "v2.2"  # runtimePatches (v2.2)
+    V2_3 = "v2.3"  # runtimePatches that may set the pods' terminationGracePeriodSeconds (v2.3 and later)
 
 
 class RuntimeKind(str, Enum):

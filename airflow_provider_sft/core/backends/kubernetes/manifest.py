@@ -8,7 +8,11 @@ PyTorchJob):
   targeting the ``node`` job;
 * ``v2.2`` and later: one ``spec.runtimePatches`` entry owned by this provider (its
   ``manager`` a domain-prefixed path, as the Trainer webhook requires), and
-  ``spec.activeDeadlineSeconds`` from the run's timeout.
+  ``spec.activeDeadlineSeconds`` from the run's timeout;
+* ``v2.3`` and later: the same patch also sets the node pods' ``terminationGracePeriodSeconds``
+  (``checkpoint_grace_seconds``: time to save a full state when preempted). v2.1's
+  ``podTemplateOverrides`` and v2.2's patches have no such field: there the runtime's own
+  period holds, and the preflight (:func:`.admission.grace_period_warning`) says so.
 
 The node container runs the pod program (:mod:`.program`) from a ConfigMap that
 ``build_program_configmap`` makes, mounted read-only; nothing is installed at start.
@@ -235,6 +239,8 @@ class NodeWork:
     pod_metadata: dict[str, Any]
     labels: dict[str, str]
     annotations: dict[str, str]  # on the job
+    # The pods' terminationGracePeriodSeconds; None: the runtime's (a workspace step saves nothing).
+    termination_grace_seconds: int | None = None
 
 
 def training_work(
@@ -260,6 +266,7 @@ def training_work(
         },
         labels=dict(labels),
         annotations=dict(params.metadata_annotations),
+        termination_grace_seconds=run.checkpoint_grace_seconds,
     )
 
 
@@ -304,6 +311,8 @@ def build_trainjob(
     if generation is SpecGeneration.AUTO:
         raise ValueError("resolve SpecGeneration.AUTO with detect_generation() before building")
     pod_spec = pod_spec_patch(work.name, config, has_pull_secret=has_pull_secret)
+    if generation is SpecGeneration.V2_3 and work.termination_grace_seconds is not None:
+        pod_spec["terminationGracePeriodSeconds"] = work.termination_grace_seconds
     if generation is SpecGeneration.V2_1:
         pod_patch = _v21_pod_overrides(work, pod_spec)
     else:
@@ -385,8 +394,36 @@ def job_metadata(work: NodeWork, config: KubernetesConfig) -> dict[str, Any]:
     }
 
 
+#: Where a runtime patch's pod spec sits in the TrainJob schema (v2.2+), below ``spec.runtimePatches``.
+_PATCH_POD_SPEC_SCHEMA = (
+    "items",
+    "trainingRuntimeSpec",
+    "template",
+    "spec",
+    "replicatedJobs",
+    "template",
+    "spec",
+    "template",
+    "spec",
+)
+
+
+def _patch_pod_spec_properties(runtime_patches: dict[str, Any]) -> dict[str, Any]:
+    """The fields a runtime patch may set in a pod spec, per the CRD schema (empty when not found)."""
+    schema = runtime_patches
+    for key in _PATCH_POD_SPEC_SCHEMA:
+        schema = schema.get(key, {}) if key == "items" else schema.get("properties", {}).get(key, {})
+        if key == "replicatedJobs":
+            schema = schema.get("items", {})
+    return schema.get("properties", {})
+
+
 def detect_generation(crd: dict[str, Any] | None) -> SpecGeneration:
-    """The spec generation a served TrainJob CRD accepts (``v2.2`` when it cannot be told)."""
+    """The spec generation a served TrainJob CRD accepts (``v2.2`` when it cannot be told).
+
+    v2.3 is told from v2.2 by the field it added: ``terminationGracePeriodSeconds`` in a runtime
+    patch's pod spec (kubeflow/trainer PR #3324).
+    """
     if not crd:
         return SpecGeneration.V2_2
     for version in crd.get("spec", {}).get("versions", []):
@@ -395,6 +432,9 @@ def detect_generation(crd: dict[str, Any] | None) -> SpecGeneration:
         spec = version.get("schema", {}).get("openAPIV3Schema", {}).get("properties", {}).get("spec", {})
         properties = spec.get("properties", {})
         if "runtimePatches" in properties:
+            pod_fields = _patch_pod_spec_properties(properties["runtimePatches"])
+            if "terminationGracePeriodSeconds" in pod_fields:
+                return SpecGeneration.V2_3
             return SpecGeneration.V2_2
         if "podTemplateOverrides" in properties:
             return SpecGeneration.V2_1
@@ -406,16 +446,24 @@ _OTHER_GENERATION = {"runtimePatches": SpecGeneration.V2_1, "podTemplateOverride
 _UNKNOWN_SPEC_FIELD = re.compile(r'unknown field \\?"spec\.(runtimePatches|podTemplateOverrides)\\?"')
 
 
+_UNKNOWN_GRACE_FIELD = re.compile(
+    r'unknown field \\?"spec\.runtimePatches\[\d+\]\.[^"\\]*\.terminationGracePeriodSeconds\\?"'
+)
+
+
 def with_generation_hint(error: KubeApiError) -> KubeApiError:
-    """A strict 400 ``unknown field "spec.runtimePatches"`` (or ``podTemplateOverrides``) with the
-    ``spec_generation`` to set: the job was built for the other generation, because the CRD
-    could not be read to detect it (``auto`` assumes v2.2 then) or it was set wrong."""
+    """A strict 400 ``unknown field "spec.runtimePatches"`` (or ``podTemplateOverrides``, or a
+    patch's ``terminationGracePeriodSeconds``) with the ``spec_generation`` to set: the job was
+    built for another generation, because the CRD could not be read to detect it (``auto``
+    assumes v2.2 then) or it was set wrong."""
     found = _UNKNOWN_SPEC_FIELD.search(error.server_message) if error.status == 400 else None
-    if found is None:
+    grace = _UNKNOWN_GRACE_FIELD.search(error.server_message) if error.status == 400 else None
+    if found is None and grace is None:
         return error
-    served = _OTHER_GENERATION[found.group(1)]
+    field = "a runtime patch's terminationGracePeriodSeconds" if found is None else f"spec.{found.group(1)}"
+    served = SpecGeneration.V2_2 if found is None else _OTHER_GENERATION[found.group(1)]
     hint = (
-        f"The cluster's TrainJob CRD has no spec.{found.group(1)}: it serves the {served.value} spec "
+        f"The cluster's TrainJob CRD has no {field}: it serves the {served.value} spec "
         f"generation. Set spec_generation={served.value!r} (with 'auto' it is read from the CRD, which "
         "needs get on customresourcedefinitions.apiextensions.k8s.io; when that is refused, v2.2 is assumed)"
     )

@@ -7,7 +7,9 @@ and ``resource_num_workers - 1`` ``Worker``\\ s, each running the pod program in
 ``runPolicy.backoffLimit: 0``: Airflow owns retries, and a retried task re-submits a fresh job.
 ``runPolicy`` also carries the timeout (``activeDeadlineSeconds``), ``cleanPodPolicy`` (pods
 stay for their logs until the job is deleted), ``ttlSecondsAfterFinished`` and the
-``schedulingPolicy.queue`` for Volcano; Kueue reads ``job_labels`` as for a TrainJob.
+``schedulingPolicy.queue`` for Volcano; Kueue reads ``job_labels`` as for a TrainJob. The pod
+template (Master and Workers) carries the run's ``terminationGracePeriodSeconds``
+(``checkpoint_grace_seconds``), which every Training Operator v1 release accepts.
 
 ``kubeflow-training`` needs ``kubernetes<36``: it is the ``pytorchjob`` extra, imported only
 when a PyTorchJob is built.
@@ -67,6 +69,8 @@ def build_pytorchjob(
     )
     if config.priority_class_name:  # a PyTorchJob's pod template takes it (a TrainJob's runtime decides)
         spec["priorityClassName"] = config.priority_class_name
+    if work.termination_grace_seconds is not None:  # time to save a full state when preempted
+        spec["terminationGracePeriodSeconds"] = work.termination_grace_seconds
     template = {"metadata": work.pod_metadata, "spec": {**spec, "restartPolicy": "Never"}}
     replicas = {
         MASTER: models.KubeflowOrgV1ReplicaSpec(replicas=1, restart_policy="Never", template=template)
