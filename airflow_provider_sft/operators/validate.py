@@ -8,6 +8,7 @@ from typing import Any
 
 from airflow.sdk import BaseOperator
 
+from airflow_provider_sft.core import constants as c
 from airflow_provider_sft.core.backends.factory import config_type
 from airflow_provider_sft.core.backends.kubernetes.config import KubernetesConfig
 from airflow_provider_sft.core.checkpoint_grace import checked_checkpoint_grace_seconds
@@ -106,7 +107,7 @@ class ValidateRunOperator(BaseOperator):
             lambda: DatasetOptions.build(**{k: v for k, v in (self.dataset or {}).items() if v != ""}),
             lambda: workspace_mode(self.backend, self.workspace_mode),
             self._data_gate,
-            lambda: self.resume is None or checked_resume(self.resume),
+            lambda: checked_resume(self.resume or c.DEFAULT_RESUME),
             lambda: checked_checkpoint_grace_seconds(self.checkpoint_grace_seconds),
             self._directories,
             self._backend,
