@@ -344,7 +344,8 @@ class SFTTrainOperator(LineageMixin, BaseOperator):
             output_dir=str(Path(self.pod_workspace()) / c.RUNS_DIR / name),
             device=Device(self.device),
             max_dropped_fraction=checked_max_dropped_fraction(self.max_dropped_fraction),
-            resume=checked_resume(self.resume or c.DEFAULT_RESUME),  # unset or an empty form field: the default
+            # unset (None, or an empty form field): the default
+            resume=checked_resume(self.resume or c.DEFAULT_RESUME),
             checkpoint_grace_seconds=checked_checkpoint_grace_seconds(
                 self.checkpoint_grace_seconds, base_model=params.base_model
             ),

@@ -21,6 +21,7 @@ import pytest
 from airflow_provider_sft.core import constants as c
 from airflow_provider_sft.core.backends.base import JobStatus
 from airflow_provider_sft.core.backends.kubernetes import KubernetesBackend, KubernetesConfig
+from airflow_provider_sft.core.pod.protocol import node_prefix
 from airflow_provider_sft.core.results.metrics import read_step_records
 from tests.integration import test_training_pod, test_trainjob_trigger
 from tests.integration.test_training_pod import CLAIM, POD_ENV, training_run
@@ -145,11 +146,16 @@ def patch_suspend(cluster, namespace: str, name: str, suspend: bool, kind: str =
     cluster.custom().patch_namespaced_custom_object(group, version, namespace, plural, name, {"spec": spec})
 
 
-def test_a_running_trainjob_preempted_by_kueue_waits_for_readmission_and_completes(cluster, namespace, pvc):
+@pytest.mark.parametrize("nodes", [1, 2])
+def test_a_running_trainjob_preempted_by_kueue_waits_for_readmission_and_completes(
+    cluster, namespace, pvc, nodes
+):
     """Suspended mid-training: the node saves its state on SIGTERM and says so, the wait says
     preempted (not a failure), the start timeout passes unheeded, the pods are gone while it waits;
-    readmitted, new pods resume from the saved state and it succeeds with one continuous curve."""
-    training = training_run("preempted", num_epochs=3)
+    readmitted, new pods resume from the saved state and it succeeds with one continuous curve.
+    On 2 nodes every node gets SIGTERM, they agree on the step, and node 0's log is the one shown."""
+    training = training_run(f"preempted-{nodes}", num_epochs=3, resource_num_workers=nodes)
+    sft_line = node_prefix(0, nodes)  # "[sft] ", or "[sft node 0/2] " on 2 nodes
     sft = KubernetesBackend(
         config=KubernetesConfig.build(namespace=namespace, pvc_name=CLAIM, start_timeout_seconds=4),
         connect=cluster.connect,
@@ -184,12 +190,14 @@ def test_a_running_trainjob_preempted_by_kueue_waits_for_readmission_and_complet
     readmitted = next(
         i for i, line in enumerate(lines) if line.startswith("readmitted: the pods start again")
     )
-    done = [i for i, line in enumerate(lines) if line.startswith("[sft] done in")]
+    done = [i for i, line in enumerate(lines) if line.startswith(f"{sft_line}done in")]
     assert done and lines.index(preempted) < readmitted < done[-1], lines  # the new pods' log too
     # the pod side: saved on SIGTERM (before its pod went), then the new pod resumed from it
-    saving = next(i for i, line in enumerate(lines) if line.startswith("[sft] preempted: SIGTERM received"))
+    saving = next(
+        i for i, line in enumerate(lines) if line.startswith(f"{sft_line}preempted: SIGTERM received")
+    )
     step = int(lines[saving].rpartition(" ")[2])
-    resuming = next(i for i, line in enumerate(lines) if line.startswith("[sft] resuming from"))
+    resuming = next(i for i, line in enumerate(lines) if line.startswith(f"{sft_line}resuming from"))
     assert saving < readmitted < resuming < done[-1], lines
     assert f"at step {step}, " in lines[resuming], lines[resuming]
     # one run, one curve: every step recorded once, samples_seen carried on across the resume
