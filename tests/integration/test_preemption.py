@@ -210,7 +210,30 @@ def test_a_running_trainjob_preempted_by_kueue_waits_for_readmission_and_complet
     assert [row["step"] for row in rows if row.get("resumed")] == [step]  # the resume, marked once
     assert sum(line.startswith("preempted, waiting") for line in lines) == 1  # reported once
     assert not any("StartTimeout" in line or "did not start" in line for line in lines)
-    assert (pvc / "runs" / training.name / c.HF_FORMAT_DIR).is_dir()
+    # the same job never preempted: the resumed run is it, step for step and weight for weight
+    unbroken = training_run(f"unbroken-{nodes}", num_epochs=3, resource_num_workers=nodes)
+    result = sft.wait(sft.submit(unbroken), on_log=lambda line: None)
+    assert result.succeeded, result.message
+    expected = [
+        row
+        for row in map(json.loads, (pvc / "runs" / unbroken.name / c.METRICS_FILE).read_text().splitlines())
+        if "avg_loss" in row
+    ]
+    assert [row["step"] for row in expected] == [row["step"] for row in steps]
+    for got, want in zip(steps, expected, strict=True):
+        assert got["avg_loss"] == pytest.approx(want["avg_loss"], abs=1e-6), got["step"]
+        assert (got["samples_seen"], got["lr"]) == (want["samples_seen"], want["lr"]), got["step"]
+    got, want = (final_checkpoint_weights(pvc / "runs" / run.name) for run in (training, unbroken))
+    assert got.keys() == want.keys()
+    assert max((got[key] - want[key]).abs().max().item() for key in want) <= 1e-6
+
+
+def final_checkpoint_weights(run_dir: Path) -> dict:
+    """The weights of a run's last ``hf_format/samples_<N>/`` checkpoint (the end of its last epoch)."""
+    from safetensors.torch import load_file
+
+    newest = max((run_dir / c.HF_FORMAT_DIR).iterdir(), key=lambda p: int(p.name.rpartition("_")[2]))
+    return load_file(newest / "model.safetensors")
 
 
 def test_a_node_stopped_without_a_suspension_fails_the_job_saying_preempted(cluster, namespace):
