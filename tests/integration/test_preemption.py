@@ -273,6 +273,28 @@ def test_a_node_stopped_without_a_suspension_fails_the_job_saying_preempted(clus
     assert not any(line.startswith("preempted, waiting") for line in lines)  # not a suspension
 
 
+def test_the_stand_in_names_the_node_that_failed_the_job_not_one_stopped_because_of_it(
+    cluster, namespace
+):
+    """JobSet's failure policy stops node 0 once node 1 fails; the job's message must name node 1
+    (a 2-node flake once read "node 0 exited with code 143" for a worker that aborted)."""
+    fail_on_node_1 = (
+        "import os, sys, time\n"
+        "if os.environ['PET_NODE_RANK'] == '1':\n    time.sleep(1); sys.exit(3)\n"
+        "time.sleep(600)"
+    )
+    job = probe_job("node-1-fails", "unused", grace=2)
+    job["spec"]["trainer"] = {"command": ["python", "-c", fail_on_node_1], "numNodes": 2}
+    job.update(apiVersion="trainer.kubeflow.org/v1alpha1", kind="TrainJob")
+    group, version, plural = FAKE_KINDS["TrainJob"]
+    cluster.custom().create_namespaced_custom_object(group, version, namespace, plural, job)
+    codes = cluster.run_pods(namespace, "node-1-fails")
+    assert codes == [143, 3]  # node 0 SIGTERMed by the failure policy, after node 1 failed
+    stored = cluster.custom().get_namespaced_custom_object(group, version, namespace, plural, "node-1-fails")
+    (failed,) = [cond for cond in stored["status"]["conditions"] if cond["type"] == "Failed"]
+    assert failed["message"] == "container node of node 1 exited with code 3"
+
+
 # --- the deferrable wait: the trigger --------------------------------------------------------
 
 

@@ -698,7 +698,9 @@ class FakeCluster:
         if all(code == 0 for code in codes):
             drive("complete", reason="JobsCompleted", message="jobs completed")
         else:
-            failed = next(rank for rank, code in enumerate(codes) if code)
+            failed = self.kubelet.first_failed.get((namespace, name))
+            if failed is None:
+                failed = next(rank for rank, code in enumerate(codes) if code)
             drive(
                 "failed",
                 reason="JobsFailed",

@@ -19,7 +19,7 @@ Started by :mod:`tests.k8s.standin` as root inside fresh network and mount names
   ``python`` exec into), then, after the pod's ``terminationGracePeriodSeconds``, SIGKILL to all
   its processes (its process group: a container's cgroup is killed whole).
 
-It prints ``{"started": [pids]}`` once the nodes run, and ``{"exit_codes": [...], "killed": [...]}``
+It prints ``{"started": [pids]}`` once the nodes run, and ``{"exit_codes": [...], "killed": [...], "first_failed": rank}``
 when every node has ended: a kubelet's exit codes (128 + the signal for one a signal ended), and
 whether the grace period ran out.
 """
@@ -136,15 +136,20 @@ def main() -> int:
     print(json.dumps({"started": [process.pid for process in processes]}), flush=True)
     graces = [node["grace_seconds"] for node in plan["nodes"]]
     killed = [False] * len(processes)
+    first_failed = None  # the node whose own failure ended the job, not one stopped because of it
     # Deleted pods are stopped; and as JobSet's default failure policy does: once a node fails,
     # the job fails and the other nodes' pods are deleted.
     while any(process.poll() is None for process in processes):
-        if deleted or any(process.poll() not in (None, 0) for process in processes):
+        failed = [rank for rank, process in enumerate(processes) if process.poll() not in (None, 0)]
+        if deleted or failed:
+            first_failed = failed[0] if failed else None
             killed = stop(processes, graces)
             break
         time.sleep(0.1)
     codes = [exit_code(process.wait()) for process in processes]
-    print(json.dumps({"exit_codes": codes, "killed": killed}), flush=True)
+    if first_failed is None and any(codes):
+        first_failed = next(rank for rank, code in enumerate(codes) if code)
+    print(json.dumps({"exit_codes": codes, "killed": killed, "first_failed": first_failed}), flush=True)
     return 0
 
 

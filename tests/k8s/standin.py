@@ -257,6 +257,7 @@ class Kubelet:
         self.sandboxes: dict[tuple[str, str], Sandbox] = {}  # (namespace, job) -> its running pods
         self.stopped: set[tuple[str, str]] = set()  # jobs whose pods stop() ended (run() returns then)
         self.killed: dict[tuple[str, str], list[bool]] = {}  # per job: which nodes outlived their grace
+        self.first_failed: dict[tuple[str, str], int | None] = {}  # per job: the node that failed it
 
     def stop(self, namespace: str, name: str) -> None:
         """Delete the running pods of job ``name`` (a suspension, a drain): SIGTERM, the grace
@@ -295,6 +296,7 @@ class Kubelet:
             errors.seek(0)
             raise RuntimeError(f"the sandbox failed: {errors.read()[-3000:]}")
         self.killed[key] = reports[-1]["killed"]
+        self.first_failed[key] = reports[-1]["first_failed"]
         return reports[-1]["exit_codes"]
 
     def _env(self, namespace: str, container: dict[str, Any]) -> dict[str, str]:

@@ -239,6 +239,7 @@ def train_on_cpu(
         with StopOnSigterm() as stop:
             for epoch in range(loop.first_epoch, params.num_epochs):
                 loop.train_epoch(epoch, stop)
+        _wait_for_every_node(topology.num_nodes)
     finally:
         metrics.close()
         _leave_nodes(topology.num_nodes)
@@ -276,6 +277,20 @@ def _join_nodes(topology: Topology, log: Logger) -> None:
         world_size=world,
         timeout=datetime.timedelta(minutes=30),
     )
+
+
+def _wait_for_every_node(world: int) -> None:
+    """Meet every node after the last step, so no node tears gloo down while a peer still uses it.
+
+    Without it a node that finished first could close its sockets under a peer's last collective,
+    and gloo aborted the peer at exit ("terminate called without an active exception"). Only the
+    success path meets: a node that failed must not make the others wait out the 30-minute timeout.
+    """
+    if world <= 1:
+        return
+    import torch.distributed as dist
+
+    dist.barrier()
 
 
 def _leave_nodes(world: int) -> None:
