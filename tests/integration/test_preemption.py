@@ -273,9 +273,7 @@ def test_a_node_stopped_without_a_suspension_fails_the_job_saying_preempted(clus
     assert not any(line.startswith("preempted, waiting") for line in lines)  # not a suspension
 
 
-def test_the_stand_in_names_the_node_that_failed_the_job_not_one_stopped_because_of_it(
-    cluster, namespace
-):
+def test_the_stand_in_names_the_node_that_failed_the_job_not_one_stopped_because_of_it(cluster, namespace):
     """JobSet's failure policy stops node 0 once node 1 fails; the job's message must name node 1
     (a 2-node flake once read "node 0 exited with code 143" for a worker that aborted)."""
     fail_on_node_1 = (
