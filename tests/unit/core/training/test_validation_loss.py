@@ -104,14 +104,18 @@ def test_a_split_that_leaves_nothing_to_train_on_is_named_before_training():
         split_held_out(samples, 0.9, 42)
 
 
+@pytest.fixture(scope="module")
+def validated_run(tiny_model, processed, tmp_path_factory):
+    """A real CPU run of the tiny model: 10% held out, validated every 4 steps."""
+    run = tmp_path_factory.mktemp("validated") / "run"
+    return run, train(run, tiny_model, processed, validation_frequency=4)
+
+
 @pytest.mark.slow
-def test_validation_lines_are_instructlabs_and_their_loss_is_main_ds_s(
-    tiny_model, processed, tmp_path, monkeypatch
-):
+def test_validation_lines_are_instructlabs_and_their_loss_is_main_ds_s(validated_run, processed, monkeypatch):
     """Every ``validation_frequency`` steps and after the last one, instructlab's keys; the last
     loss is what instructlab's ``compute_validation_loss`` gives for the final checkpoint."""
-    run = tmp_path / "run"
-    result = train(run, tiny_model, processed, validation_frequency=4)
+    run, result = validated_run
     rows = metrics_rows(run)
     hparams, steps = rows[0], [r for r in rows if "avg_loss" in r]
     validation = [r for r in rows if "val_loss" in r]
@@ -130,6 +134,42 @@ def test_validation_lines_are_instructlabs_and_their_loss_is_main_ds_s(
     expected = instructlabs_validation_loss(run / c.HF_FORMAT_DIR / "samples_211", processed, monkeypatch)
     assert validation[-1]["val_loss"] == pytest.approx(expected["val_loss"], rel=1e-5)
     assert validation[-1]["val_num_tokens"] == expected["val_num_tokens"]
+
+
+@pytest.mark.slow
+def test_a_real_run_s_validation_reaches_metrics_json_and_the_chart(validated_run, tmp_path):
+    """The export step writes metrics.json from the run's metrics file; the chart draws it."""
+    from airflow_provider_sft.core.pod.steps import export
+    from airflow_provider_sft.core.results.chart import write_loss_chart
+    from airflow_provider_sft.core.results.metrics import read_metrics_log, summarize_log
+
+    run, result = validated_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)  # the export prunes the run's checkpoints: the module's run stays whole
+    config = {
+        "run_dir": str(copy),
+        "model_dir": str(copy / c.FINAL_MODEL_DIR),
+        "metrics_path": str(copy / c.METRICS_SUMMARY_FILE),
+    }
+    exported = export(config, log=lambda _: None)
+    written = json.loads((copy / c.METRICS_SUMMARY_FILE).read_text())
+    lines = [r for r in metrics_rows(run) if "val_loss" in r]
+    best = min(lines, key=lambda r: r["val_loss"])
+    assert [v["step"] for v in written["validation"]] == [4, 8, 12, 14]
+    assert (written["validation_loss"], written["validation_step"]) == (result.validation.loss, 14)
+    assert (written["best_validation_loss"], written["best_validation_step"]) == (
+        best["val_loss"],
+        best["step"],
+    )
+    assert exported["metrics"]["validation"] == written["validation"]
+
+    metrics = read_metrics_log(copy / c.METRICS_FILE)
+    html = write_loss_chart(
+        metrics.records, tmp_path / "chart.html", summary=summarize_log(metrics)
+    ).read_text()
+    assert '"name":"validation loss"' in html
+    assert f'"name":"best validation loss {best["val_loss"]:.4f} (step {best["step"]})"' in html
+    assert '"symbol":"star"' in html
 
 
 def instructlabs_validation_loss(checkpoint: Path, processed: Path, monkeypatch) -> dict:
