@@ -275,3 +275,45 @@ def test_two_nodes_agree_with_each_other_and_with_one_node(tiny_model, processed
     assert [r["step"] for r in two_lines] == [r["step"] for r in one_lines] == [5, 10, 14]
     assert [r["val_loss"] for r in two_lines] == pytest.approx([r["val_loss"] for r in one_lines], rel=1e-4)
     assert finals[0] == (two_lines[-1]["val_loss"], one.validation.tokens)
+
+
+@pytest.mark.slow
+def test_a_preempted_and_resumed_run_validates_as_the_unbroken_one(tiny_model, processed, tmp_path):
+    """SIGTERM right after the validation of step 8 of 28: the resumed attempt holds out the same
+    samples, keeps the schedule (12, 16, ...) and ends with the unbroken run's losses."""
+    import signal
+
+    from airflow_provider_sft.core.errors import PreemptedError
+    from airflow_provider_sft.core.results.metrics import read_metrics_log
+
+    settings = {"validation_frequency": 4, "num_epochs": 2, "accelerate_full_state_at_epoch": True}
+    train(tmp_path / "unbroken", tiny_model, processed, **settings)
+
+    def stop_after_step_8(line: str) -> None:
+        if line.startswith("validation at step 8:"):
+            os.kill(os.getpid(), signal.SIGTERM)  # as the kubelet stops a preempted pod
+
+    broken = tmp_path / "broken"
+    with pytest.raises(PreemptedError):
+        train_on_cpu(
+            params(**settings),
+            model_path=str(tiny_model),
+            processed_data=processed,
+            output_dir=broken,
+            log=stop_after_step_8,
+        )
+    resumed = train_on_cpu(
+        params(**settings),
+        model_path=str(tiny_model),
+        processed_data=processed,
+        output_dir=broken,
+        log=lambda _: None,
+        resume_from=broken / c.FULL_STATE_DIR / "epoch_0",
+    )
+    unbroken_trace = read_metrics_log(tmp_path / "unbroken" / c.METRICS_FILE).validation
+    resumed_trace = read_metrics_log(broken / c.METRICS_FILE).validation
+    assert [v.step for v in resumed_trace] == [v.step for v in unbroken_trace] == [4, 8, 12, 16, 20, 24, 28]
+    assert [v.val_loss for v in resumed_trace] == pytest.approx(
+        [v.val_loss for v in unbroken_trace], abs=1e-6
+    )
+    assert resumed.validation.loss == pytest.approx(unbroken_trace[-1].val_loss, abs=1e-6)
