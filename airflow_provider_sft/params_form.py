@@ -99,6 +99,18 @@ TRAINING_FORM: dict[str, tuple[str, str, str]] = {
         "Tokens in one GPU's micro-batch: the memory cap. At least the max sequence length.",
     ),
     "seed": ("Random seed", "Model and training", "Same seed, same data order and initialisation."),
+    "validation_split": (
+        "Validation split",
+        "Model and training",
+        "Share of the samples held out (not trained on) for a validation loss, from 0 (none) to below 1, "
+        "e.g. 0.05. Needs a validation frequency.",
+    ),
+    "validation_frequency": (
+        "Validation every N steps",
+        "Model and training",
+        "With a validation split: the validation loss is computed every this many optimizer steps "
+        "(and at the end on a CPU). Empty: no validation.",
+    ),
     "resource_gpu_per_worker": (
         "GPUs per worker",
         "Resources",
@@ -191,7 +203,11 @@ _PATTERNS = {
 def _schema_for(name: str, prop: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
     title, section, description = TRAINING_FORM[name]
     schema: dict[str, Any] = {"title": title, "description": description, "section": section}
-    if name in _NULLABLE:
+    if "anyOf" in prop:  # an optional number (``int | None``): the field may stay empty
+        number = next(item for item in prop["anyOf"] if item.get("type") != "null")
+        prop = {**number, "default": prop.get("default")}
+        schema.update(type=["null", prop["type"]], default=prop["default"])
+    elif name in _NULLABLE:
         schema.update(type=["null", "string"], default=None)
     elif name in _PATTERNS:  # quantities and "auto|N": strings in the seed's interface
         schema.update(type="string", default=str(prop["default"]))
@@ -229,6 +245,8 @@ def _bounds(name: str, prop: dict[str, Any]) -> dict[str, Any]:
         bounds["maximum"] = 2**32 - 1
     if name == "learning_rate":
         bounds = {"exclusiveMinimum": 0}
+    if name == "validation_split":
+        bounds = {"minimum": 0, "exclusiveMaximum": 1}
     return bounds
 
 

@@ -141,6 +141,7 @@ with DAG(
         training_output_dir=train.output["output_dir"],  # type: ignore[index]  # as above
         steps=export_model.output["steps"],  # type: ignore[index]  # as above
         resumes=export_model.output["resumes"],  # type: ignore[index]  # as above
+        validation=export_model.output["validation"],  # type: ignore[index]  # as above
         workspace="{{ params.workspace }}",
     )
     validate >> resolve_dataset >> prepare_data >> train >> export_model >> report

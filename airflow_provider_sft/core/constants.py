@@ -28,6 +28,7 @@ DEFAULT_USE_LIGER = False
 DEFAULT_LR_SCHEDULER = "cosine"
 DEFAULT_SAVE_SAMPLES = 0  # 0 = no mid-epoch checkpoints
 DEFAULT_FSDP_SHARDING_STRATEGY = "HYBRID_SHARD"
+DEFAULT_VALIDATION_SPLIT = 0.0  # no held-out validation set (instructlab-training's default)
 
 # instructlab-training's optimizer settings (main_ds.py), mirrored by the CPU loop.
 ADAMW_BETAS = (0.9, 0.95)

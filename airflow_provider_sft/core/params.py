@@ -1,5 +1,8 @@
 """Every training parameter of the seed component, with its defaults and validation.
 
+Two more are Airflow's alone (the KFP component keeps the seed's signature): ``validation_split``
+and ``validation_frequency``, instructlab-training's held-out validation loss.
+
 ``SFTParams`` is the single typed model shared by the Airflow operator, the KFP shim
 and the training entrypoint. Field names are the seed's parameter names without
 their ``training_`` prefix (``training_learning_rate`` -> ``learning_rate``);
@@ -293,6 +296,15 @@ class SFTParams(BaseModel):
         FSDPShardingStrategy(c.DEFAULT_FSDP_SHARDING_STRATEGY),
         description="FSDP sharding strategy (FULL_SHARD, HYBRID_SHARD, NO_SHARD).",
     )
+    # Beyond the seed (Airflow only): instructlab-training 0.16.2's TrainingArgs of the same names.
+    validation_split: float = Field(
+        c.DEFAULT_VALIDATION_SPLIT,
+        description="Share of the samples held out for the validation loss, in [0, 1); 0 disables it.",
+    )
+    validation_frequency: PositiveInt | None = Field(
+        None,
+        description="Compute the validation loss every this many optimizer steps (required with a split).",
+    )
 
     # --- normalisation before field validation --------------------------------
 
@@ -304,7 +316,7 @@ class SFTParams(BaseModel):
             return {key: value for key, value in values.items() if value is not None}
         return values
 
-    @field_validator(*INT32_FIELDS, "seed", "learning_rate", mode="before")
+    @field_validator(*INT32_FIELDS, "seed", "learning_rate", "validation_split", mode="before")
     @classmethod
     def _numbers_are_not_bools(cls, value: Any) -> Any:
         return _reject_bool(value)
@@ -315,6 +327,22 @@ class SFTParams(BaseModel):
         if not math.isfinite(value) or value <= 0:
             raise ValueError(f"must be a finite number > 0, got {value!r}")
         return value
+
+    @field_validator("validation_split")
+    @classmethod
+    def _validation_split_is_a_fraction(cls, value: float) -> float:
+        # instructlab's TrainingArgs refuses the same range, but only on the training node.
+        if not math.isfinite(value) or not 0 <= value < 1:
+            raise ValueError(f"must be a fraction in [0, 1) (0: no validation), got {value!r}")
+        return value
+
+    @field_validator("validation_frequency", mode="before")
+    @classmethod
+    def _validation_frequency_unset_when_blank(cls, value: Any) -> Any:
+        # An empty form field or template renders as "": not set, like None.
+        if isinstance(value, str) and not value.strip():
+            return None
+        return _reject_bool(value)
 
     @field_validator("seed")
     @classmethod
@@ -422,6 +450,11 @@ class SFTParams(BaseModel):
             problems["max_tokens_per_gpu"] = (
                 f"{self.max_tokens_per_gpu} is below max_seq_len={self.max_seq_len}: instructlab-training's "
                 "multipack needs max_seq_len <= max_tokens_per_gpu (raise it, or lower max_seq_len)"
+            )
+        if self.validation_split > 0 and self.validation_frequency is None:
+            problems["validation_frequency"] = (
+                f"is required with validation_split={self.validation_split:g}: how many optimizer steps "
+                "between two validation losses (an integer >= 1)"
             )
         procs, gpus = self.resource_num_procs_per_worker, self.resource_gpu_per_worker
         if gpus == 0 and procs not in ("auto", 1):

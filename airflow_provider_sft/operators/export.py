@@ -14,6 +14,7 @@ from airflow_provider_sft.core.results.metrics import (
     MetricsLog,
     MetricsSummary,
     StepRecord,
+    ValidationRecord,
     read_metrics_log,
     summarize_log,
 )
@@ -47,8 +48,9 @@ class ExportModelOperator(WorkspaceStepsMixin, LineageMixin, BaseOperator):
 
     Returns (XCom) ``model_path``, ``source_checkpoint``, ``metrics_path``, ``metrics`` (the
     summary), ``steps`` (the per-step loss curve the report task draws), ``resumes`` (where a
-    preempted or retried run resumed: the chart marks them) and ``data_report`` (the data the run
-    trained on: counts, token-length histogram, steps; also in ``metrics.json``).
+    preempted or retried run resumed: the chart marks them), ``validation`` (the validation loss
+    trace, empty without a ``validation_split``) and ``data_report`` (the data the run trained on:
+    counts, token-length histogram, steps; also in ``metrics.json``).
     """
 
     template_fields: Sequence[str] = ("training_output_dir", "workspace", "model_dir", *STEP_TEMPLATE_FIELDS)
@@ -101,7 +103,7 @@ class ExportModelOperator(WorkspaceStepsMixin, LineageMixin, BaseOperator):
         return {
             key: result[key]
             for key in ("model_path", "source_checkpoint", "metrics_path", "metrics", "steps", "data_report")
-        } | {"resumes": result.get("resumes", [])}
+        } | {"resumes": result.get("resumes", []), "validation": result["metrics"].get("validation", [])}
 
 
 class LossChartOperator(BaseOperator):
@@ -112,6 +114,8 @@ class LossChartOperator(BaseOperator):
         the run's metrics file is read (the worker must then see the workspace). (templated)
     :param resumes: with ``steps``: the ``resumes`` XCom of :class:`ExportModelOperator`, drawn as
         vertical lines where a preempted or retried run resumed. (templated)
+    :param validation: with ``steps``: the ``validation`` XCom of :class:`ExportModelOperator`, the
+        validation loss drawn beside the training loss, its best step marked. (templated)
     :param chart_path: output HTML path, default ``<workspace>/runs/<run>/loss_chart.html``: the
         chart is drawn on the Airflow side, in this worker's ``workspace``. (templated)
     :param workspace: workspace root. (templated)
@@ -119,7 +123,14 @@ class LossChartOperator(BaseOperator):
     Returns (XCom) ``chart_path``.
     """
 
-    template_fields: Sequence[str] = ("training_output_dir", "workspace", "chart_path", "steps", "resumes")
+    template_fields: Sequence[str] = (
+        "training_output_dir",
+        "workspace",
+        "chart_path",
+        "steps",
+        "resumes",
+        "validation",
+    )
     ui_color = "#fdf2e9"
     operator_extra_links = (TrainingResultsLink(),)
 
@@ -131,6 +142,7 @@ class LossChartOperator(BaseOperator):
         chart_path: str | None = None,
         steps: list[dict[str, Any]] | None = None,
         resumes: list[dict[str, Any]] | None = None,
+        validation: list[dict[str, Any]] | None = None,
         **kwargs: Any,
     ):
         kwargs.setdefault("multiple_outputs", True)  # each result key is its own XCom too
@@ -140,10 +152,16 @@ class LossChartOperator(BaseOperator):
         self.chart_path = chart_path
         self.steps = steps
         self.resumes = resumes
+        self.validation = validation
 
     def execute(self, context: Any) -> dict[str, Any]:
         if self.steps is not None:
-            metrics = MetricsLog([StepRecord(**step) for step in self.steps], 0, list(self.resumes or []))
+            metrics = MetricsLog(
+                [StepRecord(**step) for step in self.steps],
+                0,
+                list(self.resumes or []),
+                [ValidationRecord(**record) for record in self.validation or []],
+            )
         else:
             metrics = read_metrics_log(Path(self.training_output_dir) / c.METRICS_FILE)
         run = Path(self.training_output_dir).name

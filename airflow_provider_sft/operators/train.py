@@ -88,6 +88,10 @@ class SFTTrainOperator(LineageMixin, BaseOperator):
     :param run_name: name of the run; default derived from dag id, run id, task id and
         map index, so a retry of the same task reuses the name. (templated)
     :param device: ``"auto"``, ``"cpu"`` or ``"cuda"`` for the local backend.
+    :param validation_split: beyond the seed's parameters: the share of samples (in [0, 1)) held out,
+        as instructlab-training holds them out, for a validation loss computed every
+        ``validation_frequency`` optimizer steps (required then) and, on the CPU loop, at the end.
+        It goes to the metrics file, ``metrics.json`` and the chart. (templated)
 
     Kubernetes backend (a Kubeflow Trainer TrainJob). All of these are templated; maps take a
     dict or ``"k=v,k=v"``, tolerations and affinity a list/dict or its JSON:
@@ -214,6 +218,8 @@ class SFTTrainOperator(LineageMixin, BaseOperator):
         save_samples: int | str | None = None,
         accelerate_full_state_at_epoch: bool | str | None = None,
         fsdp_sharding_strategy: str | None = None,
+        validation_split: float | str | None = None,
+        validation_frequency: int | str | None = None,
         kubernetes_conn_id: str | None = "kubernetes_default",
         namespace: str | None = None,
         runtime_name: str = c.DEFAULT_RUNTIME,
@@ -276,6 +282,8 @@ class SFTTrainOperator(LineageMixin, BaseOperator):
         self.save_samples = save_samples
         self.accelerate_full_state_at_epoch = accelerate_full_state_at_epoch
         self.fsdp_sharding_strategy = fsdp_sharding_strategy
+        self.validation_split = validation_split
+        self.validation_frequency = validation_frequency
         self.kubernetes_conn_id = kubernetes_conn_id
         self.namespace = namespace
         self.runtime_name = runtime_name

@@ -35,7 +35,8 @@ class ValidateRunOperator(BaseOperator):
     either, nor the workspace, a run's directory, or an existing directory the provider did
     not create. The failure is not retried (``AirflowFailException``).
 
-    :param training: the training parameters, as ``SFTTrainOperator`` takes them. (templated)
+    :param training: the training parameters, as ``SFTTrainOperator`` takes them (the seed's, and
+        ``validation_split`` with ``validation_frequency``, required when the split is > 0). (templated)
     :param dataset: ``format``, ``mapping``, ``on_bad_record``, ``split``, ``subset``,
         ``revision``. (templated)
     :param backend: ``local`` or ``kubernetes``; ``workspace_mode``: ``cluster`` or ``shared``. (templated)

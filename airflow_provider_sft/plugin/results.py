@@ -30,7 +30,7 @@ from fastapi import Depends, FastAPI, HTTPException, Query
 from fastapi.responses import FileResponse, HTMLResponse
 from sqlalchemy import select
 
-from airflow_provider_sft.core.results.metrics import StepRecord
+from airflow_provider_sft.core.results.metrics import StepRecord, ValidationRecord
 from airflow_provider_sft.core.training.data_report import REPORT_XCOM_KEY, DataReport
 
 PREFIX = "/sft"
@@ -248,6 +248,12 @@ _METRIC_ROWS = (
     ("avg_throughput_samples_per_second", "Samples per second", ".2f"),
     ("runtime_seconds", "Training time (s)", ".0f"),
 )
+#: Shown for a run with a validation split only: "n/a" rows would read as a failed validation.
+_VALIDATION_ROWS = (
+    ("validation_loss", "Validation loss (latest)", ".4f"),
+    ("best_validation_loss", "Best validation loss", ".4f"),
+    ("best_validation_step", "Best validation step", "d"),
+)
 
 
 def _cell(value: Any, spec: str) -> str:
@@ -283,14 +289,16 @@ def _training_section(results: Results) -> str:
     resumes = [mark for mark in metrics.get("resumes") or [] if isinstance(mark, dict) and "step" in mark]
     rows = "".join(
         f"<tr><th>{label}</th><td>{_cell(metrics.get(key), spec)}</td></tr>"
-        for key, label, spec in _METRIC_ROWS
+        for key, label, spec in _METRIC_ROWS + (_VALIDATION_ROWS if metrics.get("validation") else ())
     )
     if resumes:  # a preempted or retried run that continued from its saved state
         listed = "<br>".join(html.escape(resume_label(mark)) for mark in resumes)
         rows += f'<tr id="sft-resumes"><th>Resumed</th><td>{listed}</td></tr>'
     if has_loss_data(records):
         title = f"Training loss — {html.escape(results.run_name)}"
-        chart = _chart_html(build_figure(records, title=title, resumes=resumes), "sft-loss-chart")
+        validation = [ValidationRecord(**record) for record in metrics.get("validation") or []]
+        figure = build_figure(records, title=title, resumes=resumes, validation=validation)
+        chart = _chart_html(figure, "sft-loss-chart")
     else:  # an empty set of axes reads as a broken page
         chart = f'<p class="note" id="sft-no-data">{html.escape(NO_DATA_MESSAGE)}</p>'
     return (

@@ -105,6 +105,10 @@ def test_the_form_validates_with_its_own_defaults_and_no_optional_text_is_requir
         ("pvc_name", "sft workspace"),
         ("runtime_name", ""),
         ("resume", "always"),
+        ("validation_split", 1),
+        ("validation_split", -0.1),
+        ("validation_frequency", 0),
+        ("validation_frequency", 2.5),
     ],
 )
 def test_the_form_refuses_what_the_operator_refuses(name, bad):
@@ -135,6 +139,9 @@ def test_the_form_refuses_what_the_operator_refuses(name, bad):
         ("metadata_annotations", "example.com/owner=ml team"),
         ("job_labels", "kueue.x-k8s.io/queue-name=gpu-queue"),
         ("resume", "never"),
+        ("validation_split", 0),
+        ("validation_frequency", None),
+        ("validation_frequency", 10),
     ],
 )
 def test_the_form_accepts_what_the_operator_accepts(name, good):
@@ -144,6 +151,24 @@ def test_the_form_accepts_what_the_operator_accepts(name, good):
     form[name] = good
     if name in SFTParams.model_fields:
         SFTParams.parse({name: good})
+
+
+def test_a_validation_split_without_a_frequency_is_refused_by_the_first_task_naming_the_field():
+    """The form checks each field alone; the pair is a rule across fields, checked by the validate task."""
+    from airflow.sdk.definitions.param import ParamsDict
+
+    from airflow_provider_sft.core.errors import InvalidParameterError
+
+    form = ParamsDict(load_dag().params)
+    form["validation_split"] = 0.05
+    assert form.get_param("validation_frequency").value is None  # the form lets it through
+    with pytest.raises(
+        InvalidParameterError, match=r"validation_frequency: is required with validation_split=0\.05"
+    ):
+        SFTParams.parse({"validation_split": 0.05, "validation_frequency": None})
+    form["validation_frequency"] = 10
+    params = SFTParams.parse({"validation_split": 0.05, "validation_frequency": 10})
+    assert (params.validation_split, params.validation_frequency) == (0.05, 10)
 
 
 def test_sections_come_in_the_declared_order_with_written_titles():
@@ -198,6 +223,7 @@ def test_the_forms_number_inputs_get_no_bounds_to_clamp_to_yet_bad_numbers_are_r
         ("learning_rate", 0, "Learning rate"),
         ("seed", 2**32, "Random seed"),
         ("lr_warmup_steps", -1, "Warm-up steps"),
+        ("validation_split", 1, "Validation split"),
     ]:
         with pytest.raises(ParamValidationError, match=rf"param {name}: ") as refused:
             form[name] = bad

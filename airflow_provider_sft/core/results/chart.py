@@ -10,6 +10,9 @@ A run without a single loss value gets a small page that says so instead: an emp
 chart (and 4.7 MB of inlined plotly.js) would only look like a broken one.
 A run that resumed (after a preemption or a task retry) is still one curve; each resume is a
 dashed vertical line after the last step before it, labelled with the state it resumed from.
+A run with a validation split draws its validation loss on the same axis as the training loss
+(points every ``validation_frequency`` steps, joined), its lowest point marked with a star: the
+step whose checkpoint generalised best, which the last step need not be.
 """
 
 from __future__ import annotations
@@ -22,12 +25,20 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from airflow_provider_sft.core.files import atomic_write_bytes
-from airflow_provider_sft.core.results.metrics import SMOOTHING_WEIGHT, MetricsSummary, StepRecord, smooth
+from airflow_provider_sft.core.results.metrics import (
+    SMOOTHING_WEIGHT,
+    MetricsSummary,
+    StepRecord,
+    ValidationRecord,
+    best_validation,
+    smooth,
+)
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
 
 DEFAULT_MAX_POINTS = 4000
+VALIDATION_COLOR = "#ff7f0e"
 NO_DATA_MESSAGE = "No data: the run recorded no training step with a loss, so there is no loss curve to draw."
 
 
@@ -74,6 +85,7 @@ def build_figure(
     title: str = "Training loss",
     max_points: int = DEFAULT_MAX_POINTS,
     resumes: Sequence[Mapping[str, Any]] = (),
+    validation: Sequence[ValidationRecord] = (),
 ) -> go.Figure:
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
@@ -120,6 +132,7 @@ def build_figure(
         ),
         secondary_y=True,
     )
+    _add_validation(figure, validation)
     for mark in resumes:
         figure.add_vline(
             x=mark["step"],
@@ -140,6 +153,39 @@ def build_figure(
     return figure
 
 
+def _add_validation(figure: go.Figure, validation: Sequence[ValidationRecord]) -> None:
+    """The validation loss beside the training loss, and a star on its lowest point."""
+    import plotly.graph_objects as go
+
+    if not validation:
+        return
+    figure.add_trace(
+        go.Scatter(
+            x=[record.step for record in validation],
+            y=[np.nan if record.val_loss is None else record.val_loss for record in validation],
+            name="validation loss",
+            mode="lines+markers",
+            line={"color": VALIDATION_COLOR, "width": 2},
+            marker={"size": 6},
+            hovertemplate="step %{x}<br>validation loss %{y:.4f}<extra></extra>",
+        ),
+        secondary_y=False,
+    )
+    best = best_validation(validation)
+    if best is not None:
+        figure.add_trace(
+            go.Scatter(
+                x=[best.step],
+                y=[best.val_loss],
+                name=f"best validation loss {best.val_loss:.4f} (step {best.step})",
+                mode="markers",
+                marker={"symbol": "star", "size": 16, "color": VALIDATION_COLOR, "line": {"width": 1}},
+                hovertemplate="best validation loss %{y:.4f}<br>at step %{x}<extra></extra>",
+            ),
+            secondary_y=False,
+        )
+
+
 def _subtitle(summary: MetricsSummary | None) -> str:
     if summary is None:
         return ""
@@ -152,6 +198,12 @@ def _subtitle(summary: MetricsSummary | None) -> str:
         f"final loss {fmt(summary.final_loss_smoothed, '.4f')} smoothed, {fmt(summary.final_loss, '.4f')} last step · min loss {fmt(summary.min_loss, '.4f')} · "
         f"perplexity {fmt(summary.perplexity, '.2f')} · {summary.steps} steps · {summary.total_tokens} tokens"
         + (f" · resumed {resumed}x" if resumed else "")
+        + (
+            f" · validation loss {fmt(summary.validation_loss, '.4f')} "
+            f"(best {fmt(summary.best_validation_loss, '.4f')} at step {summary.best_validation_step})"
+            if summary.validation
+            else ""
+        )
     )
 
 
@@ -172,7 +224,12 @@ def write_loss_chart(
             f"{html.escape(title)}<br><sup>{html.escape(subtitle)}</sup>" if subtitle else html.escape(title)
         )
         resumes = summary.resumes if summary is not None else ()
-        figure = build_figure(records, title=full_title, max_points=max_points, resumes=resumes)
+        validation = (
+            [ValidationRecord(**record) for record in summary.validation] if summary is not None else []
+        )
+        figure = build_figure(
+            records, title=full_title, max_points=max_points, resumes=resumes, validation=validation
+        )
         page = figure.to_html(include_plotlyjs=True, full_html=True, config={"displaylogo": False})
     return atomic_write_bytes(path, page.encode("utf-8"))
 

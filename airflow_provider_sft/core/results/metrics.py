@@ -3,6 +3,11 @@
 The file mixes an hparams line, per-step lines and (with validation) ``val_loss``
 lines. Rules:
 
+* a validation line is instructlab 0.16.2's ``{"val_loss", "val_num_tokens", "step", "timestamp"}``
+  (the CPU loop writes the same): the trace keeps one per step (the last line wins), a
+  non-finite loss as ``None``; ``validation_loss`` is the latest, ``best_validation_loss`` the
+  lowest with its step. A resume marker after step S drops the validation lines of steps
+  after S read before it: they were computed by the attempt the resume abandoned;
 * a step logged twice (a resumed run) counts once: the last line wins;
 * ``avg_loss`` (instructlab) or ``loss`` is the loss; 0.0 is a value;
 * NaN/inf losses are kept in the trace (the chart shows gaps) but excluded from
@@ -52,6 +57,15 @@ class StepRecord:
     timestamp: str | None
 
 
+@dataclass(frozen=True)
+class ValidationRecord:
+    """One validation line: the held-out loss at ``step``, over ``val_num_tokens`` loss-counted tokens."""
+
+    step: int
+    val_loss: float | None  # None when not finite (metrics.json is strict JSON)
+    val_num_tokens: int | None
+
+
 #: The keys of a resume marker as ``metrics.json`` keeps it.
 RESUME_KEYS = ("step", "samples_seen", "epoch", "state", "attempt")
 
@@ -63,6 +77,7 @@ class MetricsLog:
     records: list[StepRecord]
     skipped_lines: int
     resumes: list[dict[str, Any]] = field(default_factory=list)
+    validation: list[ValidationRecord] = field(default_factory=list)  # in step order
 
 
 @dataclass(frozen=True)
@@ -80,6 +95,11 @@ class MetricsSummary:
     non_finite_losses: int
     skipped_lines: int
     resumes: list[dict[str, Any]] = field(default_factory=list)  # RESUME_KEYS each, in file order
+    validation_loss: float | None = None  # the latest validation loss (None: no validation)
+    validation_step: int | None = None
+    best_validation_loss: float | None = None  # the lowest, and the step it was computed at
+    best_validation_step: int | None = None
+    validation: list[dict[str, Any]] = field(default_factory=list)  # ValidationRecord fields, by step
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -112,6 +132,29 @@ def _resume_mark(row: dict[str, Any]) -> dict[str, Any] | None:
     return {"step": step, **{key: row.get(key) for key in RESUME_KEYS[1:]}}
 
 
+def _validation_record(row: dict[str, Any]) -> ValidationRecord | None:
+    """A validation line (``val_loss`` and ``step``) as a record; None for any other line."""
+    if "val_loss" not in row or isinstance(row.get("step"), bool):
+        return None
+    try:
+        step = int(row["step"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    loss = _number(row["val_loss"])
+    tokens = row.get("val_num_tokens")
+    return ValidationRecord(
+        step=step,
+        val_loss=loss if loss is not None and math.isfinite(loss) else None,
+        val_num_tokens=tokens if isinstance(tokens, int) and not isinstance(tokens, bool) else None,
+    )
+
+
+def best_validation(validation: Sequence[ValidationRecord]) -> ValidationRecord | None:
+    """The lowest finite validation loss (the earliest step of equals): the chart's marked point."""
+    finite = [record for record in validation if record.val_loss is not None]
+    return min(finite, key=lambda record: (record.val_loss, record.step)) if finite else None
+
+
 def read_step_records(path: str | Path) -> tuple[list[StepRecord], int]:
     """Per-step records in step order (last line per step wins) and the number of unreadable lines."""
     metrics = read_metrics_log(path)
@@ -121,6 +164,7 @@ def read_step_records(path: str | Path) -> tuple[list[StepRecord], int]:
 def read_metrics_log(path: str | Path) -> MetricsLog:
     """The steps in step order (last line per step wins), the resume markers, the unreadable lines."""
     by_step: dict[int, StepRecord] = {}
+    validation: dict[int, ValidationRecord] = {}
     resumes: list[dict[str, Any]] = []
     skipped = 0
     with Path(path).open("rb") as handle:
@@ -136,6 +180,10 @@ def read_metrics_log(path: str | Path) -> MetricsLog:
                 continue
             if (mark := _resume_mark(row)) is not None:
                 resumes.append(mark)
+                validation = {step: v for step, v in validation.items() if step <= mark["step"]}
+                continue
+            if (held_out := _validation_record(row)) is not None:
+                validation[held_out.step] = held_out
                 continue
             loss_key = next((key for key in LOSS_KEYS if key in row), None)
             if loss_key is None:
@@ -151,7 +199,12 @@ def read_metrics_log(path: str | Path) -> MetricsLog:
                 throughput=_number(row.get("overall_throughput")),
                 timestamp=row.get("timestamp"),
             )
-    return MetricsLog([by_step[step] for step in sorted(by_step)], skipped, resumes)
+    return MetricsLog(
+        [by_step[step] for step in sorted(by_step)],
+        skipped,
+        resumes,
+        [validation[s] for s in sorted(validation)],
+    )
 
 
 def _runtime_seconds(records: list[StepRecord], resumes: Sequence[dict[str, Any]] = ()) -> float | None:
@@ -205,6 +258,7 @@ def summarize(
     *,
     skipped_lines: int = 0,
     resumes: Sequence[dict[str, Any]] = (),
+    validation: Sequence[ValidationRecord] = (),
 ) -> MetricsSummary:
     finite = [r.loss for r in records if r.loss is not None and math.isfinite(r.loss)]
     final = records[-1].loss if records else None
@@ -213,6 +267,8 @@ def summarize(
     throughputs = [r.throughput for r in records if r.throughput is not None and math.isfinite(r.throughput)]
     samples = [r.samples_seen for r in records if r.samples_seen is not None]
     epochs = {r.epoch for r in records if r.epoch is not None}
+    latest = validation[-1] if validation else None
+    best = best_validation(validation)
     return MetricsSummary(
         final_loss=final,
         final_loss_smoothed=smoothed[-1] if smoothed else None,
@@ -227,11 +283,21 @@ def summarize(
         non_finite_losses=sum(1 for r in records if r.loss is not None and not math.isfinite(r.loss)),
         skipped_lines=skipped_lines,
         resumes=[dict(mark) for mark in resumes],
+        validation_loss=latest.val_loss if latest else None,
+        validation_step=latest.step if latest else None,
+        best_validation_loss=best.val_loss if best else None,
+        best_validation_step=best.step if best else None,
+        validation=[asdict(record) for record in validation],
     )
 
 
 def summarize_log(metrics: MetricsLog) -> MetricsSummary:
-    return summarize(metrics.records, skipped_lines=metrics.skipped_lines, resumes=metrics.resumes)
+    return summarize(
+        metrics.records,
+        skipped_lines=metrics.skipped_lines,
+        resumes=metrics.resumes,
+        validation=metrics.validation,
+    )
 
 
 def summarize_file(path: str | Path) -> MetricsSummary:

@@ -15,6 +15,12 @@ cannot tell the difference:
 * ``training_params_and_metrics_global0.jsonl`` (an hparams line, then one line
   per step) and ``hf_format/samples_<N>/`` checkpoints, each written to a
   temporary directory and renamed, so a reader never sees half of one;
+* with ``validation_split`` > 0, the samples instructlab holds out (:mod:`held_out`) are not
+  trained on; their loss, summed over loss-counted tokens and divided by their count as
+  ``main_ds.compute_validation_loss`` does, is a ``{"val_loss", "val_num_tokens", "step"}`` line
+  every ``validation_frequency`` steps and after the last step (``main_ds`` has no end-of-run one),
+  computed in eval mode without gradients: it draws no random number and changes no weight,
+  so the training steps are those of a run without it;
 * ``full_state/epoch_<N>/`` (model, optimizer, scheduler, random states: :mod:`cpu_state`) when
   asked, and on SIGTERM: the loop stops at the next step boundary, saves it and raises
   :class:`PreemptedError`; given such a state (``resume_from``) it continues exactly where it
@@ -24,7 +30,9 @@ cannot tell the difference:
 With more than one node (``PET_NNODES`` > 1) the nodes train as one job over
 ``torch.distributed`` with gloo: every node holds the model, takes its share of each
 step's samples, and the gradients are summed before the optimizer step, so the
-result is the single-process one. Only node 0 writes metrics and checkpoints.
+result is the single-process one. Only node 0 writes metrics and checkpoints. Each node also
+computes the validation loss of its share of the held-out samples; the sums are added over
+the nodes, so every node has the same value, the one a single process computes.
 """
 
 from __future__ import annotations
@@ -45,6 +53,7 @@ from airflow_provider_sft.core.errors import DatasetError, PreemptedError
 from airflow_provider_sft.core.files import remove_owned
 from airflow_provider_sft.core.params import SFTParams
 from airflow_provider_sft.core.training.cpu_state import MODEL_DIR, restore_full_state, write_full_state
+from airflow_provider_sft.core.training.held_out import split_held_out
 from airflow_provider_sft.core.training.nodes import Topology
 from airflow_provider_sft.core.training.preemption import StopOnSigterm
 from airflow_provider_sft.core.training.progress import is_progress_step, progress_line
@@ -70,12 +79,21 @@ class Sample:
 
 
 @dataclass(frozen=True)
+class ValidationLoss:
+    """The held-out samples' loss at one step, as ``main_ds.compute_validation_loss`` reports it."""
+
+    loss: float  # summed token loss / loss-counted tokens, over every held-out sample
+    tokens: int  # the loss-counted tokens of every held-out sample
+
+
+@dataclass(frozen=True)
 class CPUTrainingResult:
     steps: int
     samples_seen: int
     tokens_seen: int
     seconds: float
     checkpoints: tuple[str, ...]
+    validation: ValidationLoss | None = None  # the last one computed (this node's copy: all agree)
 
     @property
     def tokens_per_second(self) -> float:
@@ -223,14 +241,21 @@ def train_on_cpu(
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
 
-    samples = load_processed_samples(processed_data, max_tokens_per_gpu=params.max_tokens_per_gpu)
+    samples, held_out = split_held_out(
+        load_processed_samples(processed_data, max_tokens_per_gpu=params.max_tokens_per_gpu),
+        params.validation_split,
+        params.seed,
+    )
     job = _build_job(
         params, model_path, len(samples), weights=resume_from / MODEL_DIR if resume_from else None
     )
     metrics = MetricsWriter(out / c.METRICS_FILE) if topology.node_rank == 0 else _NoMetrics()
-    loop = _Loop(params, job, samples, out, topology, metrics, log)
+    loop = _Loop(params, job, samples, out, topology, metrics, log, held_out=held_out)
     if resume_from is None:  # a resumed run continues the metrics of the one it resumes: one hparams line
-        metrics.write(_hparams_record(params, model_path, processed_data, out, threads, len(samples), job))
+        metrics.write(
+            _hparams_record(params, model_path, processed_data, out, threads, len(samples), job)
+            | {"validation_samples": len(held_out)}
+        )
     else:
         loop.restore(resume_from)
     log(_plan_line(params, len(samples), job.steps_per_epoch, threads, topology.num_nodes))
@@ -239,6 +264,7 @@ def train_on_cpu(
         with StopOnSigterm() as stop:
             for epoch in range(loop.first_epoch, params.num_epochs):
                 loop.train_epoch(epoch, stop)
+        loop.validate_at_end()
         _wait_for_every_node(topology.num_nodes)
     finally:
         metrics.close()
@@ -413,6 +439,20 @@ class _StepStats:
         return self.loss_sum / max(self.label_tokens, 1)
 
 
+def _summed_token_loss(model: Any, batch: Sequence[Sample], pad_id: int) -> torch.Tensor:
+    """The cross-entropy of every label token of one padded micro-batch, summed (``main_ds``'s)."""
+    import torch.nn.functional as F
+
+    input_ids, labels, attention = _collate(batch, pad_id)
+    logits = model(input_ids=input_ids, attention_mask=attention).logits
+    return F.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.size(-1)).float(),
+        labels[:, 1:].reshape(-1),
+        ignore_index=-100,
+        reduction="sum",
+    )
+
+
 def _accumulate_gradients(
     model: Any, micro_batches: Sequence[Sequence[Sample]], pad_id: int, label_tokens: int
 ) -> float:
@@ -421,18 +461,9 @@ def _accumulate_gradients(
     Each micro-batch's loss is divided by the label tokens of the WHOLE step (every node's
     share included), so the accumulated gradient is the step's mean, as in ``main_ds``.
     """
-    import torch.nn.functional as F
-
     loss_sum = 0.0
     for batch in micro_batches:
-        input_ids, labels, attention = _collate(batch, pad_id)
-        logits = model(input_ids=input_ids, attention_mask=attention).logits
-        loss = F.cross_entropy(
-            logits[:, :-1].reshape(-1, logits.size(-1)).float(),
-            labels[:, 1:].reshape(-1),
-            ignore_index=-100,
-            reduction="sum",
-        )
+        loss = _summed_token_loss(model, batch, pad_id)
         (loss / max(label_tokens, 1)).backward()
         loss_sum += loss.item()
     return loss_sum
@@ -463,6 +494,34 @@ def _train_step(job: _Job, step_samples: list[Sample], max_tokens: int, rank: in
     )
 
 
+def validation_loss(
+    job: _Job, held_out: Sequence[Sample], max_tokens: int, rank: int, world: int
+) -> ValidationLoss:
+    """Each node's share of ``held_out``, in eval mode without gradients; the sums added over the nodes.
+
+    Eval mode and ``no_grad`` are ``main_ds``'s: no dropout, so no random number is drawn and the
+    next training step is the one it would have been. Every node returns the same value.
+    """
+    import torch
+
+    loss_sum = 0.0
+    job.model.eval()
+    try:
+        with torch.no_grad():
+            for batch in pack_micro_batches(held_out[rank::world], max_tokens):
+                loss_sum += _summed_token_loss(job.model, batch, job.pad_id).item()
+    finally:
+        job.model.train()
+    if world > 1:
+        import torch.distributed as dist
+
+        total = torch.tensor([loss_sum], dtype=torch.float64)
+        dist.all_reduce(total)
+        loss_sum = float(total[0])
+    tokens = sum(s.label_tokens for s in held_out)
+    return ValidationLoss(loss=loss_sum / max(tokens, 1), tokens=tokens)
+
+
 class _Loop:
     """The epochs and steps of one run: counts what was trained and decides what to write when.
 
@@ -478,8 +537,13 @@ class _Loop:
         topology: Topology,
         metrics: MetricsWriter | _NoMetrics,
         log: Logger,
+        *,
+        held_out: Sequence[Sample] = (),
     ):
         self.params, self.job, self.samples, self.out = params, job, samples, out
+        self.held_out = held_out
+        self.validation: ValidationLoss | None = None  # the latest
+        self._validated_step: int | None = None
         self.rank, self.world = topology.node_rank, topology.num_nodes
         self.metrics, self.log = metrics, log
         self.step = self.samples_seen = self.tokens_seen = 0
@@ -518,10 +582,33 @@ class _Loop:
             self.metrics.write(self._step_record(epoch, stats, elapsed))
             if self.rank == 0:
                 self._report_step(epoch, stats, elapsed, previous_seen)
+            frequency = self.params.validation_frequency
+            if self.held_out and frequency and self.step % frequency == 0:  # main_ds's schedule
+                self._validate()
             if stop.agreed(self.world):
                 self._stop(epoch)
         if self.rank == 0:
             self._end_epoch(epoch)
+
+    def validate_at_end(self) -> None:
+        """The trained model's validation loss, unless the last step's was just computed."""
+        if self.held_out and self._validated_step != self.step:
+            self._validate()
+
+    def _validate(self) -> None:
+        """Every node computes the held-out loss; node 0 writes instructlab's line and says it."""
+        self.validation = validation_loss(
+            self.job, self.held_out, self.params.max_tokens_per_gpu, self.rank, self.world
+        )
+        self._validated_step = self.step
+        self.metrics.write(
+            {"val_loss": self.validation.loss, "val_num_tokens": self.validation.tokens, "step": self.step}
+        )
+        if self.rank == 0:
+            self.log(
+                f"validation at step {self.step}: loss {self.validation.loss:.4f} over "
+                f"{self.validation.tokens} tokens of {len(self.held_out)} held-out samples"
+            )
 
     def _stop(self, epoch: int) -> None:
         """Preempted: node 0 saves the full state of this step, every node waits for it and stops."""
@@ -626,4 +713,5 @@ class _Loop:
             tokens_seen=self.tokens_seen,
             seconds=time.monotonic() - self.started,
             checkpoints=tuple(self.checkpoints),
+            validation=self.validation,
         )

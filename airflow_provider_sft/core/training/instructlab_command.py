@@ -79,6 +79,9 @@ def main_ds_args(
         args.append("--disable_flash_attn")
     if on_demand_checkpointing:
         args.append("--on_demand_checkpointing")
+    if params.validation_split > 0:  # as run_training emits them: only with a split
+        args.append(f"--validation_split={params.validation_split}")
+        args.append(f"--validation_frequency={params.validation_frequency}")
     return args
 
 

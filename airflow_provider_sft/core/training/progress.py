@@ -70,6 +70,7 @@ def progress_line(
 def summary_line(summary: MetricsSummary) -> str:
     """``summary: 180 steps, 6 epochs, final loss 2.3512 (last step 2.2871, min 1.9702, perplexity 10.5),
     1440 samples, 118250 tokens, 33.1 samples/s``: where the loss ended, beside how long it took.
+    With a validation split: ``, validation loss 2.4010 at step 180 (best 2.3904 at step 160)``.
 
     The smoothed loss leads: one step's loss on a small batch is noisy. What the metrics
     did not record reads ``?``.
@@ -81,6 +82,12 @@ def summary_line(summary: MetricsSummary) -> str:
         f"min {_number(summary.min_loss, '.4f')}, perplexity {_number(summary.perplexity, '.3g')}), "
         f"{summary.samples_seen} samples, {summary.total_tokens} tokens"
         + ("" if throughput is None else f", {throughput:.1f} samples/s")
+        + (
+            f", validation loss {_number(summary.validation_loss, '.4f')} at step {summary.validation_step} "
+            f"(best {_number(summary.best_validation_loss, '.4f')} at step {summary.best_validation_step})"
+            if summary.validation
+            else ""
+        )
     )
 
 

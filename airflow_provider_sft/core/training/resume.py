@@ -63,6 +63,7 @@ IDENTITY_PARAMS = (
     "seed",
     "fsdp_sharding_strategy",
     "use_liger",
+    "validation_split",  # the held-out samples are not trained on (validation_frequency changes nothing)
 )
 _STATE_DIR = re.compile(r"^epoch_(\d+)$")
 

@@ -37,6 +37,9 @@ SEED_DEFAULTS = {
     "save_samples": 0,
     "accelerate_full_state_at_epoch": True,
     "fsdp_sharding_strategy": FSDPShardingStrategy.HYBRID_SHARD,
+    # Beyond the seed (Airflow only): instructlab-training's defaults, no validation.
+    "validation_split": 0.0,
+    "validation_frequency": None,
 }
 
 
@@ -321,3 +324,46 @@ def test_an_oci_base_model_is_refused_when_the_parameters_are_read():
     """One rule for every backend: the local one used to accept it and fail later."""
     with pytest.raises(InvalidParameterError, match="base_model: oci:// base models are not supported yet"):
         SFTParams.parse({"base_model": "oci://quay.io/models/granite:1"})
+
+
+@pytest.mark.parametrize(
+    ("values", "field", "reason"),
+    [
+        pytest.param({"validation_split": 1}, "validation_split", "must be a fraction in [0, 1)", id="one"),
+        pytest.param({"validation_split": -0.1}, "validation_split", "got -0.1", id="negative"),
+        pytest.param({"validation_split": "nan"}, "validation_split", "got nan", id="nan"),
+        pytest.param({"validation_split": True}, "validation_split", "must be a number", id="bool"),
+        pytest.param(
+            {"validation_split": 0.1},
+            "validation_frequency",
+            "is required with validation_split=0.1",
+            id="no-freq",
+        ),
+        pytest.param(
+            {"validation_split": 0.1, "validation_frequency": ""},
+            "validation_frequency",
+            "is required with validation_split=0.1",
+            id="blank-freq",
+        ),
+        pytest.param(
+            {"validation_split": 0.1, "validation_frequency": 0},
+            "validation_frequency",
+            "must be > 0",
+            id="zero",
+        ),
+        pytest.param(
+            {"validation_frequency": "often"}, "validation_frequency", "must be an integer", id="text"
+        ),
+    ],
+)
+def test_bad_validation_settings_are_one_error_naming_the_field(values, field, reason):
+    with pytest.raises(InvalidParameterError) as refused:
+        SFTParams.parse(values)
+    assert list(refused.value.errors) == [field]
+    assert reason in refused.value.errors[field]
+
+
+def test_validation_settings_from_templates_are_coerced_and_a_frequency_alone_is_harmless():
+    params = SFTParams.parse({"validation_split": "0.25", "validation_frequency": "3"})
+    assert (params.validation_split, params.validation_frequency) == (0.25, 3)
+    assert SFTParams.parse({"validation_frequency": 5}).validation_split == 0.0  # nothing held out

@@ -129,3 +129,64 @@ def test_a_clean_start_removes_what_instructlab_would_resume_from(tmp_path):
     ]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
     assert start_clean(tmp_path) == []
+
+
+def parse_with_main_ds_argparser(argv: list[str], monkeypatch) -> object:
+    """Run the installed main_ds's own ``__main__`` argparser (and its validation checks) on ``argv``.
+
+    main_ds builds its parser inside ``if __name__ == "__main__"``: the statements of that block up
+    to the one after ``parse_args()`` (instructlab's own validation_split/frequency check) run in
+    the module's namespace, so the parser, its types and its ``parser.error`` are instructlab's.
+    """
+    import ast
+    import sys
+
+    from instructlab.training import main_ds
+
+    tree = ast.parse(Path(main_ds.__file__).read_text())
+    block = next(
+        node
+        for node in tree.body
+        if isinstance(node, ast.If) and ast.unparse(node.test) == "__name__ == '__main__'"
+    )
+    parsed_at = next(i for i, node in enumerate(block.body) if "parser.parse_args()" in ast.unparse(node))
+    validation_check = block.body[parsed_at + 1]
+    assert "validation_split" in ast.unparse(validation_check), (
+        "main_ds no longer checks it right after parsing"
+    )
+    statements = ast.Module(body=block.body[: parsed_at + 2], type_ignores=[])
+    namespace = dict(vars(main_ds))
+    monkeypatch.setattr(sys, "argv", ["main_ds.py", *argv])
+    exec(compile(statements, main_ds.__file__, "exec"), namespace)
+    return namespace["args"]
+
+
+def main_ds_argv(cmd: list[str]) -> list[str]:
+    return cmd[cmd.index(main_ds_path()) + 1 :]
+
+
+def test_instructlabs_own_argparser_takes_our_command_with_validation(monkeypatch):
+    """Our flags, validation ones included, parse into the values main_ds trains with."""
+    args = parse_with_main_ds_argparser(
+        main_ds_argv(
+            command(validation_split=0.1, validation_frequency=25, learning_rate=2e-5, use_liger=True)
+        ),
+        monkeypatch,
+    )
+    assert (args.validation_split, args.validation_frequency) == (0.1, 25)
+    assert (args.learning_rate, args.lr_scheduler, args.use_liger) == (2e-5, "cosine", True)
+
+
+def test_without_a_split_no_validation_flag_is_emitted_and_main_ds_defaults_to_none(monkeypatch):
+    """As run_training does: the flags only with a split > 0 (a lone frequency would change nothing)."""
+    argv = main_ds_argv(command(validation_frequency=25))
+    assert not [arg for arg in argv if arg.startswith("--validation")]
+    args = parse_with_main_ds_argparser(argv, monkeypatch)
+    assert (args.validation_split, args.validation_frequency) == (0.0, None)
+
+
+def test_main_ds_refuses_a_split_without_a_frequency_as_we_do_before_any_task(monkeypatch, capsys):
+    """The check our parameters make first is instructlab's own (on the training node, minutes later)."""
+    with pytest.raises(SystemExit):
+        parse_with_main_ds_argparser(["--validation_split=0.1"], monkeypatch)
+    assert "--validation_frequency must be provided" in capsys.readouterr().err

@@ -99,6 +99,8 @@ def test_the_newest_complete_state_of_the_same_run_is_resumed_and_the_line_says_
         pytest.param({"learning_rate": 1e-4}, "learning_rate", id="params"),
         pytest.param({"seed": 7, "num_epochs": 3}, "num_epochs, seed", id="two-params"),
         pytest.param({"nodes": 2}, "num_nodes", id="nodes"),
+        # the held-out samples are not trained on: another training set
+        pytest.param({"validation_split": 0.1, "validation_frequency": 5}, "validation_split", id="held-out"),
     ],
 )
 def test_a_state_of_other_settings_is_removed_naming_the_fields_never_their_values(
@@ -115,6 +117,14 @@ def test_a_state_of_other_settings_is_removed_naming_the_fields_never_their_valu
     )
     assert "0.0001" not in decision.line and "1e-04" not in decision.line
     assert not (out / c.FULL_STATE_DIR).exists()
+
+
+def test_how_often_the_validation_loss_is_computed_is_the_same_run(inputs, tmp_path):
+    """validation_frequency changes no training step (test_validation_loss.py): a retry may change it."""
+    held_out = {"validation_split": 0.1}
+    assert identity(inputs, tmp_path, **held_out, validation_frequency=5) == identity(
+        inputs, tmp_path, **held_out, validation_frequency=50
+    )
 
 
 def test_changed_model_weights_data_or_code_are_another_run(inputs, tmp_path, monkeypatch):
