@@ -105,6 +105,8 @@ def test_the_form_validates_with_its_own_defaults_and_no_optional_text_is_requir
         ("pvc_name", "sft workspace"),
         ("runtime_name", ""),
         ("resume", "always"),
+        ("gpu_hour_cost", -1),
+        ("gpu_hour_cost", "cheap"),
     ],
 )
 def test_the_form_refuses_what_the_operator_refuses(name, bad):
@@ -135,6 +137,9 @@ def test_the_form_refuses_what_the_operator_refuses(name, bad):
         ("metadata_annotations", "example.com/owner=ml team"),
         ("job_labels", "kueue.x-k8s.io/queue-name=gpu-queue"),
         ("resume", "never"),
+        ("gpu_hour_cost", 2.5),
+        ("gpu_hour_cost", 0),
+        ("gpu_hour_cost", None),
     ],
 )
 def test_the_form_accepts_what_the_operator_accepts(name, good):

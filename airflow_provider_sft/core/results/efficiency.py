@@ -245,16 +245,15 @@ class Efficiency:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Efficiency:
-        return cls(
-            **{key: data.get(key) for key in cls.__dataclass_fields__}
-            | {"not_available": dict(data.get("not_available") or {})}
-        )
+        values: dict[str, Any] = {key: data.get(key) for key in cls.__dataclass_fields__}
+        values["not_available"] = dict(data.get("not_available") or {})
+        return cls(**values)
 
 
 def _moment(value: str | None, utc_offset_seconds: float = 0) -> datetime | None:
     """An ISO timestamp as an aware time; a naive one is in the writer's zone (``utc_offset_seconds``)."""
-    try:
-        moment = datetime.fromisoformat(value) if isinstance(value, str) else None
+    try:  # Python 3.10's fromisoformat does not read Kubernetes' "Z"
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00")) if isinstance(value, str) else None
     except ValueError:
         return None
     if moment is not None and moment.tzinfo is None:
