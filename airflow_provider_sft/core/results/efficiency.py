@@ -2,7 +2,9 @@
 
 The figures come from the run's own record, nothing measured twice:
 
-* the metrics JSONL's step lines (tokens per step, timestamps; :mod:`metrics` reads them);
+* the metrics JSONL's step lines (tokens per step, timestamps; :mod:`metrics` reads them).
+  instructlab's ``num_tokens_rank0`` is, despite its name, the step's tokens summed over every
+  rank (``BatchLossManager._reduce_metrics``), and the CPU loop writes every node's: the run's;
 * the run-facts line the training process appends to the same file as an hparams line before
   it trains (:func:`facts_record`): the device, the GPU's name as ``torch.cuda.get_device_name()``
   gives it, nodes and GPUs per node, when the process started, and the UTC offset of the step
