@@ -124,7 +124,9 @@ def test_the_demo_runs_efficiency_reaches_metrics_json_the_chart_and_the_summary
     tokens = f"{efficiency['tokens_per_second']:,.0f}"
     assert f"<tr><th>Tokens/s</th><td>{tokens}</td><td></td></tr>" in html
     assert "<tr><th>MFU</th><td>n/a</td><td>a CPU run: there is no GPU</td></tr>" in html
-    assert f"; {efficiency['tokens_per_second']:.0f} tokens/s, n/a tokens/s per GPU, MFU n/a" in log.read_text()
+    assert (
+        f"; {efficiency['tokens_per_second']:.0f} tokens/s, n/a tokens/s per GPU, MFU n/a" in log.read_text()
+    )
 
 
 def test_openlineage_links_dataset_to_model(pipeline_run):
