@@ -284,6 +284,7 @@ def pipeline_params(workspace: str, **defaults: Any) -> dict[str, Param]:
     params.update(_dataset_params())
     params.update(_dataset_access_params())
     params.update(_resume_params())
+    params.update(_cost_params())
     params.update(_where_it_runs_params(workspace))
     params.update(_kubernetes_params())
     for name, value in defaults.items():
@@ -388,6 +389,23 @@ def _resume_params() -> dict[str, Param]:
             "Checkpoints",
             "auto: after a preemption or a retry, continue from the run's newest complete saved state of the "
             "same settings, data, model and code (the task log says from where, or why not); never: start clean.",
+        ),
+    }
+
+
+def _cost_params() -> dict[str, Param]:
+    """Section "Resources", continued: what a GPU-hour costs, for the run's cost in ``metrics.json``."""
+    return {
+        "gpu_hour_cost": Param(
+            None,
+            type=["null", "number"],
+            allOf=[{"title": "GPU-hour price", "minimum": 0}],  # not top-level: the input would clamp it
+            title="GPU-hour price",
+            section="Resources",
+            description=(
+                "The price of one GPU-hour (any currency): the run's cost is its GPU-hours x this, in "
+                "metrics.json, the chart page and the summary. Empty: no cost."
+            ),
         ),
     }
 

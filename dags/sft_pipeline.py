@@ -80,6 +80,7 @@ with DAG(
         max_dropped_fraction="{{ params.max_dropped_fraction }}",
         resume="{{ params.resume }}",
         checkpoint_grace_seconds="{{ params.checkpoint_grace_seconds }}",
+        gpu_hour_cost="{{ params.gpu_hour_cost }}",
     )
     resolve_dataset = ResolveDatasetOperator(
         task_id="resolve_dataset",
@@ -133,6 +134,8 @@ with DAG(
     export_model = ExportModelOperator(
         task_id="export_model",
         training_output_dir=train.output["output_dir"],  # type: ignore[index]  # as above
+        job_created=train.output["job_created"],  # type: ignore[index]  # as above
+        gpu_hour_cost="{{ params.gpu_hour_cost }}",
         workspace="{{ params.workspace }}",
         **WORKSPACE_STEPS,
     )
@@ -142,6 +145,7 @@ with DAG(
         steps=export_model.output["steps"],  # type: ignore[index]  # as above
         resumes=export_model.output["resumes"],  # type: ignore[index]  # as above
         validation=export_model.output["validation"],  # type: ignore[index]  # as above
+        efficiency=export_model.output["efficiency"],  # type: ignore[index]  # as above
         workspace="{{ params.workspace }}",
     )
     validate >> resolve_dataset >> prepare_data >> train >> export_model >> report

@@ -44,6 +44,7 @@ from airflow_provider_sft.core.errors import DatasetError, InvalidParameterError
 from airflow_provider_sft.core.files import checked_root
 from airflow_provider_sft.core.params import COMPONENT_PARAMETER_PREFIX, SFTParams
 from airflow_provider_sft.core.results.chart import write_loss_chart
+from airflow_provider_sft.core.results.efficiency import run_efficiency
 from airflow_provider_sft.core.results.export import export_model, require_metrics_file
 from airflow_provider_sft.core.results.metrics import read_metrics_log, summarize_log, write_summary
 from airflow_provider_sft.core.run import TrainingRun, run_name
@@ -294,12 +295,20 @@ def run_train_model(
     )
     metrics = read_metrics_log(metrics_file)
     records, summary = metrics.records, summarize_log(metrics)
-    write_summary(summary, Path(pvc_path) / c.METRICS_SUMMARY_FILE, data=data_report.to_dict())
+    efficiency = run_efficiency(metrics, metrics_file, model_dir=final.model_path, job_created=handle.created)
+    write_summary(
+        summary,
+        Path(pvc_path) / c.METRICS_SUMMARY_FILE,
+        data=data_report.to_dict(),
+        efficiency=efficiency.to_dict(),
+    )
     for key in LOGGED_METRICS:
         value = getattr(summary, key)
         if value is not None:
             output_metrics.log_metric(key, float(value))
     for key in LOGGED_DATA_METRICS:
         output_metrics.log_metric(f"data_{key}", float(getattr(data_report, key)))
-    write_loss_chart(records, output_loss_chart.path, summary=summary, title=f"SFT loss — {name}")
+    write_loss_chart(
+        records, output_loss_chart.path, summary=summary, title=f"SFT loss — {name}", efficiency=efficiency
+    )
     return COMPLETED

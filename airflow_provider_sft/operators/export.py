@@ -10,6 +10,7 @@ from airflow.sdk import BaseOperator
 
 from airflow_provider_sft.core import constants as c
 from airflow_provider_sft.core.results.chart import write_loss_chart
+from airflow_provider_sft.core.results.efficiency import Efficiency, checked_gpu_hour_cost
 from airflow_provider_sft.core.results.metrics import (
     MetricsLog,
     MetricsSummary,
@@ -41,6 +42,11 @@ class ExportModelOperator(WorkspaceStepsMixin, LineageMixin, BaseOperator):
     :param keep_intermediate: keep the run's ``full_state/``, ``hf_format/`` checkpoints and
         processed data after the export. Default False: they are removed once the model is
         published, so each run keeps only its model, metrics and log on the disk.
+    :param job_created: when the training job was created (ISO 8601), the ``job_created`` XCom of
+        the train task: the time to the first step counts from it (without it: from the training
+        process's start). (templated)
+    :param gpu_hour_cost: the price of one GPU-hour (a number >= 0, any currency): ``metrics.json``
+        then has the run's cost, GPU-hours x this. Empty: no cost. (templated)
 
     On the ``kubernetes`` backend in ``cluster`` workspace mode the export runs in a pod that
     mounts the PVC (see :class:`~airflow_provider_sft.operators.workspace.WorkspaceStepsMixin`);
@@ -49,11 +55,18 @@ class ExportModelOperator(WorkspaceStepsMixin, LineageMixin, BaseOperator):
     Returns (XCom) ``model_path``, ``source_checkpoint``, ``metrics_path``, ``metrics`` (the
     summary), ``steps`` (the per-step loss curve the report task draws), ``resumes`` (where a
     preempted or retried run resumed: the chart marks them), ``validation`` (the validation loss
-    trace, empty without a ``validation_split``) and ``data_report`` (the data the run trained on:
-    counts, token-length histogram, steps; also in ``metrics.json``).
+    trace, empty without a ``validation_split``), ``data_report`` (the data the run trained on:
+    counts, token-length histogram, steps; also in ``metrics.json``) and ``efficiency`` (tokens/s, MFU, GPU-hours, cost, time to the first step; also in ``metrics.json``).
     """
 
-    template_fields: Sequence[str] = ("training_output_dir", "workspace", "model_dir", *STEP_TEMPLATE_FIELDS)
+    template_fields: Sequence[str] = (
+        "training_output_dir",
+        "workspace",
+        "model_dir",
+        "job_created",
+        "gpu_hour_cost",
+        *STEP_TEMPLATE_FIELDS,
+    )
     ui_color = "#eafaf1"
     operator_extra_links = (TrainingResultsLink(),)
 
@@ -64,6 +77,8 @@ class ExportModelOperator(WorkspaceStepsMixin, LineageMixin, BaseOperator):
         workspace: str,
         model_dir: str | None = None,
         keep_intermediate: bool = False,
+        job_created: str | None = None,
+        gpu_hour_cost: float | str | None = None,
         backend: str = "local",
         workspace_mode: str | None = None,
         pvc_mount_path: str | None = None,
@@ -77,6 +92,8 @@ class ExportModelOperator(WorkspaceStepsMixin, LineageMixin, BaseOperator):
         self.workspace = workspace
         self.model_dir = model_dir
         self.keep_intermediate = keep_intermediate
+        self.job_created = job_created
+        self.gpu_hour_cost = gpu_hour_cost
         self._init_steps(backend, workspace_mode, pvc_mount_path, kubernetes, kubernetes_conn_id)
 
     def execute(self, context: Any) -> dict[str, Any]:
@@ -84,6 +101,7 @@ class ExportModelOperator(WorkspaceStepsMixin, LineageMixin, BaseOperator):
             return self._execute(context)
 
     def _execute(self, context: Any) -> dict[str, Any]:
+        gpu_hour_cost = checked_gpu_hour_cost(self.gpu_hour_cost)  # before the step does any work
         run_dir = Path(self.training_output_dir)
         model_dir = (
             Path(self.step_workspace) / self.model_dir if self.model_dir else run_dir / c.FINAL_MODEL_DIR
@@ -94,16 +112,24 @@ class ExportModelOperator(WorkspaceStepsMixin, LineageMixin, BaseOperator):
             "metrics_path": str(run_dir / c.METRICS_SUMMARY_FILE),
             "latest_path": str(Path(self.step_workspace) / c.LATEST_FILE),
             "prune": not self.keep_intermediate,
+            "job_created": self.job_created or None,
+            "gpu_hour_cost": gpu_hour_cost,
         }
         result = self.run_step(context, "export", config)  # the step's own line reports the export
-        self.log.info("%s: %s", result["metrics_path"], summary_line(MetricsSummary(**result["metrics"])))
+        efficiency = Efficiency.from_dict(result["efficiency"]) if result.get("efficiency") else None
+        summary = summary_line(MetricsSummary(**result["metrics"]), efficiency)
+        self.log.info("%s: %s", result["metrics_path"], summary)
         self.record_lineage(
             inputs=[(result["source_checkpoint"], "models")], outputs=[(result["model_path"], "models")]
         )
         return {
             key: result[key]
             for key in ("model_path", "source_checkpoint", "metrics_path", "metrics", "steps", "data_report")
-        } | {"resumes": result.get("resumes", []), "validation": result["metrics"].get("validation", [])}
+        } | {
+            "resumes": result.get("resumes", []),
+            "validation": result["metrics"].get("validation", []),
+            "efficiency": result.get("efficiency"),
+        }
 
 
 class LossChartOperator(BaseOperator):
@@ -116,6 +142,8 @@ class LossChartOperator(BaseOperator):
         vertical lines where a preempted or retried run resumed. (templated)
     :param validation: with ``steps``: the ``validation`` XCom of :class:`ExportModelOperator`, the
         validation loss drawn beside the training loss, its best step marked. (templated)
+    :param efficiency: the ``efficiency`` XCom of :class:`ExportModelOperator`: the page shows the
+        figures above the chart. (templated)
     :param chart_path: output HTML path, default ``<workspace>/runs/<run>/loss_chart.html``: the
         chart is drawn on the Airflow side, in this worker's ``workspace``. (templated)
     :param workspace: workspace root. (templated)
@@ -130,6 +158,7 @@ class LossChartOperator(BaseOperator):
         "steps",
         "resumes",
         "validation",
+        "efficiency",
     )
     ui_color = "#fdf2e9"
     operator_extra_links = (TrainingResultsLink(),)
@@ -143,6 +172,7 @@ class LossChartOperator(BaseOperator):
         steps: list[dict[str, Any]] | None = None,
         resumes: list[dict[str, Any]] | None = None,
         validation: list[dict[str, Any]] | None = None,
+        efficiency: dict[str, Any] | None = None,
         **kwargs: Any,
     ):
         kwargs.setdefault("multiple_outputs", True)  # each result key is its own XCom too
@@ -153,6 +183,7 @@ class LossChartOperator(BaseOperator):
         self.steps = steps
         self.resumes = resumes
         self.validation = validation
+        self.efficiency = efficiency
 
     def execute(self, context: Any) -> dict[str, Any]:
         if self.steps is not None:
@@ -171,6 +202,7 @@ class LossChartOperator(BaseOperator):
             target,
             summary=summarize_log(metrics),
             title=f"SFT loss — {Path(self.training_output_dir).name}",
+            efficiency=Efficiency.from_dict(self.efficiency) if self.efficiency else None,
         )
         self.log.info("Loss chart: %s", chart)
         return {"chart_path": str(chart)}

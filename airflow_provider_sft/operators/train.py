@@ -158,7 +158,8 @@ class SFTTrainOperator(LineageMixin, BaseOperator):
         900 s (that figure for 7B). A pod that has saved exits at once, so longer costs nothing
         unless it hangs. (templated)
 
-    Returns (XCom) ``run_name``, ``backend``, ``output_dir`` and ``metrics_path``; the
+    Returns (XCom) ``run_name``, ``backend``, ``output_dir``, ``metrics_path`` and ``job_created``
+    (when the job was created, ISO 8601: the export's time to the first step counts from it); the
     job coordinates are also pushed as the ``training_job`` XCom as soon as it starts.
     """
 
@@ -511,6 +512,7 @@ class SFTTrainOperator(LineageMixin, BaseOperator):
             "backend": backend.name.value,
             "output_dir": handle.output_dir,
             "metrics_path": str(Path(handle.output_dir) / c.METRICS_FILE),
+            "job_created": handle.created,  # the export's time to the first step counts from it
         }
 
     def on_kill(self) -> None:

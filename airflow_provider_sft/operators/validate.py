@@ -16,6 +16,7 @@ from airflow_provider_sft.core.dataset import DatasetOptions
 from airflow_provider_sft.core.errors import InvalidParameterError
 from airflow_provider_sft.core.files import checked_root, checked_target
 from airflow_provider_sft.core.params import SFTParams
+from airflow_provider_sft.core.results.efficiency import checked_gpu_hour_cost
 from airflow_provider_sft.core.training.data_report import checked_max_dropped_fraction
 from airflow_provider_sft.core.training.resume import checked_resume
 from airflow_provider_sft.operators.failures import FinalInvalidParameterError
@@ -47,6 +48,7 @@ class ValidateRunOperator(BaseOperator):
     :param max_dropped_fraction: the data gate's share (0 to 1), as the prepare task takes it. (templated)
     :param resume: ``"auto"`` or ``"never"``, as the train task takes it. (templated)
     :param checkpoint_grace_seconds: as the train task takes it (1 to 3600 s, empty: derived). (templated)
+    :param gpu_hour_cost: as the export task takes it (a number >= 0, empty: no cost). (templated)
     """
 
     template_fields: Sequence[str] = (
@@ -61,6 +63,7 @@ class ValidateRunOperator(BaseOperator):
         "max_dropped_fraction",
         "resume",
         "checkpoint_grace_seconds",
+        "gpu_hour_cost",
     )
     ui_color = "#fef9e7"
 
@@ -78,9 +81,11 @@ class ValidateRunOperator(BaseOperator):
         max_dropped_fraction: float | str | None = None,
         resume: str | None = None,
         checkpoint_grace_seconds: int | str | None = None,
+        gpu_hour_cost: float | str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.gpu_hour_cost = gpu_hour_cost
         self.max_dropped_fraction = max_dropped_fraction
         self.resume = resume
         self.checkpoint_grace_seconds = checkpoint_grace_seconds
@@ -110,6 +115,7 @@ class ValidateRunOperator(BaseOperator):
             self._data_gate,
             lambda: checked_resume(self.resume or c.DEFAULT_RESUME),
             lambda: checked_checkpoint_grace_seconds(self.checkpoint_grace_seconds),
+            lambda: checked_gpu_hour_cost(self.gpu_hour_cost),
             self._directories,
             self._backend,
         ]

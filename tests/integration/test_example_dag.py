@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def pipeline_run(tiny_model, tmp_path_factory):
     workspace = tmp_path_factory.mktemp("workspace")
-    conf = {"base_model": str(tiny_model), "workspace": str(workspace), **DEMO_TRAINING}
+    conf = {"base_model": str(tiny_model), "workspace": str(workspace), "gpu_hour_cost": 1.5, **DEMO_TRAINING}
     # OpenLineage (installed with the test extra) writes its events to a file: one transport, no server.
     transport = {"type": "file", "log_file_path": str(workspace / "openlineage.jsonl"), "append": True}
     extra_env = {"AIRFLOW__OPENLINEAGE__TRANSPORT": json.dumps(transport)}
@@ -105,6 +105,28 @@ def test_metrics_and_chart_are_written_and_linked_by_xcom(pipeline_run):
     assert report["chart_path"] == str(chart)
     latest = json.loads((workspace / c.LATEST_FILE).read_text())
     assert latest["model_path"] == export["model_path"]
+
+
+def test_the_demo_runs_efficiency_reaches_metrics_json_the_chart_and_the_summary(pipeline_run):
+    """The train task's job_created XCom reaches the export, whose efficiency XCom reaches the chart."""
+    workspace, log = pipeline_run
+    run_dir = run_dir_of(workspace)
+    efficiency = json.loads((run_dir / c.METRICS_SUMMARY_FILE).read_text())["efficiency"]
+    train, export = xcoms(workspace, "train"), xcoms(workspace, "export_model")
+    assert train["job_created"] == train["training_job"]["created"]
+    assert export["efficiency"] == efficiency
+    assert efficiency["device"] == "cpu" and efficiency["tokens_per_second"] > 0
+    assert efficiency["time_to_first_step_from"] == "job_created"
+    assert 0 < efficiency["time_to_first_step_seconds"] < 600
+    assert efficiency["gpu_hour_cost"] == 1.5 and efficiency["cost"] is None  # a CPU run: n/a
+    assert efficiency["mfu"] is None and efficiency["gpu_hours"] is None
+    html = (workspace / c.RUNS_DIR / run_dir.name / c.LOSS_CHART_FILE).read_text()
+    tokens = f"{efficiency['tokens_per_second']:,.0f}"
+    assert f"<tr><th>Tokens/s</th><td>{tokens}</td><td></td></tr>" in html
+    assert "<tr><th>MFU</th><td>n/a</td><td>a CPU run: there is no GPU</td></tr>" in html
+    assert (
+        f"; {efficiency['tokens_per_second']:.0f} tokens/s, n/a tokens/s per GPU, MFU n/a" in log.read_text()
+    )
 
 
 def test_openlineage_links_dataset_to_model(pipeline_run):

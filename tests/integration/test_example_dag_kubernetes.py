@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from airflow_provider_sft.core import constants as c
+from airflow_provider_sft.core.results.efficiency import read_run_facts
 from airflow_provider_sft.demo import DEMO_TRAINING, EXAMPLE_DAGS, run_pipeline
 from tests.integration.test_kubernetes_backend import trainjobs
 from tests.k8s import standin
@@ -107,6 +108,13 @@ def test_example_dag_on_kubernetes_without_the_pvc_on_the_worker(
     assert len(xcoms[("export_model", "steps")]) == 30
     job = xcoms[("train", "training_job")]
     assert job["backend"] == "kubernetes" and job["namespace"] == namespace
+    # the API server's creationTimestamp reached the export pod: the first step is timed from it
+    assert xcoms[("train", "job_created")] == job["created"] and job["created"].endswith("Z")
+    efficiency = json.loads((pvc / run / c.METRICS_SUMMARY_FILE).read_text())["efficiency"]
+    assert efficiency["time_to_first_step_from"] == "job_created"
+    assert 0 < efficiency["time_to_first_step_seconds"] < 600 and efficiency["tokens_per_second"] > 0
+    assert read_run_facts(pvc / run / c.METRICS_FILE)["num_nodes"] == workers  # node 0's facts line
+    assert '<table id="sft-efficiency"' in (worker / run / c.LOSS_CHART_FILE).read_text()
 
 
 def test_example_dag_on_kubernetes_with_the_pvc_mounted_on_the_worker(

@@ -304,9 +304,11 @@ def test_a_priority_class_the_api_cannot_set_is_refused_with_what_to_do(cluster,
 def test_duplicate_submit_reattaches(cluster, namespace, kind):
     b = backend(cluster, namespace, job_kind=kind)
     first = b.submit(make_run())
-    uid = stored(cluster, namespace, first.name, kind)["metadata"]["uid"]
+    metadata = stored(cluster, namespace, first.name, kind)["metadata"]
+    uid = metadata["uid"]
+    assert first.created == metadata["creationTimestamp"]  # the time to the first step counts from it
     again = b.submit(make_run())
-    assert again == first
+    assert again == first  # created too: the attached job's own creation
     assert stored(cluster, namespace, first.name, kind)["metadata"]["uid"] == uid
     assert len(trainjobs(cluster, namespace, kind)) == 1
 

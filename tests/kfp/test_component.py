@@ -337,9 +337,13 @@ def test_kfp_local_run_end_to_end(tiny_model, tmp_path, monkeypatch):
     assert metrics["data_dropped_samples"] == 0 and metrics["data_total_steps"] == 8
     summary = json.loads((pvc / "metrics.json").read_text())
     assert summary["data"]["kept_samples"] == 235 and sum(summary["data"]["histogram"]["counts"]) == 235
+    efficiency = summary["efficiency"]  # the local backend's start: the time to the first step counts from it
+    assert efficiency["device"] == "cpu" and efficiency["tokens_per_second"] > 0
+    assert efficiency["time_to_first_step_from"] == "job_created" and efficiency["mfu"] is None
 
     html = (task_dir / "output_loss_chart").read_text()
     assert "Plotly.newPlot" in html and not re.search(r"<script[^>]+src=[\"']?https?:", html)
+    assert '<table id="sft-efficiency"' in html
 
 
 def test_bad_input_fails_the_kfp_task_with_the_core_message(tmp_path, capfd, monkeypatch):

@@ -109,6 +109,8 @@ def test_the_form_validates_with_its_own_defaults_and_no_optional_text_is_requir
         ("validation_split", -0.1),
         ("validation_frequency", 0),
         ("validation_frequency", 2.5),
+        ("gpu_hour_cost", -1),
+        ("gpu_hour_cost", "cheap"),
     ],
 )
 def test_the_form_refuses_what_the_operator_refuses(name, bad):
@@ -142,6 +144,9 @@ def test_the_form_refuses_what_the_operator_refuses(name, bad):
         ("validation_split", 0),
         ("validation_frequency", None),
         ("validation_frequency", 10),
+        ("gpu_hour_cost", 2.5),
+        ("gpu_hour_cost", 0),
+        ("gpu_hour_cost", None),
     ],
 )
 def test_the_form_accepts_what_the_operator_accepts(name, good):

@@ -76,6 +76,8 @@ class JobHandle:
 
     Each backend fills what locates its runs: a cluster job its ``kind`` and ``namespace``
     (and ``uid`` once the API server has given one), a local process its ``pid``; the rest is None.
+    ``created`` (ISO 8601, UTC) is when the run was created: a cluster job's ``creationTimestamp``,
+    a local process's start; the time to the first step counts from it.
     """
 
     backend: BackendName
@@ -85,6 +87,7 @@ class JobHandle:
     namespace: str | None = None
     uid: str | None = None
     pid: int | None = None
+    created: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The flat dict of XCom and trigger kwargs, without the fields that do not apply."""
@@ -108,6 +111,7 @@ class JobHandle:
             namespace=data.get("namespace"),
             uid=data.get("uid"),
             pid=data.get("pid"),
+            created=data.get("created"),
         )
 
 

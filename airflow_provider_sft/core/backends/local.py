@@ -234,6 +234,7 @@ class LocalProcessBackend(TrainingBackend):
         for earlier in output_dir.iterdir() if output_dir.is_dir() else ():
             if earlier.name not in kept:
                 remove_owned(earlier, output_dir, field="run_name")
+        created = self.clock.now().isoformat()  # the run's start: its time to the first step counts from here
         run = dataclasses.replace(run, attempt=uuid.uuid4().hex[:12])  # names who saved a state
         config_path = run.write_config()
         log_path = output_dir / c.TRAIN_LOG_FILE
@@ -254,7 +255,7 @@ class LocalProcessBackend(TrainingBackend):
             target=self._pump, args=(popen, lines), daemon=True, name=f"sft-log-{run.name}"
         ).start()
         self._processes[run.name] = _Process(popen, lines, log_path, run.params.memory_bytes)
-        return JobHandle(self.name, run.name, str(output_dir), pid=popen.pid)
+        return JobHandle(self.name, run.name, str(output_dir), pid=popen.pid, created=created)
 
     @staticmethod
     def _pump(popen: subprocess.Popen, lines: queue.Queue) -> None:

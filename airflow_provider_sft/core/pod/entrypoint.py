@@ -34,6 +34,7 @@ import os
 import subprocess
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +112,7 @@ def _check_base_model(model: str) -> None:
 def run(training_run: TrainingRun) -> None:
     global _PREFIX
     started = time.monotonic()
+    started_at = datetime.now(timezone.utc)
     params = training_run.params
     output_dir = Path(training_run.output_dir)
     topology = Topology.from_env()
@@ -131,16 +133,51 @@ def run(training_run: TrainingRun) -> None:
         atomic_write_bytes(output_dir / c.DATA_REPORT_FILE, jsonio.dumps(report, indent=True))
 
     resume_from = _resume_decision(training_run, plan.processes, topology)
+    if topology.is_first:  # after the resume decision, which may start the metrics file anew
+        _record_run_facts(output_dir, plan.device, plan.processes, topology.num_nodes, started_at)
     if plan.device is Device.CUDA:
         _train_on_cuda(training_run, plan.processes, show_progress=topology.is_first)
     else:
         _train_on_cpu(training_run, report["processed_path"], plan.cpu_threads, topology, resume_from)
     if topology.is_first:  # node 0 writes the metrics
-        from airflow_provider_sft.core.results.metrics import summarize_file
-        from airflow_provider_sft.core.training.progress import summary_line
-
-        _log(summary_line(summarize_file(output_dir / c.METRICS_FILE)))
+        _log(_summary_line(output_dir, params.base_model))
     _log(f"done in {time.monotonic() - started:.1f}s")
+
+
+def _record_run_facts(
+    output_dir: Path, device: Device, processes: int, num_nodes: int, started_at: datetime
+) -> None:
+    """Append where this run trains (the GPU's name, nodes, GPUs per node) to the metrics JSONL,
+    an hparams line: instructlab's own cannot carry it, and the efficiency figures need it."""
+    from airflow_provider_sft.core.results.efficiency import cuda_device_name, facts_record
+
+    on_cuda = device is Device.CUDA
+    record = facts_record(
+        device=device.value,
+        gpu_name=cuda_device_name() if on_cuda else None,
+        num_nodes=num_nodes,
+        gpus_per_node=processes if on_cuda else 0,
+        started=started_at,
+    )
+    with (output_dir / c.METRICS_FILE).open("ab") as metrics:
+        metrics.write(jsonio.dumps(record) + b"\n")
+
+
+def _summary_line(output_dir: Path, base_model: str) -> str:
+    """The run's summary line, with the efficiency figures this process can know (no job creation
+    time: the time to the first step counts from the run's start; no cost: the export's parameter)."""
+    from airflow_provider_sft.core.results.efficiency import run_efficiency
+    from airflow_provider_sft.core.results.export import select_final_checkpoint
+    from airflow_provider_sft.core.results.metrics import read_metrics_log, summarize_log
+    from airflow_provider_sft.core.training.progress import summary_line
+
+    metrics_file = output_dir / c.METRICS_FILE
+    metrics = read_metrics_log(metrics_file)
+    try:
+        model_dir: Path | None = select_final_checkpoint(output_dir)
+    except SFTError:  # no complete checkpoint: the base model's config, when it is a directory
+        model_dir = Path(base_model) if Path(base_model).is_dir() else None
+    return summary_line(summarize_log(metrics), run_efficiency(metrics, metrics_file, model_dir=model_dir))
 
 
 def _prepare_output_dir(output_dir: Path, base_model: str) -> None:

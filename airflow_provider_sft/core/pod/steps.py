@@ -87,10 +87,15 @@ def prepare(config: Mapping[str, Any], *, log: Logger, env: Mapping[str, str] = 
 
 def export(config: Mapping[str, Any], *, log: Logger, env: Mapping[str, str] = os.environ) -> dict[str, Any]:
     """``config``: ``run_dir``, ``model_dir``, ``metrics_path``, and ``latest_path``: a small JSON
-    file naming the newest exported model, replaced atomically (never the model itself).
-    The result carries the loss curve and the data report (also in ``metrics.json``)."""
+    file naming the newest exported model, replaced atomically (never the model itself);
+    optional ``job_created`` (when the training job was created, ISO 8601) and ``gpu_hour_cost``.
+    The result carries the loss curve, the data report and the efficiency figures (also in
+    ``metrics.json``)."""
+    from airflow_provider_sft.core.results.efficiency import checked_gpu_hour_cost, run_efficiency
     from airflow_provider_sft.core.results.export import export_model, require_metrics_file
     from airflow_provider_sft.core.results.metrics import read_metrics_log, summarize_log, write_summary
+
+    gpu_hour_cost = checked_gpu_hour_cost(config.get("gpu_hour_cost"))  # before anything is published
 
     run_dir = Path(config["run_dir"])
     metrics_file = require_metrics_file(run_dir)  # before the model is published
@@ -101,7 +106,16 @@ def export(config: Mapping[str, Any], *, log: Logger, env: Mapping[str, str] = o
     metrics = read_metrics_log(metrics_file)
     records, summary = metrics.records, summarize_log(metrics)
     data_report = read_data_report(run_dir)
-    metrics_path = write_summary(summary, Path(config["metrics_path"]), data=data_report)
+    efficiency = run_efficiency(
+        metrics,
+        metrics_file,
+        model_dir=result.model_path,
+        job_created=config.get("job_created"),
+        gpu_hour_cost=gpu_hour_cost,
+    ).to_dict()
+    metrics_path = write_summary(
+        summary, Path(config["metrics_path"]), data=data_report, efficiency=efficiency
+    )
     if config.get("latest_path"):
         from airflow_provider_sft.core.files import atomic_write_bytes
 
@@ -120,6 +134,7 @@ def export(config: Mapping[str, Any], *, log: Logger, env: Mapping[str, str] = o
         "steps": [asdict(record) for record in records],
         "resumes": summary.resumes,  # the loss chart marks them
         "data_report": data_report,
+        "efficiency": efficiency,
     }
 
 

@@ -13,6 +13,9 @@ dashed vertical line after the last step before it, labelled with the state it r
 A run with a validation split draws its validation loss on the same axis as the training loss
 (points every ``validation_frequency`` steps, joined), its lowest point marked with a star: the
 step whose checkpoint generalised best, which the last step need not be.
+The run's efficiency figures (:mod:`efficiency`: tokens/s, MFU, GPU-hours, cost, time to the
+first step) are a plain HTML table above the chart, ``n/a`` with its reason where a figure has
+no meaning: text a reader can copy, and a test can read, outside plotly's JSON.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from airflow_provider_sft.core.files import atomic_write_bytes
+from airflow_provider_sft.core.results.efficiency import Efficiency, efficiency_rows
 from airflow_provider_sft.core.results.metrics import (
     SMOOTHING_WEIGHT,
     MetricsSummary,
@@ -214,11 +218,14 @@ def write_loss_chart(
     summary: MetricsSummary | None = None,
     title: str = "Training loss",
     max_points: int = DEFAULT_MAX_POINTS,
+    efficiency: Efficiency | None = None,
 ) -> Path:
-    """Write the chart (or, for a run without loss values, a "no data" page) to ``path`` atomically."""
+    """Write the chart (or, for a run without loss values, a "no data" page) to ``path`` atomically,
+    with the efficiency table when ``efficiency`` is given."""
     subtitle = _subtitle(summary)
+    table = efficiency_table(efficiency) if efficiency is not None else ""
     if not has_loss_data(records):
-        page = _no_data_page(title, subtitle)
+        page = _no_data_page(title, subtitle, table)
     else:
         full_title = (
             f"{html.escape(title)}<br><sup>{html.escape(subtitle)}</sup>" if subtitle else html.escape(title)
@@ -231,13 +238,27 @@ def write_loss_chart(
             records, title=full_title, max_points=max_points, resumes=resumes, validation=validation
         )
         page = figure.to_html(include_plotlyjs=True, full_html=True, config={"displaylogo": False})
+        page = page.replace("<body>", "<body>" + table, 1)
     return atomic_write_bytes(path, page.encode("utf-8"))
 
 
-def _no_data_page(title: str, subtitle: str) -> str:
+def efficiency_table(efficiency: Efficiency) -> str:
+    """``<table id="sft-efficiency">``: one row per figure, and why it is n/a where it is."""
+    rows = "".join(
+        f"<tr><th>{html.escape(label)}</th><td>{html.escape(value)}</td><td>{html.escape(note)}</td></tr>"
+        for label, value, note in efficiency_rows(efficiency)
+    )
+    return (
+        '<table id="sft-efficiency" style="font-family:sans-serif;font-size:13px;margin:8px 16px;'
+        'border-collapse:collapse"><caption style="text-align:left;font-weight:bold">Efficiency</caption>'
+        f"{rows}</table>"
+    )
+
+
+def _no_data_page(title: str, subtitle: str, table: str = "") -> str:
     details = f"<p>{html.escape(subtitle)}</p>" if subtitle else ""
     return (
         f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title></head>'
         f'<body><h1>{html.escape(title)}</h1><p id="sft-no-data"><strong>{html.escape(NO_DATA_MESSAGE)}'
-        f"</strong></p>{details}</body></html>\n"
+        f"</strong></p>{details}{table}</body></html>\n"
     )

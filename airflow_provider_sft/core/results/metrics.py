@@ -207,22 +207,33 @@ def read_metrics_log(path: str | Path) -> MetricsLog:
     )
 
 
+def timed_stretches(
+    records: Sequence[StepRecord], resumes: Sequence[dict[str, Any]] = ()
+) -> list[list[StepRecord]]:
+    """The steps with a timestamp, split where the run resumed: the time between two stretches
+    was spent waiting (a preemption, a retry), not training. Empty stretches are left out."""
+    cuts = sorted({mark["step"] for mark in resumes})
+    stretches: list[list[StepRecord]] = [[] for _ in range(len(cuts) + 1)]
+    for record in records:
+        if record.timestamp:
+            stretches[sum(1 for cut in cuts if record.step > cut)].append(record)
+    return [stretch for stretch in stretches if stretch]
+
+
 def _runtime_seconds(records: list[StepRecord], resumes: Sequence[dict[str, Any]] = ()) -> float | None:
     """First to last step's timestamp, within each stretch between resumes, added up."""
     from datetime import datetime
 
-    cuts = sorted({mark["step"] for mark in resumes})
-    stretches: list[list[str]] = [[] for _ in range(len(cuts) + 1)]
-    for record in records:
-        if record.timestamp:
-            stretches[sum(1 for cut in cuts if record.step > cut)].append(record.timestamp)
-    if sum(len(stamps) for stamps in stretches) < 2:
+    stretches = timed_stretches(records, resumes)
+    if sum(len(stretch) for stretch in stretches) < 2:
         return None
     try:
         return sum(
-            (datetime.fromisoformat(stamps[-1]) - datetime.fromisoformat(stamps[0])).total_seconds()
-            for stamps in stretches
-            if stamps
+            (
+                datetime.fromisoformat(stretch[-1].timestamp or "")
+                - datetime.fromisoformat(stretch[0].timestamp or "")
+            ).total_seconds()
+            for stretch in stretches
         )
     except ValueError:
         return None
@@ -304,8 +315,14 @@ def summarize_file(path: str | Path) -> MetricsSummary:
     return summarize_log(read_metrics_log(path))
 
 
-def write_summary(summary: MetricsSummary, path: str | Path, *, data: dict[str, Any] | None = None) -> Path:
-    """Write ``metrics.json`` (strict JSON: no NaN), with the data report under ``data`` when known."""
-    return atomic_write_bytes(
-        path, jsonio.dumps({**summary.to_dict(), **({"data": data} if data else {})}, indent=True)
-    )
+def write_summary(
+    summary: MetricsSummary,
+    path: str | Path,
+    *,
+    data: dict[str, Any] | None = None,
+    efficiency: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``metrics.json`` (strict JSON: no NaN), with the data report under ``data`` and the
+    efficiency figures (:mod:`efficiency`) under ``efficiency`` when known."""
+    extra = {key: value for key, value in (("data", data), ("efficiency", efficiency)) if value}
+    return atomic_write_bytes(path, jsonio.dumps({**summary.to_dict(), **extra}, indent=True))

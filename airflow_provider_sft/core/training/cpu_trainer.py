@@ -44,6 +44,7 @@ import random
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -157,7 +158,10 @@ class MetricsWriter:
         self._handle = path.open("ab")
 
     def write(self, record: dict[str, Any]) -> None:
-        record = {**record, "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())}
+        # UTC without a zone, to the microsecond as instructlab writes its own: whole seconds made
+        # the tokens/s of a run of a few seconds off by half (see results/efficiency.py).
+        now = datetime.now(timezone.utc).replace(tzinfo=None)
+        record = {**record, "timestamp": now.isoformat(timespec="microseconds")}
         self._handle.write(jsonio.dumps(record) + b"\n")
         self._handle.flush()
 

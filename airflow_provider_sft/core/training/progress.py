@@ -17,6 +17,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from airflow_provider_sft.core.results.efficiency import Efficiency, efficiency_parts
 from airflow_provider_sft.core.results.metrics import LOSS_KEYS, MetricsSummary
 
 Logger = Callable[[str], None]
@@ -67,13 +68,15 @@ def progress_line(
     return " ".join(parts)
 
 
-def summary_line(summary: MetricsSummary) -> str:
+def summary_line(summary: MetricsSummary, efficiency: Efficiency | None = None) -> str:
     """``summary: 180 steps, 6 epochs, final loss 2.3512 (last step 2.2871, min 1.9702, perplexity 10.5),
     1440 samples, 118250 tokens, 33.1 samples/s``: where the loss ended, beside how long it took.
-    With a validation split: ``, validation loss 2.4010 at step 180 (best 2.3904 at step 160)``.
+    With a validation split: ``, validation loss 2.4010 at step 180 (best 2.3904 at step 160)``;
+    then, when known, the efficiency figures (``; 2890 tokens/s, n/a tokens/s per GPU, MFU n/a, ...``,
+    see :func:`efficiency_parts`).
 
     The smoothed loss leads: one step's loss on a small batch is noisy. What the metrics
-    did not record reads ``?``.
+    did not record reads ``?``; a figure without meaning (a CPU run's MFU) reads ``n/a``.
     """
     throughput = summary.avg_throughput_samples_per_second
     return (
@@ -88,6 +91,7 @@ def summary_line(summary: MetricsSummary) -> str:
             if summary.validation
             else ""
         )
+        + ("" if efficiency is None else "; " + ", ".join(efficiency_parts(efficiency)))
     )
 
 

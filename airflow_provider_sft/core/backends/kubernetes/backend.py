@@ -564,8 +564,10 @@ async def delete_job_and_owned(client: KubeClient, handle: JobHandle) -> None:
 
 
 def _with_uid(handle: JobHandle, job: dict[str, Any]) -> JobHandle:
-    """The handle with the job's uid: the same name later may be another job."""
-    return dataclasses.replace(handle, uid=(job.get("metadata") or {}).get("uid"))
+    """The handle with the job's uid (the same name later may be another job) and its
+    ``creationTimestamp`` (the time to the first step counts from it)."""
+    metadata = job.get("metadata") or {}
+    return dataclasses.replace(handle, uid=metadata.get("uid"), created=metadata.get("creationTimestamp"))
 
 
 def job_namespace(handle: JobHandle) -> str:

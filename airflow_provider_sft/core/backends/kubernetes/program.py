@@ -51,6 +51,7 @@ CARRIED = (
     "core/dataset/",  # the ``resolve`` step
     "core/pod/",  # the program: entrypoint, steps, protocol
     "core/results/__init__.py",
+    "core/results/efficiency.py",  # tokens/s, MFU, GPU-hours: the summary line and the export step
     "core/results/export.py",  # the ``export`` step
     "core/results/metrics.py",
     "core/training/__init__.py",

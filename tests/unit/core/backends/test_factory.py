@@ -164,6 +164,8 @@ def test_a_handle_keeps_the_flat_shape_earlier_versions_read_and_only_what_appli
     assert cluster.to_dict() == {**OLD_TRAINJOB, "uid": "u-1"}
     assert JobHandle.from_dict(json.loads(json.dumps(cluster.to_dict()))) == cluster  # JSON-safe
     assert JobHandle(BackendName.LOCAL, "r", "/w/runs/r", pid=4242).to_dict() == OLD_LOCAL
+    created = JobHandle(BackendName.KUBERNETES, "r", "/w", kind="TrainJob", created="2026-12-06T03:30:00Z")
+    assert JobHandle.from_dict(created.to_dict()).created == "2026-12-06T03:30:00Z"  # crosses deferral
     assert TRAINING_JOB_XCOM_KEY == "training_job"  # the key earlier versions pushed it under
 
 
