@@ -58,6 +58,7 @@ CARRIED = (
     "core/training/cpu_trainer.py",
     "core/training/data_processing.py",
     "core/training/data_report.py",
+    "core/training/held_out.py",  # the validation split, as instructlab makes it
     "core/training/instructlab_command.py",
     "core/training/nodes.py",
     "core/training/prepare.py",  # the ``prepare`` step, and the pod's reuse of its output
