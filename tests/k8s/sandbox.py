@@ -34,6 +34,7 @@ import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -106,7 +107,8 @@ def _forward(client: socket.socket, path: str) -> None:
     server = socket.socket(socket.AF_UNIX)
     try:
         server.connect(path)
-    except OSError:  # the server is down: the pod sees its connection closed
+    except OSError:  # the server is down: the pod's connection is reset, as a Service without endpoints does
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         client.close()
         server.close()
         return

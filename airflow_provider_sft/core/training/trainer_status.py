@@ -36,6 +36,7 @@ from datetime import datetime, timezone
 from types import TracebackType
 from typing import Any
 
+from airflow_provider_sft.core.pod.protocol import WARNING_MARK
 from airflow_provider_sft.core.training.progress import ProgressSnapshot
 
 Logger = Callable[[str], None]
@@ -223,7 +224,7 @@ class TrainerStatusReporter:
         if kind not in self._failures:
             self._failures.add(kind)
             self.log(
-                f"WARNING: cannot report progress to the TrainJob's status ({message}); training goes on"
+                f"{WARNING_MARK}cannot report progress to the TrainJob's status ({message}); training goes on"
             )
 
 

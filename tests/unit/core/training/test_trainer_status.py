@@ -189,9 +189,9 @@ def test_a_failure_is_logged_once_per_kind_without_the_token_and_training_goes_o
         status.report(at_step(1))
         assert wait_for(lambda: len(lines) == 2)
         status.report(at_step(2))
-    warnings = [line for line in lines if line.startswith("WARNING")]
+    warnings = [line for line in lines if line.startswith("warning: ")]
     assert warnings == [
-        "WARNING: cannot report progress to the TrainJob's status (the status server is unreachable: "
+        "warning: cannot report progress to the TrainJob's status (the status server is unreachable: "
         "Connection refused); training goes on"
     ]
     assert not any("first-token" in line for line in lines)
@@ -207,7 +207,7 @@ def test_a_refusal_says_the_servers_reason(tmp_path):
     finally:
         refusing.close()
     assert lines[1:] == [
-        "WARNING: cannot report progress to the TrainJob's status (the status server refused it: "
+        "warning: cannot report progress to the TrainJob's status (the status server refused it: "
         "422 metrics: Too many); training goes on"
     ]
     assert len(refusing.requests) == 2
@@ -219,7 +219,7 @@ def test_no_token_and_a_foreign_ca_are_named(server, tmp_path):
     status.token_file = str(tmp_path / "missing")
     status.close(completed=True)
     assert lines == [
-        f"WARNING: cannot report progress to the TrainJob's status (no token to authenticate with "
+        f"warning: cannot report progress to the TrainJob's status (no token to authenticate with "
         f"({TOKEN_ENV}: No such file or directory)); training goes on"
     ]
     assert server.requests == []
@@ -229,7 +229,7 @@ def test_no_token_and_a_foreign_ca_are_named(server, tmp_path):
     status.ca_file = str(other_ca)
     status.close(completed=True)
     assert lines == [
-        "WARNING: cannot report progress to the TrainJob's status (TLS with the status server failed: "
+        "warning: cannot report progress to the TrainJob's status (TLS with the status server failed: "
         "CERTIFICATE_VERIFY_FAILED); training goes on"
     ]
     assert server.requests == []
