@@ -91,8 +91,11 @@ def train(
     return seen, time.time()
 
 
-def report(name: str, seen: list[Seen], ended: float, shape: str) -> None:
-    print(f"\n{name} ({shape}; {ended - seen[0].at:.1f} s from step 1):")
+def report(name: str, seen: list[Seen], ended: float, shape: str, load: float) -> None:
+    after = os.getloadavg()[0]
+    print(
+        f"\n{name} ({shape}; {ended - seen[0].at:.1f} s from step 1; load average {load:.1f} before, {after:.1f} after):"
+    )
     worst, worst_average = 0.0, 0.0
     for point in POINTS:
         at = next(s for s in seen if s.share * 100 >= point)
@@ -138,10 +141,11 @@ def main() -> int:
             f"{params.effective_batch_size}, {args.threads} thread(s)"
         )
         for name, slow in (("steady speed", False), (f"half speed from {SLOW_FROM:.0%}", True)):
+            load = os.getloadavg()[0]  # other work on the machine changes the speed: no ETA foresees it
             seen, ended = train(
                 model, processed, root / name.replace(" ", "-"), overrides, args.threads, slow
             )
-            report(f"ETA accuracy, {name}", seen, ended, shape)
+            report(f"ETA accuracy, {name}", seen, ended, shape, load)
     return 0
 
 

@@ -92,7 +92,7 @@ def check_preemption_steps(_tmp_path) -> None:
 def check_eta_accuracy(_tmp_path) -> None:
     out = run_smoke("eta_accuracy.py")
     for run in ("steady speed", "half speed from 40%"):
-        assert f"ETA accuracy, {run} (24 samples, 1 epochs x 3 steps" in out, out
+        assert f"ETA accuracy, {run} (24 samples, 1 epochs x 3 steps, batch 8, 1 thread(s); " in out, out
     for point in (25, 50, 75):
         row = rf"^  at {point}%: ETA {NUMBER} s, real {NUMBER} s, error [+-](?:{NUMBER}|nan)% \(whole-run average "
         assert len(re.findall(row, out, re.M)) == 2, out
