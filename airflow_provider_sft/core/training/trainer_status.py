@@ -108,7 +108,6 @@ class TrainerStatusReporter:
     ):
         self.url, self.ca_file, self.token_file = url, ca_file, token_file
         self.log, self.interval, self.timeout = log, interval, timeout
-        self.pushed = 0  # requests the server accepted
         self._latest: ProgressSnapshot | None = None
         self._pending: ProgressSnapshot | None = None  # reported, not pushed yet
         self._next_push = 0.0  # monotonic time the next request may go
@@ -183,9 +182,12 @@ class TrainerStatusReporter:
                 headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
                 method="POST",
             )
-            with urllib.request.urlopen(request, timeout=self.timeout, context=context) as response:
+            # a Service inside the cluster: never through the pod's HTTP(S)_PROXY, if it has one
+            opener = urllib.request.build_opener(
+                urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context)
+            )
+            with opener.open(request, timeout=self.timeout) as response:
                 response.read()
-            self.pushed += 1
         except urllib.error.HTTPError as exc:
             self._failed(f"http-{exc.code}", f"the status server refused it: {exc.code} {_message(exc)}")
         except (urllib.error.URLError, OSError) as exc:

@@ -147,7 +147,8 @@ def wait_for(condition, timeout: float = 10.0) -> bool:
     return False
 
 
-def test_the_latest_snapshot_wins_at_most_once_an_interval_and_the_end_is_100(server, tmp_path):
+def test_the_latest_snapshot_wins_at_most_once_an_interval_and_the_end_is_100(server, tmp_path, monkeypatch):
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")  # the pod's proxy is not for a cluster Service
     lines: list[str] = []
     with reporter(server, tmp_path, lines, interval=3600.0) as status:
         status.report(at_step(1))
