@@ -174,3 +174,17 @@ def wait_for_dag_run(standalone: Standalone, run_id: str, timeout: float = 600) 
             return state
         time.sleep(3)
     return str(state)
+
+
+@pytest.fixture
+def trainer_status(cluster):
+    """The Trainer's ``TrainJobStatus`` feature gate on: the stand-in status server
+    (tests/k8s/status_server.py) applies what pods push to the real API server, and the stand-in
+    controller injects its URL, CA and a token into every TrainJob's trainer container."""
+    from tests.k8s.status_server import StatusServer
+
+    server = StatusServer(cluster.server, cluster.token_issuer()).start()
+    cluster.trainer_status = server
+    yield server
+    cluster.trainer_status = None
+    server.close()

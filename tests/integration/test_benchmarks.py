@@ -89,12 +89,30 @@ def check_preemption_steps(_tmp_path) -> None:
     ), out
 
 
+def check_eta_accuracy(_tmp_path) -> None:
+    out = run_smoke("eta_accuracy.py")
+    for run in ("steady speed", "half speed from 40%"):
+        assert f"ETA accuracy, {run} (24 samples, 1 epochs x 3 steps, batch 8, 1 thread(s); " in out, out
+    for point in (25, 50, 75):
+        row = rf"^  at {point}%: ETA {NUMBER} s, real {NUMBER} s, error [+-](?:{NUMBER}|nan)% \(whole-run average "
+        assert len(re.findall(row, out, re.M)) == 2, out
+    assert (
+        len(
+            re.findall(
+                rf"^  max \|error\| = {NUMBER}% \(whole-run average {NUMBER}%; target 15%\)$", out, re.M
+            )
+        )
+        == 2
+    )
+
+
 SMOKE_CHECKS = {
     "local_train.py": check_local_train,
     "dataset_resolve.py": check_dataset_resolve,
     "prepare_data.py": check_prepare_data,
     "trigger_scale.py": check_trigger_scale,  # on the real API server (tests/k8s/harness.py)
     "preemption_steps.py": check_preemption_steps,  # arithmetic: the figure in benchmarks/README.md
+    "eta_accuracy.py": check_eta_accuracy,  # the demo training's ETA against the real remaining time
 }
 
 

@@ -25,7 +25,10 @@ The status driver stands in for the Trainer controller's status updates: tests c
 (through the real ``/status`` subresource). :meth:`FakeCluster.run_pods` runs a
 TrainJob's pods with the stand-in controller and kubelet of :mod:`tests.k8s.standin`
 (merged with the real runtime object, sandboxed), then marks the job Complete or
-Failed by the nodes' exit codes.
+Failed by the nodes' exit codes. With :attr:`FakeCluster.trainer_status` set (the Trainer's
+``TrainJobStatus`` feature gate on), a TrainJob's trainer container gets what the controller's
+TrainJobStatus plugin injects, and its pods reach the stand-in status server
+(:mod:`tests.k8s.status_server`).
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from aiohttp import ClientSession, TCPConnector, web
 from tests.k8s import core_rules
 from tests.k8s.harness import ApiServer, free_port
 from tests.k8s.standin import NODE, PYTORCH, Kubelet, PodFailed, job_pods
+from tests.k8s.status_server import StatusServer, TokenIssuer, inject, tls_config_map
 
 GROUP, VERSION, PLURAL = "trainer.kubeflow.org", "v1alpha1", "trainjobs"
 #: The API of each kind of job the stand-in controller drives: (group, version, plural).
@@ -75,6 +79,8 @@ class FakeCluster:
         self.secrets: dict[tuple[str, str], dict[str, Any]] = {}
         self.configmaps: dict[tuple[str, str], dict[str, Any]] = {}
         self.kubelet = Kubelet(self)
+        self.trainer_status: StatusServer | None = None  # the TrainJobStatus gate: on with a server
+        self._tokens: TokenIssuer | None = None
         # (ns, pod) -> {"job": name, "log": str or Path, "phase": "Running"|"Pending"|..., "waiting": reason
         # or None, "containers": [names] (or "pod": its spec)}; "stamped" is the log read so far, timestamped
         self.pods: dict[tuple[str, str], dict[str, Any]] = {}
@@ -138,6 +144,30 @@ class FakeCluster:
         config = client.Configuration()
         config.host = self.url
         return client.ApiClient(config)
+
+    def token_issuer(self) -> TokenIssuer:
+        """The cluster's service-account token issuer (made on first use: an RSA key takes a moment)."""
+        if self._tokens is None:
+            self._tokens = TokenIssuer()
+        return self._tokens
+
+    def services(self) -> list[dict[str, Any]]:
+        """The Services a pod reaches from its sandbox: the Trainer's status server, when the gate is on."""
+        return [self.trainer_status.service()] if self.trainer_status is not None else []
+
+    def _enforce_trainer_status(
+        self, namespace: str, job: dict[str, Any], pods: list[dict[str, Any]]
+    ) -> None:
+        """The TrainJobStatus plugin (trainjobstatus.go): the CA's ConfigMap (Build), then the
+        variables, the projected volume and its mount in the trainer container (EnforceMLPolicy)."""
+        server = self.trainer_status
+        if server is None:
+            return
+        name = job["metadata"]["name"]
+        config_map = tls_config_map(job, server.certificates.ca_cert.read_bytes())
+        self.configmaps[(namespace, config_map["metadata"]["name"])] = config_map
+        for pod in pods:
+            inject(pod, NODE, namespace, name, server.url(namespace, name))
 
     def secrets_in(self, namespace: str) -> list[str]:
         return [name for (ns, name) in self.secrets if ns == namespace]
@@ -666,6 +696,8 @@ class FakeCluster:
             pods, container, hosts = job_pods(
                 job, self._runtime(namespace, job) if kind == "TrainJob" else None
             )
+            if kind == "TrainJob":
+                self._enforce_trainer_status(namespace, job, pods)
             ended = threading.Event()
             watcher = threading.Thread(
                 target=self._preempt_when_suspended,

@@ -5,6 +5,9 @@ Started by :mod:`tests.k8s.standin` as root inside fresh network and mount names
 
 * brings up loopback only: no network, and the nodes of one job share it, as pods
   reach each other by their hostnames (``/etc/hosts`` maps them to 127.0.0.1);
+* relays the plan's ``services`` (a cluster Service the pods call, such as the Trainer's status
+  server): a listener on the Service's port of that loopback forwards each connection, bytes
+  as they are (TLS ends at the server), to the server's Unix socket outside;
 * builds the "image": a tmpfs at ``/opt`` holding the Python interpreter and a
   ``site-packages`` that has only the image's distributions (torch, instructlab-training
   and their dependencies, not this provider and not pip), read-only;
@@ -30,8 +33,11 @@ import contextlib
 import json
 import os
 import signal
+import socket
+import struct
 import subprocess
 import sys
+import threading
 import time
 
 IMAGE = "/opt/image"
@@ -88,6 +94,44 @@ def stop(processes: list[subprocess.Popen], graces: list[float]) -> list[bool]:
     return killed
 
 
+def _pipe(source: socket.socket, target: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        while data := source.recv(65536):
+            target.sendall(data)
+    with contextlib.suppress(OSError):
+        target.shutdown(socket.SHUT_WR)
+
+
+def _forward(client: socket.socket, path: str) -> None:
+    """One connection to the Service: to its server's socket, or closed when nobody listens there."""
+    server = socket.socket(socket.AF_UNIX)
+    try:
+        server.connect(path)
+    except OSError:  # the server is down: the pod's connection is reset, as a Service without endpoints does
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        client.close()
+        server.close()
+        return
+    back = threading.Thread(target=_pipe, args=(server, client), daemon=True)
+    back.start()
+    _pipe(client, server)
+    back.join()
+    client.close()
+    server.close()
+
+
+def relay(port: int, path: str) -> None:
+    """Listen on the Service's port of this loopback, for as long as the pods run."""
+    listener = socket.create_server(("127.0.0.1", port))
+
+    def accept() -> None:
+        while True:
+            client, _ = listener.accept()
+            threading.Thread(target=_forward, args=(client, path), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+
+
 def exit_code(returncode: int) -> int:
     """The container's exit code as the kubelet reports it: 128 + N for a process signal N ended."""
     return 128 - returncode if returncode < 0 else returncode
@@ -112,6 +156,11 @@ def main() -> int:
             os.makedirs(stage)
             sh("mount", "--bind", mount["source"], stage)
             mount["source"] = stage
+    for number, service in enumerate(plan.get("services", [])):  # the server's socket, staged too
+        stage = f"{IMAGE}/.services/{number}"
+        os.makedirs(stage)
+        sh("mount", "--bind", os.path.dirname(service["socket"]), stage)
+        relay(service["port"], f"{stage}/{os.path.basename(service['socket'])}")
     bind(plan["hosts_file"], "/etc/hosts", read_only=True)
     for mount in sorted(plan["mounts"], key=lambda m: m["path"].rstrip("/").count("/")):
         os.makedirs(mount["path"], exist_ok=True)

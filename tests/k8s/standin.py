@@ -358,11 +358,37 @@ class Kubelet:
                 mounts.append(
                     {"kind": kind, "source": str(files), "path": mount["mountPath"], "read_only": True}
                 )
+            elif "projected" in volume:
+                files = scratch / mount["name"]
+                files.mkdir(mode=0o755)
+                self._project(namespace, pod, volume["projected"], files)
+                mounts.append(
+                    {"kind": "projected", "source": str(files), "path": mount["mountPath"], "read_only": True}
+                )
             elif "emptyDir" in volume:
                 mounts.append({"kind": "emptyDir", "path": mount["mountPath"]})
             else:
                 raise PodFailed(f"the stand-in kubelet cannot mount volume {mount['name']}: {volume}")
         return mounts
+
+    def _project(self, namespace: str, pod: dict[str, Any], projected: dict[str, Any], files: Path) -> None:
+        """A projected volume's files: a service-account token the cluster's issuer signed for the
+        audience asked (as the kubelet's TokenRequest gets it), and ConfigMap items."""
+        for source in projected.get("sources", []):
+            if token := source.get("serviceAccountToken"):
+                minted = self.cluster.token_issuer().mint(
+                    namespace,
+                    [token["audience"]],
+                    expires_in=token.get("expirationSeconds", 3600),
+                    pod=pod["metadata"]["name"],
+                )
+                (files / token["path"]).write_text(minted)
+            elif ref := source.get("configMap"):
+                data = self._object("ConfigMap", namespace, ref["name"]).get("data") or {}
+                for item in ref.get("items") or [{"key": key, "path": key} for key in data]:
+                    (files / item["path"]).write_text(data[item["key"]])
+        for path in files.iterdir():
+            os.chmod(path, projected.get("defaultMode", 0o644))
 
     def run(
         self,
@@ -408,17 +434,20 @@ class Kubelet:
             next(c for c in pods[0]["spec"]["containers"] if c["name"] == node_name),
             scratch,
         )
+        services = self.cluster.services()
         hosts_file = scratch / "hosts"
         hosts_file.write_text(
             "127.0.0.1 localhost\n"
             + "".join(
                 f"127.0.0.1 {host} {pod['metadata']['name']}\n" for host, pod in zip(hosts, pods, strict=True)
             )
+            + "".join(f"127.0.0.1 {service['host']}\n" for service in services)
         )
         plan = {
             "nodes": nodes,
             "mounts": mounts,
             "hosts_file": str(hosts_file),
+            "services": services,
             "uid": POD_UID,
             "gid": POD_GID,
             "python_prefix": sys.base_prefix,

@@ -36,7 +36,7 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow_provider_sft.core import constants as c
 from airflow_provider_sft.core import jsonio
@@ -58,6 +58,9 @@ from airflow_provider_sft.core.training.nodes import (
     wait_for_data,
 )
 from airflow_provider_sft.core.training.resume import SavedState
+
+if TYPE_CHECKING:
+    from airflow_provider_sft.core.training.trainer_status import TrainerStatusReporter
 
 _PREFIX = PREFIX
 
@@ -295,17 +298,30 @@ def _train_on_cpu(
     from airflow_provider_sft.core.training.cpu_trainer import train_on_cpu
 
     params = training_run.params
-    result = train_on_cpu(
-        params,
-        model_path=params.base_model,
-        processed_data=processed_path,
-        output_dir=Path(training_run.output_dir),
-        threads=threads,
-        log=_log,
-        topology=topology,
-        resume_from=resume_from.path if resume_from else None,
-    )
+    reporter = _status_reporter(topology.is_first)
+    with reporter or contextlib.nullcontext():
+        result = train_on_cpu(
+            params,
+            model_path=params.base_model,
+            processed_data=processed_path,
+            output_dir=Path(training_run.output_dir),
+            threads=threads,
+            log=_log,
+            topology=topology,
+            resume_from=resume_from.path if resume_from else None,
+            on_progress=reporter.report if reporter else None,
+        )
     _log(f"trained in {result.seconds:.1f}s ({result.tokens_per_second:.0f} tokens/s)")
+
+
+def _status_reporter(is_first: bool) -> TrainerStatusReporter | None:
+    """Node 0's pushes to the TrainJob's ``status.trainerStatus``, when the Trainer's controller
+    injected its status server (see :mod:`trainer_status`); None otherwise."""
+    if not is_first:
+        return None
+    from airflow_provider_sft.core.training.trainer_status import TrainerStatusReporter
+
+    return TrainerStatusReporter.from_env(os.environ, log=_log)
 
 
 def _train_on_cuda(training_run: TrainingRun, gpus: int, *, show_progress: bool = True) -> None:
@@ -331,18 +347,21 @@ def _train_on_cuda(training_run: TrainingRun, gpus: int, *, show_progress: bool 
     )
     _log("instructlab-training: " + " ".join(command))
     metrics = Path(training_run.output_dir) / c.METRICS_FILE
+    reporter = _status_reporter(show_progress)
     follower = MetricsFollower(
         metrics,
         num_epochs=training_run.params.num_epochs,
         effective_batch_size=training_run.params.effective_batch_size,
         log=_log,
+        on_snapshot=reporter.report if reporter else None,
     )
-    with follower if show_progress else contextlib.nullcontext():
-        returncode = _run_instructlab(command, training_run)
-    if returncode != 0:
-        raise TrainingFailedError(f"instructlab-training exited with status {returncode}")
-    if not metrics.exists():
-        raise TrainingFailedError(f"instructlab-training finished without writing {metrics}")
+    with reporter or contextlib.nullcontext():
+        with follower if show_progress else contextlib.nullcontext():
+            returncode = _run_instructlab(command, training_run)
+        if returncode != 0:
+            raise TrainingFailedError(f"instructlab-training exited with status {returncode}")
+        if not metrics.exists():
+            raise TrainingFailedError(f"instructlab-training finished without writing {metrics}")
 
 
 def _run_instructlab(command: list[str], training_run: TrainingRun) -> int:

@@ -245,6 +245,26 @@ def perplexity(loss: float | None) -> float | None:
     return math.exp(min(loss, c.PERPLEXITY_LOSS_CAP))
 
 
+class LossSmoother:
+    """The debiased exponential moving average of a loss, one step at a time.
+
+    One implementation for the whole record (:func:`smooth`) and for a run in progress (the
+    progress tracker), so the live smoothed loss is the one the chart later draws.
+    """
+
+    def __init__(self, weight: float = SMOOTHING_WEIGHT):
+        self.weight = weight
+        self._average, self._seen = 0.0, 0
+
+    def add(self, loss: float | None) -> float | None:
+        """The smoothed loss after ``loss``; ``None`` for a missing or non-finite one (skipped)."""
+        if loss is None or not math.isfinite(loss):
+            return None
+        self._seen += 1
+        self._average = self.weight * self._average + (1 - self.weight) * loss
+        return self._average / (1 - self.weight**self._seen)
+
+
 def smooth(losses: list[float | None], weight: float = SMOOTHING_WEIGHT) -> list[float | None]:
     """Debiased exponential moving average, as TensorBoard's smoothing slider computes it.
 
@@ -252,16 +272,8 @@ def smooth(losses: list[float | None], weight: float = SMOOTHING_WEIGHT) -> list
     scale instead of pulling them towards 0. Missing and non-finite losses are skipped: the
     average carries over them, and their own point stays ``None``.
     """
-    smoothed: list[float | None] = []
-    average, seen = 0.0, 0
-    for loss in losses:
-        if loss is None or not math.isfinite(loss):
-            smoothed.append(None)
-            continue
-        seen += 1
-        average = weight * average + (1 - weight) * loss
-        smoothed.append(average / (1 - weight**seen))
-    return smoothed
+    smoother = LossSmoother(weight)
+    return [smoother.add(loss) for loss in losses]
 
 
 def summarize(

@@ -57,12 +57,13 @@ from airflow_provider_sft.core.training.cpu_state import MODEL_DIR, restore_full
 from airflow_provider_sft.core.training.held_out import split_held_out
 from airflow_provider_sft.core.training.nodes import Topology
 from airflow_provider_sft.core.training.preemption import StopOnSigterm
-from airflow_provider_sft.core.training.progress import is_progress_step, progress_line
+from airflow_provider_sft.core.training.progress import ProgressSnapshot, ProgressTracker
 
 if TYPE_CHECKING:
     import torch
 
 Logger = Callable[[str], None]
+OnProgress = Callable[[ProgressSnapshot], None]
 
 
 @dataclass(frozen=True)
@@ -232,11 +233,13 @@ def train_on_cpu(
     log: Logger = print,
     topology: Topology | None = None,
     resume_from: Path | None = None,
+    on_progress: OnProgress | None = None,
 ) -> CPUTrainingResult:
     """Train ``model_path`` on instructlab-processed data; write metrics and checkpoints to ``output_dir``.
 
     ``resume_from`` (node 0's: the others are told) is a full state to continue from. SIGTERM
     stops the loop at the next step boundary with a saved state and :class:`PreemptedError`.
+    ``on_progress`` gets node 0's snapshot after every step (the ``trainerStatus`` reporter).
     """
     topology = topology or Topology()
     _join_nodes(topology, log)
@@ -254,7 +257,7 @@ def train_on_cpu(
         params, model_path, len(samples), weights=resume_from / MODEL_DIR if resume_from else None
     )
     metrics = MetricsWriter(out / c.METRICS_FILE) if topology.node_rank == 0 else _NoMetrics()
-    loop = _Loop(params, job, samples, out, topology, metrics, log, held_out=held_out)
+    loop = _Loop(params, job, samples, out, topology, metrics, log, on_progress, held_out=held_out)
     if resume_from is None:  # a resumed run continues the metrics of the one it resumes: one hparams line
         metrics.write(
             _hparams_record(params, model_path, processed_data, out, threads, len(samples), job)
@@ -541,6 +544,7 @@ class _Loop:
         topology: Topology,
         metrics: MetricsWriter | _NoMetrics,
         log: Logger,
+        on_progress: OnProgress | None = None,
         *,
         held_out: Sequence[Sample] = (),
     ):
@@ -549,9 +553,13 @@ class _Loop:
         self.validation: ValidationLoss | None = None  # the latest
         self._validated_step: int | None = None
         self.rank, self.world = topology.node_rank, topology.num_nodes
-        self.metrics, self.log = metrics, log
+        self.metrics, self.log, self.on_progress = metrics, log, on_progress
+        # the progress lines and trainerStatus: the same tracker as the CUDA path's follower
+        self.progress = ProgressTracker(
+            num_epochs=params.num_epochs, effective_batch_size=params.effective_batch_size
+        )
         self.step = self.samples_seen = self.tokens_seen = 0
-        self.first_epoch = self._skip_steps = self._first_step = 0
+        self.first_epoch = self._skip_steps = 0
         self.checkpoints: list[str] = []
         self.started = time.monotonic()
 
@@ -565,7 +573,6 @@ class _Loop:
             self._skip_steps = self.step - epoch * per_epoch
         else:  # saved at the end of its epoch
             self.step, self.first_epoch = (epoch + 1) * per_epoch, epoch + 1
-        self._first_step = self.step  # the ETA counts this attempt's steps only
 
     def train_epoch(self, epoch: int, stop: StopOnSigterm) -> None:
         """Every step of one epoch (but those a resumed state holds), then the end-of-epoch saves.
@@ -583,9 +590,10 @@ class _Loop:
             self.samples_seen += stats.samples
             self.tokens_seen += stats.tokens
             elapsed = time.monotonic() - step_started
-            self.metrics.write(self._step_record(epoch, stats, elapsed))
+            record = self._step_record(epoch, stats, elapsed)
+            self.metrics.write(record)
             if self.rank == 0:
-                self._report_step(epoch, stats, elapsed, previous_seen)
+                self._report_step(record, previous_seen)
             frequency = self.params.validation_frequency
             if self.held_out and frequency and self.step % frequency == 0:  # main_ds's schedule
                 self._validate()
@@ -605,14 +613,20 @@ class _Loop:
             self.job, self.held_out, self.params.max_tokens_per_gpu, self.rank, self.world
         )
         self._validated_step = self.step
-        self.metrics.write(
-            {"val_loss": self.validation.loss, "val_num_tokens": self.validation.tokens, "step": self.step}
-        )
+        record = {
+            "val_loss": self.validation.loss,
+            "val_num_tokens": self.validation.tokens,
+            "step": self.step,
+        }
+        self.metrics.write(record)
         if self.rank == 0:
             self.log(
                 f"validation at step {self.step}: loss {self.validation.loss:.4f} over "
                 f"{self.validation.tokens} tokens of {len(self.held_out)} held-out samples"
             )
+            snapshot = self.progress.update(record, at=time.time())  # the pod's status carries it
+            if snapshot is not None and self.on_progress is not None:
+                self.on_progress(snapshot)
 
     def _stop(self, epoch: int) -> None:
         """Preempted: node 0 saves the full state of this step, every node waits for it and stops."""
@@ -645,24 +659,16 @@ class _Loop:
             "tokens_per_second": stats.tokens / elapsed if elapsed else 0.0,
         }
 
-    def _report_step(self, epoch: int, stats: _StepStats, elapsed: float, previous_seen: int) -> None:
-        """Node 0's progress line (about 20 a run) and a checkpoint each time ``save_samples`` more were seen."""
-        total_steps = self.job.total_steps
-        if is_progress_step(self.step, total_steps):
-            spent = time.monotonic() - self.started
-            self.log(
-                progress_line(
-                    step=self.step,
-                    total_steps=total_steps,
-                    epoch=epoch,
-                    num_epochs=self.params.num_epochs,
-                    loss=stats.avg_loss,
-                    lr=stats.lr,
-                    grad_norm=stats.grad_norm,
-                    samples_per_second=stats.samples / elapsed,
-                    eta_seconds=spent / (self.step - self._first_step) * (total_steps - self.step),
-                )
-            )
+    def _report_step(self, record: dict[str, Any], previous_seen: int) -> None:
+        """Node 0's progress (a line about 20 times a run, the snapshot to ``on_progress``) from the
+        step's metrics line, as the CUDA path's follower reads it; a checkpoint each time
+        ``save_samples`` more were seen."""
+        snapshot = self.progress.update(record, at=time.time())
+        if snapshot is not None:
+            if snapshot.gets_line:
+                self.log(snapshot.line())
+            if self.on_progress is not None:
+                self.on_progress(snapshot)
         save_every = self.params.save_samples
         if save_every > 0 and self.samples_seen // save_every > previous_seen // save_every:
             self.checkpoints.append(self._save_checkpoint())

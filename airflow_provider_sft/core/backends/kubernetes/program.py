@@ -66,6 +66,7 @@ CARRIED = (
     "core/training/preemption.py",  # SIGTERM: stop at the next step boundary
     "core/training/resume.py",  # what a new attempt starts from
     "core/training/progress.py",
+    "core/training/trainer_status.py",  # node 0 pushes its progress to the TrainJob's status
 )
 _MAIN = b"""import sys
 
