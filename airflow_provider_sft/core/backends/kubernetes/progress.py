@@ -44,7 +44,7 @@ class ProgressFollower:
     clock: Clock
     sink: ProgressSink
     tracker: ProgressTracker = field(default_factory=ProgressTracker)
-    started: bool = False  # the job ran: its rank-0 pod's log may hold step lines
+    started: asyncio.Event = field(default_factory=asyncio.Event)  # it ran: its pod log may hold step lines
     stamp: int | None = None  # the newest log timestamp read (ns), and how many lines carried it
     at_stamp: int = 0
 
@@ -55,7 +55,7 @@ class ProgressFollower:
 
     async def read_log(self) -> None:
         """The step lines the rank-0 pod wrote since the last read."""
-        if not self.started or self.tracker.from_trainer_status:
+        if not self.started.is_set() or self.tracker.from_trainer_status:
             return
         pod = await rank0_pod(self.client, self.resource, self.namespace, self.name)
         if pod is None:
@@ -90,9 +90,11 @@ class ProgressFollower:
         say_when_due(self.tracker, self.sink, self.clock.monotonic(), final=True)
 
     async def poll_log(self) -> None:
-        """Read the log every ``LOG_POLL_SECONDS`` until cancelled (the wait ended)."""
+        """Read the log every ``LOG_POLL_SECONDS`` from the job's start until cancelled (the wait ended)."""
+        await self.started.wait()
         while True:
             await self.clock.asleep(LOG_POLL_SECONDS)
+            await asyncio.sleep(0)  # a clock that does not suspend (a test's) must not starve the wait
             try:
                 await self.read_log()
             except asyncio.CancelledError:

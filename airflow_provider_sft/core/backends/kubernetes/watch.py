@@ -263,7 +263,7 @@ async def follow_job(
 
     def seen(state: JobState) -> None:
         if progress is not None and state.phase is JobPhase.RUNNING:
-            progress.started = True
+            progress.started.set()
         on_state(state)
 
     cursor = WatchCursor(

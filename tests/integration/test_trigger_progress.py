@@ -1,0 +1,146 @@
+"""The deferred wait says a running job's progress, through the REAL API server with the upstream CRDs.
+
+A TrainJob whose ``status.trainerStatus`` advances while it runs: written here through the API
+server's ``/status`` subresource, as Kubeflow Trainer's status server writes what the pod pushes
+(the v2.3.0 CRD's schema and CEL rule validate it). A PyTorchJob has no trainerStatus: its
+rank-0 pod's ``step ...`` lines (served by the fake core API) are read instead.
+
+Time runs 60 times faster for the trigger (:class:`FastClock`), so the 30 s floor between two
+lines is half a second here and a run of 20 readings takes seconds, not ten minutes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from airflow_provider_sft.core.results.progress import SOURCE_POD_LOG, SOURCE_TRAINER_STATUS
+from tests.integration.test_trainjob_trigger import connection, submit, trigger  # noqa: F401 (fixture)
+
+SPEED = 60.0  # clock seconds per real second
+READINGS = 20  # 5% each
+READING_SECONDS = 0.6  # real seconds between two readings: 36 clock seconds, past the 30 s floor
+LINE = re.compile(r"^progress (\d+)%: step (\d+)/(\d+), .* \(from (.+)\)$")
+
+
+class FastClock:
+    """Real time, ``SPEED`` times faster: sleeps are shorter, readings further apart."""
+
+    def __init__(self) -> None:
+        self.start, self.wall = time.monotonic(), datetime.now(timezone.utc)
+
+    def monotonic(self) -> float:
+        return (time.monotonic() - self.start) * SPEED
+
+    def now(self) -> datetime:
+        return self.wall + timedelta(seconds=self.monotonic())
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds / SPEED)
+
+    async def asleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds / SPEED)
+
+
+def write_trainer_status(cluster, namespace: str, name: str, reading: int) -> None:
+    """The smallest trainerStatus writer (test-only): what the status server applies for a push."""
+    step = reading * 10
+    cluster.custom().patch_namespaced_custom_object_status(
+        "trainer.kubeflow.org",
+        "v1alpha1",
+        namespace,
+        "trainjobs",
+        name,
+        {
+            "status": {
+                "trainerStatus": {
+                    "progressPercentage": 100 * reading // READINGS,
+                    "estimatedRemainingSeconds": (READINGS - reading) * 36,
+                    "metrics": [
+                        {"name": "step", "value": str(step)},
+                        {"name": "total_steps", "value": str(READINGS * 10)},
+                        {"name": "loss", "value": format(2.0 - reading / READINGS, ".6g")},
+                        {"name": "tokens_per_second", "value": "812.5"},
+                    ],
+                    "lastUpdatedTime": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                }
+            }
+        },
+    )
+
+
+def append_step_line(cluster, namespace: str, name: str, reading: int) -> None:
+    """The rank-0 pod (a PyTorchJob's master) prints the next ``step ...`` line."""
+    pod = cluster.pods[(namespace, f"{name}-master-0")]
+    step, total = reading * 10, READINGS * 10
+    pod["log"] += (
+        f"[sft] step {step}/{total} epoch 1/1 loss {2.0 - reading / READINGS:.4f} lr 2e-05 "
+        f"31.2 samples/s 812.5 tokens/s ETA {(READINGS - reading) * 36}s\n"
+    )
+
+
+class Lines(logging.Handler):
+    """The trigger's log lines (the triggerer writes them to the task's log), each with its time."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[tuple[float, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append((time.monotonic(), record.getMessage()))
+
+
+def run_job_with_progress(cluster, namespace, connection, kind):  # noqa: F811
+    submit(cluster, namespace, kind=kind)
+    trig = trigger(namespace, connection, kind, clock=FastClock())
+    lines = Lines()
+    logger = logging.getLogger("test.trigger_progress")
+    logger.setLevel(logging.INFO)
+    logger.addHandler(lines)
+    trig._log = logger  # LoggingMixin's logger: the one the triggerer routes to the task log
+    ended: dict[str, float] = {}
+
+    def advance() -> None:
+        time.sleep(0.3)
+        cluster.drive(namespace, "trig-job", "running", kind=kind, log="[sft] training starts\n")
+        for reading in range(1, READINGS + 1):
+            time.sleep(READING_SECONDS)
+            if kind == "TrainJob":
+                write_trainer_status(cluster, namespace, "trig-job", reading)
+            else:
+                append_step_line(cluster, namespace, "trig-job", reading)
+        time.sleep(READING_SECONDS)
+        ended["at"] = time.monotonic()
+        cluster.drive(namespace, "trig-job", "complete", reason="JobsCompleted", kind=kind)
+
+    async def main():
+        driver = asyncio.ensure_future(asyncio.to_thread(advance))
+        event = await asyncio.wait_for(trig.run().__anext__(), 60)
+        await driver
+        return event.payload
+
+    event = asyncio.run(main())
+    assert event["status"] == "success"
+    progress = [(at, LINE.match(text)) for at, text in lines.lines if text.startswith("progress ")]
+    assert all(match for _, match in progress), [text for _, text in lines.lines]
+    return [match for at, match in progress if at < ended["at"]], [match for _, match in progress]
+
+
+@pytest.mark.parametrize(
+    ("kind", "source"),
+    [("TrainJob", SOURCE_TRAINER_STATUS), ("PyTorchJob", SOURCE_POD_LOG)],
+    ids=["trainjob-trainerStatus", "pytorchjob-pod-log"],
+)
+def test_a_deferred_wait_says_progress_while_the_job_runs(cluster, namespace, connection, kind, source):  # noqa: F811
+    while_running, every = run_job_with_progress(cluster, namespace, connection, kind)
+    percents = [int(match[1]) for match in while_running]
+    assert len(while_running) >= 10, [match[0] for match in every]
+    assert (percents == sorted(set(percents)) and percents[-1] < 100) or percents[-1] == 100
+    assert {match[4] for match in every} == {source}
+    steps = [int(match[2]) for match in every]
+    assert steps == sorted(steps) and steps[-1] == READINGS * 10  # the last reading is said at the end
