@@ -12,14 +12,21 @@ lines is half a second here and a run of 20 readings takes seconds, not ten minu
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
+import shutil
 import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from airflow_provider_sft.core.results.progress import SOURCE_POD_LOG, SOURCE_TRAINER_STATUS
+from airflow_provider_sft.core.results.progress import (
+    PROGRESS_XCOM_KEY,
+    SOURCE_POD_LOG,
+    SOURCE_TRAINER_STATUS,
+)
+from airflow_provider_sft.demo import DAG_ID, DEMO_TRAINING
 from tests.integration.test_trainjob_trigger import connection, submit, trigger  # noqa: F401 (fixture)
 
 SPEED = 60.0  # clock seconds per real second
@@ -144,3 +151,62 @@ def test_a_deferred_wait_says_progress_while_the_job_runs(cluster, namespace, co
     assert {match[4] for match in every} == {source}
     steps = [int(match[2]) for match in every]
     assert steps == sorted(steps) and steps[-1] == READINGS * 10  # the last reading is said at the end
+
+
+@pytest.mark.slow
+def test_a_real_triggerer_writes_the_lines_to_the_task_log_and_stores_the_progress(
+    cluster, namespace, tiny_model, tmp_path
+):
+    """``airflow standalone`` runs the example DAG on Kubernetes, deferred: its triggerer's lines
+    reach the train task's log (the ``.trigger.<id>.log`` beside the attempt's, which the UI
+    merges), and the progress is stored as the task's XCom through the triggerer's own API."""
+    from tests.integration.conftest import running_demo, wait_for_dag_run
+    from tests.k8s import harness, standin
+
+    if reason := standin.unavailable():
+        pytest.skip(reason)
+    pvc = cluster.kubelet.add_pvc("sft-workspace", tmp_path / "pvc")
+    shutil.copytree(tiny_model, pvc / "models" / "tiny")
+    for path in [pvc / "models", *(pvc / "models").rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    cluster.auto_run(namespace, extra_env={"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"})
+    env = {"AIRFLOW_CONN_KUBERNETES_DEFAULT": harness.connection_uri(cluster.url, namespace)}
+    with running_demo(tmp_path / "airflow-side", env) as standalone:
+        conf = {
+            **DEMO_TRAINING,
+            "num_epochs": 2,
+            "backend": "kubernetes",
+            "base_model": "/workspace/models/tiny",
+            "workspace": str(tmp_path / "airflow-side" / "runs"),
+            "pvc_name": "sft-workspace",
+        }
+        created = standalone.session.post(
+            f"{standalone.base}/api/v2/dags/{DAG_ID}/dagRuns",
+            json={"conf": conf, "logical_date": None},
+            timeout=60,
+        )
+        assert created.status_code == 200, created.text
+        run_id = created.json()["dag_run_id"]
+        assert wait_for_dag_run(standalone, run_id, timeout=900) == "success"
+        xcom = standalone.session.get(
+            f"{standalone.base}/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/train/xcomEntries/"
+            f"{PROGRESS_XCOM_KEY}",
+            params={"deserialize": True},
+            timeout=60,
+        )
+        logs = standalone.home / "logs" / f"dag_id={DAG_ID}"
+        files = [p for p in logs.glob("run_id=*/task_id=train/attempt=*.log*") if run_id in str(p)]
+    trigger_logs = [p for p in files if ".trigger." in p.name]
+    events = [
+        str(json.loads(line).get("event", ""))
+        for path in trigger_logs
+        for line in path.read_text().splitlines()
+        if line.strip()
+    ]
+    said = [match for event in events if (match := LINE.match(event))]
+    assert said and said[-1][1] == "100" and {m[4] for m in said} == {SOURCE_POD_LOG}, [p.name for p in files]
+    assert xcom.ok, xcom.text
+    value = xcom.json()["value"]
+    value = json.loads(value) if isinstance(value, str) else value
+    assert value["progress"]["percent"] == 100 and value["progress"]["source"] == SOURCE_POD_LOG
+    assert len(value["curve"]["step"]) >= 1 and value["run_name"].startswith("sft-")
