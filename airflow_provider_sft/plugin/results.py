@@ -39,6 +39,7 @@ from sqlalchemy import select
 from airflow_provider_sft.core.results.metrics import StepRecord
 from airflow_provider_sft.core.results.progress import (
     PROGRESS_XCOM_KEY,
+    CurvePoint,
     Progress,
     duration_text,
     progress_of_payload,
@@ -182,7 +183,7 @@ class LiveProgress:
 
     run_name: str
     progress: Progress
-    curve: list[tuple[int, float]]
+    curve: list[CurvePoint]
     updated: str
     source_task: str
 
@@ -454,7 +455,7 @@ def _progress_section(live: LiveProgress, refresh: bool) -> str:
         if percent is not None
         else ""
     )
-    records = [StepRecord(s, None, loss, None, None, None, None, None) for s, loss in live.curve]
+    records = [StepRecord(s, None, loss, lr, None, None, None, None) for s, loss, lr in live.curve]
     title = f"Training loss so far — {html.escape(live.run_name)}"
     chart = _chart_html(build_figure(records, title=title), "sft-live-chart") if len(records) > 1 else ""
     note = (

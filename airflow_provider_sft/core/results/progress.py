@@ -42,6 +42,10 @@ _NAMED = re.compile(rf"(?:^|\s)(step|epoch|loss|lr|grad_norm|val_loss|ETA)\s+({_
 _UNITS = re.compile(rf"(?:^|\s)({_NUMBER})\s+(samples/s|tokens/s)(?=\s|$)")
 
 
+#: One point of the curve so far: (step, loss, learning rate or None).
+CurvePoint = tuple[int, float, "float | None"]
+
+
 @dataclass(frozen=True)
 class Progress:
     """Where a running job stands; what a source did not say is None."""
@@ -189,7 +193,7 @@ class ProgressTracker:
     latest: Progress | None = None
     said: Progress | None = None  # the reading of the last line
     said_at: float | None = None
-    curve: list[tuple[int, float]] = field(default_factory=list)  # (step, loss), steps rising
+    curve: list[CurvePoint] = field(default_factory=list)  # steps rising
 
     @property
     def from_trainer_status(self) -> bool:
@@ -203,14 +207,14 @@ class ProgressTracker:
             return False  # the status is the better source once a job has it
         self.latest = progress
         if progress.step is not None and progress.loss is not None:
-            self._add_point(progress.step, progress.loss)
+            self._add_point((progress.step, progress.loss, progress.learning_rate))
         return self.due(now)
 
-    def _add_point(self, step: int, loss: float) -> None:
-        if self.curve and step <= self.curve[-1][0]:
+    def _add_point(self, point: CurvePoint) -> None:
+        if self.curve and point[0] <= self.curve[-1][0]:
             # a resumed run repeats steps from its saved state: the newer reading wins
-            self.curve = [point for point in self.curve if point[0] < step]
-        self.curve.append((step, loss))
+            self.curve = [earlier for earlier in self.curve if earlier[0] < point[0]]
+        self.curve.append(point)
         if len(self.curve) > MAX_CURVE_POINTS:  # keep the last, thin the rest evenly
             self.curve = [*self.curve[:-1:2], self.curve[-1]]
 
@@ -243,11 +247,15 @@ class ProgressTracker:
             "run_name": run_name,
             "updated": updated,
             "progress": latest.to_dict(),
-            "curve": {"step": [s for s, _ in self.curve], "loss": [loss for _, loss in self.curve]},
+            "curve": {
+                "step": [step for step, _, _ in self.curve],
+                "loss": [loss for _, loss, _ in self.curve],
+                "learning_rate": [lr for _, _, lr in self.curve],
+            },
         }
 
 
-def progress_of_payload(payload: Any) -> tuple[Progress, list[tuple[int, float]], str] | None:
+def progress_of_payload(payload: Any) -> tuple[Progress, list[CurvePoint], str] | None:
     """(progress, curve, updated) from a stored payload, or None when it is not one (an older or
     foreign XCom): only numbers are taken from it."""
     if not isinstance(payload, dict) or not isinstance(payload.get("progress"), dict):
@@ -265,9 +273,10 @@ def progress_of_payload(payload: Any) -> tuple[Progress, list[tuple[int, float]]
     )
     curve = payload.get("curve") or {}
     steps, losses = curve.get("step") or [], curve.get("loss") or []
+    rates = curve.get("learning_rate") or [None] * len(steps)
     points = [
-        (step, loss)
-        for step, loss in zip(map(_int, steps), map(_float, losses), strict=False)
+        (step, loss, None if lr is None else _float(lr))
+        for step, loss, lr in zip(map(_int, steps), map(_float, losses), rates, strict=False)
         if step is not None and loss is not None
     ]
     updated = payload.get("updated") if isinstance(payload.get("updated"), str) else ""

@@ -136,7 +136,12 @@ def test_the_line_says_step_percent_loss_speed_eta_and_the_source():
 
 def reading(step, total=200, source=SOURCE_POD_LOG):
     return Progress(
-        source, step=step, total_steps=total, percent=100 * step // total, loss=2.0 - step / total
+        source,
+        step=step,
+        total_steps=total,
+        percent=100 * step // total,
+        loss=2.0 - step / total,
+        learning_rate=1e-4,
     )
 
 
@@ -172,7 +177,7 @@ def test_trainer_status_wins_over_the_log_once_seen_and_the_curve_follows_the_st
     tracker.observe(reading(15), 2.0)  # an older log line after the status: ignored
     assert tracker.latest.source == SOURCE_TRAINER_STATUS and tracker.from_trainer_status
     tracker.observe(reading(12, source=SOURCE_TRAINER_STATUS), 3.0)  # resumed from step 11's state
-    assert [step for step, _ in tracker.curve] == [10, 12]
+    assert [step for step, _, _ in tracker.curve] == [10, 12]
 
 
 def test_the_payload_round_trips_and_carries_numbers_only():
@@ -182,6 +187,6 @@ def test_the_payload_round_trips_and_carries_numbers_only():
     payload = tracker.payload("sft-run", updated="2026-12-06T04:00:00+00:00")
     progress, curve, updated = progress_of_payload(payload)
     assert progress == reading(599, total=600) and updated == "2026-12-06T04:00:00+00:00"
-    assert len(curve) <= 400 and curve[-1][0] == 599 and curve == sorted(curve)
+    assert len(curve) <= 400 and curve[-1] == (599, 2.0 - 599 / 600, 1e-4) and curve == sorted(curve)
     assert progress_of_payload({"progress": {"source": "<script>", "step": 1}}) is None
     assert progress_of_payload("not a payload") is None
