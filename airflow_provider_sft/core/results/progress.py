@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 SOURCE_TRAINER_STATUS = "status.trainerStatus"
@@ -266,11 +266,9 @@ def progress_of_payload(payload: Any) -> tuple[Progress, list[CurvePoint], str] 
     source = raw.get("source") if raw.get("source") in SOURCES else None
     if source is None:
         return None
-    progress = replace(
-        Progress(source),
-        **{name: _int(raw.get(name)) for name in ints if raw.get(name) is not None},
-        **{name: _float(raw.get(name)) for name in floats if raw.get(name) is not None},
-    )
+    numbers: dict[str, Any] = {name: _int(raw.get(name)) for name in ints}
+    numbers.update({name: _float(raw.get(name)) for name in floats})
+    progress = Progress(str(source), **numbers)
     curve = payload.get("curve") or {}
     steps, losses = curve.get("step") or [], curve.get("loss") or []
     rates = curve.get("learning_rate") or [None] * len(steps)
@@ -279,8 +277,8 @@ def progress_of_payload(payload: Any) -> tuple[Progress, list[CurvePoint], str] 
         for step, loss, lr in zip(map(_int, steps), map(_float, losses), rates, strict=False)
         if step is not None and loss is not None
     ]
-    updated = payload.get("updated") if isinstance(payload.get("updated"), str) else ""
-    return progress, points, updated
+    updated = payload.get("updated")
+    return progress, points, updated if isinstance(updated, str) else ""
 
 
 #: Called with the tracker each time a progress line is due (its ``said`` is the reading to say).
