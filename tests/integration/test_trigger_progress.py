@@ -1,4 +1,7 @@
-"""The deferred wait says a running job's progress, through the REAL API server with the upstream CRDs.
+"""The wait says a running job's progress, through the REAL API server with the upstream CRDs.
+
+The trigger (deferred) and the worker's blocking wait, which share ``follow_job``; then a real
+``airflow standalone`` whose triggerer writes the lines to the task log and stores the progress.
 
 A TrainJob whose ``status.trainerStatus`` advances while it runs: written here through the API
 server's ``/status`` subresource, as Kubeflow Trainer's status server writes what the pod pushes
@@ -16,6 +19,7 @@ import json
 import logging
 import re
 import shutil
+import threading
 import time
 from datetime import datetime, timedelta, timezone
 
@@ -102,54 +106,84 @@ class Lines(logging.Handler):
         self.lines.append((time.monotonic(), record.getMessage()))
 
 
-def run_job_with_progress(cluster, namespace, connection, kind):  # noqa: F811
+def advance_job(cluster, namespace: str, kind: str, ended: dict[str, float]) -> None:
+    """Run the job: its readings one by one while it runs, then its end (noted in ``ended``)."""
+    time.sleep(0.3)
+    cluster.drive(namespace, "trig-job", "running", kind=kind, log="[sft] training starts\n")
+    for reading in range(1, READINGS + 1):
+        time.sleep(READING_SECONDS)
+        if kind == "TrainJob":
+            write_trainer_status(cluster, namespace, "trig-job", reading)
+        else:
+            append_step_line(cluster, namespace, "trig-job", reading)
+    time.sleep(READING_SECONDS)
+    ended["at"] = time.monotonic()
+    cluster.drive(namespace, "trig-job", "complete", reason="JobsCompleted", kind=kind)
+
+
+def deferred_wait(cluster, namespace, connection, kind, lines: Lines) -> float:  # noqa: F811
+    """The trigger, as the triggerer runs it, its log lines into ``lines``."""
     submit(cluster, namespace, kind=kind)
     trig = trigger(namespace, connection, kind, clock=FastClock())
-    lines = Lines()
-    logger = logging.getLogger("test.trigger_progress")
+    logger = logging.getLogger(f"test.trigger_progress.{namespace}")
     logger.setLevel(logging.INFO)
     logger.addHandler(lines)
     trig._log = logger  # LoggingMixin's logger: the one the triggerer routes to the task log
     ended: dict[str, float] = {}
 
-    def advance() -> None:
-        time.sleep(0.3)
-        cluster.drive(namespace, "trig-job", "running", kind=kind, log="[sft] training starts\n")
-        for reading in range(1, READINGS + 1):
-            time.sleep(READING_SECONDS)
-            if kind == "TrainJob":
-                write_trainer_status(cluster, namespace, "trig-job", reading)
-            else:
-                append_step_line(cluster, namespace, "trig-job", reading)
-        time.sleep(READING_SECONDS)
-        ended["at"] = time.monotonic()
-        cluster.drive(namespace, "trig-job", "complete", reason="JobsCompleted", kind=kind)
-
     async def main():
-        driver = asyncio.ensure_future(asyncio.to_thread(advance))
+        driver = asyncio.ensure_future(asyncio.to_thread(advance_job, cluster, namespace, kind, ended))
         event = await asyncio.wait_for(trig.run().__anext__(), 60)
         await driver
         return event.payload
 
-    event = asyncio.run(main())
-    assert event["status"] == "success"
-    progress = [(at, LINE.match(text)) for at, text in lines.lines if text.startswith("progress ")]
-    assert all(match for _, match in progress), [text for _, text in lines.lines]
-    return [match for at, match in progress if at < ended["at"]], [match for _, match in progress]
+    assert asyncio.run(main())["status"] == "success"
+    return ended["at"]
 
 
+def blocking_wait(cluster, namespace, connection, kind, lines: Lines) -> float:  # noqa: F811
+    """The worker's blocking wait (``deferrable=False``), its progress lines into ``lines``."""
+    from airflow_provider_sft.core.backends.kubernetes import KubernetesBackend, KubernetesConfig
+    from airflow_provider_sft.core.results.progress import progress_text
+    from tests.integration.test_kubernetes_backend import IMAGE
+
+    handle = submit(cluster, namespace, kind=kind)
+    image = {"image": IMAGE} if kind == "PyTorchJob" else {}
+    backend = KubernetesBackend(
+        config=KubernetesConfig.build(namespace=namespace, pvc_name="sft-workspace", job_kind=kind, **image),
+        connect=cluster.connect,
+        clock=FastClock(),
+    )
+    ended: dict[str, float] = {}
+    driver = threading.Thread(target=advance_job, args=(cluster, namespace, kind, ended))
+    driver.start()
+    result = backend.wait(
+        handle,
+        on_log=lambda _line: None,
+        on_progress=lambda tracker: lines.lines.append((time.monotonic(), progress_text(tracker.said))),
+    )
+    driver.join()
+    assert result.succeeded, result
+    return ended["at"]
+
+
+@pytest.mark.parametrize("wait", [deferred_wait, blocking_wait], ids=["deferred", "blocking"])
 @pytest.mark.parametrize(
     ("kind", "source"),
     [("TrainJob", SOURCE_TRAINER_STATUS), ("PyTorchJob", SOURCE_POD_LOG)],
     ids=["trainjob-trainerStatus", "pytorchjob-pod-log"],
 )
-def test_a_deferred_wait_says_progress_while_the_job_runs(cluster, namespace, connection, kind, source):  # noqa: F811
-    while_running, every = run_job_with_progress(cluster, namespace, connection, kind)
+def test_the_wait_says_progress_while_the_job_runs(cluster, namespace, connection, kind, source, wait):  # noqa: F811
+    lines = Lines()
+    ended = wait(cluster, namespace, connection, kind, lines)
+    said = [(at, LINE.match(text)) for at, text in lines.lines if text.startswith("progress ")]
+    assert said and all(match for _, match in said), [text for _, text in lines.lines]
+    while_running = [match for at, match in said if at < ended]
     percents = [int(match[1]) for match in while_running]
-    assert len(while_running) >= 10, [match[0] for match in every]
-    assert (percents == sorted(set(percents)) and percents[-1] < 100) or percents[-1] == 100
-    assert {match[4] for match in every} == {source}
-    steps = [int(match[2]) for match in every]
+    assert len(while_running) >= 10, [match[0] for _, match in said]
+    assert percents == sorted(set(percents)) and percents[0] > 0  # in order, each higher than the last
+    assert {match[4] for _, match in said} == {source}
+    steps = [int(match[2]) for _, match in said]
     assert steps == sorted(steps) and steps[-1] == READINGS * 10  # the last reading is said at the end
 
 
@@ -171,6 +205,7 @@ def test_a_real_triggerer_writes_the_lines_to_the_task_log_and_stores_the_progre
         path.chmod(0o755 if path.is_dir() else 0o644)
     cluster.auto_run(namespace, extra_env={"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"})
     env = {"AIRFLOW_CONN_KUBERNETES_DEFAULT": harness.connection_uri(cluster.url, namespace)}
+    (tmp_path / "airflow-side").mkdir()
     with running_demo(tmp_path / "airflow-side", env) as standalone:
         conf = {
             **DEMO_TRAINING,
@@ -194,6 +229,11 @@ def test_a_real_triggerer_writes_the_lines_to_the_task_log_and_stores_the_progre
             params={"deserialize": True},
             timeout=60,
         )
+        run_name = standalone.session.get(
+            f"{standalone.base}/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/train/xcomEntries/run_name",
+            params={"deserialize": True},
+            timeout=60,
+        ).json()["value"]
         logs = standalone.home / "logs" / f"dag_id={DAG_ID}"
         files = [p for p in logs.glob("run_id=*/task_id=train/attempt=*.log*") if run_id in str(p)]
     trigger_logs = [p for p in files if ".trigger." in p.name]
@@ -209,4 +249,4 @@ def test_a_real_triggerer_writes_the_lines_to_the_task_log_and_stores_the_progre
     value = xcom.json()["value"]
     value = json.loads(value) if isinstance(value, str) else value
     assert value["progress"]["percent"] == 100 and value["progress"]["source"] == SOURCE_POD_LOG
-    assert len(value["curve"]["step"]) >= 1 and value["run_name"].startswith("sft-")
+    assert len(value["curve"]["step"]) >= 1 and value["run_name"] == run_name
