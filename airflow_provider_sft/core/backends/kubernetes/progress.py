@@ -85,6 +85,7 @@ class ProgressFollower:
 
     async def finish(self) -> None:
         """The job ended: its last step lines, and the last reading said if it was not yet."""
+        self.started.set()  # a short job may end before the wait saw it run: its log is read all the same
         with contextlib.suppress(KubeApiError, OSError, asyncio.TimeoutError):
             await asyncio.wait_for(self.read_log(), FINAL_READ_SECONDS)
         say_when_due(self.tracker, self.sink, self.clock.monotonic(), final=True)
