@@ -28,6 +28,12 @@ from airflow_provider_sft.core.checkpoint_grace import checked_checkpoint_grace_
 from airflow_provider_sft.core.clock import SYSTEM_CLOCK
 from airflow_provider_sft.core.errors import TrainingFailedError, TrainingTimeoutError
 from airflow_provider_sft.core.params import SFTParams
+from airflow_provider_sft.core.results.progress import (
+    PROGRESS_XCOM_KEY,
+    ProgressSink,
+    ProgressTracker,
+    progress_text,
+)
 from airflow_provider_sft.core.run import Device, TrainingRun
 from airflow_provider_sft.core.training.data_report import checked_max_dropped_fraction
 from airflow_provider_sft.core.training.resume import checked_resume
@@ -419,9 +425,27 @@ class SFTTrainOperator(LineageMixin, BaseOperator):
             if not result.ended:
                 self._defer(handle, timeout)
             return self._complete(backend, handle, backend.complete(handle, result, on_log=log_training_line))
-        result = backend.wait(handle, on_log=log_training_line, timeout_seconds=timeout)
+        result = backend.wait(
+            handle,
+            on_log=log_training_line,
+            timeout_seconds=timeout,
+            on_progress=self._progress_sink(context, handle.name),
+        )
         self._stop_if_killed(backend, handle)
         return self._complete(backend, handle, result)
+
+    def _progress_sink(self, context: Any, run_name: str) -> ProgressSink:
+        """A progress line in the task log, and the progress as the ``training_progress`` XCom, which
+        the Training results tab shows while the task runs (as the trigger does when deferred)."""
+        ti = context["ti"]
+
+        def say(tracker: ProgressTracker) -> None:
+            assert tracker.said is not None
+            self.log.info("%s", progress_text(tracker.said))
+            payload = tracker.payload(run_name, updated=SYSTEM_CLOCK.now().isoformat())
+            ti.xcom_push(key=PROGRESS_XCOM_KEY, value=payload)
+
+        return say
 
     def _stop_if_killed(self, backend: TrainingBackend, handle: JobHandle) -> None:
         """End the task after ``on_kill``: Airflow's SIGTERM handler returns into the task.

@@ -10,6 +10,12 @@ Which training run a task instance belongs to is read from its own result: ``out
 (export, report), or ``<run>/data`` (the prepare task's ``processed_dir``). Run directories
 are named after the run, so the name matches across the pod's and the worker's paths.
 
+While the training runs, before any export, the page shows its progress and its loss curve so
+far from the train task's ``training_progress`` XCom, which the waiter (the worker's, or the
+trigger's through the triggerer) stores about every 5%: the API server needs no cluster
+credentials and no workspace for it (DESIGN.md, "A running job is visible"). The page reloads
+itself while the task has not finished.
+
 The *Data* section shows the report of the data the run trained on (the export's
 ``data_report``), else the prepare task's ``report`` XCom, which that task pushes before its
 gate: a run the gate stopped still shows why. Only counts and lengths, never a sample.
@@ -31,6 +37,13 @@ from fastapi.responses import FileResponse, HTMLResponse
 from sqlalchemy import select
 
 from airflow_provider_sft.core.results.metrics import StepRecord, ValidationRecord
+from airflow_provider_sft.core.results.progress import (
+    PROGRESS_XCOM_KEY,
+    CurvePoint,
+    Progress,
+    duration_text,
+    progress_of_payload,
+)
 from airflow_provider_sft.core.training.data_report import REPORT_XCOM_KEY, DataReport
 
 PREFIX = "/sft"
@@ -164,6 +177,42 @@ def find_data(
     return DataSection(prepared[task], task, stopped=results.get(task) is None)
 
 
+@dataclass(frozen=True)
+class LiveProgress:
+    """A running training's progress, as its waiter last stored it."""
+
+    run_name: str
+    progress: Progress
+    curve: list[CurvePoint]
+    updated: str
+    source_task: str
+
+
+def find_progress(progress: dict[str, Any], task_id: str, run: str | None) -> LiveProgress | None:
+    """The progress of ``task_id`` (a train task's own), else of its run (``progress``: the DAG
+    run's ``training_progress`` XComs, by task)."""
+    chosen = [task_id] if task_id in progress else sorted(progress)
+    for task in chosen:
+        parsed = progress_of_payload(progress[task])
+        run_name = progress[task].get("run_name") if parsed is not None else None
+        if parsed is not None and isinstance(run_name, str) and (task == task_id or run_name == run):
+            return LiveProgress(run_name, *parsed, source_task=task)
+    return None
+
+
+#: The states of a task instance that has not finished: its page reloads itself to follow it.
+UNFINISHED_STATES = (
+    "scheduled",
+    "queued",
+    "running",
+    "deferred",
+    "up_for_retry",
+    "up_for_reschedule",
+    "restarting",
+)
+REFRESH_SECONDS = 15
+
+
 #: A task instance's map index: -1 (not mapped) up to the int32 column's maximum.
 MAP_INDEX_RANGE = range(-1, 2**31)
 
@@ -185,24 +234,46 @@ def _map_index(value: str) -> int:
     return index
 
 
-def _dag_run_results(
-    session: Any, dag_id: str, run_id: str, map_index: int
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The DAG run's results and its prepare tasks' data reports, each by task."""
+def _dag_run_xcoms(session: Any, dag_id: str, run_id: str, map_index: int) -> dict[str, dict[str, Any]]:
+    """The DAG run's results, its prepare tasks' data reports and its train tasks' progress: by
+    key, then by task."""
     from airflow.models.xcom import XComModel
 
+    keys = ("return_value", REPORT_XCOM_KEY, PROGRESS_XCOM_KEY)
     rows = session.scalars(
         select(XComModel).where(
             XComModel.dag_id == dag_id,
             XComModel.run_id == run_id,
             XComModel.map_index == map_index,
-            XComModel.key.in_(("return_value", REPORT_XCOM_KEY)),
+            XComModel.key.in_(keys),
         )
     )
-    by_key: dict[str, dict[str, Any]] = {"return_value": {}, REPORT_XCOM_KEY: {}}
+    by_key: dict[str, dict[str, Any]] = {key: {} for key in keys}
     for row in rows:
         by_key[row.key][row.task_id] = XComModel.deserialize_value(row)
+    return by_key
+
+
+def _dag_run_results(
+    session: Any, dag_id: str, run_id: str, map_index: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The DAG run's results and its prepare tasks' data reports, each by task."""
+    by_key = _dag_run_xcoms(session, dag_id, run_id, map_index)
     return by_key["return_value"], by_key[REPORT_XCOM_KEY]
+
+
+def _unfinished(session: Any, dag_id: str, run_id: str, task_id: str, map_index: int) -> bool:
+    from airflow.models.taskinstance import TaskInstance
+
+    state = session.scalar(
+        select(TaskInstance.state).where(
+            TaskInstance.dag_id == dag_id,
+            TaskInstance.run_id == run_id,
+            TaskInstance.task_id == task_id,
+            TaskInstance.map_index == map_index,
+        )
+    )
+    return state is not None and str(getattr(state, "value", state)) in UNFINISHED_STATES
 
 
 @app.get(
@@ -213,10 +284,14 @@ def _dag_run_results(
 def results_page(
     dag_id: str, run_id: str, task_id: str, session: SessionDep, map_index: str = Query("-1")
 ) -> HTMLResponse:
-    results, reports = _dag_run_results(session, dag_id, run_id, _map_index(map_index))
+    index = _map_index(map_index)
+    xcoms = _dag_run_xcoms(session, dag_id, run_id, index)
+    results, reports = xcoms["return_value"], xcoms[REPORT_XCOM_KEY]
     run, found = find_results(results, task_id, reports)
     data = find_data(results, reports, task_id, run, found)
-    return HTMLResponse(render_page(task_id, run, found, data))
+    live = None if found is not None else find_progress(xcoms[PROGRESS_XCOM_KEY], task_id, run)
+    refresh = found is None and _unfinished(session, dag_id, run_id, task_id, index)
+    return HTMLResponse(render_page(task_id, run, found, data, live=live, refresh=refresh))
 
 
 @app.get("/static/plotly.min.js")
@@ -353,12 +428,71 @@ def _data_section(data: DataSection) -> str:
     )
 
 
+def _progress_section(live: LiveProgress, refresh: bool) -> str:
+    """The running training's figures and its loss curve so far: numbers from the stored progress only."""
+    from airflow_provider_sft.core.results.chart import build_figure
+
+    progress = live.progress
+    percent = progress.percent
+    step = (
+        "n/a"
+        if progress.step is None
+        else f"{progress.step}" + (f" of {progress.total_steps}" if progress.total_steps else "")
+    )
+    speed = (
+        f"{progress.tokens_per_second:.0f} tokens/s"
+        if progress.tokens_per_second is not None
+        else _cell(progress.samples_per_second, ".1f") + " samples/s"
+    )
+    rows = [
+        ("Progress", "n/a" if percent is None else f"{percent}%"),
+        ("Step", step),
+        ("Epoch", "n/a" if progress.epoch is None else f"{progress.epoch} of {progress.num_epochs or '?'}"),
+        ("Loss (last reading)", _cell(progress.loss, ".4f")),
+        ("Speed", speed),
+        (
+            "Time left (estimate)",
+            "n/a" if progress.eta_seconds is None else duration_text(progress.eta_seconds),
+        ),
+        ("Read from", progress.source),
+        ("Updated", live.updated or "n/a"),
+    ]
+    table = "".join(f"<tr><th>{label}</th><td>{html.escape(value)}</td></tr>" for label, value in rows)
+    bar = (
+        f'<progress id="sft-progress-bar" max="100" value="{percent}">{percent}%</progress>'
+        if percent is not None
+        else ""
+    )
+    records = [StepRecord(s, None, loss, lr, None, None, None, None) for s, loss, lr in live.curve]
+    title = f"Training loss so far — {html.escape(live.run_name)}"
+    chart = _chart_html(build_figure(records, title=title), "sft-live-chart") if len(records) > 1 else ""
+    note = (
+        f"The run is training: this page reloads every {REFRESH_SECONDS}s. The export task writes the final metrics."
+        if refresh
+        else "The task is no longer running; the export task of this DAG run writes the final metrics."
+    )
+    return (
+        f'<h2 id="sft-live">Training run {html.escape(live.run_name)}: in progress</h2>{bar}'
+        f'<table id="sft-progress">{table}</table>{chart}'
+        f'<p class="note">{html.escape(note)} From the progress stored by task {html.escape(live.source_task)}.</p>'
+    )
+
+
 def render_page(
-    task_id: str, run: str | None, results: Results | None, data: DataSection | None = None
+    task_id: str,
+    run: str | None,
+    results: Results | None,
+    data: DataSection | None = None,
+    *,
+    live: LiveProgress | None = None,
+    refresh: bool = False,
 ) -> str:
-    """The HTML page: metrics and the loss chart, the data report and its histogram, or why there is none."""
+    """The HTML page: metrics and the loss chart, the data report and its histogram, or why there is none;
+    a running training's progress and curve so far (``live``), reloading itself (``refresh``)."""
     if results is not None:
         body = _training_section(results)
+    elif live is not None:
+        body = _progress_section(live, refresh)
     elif data is not None and data.stopped:
         report = data.report
         note = (
@@ -376,8 +510,9 @@ def render_page(
     if data is not None:
         body += _data_section(data)
     # Relative to /sft/results/<dag>/<run>/<task>: the page works behind a proxy's base path.
+    reload = f'<meta http-equiv="refresh" content="{REFRESH_SECONDS}">' if refresh else ""
     return (
-        '<!doctype html><html><head><meta charset="utf-8"><title>Training results</title>'
+        f'<!doctype html><html><head><meta charset="utf-8">{reload}<title>Training results</title>'
         f'<style>{_STYLE}</style><script src="../../../static/plotly.min.js"></script></head>'
         f"<body>{body}</body></html>"
     )

@@ -7,6 +7,7 @@ earlier version serialized into the database.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from datetime import datetime
 from functools import cached_property
@@ -20,8 +21,11 @@ from airflow_provider_sft.core.backends.kubernetes.backend import delete_job_and
 from airflow_provider_sft.core.backends.kubernetes.kinds import JobResource, resource_of
 from airflow_provider_sft.core.backends.kubernetes.watch import follow_job
 from airflow_provider_sft.core.clock import SYSTEM_CLOCK, Clock
+from airflow_provider_sft.core.results.progress import PROGRESS_XCOM_KEY, ProgressTracker, progress_text
 from airflow_provider_sft.hooks.sft import SFTTrainingHook
 from airflow_provider_sft.triggers.events import EventStatus, TrainJobEvent
+
+PUBLISH_WAIT_SECONDS = 10.0  # how long the last progress may take to be stored before the event
 
 
 class TrainingJobTrigger(BaseTrigger):
@@ -63,6 +67,8 @@ class TrainingJobTrigger(BaseTrigger):
         self.delete_on_kill = delete_on_kill
         self.clock = clock
         self._fired_event = False
+        self._publishing: asyncio.Future | None = None
+        self._publish_failed = False
 
     @property
     def name(self) -> str:
@@ -98,6 +104,45 @@ class TrainingJobTrigger(BaseTrigger):
             return None
         return max(0.0, (datetime.fromisoformat(deadline) - self.clock.now()).total_seconds())
 
+    def _progress(self, tracker: ProgressTracker) -> None:
+        """A progress line in the task log, and the progress for the Training results tab (an XCom of
+        the task, stored through the triggerer's own API: no cluster access on the API server)."""
+        assert tracker.said is not None
+        self.log.info("%s", progress_text(tracker.said))
+        payload = tracker.payload(self.name, updated=self.clock.now().isoformat())
+        self._publishing = asyncio.ensure_future(self._publish(payload, self._publishing))
+
+    async def _publish(self, payload: dict[str, Any], previous: asyncio.Future | None) -> None:
+        """Store ``payload``, after the one before it (in order). Without a task instance (a trigger
+        run inline by ``airflow dags test``) there is nowhere to store it; a failure is logged once."""
+        if previous is not None:
+            with contextlib.suppress(Exception):
+                await previous
+        ti = self.task_instance
+        if ti is None:
+            return
+        from airflow.sdk.execution_time.xcom import XCom
+
+        try:
+            await XCom.aset(
+                PROGRESS_XCOM_KEY,
+                payload,
+                dag_id=ti.dag_id,
+                task_id=ti.task_id,
+                run_id=ti.run_id,
+                map_index=ti.map_index,
+            )
+        except Exception as exc:
+            if not self._publish_failed:
+                self._publish_failed = True
+                self.log.warning("Could not store the progress for the Training results tab: %s", exc)
+
+    async def _published(self) -> None:
+        """Let the last progress reach the database before the event ends this trigger."""
+        if self._publishing is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._publishing, PUBLISH_WAIT_SECONDS)
+
     def _event(self, event: TrainJobEvent) -> TriggerEvent:
         self._fired_event = True
         return TriggerEvent(event.to_payload())
@@ -117,7 +162,9 @@ class TrainingJobTrigger(BaseTrigger):
                         "%s", s.line(f"{self.resource.kind.value} {self.namespace}/{self.name}")
                     ),
                     on_note=self.log.warning,
+                    on_progress=self._progress,
                 )
+                await self._published()
             result = result_of(
                 self.namespace,
                 self.name,

@@ -89,6 +89,10 @@ def test_example_dag_on_kubernetes_without_the_pvc_on_the_worker(
     # the loss chart reached the Airflow side, drawn from the export's XCom
     assert "Plotly" in (worker / run / c.LOSS_CHART_FILE).read_text()
     assert re.search(r"\[sft( node 0/2)?\] done in", text)  # the rank-0 pod log reached the task log
+    # the deferred wait said the run's progress, from the rank-0 pod's step lines (the stand-in
+    # controller pushes no trainerStatus), up to its last step
+    said = re.findall(r"progress (\d+)%: step (\d+)/30, .*\(from pod log\)", text)
+    assert said and said[-1] == ("100", "30"), said
     assert "STAND-IN IMAGE: pip ran" not in text
     assert trainjobs(cluster, namespace, kind) == []  # every job deleted after success
     assert cluster.secrets_in(namespace) == [] and cluster.configmaps_in(namespace) == []

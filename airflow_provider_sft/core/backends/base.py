@@ -3,7 +3,8 @@
 A caller (the operator, the KFP runner) never asks which backend it holds:
 
 * ``submit`` starts the run (after ``preflight``) and returns a JSON-safe handle;
-* ``wait`` blocks until the run ends, streaming its log, and cleans up by policy;
+* ``wait`` blocks until the run ends, streaming its log and, to ``on_progress``, its progress
+  when a line of it is due (:mod:`~airflow_provider_sft.core.results.progress`), and cleans up by policy;
 * where ``deferrable`` is true, ``poll`` tells without blocking whether the run has
   ended, a trigger waits instead of ``wait``, and ``complete`` turns the trigger's
   :class:`JobResult` into the final one (log tail, clean-up), as ``wait`` would have;
@@ -24,6 +25,7 @@ from enum import Enum
 from typing import Any
 
 from airflow_provider_sft.core.constants import HF_TOKEN_ENV, TRAINJOB_KIND
+from airflow_provider_sft.core.results.progress import ProgressSink
 from airflow_provider_sft.core.run import TrainingRun
 
 LogSink = Callable[[str], None]
@@ -164,8 +166,16 @@ class TrainingBackend(abc.ABC):
         """Start the run and return at once; ``timeout_seconds`` is the whole run's limit, if any."""
 
     @abc.abstractmethod
-    def wait(self, handle: JobHandle, *, on_log: LogSink, timeout_seconds: float | None = None) -> JobResult:
-        """Block until the run ends (or the timeout passes, which cancels it), streaming log lines."""
+    def wait(
+        self,
+        handle: JobHandle,
+        *,
+        on_log: LogSink,
+        timeout_seconds: float | None = None,
+        on_progress: ProgressSink | None = None,
+    ) -> JobResult:
+        """Block until the run ends (or the timeout passes, which cancels it), streaming log lines
+        and the run's progress (``on_progress``: about every 5%, never more often than every 30 s)."""
 
     @abc.abstractmethod
     def cancel(self, handle: JobHandle) -> None:

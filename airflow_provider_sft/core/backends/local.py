@@ -49,6 +49,13 @@ from airflow_provider_sft.core.params import hub_token_warning
 from airflow_provider_sft.core.pod.entrypoint import default_cache_env
 from airflow_provider_sft.core.pod.protocol import classify_log_line, provider_line
 from airflow_provider_sft.core.pod.steps import STEPS
+from airflow_provider_sft.core.results.progress import (
+    SOURCE_OUTPUT,
+    ProgressSink,
+    ProgressTracker,
+    from_progress_line,
+    say_when_due,
+)
 from airflow_provider_sft.core.run import DevicePlan, TrainingRun, cuda_device_count, plan_device
 from airflow_provider_sft.core.training.resume import EARLIER_ATTEMPT_STATE
 
@@ -264,19 +271,43 @@ class LocalProcessBackend(TrainingBackend):
             lines.put(raw.decode("utf-8", errors="replace").rstrip("\n"))
         lines.put(_EOF)
 
-    def wait(self, handle: JobHandle, *, on_log: LogSink, timeout_seconds: float | None = None) -> JobResult:
+    def wait(
+        self,
+        handle: JobHandle,
+        *,
+        on_log: LogSink,
+        timeout_seconds: float | None = None,
+        on_progress: ProgressSink | None = None,
+    ) -> JobResult:
         """Follow the process to its end. ``on_log`` gets the lines :func:`classify_log_line` shows; the
-        failure message has the ``ERROR:`` line, or the last lines of the whole output."""
+        failure message has the ``ERROR:`` line, or the last lines of the whole output. ``on_progress``
+        gets the progress its step lines report, when a line of it is due."""
         process = self._processes[handle.name]
         full_output = provider_line(f"full output: {process.log_path}")
         on_log(full_output)
+        tracker = ProgressTracker()
+        progress = None
+        if on_progress is not None:
+            progress = lambda line: self._progress(tracker, line, on_progress)  # noqa: E731
         try:
-            return self._follow(handle, process, on_log, timeout_seconds)
+            return self._follow(handle, process, on_log, timeout_seconds, progress)
         finally:
+            if on_progress is not None:
+                say_when_due(tracker, on_progress, self.clock.monotonic(), final=True)
             on_log(full_output)
 
+    def _progress(self, tracker: ProgressTracker, line: str, on_progress: ProgressSink) -> None:
+        if (progress := from_progress_line(line, SOURCE_OUTPUT)) is not None:
+            tracker.observe(progress, self.clock.monotonic())
+            say_when_due(tracker, on_progress, self.clock.monotonic())
+
     def _follow(
-        self, handle: JobHandle, process: _Process, on_log: LogSink, timeout_seconds: float | None
+        self,
+        handle: JobHandle,
+        process: _Process,
+        on_log: LogSink,
+        timeout_seconds: float | None,
+        on_progress_line: LogSink | None = None,
     ) -> JobResult:
         deadline = None if timeout_seconds is None else self.clock.monotonic() + timeout_seconds
         next_check = self.clock.monotonic() + self.poll_interval_seconds
@@ -303,6 +334,8 @@ class LocalProcessBackend(TrainingBackend):
                     on_log(shown.text)
                     if shown.error is not None:
                         last_error = shown.error
+                    if on_progress_line is not None:
+                        on_progress_line(shown.text)
         exit_code = process.popen.wait()
         if process.cancelled:
             return JobResult(JobStatus.CANCELLED, "training was cancelled", exit_code)

@@ -201,7 +201,7 @@ def test_deferrable_on_the_local_backend_says_it_keeps_the_worker_slot(monkeypat
         calls.append("submit")
         return JobHandle(self.name, run.name, run.output_dir)
 
-    def wait(self, handle, *, on_log, timeout_seconds=None):
+    def wait(self, handle, *, on_log, timeout_seconds=None, on_progress=None):
         calls.append("wait")  # the blocking wait, in this worker
         return JobResult(JobStatus.FAILED, "stopped here")
 

@@ -69,6 +69,7 @@ from airflow_provider_sft.core.clock import SYSTEM_CLOCK, Clock
 from airflow_provider_sft.core.errors import InvalidParameterError, TrainingFailedError
 from airflow_provider_sft.core.params import hub_token_warning
 from airflow_provider_sft.core.pod.protocol import parse_result
+from airflow_provider_sft.core.results.progress import ProgressSink
 from airflow_provider_sft.core.run import TrainingRun
 from airflow_provider_sft.core.secret_env import looks_secret
 
@@ -357,13 +358,21 @@ class KubernetesBackend(TrainingBackend):
 
         return self._run(read)
 
-    def wait(self, handle: JobHandle, *, on_log: LogSink, timeout_seconds: float | None = None) -> JobResult:
+    def wait(
+        self,
+        handle: JobHandle,
+        *,
+        on_log: LogSink,
+        timeout_seconds: float | None = None,
+        on_progress: ProgressSink | None = None,
+    ) -> JobResult:
         """Block (in the worker) until the job ends, following its status with a watch.
 
         Once the job runs, the rank-0 pod's log is streamed live: ``on_log`` gets its provider
-        lines (see :class:`PodLog`) and the job's states.
+        lines (see :class:`PodLog`) and the job's states; ``on_progress`` its progress, as a
+        trigger reads it (:func:`follow_job`).
         """
-        return self._run(lambda client: self._follow(client, handle, on_log, timeout_seconds))
+        return self._run(lambda client: self._follow(client, handle, on_log, timeout_seconds, on_progress))
 
     async def _follow(
         self,
@@ -371,6 +380,7 @@ class KubernetesBackend(TrainingBackend):
         handle: JobHandle,
         on_log: LogSink,
         timeout_seconds: float | None,
+        on_progress: ProgressSink | None = None,
     ) -> JobResult:
         """Follow the job to its end, then complete it (which backfills what the log stream missed)."""
         ns, resource = job_namespace(handle), resource_of(handle.kind)
@@ -399,6 +409,7 @@ class KubernetesBackend(TrainingBackend):
                 start_timeout_seconds=self.config.start_timeout_seconds,
                 on_state=on_state,
                 on_note=pod_log,
+                on_progress=on_progress,
             )
         except BaseException:
             await _drain(log_task, 0)

@@ -16,6 +16,8 @@ tested on a fake clock:
 * a job suspended after it started (Kueue preempted it) is *preempted*, reported once, not a
   failure and not held to the start timeout: only ``timeout_seconds`` bounds the wait for its
   readmission, which is reported too (its pods start again and resume from their saved state);
+* with ``on_progress``, the job's progress is read as it runs (:mod:`.progress`: its trainerStatus
+  from the objects the watch receives, else the rank-0 pod's step lines) and said when due;
 * ``timeout_seconds`` bounds the whole wait, and ``start_timeout_seconds`` the time before the
   start, even while a call hangs on a server that does not answer (frozen, half-open): a deadline
   that passed ends the wait ``DEADLINE_GRACE_SECONDS`` later, whatever the call in flight.
@@ -31,6 +33,7 @@ from typing import Any
 
 from airflow_provider_sft.core.backends.kubernetes.client import KubeClient
 from airflow_provider_sft.core.backends.kubernetes.kinds import JobResource
+from airflow_provider_sft.core.backends.kubernetes.progress import ProgressFollower
 from airflow_provider_sft.core.backends.kubernetes.retry import (
     KubeApiError,
     as_api_error,
@@ -44,6 +47,7 @@ from airflow_provider_sft.core.backends.kubernetes.status import (
     pending_reasons,
 )
 from airflow_provider_sft.core.clock import Clock
+from airflow_provider_sft.core.results.progress import ProgressSink
 
 WATCH_WINDOW_SECONDS = 300  # a healthy watch is re-opened (from its resourceVersion) this often
 PENDING_POLL_SECONDS = 30  # how often the pods and events of a job that has not started are read
@@ -75,6 +79,7 @@ class WatchCursor:
     timeout_seconds: float | None = None
     start_timeout_seconds: float | None = None
     on_state: Callable[[JobState], None] = lambda _state: None
+    on_job: Callable[[dict[str, Any]], None] = lambda _job: None  # every object read or watched
     last: JobState | None = None
     resource_version: str | None = None  # None: (re-)read before watching
     started: bool = False  # running was seen once: the start timeout no longer applies
@@ -89,6 +94,7 @@ class WatchCursor:
         """Take a read or watched object; returns the terminal state when the wait is over."""
         if job is None:
             return GONE
+        self.on_job(job)
         self.resource_version = (job.get("metadata") or {}).get("resourceVersion", self.resource_version)
         state = self.seen(classify_job_status(job))
         self.started = self.started or state.phase.started
@@ -248,8 +254,18 @@ async def follow_job(
     on_state: Callable[[JobState], None] = lambda _state: None,
     on_note: Callable[[str], None] = lambda _note: None,
     idle_timeout: float | None = None,
+    on_progress: ProgressSink | None = None,
 ) -> WaitResult:
     """Wait for the job to end or a deadline to pass (see the module docstring)."""
+    progress = None
+    if on_progress is not None:
+        progress = ProgressFollower(client, resource, namespace, name, clock, on_progress)
+
+    def seen(state: JobState) -> None:
+        if progress is not None and state.phase is JobPhase.RUNNING:
+            progress.started.set()
+        on_state(state)
+
     cursor = WatchCursor(
         namespace,
         name,
@@ -257,10 +273,12 @@ async def follow_job(
         resource.kind.value,
         timeout_seconds,
         start_timeout_seconds,
-        on_state=on_state,
+        on_state=seen,
+        on_job=progress.observe_job if progress is not None else lambda _job: None,
     )
     report_pending = PendingReporter(client, resource, namespace, name, on_note)
     watching = asyncio.ensure_future(_watch(client, resource, cursor, report_pending, clock, idle_timeout))
+    polling = asyncio.ensure_future(progress.poll_log()) if progress is not None else None
     try:
         while True:
             deadline = cursor.next_deadline()
@@ -269,13 +287,23 @@ async def follow_job(
                 bound = max(0.0, deadline[1] - clock.monotonic()) + DEADLINE_GRACE_SECONDS
             done, _ = await asyncio.wait({watching}, timeout=bound)
             if done:
-                return watching.result()
+                waited = watching.result()
+                if progress is not None and waited.timeout is None:
+                    await _stop(polling)
+                    await progress.finish()  # the last step lines, the last reading said
+                return waited
             if deadline is not None and cursor.next_deadline() == deadline:  # passed, the server silent
                 return cursor.result(timeout=deadline[0])
     finally:
-        watching.cancel()
+        await _stop(watching)
+        await _stop(polling)
+
+
+async def _stop(task: asyncio.Future | None) -> None:
+    if task is not None:
+        task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
-            await watching
+            await task
 
 
 async def _watch(
