@@ -28,10 +28,10 @@ from airflow_provider_sft.core.checkpoint_grace import checked_checkpoint_grace_
 from airflow_provider_sft.core.clock import SYSTEM_CLOCK
 from airflow_provider_sft.core.errors import TrainingFailedError, TrainingTimeoutError
 from airflow_provider_sft.core.params import SFTParams
-from airflow_provider_sft.core.results.progress import (
+from airflow_provider_sft.core.results.live_progress import (
     PROGRESS_XCOM_KEY,
+    LiveProgress,
     ProgressSink,
-    ProgressTracker,
     progress_text,
 )
 from airflow_provider_sft.core.run import Device, TrainingRun
@@ -439,7 +439,7 @@ class SFTTrainOperator(LineageMixin, BaseOperator):
         the Training results tab shows while the task runs (as the trigger does when deferred)."""
         ti = context["ti"]
 
-        def say(tracker: ProgressTracker) -> None:
+        def say(tracker: LiveProgress) -> None:
             assert tracker.said is not None
             self.log.info("%s", progress_text(tracker.said))
             payload = tracker.payload(run_name, updated=SYSTEM_CLOCK.now().isoformat())

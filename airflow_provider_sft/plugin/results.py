@@ -36,14 +36,14 @@ from fastapi import Depends, FastAPI, HTTPException, Query
 from fastapi.responses import FileResponse, HTMLResponse
 from sqlalchemy import select
 
-from airflow_provider_sft.core.results.metrics import StepRecord, ValidationRecord
-from airflow_provider_sft.core.results.progress import (
+from airflow_provider_sft.core.results.live_progress import (
     PROGRESS_XCOM_KEY,
     CurvePoint,
     Progress,
     duration_text,
     progress_of_payload,
 )
+from airflow_provider_sft.core.results.metrics import StepRecord, ValidationRecord
 from airflow_provider_sft.core.training.data_report import REPORT_XCOM_KEY, DataReport
 
 PREFIX = "/sft"

@@ -21,7 +21,7 @@ from airflow_provider_sft.core.backends.kubernetes.backend import delete_job_and
 from airflow_provider_sft.core.backends.kubernetes.kinds import JobResource, resource_of
 from airflow_provider_sft.core.backends.kubernetes.watch import follow_job
 from airflow_provider_sft.core.clock import SYSTEM_CLOCK, Clock
-from airflow_provider_sft.core.results.progress import PROGRESS_XCOM_KEY, ProgressTracker, progress_text
+from airflow_provider_sft.core.results.live_progress import PROGRESS_XCOM_KEY, LiveProgress, progress_text
 from airflow_provider_sft.hooks.sft import SFTTrainingHook
 from airflow_provider_sft.triggers.events import EventStatus, TrainJobEvent
 
@@ -104,7 +104,7 @@ class TrainingJobTrigger(BaseTrigger):
             return None
         return max(0.0, (datetime.fromisoformat(deadline) - self.clock.now()).total_seconds())
 
-    def _progress(self, tracker: ProgressTracker) -> None:
+    def _progress(self, tracker: LiveProgress) -> None:
         """A progress line in the task log, and the progress for the Training results tab (an XCom of
         the task, stored through the triggerer's own API: no cluster access on the API server)."""
         assert tracker.said is not None

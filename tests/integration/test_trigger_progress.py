@@ -25,7 +25,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from airflow_provider_sft.core.results.progress import (
+from airflow_provider_sft.core.results.live_progress import (
     PROGRESS_XCOM_KEY,
     SOURCE_POD_LOG,
     SOURCE_TRAINER_STATUS,
@@ -144,7 +144,7 @@ def deferred_wait(cluster, namespace, connection, kind, lines: Lines) -> float: 
 def blocking_wait(cluster, namespace, connection, kind, lines: Lines) -> float:  # noqa: F811
     """The worker's blocking wait (``deferrable=False``), its progress lines into ``lines``."""
     from airflow_provider_sft.core.backends.kubernetes import KubernetesBackend, KubernetesConfig
-    from airflow_provider_sft.core.results.progress import progress_text
+    from airflow_provider_sft.core.results.live_progress import progress_text
     from tests.integration.test_kubernetes_backend import IMAGE
 
     handle = submit(cluster, namespace, kind=kind)

@@ -15,7 +15,7 @@ import time
 import pytest
 import requests
 
-from airflow_provider_sft.core.results.progress import PROGRESS_XCOM_KEY
+from airflow_provider_sft.core.results.live_progress import PROGRESS_XCOM_KEY
 from airflow_provider_sft.demo import DAG_ID, DEMO_TRAINING
 from tests.integration.conftest import wait_for_dag_run
 from tests.integration.test_ui import ARTIFACTS, page  # noqa: F401 (the logged-in browser page)

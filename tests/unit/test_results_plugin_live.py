@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import re
 
-from airflow_provider_sft.core.results.progress import SOURCE_TRAINER_STATUS, Progress, ProgressTracker
+from airflow_provider_sft.core.results.live_progress import SOURCE_TRAINER_STATUS, LiveProgress, Progress
 from airflow_provider_sft.plugin.results import find_progress, find_results, render_page
 from tests.unit.test_results_plugin import dag_run
 
 
 def stored(run="sft-run-a", steps=12, total=40, source=SOURCE_TRAINER_STATUS) -> dict:
     """The ``training_progress`` XCom as a waiter stores it."""
-    tracker = ProgressTracker()
+    tracker = LiveProgress()
     for step in range(1, steps + 1):
         reading = Progress(
             source,

@@ -4,7 +4,7 @@ A caller (the operator, the KFP runner) never asks which backend it holds:
 
 * ``submit`` starts the run (after ``preflight``) and returns a JSON-safe handle;
 * ``wait`` blocks until the run ends, streaming its log and, to ``on_progress``, its progress
-  when a line of it is due (:mod:`~airflow_provider_sft.core.results.progress`), and cleans up by policy;
+  when a line of it is due (:mod:`~airflow_provider_sft.core.results.live_progress`), and cleans up by policy;
 * where ``deferrable`` is true, ``poll`` tells without blocking whether the run has
   ended, a trigger waits instead of ``wait``, and ``complete`` turns the trigger's
   :class:`JobResult` into the final one (log tail, clean-up), as ``wait`` would have;
@@ -25,7 +25,7 @@ from enum import Enum
 from typing import Any
 
 from airflow_provider_sft.core.constants import HF_TOKEN_ENV, TRAINJOB_KIND
-from airflow_provider_sft.core.results.progress import ProgressSink
+from airflow_provider_sft.core.results.live_progress import ProgressSink
 from airflow_provider_sft.core.run import TrainingRun
 
 LogSink = Callable[[str], None]

@@ -49,10 +49,10 @@ from airflow_provider_sft.core.params import hub_token_warning
 from airflow_provider_sft.core.pod.entrypoint import default_cache_env
 from airflow_provider_sft.core.pod.protocol import classify_log_line, provider_line
 from airflow_provider_sft.core.pod.steps import STEPS
-from airflow_provider_sft.core.results.progress import (
+from airflow_provider_sft.core.results.live_progress import (
     SOURCE_OUTPUT,
+    LiveProgress,
     ProgressSink,
-    ProgressTracker,
     from_progress_line,
     say_when_due,
 )
@@ -285,7 +285,7 @@ class LocalProcessBackend(TrainingBackend):
         process = self._processes[handle.name]
         full_output = provider_line(f"full output: {process.log_path}")
         on_log(full_output)
-        tracker = ProgressTracker()
+        tracker = LiveProgress()
         progress = None
         if on_progress is not None:
             progress = lambda line: self._progress(tracker, line, on_progress)  # noqa: E731
@@ -296,7 +296,7 @@ class LocalProcessBackend(TrainingBackend):
                 say_when_due(tracker, on_progress, self.clock.monotonic(), final=True)
             on_log(full_output)
 
-    def _progress(self, tracker: ProgressTracker, line: str, on_progress: ProgressSink) -> None:
+    def _progress(self, tracker: LiveProgress, line: str, on_progress: ProgressSink) -> None:
         if (progress := from_progress_line(line, SOURCE_OUTPUT)) is not None:
             tracker.observe(progress, self.clock.monotonic())
             say_when_due(tracker, on_progress, self.clock.monotonic())

@@ -69,7 +69,7 @@ from airflow_provider_sft.core.clock import SYSTEM_CLOCK, Clock
 from airflow_provider_sft.core.errors import InvalidParameterError, TrainingFailedError
 from airflow_provider_sft.core.params import hub_token_warning
 from airflow_provider_sft.core.pod.protocol import parse_result
-from airflow_provider_sft.core.results.progress import ProgressSink
+from airflow_provider_sft.core.results.live_progress import ProgressSink
 from airflow_provider_sft.core.run import TrainingRun
 from airflow_provider_sft.core.secret_env import looks_secret
 

@@ -20,9 +20,9 @@ from airflow_provider_sft.core.backends.kubernetes.kinds import JobResource
 from airflow_provider_sft.core.backends.kubernetes.logs import rank0_pod, rfc3339_second, split_timestamp
 from airflow_provider_sft.core.backends.kubernetes.retry import KubeApiError
 from airflow_provider_sft.core.clock import Clock
-from airflow_provider_sft.core.results.progress import (
+from airflow_provider_sft.core.results.live_progress import (
+    LiveProgress,
     ProgressSink,
-    ProgressTracker,
     from_progress_line,
     from_trainer_status,
     say_when_due,
@@ -35,7 +35,7 @@ LOG_TAIL_LINES = 200  # of the log since the last read: a step line is among the
 
 @dataclass
 class ProgressFollower:
-    """Feeds a :class:`ProgressTracker` from the watched objects and the rank-0 pod's log."""
+    """Feeds a :class:`LiveProgress` from the watched objects and the rank-0 pod's log."""
 
     client: KubeClient
     resource: JobResource
@@ -43,7 +43,7 @@ class ProgressFollower:
     name: str
     clock: Clock
     sink: ProgressSink
-    tracker: ProgressTracker = field(default_factory=ProgressTracker)
+    tracker: LiveProgress = field(default_factory=LiveProgress)
     started: asyncio.Event = field(default_factory=asyncio.Event)  # it ran: its pod log may hold step lines
     stamp: int | None = None  # the newest log timestamp read (ns), and how many lines carried it
     at_stamp: int = 0

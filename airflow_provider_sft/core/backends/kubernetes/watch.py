@@ -47,7 +47,7 @@ from airflow_provider_sft.core.backends.kubernetes.status import (
     pending_reasons,
 )
 from airflow_provider_sft.core.clock import Clock
-from airflow_provider_sft.core.results.progress import ProgressSink
+from airflow_provider_sft.core.results.live_progress import ProgressSink
 
 WATCH_WINDOW_SECONDS = 300  # a healthy watch is re-opened (from its resourceVersion) this often
 PENDING_POLL_SECONDS = 30  # how often the pods and events of a job that has not started are read

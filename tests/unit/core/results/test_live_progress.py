@@ -6,12 +6,12 @@ import itertools
 
 import pytest
 
-from airflow_provider_sft.core.results.progress import (
+from airflow_provider_sft.core.results.live_progress import (
     SOURCE_OUTPUT,
     SOURCE_POD_LOG,
     SOURCE_TRAINER_STATUS,
+    LiveProgress,
     Progress,
-    ProgressTracker,
     from_progress_line,
     from_trainer_status,
     progress_of_payload,
@@ -146,7 +146,7 @@ def reading(step, total=200, source=SOURCE_POD_LOG):
 
 
 def test_a_line_every_five_percent_never_within_thirty_seconds():
-    tracker, said = ProgressTracker(), []
+    tracker, said = LiveProgress(), []
     # one reading every 10 s, 1% each: 5% every 50 s, so the 5% rule decides
     for second, step in enumerate(range(2, 200, 2)):
         tracker.observe(reading(step), second * 10.0)
@@ -155,7 +155,7 @@ def test_a_line_every_five_percent_never_within_thirty_seconds():
     assert percents[0] == 1 and all(b - a >= 5 for a, b in itertools.pairwise(percents))
     assert all(b - a >= 30 for (a, _), (b, _) in itertools.pairwise(said))
     # fast readings (5% a second): the 30 s floor decides
-    fast, times = ProgressTracker(), []
+    fast, times = LiveProgress(), []
     for second, step in enumerate(range(10, 200, 10)):
         fast.observe(reading(step), float(second))
         say_when_due(fast, lambda t: times.append(t.said_at), float(second))
@@ -163,7 +163,7 @@ def test_a_line_every_five_percent_never_within_thirty_seconds():
 
 
 def test_a_slow_job_gets_a_line_every_few_minutes_whatever_the_percentage():
-    tracker, said = ProgressTracker(), []
+    tracker, said = LiveProgress(), []
     for minute in range(10):
         tracker.observe(reading(1000 + minute, total=100000), minute * 60.0)
         say_when_due(tracker, lambda t: said.append(t.said_at), minute * 60.0)
@@ -171,7 +171,7 @@ def test_a_slow_job_gets_a_line_every_few_minutes_whatever_the_percentage():
 
 
 def test_trainer_status_wins_over_the_log_once_seen_and_the_curve_follows_the_steps():
-    tracker = ProgressTracker()
+    tracker = LiveProgress()
     tracker.observe(reading(10), 0.0)
     tracker.observe(reading(20, source=SOURCE_TRAINER_STATUS), 1.0)
     tracker.observe(reading(15), 2.0)  # an older log line after the status: ignored
@@ -181,7 +181,7 @@ def test_trainer_status_wins_over_the_log_once_seen_and_the_curve_follows_the_st
 
 
 def test_the_payload_round_trips_and_carries_numbers_only():
-    tracker = ProgressTracker()
+    tracker = LiveProgress()
     for step in range(1, 600):
         tracker.observe(reading(step, total=600), float(step))
     payload = tracker.payload("sft-run", updated="2026-12-06T04:00:00+00:00")

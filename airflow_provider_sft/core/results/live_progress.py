@@ -1,5 +1,8 @@
 """A running training job's progress, as whoever waits for it reads it, says it, and shows it.
 
+This is the waiter's side; the pod's side, which makes the numbers from the metrics lines, is
+:class:`~airflow_provider_sft.core.training.progress.ProgressTracker`.
+
 Two sources, one :class:`Progress`:
 
 * ``status.trainerStatus`` of a TrainJob (KEP-2779, Trainer v2.2+ with the ``TrainJobStatus``
@@ -11,7 +14,7 @@ Two sources, one :class:`Progress`:
   not push). Read by named fields, so fields added later (``tokens/s``, ``val_loss``) or unknown
   ones change nothing.
 
-:class:`ProgressTracker` decides when a progress line is due (about every 5%, or every few
+:class:`LiveProgress` decides when a progress line is due (about every 5%, or every few
 minutes when the percentage does not move; never more often than every 30 s), keeps the loss
 curve seen so far for the Training results tab, and builds the JSON-safe payload it shows.
 """
@@ -177,7 +180,7 @@ def progress_text(progress: Progress) -> str:
 
 
 @dataclass
-class ProgressTracker:
+class LiveProgress:
     """What a wait saw of a job's progress, and when it is time to say so.
 
     ``observe`` takes each reading (a watched object's trainerStatus, a step line) with the
@@ -282,10 +285,10 @@ def progress_of_payload(payload: Any) -> tuple[Progress, list[CurvePoint], str] 
 
 
 #: Called with the tracker each time a progress line is due (its ``said`` is the reading to say).
-ProgressSink = Callable[[ProgressTracker], None]
+ProgressSink = Callable[[LiveProgress], None]
 
 
-def say_when_due(tracker: ProgressTracker, sink: ProgressSink, now: float, *, final: bool = False) -> None:
+def say_when_due(tracker: LiveProgress, sink: ProgressSink, now: float, *, final: bool = False) -> None:
     """Hand the tracker to ``sink`` when a line is due (``final``: the last reading, if not said yet)."""
     if tracker.due(now) or (final and tracker.latest is not None and tracker.latest != tracker.said):
         tracker.said_now(now)
