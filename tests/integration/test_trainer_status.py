@@ -12,7 +12,9 @@ import threading
 
 import pytest
 
-from tests.integration.test_training_pod import POD_ENV, backend, pod_log, pvc, training_run  # noqa: F401
+from airflow_provider_sft.core.backends.kubernetes import KubernetesBackend, KubernetesConfig
+from airflow_provider_sft.core.results.live_progress import progress_text
+from tests.integration.test_training_pod import CLAIM, POD_ENV, backend, pod_log, pvc, training_run  # noqa: F401
 from tests.k8s import standin
 
 pytestmark = [
@@ -43,7 +45,10 @@ def trainer_status_of(cluster, namespace: str, name: str) -> dict | None:
 
 def test_the_trainjob_status_follows_the_run_to_100(cluster, namespace, pvc, trainer_status):  # noqa: F811
     training = training_run("progress", num_epochs=3)  # 90 steps of 8 samples
-    sft = backend(cluster, namespace)
+    sft = KubernetesBackend(  # the finished job is kept: its last status is read after the wait
+        config=KubernetesConfig.build(namespace=namespace, pvc_name=CLAIM, delete_on_success=False),
+        connect=cluster.connect,
+    )
     handle = sft.submit(training)
     read: list[dict] = []  # status.trainerStatus as a client reads it while the pod trains
     done = threading.Event()
@@ -53,15 +58,29 @@ def test_the_trainjob_status_follows_the_run_to_100(cluster, namespace, pvc, tra
             if (status := trainer_status_of(cluster, namespace, training.name)) is not None:
                 read.append(status)
 
+    said: list[str] = []  # what the wait writes to the task log, while the job runs and at its end
+    outcome: dict = {}
+    waiter = threading.Thread(
+        target=lambda: outcome.update(
+            result=sft.wait(
+                handle,
+                on_log=lambda line: None,
+                on_progress=lambda seen: said.append(progress_text(seen.said)),
+            )
+        ),
+        daemon=True,
+    )
     poller = threading.Thread(target=poll, daemon=True)
     poller.start()
+    waiter.start()
     try:
         codes = cluster.run_pods(namespace, training.name, extra_env=POD_ENV)
     finally:
         done.set()
         poller.join()
-    final = trainer_status_of(cluster, namespace, training.name)  # the wait deletes the finished job
-    result = sft.wait(handle, on_log=lambda line: None)
+    waiter.join(120)
+    result = outcome["result"]
+    final = trainer_status_of(cluster, namespace, training.name)
     node0 = pod_log(cluster, namespace, training.name, 0)
     assert codes == [0] and result.succeeded, node0[-3000:]
 
@@ -85,6 +104,9 @@ def test_the_trainjob_status_follows_the_run_to_100(cluster, namespace, pvc, tra
         ".kubeflow-system.svc:10443/apis/trainer.kubeflow.org/v1alpha1/namespaces/" in node0
     )
     assert "cannot report progress" not in node0
+    # end to end: the pod's pushes, the status server, the job's status, the wait's lines
+    assert said and all(line.endswith("(from status.trainerStatus)") for line in said), said
+    assert said[-1].startswith("progress 100%: step 90/90, epoch 3/3, loss "), said
 
 
 def result_seconds(log: str) -> float:
