@@ -86,6 +86,7 @@ def test_the_trigger_fires_before_airflows_deferral_timeout(cluster, namespace, 
         "namespace": namespace,
         "kind": "TrainJob",
         "uid": job["metadata"]["uid"],  # this job, not a later one of the same name
+        "created": job["metadata"]["creationTimestamp"],  # the efficiency's time to the first step
     }
     assert job["spec"]["activeDeadlineSeconds"] == 1801  # and the Trainer enforces the run's limit too
 
