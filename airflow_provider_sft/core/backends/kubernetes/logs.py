@@ -54,6 +54,45 @@ def rfc3339_second(stamp_ns: int) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+class LogCursor:
+    """Where the next timestamped read of a pod log starts, and what of it was read before.
+
+    The API server keeps ``sinceTime`` to the second, so a read from there repeats the lines
+    already read from that second on: the lines older than the newest one read, and as many
+    lines at its timestamp as were read, are skipped. One cursor per reader of a log (the task
+    log's stream, the progress poll), so that no reader sees a line twice.
+    """
+
+    def __init__(self) -> None:
+        self.stamp: int | None = None  # the newest timestamp read (ns), and how many lines carried it
+        self.at_stamp = 0
+
+    @property
+    def since_time(self) -> str | None:
+        """Where the next read starts (None: at the beginning)."""
+        return None if self.stamp is None else rfc3339_second(self.stamp)
+
+    def reader(self, take: Callable[[str], None]) -> Callable[[str], None]:
+        """A sink for one read starting at :attr:`since_time`: it hands ``take`` each new line's text."""
+        start, repeated = self.stamp, self.at_stamp
+
+        def read(line: str) -> None:
+            nonlocal repeated
+            stamp, text = split_timestamp(line)
+            if stamp is not None and start is not None:
+                if stamp < start:
+                    return
+                if stamp == start and repeated > 0:
+                    repeated -= 1
+                    return
+            if stamp is not None:
+                self.at_stamp = self.at_stamp + 1 if stamp == self.stamp else 1
+                self.stamp = stamp
+            take(text)
+
+        return read
+
+
 class PodLog:
     """The task log's view of a job's rank-0 pod log, and what the backend needs of the rest.
 
@@ -71,8 +110,7 @@ class PodLog:
         self.last_error: str | None = None
         self.result_line: str | None = None
         self.lines = 0  # of the pod log, read so far
-        self.stamp: int | None = None  # the newest timestamp read (ns), and how many lines carried it
-        self.at_stamp = 0
+        self.cursor = LogCursor()
         self._recent: deque[tuple[str, bool]] = deque(maxlen=FAILURE_CONTEXT_LINES)
 
     @classmethod
@@ -92,31 +130,12 @@ class PodLog:
     @property
     def since_time(self) -> str | None:
         """Where the next read starts (None: at the beginning)."""
-        return None if self.stamp is None else rfc3339_second(self.stamp)
+        return self.cursor.since_time
 
     def read(self) -> Callable[[str], None]:
-        """A sink for one read of the pod log with timestamps, starting at :attr:`since_time`.
-
-        Such a read repeats what the task log has from that second on: the lines older than
-        the newest one read, and as many lines at its timestamp as were read, are skipped.
-        """
-        start, repeated = self.stamp, self.at_stamp
-
-        def take(line: str) -> None:
-            nonlocal repeated
-            stamp, text = split_timestamp(line)
-            if stamp is not None and start is not None:
-                if stamp < start:
-                    return
-                if stamp == start and repeated > 0:
-                    repeated -= 1
-                    return
-            if stamp is not None:
-                self.at_stamp = self.at_stamp + 1 if stamp == self.stamp else 1
-                self.stamp = stamp
-            self.pod_line(text)
-
-        return take
+        """A sink for one read of the pod log with timestamps, starting at :attr:`since_time`:
+        what the task log has already is skipped (:class:`LogCursor`)."""
+        return self.cursor.reader(self.pod_line)
 
     def pod_line(self, line: str) -> None:
         self.lines += 1

@@ -17,7 +17,7 @@ from typing import Any
 
 from airflow_provider_sft.core.backends.kubernetes.client import KubeClient
 from airflow_provider_sft.core.backends.kubernetes.kinds import JobResource
-from airflow_provider_sft.core.backends.kubernetes.logs import rank0_pod, rfc3339_second, split_timestamp
+from airflow_provider_sft.core.backends.kubernetes.logs import LogCursor, rank0_pod
 from airflow_provider_sft.core.backends.kubernetes.retry import KubeApiError
 from airflow_provider_sft.core.clock import Clock
 from airflow_provider_sft.core.results.live_progress import (
@@ -45,8 +45,7 @@ class ProgressFollower:
     sink: ProgressSink
     tracker: LiveProgress = field(default_factory=LiveProgress)
     started: asyncio.Event = field(default_factory=asyncio.Event)  # it ran: its pod log may hold step lines
-    stamp: int | None = None  # the newest log timestamp read (ns), and how many lines carried it
-    at_stamp: int = 0
+    cursor: LogCursor = field(default_factory=LogCursor)  # where the next read of the log starts
 
     def observe_job(self, job: dict[str, Any] | None) -> None:
         """A read or watched object: its trainerStatus, when it has one."""
@@ -60,27 +59,21 @@ class ProgressFollower:
         pod = await rank0_pod(self.client, self.resource, self.namespace, self.name)
         if pod is None:
             return
-        since = None if self.stamp is None else rfc3339_second(self.stamp)
         lines = await self.client.read_log(
             self.namespace,
             pod["metadata"]["name"],
             self.resource.container,
             tail_lines=LOG_TAIL_LINES,
-            since_time=since,
+            since_time=self.cursor.since_time,
         )
-        now, start, repeated = self.clock.monotonic(), self.stamp, self.at_stamp
-        for line in lines:
-            stamp, text = split_timestamp(line)
-            if stamp is not None and start is not None:
-                if stamp < start:
-                    continue
-                if stamp == start and repeated > 0:  # read before: the read starts at that second
-                    repeated -= 1
-                    continue
-            if stamp is not None:
-                self.at_stamp = self.at_stamp + 1 if stamp == self.stamp else 1
-                self.stamp = stamp
+        now = self.clock.monotonic()
+
+        def observe(text: str) -> None:
             self.tracker.observe(from_progress_line(text), now)
+
+        take = self.cursor.reader(observe)
+        for line in lines:
+            take(line)
         say_when_due(self.tracker, self.sink, now)
 
     async def finish(self) -> None:
