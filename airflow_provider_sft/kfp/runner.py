@@ -295,7 +295,7 @@ def run_train_model(
     )
     metrics = read_metrics_log(metrics_file)
     records, summary = metrics.records, summarize_log(metrics)
-    efficiency = run_efficiency(metrics, metrics_file, model_dir=final.model_path, job_created=handle.created)
+    efficiency = run_efficiency(metrics, model_dir=final.model_path, job_created=handle.created)
     write_summary(
         summary,
         Path(pvc_path) / c.METRICS_SUMMARY_FILE,

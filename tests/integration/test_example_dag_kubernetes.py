@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from airflow_provider_sft.core import constants as c
-from airflow_provider_sft.core.results.efficiency import read_run_facts
+from airflow_provider_sft.core.results.metrics import read_metrics_log
 from airflow_provider_sft.demo import DEMO_TRAINING, EXAMPLE_DAGS, run_pipeline
 from tests.integration.test_kubernetes_backend import trainjobs
 from tests.k8s import standin
@@ -117,7 +117,7 @@ def test_example_dag_on_kubernetes_without_the_pvc_on_the_worker(
     efficiency = json.loads((pvc / run / c.METRICS_SUMMARY_FILE).read_text())["efficiency"]
     assert efficiency["time_to_first_step_from"] == "job_created"
     assert 0 < efficiency["time_to_first_step_seconds"] < 600 and efficiency["tokens_per_second"] > 0
-    assert read_run_facts(pvc / run / c.METRICS_FILE)["num_nodes"] == workers  # node 0's facts line
+    assert read_metrics_log(pvc / run / c.METRICS_FILE).facts["num_nodes"] == workers  # node 0's facts line
     assert '<table id="sft-efficiency"' in (worker / run / c.LOSS_CHART_FILE).read_text()
 
 

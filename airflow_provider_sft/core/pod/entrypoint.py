@@ -174,13 +174,12 @@ def _summary_line(output_dir: Path, base_model: str) -> str:
     from airflow_provider_sft.core.results.metrics import read_metrics_log, summarize_log
     from airflow_provider_sft.core.training.progress import summary_line
 
-    metrics_file = output_dir / c.METRICS_FILE
-    metrics = read_metrics_log(metrics_file)
+    metrics = read_metrics_log(output_dir / c.METRICS_FILE)
     try:
         model_dir: Path | None = select_final_checkpoint(output_dir)
     except SFTError:  # no complete checkpoint: the base model's config, when it is a directory
         model_dir = Path(base_model) if Path(base_model).is_dir() else None
-    return summary_line(summarize_log(metrics), run_efficiency(metrics, metrics_file, model_dir=model_dir))
+    return summary_line(summarize_log(metrics), run_efficiency(metrics, model_dir=model_dir))
 
 
 def _prepare_output_dir(output_dir: Path, base_model: str) -> None:

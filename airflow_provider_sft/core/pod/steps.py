@@ -108,7 +108,6 @@ def export(config: Mapping[str, Any], *, log: Logger, env: Mapping[str, str] = o
     data_report = read_data_report(run_dir)
     efficiency = run_efficiency(
         metrics,
-        metrics_file,
         model_dir=result.model_path,
         job_created=config.get("job_created"),
         gpu_hour_cost=gpu_hour_cost,

@@ -34,7 +34,7 @@ from typing import Any
 
 from airflow_provider_sft.core import jsonio
 from airflow_provider_sft.core.errors import InvalidParameterError
-from airflow_provider_sft.core.results.metrics import MetricsLog, timed_stretches
+from airflow_provider_sft.core.results.metrics import FACTS_KEY, MetricsLog, timed_stretches
 
 #: Peak dense (no sparsity) BF16 tensor throughput per GPU, in TFLOP/s, by the name
 #: ``torch.cuda.get_device_name()`` reports; first match wins, so a variant precedes its family.
@@ -74,9 +74,6 @@ NO_BF16 = re.compile(r"\b(V100|T4|P100|P40)\b")
 #: Who started what the time to the first step is counted from.
 FROM_JOB_CREATED = "job_created"
 FROM_RUN_STARTED = "run_started"
-
-#: The marker key of the run-facts hparams line (:func:`facts_record`).
-FACTS_KEY = "sft_run_facts"
 
 
 def peak_bf16_flops(gpu_name: str | None) -> tuple[float | None, str]:
@@ -173,25 +170,6 @@ def facts_record(
         "started": started.astimezone(timezone.utc).isoformat(),
         "timestamp_utc_offset_seconds": offset,
     }
-
-
-def read_run_facts(path: str | Path) -> dict[str, Any]:
-    """The last run-facts line of a metrics JSONL (the latest attempt's); empty when there is none."""
-    facts: dict[str, Any] = {}
-    try:
-        lines = Path(path).read_bytes().splitlines()
-    except FileNotFoundError:
-        return facts
-    for line in lines:
-        if FACTS_KEY.encode() not in line:
-            continue
-        try:
-            row = jsonio.loads(line)
-        except ValueError:
-            continue
-        if isinstance(row, dict) and row.get(FACTS_KEY) is True:
-            facts = row
-    return facts
 
 
 def cuda_device_name() -> str | None:
@@ -390,17 +368,15 @@ def read_model_config(path: str | Path) -> dict[str, Any] | None:
 
 def run_efficiency(
     metrics: MetricsLog,
-    metrics_file: str | Path,
     *,
     model_dir: str | Path | None,
     job_created: str | None = None,
     gpu_hour_cost: float | None = None,
 ) -> Efficiency:
-    """The efficiency of the run whose metrics JSONL is ``metrics_file``, its model at ``model_dir``."""
-    facts = read_run_facts(metrics_file)
+    """The efficiency of the run whose metrics JSONL was read into ``metrics``, its model at ``model_dir``."""
     config = read_model_config(model_dir) if model_dir is not None else None
     return compute_efficiency(
-        metrics, facts, model_config=config, job_created=job_created, gpu_hour_cost=gpu_hour_cost
+        metrics, metrics.facts, model_config=config, job_created=job_created, gpu_hour_cost=gpu_hour_cost
     )
 
 

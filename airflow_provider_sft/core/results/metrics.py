@@ -41,6 +41,9 @@ from airflow_provider_sft.core.files import atomic_write_bytes
 
 LOSS_KEYS = ("avg_loss", "loss")
 
+#: The marker key of the run-facts hparams line (:func:`~airflow_provider_sft.core.results.efficiency.facts_record`).
+FACTS_KEY = "sft_run_facts"
+
 #: The EMA weight of the smoothed loss: each step keeps 90% of the average so far.
 SMOOTHING_WEIGHT = 0.9
 
@@ -72,12 +75,14 @@ RESUME_KEYS = ("step", "samples_seen", "epoch", "state", "attempt")
 
 @dataclass(frozen=True)
 class MetricsLog:
-    """What a metrics JSONL holds: the steps (one per step), the resumes, the unreadable lines."""
+    """What a metrics JSONL holds: the steps (one per step), the resumes, the unreadable lines,
+    and the last run-facts line (the latest attempt's: where it ran; empty when there is none)."""
 
     records: list[StepRecord]
     skipped_lines: int
     resumes: list[dict[str, Any]] = field(default_factory=list)
     validation: list[ValidationRecord] = field(default_factory=list)  # in step order
+    facts: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -166,6 +171,7 @@ def read_metrics_log(path: str | Path) -> MetricsLog:
     by_step: dict[int, StepRecord] = {}
     validation: dict[int, ValidationRecord] = {}
     resumes: list[dict[str, Any]] = []
+    facts: dict[str, Any] = {}
     skipped = 0
     with Path(path).open("rb") as handle:
         for line in handle:
@@ -175,6 +181,9 @@ def read_metrics_log(path: str | Path) -> MetricsLog:
                 row = _loads(line)
             except ValueError:
                 skipped += 1
+                continue
+            if isinstance(row, dict) and row.get(FACTS_KEY) is True:
+                facts = row
                 continue
             if not isinstance(row, dict) or row.get("hparams") or "step" not in row:
                 continue
@@ -204,6 +213,7 @@ def read_metrics_log(path: str | Path) -> MetricsLog:
         skipped,
         resumes,
         [validation[s] for s in sorted(validation)],
+        facts,
     )
 
 

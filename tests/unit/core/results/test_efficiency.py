@@ -18,7 +18,6 @@ from airflow_provider_sft.core.results.efficiency import (
     efficiency_parts,
     parameter_count,
     peak_bf16_flops,
-    read_run_facts,
     training_flops_per_token,
 )
 from airflow_provider_sft.core.results.metrics import MetricsLog, StepRecord, read_metrics_log, summarize
@@ -268,10 +267,11 @@ def test_the_run_facts_line_is_read_back_from_the_metrics_file_and_skipped_as_a_
         {"step": 1, "epoch": 0, "avg_loss": 2.0, "num_tokens_rank0": 10, "timestamp": "2026-12-06T01:00:01"},
     ]
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    facts = read_run_facts(path)
+    metrics = read_metrics_log(path)  # one read: the steps and the facts line
+    facts = metrics.facts
     assert facts["gpu_name"] == "NVIDIA H200" and facts["gpus_per_node"] == 4
     assert facts["started"] == "2026-12-06T01:00:00+00:00"
-    assert [record.step for record in read_metrics_log(path).records] == [1]
+    assert [record.step for record in metrics.records] == [1]
 
 
 @pytest.mark.parametrize("value", [-1, "-0.5", "cheap", math.nan, math.inf, True, [1]])
