@@ -220,7 +220,6 @@ class ProgressTracker:
         self._window: collections.deque[_Point] = collections.deque()
         self._smoother = LossSmoother()
         self._last: ProgressSnapshot | None = None
-        self._validation_loss: float | None = None
 
     @property
     def latest(self) -> ProgressSnapshot | None:
@@ -244,7 +243,6 @@ class ProgressTracker:
         if loss_key is None:
             if (value := _float(row.get("val_loss"))) is None or self._last is None:
                 return None
-            self._validation_loss = value
             self._last = dataclasses.replace(self._last, validation_loss=value, validation=True)
             return self._last
         when = at if at is not None else _timestamp(row.get("timestamp"))
@@ -271,7 +269,7 @@ class ProgressTracker:
             samples_per_second=samples_per_second,
             tokens_per_second=tokens_per_second,
             eta_seconds=eta,
-            validation_loss=self._validation_loss,
+            validation_loss=self._last.validation_loss if self._last is not None else None,  # the latest
             at=when,
         )
         return self._last
