@@ -24,7 +24,7 @@ def stored(run="sft-run-a", steps=12, total=40, source=SOURCE_TRAINER_STATUS) ->
             tokens_per_second=812.5,
             eta_seconds=(total - step) * 5,
         )
-        tracker.observe(reading, float(step))
+        tracker.observe(reading)
     return tracker.payload(run, updated="2026-12-06T04:00:00+00:00")
 
 

@@ -298,7 +298,7 @@ class LocalProcessBackend(TrainingBackend):
 
     def _progress(self, tracker: LiveProgress, line: str, on_progress: ProgressSink) -> None:
         if (progress := from_progress_line(line, SOURCE_OUTPUT)) is not None:
-            tracker.observe(progress, self.clock.monotonic())
+            tracker.observe(progress)
             say_when_due(tracker, on_progress, self.clock.monotonic())
 
     def _follow(

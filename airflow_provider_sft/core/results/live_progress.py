@@ -183,10 +183,10 @@ def progress_text(progress: Progress) -> str:
 class LiveProgress:
     """What a wait saw of a job's progress, and when it is time to say so.
 
-    ``observe`` takes each reading (a watched object's trainerStatus, a step line) with the
-    monotonic time; it returns True when a progress line is due: the first reading, then each
-    time the percentage gained ``percent_step``, or ``max_interval_seconds`` passed with the
-    step moved; never within ``min_interval_seconds`` of the last line. The readings' losses
+    ``observe`` takes each reading (a watched object's trainerStatus, a step line); ``due`` says,
+    at a monotonic time, whether a progress line is due: the first reading, then each time the
+    percentage gained ``percent_step``, or ``max_interval_seconds`` passed with the step moved;
+    never within ``min_interval_seconds`` of the last line. The readings' losses
     make the curve the Training results tab draws while the job runs.
     """
 
@@ -203,15 +203,14 @@ class LiveProgress:
         """Whether the job reports trainerStatus: then the pod log is not read for progress."""
         return self.latest is not None and self.latest.source == SOURCE_TRAINER_STATUS
 
-    def observe(self, progress: Progress | None, now: float) -> bool:
+    def observe(self, progress: Progress | None) -> None:
         if progress is None or progress == self.latest:
-            return False
+            return
         if self.from_trainer_status and progress.source != SOURCE_TRAINER_STATUS:
-            return False  # the status is the better source once a job has it
+            return  # the status is the better source once a job has it
         self.latest = progress
         if progress.step is not None and progress.loss is not None:
             self._add_point((progress.step, progress.loss, progress.learning_rate))
-        return self.due(now)
 
     def _add_point(self, point: CurvePoint) -> None:
         if self.curve and point[0] <= self.curve[-1][0]:
@@ -237,11 +236,9 @@ class LiveProgress:
             return True
         return now - self.said_at >= self.max_interval_seconds
 
-    def said_now(self, now: float) -> Progress:
-        """Record that the latest reading was said at ``now``; it."""
-        assert self.latest is not None
+    def said_now(self, now: float) -> None:
+        """Record that the latest reading was said at ``now``."""
         self.said, self.said_at = self.latest, now
-        return self.latest
 
     def payload(self, run_name: str, *, updated: str) -> dict[str, Any]:
         """What the Training results tab shows of a running job: numbers and the source, nothing else."""

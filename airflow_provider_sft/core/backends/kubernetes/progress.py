@@ -49,7 +49,7 @@ class ProgressFollower:
 
     def observe_job(self, job: dict[str, Any] | None) -> None:
         """A read or watched object: its trainerStatus, when it has one."""
-        self.tracker.observe(from_trainer_status(job), self.clock.monotonic())
+        self.tracker.observe(from_trainer_status(job))
         say_when_due(self.tracker, self.sink, self.clock.monotonic())
 
     async def read_log(self) -> None:
@@ -66,15 +66,10 @@ class ProgressFollower:
             tail_lines=LOG_TAIL_LINES,
             since_time=self.cursor.since_time,
         )
-        now = self.clock.monotonic()
-
-        def observe(text: str) -> None:
-            self.tracker.observe(from_progress_line(text), now)
-
-        take = self.cursor.reader(observe)
+        take = self.cursor.reader(lambda text: self.tracker.observe(from_progress_line(text)))
         for line in lines:
             take(line)
-        say_when_due(self.tracker, self.sink, now)
+        say_when_due(self.tracker, self.sink, self.clock.monotonic())
 
     async def finish(self) -> None:
         """The job ended: its last step lines, and the last reading said if it was not yet."""

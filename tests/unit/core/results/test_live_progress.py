@@ -149,7 +149,7 @@ def test_a_line_every_five_percent_never_within_thirty_seconds():
     tracker, said = LiveProgress(), []
     # one reading every 10 s, 1% each: 5% every 50 s, so the 5% rule decides
     for second, step in enumerate(range(2, 200, 2)):
-        tracker.observe(reading(step), second * 10.0)
+        tracker.observe(reading(step))
         say_when_due(tracker, lambda t: said.append((t.said_at, t.said.percent)), second * 10.0)
     percents = [percent for _, percent in said]
     assert percents[0] == 1 and all(b - a >= 5 for a, b in itertools.pairwise(percents))
@@ -157,7 +157,7 @@ def test_a_line_every_five_percent_never_within_thirty_seconds():
     # fast readings (5% a second): the 30 s floor decides
     fast, times = LiveProgress(), []
     for second, step in enumerate(range(10, 200, 10)):
-        fast.observe(reading(step), float(second))
+        fast.observe(reading(step))
         say_when_due(fast, lambda t: times.append(t.said_at), float(second))
     assert times == [0.0]  # 19 s of readings: only the first was said
 
@@ -165,25 +165,25 @@ def test_a_line_every_five_percent_never_within_thirty_seconds():
 def test_a_slow_job_gets_a_line_every_few_minutes_whatever_the_percentage():
     tracker, said = LiveProgress(), []
     for minute in range(10):
-        tracker.observe(reading(1000 + minute, total=100000), minute * 60.0)
+        tracker.observe(reading(1000 + minute, total=100000))
         say_when_due(tracker, lambda t: said.append(t.said_at), minute * 60.0)
     assert said == [0.0, 180.0, 360.0, 540.0]
 
 
 def test_trainer_status_wins_over_the_log_once_seen_and_the_curve_follows_the_steps():
     tracker = LiveProgress()
-    tracker.observe(reading(10), 0.0)
-    tracker.observe(reading(20, source=SOURCE_TRAINER_STATUS), 1.0)
-    tracker.observe(reading(15), 2.0)  # an older log line after the status: ignored
+    tracker.observe(reading(10))
+    tracker.observe(reading(20, source=SOURCE_TRAINER_STATUS))
+    tracker.observe(reading(15))  # an older log line after the status: ignored
     assert tracker.latest.source == SOURCE_TRAINER_STATUS and tracker.from_trainer_status
-    tracker.observe(reading(12, source=SOURCE_TRAINER_STATUS), 3.0)  # resumed from step 11's state
+    tracker.observe(reading(12, source=SOURCE_TRAINER_STATUS))  # resumed from step 11's state
     assert [step for step, _, _ in tracker.curve] == [10, 12]
 
 
 def test_the_payload_round_trips_and_carries_numbers_only():
     tracker = LiveProgress()
     for step in range(1, 600):
-        tracker.observe(reading(step, total=600), float(step))
+        tracker.observe(reading(step, total=600))
     payload = tracker.payload("sft-run", updated="2026-12-06T04:00:00+00:00")
     progress, curve, updated = progress_of_payload(payload)
     assert progress == reading(599, total=600) and updated == "2026-12-06T04:00:00+00:00"
