@@ -9,6 +9,7 @@ from typing import Any
 from airflow.sdk import BaseOperator
 
 from airflow_provider_sft.core import constants as c
+from airflow_provider_sft.core.publish import PublishOptions, parse_destination
 from airflow_provider_sft.core.results.chart import write_loss_chart
 from airflow_provider_sft.core.results.efficiency import Efficiency, checked_gpu_hour_cost
 from airflow_provider_sft.core.results.metrics import (
@@ -47,6 +48,15 @@ class ExportModelOperator(WorkspaceStepsMixin, LineageMixin, BaseOperator):
         process's start). (templated)
     :param gpu_hour_cost: the price of one GPU-hour (a number >= 0, any currency): ``metrics.json``
         then has the run's cost, GPU-hours x this. Empty: no cost. (templated)
+    :param publish_to: where the model then leaves the cluster (templated):
+        ``s3://bucket/prefix/`` (each run under ``<prefix>/runs/<run>/``, then ``<prefix>/latest.json``
+        names it) or ``hf://org/name[@revision]`` (one commit). Empty: the model stays at
+        ``model_dir``. See :mod:`airflow_provider_sft.core.publish`.
+    :param aws_conn_id: an ``aws`` connection for an ``s3://`` destination (keys, region,
+        ``endpoint_url`` extra for MinIO or Ceph); default boto3's chain. (templated)
+    :param hf_conn_id: a ``huggingface`` connection for an ``hf://`` destination (token,
+        endpoint); default ``HF_TOKEN``/``HF_ENDPOINT``. (templated)
+    :param publish_private: a Hub repo the publish creates is private (default True).
 
     On the ``kubernetes`` backend in ``cluster`` workspace mode the export runs in a pod that
     mounts the PVC (see :class:`~airflow_provider_sft.operators.workspace.WorkspaceStepsMixin`);
@@ -56,7 +66,10 @@ class ExportModelOperator(WorkspaceStepsMixin, LineageMixin, BaseOperator):
     summary), ``steps`` (the per-step loss curve the report task draws), ``resumes`` (where a
     preempted or retried run resumed: the chart marks them), ``validation`` (the validation loss
     trace, empty without a ``validation_split``), ``data_report`` (the data the run trained on:
-    counts, token-length histogram, steps; also in ``metrics.json``) and ``efficiency`` (tokens/s, MFU, GPU-hours, cost, time to the first step; also in ``metrics.json``).
+    counts, token-length histogram, steps; also in ``metrics.json``), ``efficiency`` (tokens/s,
+    MFU, GPU-hours, cost, time to the first step; also in ``metrics.json``) and ``publication``
+    (None without ``publish_to``; else ``uri``, ``pointer``, ``files``, ``uploaded_bytes``,
+    ``skipped_files``).
     """
 
     template_fields: Sequence[str] = (
@@ -65,6 +78,9 @@ class ExportModelOperator(WorkspaceStepsMixin, LineageMixin, BaseOperator):
         "model_dir",
         "job_created",
         "gpu_hour_cost",
+        "publish_to",
+        "aws_conn_id",
+        "hf_conn_id",
         *STEP_TEMPLATE_FIELDS,
     )
     ui_color = "#eafaf1"
@@ -79,6 +95,10 @@ class ExportModelOperator(WorkspaceStepsMixin, LineageMixin, BaseOperator):
         keep_intermediate: bool = False,
         job_created: str | None = None,
         gpu_hour_cost: float | str | None = None,
+        publish_to: str | None = None,
+        aws_conn_id: str | None = None,
+        hf_conn_id: str | None = None,
+        publish_private: bool = True,
         backend: str = "local",
         workspace_mode: str | None = None,
         pvc_mount_path: str | None = None,
@@ -94,6 +114,10 @@ class ExportModelOperator(WorkspaceStepsMixin, LineageMixin, BaseOperator):
         self.keep_intermediate = keep_intermediate
         self.job_created = job_created
         self.gpu_hour_cost = gpu_hour_cost
+        self.publish_to = publish_to
+        self.aws_conn_id = aws_conn_id  # "" (an empty form field) means none, like None
+        self.hf_conn_id = hf_conn_id
+        self.publish_private = publish_private
         self._init_steps(backend, workspace_mode, pvc_mount_path, kubernetes, kubernetes_conn_id)
 
     def execute(self, context: Any) -> dict[str, Any]:
@@ -102,6 +126,8 @@ class ExportModelOperator(WorkspaceStepsMixin, LineageMixin, BaseOperator):
 
     def _execute(self, context: Any) -> dict[str, Any]:
         gpu_hour_cost = checked_gpu_hour_cost(self.gpu_hour_cost)  # before the step does any work
+        destination = parse_destination(self.publish_to)
+        options = self.publish_options() if destination else None
         run_dir = Path(self.training_output_dir)
         model_dir = (
             Path(self.step_workspace) / self.model_dir if self.model_dir else run_dir / c.FINAL_MODEL_DIR
@@ -114,8 +140,11 @@ class ExportModelOperator(WorkspaceStepsMixin, LineageMixin, BaseOperator):
             "prune": not self.keep_intermediate,
             "job_created": self.job_created or None,
             "gpu_hour_cost": gpu_hour_cost,
+            "publish_to": destination.uri if destination else None,
+            "publish_settings": options.settings() if options else None,
         }
-        result = self.run_step(context, "export", config)  # the step's own line reports the export
+        secret_env = options.secret_env() if options else None
+        result = self.run_step(context, "export", config, secret_env=secret_env)  # it logs the export
         efficiency = Efficiency.from_dict(result["efficiency"]) if result.get("efficiency") else None
         summary = summary_line(MetricsSummary(**result["metrics"]), efficiency)
         self.log.info("%s: %s", result["metrics_path"], summary)
@@ -129,7 +158,21 @@ class ExportModelOperator(WorkspaceStepsMixin, LineageMixin, BaseOperator):
             "resumes": result.get("resumes", []),
             "validation": result["metrics"].get("validation", []),
             "efficiency": result.get("efficiency"),
+            "publication": result.get("publication"),
         }
+
+    def publish_options(self) -> PublishOptions:
+        """As whom to publish, from the connections (secrets never logged or returned)."""
+        from airflow_provider_sft.hooks.aws_connection import s3_options
+        from airflow_provider_sft.hooks.huggingface import HuggingFaceHook
+
+        hub = HuggingFaceHook(self.hf_conn_id or None)
+        return PublishOptions.build(
+            s3=s3_options(self.aws_conn_id or None),
+            hf_token=hub.get_token(),
+            hf_endpoint=hub.get_endpoint(),
+            private=self.publish_private,
+        )
 
 
 class LossChartOperator(BaseOperator):

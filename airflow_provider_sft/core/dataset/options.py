@@ -6,6 +6,7 @@ from enum import Enum
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from typing_extensions import Self
 
 from airflow_provider_sft.core.dataset.formats import Format
 from airflow_provider_sft.core.dataset.records import RecordMapping
@@ -53,7 +54,70 @@ class S3Options(BaseModel):
         )
 
 
-class DatasetOptions(BaseModel):
+class RemoteAccess(BaseModel):
+    """Who to be at the Hub and S3, shared by reading a dataset and publishing a model: secrets
+    are ``SecretStr``, handed to a pod in its environment (:meth:`secret_env`), never its config."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    hf_endpoint: str | None = Field(
+        None, description="HuggingFace Hub endpoint; default HF_ENDPOINT or the public Hub."
+    )
+    hf_token: SecretStr | None = None
+    s3: S3Options = Field(default_factory=S3Options)
+
+    SECRET_ENV: ClassVar[dict[str, str]] = {
+        "hf_token": "HF_TOKEN",
+        "s3.access_key_id": "AWS_ACCESS_KEY_ID",
+        "s3.secret_access_key": "AWS_SECRET_ACCESS_KEY",
+        "s3.session_token": "AWS_SESSION_TOKEN",
+    }
+
+    def settings(self) -> dict[str, Any]:
+        """Everything but the secrets, JSON-safe (for a pod's config)."""
+        return self.model_dump(
+            mode="json",
+            exclude={"hf_token": True, "s3": {"access_key_id", "secret_access_key", "session_token"}},
+        )
+
+    def secret_env(self) -> dict[str, str]:
+        """The secrets as the environment variables :meth:`from_settings` reads them from."""
+        values = {
+            "hf_token": self.hf_token,
+            "s3.access_key_id": self.s3.access_key_id,
+            "s3.secret_access_key": self.s3.secret_access_key,
+            "s3.session_token": self.s3.session_token,
+        }
+        return {self.SECRET_ENV[k]: v.get_secret_value() for k, v in values.items() if v is not None}
+
+    @classmethod
+    def from_settings(cls, settings: dict[str, Any], env: Any) -> Self:
+        """The inverse of :meth:`settings` plus :meth:`secret_env`, in the pod."""
+        s3 = dict(settings.get("s3") or {})
+        for key, name in cls.SECRET_ENV.items():
+            if key.startswith("s3.") and env.get(name):
+                s3[key.removeprefix("s3.")] = env[name]
+        return cls.build(
+            **{**settings, "s3": S3Options(**s3), "hf_token": env.get(cls.SECRET_ENV["hf_token"])}
+        )
+
+    #: The noun of :meth:`build`'s error ("Invalid dataset parameters: ...").
+    KIND: ClassVar[str] = "dataset"
+
+    @classmethod
+    def build(cls, **values: Any) -> Self:
+        """Like the constructor, but every problem reported at once as :class:`InvalidParameterError`."""
+        try:
+            return cls(**{k: v for k, v in values.items() if v is not None})
+        except ValidationError as error:
+            problems = {}
+            for item in error.errors():
+                name = ".".join(str(part) for part in item["loc"]) or "options"
+                problems[name] = item["msg"]
+            raise InvalidParameterError(problems, kind=cls.KIND) from None
+
+
+class DatasetOptions(RemoteAccess):
     """How to read a source. Every field is a parameter of ``ResolveDatasetOperator``."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", use_enum_values=False)
@@ -75,17 +139,12 @@ class DatasetOptions(BaseModel):
     tokenizer: str | None = Field(
         None, description="tokenizer.json (or its directory) to count approximate tokens."
     )
-    hf_endpoint: str | None = Field(
-        None, description="HuggingFace Hub endpoint; default HF_ENDPOINT or the public Hub."
-    )
     max_decompressed_bytes: int = Field(
         DEFAULT_MAX_DECOMPRESSED_BYTES,
         ge=0,
         description="The most bytes the dataset's files may hold together once decompressed (0: no limit): "
         "a small .gz can expand to terabytes and fill the volume.",
     )
-    hf_token: SecretStr | None = None
-    s3: S3Options = Field(default_factory=S3Options)
 
     @field_validator("split", "subset", "revision", "hf_default_revision", "tokenizer", "hf_endpoint")
     @classmethod
@@ -99,53 +158,3 @@ class DatasetOptions(BaseModel):
             "mapping": self.mapping.value,
             "on_bad_record": self.on_bad_record.value,
         }
-
-    # --- handing the options to a pod: settings in its config, secrets in its environment ------
-
-    SECRET_ENV: ClassVar[dict[str, str]] = {
-        "hf_token": "HF_TOKEN",
-        "s3.access_key_id": "AWS_ACCESS_KEY_ID",
-        "s3.secret_access_key": "AWS_SECRET_ACCESS_KEY",
-        "s3.session_token": "AWS_SESSION_TOKEN",
-    }
-
-    def settings(self) -> dict[str, Any]:
-        """Everything but the secrets, JSON-safe (for a pod's config)."""
-        data = self.model_dump(
-            mode="json",
-            exclude={"hf_token": True, "s3": {"access_key_id", "secret_access_key", "session_token"}},
-        )
-        return data
-
-    def secret_env(self) -> dict[str, str]:
-        """The secrets as the environment variables :meth:`from_settings` reads them from."""
-        values = {
-            "hf_token": self.hf_token,
-            "s3.access_key_id": self.s3.access_key_id,
-            "s3.secret_access_key": self.s3.secret_access_key,
-            "s3.session_token": self.s3.session_token,
-        }
-        return {self.SECRET_ENV[k]: v.get_secret_value() for k, v in values.items() if v is not None}
-
-    @classmethod
-    def from_settings(cls, settings: dict[str, Any], env: Any) -> DatasetOptions:
-        """The inverse of :meth:`settings` plus :meth:`secret_env`, in the pod."""
-        s3 = dict(settings.get("s3") or {})
-        for key, name in cls.SECRET_ENV.items():
-            if key.startswith("s3.") and env.get(name):
-                s3[key.removeprefix("s3.")] = env[name]
-        return cls.build(
-            **{**settings, "s3": S3Options(**s3), "hf_token": env.get(cls.SECRET_ENV["hf_token"])}
-        )
-
-    @classmethod
-    def build(cls, **values: Any) -> DatasetOptions:
-        """Like the constructor, but every problem reported at once as :class:`InvalidParameterError`."""
-        try:
-            return cls(**{k: v for k, v in values.items() if v is not None})
-        except ValidationError as error:
-            problems = {}
-            for item in error.errors():
-                name = ".".join(str(part) for part in item["loc"]) or "options"
-                problems[name] = item["msg"]
-            raise InvalidParameterError(problems, kind="dataset") from None

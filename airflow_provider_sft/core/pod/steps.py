@@ -88,37 +88,56 @@ def prepare(config: Mapping[str, Any], *, log: Logger, env: Mapping[str, str] = 
 def export(config: Mapping[str, Any], *, log: Logger, env: Mapping[str, str] = os.environ) -> dict[str, Any]:
     """``config``: ``run_dir``, ``model_dir``, ``metrics_path``, and ``latest_path``: a small JSON
     file naming the newest exported model, replaced atomically (never the model itself);
-    optional ``job_created`` (when the training job was created, ISO 8601) and ``gpu_hour_cost``.
-    The result carries the loss curve, the data report and the efficiency figures (also in
-    ``metrics.json``)."""
+    optional ``job_created`` (when the training job was created, ISO 8601), ``gpu_hour_cost``,
+    and ``publish_to`` with the publish ``settings`` (secrets from ``env``): where the model
+    then goes (see :mod:`~airflow_provider_sft.core.publish`). The result carries the loss
+    curve, the data report and the efficiency figures (also in ``metrics.json``), and the
+    ``publication``."""
+    from airflow_provider_sft.core.publish import PublishOptions, parse_destination, publish
     from airflow_provider_sft.core.results.efficiency import checked_gpu_hour_cost, run_efficiency
-    from airflow_provider_sft.core.results.export import export_model, require_metrics_file
+    from airflow_provider_sft.core.results.export import (
+        export_model,
+        require_metrics_file,
+        select_final_checkpoint,
+    )
     from airflow_provider_sft.core.results.metrics import read_metrics_log, summarize_log, write_summary
+    from airflow_provider_sft.core.results.model_card import MODEL_CARD_FILE, model_card
 
-    gpu_hour_cost = checked_gpu_hour_cost(config.get("gpu_hour_cost"))  # before anything is published
-
+    # Every input is checked before anything is written.
+    gpu_hour_cost = checked_gpu_hour_cost(config.get("gpu_hour_cost"))
+    destination = parse_destination(config.get("publish_to"))
+    options = PublishOptions.from_settings(config.get("publish_settings") or {}, env) if destination else None
     run_dir = Path(config["run_dir"])
     metrics_file = require_metrics_file(run_dir)  # before the model is published
-    result = export_model(run_dir, config["model_dir"])
-    log(
-        f"exported {result.source_checkpoint} -> {result.model_path} ({result.files} files, {result.bytes} bytes)"
-    )
+
     metrics = read_metrics_log(metrics_file)
     records, summary = metrics.records, summarize_log(metrics)
     data_report = read_data_report(run_dir)
     efficiency = run_efficiency(
         metrics,
-        model_dir=result.model_path,
+        model_dir=select_final_checkpoint(run_dir),  # its config.json: the model's size and shape
         job_created=config.get("job_created"),
         gpu_hour_cost=gpu_hour_cost,
     ).to_dict()
+    card = model_card(run_dir, summary=summary.to_dict(), data_report=data_report, efficiency=efficiency)
+    result = export_model(run_dir, config["model_dir"], extra_files={MODEL_CARD_FILE: card.encode()})
+    log(
+        f"exported {result.source_checkpoint} -> {result.model_path} ({result.files} files, {result.bytes} bytes)"
+    )
     metrics_path = write_summary(
         summary, Path(config["metrics_path"]), data=data_report, efficiency=efficiency
     )
+    publication = None
+    if destination and options:
+        publication = publish(
+            result.model_path, destination, run_name=run_dir.name, options=options, log=log
+        ).to_dict()
     if config.get("latest_path"):
         from airflow_provider_sft.core.files import atomic_write_bytes
 
         latest = {"run_dir": str(run_dir), "model_path": result.model_path, "metrics_path": str(metrics_path)}
+        if publication:
+            latest["published"] = publication["uri"]
         atomic_write_bytes(config["latest_path"], jsonio.dumps(latest, indent=True))
     if config.get("prune"):  # last: until the model is published, the run's newest full state can resume it
         pruned = prune_intermediate(run_dir)
@@ -134,6 +153,7 @@ def export(config: Mapping[str, Any], *, log: Logger, env: Mapping[str, str] = o
         "resumes": summary.resumes,  # the loss chart marks them
         "data_report": data_report,
         "efficiency": efficiency,
+        "publication": publication,
     }
 
 

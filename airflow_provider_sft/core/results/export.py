@@ -16,14 +16,17 @@ or none, never a partial one.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
 import shutil
 import struct
 import uuid
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from airflow_provider_sft.core import constants as c
 from airflow_provider_sft.core.errors import ExportError, InvalidParameterError
@@ -167,7 +170,11 @@ def check_destination(source: Path, destination: str | Path) -> None:
 
 
 def export_model(
-    run_dir: str | Path, destination: str | Path, *, workspace: str | Path | None = None
+    run_dir: str | Path,
+    destination: str | Path,
+    *,
+    workspace: str | Path | None = None,
+    extra_files: Mapping[str, bytes] | None = None,
 ) -> ExportResult:
     """Publish the run's final checkpoint at ``destination`` with a sha256 manifest.
 
@@ -175,7 +182,8 @@ def export_model(
     the workspace, another run, a system directory or a directory the provider did not make),
     then may not hold the checkpoint. Every file is readable by group and others: a serving
     pod under another UID loads the model. ``workspace`` defaults to the one the run lives in
-    (``<workspace>/runs/<run>``).
+    (``<workspace>/runs/<run>``). ``extra_files`` (name -> bytes: the model card) are written
+    beside the checkpoint's files, replacing any of the same name, and listed in the manifest.
     """
     run_dir = Path(run_dir)
     if workspace is None:
@@ -189,7 +197,7 @@ def export_model(
     staging = destination.parent / f".{destination.name}.tmp-{token}"
     try:
         staging.mkdir()
-        manifest = {}
+        manifest: dict[str, dict[str, Any]] = {}
         linked_all = True
         total = 0
         for file in sorted(p for p in source.rglob("*") if p.is_file()):
@@ -200,6 +208,12 @@ def export_model(
             size = target.stat().st_size
             manifest[str(relative)] = {"sha256": sha256_file(target), "bytes": size}
             total += size
+        for name, data in (extra_files or {}).items():
+            target = staging / name
+            target.unlink(missing_ok=True)  # never write through a hard link into the checkpoint
+            target.write_bytes(data)
+            total += len(data) - manifest.get(name, {}).get("bytes", 0)
+            manifest[name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
         (staging / c.MODEL_MANIFEST_FILE).write_text(
             json.dumps({"source_checkpoint": str(source), "files": manifest}, indent=2, sort_keys=True)
         )

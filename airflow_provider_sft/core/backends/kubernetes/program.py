@@ -50,10 +50,12 @@ CARRIED = (
     "core/data/",  # the bundled chat dataset (the ``bundled`` source)
     "core/dataset/",  # the ``resolve`` step
     "core/pod/",  # the program: entrypoint, steps, protocol
+    "core/publish/",  # the ``export`` step's upload to S3 or the Hub
     "core/results/__init__.py",
     "core/results/efficiency.py",  # tokens/s, MFU, GPU-hours: the summary line and the export step
     "core/results/export.py",  # the ``export`` step
     "core/results/metrics.py",
+    "core/results/model_card.py",  # written into every exported model
     "core/training/__init__.py",
     "core/training/cpu_trainer.py",
     "core/training/data_processing.py",
