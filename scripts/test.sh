@@ -3,6 +3,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 step() { printf '==> %s\n' "$*"; }
+# On CI, pip keeps no wheel cache: the disk holds two venvs and a suite's run directories.
+if [ "${CI:-}" = true ]; then export PIP_NO_CACHE_DIR=1; fi
 bash scripts/install.sh
 bash scripts/install.sh kfp
 # System packages some tests need, from Debian when run as root: etcd (with crdserver, built from
@@ -14,8 +16,9 @@ command -v etcd >/dev/null || missing+=(etcd-server)
 command -v chromium >/dev/null || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ] && [ "$(id -u)" = 0 ]; then
   step "system packages from Debian: ${missing[*]}"
-  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null) \
-    || [ "${CI:-}" != true ] || exit 1
+  # apt-get clean: the downloaded .debs (hundreds of MB) are not needed once installed.
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null \
+    && apt-get clean) || [ "${CI:-}" != true ] || exit 1
 fi
 step "crdserver, the tests' Kubernetes API server (built once into ~/.cache: about 5 minutes)"
 bash tests/k8s/build-crdserver.sh >/dev/null || [ "${CI:-}" != true ] || exit 1
