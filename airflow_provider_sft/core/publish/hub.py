@@ -165,7 +165,9 @@ class _Progress:
     def _unchanged(self) -> str:
         if self.head is None:
             return "nothing was committed"
-        sent = f"; blobs uploaded for {len(self.uploading)} files are in no revision" if self.uploading else ""
+        sent = (
+            f"; blobs uploaded for {len(self.uploading)} files are in no revision" if self.uploading else ""
+        )
         return f"nothing was committed: the revision still points to {self.head}{sent}"
 
     def _clean(self, text: str) -> str:
