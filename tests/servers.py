@@ -595,7 +595,7 @@ class HubStandIn:
     uploaded, a regular file the Hub stores in LFS (an LFS suffix, over 10 MB, or binary), an
     upload whose sha256 is not its oid, a commit whose ``parentCommit`` is not the head (412).
     Uploads go through LFS only (Xet is the Hub's other protocol: run the client with
-    ``HF_HUB_DISABLE_XET=1``). ``tests/unit/test_hub_standin.py`` holds it to this.
+    ``HF_HUB_DISABLE_XET=1``). ``tests/integration/test_hub_standin.py`` holds it to this.
     """
 
     def __init__(self, root: Path, token: str):
