@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+from pathlib import Path
 
 import httpx
 import pytest
@@ -189,4 +190,4 @@ def test_the_client_round_trip_lfs_upload_commit_and_resolve(hub, tmp_path):
     assert siblings["config.json"].lfs is None
     assert hub.state.lfs[hashlib.sha256(weights).hexdigest()] == weights  # went through the LFS store
     path = hf_hub_download(REPO, "model.safetensors", endpoint=hub.url, token=TOKEN, cache_dir=tmp_path / "c")
-    assert open(path, "rb").read() == weights
+    assert Path(path).read_bytes() == weights
