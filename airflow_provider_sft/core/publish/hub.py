@@ -9,9 +9,12 @@ branch meanwhile, the Hub refuses ours (412) instead of interleaving the two mod
 A re-run with the same files makes no commit: the repo's files are compared with the export's
 manifest first (an LFS file by its sha256, a regular one by its git blob id), and when every
 file matches and none is left over, the publication names the existing head and uploads 0
-bytes. (``huggingface_hub`` 2.4.0's ``create_commit`` also drops unchanged files and then
-skips an empty commit, but only after a preupload round trip per file; comparing first says
-so in the log and keeps the count of what was skipped.)
+bytes. Would the Hub make an empty commit? The client guards against one: ``huggingface_hub``
+2.4.0's ``create_commit`` drops unchanged files and then skips an all-unchanged commit ("No
+files have been modified since last commit. Skipping to prevent empty commit."), which says
+the server would otherwise record it (read from the client's source; not tried on the real
+Hub). That guard costs a preupload round trip and tells the caller nothing; comparing first
+says so in the log and counts what was skipped.
 """
 
 from __future__ import annotations
@@ -117,6 +120,11 @@ def publish_hub(
         ]
         operations += [CommitOperationDelete(path_in_repo=name) for name in stale]
         state.uploading = changed
+        log(
+            f"publishing {len(changed)} of {len(files)} files "
+            f"({sum(files[name].size for name in changed)} bytes) to hf://{repo_id}@{revision}, "
+            f"one commit on {info.sha}"
+        )
         commit = api.create_commit(
             repo_id,
             operations,
