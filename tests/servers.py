@@ -566,6 +566,8 @@ class _HubHandler(http.server.BaseHTTPRequestHandler):
                 return self._error(
                     404, "EntryNotFound", f"A file with this name doesn't exist: {value['path']}"
                 )
+        if lost := self.state.lose.pop(f"{org}/{name}", None):  # a fault: the server drops a file
+            files.pop(lost, None)
         commit = repo.commit(revision, header.get("summary", ""), files)
         return self._json(
             {
@@ -584,6 +586,7 @@ class HubState:
     lfs: dict[str, bytes] = field(default_factory=dict)  # oid -> content (the LFS store)
     tickets: dict[str, tuple[str, int]] = field(default_factory=dict)  # pre-signed upload URLs
     race: dict[str, bool] = field(default_factory=dict)
+    lose: dict[str, str] = field(default_factory=dict)
 
 
 class HubStandIn:
@@ -620,6 +623,11 @@ class HubStandIn:
         """The next commit request to ``repo_id`` finds that another client committed first."""
         with self.state.lock:
             self.state.race[repo_id] = True
+
+    def lose_in_next_commit(self, repo_id: str, path: str) -> None:
+        """A fault, not the Hub's behaviour: the next commit to ``repo_id`` is stored without ``path``."""
+        with self.state.lock:
+            self.state.lose[repo_id] = path
 
     def stop(self) -> None:
         self.server.shutdown()

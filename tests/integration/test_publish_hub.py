@@ -209,3 +209,29 @@ def test_offline_mode_is_named(hub, tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(PublishError, match=f"hf://{REPO}@main: HF_HUB_OFFLINE is set"):
         export_step(trained_run(tmp_path / "ws"), f"hf://{REPO}", hub.url)
+
+
+def test_a_file_changed_since_the_export_is_refused_before_anything_is_sent(hub, tmp_path):
+    from airflow_provider_sft.core.publish import parse_destination, publish
+
+    run = trained_run(tmp_path / "ws")
+    model = Path(export_step(run, f"hf://{REPO}", hub.url)["model_path"])
+    config = model / "config.json"
+    data = config.read_bytes()
+    config.unlink()  # a hard link into the checkpoint: replace it, as an editor would
+    config.write_bytes(data.replace(b"llama", b"qwen2"))
+    options = PublishOptions.build(hf_endpoint=hub.url, hf_token=TOKEN)
+    destination = parse_destination(f"hf://{REPO}")
+    assert destination is not None
+    with pytest.raises(PublishError, match=r"config\.json: changed since the export .*nothing was committed"):
+        publish(model, destination, run_name="run-1", options=options, log=lambda _line: None)
+    assert len(hub.commits(REPO)) == 2  # the first publish only
+
+
+def test_a_commit_that_does_not_hold_the_manifests_files_is_an_error(hub, tmp_path):
+    hub.lose_in_next_commit(REPO, "tokenizer.json")
+    with pytest.raises(
+        PublishError, match=r"the commit does not hold tokenizer\.json as sft_manifest\.json lists"
+    ):
+        export_step(trained_run(tmp_path / "ws"), f"hf://{REPO}", hub.url)
+    assert not (tmp_path / "ws" / c.LATEST_FILE).exists()

@@ -116,7 +116,7 @@ def publish_hub(
                 skipped_files=len(files),
             )
         operations: list[Any] = [
-            CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(files[name].path)) for name in changed
+            _verified_addition(CommitOperationAdd, name, files[name]) for name in changed
         ]
         operations += [CommitOperationDelete(path_in_repo=name) for name in stale]
         state.uploading = changed
@@ -133,6 +133,16 @@ def publish_hub(
             revision=revision,
             parent_commit=info.sha,
         )
+        # What the commit holds is what the manifest lists: every file, by its sha256 or blob id.
+        held = api.model_info(repo_id, revision=commit.oid, files_metadata=True)
+        held_files = {sibling.rfilename: sibling for sibling in held.siblings or []}
+        wrong = [name for name, local in files.items() if not is_same(held_files.get(name), local)]
+        wrong += sorted(set(held_files) - set(files) - {GITATTRIBUTES})
+        if wrong:
+            raise PublishError(
+                f"hf://{repo_id}@{commit.oid}: the commit does not hold {', '.join(wrong)} as "
+                f"{c.MODEL_MANIFEST_FILE} lists them; {revision} points to it: publish again"
+            )
     uploaded = sum(files[name].size for name in changed)
     skipped = len(files) - len(changed)
     log(
@@ -148,18 +158,32 @@ def publish_hub(
     )
 
 
+def _verified_addition(operation: Any, name: str, local: LocalFile) -> Any:
+    """The file as a commit operation, once its sha256 is the manifest's: a file changed since the
+    export is refused before anything is sent. The client is handed the sha256, not reading it again."""
+    actual = sha256_file(local.path)
+    if actual != local.sha256:
+        raise PublishError(
+            f"{local.path}: changed since the export (its sha256 is not the one in "
+            f"{c.MODEL_MANIFEST_FILE}); nothing was committed: export the model again"
+        )
+    addition = operation(path_in_repo=name, path_or_fileobj=str(local.path))
+    addition.upload_info.sha256 = bytes.fromhex(actual)
+    return addition
+
+
 def _revision_info(api: Any, repo_id: str, revision: str, log: Logger) -> Any:
     """The repo at ``revision`` with its files' sizes and hashes; a missing branch is made from main."""
     from huggingface_hub.errors import RevisionNotFoundError
 
     try:
-        return api.repo_info(repo_id, revision=revision, files_metadata=True)
+        return api.model_info(repo_id, revision=revision, files_metadata=True)
     except RevisionNotFoundError:
         if revision == "main":
             raise
     api.create_branch(repo_id, branch=revision, exist_ok=True)
     log(f"created branch {revision} of hf://{repo_id} from main")
-    return api.repo_info(repo_id, revision=revision, files_metadata=True)
+    return api.model_info(repo_id, revision=revision, files_metadata=True)
 
 
 class _Progress:
