@@ -235,3 +235,59 @@ def test_a_commit_that_does_not_hold_the_manifests_files_is_an_error(hub, tmp_pa
     ):
         export_step(trained_run(tmp_path / "ws"), f"hf://{REPO}", hub.url)
     assert not (tmp_path / "ws" / c.LATEST_FILE).exists()
+
+
+def test_the_export_pods_program_publishes_with_only_the_training_images_packages(hub, tmp_path):
+    """Cluster mode: the export step runs the pod program's zip, in an interpreter that has only
+    what the training image has (instructlab-training and its requirements, huggingface_hub among
+    them), the token in its environment as the step's Secret gives it."""
+    import os
+    import subprocess
+    import sys
+    import sysconfig
+
+    from airflow_provider_sft.core.backends.kubernetes.program import program_zip
+    from airflow_provider_sft.core.pod.protocol import parse_result
+    from tests.k8s.standin import image_entries
+
+    site = tmp_path / "image" / "site-packages"
+    site.mkdir(parents=True)
+    installed = Path(sysconfig.get_paths()["purelib"])
+    for entry in image_entries():
+        os.symlink(installed / entry, site / entry)
+    program = tmp_path / "program.pyz"
+    program.write_bytes(program_zip())
+    run = trained_run(tmp_path / "ws")
+    config = tmp_path / "config.json"
+    config.write_text(
+        json.dumps(
+            {
+                "run_dir": str(run),
+                "model_dir": str(run / c.FINAL_MODEL_DIR),
+                "metrics_path": str(run / c.METRICS_SUMMARY_FILE),
+                "latest_path": str(tmp_path / "ws" / c.LATEST_FILE),
+                "publish_to": f"hf://{REPO}",
+                "publish_settings": PublishOptions.build(hf_endpoint=hub.url).settings(),
+            }
+        )
+    )
+    assert TOKEN not in config.read_text()  # the token travels in the environment only
+    env = {
+        "PATH": os.defpath,
+        "HOME": str(tmp_path / "image"),
+        "PYTHONPATH": str(site),
+        "HF_TOKEN": TOKEN,
+        "HF_HUB_DISABLE_XET": "1",  # the stand-in speaks LFS
+    }
+    done = subprocess.run(
+        [sys.executable, "-S", str(program), "export", str(config)],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    publication = parse_result(done.stdout.splitlines())["publication"]
+    assert publication["uri"] == f"hf://{REPO}@{hub.commits(REPO)[0].oid}" and publication["files"] == 5
+    assert TOKEN not in done.stdout + done.stderr
