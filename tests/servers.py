@@ -502,7 +502,7 @@ class _HubHandler(http.server.BaseHTTPRequestHandler):
         )
 
     def _lfs_upload(self, ticket: str, body: bytes) -> None:
-        if ticket not in self.state.tickets:
+        if ticket not in self.state.tickets or self.state.expire_uploads:
             return self._error(403, "Forbidden", "Request has expired or the signature does not match")
         oid, size = self.state.tickets[ticket]
         if len(body) != size or hashlib.sha256(body).hexdigest() != oid:
@@ -587,6 +587,7 @@ class HubState:
     tickets: dict[str, tuple[str, int]] = field(default_factory=dict)  # pre-signed upload URLs
     race: dict[str, bool] = field(default_factory=dict)
     lose: dict[str, str] = field(default_factory=dict)
+    expire_uploads: bool = False
 
 
 class HubStandIn:
@@ -623,6 +624,11 @@ class HubStandIn:
         """The next commit request to ``repo_id`` finds that another client committed first."""
         with self.state.lock:
             self.state.race[repo_id] = True
+
+    def expire_uploads(self, expired: bool = True) -> None:
+        """A fault: every LFS upload URL is refused as expired (403), as storage does past its deadline."""
+        with self.state.lock:
+            self.state.expire_uploads = expired
 
     def lose_in_next_commit(self, repo_id: str, path: str) -> None:
         """A fault, not the Hub's behaviour: the next commit to ``repo_id`` is stored without ``path``."""

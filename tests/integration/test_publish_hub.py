@@ -175,6 +175,23 @@ def test_a_racing_commit_fails_ours_with_412_in_one_line_and_no_second_commit(hu
     assert (tmp_path / "ws" / c.LATEST_FILE).read_bytes() == latest  # the local pointer did not move
 
 
+def test_an_upload_failing_midway_leaves_the_revision_and_says_so(hub, tmp_path):
+    first = export_step(trained_run(tmp_path / "ws"), f"hf://{REPO}", hub.url)["publication"]
+    head = first["uri"].split("@")[1]
+    hub.expire_uploads()
+    second = trained_run(tmp_path / "ws", "run-2", payload=b"weights-2")
+    with pytest.raises(PublishError) as error:
+        export_step(second, f"hf://{REPO}", hub.url)
+    message = str(error.value)
+    assert "Error while uploading 'model.safetensors' to the Hub" in message
+    assert (
+        f"nothing was committed: the revision still points to {head}; what was sent of its 3 files" in message
+    )
+    assert len(hub.commits(REPO)) == 2 and TOKEN not in message
+    hub.expire_uploads(False)  # the next attempt publishes
+    assert export_step(second, f"hf://{REPO}", hub.url)["publication"]["skipped_files"] == 2
+
+
 def test_a_revision_is_a_branch_made_from_main_when_missing(hub, tmp_path):
     publication = export_step(trained_run(tmp_path / "ws"), f"hf://{REPO}@candidate", hub.url)["publication"]
     assert publication["pointer"] == f"hf://{REPO}@candidate"

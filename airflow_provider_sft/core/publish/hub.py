@@ -133,6 +133,7 @@ def publish_hub(
             revision=revision,
             parent_commit=info.sha,
         )
+        state.committed = commit.oid
         # What the commit holds is what the manifest lists: every file, by its sha256 or blob id.
         held = api.model_info(repo_id, revision=commit.oid, files_metadata=True)
         held_files = {sibling.rfilename: sibling for sibling in held.siblings or []}
@@ -193,12 +194,15 @@ class _Progress:
         self.where, self.endpoint, self.token = where, endpoint, token
         self.head: str | None = None
         self.uploading: list[str] = []
+        self.committed: str | None = None
 
     def _unchanged(self) -> str:
+        if self.committed is not None:
+            return f"the commit {self.committed} was made and the revision points to it"
         if self.head is None:
             return "nothing was committed"
         sent = (
-            f"; blobs uploaded for {len(self.uploading)} files are in no revision" if self.uploading else ""
+            f"; what was sent of its {len(self.uploading)} files is in no revision" if self.uploading else ""
         )
         return f"nothing was committed: the revision still points to {self.head}{sent}"
 
@@ -235,8 +239,8 @@ class _Progress:
                 message = f"the Hub at {self.endpoint} answered HTTP {status}: {reason}; {self._unchanged()}"
             raise PublishError(f"{self.where}: {message}") from None
         except (OSError, ValueError, RuntimeError) as error:
-            # httpx's connection errors are OSErrors' cousins (TransportError); the client's own
-            # ValueError (invalid card metadata) and RuntimeError (an LFS upload) carry their reason.
+            # A file that cannot be read (OSError), the client's ValueError (invalid card metadata)
+            # and RuntimeError (an LFS upload: its cause a connection error or the server's answer).
             raise PublishError(f"{self.where}: {self._describe(error)}; {self._unchanged()}") from None
         except Exception as error:
             if type(error).__module__.startswith("httpx"):
