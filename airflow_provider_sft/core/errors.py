@@ -42,3 +42,8 @@ class PreemptedError(SFTError):
             f"preempted: saved the full state at step {step} (epoch {epoch}, {samples_seen} samples seen); "
             'resume="auto" continues from it'
         )
+
+
+class PublishError(SFTError):
+    """The exported model could not be published (S3, the Hub): the message names the destination,
+    says what moved (nothing, when the pointer stayed), and never holds a credential."""

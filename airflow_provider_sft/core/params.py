@@ -81,6 +81,11 @@ OCI_BASE_MODEL_UNSUPPORTED = (
 _HUB_MODEL_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # org/name, never a path like ./x or /x
 
 
+def is_hub_model_id(base_model: str) -> bool:
+    """``org/name`` that is not a directory here: the Hub is where the model comes from."""
+    return bool(_HUB_MODEL_ID.match(base_model)) and not Path(base_model).exists()
+
+
 def hub_token_warning(base_model: str) -> str | None:
     """What to tell a person whose base model comes from the Hub without a token, or None.
 
@@ -88,7 +93,7 @@ def hub_token_warning(base_model: str) -> str | None:
     minutes later and far from the cause. Said once per submission, naming where a token
     goes, never a value.
     """
-    if not _HUB_MODEL_ID.match(base_model) or Path(base_model).exists():
+    if not is_hub_model_id(base_model):
         return None
     return (
         f"base_model {base_model} is downloaded from the HuggingFace Hub without a token: a gated or "

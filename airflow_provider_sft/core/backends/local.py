@@ -48,6 +48,7 @@ from airflow_provider_sft.core.files import owned_path, remove_owned
 from airflow_provider_sft.core.params import hub_token_warning
 from airflow_provider_sft.core.pod.entrypoint import default_cache_env
 from airflow_provider_sft.core.pod.protocol import classify_log_line, provider_line
+from airflow_provider_sft.core.pod.provenance import PROGRAM_SHA256_ENV
 from airflow_provider_sft.core.pod.steps import STEPS
 from airflow_provider_sft.core.results.live_progress import (
     SOURCE_OUTPUT,
@@ -222,6 +223,11 @@ class LocalProcessBackend(TrainingBackend):
         }
         env.update(self.secret_env)
         env.update(run.params.envs)  # the user's training_envs win
+        # What trains it, for the model card (the digest of the pod program these sources make);
+        # set last, so a training_envs entry cannot claim another program.
+        from airflow_provider_sft.core.backends.kubernetes.program import program_digest
+
+        env[PROGRAM_SHA256_ENV] = program_digest()
         return env
 
     def submit(self, run: TrainingRun, *, timeout_seconds: float | None = None) -> JobHandle:

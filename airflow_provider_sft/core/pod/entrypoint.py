@@ -137,7 +137,7 @@ def run(training_run: TrainingRun) -> None:
 
     resume_from = _resume_decision(training_run, plan.processes, topology)
     if topology.is_first:  # after the resume decision, which may start the metrics file anew
-        _record_run_facts(output_dir, plan.device, plan.processes, topology.num_nodes, started_at)
+        _record_run_facts(training_run, plan.device, plan.processes, topology.num_nodes, started_at)
     if plan.device is Device.CUDA:
         _train_on_cuda(training_run, plan.processes, show_progress=topology.is_first)
     else:
@@ -148,12 +148,15 @@ def run(training_run: TrainingRun) -> None:
 
 
 def _record_run_facts(
-    output_dir: Path, device: Device, processes: int, num_nodes: int, started_at: datetime
+    training_run: TrainingRun, device: Device, processes: int, num_nodes: int, started_at: datetime
 ) -> None:
-    """Append where this run trains (the GPU's name, nodes, GPUs per node) to the metrics JSONL,
-    an hparams line: instructlab's own cannot carry it, and the efficiency figures need it."""
+    """Append where this run trains (the GPU's name, nodes, GPUs per node) and what trains it
+    (provider version, program and dataset sha256) to the metrics JSONL, an hparams line:
+    instructlab's own cannot carry it, and the efficiency figures and the model card need it."""
+    from airflow_provider_sft.core.pod.provenance import run_provenance
     from airflow_provider_sft.core.results.efficiency import cuda_device_name, facts_record
 
+    output_dir = Path(training_run.output_dir)
     on_cuda = device is Device.CUDA
     record = facts_record(
         device=device.value,
@@ -161,6 +164,7 @@ def _record_run_facts(
         num_nodes=num_nodes,
         gpus_per_node=processes if on_cuda else 0,
         started=started_at,
+        provenance=run_provenance(training_run.dataset_path, training_run.processed_data_dir),
     )
     with (output_dir / c.METRICS_FILE).open("ab") as metrics:
         metrics.write(jsonio.dumps(record) + b"\n")

@@ -119,7 +119,13 @@ def export(config: Mapping[str, Any], *, log: Logger, env: Mapping[str, str] = o
         job_created=config.get("job_created"),
         gpu_hour_cost=gpu_hour_cost,
     ).to_dict()
-    card = model_card(run_dir, summary=summary.to_dict(), data_report=data_report, efficiency=efficiency)
+    card = model_card(
+        run_dir,
+        summary=summary.to_dict(),
+        data_report=data_report,
+        efficiency=efficiency,
+        facts=metrics.facts,
+    )
     result = export_model(run_dir, config["model_dir"], extra_files={MODEL_CARD_FILE: card.encode()})
     log(
         f"exported {result.source_checkpoint} -> {result.model_path} ({result.files} files, {result.bytes} bytes)"

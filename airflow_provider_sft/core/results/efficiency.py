@@ -152,12 +152,19 @@ def training_flops_per_token(config: Mapping[str, Any], seq_len: float) -> float
 
 
 def facts_record(
-    *, device: str, gpu_name: str | None, num_nodes: int, gpus_per_node: int, started: datetime
+    *,
+    device: str,
+    gpu_name: str | None,
+    num_nodes: int,
+    gpus_per_node: int,
+    started: datetime,
+    provenance: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The hparams line the training process appends to the metrics JSONL before it trains.
 
     instructlab writes its own hparams lines (``vars(args)``) and cannot be told to add the
-    GPU's name; this line carries what the efficiency figures need from where the run ran.
+    GPU's name; this line carries what the efficiency figures need from where the run ran, and
+    ``provenance`` (what trained it: ``core/pod/provenance.py``) for the model card.
     """
     offset = 0 if device == "cpu" else time.localtime().tm_gmtoff  # the CPU loop writes UTC
     return {
@@ -169,6 +176,7 @@ def facts_record(
         "gpus_per_node": gpus_per_node,
         "started": started.astimezone(timezone.utc).isoformat(),
         "timestamp_utc_offset_seconds": offset,
+        **(provenance or {}),
     }
 
 

@@ -12,12 +12,17 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from huggingface_hub import ModelCard
 
+import airflow_provider_sft
 from airflow_provider_sft.core import constants as c
 from airflow_provider_sft.core.backends import JobStatus
+from airflow_provider_sft.core.backends.kubernetes.program import program_digest
 from airflow_provider_sft.core.backends.local import LocalProcessBackend
 from airflow_provider_sft.core.errors import InvalidParameterError
+from airflow_provider_sft.core.files import sha256_file
 from airflow_provider_sft.core.params import SFTParams
+from airflow_provider_sft.core.results.model_card import MODEL_CARD_FILE
 from airflow_provider_sft.core.run import TrainingRun
 from airflow_provider_sft.core.sample_data import bundled_dataset_path
 from airflow_provider_sft.operators.export import ExportModelOperator, LossChartOperator
@@ -136,6 +141,14 @@ def test_the_demo_run_reports_its_efficiency_in_metrics_json_the_chart_and_the_s
     for figure in ("tokens_per_second_per_gpu", "mfu", "gpu_hours", "cost"):
         assert efficiency[figure] is None  # null in metrics.json
         assert efficiency["not_available"][figure] == CPU_NA
+
+    # The model card names what really trained the model, from the run-facts line of the training
+    # process: the program the local backend ran (the pod program's digest) and its dataset.
+    card = ModelCard((Path(result["model_path"]) / MODEL_CARD_FILE).read_text())
+    assert f"| Training program sha256 | {program_digest()} |" in card.text
+    assert f"| Trained by airflow-provider-sft | {airflow_provider_sft.__version__} |" in card.text
+    assert f"| Dataset sha256 | {sha256_file(bundled_dataset_path())} |" in card.text
+    assert card.data.base_model is None  # a local directory, not a Hub id
 
     # The export task's summary line has them too, the first step counted from the job's creation.
     (export_summary,) = [line for line in capsys.readouterr().out.splitlines() if "summary:" in line]
