@@ -42,3 +42,9 @@ class PreemptedError(SFTError):
             f"preempted: saved the full state at step {step} (epoch {epoch}, {samples_seen} samples seen); "
             'resume="auto" continues from it'
         )
+
+
+class PublishError(SFTError):
+    """The exported model could not be published to its destination (S3 or the Hub). The
+    message says what was uploaded, and that the pointer (``latest.json``, the Hub revision)
+    was not moved."""
