@@ -344,3 +344,20 @@ def test_a_model_without_a_manifest_is_refused(options, tmp_path):
         PublishError, match=r"not an exported model .*sft_manifest\.json.*nothing was uploaded"
     ):
         publish_s3(tmp_path / "model", parse_destination("s3://b/"), run_name=RUN, options=options, log=print)
+
+
+def test_a_file_changed_since_the_export_is_refused_and_no_pointer_moves(
+    s3, bucket, options, tiny_model, tmp_path
+):
+    model = exported_model(tmp_path, tiny_model)
+    weights = model / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF  # one byte of the big (multipart) file flipped after the export
+    weights.unlink()  # a hard link to the checkpoint: write a new file, not through the link
+    weights.write_bytes(bytes(data))
+    with pytest.raises(PublishError) as failed:
+        publish_s3(model, parse_destination(f"s3://{bucket}/"), run_name=RUN, options=options, log=print)
+    assert f"{weights}: its sha256 is no longer the manifest's (changed since the export)" in str(
+        failed.value
+    )
+    assert "latest.json" not in keys(s3.client(), bucket)

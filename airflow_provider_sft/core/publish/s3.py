@@ -12,9 +12,14 @@ Verification uses S3's own checksums. Each object is uploaded with ``ChecksumAlg
 (S3 checks every request body against it and keeps the object's checksum), then read back with
 ``head_object(ChecksumMode="ENABLED")`` and compared with the sha256 the export's manifest
 recorded: the whole file's sha256 for a single PUT, the composite (sha256 of the parts'
-sha256s, ``-<parts>``) for a multipart upload. The file's sha256 also goes into the object's
-metadata (``x-amz-meta-sha256``): a re-run skips an object whose metadata and checksum both
-match, so publishing the same model twice sends 0 bytes.
+sha256s, ``-<parts>``) for a multipart upload, whose file is read once more for it. An object
+that does not match is deleted. The file's sha256 also goes into the object's metadata
+(``x-amz-meta-sha256``): a re-run skips an object of this size, this metadata and an S3
+checksum that agrees (the whole sha256 of a single PUT, the part count of a composite), so
+publishing the same model twice sends 0 bytes and reads no file.
+
+The S3 endpoint must support checksums (AWS; MinIO and Ceph RGW releases of recent years):
+one that returns none fails the publish, saying so, rather than publishing unverified.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import math
 import re
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
@@ -39,12 +45,16 @@ from airflow_provider_sft.core.files import sha256_file
 from airflow_provider_sft.core.publish import Destination, Logger, Publication
 
 #: A file this large or larger goes up in parts, each this large (S3: 5 MiB to 5 GiB, at most
-#: 10,000 parts; s3transfer raises the part size for a file that would need more). 32 MiB parts
-#: keep a 15 GB shard under 500 requests and each retry of a part small.
-MULTIPART_THRESHOLD = 32 << 20
-MULTIPART_CHUNKSIZE = 32 << 20
+#: 10,000 parts; s3transfer raises the part size for a file that would need more). 16 MiB parts
+#: keep a 15 GB shard under 1,000 requests, a retried part small, and a 200 MB file in 13 parts
+#: that go up side by side.
+MULTIPART_THRESHOLD = 16 << 20
+MULTIPART_CHUNKSIZE = 16 << 20
 #: Parts and files in flight at once, across the whole model (the AWS CLI's default is 10).
 MAX_CONCURRENCY = 10
+#: Uploads checked at once: each waits for its upload, then reads a multipart file's parts
+#: again for the composite checksum (hashlib releases the GIL: the reads overlap the uploads).
+VERIFY_THREADS = 4
 #: The object metadata key holding the file's sha256 (hex): ``x-amz-meta-sha256``.
 SHA256_METADATA = "sha256"
 _RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -103,19 +113,32 @@ def transfer_config() -> Any:
 
 
 def expected_checksum(file: ModelFile, config: Any) -> str:
-    """The ``ChecksumSHA256`` S3 keeps for ``file`` uploaded with ``config``: the file's sha256
-    (base64) for a single PUT; for a multipart upload, the sha256 of its parts' sha256s and
-    ``-<parts>`` (S3's composite checksum), computed here from the file with the same part size."""
+    """The ``ChecksumSHA256`` S3 keeps for ``file`` uploaded with ``config``.
+
+    A single PUT: the file's sha256 from the manifest (base64), so S3's checksum, computed from
+    the bytes it received, is compared with the export's record directly. A multipart upload:
+    the sha256 of its parts' sha256s and ``-<parts>`` (S3's composite checksum), computed here
+    from the file with the upload's part size, in the same read as the whole file's sha256,
+    which must still be the manifest's (a file changed since the export is refused)."""
     if file.size < config.multipart_threshold:
         return base64.b64encode(bytes.fromhex(file.sha256)).decode()
-    from s3transfer.utils import ChunksizeAdjuster
-
-    part_size = ChunksizeAdjuster().adjust_chunksize(config.multipart_chunksize, file.size)
-    composite = hashlib.sha256()
+    part_size = _part_size(file, config)
+    whole, composite = hashlib.sha256(), hashlib.sha256()
     with file.path.open("rb") as stream:
         while part := stream.read(part_size):
+            whole.update(part)
             composite.update(hashlib.sha256(part).digest())
+    if whole.hexdigest() != file.sha256:
+        raise PublishError(f"{file.path}: its sha256 is no longer the manifest's (changed since the export)")
     return f"{base64.b64encode(composite.digest()).decode()}-{math.ceil(file.size / part_size)}"
+
+
+def _part_size(file: ModelFile, config: Any) -> int:
+    """The part size s3transfer uploads ``file`` with (it raises the configured one for a file
+    that would need over 10,000 parts)."""
+    from s3transfer.utils import ChunksizeAdjuster
+
+    return int(ChunksizeAdjuster().adjust_chunksize(config.multipart_chunksize, file.size))
 
 
 def checksum_matches(stored: str | None, expected: str) -> bool:
@@ -159,49 +182,40 @@ def publish_s3(
         current = uri
         yield
 
+    todo: list[ModelFile] = []
+    skipped: list[ModelFile] = []
+    checks: list[tuple[ModelFile, Future[None]]] = []
     try:
         client = options.client()
         with about(f"s3://{bucket}/"):
             _require_bucket(client, bucket)
-        todo: list[tuple[ModelFile, str]] = []
-        skipped: list[ModelFile] = []
         for file in files:
             key = run_prefix + file.name
-            expected = expected_checksum(file, config)
             with about(f"s3://{bucket}/{key}"):
-                if _already_there(client, bucket, key, file, expected):
+                if _already_there(client, bucket, key, file, config):
                     skipped.append(file)
                     verified.append(file.name)
                 else:
-                    todo.append((file, expected))
-        with create_transfer_manager(client, config) as manager:
-            futures = [
-                (
-                    file,
-                    expected,
-                    manager.upload(
-                        str(file.path),
-                        bucket,
-                        run_prefix + file.name,
-                        extra_args={
-                            "ChecksumAlgorithm": "SHA256",
-                            "Metadata": {SHA256_METADATA: file.sha256},
-                        },
-                    ),
-                )
-                for file, expected in todo
-            ]
-            for file, expected, future in futures:
+                    todo.append(file)
+        # The transfer manager is left first: a failure cancels the uploads still running, and
+        # the checks waiting on them end with them.
+        with (
+            ThreadPoolExecutor(VERIFY_THREADS) as checkers,
+            create_transfer_manager(client, config) as manager,
+        ):
+            for file in todo:
                 key = run_prefix + file.name
-                with about(f"s3://{bucket}/{key}"):
-                    future.result()
-                    stored = _stored_checksum(client, bucket, key)
-                if not checksum_matches(stored, expected):
-                    raise PublishError(
-                        f"s3://{bucket}/{key}: S3 holds checksum {stored or 'none'}, the file's is {expected}"
-                        + ("" if stored else " (does the endpoint support S3 checksums?)")
-                    )
-                verified.append(file.name)
+                upload = manager.upload(
+                    str(file.path),
+                    bucket,
+                    key,
+                    extra_args={"ChecksumAlgorithm": "SHA256", "Metadata": {SHA256_METADATA: file.sha256}},
+                )
+                checks.append((file, checkers.submit(_verify, client, bucket, key, file, upload, config)))
+            for file, check in checks:  # in order: the first failure is the one reported
+                with about(f"s3://{bucket}/{run_prefix}{file.name}"):
+                    check.result()
+        verified += [file.name for file, _ in checks]
         pointer = {
             "run": run_name,
             "model": model_uri,
@@ -218,8 +232,9 @@ def publish_s3(
             )
     except (BotoCoreError, ClientError, PublishError, OSError) as error:
         cause = str(error) if isinstance(error, PublishError) else _describe(options, error, current)
+        verified += [file.name for file, check in checks if _succeeded(check) and file.name not in verified]
         raise PublishError(_failed(cause, model_uri, pointer_uri, verified, len(files))) from None
-    sent = sum(file.size for file, _ in todo)
+    sent = sum(file.size for file in todo)
     skipped_bytes = sum(file.size for file in skipped)
     log(
         f"published {len(files)} files to {model_uri} in {time.monotonic() - started:.1f} s: "
@@ -269,13 +284,34 @@ def _require_bucket(client: Any, bucket: str) -> None:
         raise
 
 
-def _stored_checksum(client: Any, bucket: str, key: str) -> str | None:
-    head = client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
-    return head.get("ChecksumSHA256")
+def _succeeded(check: Future[None]) -> bool:
+    return check.done() and not check.cancelled() and check.exception() is None
 
 
-def _already_there(client: Any, bucket: str, key: str, file: ModelFile, expected: str) -> bool:
-    """The object exists with this file's size, sha256 metadata and S3 checksum."""
+def _verify(client: Any, bucket: str, key: str, file: ModelFile, upload: Any, config: Any) -> None:
+    """Wait for ``file``'s upload, then compare the checksum S3 keeps with the file's. An object
+    that does not match is deleted: a re-run, which trusts an object's sha256 metadata, must
+    not skip it."""
+    upload.result()
+    try:
+        expected = expected_checksum(file, config)
+    except PublishError:
+        client.delete_object(Bucket=bucket, Key=key)
+        raise
+    stored = client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED").get("ChecksumSHA256")
+    if not checksum_matches(stored, expected):
+        client.delete_object(Bucket=bucket, Key=key)
+        raise PublishError(
+            f"s3://{bucket}/{key}: S3 holds checksum {stored or 'none'}, the manifest's sha256 gives {expected}"
+            + ("" if stored else " (does the endpoint support S3 checksums?)")
+        )
+
+
+def _already_there(client: Any, bucket: str, key: str, file: ModelFile, config: Any) -> bool:
+    """The object exists with this file's size and sha256 metadata, and an S3 checksum that
+    agrees: the whole sha256 for a single-PUT object; for a multipart one (whose composite
+    only a full read of the file could recompute), one of this many parts. Our publish wrote
+    the metadata, and deletes an object whose checksum did not match: a re-run reads no file."""
     from botocore.exceptions import ClientError
 
     try:
@@ -284,8 +320,13 @@ def _already_there(client: Any, bucket: str, key: str, file: ModelFile, expected
         if str(error.response.get("Error", {}).get("Code")) in ("404", "NoSuchKey", "NotFound"):
             return False
         raise
-    return (
-        head.get("ContentLength") == file.size
-        and (head.get("Metadata") or {}).get(SHA256_METADATA) == file.sha256
-        and checksum_matches(head.get("ChecksumSHA256"), expected)
-    )
+    stored = head.get("ChecksumSHA256")
+    if (
+        head.get("ContentLength") != file.size
+        or (head.get("Metadata") or {}).get(SHA256_METADATA) != file.sha256
+    ):
+        return False
+    if file.size < config.multipart_threshold:
+        return checksum_matches(stored, expected_checksum(file, config))
+    parts = math.ceil(file.size / _part_size(file, config))
+    return bool(stored) and stored.partition("-")[2] in ("", str(parts))
