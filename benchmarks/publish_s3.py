@@ -12,6 +12,8 @@ repeat uploads it to a fresh prefix of moto's S3 server (loopback, its own proce
 - ours: ``publish_s3`` (every file through one managed transfer, parallel across files and
   parts, each object's SHA256 checksum sent, then read back and compared with the manifest's,
   composite for multipart; ``latest.json`` last);
+- ours without the checks: the same managed transfer and request checksums, nothing read
+  back (the difference to ours is what verifying costs);
 - baseline: what ``aws s3 cp --recursive`` is taken to do here, boto3's ``upload_file`` of each
   file in turn (default ``TransferConfig``: multipart above 8 MB, 10 threads per file), no
   checksum checked afterwards;
@@ -92,6 +94,30 @@ def ours(model: Path, bucket: str, prefix: str, options) -> tuple[float, int]:
     return time.perf_counter() - started, done.uploaded_bytes
 
 
+def transfer_only(model: Path, bucket: str, prefix: str, options) -> tuple[float, int]:
+    """Ours without the checks: the same managed transfer and SHA256 request checksums, no
+    read-back, no manifest, no pointer (what the checks cost is the difference to ours)."""
+    from boto3.s3.transfer import create_transfer_manager
+
+    from airflow_provider_sft.core.publish.s3 import transfer_config
+
+    started = time.perf_counter()
+    files = sorted(p for p in model.rglob("*") if p.is_file())
+    with create_transfer_manager(options.client(), transfer_config()) as manager:
+        uploads = [
+            manager.upload(
+                str(p),
+                bucket,
+                f"{prefix}{p.relative_to(model).as_posix()}",
+                extra_args={"ChecksumAlgorithm": "SHA256"},
+            )
+            for p in files
+        ]
+        for upload in uploads:
+            upload.result()
+    return time.perf_counter() - started, sum(p.stat().st_size for p in files)
+
+
 def baseline(model: Path, bucket: str, prefix: str, options) -> tuple[float, int]:
     started = time.perf_counter()
     client = options.client()
@@ -135,10 +161,10 @@ def main() -> None:
             )
             client = server.client()
             client.create_bucket(Bucket="bench")
-            times: dict[str, list[float]] = {"ours": [], "baseline": [], "re-run": []}
+            times: dict[str, list[float]] = {"ours": [], "transfer": [], "baseline": [], "re-run": []}
             for repeat in range(args.repeats):
-                order = [("ours", ours), ("baseline", baseline)]
-                for name, upload in order if repeat % 2 == 0 else order[::-1]:
+                order = [("ours", ours), ("transfer", transfer_only), ("baseline", baseline)]
+                for name, upload in order[repeat % 3 :] + order[: repeat % 3]:  # each goes first in turn
                     seconds, sent = upload(model, "bench", f"{name}-{repeat}/", options)
                     assert sent == size, (name, sent, size)
                     times[name].append(seconds)
@@ -160,6 +186,7 @@ def main() -> None:
     print("| --- | --- | --- | --- |")
     for name, label in (
         ("ours", "ours (publish_s3)"),
+        ("transfer", "ours without the checks"),
         ("baseline", "upload_file each in turn"),
         ("re-run", "ours, re-run"),
     ):
