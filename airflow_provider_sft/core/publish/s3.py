@@ -94,6 +94,11 @@ def model_files(model_path: Path) -> list[ModelFile]:
             raise PublishError(
                 f"{model_path}: {file.name} is in the manifest but not in the model; nothing was uploaded"
             )
+        if file.path.stat().st_size != file.size:
+            raise PublishError(
+                f"{model_path}: {file.name} is {file.path.stat().st_size} bytes, the manifest says {file.size} "
+                "(changed since the export); nothing was uploaded"
+            )
     manifest = ModelFile(
         c.MODEL_MANIFEST_FILE, manifest_path, sha256_file(manifest_path), manifest_path.stat().st_size
     )
