@@ -361,3 +361,20 @@ def test_a_file_changed_since_the_export_is_refused_and_no_pointer_moves(
         failed.value
     )
     assert "latest.json" not in keys(s3.client(), bucket)
+
+
+def test_an_unreachable_endpoint_is_one_line_and_nothing_is_written(tiny_model, tmp_path):
+    from tests.servers import free_port
+
+    model = exported_model(tmp_path, tiny_model)
+    nowhere = S3Options(
+        endpoint_url=f"http://127.0.0.1:{free_port()}", access_key_id="a", secret_access_key=SECRET
+    )
+    with pytest.raises(PublishError) as failed:
+        publish_s3(model, parse_destination("s3://models/x/"), run_name=RUN, options=nowhere, log=print)
+    message = str(failed.value)
+    assert message.startswith(
+        "publishing to S3 failed: s3://models/: cannot reach the S3 endpoint http://127.0.0.1:"
+    )
+    assert "0 of 8 files uploaded" in message and "s3://models/x/latest.json was not moved" in message
+    assert SECRET not in message
