@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -248,7 +249,7 @@ def test_a_failure_midway_keeps_the_previous_pointer_and_says_what_was_uploaded(
     assert f"s3://{bucket}/chat/runs/run-b/model.safetensors: cannot reach the S3 endpoint" in message
     assert f"s3://{bucket}/chat/latest.json was not moved" in message
     assert "\n" not in message and SECRET not in message
-    uploaded = int(message.split(" of ")[0].rsplit(" ", 1)[-1])
+    uploaded = int(re.search(r"\. (\d+) of 8 files uploaded and verified", message).group(1))
     assert f"{uploaded} of 8 files uploaded and verified under s3://{bucket}/chat/runs/run-b/" in message
     partial = keys(client, bucket, "chat/runs/run-b/")
     assert "chat/runs/run-b/model.safetensors" not in partial and len(partial) >= uploaded
