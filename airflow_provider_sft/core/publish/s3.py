@@ -25,12 +25,10 @@ one that returns none fails the publish, saying so, rather than publishing unver
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import math
 import re
 import time
-from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -180,28 +178,21 @@ def publish_s3(
     config = transfer_config()
     verified: list[str] = []  # at the destination, checksum matched (uploaded now or before)
     current = f"s3://{bucket}/"  # what the request in flight is about, for the error
-
-    @contextlib.contextmanager
-    def about(uri: str) -> Iterator[None]:
-        nonlocal current
-        current = uri
-        yield
-
     todo: list[ModelFile] = []
     skipped: list[ModelFile] = []
     checks: list[tuple[ModelFile, Future[None]]] = []
     try:
         client = options.client()
-        with about(f"s3://{bucket}/"):
-            _require_bucket(client, bucket)
+        _require_bucket(client, bucket)
         for file in files:
             key = run_prefix + file.name
-            with about(f"s3://{bucket}/{key}"):
-                if _already_there(client, bucket, key, file, config):
-                    skipped.append(file)
-                    verified.append(file.name)
-                else:
-                    todo.append(file)
+            current = f"s3://{bucket}/{key}"
+            if _already_there(client, bucket, key, file, config):
+                skipped.append(file)
+                verified.append(file.name)
+            else:
+                todo.append(file)
+        current = model_uri
         # The transfer manager is left first: a failure cancels the uploads still running, and
         # the checks waiting on them end with them.
         with (
@@ -218,8 +209,8 @@ def publish_s3(
                 )
                 checks.append((file, checkers.submit(_verify, client, bucket, key, file, upload, config)))
             for file, check in checks:  # in order: the first failure is the one reported
-                with about(f"s3://{bucket}/{run_prefix}{file.name}"):
-                    check.result()
+                current = f"s3://{bucket}/{run_prefix}{file.name}"
+                check.result()
         verified += [file.name for file, _ in checks]
         pointer = {
             "run": run_name,
@@ -227,14 +218,14 @@ def publish_s3(
             "files": {file.name: {"sha256": file.sha256, "bytes": file.size} for file in files},
             "published_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
-        with about(pointer_uri):
-            client.put_object(
-                Bucket=bucket,
-                Key=pointer_key,
-                Body=jsonio.dumps(pointer, indent=True),
-                ContentType="application/json",
-                ChecksumAlgorithm="SHA256",
-            )
+        current = pointer_uri
+        client.put_object(
+            Bucket=bucket,
+            Key=pointer_key,
+            Body=jsonio.dumps(pointer, indent=True),
+            ContentType="application/json",
+            ChecksumAlgorithm="SHA256",
+        )
     except (BotoCoreError, ClientError, PublishError, OSError) as error:
         cause = str(error) if isinstance(error, PublishError) else _describe(options, error, current)
         verified += [file.name for file, check in checks if _succeeded(check) and file.name not in verified]
@@ -300,16 +291,18 @@ def _verify(client: Any, bucket: str, key: str, file: ModelFile, upload: Any, co
     upload.result()
     try:
         expected = expected_checksum(file, config)
-    except PublishError:
-        client.delete_object(Bucket=bucket, Key=key)
+        stored = client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED").get("ChecksumSHA256")
+        if not checksum_matches(stored, expected):
+            raise PublishError(
+                f"s3://{bucket}/{key}: S3 holds checksum {stored or 'none'}, the manifest's sha256 gives "
+                f"{expected}" + ("" if stored else " (does the endpoint support S3 checksums?)")
+            )
+    except PublishError as mismatch:
+        try:
+            client.delete_object(Bucket=bucket, Key=key)
+        except Exception as error:  # the mismatch is the news; say the object stayed
+            raise PublishError(f"{mismatch}; deleting it failed too ({type(error).__name__})") from None
         raise
-    stored = client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED").get("ChecksumSHA256")
-    if not checksum_matches(stored, expected):
-        client.delete_object(Bucket=bucket, Key=key)
-        raise PublishError(
-            f"s3://{bucket}/{key}: S3 holds checksum {stored or 'none'}, the manifest's sha256 gives {expected}"
-            + ("" if stored else " (does the endpoint support S3 checksums?)")
-        )
 
 
 def _already_there(client: Any, bucket: str, key: str, file: ModelFile, config: Any) -> bool:
