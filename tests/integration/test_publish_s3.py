@@ -379,3 +379,39 @@ def test_an_unreachable_endpoint_is_one_line_and_nothing_is_written(tiny_model, 
     )
     assert "0 of 8 files uploaded" in message and "s3://models/x/latest.json was not moved" in message
     assert SECRET not in message
+
+
+def test_a_retried_export_task_completes_the_publish_sending_only_what_is_missing(
+    s3, bucket, options, wire, tiny_model, tmp_path
+):
+    """What Airflow's retry of the export task does after a failed publish: the step runs again
+    (export, then publish); the objects the failed attempt verified are not sent twice."""
+    run_dir = finished_run(tmp_path / "ws", tiny_model)
+    config = export_config(run_dir, f"s3://{bucket}/team/", options)
+    env = PublishOptions.build(s3=options).secret_env()
+    wire.fail_part = ("model.safetensors", 2)
+    with pytest.raises(PublishError, match=r"team/latest\.json was not moved"):
+        steps.export(config, log=lambda _: None, env=env)
+    assert not (tmp_path / "ws" / c.LATEST_FILE).exists()  # the local pointer waits for the publish too
+    client = s3.client()
+    partial = {  # what the failed attempt left, by the sha256 it was uploaded with
+        key.rsplit("/", 1)[-1]: client.head_object(Bucket=bucket, Key=key)["Metadata"]["sha256"]
+        for key in keys(client, bucket, f"team/runs/{RUN}/")
+    }
+    assert "model.safetensors" not in partial
+
+    wire.fail_part = None
+    wire.requests.clear()
+    result = steps.export(config, log=lambda _: None, env=env)
+    model = Path(result["model_path"])
+    files = manifest_files(model)
+    same = [
+        name for name, sha256 in partial.items() if files[name]["sha256"] == sha256
+    ]  # the card may differ
+    assert same  # the small files went up while the big one's part kept failing
+    publication = result["publication"]
+    assert publication["uploaded_bytes"] == sum(e["bytes"] for n, e in files.items() if n not in same)
+    assert publication["uploaded_bytes"] == wire.body_bytes(excluding="latest.json")
+    assert publication["skipped_files"] == len(same)
+    pointer = json.loads(s3.client().get_object(Bucket=bucket, Key="team/latest.json")["Body"].read())
+    assert pointer["files"] == files
