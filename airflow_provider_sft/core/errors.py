@@ -46,4 +46,5 @@ class PreemptedError(SFTError):
 
 class PublishError(SFTError):
     """The exported model could not be published (S3, the Hub): the message names the destination,
-    says what moved (nothing, when the pointer stayed), and never holds a credential."""
+    says what was uploaded and that the pointer (``latest.json``, the Hub revision) did not move,
+    and never holds a credential."""

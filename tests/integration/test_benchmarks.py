@@ -106,6 +106,20 @@ def check_eta_accuracy(_tmp_path) -> None:
     )
 
 
+def check_publish_s3(_tmp_path) -> None:
+    out = run_smoke("publish_s3.py")
+    for label in (
+        "ours \\(publish_s3\\)",
+        "ours without the checks",
+        "upload_file each in turn",
+        "ours, re-run",
+    ):
+        assert re.search(rf"^\| {label} \| {NUMBER} \| {NUMBER} \| {NUMBER}(?:, {NUMBER})* \|$", out, re.M), (
+            out
+        )
+    assert re.search(rf"^speedup ours/baseline = {NUMBER}$", out, re.M), out
+
+
 SMOKE_CHECKS = {
     "local_train.py": check_local_train,
     "dataset_resolve.py": check_dataset_resolve,
@@ -113,6 +127,7 @@ SMOKE_CHECKS = {
     "trigger_scale.py": check_trigger_scale,  # on the real API server (tests/k8s/harness.py)
     "preemption_steps.py": check_preemption_steps,  # arithmetic: the figure in benchmarks/README.md
     "eta_accuracy.py": check_eta_accuracy,  # the demo training's ETA against the real remaining time
+    "publish_s3.py": check_publish_s3,  # on moto's S3 server
 }
 
 

@@ -53,6 +53,29 @@ class S3Options(BaseModel):
             **{k: v.get_secret_value() for k, v in secret.items() if v is not None},
         )
 
+    def describe_error(self, error: Exception, uri: str) -> str:
+        """One line for a failed S3 request on ``uri``: what went wrong and what to check, never a
+        secret (reading a dataset and publishing a model both say it this way)."""
+        from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+
+        if isinstance(error, NoCredentialsError):
+            return f"{uri}: no S3 credentials (set aws_conn_id, or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)"
+        if isinstance(error, EndpointConnectionError):
+            return f"{uri}: cannot reach the S3 endpoint {self.endpoint_url or 'of AWS'} ({error})"
+        if isinstance(error, ClientError):
+            code = str(error.response.get("Error", {}).get("Code", "unknown"))
+            hints = {
+                "NoSuchBucket": "the bucket does not exist",
+                "NoSuchKey": "the object does not exist",
+                "404": "the object does not exist",
+                "InvalidAccessKeyId": "the access key id is not known to the server (check the credentials)",
+                "SignatureDoesNotMatch": "the secret access key is wrong (check the credentials)",
+                "AccessDenied": "access denied for these credentials",
+                "403": "access denied (wrong credentials, or no permission for this object)",
+            }
+            return f"{uri}: S3 refused the request: {code}: {hints.get(code, error)}"
+        return f"{uri}: S3 request failed ({type(error).__name__})"
+
 
 class RemoteAccess(BaseModel):
     """Who to be at the Hub and S3, shared by reading a dataset and publishing a model: secrets

@@ -194,29 +194,7 @@ def local_source(location: str, workspace: Path, *, split: str | None = None) ->
 
 
 def _s3_error(error: Exception, uri: str, options: S3Options) -> DatasetError:
-    from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
-
-    if isinstance(error, NoCredentialsError):
-        return DatasetError(
-            f"{uri}: no S3 credentials (set aws_conn_id, or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)"
-        )
-    if isinstance(error, EndpointConnectionError):
-        return DatasetError(
-            f"{uri}: cannot reach the S3 endpoint {options.endpoint_url or 'of AWS'} ({error})"
-        )
-    if isinstance(error, ClientError):
-        code = str(error.response.get("Error", {}).get("Code", "unknown"))
-        hints = {
-            "NoSuchBucket": "the bucket does not exist",
-            "NoSuchKey": "the object does not exist",
-            "404": "the object does not exist",
-            "InvalidAccessKeyId": "the access key id is not known to the server (check the credentials)",
-            "SignatureDoesNotMatch": "the secret access key is wrong (check the credentials)",
-            "AccessDenied": "access denied for these credentials",
-            "403": "access denied (wrong credentials, or no permission for this object)",
-        }
-        return DatasetError(f"{uri}: S3 refused the request: {code}: {hints.get(code, error)}")
-    return DatasetError(f"{uri}: S3 request failed ({type(error).__name__})")
+    return DatasetError(options.describe_error(error, uri))
 
 
 def _s3_key_is_safe(relative: str) -> bool:

@@ -63,8 +63,22 @@ def error_line(message: str) -> str:
     return ERROR_PREFIX + message
 
 
+#: Modules only one feature needs, and that feature: the advice names it, not the training stack.
+_NEEDED_BY = {
+    "boto3": "publish_to=s3://... (the export step uploads the model with it)",
+    "botocore": "publish_to=s3://... (the export step uploads the model with it)",
+    "s3transfer": "publish_to=s3://... (the export step uploads the model with it)",
+}
+
+
 def missing_module(exc: ImportError) -> str:
     """What a program whose image lacks a module it imports reports (after :data:`ERROR_PREFIX`)."""
+    top = (exc.name or "").partition(".")[0]
+    if top in _NEEDED_BY:
+        return (
+            f"the training image lacks the Python module {exc.name!r} ({exc}), which {_NEEDED_BY[top]} "
+            "needs: set image= to one that has it (deploy/Containerfile.training installs it)"
+        )
     return (
         f"the training image lacks the Python module {exc.name or exc!r} ({exc}). The node container needs "
         "Python with torch and instructlab-training (and their dependencies) in its image: set image= to "

@@ -177,3 +177,43 @@ def test_the_program_runs_a_step_with_only_what_the_image_has(image_python, tmp_
     result = parse_result(done.stdout.splitlines())
     assert result["records"] == 235 and Path(result["path"]).is_file()
     assert done.stdout.splitlines()[0].startswith("[sft] ")
+
+
+def test_an_image_without_boto3_ends_an_s3_publish_with_one_line(image_python, tmp_path):
+    """The export pod of ``publish_to="s3://..."`` in an image without boto3 (the training image
+    here: instructlab-training does not need it) says so in its last line, and names the fix."""
+    from airflow_provider_sft.core import constants as c
+    from tests.unit.core.results.test_export import write_checkpoint
+
+    python, env = image_python
+    run_dir = tmp_path / "ws" / c.RUNS_DIR / "run-1"
+    write_checkpoint(run_dir / c.HF_FORMAT_DIR / "samples_8")
+    (run_dir / c.METRICS_FILE).write_text(
+        json.dumps({"step": 1, "epoch": 0, "avg_loss": 2.0, "lr": 1e-4}) + "\n"
+    )
+    config = tmp_path / "config.json"
+    config.write_text(
+        json.dumps(
+            {
+                "run_dir": str(run_dir),
+                "model_dir": str(run_dir / c.FINAL_MODEL_DIR),
+                "metrics_path": str(run_dir / c.METRICS_SUMMARY_FILE),
+                "latest_path": str(tmp_path / "ws" / c.LATEST_FILE),
+                "publish_to": "s3://models/chat/",
+                "publish_settings": {"s3": {"endpoint_url": "http://127.0.0.1:9"}},
+            }
+        )
+    )
+    path = tmp_path / "program.pyz"
+    path.write_bytes(program.program_zip())
+    done = subprocess.run(
+        [*python, str(path), "export", str(config)], env=env, cwd=tmp_path, capture_output=True, text=True
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    last = done.stdout.splitlines()[-1]
+    assert last == (
+        "ERROR: the training image lacks the Python module 'boto3' (No module named 'boto3'), which "
+        "publish_to=s3://... (the export step uploads the model with it) needs: set image= to one that "
+        "has it (deploy/Containerfile.training installs it)"
+    ), done.stdout
+    assert not (tmp_path / "ws" / c.LATEST_FILE).exists()  # nothing says the model was published
