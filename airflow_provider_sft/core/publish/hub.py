@@ -22,41 +22,16 @@ from __future__ import annotations
 import contextlib
 import hashlib
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from airflow_provider_sft.core import constants as c
-from airflow_provider_sft.core import jsonio
 from airflow_provider_sft.core.errors import PublishError
 from airflow_provider_sft.core.files import sha256_file
 from airflow_provider_sft.core.publish import Destination, Logger, Publication
+from airflow_provider_sft.core.publish.manifest import ModelFile, model_files
 
 GITATTRIBUTES = ".gitattributes"  # the Hub's own file in every repo: never the model's, never deleted
-
-
-@dataclass(frozen=True)
-class LocalFile:
-    path: Path
-    sha256: str
-    size: int
-
-
-def model_files(model_path: Path) -> dict[str, LocalFile]:
-    """Every file of the exported model, from its manifest, plus the manifest itself."""
-    manifest_path = model_path / c.MODEL_MANIFEST_FILE
-    try:
-        manifest = jsonio.loads(manifest_path.read_bytes())
-    except FileNotFoundError:
-        raise PublishError(f"{model_path}: no {c.MODEL_MANIFEST_FILE}: not an exported model") from None
-    files = {
-        name: LocalFile(model_path / name, entry["sha256"], int(entry["bytes"]))
-        for name, entry in sorted(manifest["files"].items())
-    }
-    files[c.MODEL_MANIFEST_FILE] = LocalFile(
-        manifest_path, sha256_file(manifest_path), manifest_path.stat().st_size
-    )
-    return files
 
 
 def git_blob_id(path: Path) -> str:
@@ -65,7 +40,7 @@ def git_blob_id(path: Path) -> str:
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
-def is_same(remote: Any, local: LocalFile) -> bool:
+def is_same(remote: Any, local: ModelFile) -> bool:
     """``remote``: a ``RepoSibling`` of ``repo_info(files_metadata=True)``, or None."""
     if remote is None or remote.size != local.size:
         return False
@@ -94,7 +69,7 @@ def publish_hub(
 
     repo_id = destination.repo_id
     revision = destination.revision or "main"
-    files = model_files(model_path)
+    files = {file.name: file for file in model_files(model_path)}
     api = HfApi(endpoint=endpoint, token=token)
     state = _Progress(f"hf://{repo_id}@{revision}", api.endpoint, token)
     with state.clear_errors():
@@ -159,7 +134,7 @@ def publish_hub(
     )
 
 
-def _verified_addition(operation: Any, name: str, local: LocalFile) -> Any:
+def _verified_addition(operation: Any, name: str, local: ModelFile) -> Any:
     """The file as a commit operation, once its sha256 is the manifest's: a file changed since the
     export is refused before anything is sent. The client is handed the sha256, not reading it again."""
     actual = sha256_file(local.path)

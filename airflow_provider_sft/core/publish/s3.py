@@ -30,17 +30,16 @@ import math
 import re
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from airflow_provider_sft.core import constants as c
 from airflow_provider_sft.core import jsonio
 from airflow_provider_sft.core.dataset.options import S3Options
 from airflow_provider_sft.core.errors import PublishError
-from airflow_provider_sft.core.files import sha256_file
 from airflow_provider_sft.core.publish import Destination, Logger, Publication
+from airflow_provider_sft.core.publish.manifest import ModelFile, model_files
 
 #: A file this large or larger goes up in parts, each this large (S3: 5 MiB to 5 GiB, at most
 #: 10,000 parts; s3transfer raises the part size for a file that would need more). 16 MiB parts
@@ -56,51 +55,6 @@ VERIFY_THREADS = 4
 #: The object metadata key holding the file's sha256 (hex): ``x-amz-meta-sha256``.
 SHA256_METADATA = "sha256"
 _RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-
-
-@dataclass(frozen=True)
-class ModelFile:
-    """One file of the exported model: its key under the run's prefix, where it is, what it holds."""
-
-    name: str  # relative, POSIX: the object's key under <prefix>runs/<run>/
-    path: Path
-    sha256: str  # hex
-    size: int
-
-
-def model_files(model_path: Path) -> list[ModelFile]:
-    """Every file the model's ``sft_manifest.json`` lists, then the manifest itself."""
-    manifest_path = model_path / c.MODEL_MANIFEST_FILE
-    try:
-        listed = jsonio.loads(manifest_path.read_bytes())["files"]
-        files = [
-            ModelFile(str(name), model_path / str(name), str(entry["sha256"]), int(entry["bytes"]))
-            for name, entry in sorted(listed.items())
-        ]
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
-        raise PublishError(
-            f"{model_path}: not an exported model (its {c.MODEL_MANIFEST_FILE} is unreadable: {error}); "
-            "nothing was uploaded"
-        ) from None
-    for file in files:
-        parts = PurePosixPath(file.name).parts
-        if file.name.startswith("/") or "\\" in file.name or ".." in parts or not parts:
-            raise PublishError(
-                f"{model_path}: the manifest lists {file.name!r}; refused, nothing was uploaded"
-            )
-        if not file.path.is_file():
-            raise PublishError(
-                f"{model_path}: {file.name} is in the manifest but not in the model; nothing was uploaded"
-            )
-        if file.path.stat().st_size != file.size:
-            raise PublishError(
-                f"{model_path}: {file.name} is {file.path.stat().st_size} bytes, the manifest says {file.size} "
-                "(changed since the export); nothing was uploaded"
-            )
-    manifest = ModelFile(
-        c.MODEL_MANIFEST_FILE, manifest_path, sha256_file(manifest_path), manifest_path.stat().st_size
-    )
-    return [*files, manifest]
 
 
 def transfer_config() -> Any:
