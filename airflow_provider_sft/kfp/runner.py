@@ -45,8 +45,13 @@ from airflow_provider_sft.core.files import checked_root
 from airflow_provider_sft.core.params import COMPONENT_PARAMETER_PREFIX, SFTParams
 from airflow_provider_sft.core.results.chart import write_loss_chart
 from airflow_provider_sft.core.results.efficiency import run_efficiency
-from airflow_provider_sft.core.results.export import export_model, require_metrics_file
+from airflow_provider_sft.core.results.export import (
+    export_model,
+    require_metrics_file,
+    select_final_checkpoint,
+)
 from airflow_provider_sft.core.results.metrics import read_metrics_log, summarize_log, write_summary
+from airflow_provider_sft.core.results.model_card import MODEL_CARD_FILE, model_card
 from airflow_provider_sft.core.run import TrainingRun, run_name
 from airflow_provider_sft.core.training.data_report import (
     DataReport,
@@ -276,8 +281,22 @@ def run_train_model(
         raise TrainingFailedError(f"Training run {name} failed: {result.message}")
 
     metrics_file = require_metrics_file(run.output_dir)  # before a model is published
-    final = export_model(run.output_dir, Path(pvc_path) / c.FINAL_MODEL_DIR)
-    artifact = export_model(run.output_dir, output_model.path)
+    metrics = read_metrics_log(metrics_file)
+    records, summary = metrics.records, summarize_log(metrics)
+    efficiency = run_efficiency(
+        metrics, model_dir=select_final_checkpoint(run.output_dir), job_created=handle.created
+    )
+    # The same card as an Airflow export's: KFP's launcher uploads output_model with it.
+    card = model_card(
+        Path(run.output_dir),
+        summary=summary.to_dict(),
+        data_report=data_report.to_dict(),
+        efficiency=efficiency.to_dict(),
+        facts=metrics.facts,
+    )
+    with_card = {MODEL_CARD_FILE: card.encode()}
+    final = export_model(run.output_dir, Path(pvc_path) / c.FINAL_MODEL_DIR, extra_files=with_card)
+    artifact = export_model(run.output_dir, output_model.path, extra_files=with_card)
     output_model.name = f"{params.base_model}-checkpoint"  # as the original component named it
     output_model.metadata.update(
         {
@@ -293,9 +312,6 @@ def run_train_model(
             "backend": "instructlab-training",
         }
     )
-    metrics = read_metrics_log(metrics_file)
-    records, summary = metrics.records, summarize_log(metrics)
-    efficiency = run_efficiency(metrics, model_dir=final.model_path, job_created=handle.created)
     write_summary(
         summary,
         Path(pvc_path) / c.METRICS_SUMMARY_FILE,

@@ -318,6 +318,10 @@ def test_kfp_local_run_end_to_end(tiny_model, tmp_path, monkeypatch):
     model_dir = task_dir / "output_model"
     assert AutoModelForCausalLM.from_pretrained(model_dir).num_parameters() > 0
     assert (model_dir / "sft_manifest.json").exists()
+    # the same model card as an Airflow export's, in the manifest: KFP's launcher uploads it
+    card = (model_dir / "README.md").read_text()
+    assert card.startswith("---\n") and "sft" in card.split("---")[1]
+    assert "README.md" in json.loads((model_dir / "sft_manifest.json").read_text())["files"]
     model_meta = executor["artifacts"]["output_model"]["artifacts"][0]["metadata"]
     assert executor["artifacts"]["output_model"]["artifacts"][0]["name"] == f"{tiny_model}-checkpoint"
     assert model_meta["model_name"] == str(tiny_model)  # and the original's metadata keys
