@@ -27,7 +27,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import cast
 
 from airflow_provider_sft.core import constants as c
 from airflow_provider_sft.core.training.tiny_model import build_tiny_model
@@ -182,20 +181,10 @@ def serve(workspace: Path, dags_folder: Path, port: int) -> int:
 
 
 def generate_reply(model_dir: Path, prompt: str) -> str:
-    from transformers import AutoModelForCausalLM, AutoTokenizer, BatchEncoding
+    """The exported model's greedy reply to ``prompt`` (what the evaluate DAG asks, too)."""
+    from airflow_provider_sft.core.results.evaluate import LoadedModel
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir)
-    inputs = tokenizer.apply_chat_template(
-        [{"role": "user", "content": prompt}],
-        add_generation_prompt=True,
-        return_tensors="pt",
-        return_dict=True,
-    )
-    inputs = cast(BatchEncoding, inputs)  # typed as all it can return; return_dict=True gives this
-    output = model.generate(**inputs, max_new_tokens=24, do_sample=False, eos_token_id=tokenizer.eos_token_id)
-    reply = tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
-    return cast(str, reply).strip()  # one sequence of ids decodes to one string
+    return LoadedModel(str(model_dir)).reply(prompt, max_new_tokens=24)
 
 
 def main(argv: list[str] | None = None) -> int:
