@@ -1,0 +1,105 @@
+"""The model's Airflow Asset starts ``sft_evaluate`` by itself: a real ``airflow standalone``,
+driven and read only through its REST API.
+
+The example pipeline is triggered on the local backend (no ``publish_to``: the asset is the
+workspace's ``latest.json``); the export's asset event, emitted through the ``sft_models`` alias,
+must queue ``sft_evaluate`` (scheduled on that alias), whose run is ``asset_triggered``, succeeds,
+evaluates the model that run exported, and leaves its perplexity in XCom.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime
+
+import pytest
+
+from airflow_provider_sft.demo import DEMO_TRAINING
+from tests.integration.conftest import wait_for_dag_run
+
+pytestmark = pytest.mark.slow
+EVALUATE = "sft_evaluate"
+
+
+def _value(answer):
+    assert answer.status_code == 200, answer.text
+    value = answer.json()["value"]
+    if not isinstance(value, str):
+        return value
+    try:  # the API hands a structured value back as its JSON text, a string as itself
+        return json.loads(value)
+    except ValueError:
+        return value
+
+
+def _when(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def _unpaused(standalone, dag_id: str) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # the DAG processor parses the second file too
+        if standalone.session.get(f"{standalone.base}/api/v2/dags/{dag_id}", timeout=10).status_code == 200:
+            break
+        time.sleep(1)
+    answer = standalone.session.patch(
+        f"{standalone.base}/api/v2/dags/{dag_id}", json={"is_paused": False}, timeout=10
+    )
+    assert answer.ok, answer.text
+
+
+def _evaluate_run_of(standalone, pipeline_run_id: str, timeout: float = 300) -> dict:
+    """The ``sft_evaluate`` run whose triggering asset event came from ``pipeline_run_id``, finished."""
+    base, session = standalone.base, standalone.session
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        runs = session.get(f"{base}/api/v2/dags/{EVALUATE}/dagRuns", timeout=10).json()["dag_runs"]
+        for run in runs:
+            events = session.get(
+                f"{base}/api/v2/dags/{EVALUATE}/dagRuns/{run['dag_run_id']}/upstreamAssetEvents", timeout=10
+            ).json()["asset_events"]
+            if any(event["source_run_id"] == pipeline_run_id for event in events):
+                if run["state"] in ("success", "failed"):
+                    return run | {"events": events}
+        time.sleep(2)
+    raise AssertionError(f"no finished {EVALUATE} run triggered by {pipeline_run_id} within {timeout} s")
+
+
+def test_the_exported_models_asset_event_runs_sft_evaluate(airflow_standalone, tiny_model, tmp_path):
+    standalone = airflow_standalone
+    base, session = standalone.base, standalone.session
+    _unpaused(standalone, EVALUATE)  # before the export: a paused DAG is not queued by an event
+    workspace = tmp_path / "ws"
+    conf = {**DEMO_TRAINING, "num_epochs": 1, "base_model": str(tiny_model), "workspace": str(workspace)}
+    created = session.post(
+        f"{base}/api/v2/dags/sft_pipeline/dagRuns", json={"conf": conf, "logical_date": None}, timeout=30
+    )
+    assert created.status_code == 200, created.text
+    pipeline_run_id = created.json()["dag_run_id"]
+    assert wait_for_dag_run(standalone, pipeline_run_id) == "success"
+
+    export_url = f"{base}/api/v2/dags/sft_pipeline/dagRuns/{pipeline_run_id}/taskInstances/export_model"
+    export = session.get(export_url, timeout=10).json()
+    model_path = _value(session.get(f"{export_url}/xcomEntries/model_path", timeout=10))
+    metrics = _value(session.get(f"{export_url}/xcomEntries/metrics", timeout=10))
+
+    run = _evaluate_run_of(standalone, pipeline_run_id)
+    assert run["run_type"] == "asset_triggered" and run["state"] == "success", run
+    (event,) = [e for e in run["events"] if e["source_run_id"] == pipeline_run_id]
+    assert event["uri"] == f"file://{workspace}/latest.json"  # the destination, stable across runs
+    assert event["source_dag_id"] == "sft_pipeline" and event["source_task_id"] == "export_model"
+    extra = event["extra"]
+    assert extra["model_path"] == model_path and extra["model_uri"] == f"file://{model_path}"
+    assert extra["final_loss"] == metrics["final_loss"] and extra["total_tokens"] == metrics["total_tokens"]
+    assert extra["run_id"] == pipeline_run_id and extra["publication"] is None
+
+    evaluate_url = f"{base}/api/v2/dags/{EVALUATE}/dagRuns/{run['dag_run_id']}/taskInstances/evaluate"
+    perplexity = _value(session.get(f"{evaluate_url}/xcomEntries/perplexity", timeout=10))
+    assert isinstance(perplexity, float) and 1.0 < perplexity < 1000.0
+    assert _value(session.get(f"{evaluate_url}/xcomEntries/model", timeout=10)) == model_path
+    assert _value(session.get(f"{evaluate_url}/xcomEntries/source_run_id", timeout=10)) == pipeline_run_id
+
+    delay = (_when(run["start_date"]) - _when(export["end_date"])).total_seconds()
+    print(f"\nexport_model ended -> {EVALUATE} run started: {delay:.1f} s")
+    assert 0 <= delay < 120
