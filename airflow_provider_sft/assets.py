@@ -25,9 +25,14 @@ def model_alias(name: str = MODELS_ALIAS) -> AssetAlias:
     return AssetAlias(name)
 
 
-def emit_model_event(context: Mapping[str, Any], alias: str, uri: str, extra: dict[str, Any]) -> None:
-    """Attach the asset ``uri`` to the task's outlet alias ``alias`` with the event's ``extra``."""
-    context["outlet_events"][AssetAlias(alias)].add(Asset(uri), extra=extra)
+def emit_model_event(context: Mapping[str, Any], alias: str, uri: str, extra: dict[str, Any]) -> bool:
+    """Attach the asset ``uri`` to the task's outlet alias ``alias`` with the event's ``extra``;
+    False where there is no task run to emit it for (``execute`` called outside Airflow)."""
+    outlet_events = context.get("outlet_events")
+    if outlet_events is None:
+        return False
+    outlet_events[AssetAlias(alias)].add(Asset(uri), extra=extra)
+    return True
 
 
 def newest_model_event(context: Mapping[str, Any], alias: str = MODELS_ALIAS) -> dict[str, Any] | None:

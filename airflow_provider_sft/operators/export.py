@@ -202,8 +202,8 @@ class ExportModelOperator(WorkspaceStepsMixin, LineageMixin, BaseOperator):
             dag_id=getattr(ti, "dag_id", None),
             run_id=context.get("run_id"),
         )
-        emit_model_event(context, self.asset_alias, uri, extra)
-        self.log.info("Asset event: %s (model %s, alias %s)", uri, extra["model_uri"], self.asset_alias)
+        if emit_model_event(context, self.asset_alias, uri, extra):
+            self.log.info("Asset event: %s (model %s, alias %s)", uri, extra["model_uri"], self.asset_alias)
 
     def publish_options(self) -> PublishOptions:
         """As whom to publish, from the connections (secrets never logged or returned)."""

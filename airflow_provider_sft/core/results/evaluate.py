@@ -25,8 +25,8 @@ from airflow_provider_sft.core.dataset.records import BadRecordError, RecordMapp
 from airflow_provider_sft.core.errors import InvalidParameterError
 
 HELD_OUT_DATASET_NAME = "chat_sft_heldout.jsonl"
-#: A question the bundled training data does not ask (its capitals are other countries').
-DEFAULT_PROMPT = "What is the capital of Brazil?"
+#: A question neither the bundled training data nor the held-out file asks (it is logged; they are not).
+DEFAULT_PROMPT = "What is the capital of New Zealand?"
 
 
 def bundled_held_out_path() -> Path:
