@@ -59,9 +59,9 @@ def _evaluate_run_of(standalone, pipeline_run_id: str, timeout: float = 300) -> 
             events = session.get(
                 f"{base}/api/v2/dags/{EVALUATE}/dagRuns/{run['dag_run_id']}/upstreamAssetEvents", timeout=10
             ).json()["asset_events"]
-            if any(event["source_run_id"] == pipeline_run_id for event in events):
-                if run["state"] in ("success", "failed"):
-                    return run | {"events": events}
+            ours = any(event["source_run_id"] == pipeline_run_id for event in events)
+            if ours and run["state"] in ("success", "failed"):
+                return run | {"events": events}
         time.sleep(2)
     raise AssertionError(f"no finished {EVALUATE} run triggered by {pipeline_run_id} within {timeout} s")
 
