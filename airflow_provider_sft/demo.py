@@ -139,16 +139,17 @@ def run_pipeline(
     *,
     echo: bool = True,
     extra_env: dict[str, str] | None = None,
+    dag_id: str = DAG_ID,
 ) -> Path:
-    """``airflow db migrate`` then ``airflow dags test``; returns the log file. Raises on failure."""
+    """``airflow db migrate`` then ``airflow dags test`` of ``dag_id``; returns the log file. Raises on failure."""
     env = {**demo_environment(workspace, dags_folder), **(extra_env or {})}
     Path(env["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
     airflow = [sys.executable, "-m", "airflow"]
     subprocess.run([*airflow, "db", "migrate"], env=env, check=True, capture_output=True)
-    log_path = workspace / "dags-test.log"
+    log_path = workspace / ("dags-test.log" if dag_id == DAG_ID else f"dags-test-{dag_id}.log")
     with log_path.open("w") as log:
         process = subprocess.Popen(
-            [*airflow, "dags", "test", DAG_ID, "-c", json.dumps(conf)],
+            [*airflow, "dags", "test", dag_id, "-c", json.dumps(conf)],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -161,7 +162,7 @@ def run_pipeline(
                 print("  " + echo_text(line), flush=True)
         code = process.wait()
     if code != 0 or "state=success" not in log_path.read_text():
-        raise SystemExit(f"airflow dags test {DAG_ID} failed; see {log_path}")
+        raise SystemExit(f"airflow dags test {dag_id} failed; see {log_path}")
     return log_path
 
 
