@@ -213,3 +213,12 @@ def test_a_manual_run_takes_the_aliases_newest_inlet_event():
     context = {"triggering_asset_events": {}, "inlet_events": inlets}
     assert newest_model_event(context) == {"model_path": "/new"}
     assert newest_model_event({"triggering_asset_events": {}, "inlet_events": {}}) is None
+
+
+def test_a_hub_publication_is_a_hub_model_dataset_in_lineage():
+    from airflow_provider_sft.lineage import operator_lineage
+
+    lineage = operator_lineage(
+        [("/ws/runs/r/hf_format/samples_8", "models")], [("hf://acme/tiny@0a1b2c", "models")]
+    )
+    assert [(d.namespace, d.name) for d in lineage.outputs] == [("hf://models", "acme/tiny@0a1b2c")]
