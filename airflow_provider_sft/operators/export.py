@@ -188,12 +188,11 @@ class ExportModelOperator(WorkspaceStepsMixin, LineageMixin, BaseOperator):
     ) -> None:
         """The model's asset event: the destination's asset, this run's model in its ``extra``."""
         assert self.asset_alias
-        uri = model_asset_uri(
-            destination.uri if destination else None,
-            latest_path=latest_path,
-            pvc_name=(self.kubernetes or {}).get("pvc_name") if self.in_cluster else None,
-            pvc_mount_path=self.step_workspace if self.in_cluster else None,
-        )
+        pvc = {  # in cluster mode the workspace is the PVC: its paths are the pods', not this worker's
+            "pvc_name": (self.kubernetes or {}).get("pvc_name") if self.in_cluster else None,
+            "pvc_mount_path": self.step_workspace if self.in_cluster else None,
+        }
+        uri = model_asset_uri(destination.uri if destination else None, latest_path=latest_path, **pvc)
         ti = context.get("ti")
         extra = model_event_extra(
             result,
@@ -201,6 +200,7 @@ class ExportModelOperator(WorkspaceStepsMixin, LineageMixin, BaseOperator):
             run=run,
             dag_id=getattr(ti, "dag_id", None),
             run_id=context.get("run_id"),
+            **pvc,
         )
         if emit_model_event(context, self.asset_alias, uri, extra):
             self.log.info("Asset event: %s (model %s, alias %s)", uri, extra["model_uri"], self.asset_alias)

@@ -45,6 +45,18 @@ def stored_uri(uri: str) -> str:
     )
 
 
+def workspace_uri(path: str, *, pvc_name: str | None = None, pvc_mount_path: str | None = None) -> str:
+    """The URI of an absolute workspace ``path``: ``file://`` + it, or ``pvc://<pvc>/`` + the path
+    inside the PVC when the workspace is that PVC, mounted at ``pvc_mount_path`` (cluster mode)."""
+    posix = PurePosixPath(path)
+    if not posix.is_absolute():
+        raise ValueError(f"a workspace path must be absolute, got {path!r}")
+    if pvc_name:
+        inside = posix.relative_to(pvc_mount_path or "/")
+        return stored_uri(f"pvc://{pvc_name}/{inside}")
+    return stored_uri(f"file://{posix}")
+
+
 def model_asset_uri(
     destination_uri: str | None,
     *,
@@ -57,13 +69,7 @@ def model_asset_uri(
     ``pvc_mount_path`` when ``pvc_name`` is given)."""
     if destination_uri:
         return stored_uri(destination_uri)
-    path = PurePosixPath(latest_path)
-    if not path.is_absolute():
-        raise ValueError(f"latest_path must be absolute, got {latest_path!r}")
-    if pvc_name:
-        inside = path.relative_to(pvc_mount_path) if pvc_mount_path else path.relative_to("/")
-        return stored_uri(f"pvc://{pvc_name}/{inside}")
-    return stored_uri(f"file://{path}")
+    return workspace_uri(latest_path, pvc_name=pvc_name, pvc_mount_path=pvc_mount_path)
 
 
 def _finite(value: Any) -> Any:
@@ -80,19 +86,26 @@ def model_event_extra(
     run: str,
     dag_id: str | None = None,
     run_id: str | None = None,
+    pvc_name: str | None = None,
+    pvc_mount_path: str | None = None,
 ) -> dict[str, Any]:
     """The asset event's ``extra`` for the export step's result ``export`` of the training run
     ``run`` (its directory's name), exported by the Airflow run ``dag_id``/``run_id``.
 
     ``model_uri`` is this run's model: the published one (``publication.uri``) when there is one,
-    else ``file://`` + the exported directory; ``model_path`` is where the workspace holds it.
+    else the exported directory's :func:`workspace_uri`; ``model_path`` is where the workspace
+    holds it (as the step saw it: the pods' mount path in cluster mode).
     The metrics are numbers only (no training data, no secrets: the publication names URIs and
     counts).
     """
     metrics = export.get("metrics") or {}
     publication = export.get("publication")
     model_path = str(export["model_path"])
-    model_uri = publication["uri"] if publication else f"file://{PurePosixPath(model_path)}"
+    model_uri = (
+        publication["uri"]
+        if publication
+        else workspace_uri(model_path, pvc_name=pvc_name, pvc_mount_path=pvc_mount_path)
+    )
     extra: dict[str, Any] = {
         "asset_uri": asset_uri,
         "model_uri": model_uri,

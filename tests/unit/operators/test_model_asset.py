@@ -222,3 +222,20 @@ def test_a_hub_publication_is_a_hub_model_dataset_in_lineage():
         [("/ws/runs/r/hf_format/samples_8", "models")], [("hf://acme/tiny@0a1b2c", "models")]
     )
     assert [(d.namespace, d.name) for d in lineage.outputs] == [("hf://models", "acme/tiny@0a1b2c")]
+
+
+def test_in_cluster_mode_the_operator_names_the_pvc(tmp_path):
+    op = ExportModelOperator(
+        task_id="export_model",
+        training_output_dir="/workspace/runs/r",
+        workspace=str(tmp_path),
+        backend="kubernetes",
+        kubernetes={"pvc_name": "train-ws"},
+    )
+    events = OutletEventAccessors()
+    result = {"model_path": "/workspace/runs/r/final_model", "metrics": {"final_loss": 1.0}}
+    op.emit_asset_event(_context(events), None, f"{op.step_workspace}/{c.LATEST_FILE}", "r", result)
+    (alias_event,) = events[AssetAlias(MODELS_ALIAS)].asset_alias_events
+    assert alias_event.dest_asset_key.uri == "pvc://train-ws/latest.json"
+    assert alias_event.extra["model_path"] == "/workspace/runs/r/final_model"  # as the pods see it
+    assert alias_event.extra["model_uri"] == "pvc://train-ws/runs/r/final_model"
