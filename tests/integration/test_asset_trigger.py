@@ -103,3 +103,31 @@ def test_the_exported_models_asset_event_runs_sft_evaluate(airflow_standalone, t
     delay = (_when(run["start_date"]) - _when(export["end_date"])).total_seconds()
     print(f"\nexport_model ended -> {EVALUATE} run started: {delay:.1f} s")
     assert 0 <= delay < 120
+
+
+def test_a_bad_publish_to_is_refused_by_the_form_or_named_by_validate(airflow_standalone):
+    standalone = airflow_standalone
+    base, session = standalone.base, standalone.session
+    refused = session.post(
+        f"{base}/api/v2/dags/sft_pipeline/dagRuns",
+        json={"conf": {"publish_to": "/srv/models"}, "logical_date": None},
+        timeout=30,
+    )
+    assert refused.status_code == 400 and "publish_to" in refused.text  # before any run exists
+    created = session.post(
+        f"{base}/api/v2/dags/sft_pipeline/dagRuns",
+        json={"conf": {"publish_to": "hf://acme"}, "logical_date": None},  # the form's pattern lets it by
+        timeout=30,
+    )
+    assert created.status_code == 200, created.text
+    run_id = created.json()["dag_run_id"]
+    assert wait_for_dag_run(standalone, run_id, timeout=300) == "failed"
+    tasks = session.get(f"{base}/api/v2/dags/sft_pipeline/dagRuns/{run_id}/taskInstances", timeout=10).json()
+    states = {task["task_id"]: task["state"] for task in tasks["task_instances"]}
+    assert states["validate"] == "failed" and states["resolve_dataset"] == "upstream_failed"
+    log = session.get(
+        f"{base}/api/v2/dags/sft_pipeline/dagRuns/{run_id}/taskInstances/validate/logs/1",
+        headers={"Accept": "application/x-ndjson"},
+        timeout=30,
+    ).text
+    assert "publish_to: 'hf://acme': a Hub destination is hf://org/name[@revision]" in log
