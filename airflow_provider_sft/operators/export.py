@@ -203,7 +203,8 @@ class ExportModelOperator(WorkspaceStepsMixin, LineageMixin, BaseOperator):
             **pvc,
         )
         if emit_model_event(context, self.asset_alias, uri, extra):
-            self.log.info("Asset event: %s (model %s, alias %s)", uri, extra["model_uri"], self.asset_alias)
+            # the model's path was said once, by the export: the event names the asset and the run
+            self.log.info("Asset event: %s (run %s, through the alias %s)", uri, run, self.asset_alias)
 
     def publish_options(self) -> PublishOptions:
         """As whom to publish, from the connections (secrets never logged or returned)."""

@@ -102,7 +102,7 @@ def _context(outlet_events):
     return {"ti": ti, "run_id": "manual__x", "outlet_events": outlet_events}
 
 
-def test_a_local_export_emits_the_workspace_asset_through_the_alias(tmp_path):
+def test_a_local_export_emits_the_workspace_asset_through_the_alias(tmp_path, capsys):
     run_dir = _run_dir(tmp_path)
     op = ExportModelOperator(
         task_id="export_model", training_output_dir=str(run_dir), workspace=str(tmp_path)
@@ -118,6 +118,11 @@ def test_a_local_export_emits_the_workspace_asset_through_the_alias(tmp_path):
     assert extra["run"] == run_dir.name and extra["run_id"] == "manual__x"
     assert json.loads((tmp_path / c.LATEST_FILE).read_text())["model_path"] == extra["model_path"]
     assert not math.isnan(extra["final_loss_smoothed"])
+    said = capsys.readouterr().out
+    assert (
+        f"Asset event: file://{tmp_path}/latest.json (run {run_dir.name}, through the alias sft_models)"
+        in said
+    )
 
 
 def test_a_failed_export_emits_nothing(tmp_path):
