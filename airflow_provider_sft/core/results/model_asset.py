@@ -19,6 +19,7 @@ Airflow import here; the Airflow layer wraps these in ``Asset`` objects.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping
 from pathlib import PurePosixPath
 from typing import Any
@@ -46,15 +47,13 @@ def stored_uri(uri: str) -> str:
 
 
 def workspace_uri(path: str, *, pvc_name: str | None = None, pvc_mount_path: str | None = None) -> str:
-    """The URI of an absolute workspace ``path``: ``file://`` + it, or ``pvc://<pvc>/`` + the path
-    inside the PVC when the workspace is that PVC, mounted at ``pvc_mount_path`` (cluster mode)."""
-    posix = PurePosixPath(path)
-    if not posix.is_absolute():
-        raise ValueError(f"a workspace path must be absolute, got {path!r}")
+    """The URI of a workspace ``path``: ``file://`` + it made absolute (a relative workspace is
+    relative to this process's directory, as the export step saw it), or ``pvc://<pvc>/`` + the
+    path inside the PVC when the workspace is that PVC, mounted at ``pvc_mount_path`` (cluster mode)."""
     if pvc_name:
-        inside = posix.relative_to(pvc_mount_path or "/")
+        inside = PurePosixPath(path).relative_to(pvc_mount_path or "/")
         return stored_uri(f"pvc://{pvc_name}/{inside}")
-    return stored_uri(f"file://{posix}")
+    return stored_uri(f"file://{PurePosixPath(os.path.abspath(path))}")
 
 
 def model_asset_uri(

@@ -40,6 +40,11 @@ def test_the_asset_is_the_destination_as_airflow_stores_it_without_a_warning(pub
     assert asset.uri == uri and asset.name == uri  # what a DAG writes in schedule=[Asset(...)]
 
 
+def test_a_relative_workspace_is_named_by_its_absolute_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert model_asset_uri(None, latest_path="ws/latest.json") == f"file://{tmp_path}/ws/latest.json"
+
+
 def test_a_cluster_workspace_asset_names_the_pvc_not_the_pods_mount_path():
     uri = model_asset_uri(
         None, latest_path="/workspace/latest.json", pvc_name="train-ws", pvc_mount_path="/workspace"
