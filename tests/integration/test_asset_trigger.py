@@ -131,3 +131,42 @@ def test_a_bad_publish_to_is_refused_by_the_form_or_named_by_validate(airflow_st
         timeout=30,
     ).text
     assert "publish_to: 'hf://acme': a Hub destination is hf://org/name[@revision]" in log
+
+
+CONSUMER = """
+from airflow.providers.standard.operators.empty import EmptyOperator
+from airflow.sdk import DAG, Asset
+
+with DAG(dag_id="on_the_workspace_asset", schedule=[Asset("{uri}")], catchup=False):
+    EmptyOperator(task_id="noted")
+"""
+
+
+def test_a_dag_scheduled_on_the_concrete_asset_runs_too(tmp_path, tiny_model):
+    """Not the alias: ``schedule=[Asset("file://<workspace>/latest.json")]``, as a user writes it."""
+    from airflow_provider_sft.demo import EXAMPLE_DAGS
+    from tests.integration.conftest import running_demo
+
+    workspace = tmp_path / "ws"
+    dags = tmp_path / "dags"
+    dags.mkdir()
+    (dags / "sft_pipeline.py").symlink_to(EXAMPLE_DAGS / "sft_pipeline.py")
+    (dags / "consumer.py").write_text(CONSUMER.format(uri=f"file://{workspace}/latest.json"))
+    (tmp_path / "home").mkdir()
+    with running_demo(tmp_path / "home", dags_folder=dags) as standalone:
+        base, session = standalone.base, standalone.session
+        _unpaused(standalone, "on_the_workspace_asset")
+        conf = {**DEMO_TRAINING, "num_epochs": 1, "base_model": str(tiny_model), "workspace": str(workspace)}
+        created = session.post(
+            f"{base}/api/v2/dags/sft_pipeline/dagRuns", json={"conf": conf, "logical_date": None}, timeout=30
+        )
+        assert created.status_code == 200, created.text
+        assert wait_for_dag_run(standalone, created.json()["dag_run_id"]) == "success"
+        deadline, runs = time.monotonic() + 120, []
+        while time.monotonic() < deadline:
+            url = f"{base}/api/v2/dags/on_the_workspace_asset/dagRuns"
+            runs = session.get(url, timeout=10).json()["dag_runs"]
+            if runs and runs[0]["state"] in ("success", "failed"):
+                break
+            time.sleep(2)
+        assert [(run["run_type"], run["state"]) for run in runs] == [("asset_triggered", "success")]
