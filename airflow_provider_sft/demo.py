@@ -27,7 +27,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import cast
 
 from airflow_provider_sft.core import constants as c
 from airflow_provider_sft.core.training.tiny_model import build_tiny_model
@@ -140,16 +139,17 @@ def run_pipeline(
     *,
     echo: bool = True,
     extra_env: dict[str, str] | None = None,
+    dag_id: str = DAG_ID,
 ) -> Path:
-    """``airflow db migrate`` then ``airflow dags test``; returns the log file. Raises on failure."""
+    """``airflow db migrate`` then ``airflow dags test`` of ``dag_id``; returns the log file. Raises on failure."""
     env = {**demo_environment(workspace, dags_folder), **(extra_env or {})}
     Path(env["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
     airflow = [sys.executable, "-m", "airflow"]
     subprocess.run([*airflow, "db", "migrate"], env=env, check=True, capture_output=True)
-    log_path = workspace / "dags-test.log"
+    log_path = workspace / ("dags-test.log" if dag_id == DAG_ID else f"dags-test-{dag_id}.log")
     with log_path.open("w") as log:
         process = subprocess.Popen(
-            [*airflow, "dags", "test", DAG_ID, "-c", json.dumps(conf)],
+            [*airflow, "dags", "test", dag_id, "-c", json.dumps(conf)],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -162,7 +162,7 @@ def run_pipeline(
                 print("  " + echo_text(line), flush=True)
         code = process.wait()
     if code != 0 or "state=success" not in log_path.read_text():
-        raise SystemExit(f"airflow dags test {DAG_ID} failed; see {log_path}")
+        raise SystemExit(f"airflow dags test {dag_id} failed; see {log_path}")
     return log_path
 
 
@@ -182,20 +182,10 @@ def serve(workspace: Path, dags_folder: Path, port: int) -> int:
 
 
 def generate_reply(model_dir: Path, prompt: str) -> str:
-    from transformers import AutoModelForCausalLM, AutoTokenizer, BatchEncoding
+    """The exported model's greedy reply to ``prompt`` (what the evaluate DAG asks, too)."""
+    from airflow_provider_sft.core.results.evaluate import LoadedModel
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir)
-    inputs = tokenizer.apply_chat_template(
-        [{"role": "user", "content": prompt}],
-        add_generation_prompt=True,
-        return_tensors="pt",
-        return_dict=True,
-    )
-    inputs = cast(BatchEncoding, inputs)  # typed as all it can return; return_dict=True gives this
-    output = model.generate(**inputs, max_new_tokens=24, do_sample=False, eos_token_id=tokenizer.eos_token_id)
-    reply = tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
-    return cast(str, reply).strip()  # one sequence of ids decodes to one string
+    return LoadedModel(str(model_dir)).reply(prompt, max_new_tokens=24)
 
 
 def main(argv: list[str] | None = None) -> int:

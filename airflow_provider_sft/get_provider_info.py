@@ -78,6 +78,7 @@ def get_provider_info() -> dict:
                     "airflow_provider_sft.operators.prepare",
                     "airflow_provider_sft.operators.train",
                     "airflow_provider_sft.operators.export",
+                    "airflow_provider_sft.operators.evaluate",
                     "airflow_provider_sft.operators.validate",
                 ],
             }

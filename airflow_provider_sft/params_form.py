@@ -58,6 +58,7 @@ SECTIONS = (
     "Dataset",
     "Resources",
     "Checkpoints",
+    "Publish",
     "Where it runs",
     "Kubernetes",
     "Pod metadata and environment",
@@ -285,6 +286,7 @@ def pipeline_params(workspace: str, **defaults: Any) -> dict[str, Param]:
     params.update(_dataset_access_params())
     params.update(_resume_params())
     params.update(_cost_params())
+    params.update(_publish_params())
     params.update(_where_it_runs_params(workspace))
     params.update(_kubernetes_params())
     for name, value in defaults.items():
@@ -367,13 +369,15 @@ def _dataset_access_params() -> dict[str, Param]:
         "hf_conn_id": _text(
             "HuggingFace connection",
             "Dataset",
-            "A 'huggingface' connection (token, endpoint) for datasets and models; empty: HF_TOKEN of the worker.",
+            "A 'huggingface' connection (token, endpoint) for datasets, models and an hf:// publish; empty: "
+            "HF_TOKEN of the worker.",
             pattern=WORD_PATTERN,
         ),
         "aws_conn_id": _text(
             "S3 connection",
             "Dataset",
-            "An 'aws' connection (keys, region, endpoint_url) for s3:// sources; empty: the worker's environment.",
+            "An 'aws' connection (keys, region, endpoint_url) for s3:// sources and an s3:// publish; empty: the "
+            "worker's environment.",
             pattern=WORD_PATTERN,
         ),
     }
@@ -406,6 +410,25 @@ def _cost_params() -> dict[str, Param]:
                 "The price of one GPU-hour (any currency): the run's cost is its GPU-hours x this, in "
                 "metrics.json, the chart page and the summary. Empty: no cost."
             ),
+        ),
+    }
+
+
+#: What the form lets through as ``publish_to``; the validate task parses it (one error naming the field).
+PUBLISH_TO_PATTERN = r"^\s*(s3|hf)://\S+\s*$"
+
+
+def _publish_params() -> dict[str, Param]:
+    """Section "Publish": where the exported model leaves the cluster (empty: it stays in the workspace)."""
+    return {
+        "publish_to": _text(
+            "Publish to",
+            "Publish",
+            "s3://bucket/prefix/ (through the S3 connection; each run under prefix/runs/<run>/, then "
+            "prefix/latest.json names it) or hf://org/name[@revision] (through the HuggingFace connection; a "
+            "private repo, one commit). Empty: the model stays in the workspace. Either way the export emits "
+            "the model's Airflow Asset, which starts sft_evaluate.",
+            pattern=PUBLISH_TO_PATTERN,
         ),
     }
 

@@ -1,5 +1,8 @@
 """SFT pipeline: validate -> resolve_dataset -> prepare_data -> train -> export_model -> report.
 
+The export publishes the model to ``publish_to`` (S3, the Hub; empty: it stays in the workspace)
+and emits its Airflow Asset, which starts ``sft_evaluate`` (dags/sft_evaluate.py).
+
 Trigger it from the UI form (``sft-demo --serve`` starts an Airflow with this DAG whose form
 defaults train the demo's tiny model), the REST API (``conf``) or ``airflow dags test``:
 
@@ -81,6 +84,7 @@ with DAG(
         resume="{{ params.resume }}",
         checkpoint_grace_seconds="{{ params.checkpoint_grace_seconds }}",
         gpu_hour_cost="{{ params.gpu_hour_cost }}",
+        publish_to="{{ params.publish_to }}",
     )
     resolve_dataset = ResolveDatasetOperator(
         task_id="resolve_dataset",
@@ -137,8 +141,11 @@ with DAG(
         job_created=train.output["job_created"],  # type: ignore[index]  # as above
         gpu_hour_cost="{{ params.gpu_hour_cost }}",
         workspace="{{ params.workspace }}",
+        publish_to="{{ params.publish_to }}",  # empty: the model stays in the workspace
+        aws_conn_id="{{ params.aws_conn_id }}",
+        hf_conn_id="{{ params.hf_conn_id }}",
         **WORKSPACE_STEPS,
-    )
+    )  # emits the model's asset event (alias sft_models): sft_evaluate runs next
     report = LossChartOperator(
         task_id="report",
         training_output_dir=train.output["output_dir"],  # type: ignore[index]  # as above

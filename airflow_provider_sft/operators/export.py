@@ -8,8 +8,9 @@ from typing import Any
 
 from airflow.sdk import BaseOperator
 
+from airflow_provider_sft.assets import MODELS_ALIAS, emit_model_event, model_alias
 from airflow_provider_sft.core import constants as c
-from airflow_provider_sft.core.publish import PublishOptions, parse_destination
+from airflow_provider_sft.core.publish import Destination, PublishOptions, parse_destination
 from airflow_provider_sft.core.results.chart import write_loss_chart
 from airflow_provider_sft.core.results.efficiency import Efficiency, checked_gpu_hour_cost
 from airflow_provider_sft.core.results.metrics import (
@@ -20,6 +21,7 @@ from airflow_provider_sft.core.results.metrics import (
     read_metrics_log,
     summarize_log,
 )
+from airflow_provider_sft.core.results.model_asset import model_asset_uri, model_event_extra
 from airflow_provider_sft.core.training.progress import summary_line
 from airflow_provider_sft.lineage import LineageMixin
 from airflow_provider_sft.links import TrainingResultsLink
@@ -57,6 +59,13 @@ class ExportModelOperator(WorkspaceStepsMixin, LineageMixin, BaseOperator):
     :param hf_conn_id: a ``huggingface`` connection for an ``hf://`` destination (token,
         endpoint); default ``HF_TOKEN``/``HF_ENDPOINT``. (templated)
     :param publish_private: a Hub repo the publish creates is private (default True).
+    :param asset_alias: the ``AssetAlias`` this task declares as its outlet (default
+        ``sft_models``; None: no asset event). After a successful export it emits, through it, an
+        event of the destination's asset (``s3://bucket/prefix``, ``hf://org/name[@revision]``;
+        without ``publish_to``: ``file://<workspace>/latest.json``, or ``pvc://<pvc>/latest.json``
+        in ``cluster`` mode) whose ``extra`` names this run's model (``model_uri``, ``model_path``,
+        ``run``) and its metrics; a DAG scheduled on the alias, or on that asset, runs next. See
+        :mod:`airflow_provider_sft.assets`.
 
     On the ``kubernetes`` backend in ``cluster`` workspace mode the export runs in a pod that
     mounts the PVC (see :class:`~airflow_provider_sft.operators.workspace.WorkspaceStepsMixin`);
@@ -99,6 +108,7 @@ class ExportModelOperator(WorkspaceStepsMixin, LineageMixin, BaseOperator):
         aws_conn_id: str | None = None,
         hf_conn_id: str | None = None,
         publish_private: bool = True,
+        asset_alias: str | None = MODELS_ALIAS,
         backend: str = "local",
         workspace_mode: str | None = None,
         pvc_mount_path: str | None = None,
@@ -107,7 +117,10 @@ class ExportModelOperator(WorkspaceStepsMixin, LineageMixin, BaseOperator):
         **kwargs: Any,
     ):
         kwargs.setdefault("multiple_outputs", True)  # each result key is its own XCom too
+        if asset_alias:  # the alias is the outlet: the destination's URI is known only at run time
+            kwargs["outlets"] = [*(kwargs.get("outlets") or []), model_alias(asset_alias)]
         super().__init__(**kwargs)
+        self.asset_alias = asset_alias
         self.training_output_dir = training_output_dir
         self.workspace = workspace
         self.model_dir = model_dir
@@ -148,9 +161,13 @@ class ExportModelOperator(WorkspaceStepsMixin, LineageMixin, BaseOperator):
         efficiency = Efficiency.from_dict(result["efficiency"]) if result.get("efficiency") else None
         summary = summary_line(MetricsSummary(**result["metrics"]), efficiency)
         self.log.info("%s: %s", result["metrics_path"], summary)
-        self.record_lineage(
-            inputs=[(result["source_checkpoint"], "models")], outputs=[(result["model_path"], "models")]
+        publication = result.get("publication")
+        self.record_lineage(  # the output is the published model where there is one
+            inputs=[(result["source_checkpoint"], "models")],
+            outputs=[(publication["uri"] if publication else result["model_path"], "models")],
         )
+        if self.asset_alias:
+            self.emit_asset_event(context, destination, str(config["latest_path"]), run_dir.name, result)
         return {
             key: result[key]
             for key in ("model_path", "source_checkpoint", "metrics_path", "metrics", "steps", "data_report")
@@ -160,6 +177,34 @@ class ExportModelOperator(WorkspaceStepsMixin, LineageMixin, BaseOperator):
             "efficiency": result.get("efficiency"),
             "publication": result.get("publication"),
         }
+
+    def emit_asset_event(
+        self,
+        context: Any,
+        destination: Destination | None,
+        latest_path: str,
+        run: str,
+        result: dict[str, Any],
+    ) -> None:
+        """The model's asset event: the destination's asset, this run's model in its ``extra``."""
+        assert self.asset_alias
+        pvc = {  # in cluster mode the workspace is the PVC: its paths are the pods', not this worker's
+            "pvc_name": (self.kubernetes or {}).get("pvc_name") if self.in_cluster else None,
+            "pvc_mount_path": self.step_workspace if self.in_cluster else None,
+        }
+        uri = model_asset_uri(destination.uri if destination else None, latest_path=latest_path, **pvc)
+        ti = context.get("ti")
+        extra = model_event_extra(
+            result,
+            asset_uri=uri,
+            run=run,
+            dag_id=getattr(ti, "dag_id", None),
+            run_id=context.get("run_id"),
+            **pvc,
+        )
+        if emit_model_event(context, self.asset_alias, uri, extra):
+            # the model's path was said once, by the export: the event names the asset and the run
+            self.log.info("Asset event: %s (run %s, through the alias %s)", uri, run, self.asset_alias)
 
     def publish_options(self) -> PublishOptions:
         """As whom to publish, from the connections (secrets never logged or returned)."""

@@ -16,6 +16,7 @@ from airflow_provider_sft.core.dataset import DatasetOptions
 from airflow_provider_sft.core.errors import InvalidParameterError
 from airflow_provider_sft.core.files import checked_root, checked_target
 from airflow_provider_sft.core.params import SFTParams
+from airflow_provider_sft.core.publish import parse_destination
 from airflow_provider_sft.core.results.efficiency import checked_gpu_hour_cost
 from airflow_provider_sft.core.training.data_report import checked_max_dropped_fraction
 from airflow_provider_sft.core.training.resume import checked_resume
@@ -49,6 +50,8 @@ class ValidateRunOperator(BaseOperator):
     :param resume: ``"auto"`` or ``"never"``, as the train task takes it. (templated)
     :param checkpoint_grace_seconds: as the train task takes it (1 to 3600 s, empty: derived). (templated)
     :param gpu_hour_cost: as the export task takes it (a number >= 0, empty: no cost). (templated)
+    :param publish_to: as the export task takes it (``s3://bucket/prefix/``, ``hf://org/name[@revision]``,
+        empty: the model stays in the workspace). (templated)
     """
 
     template_fields: Sequence[str] = (
@@ -64,6 +67,7 @@ class ValidateRunOperator(BaseOperator):
         "resume",
         "checkpoint_grace_seconds",
         "gpu_hour_cost",
+        "publish_to",
     )
     ui_color = "#fef9e7"
 
@@ -82,10 +86,12 @@ class ValidateRunOperator(BaseOperator):
         resume: str | None = None,
         checkpoint_grace_seconds: int | str | None = None,
         gpu_hour_cost: float | str | None = None,
+        publish_to: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.gpu_hour_cost = gpu_hour_cost
+        self.publish_to = publish_to
         self.max_dropped_fraction = max_dropped_fraction
         self.resume = resume
         self.checkpoint_grace_seconds = checkpoint_grace_seconds
@@ -116,6 +122,7 @@ class ValidateRunOperator(BaseOperator):
             lambda: checked_resume(self.resume or c.DEFAULT_RESUME),
             lambda: checked_checkpoint_grace_seconds(self.checkpoint_grace_seconds),
             lambda: checked_gpu_hour_cost(self.gpu_hour_cost),
+            lambda: parse_destination(self.publish_to),
             self._directories,
             self._backend,
         ]

@@ -91,8 +91,9 @@ class Standalone:
 
 
 @contextlib.contextmanager
-def running_demo(workspace: Path, env: dict[str, str] | None = None):
-    """``sft-demo --serve`` on a free loopback port, up and with the example DAG parsed.
+def running_demo(workspace: Path, env: dict[str, str] | None = None, dags_folder: Path | None = None):
+    """``sft-demo --serve`` on a free loopback port, up and with the example DAG parsed
+    (from ``dags_folder`` when given: it must hold ``sft_pipeline.py``).
 
     Started in a session of its own, as from a terminal; ``.process`` is the demo. Stopped by
     process group on the way out (a test may have stopped it already).
@@ -107,7 +108,8 @@ def running_demo(workspace: Path, env: dict[str, str] | None = None):
     sft_demo = Path(sys.executable).parent / "sft-demo"
     log_path = workspace / "standalone.log"
     process = subprocess.Popen(
-        [str(sft_demo), "--serve", "--port", str(port), "--workspace", str(workspace)],
+        [str(sft_demo), "--serve", "--port", str(port), "--workspace", str(workspace)]
+        + (["--dags-folder", str(dags_folder)] if dags_folder else []),
         env=env,
         stdout=log_path.open("w"),
         stderr=subprocess.STDOUT,

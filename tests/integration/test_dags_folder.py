@@ -15,7 +15,7 @@ from tests.conftest import REPO_ROOT
 pytestmark = pytest.mark.slow
 
 
-def test_airflow_dags_list_finds_the_example_dag_in_the_top_level_dags_folder(tmp_path):
+def test_airflow_dags_list_finds_the_example_dags_in_the_top_level_dags_folder(tmp_path):
     env = {**demo_environment(tmp_path, REPO_ROOT / "dags"), "AIRFLOW__CORE__DAGS_FOLDER": "dags"}
     airflow = [sys.executable, "-m", "airflow"]
     for command in (["db", "migrate"], ["dags", "reserialize"]):  # what the DAG processor does
@@ -33,5 +33,6 @@ def test_airflow_dags_list_finds_the_example_dag_in_the_top_level_dags_folder(tm
     )
     table = listed.stdout.splitlines()[-1]  # after Airflow's own warnings (graphviz)
     dags = {dag["dag_id"]: dag for dag in json.loads(table)}
-    assert list(dags) == ["sft_pipeline"]
+    assert sorted(dags) == ["sft_evaluate", "sft_pipeline"]
     assert Path(dags["sft_pipeline"]["fileloc"]) == Path("dags/sft_pipeline.py")
+    assert Path(dags["sft_evaluate"]["fileloc"]) == Path("dags/sft_evaluate.py")

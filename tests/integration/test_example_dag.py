@@ -148,3 +148,46 @@ def test_openlineage_links_dataset_to_model(pipeline_run):
     assert names(done["train"], "outputs") == [("file", str(run_dir))]
     assert names(done["export_model"], "outputs") == [("file", str(run_dir / c.FINAL_MODEL_DIR))]
     assert names(done["export_model"], "inputs")[0][1].startswith(str(run_dir))
+
+
+def test_the_export_emits_the_models_asset_event_through_the_alias(pipeline_run):
+    workspace, _ = pipeline_run
+    with sqlite3.connect(workspace / "airflow" / "airflow.db") as db:
+        rows = db.execute(
+            "SELECT asset.uri, asset_event.extra, asset_event.source_task_id, asset_alias.name"
+            " FROM asset_event JOIN asset ON asset.id = asset_event.asset_id"
+            " JOIN asset_alias_asset_event ON asset_alias_asset_event.event_id = asset_event.id"
+            " JOIN asset_alias ON asset_alias.id = asset_alias_asset_event.alias_id"
+        ).fetchall()
+    ((uri, extra, task, alias),) = rows
+    extra = json.loads(extra)
+    export = xcoms(workspace, "export_model")
+    assert (uri, task, alias) == (f"file://{workspace}/{c.LATEST_FILE}", "export_model", "sft_models")
+    assert extra["model_path"] == export["model_path"] == str(run_dir_of(workspace) / c.FINAL_MODEL_DIR)
+    metrics = export["metrics"]
+    assert extra["final_loss"] == metrics["final_loss"] and extra["total_tokens"] == metrics["total_tokens"]
+    assert extra["validation_loss"] == metrics["validation_loss"]  # None: the demo holds no split out
+    assert extra["gpu_hours"] is None and extra["publication"] is None  # a CPU run, no publish_to
+
+
+@pytest.fixture(scope="module")
+def evaluate_run(pipeline_run):
+    """``airflow dags test sft_evaluate`` after the pipeline: it takes the alias's newest model."""
+    workspace, _ = pipeline_run
+    return workspace, run_pipeline(workspace, EXAMPLE_DAGS, {}, echo=False, dag_id="sft_evaluate")
+
+
+def test_sft_evaluate_evaluates_the_model_the_pipeline_exported(evaluate_run):
+    workspace, log = evaluate_run
+    result = xcoms(workspace, "evaluate")
+    assert result["model"] == str(run_dir_of(workspace) / c.FINAL_MODEL_DIR)
+    assert result["source_run"] == run_dir_of(workspace).name and result["conversations"] == 12
+    assert 1.0 < result["perplexity"] < 200.0  # the untrained tiny model scores ~500 on this file
+    text = log.read_text()
+    assert f"Perplexity on chat_sft_heldout.jsonl: {result['perplexity']:.4f}" in text
+    assert repr(result["reply"]) in text
+    from airflow_provider_sft.core.results.evaluate import bundled_held_out_path
+
+    for line in bundled_held_out_path().read_text().splitlines():  # the validation records: never logged
+        for message in json.loads(line)["messages"][1:]:
+            assert message["content"] not in text

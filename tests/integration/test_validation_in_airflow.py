@@ -51,3 +51,8 @@ def test_a_run_with_a_validation_split_reports_its_validation_loss(tiny_model, t
     html = (workspace / c.RUNS_DIR / run_dir.name / c.LOSS_CHART_FILE).read_text()
     assert '"name":"validation loss"' in html and '"name":"best validation loss' in html
     assert f"validation loss {metrics['validation_loss']:.4f}" in text  # the export's summary line
+    with sqlite3.connect(workspace / "airflow" / "airflow.db") as db:
+        (extra,) = db.execute("SELECT extra FROM asset_event").fetchone()
+    extra = json.loads(extra)  # the model's asset event carries the validation loss where there is one
+    assert extra["validation_loss"] == metrics["validation_loss"] is not None
+    assert extra["best_validation_loss"] == metrics["best_validation_loss"]
