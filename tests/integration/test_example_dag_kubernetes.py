@@ -55,7 +55,9 @@ def test_example_dag_on_kubernetes_without_the_pvc_on_the_worker(
         "resource_num_workers": workers,
         **({"image": "quay.io/example/sft-training:2.13"} if kind == "PyTorchJob" else {}),
     }
-    if kind == "PyTorchJob":  # each pod's first log stream dropped mid-run, as by an API-server restart
+    if (
+        kind == "PyTorchJob"
+    ):  # each pod's first log read (a stream or a tail) dropped midway, as by an API-server restart
         cluster.cut_log_streams(after_lines=3, how="reset")
     try:
         log = run_pipeline(worker, EXAMPLE_DAGS, conf, echo=False)

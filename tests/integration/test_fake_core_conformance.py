@@ -333,6 +333,32 @@ def test_a_reset_stream_drops_the_connection(fake_cluster, namespace):
         fake_cluster.cut_after = None
 
 
+def test_a_reset_read_drops_the_connection_midway_and_the_next_read_is_whole(fake_cluster, namespace):
+    # an API-server restart cuts a plain read (a tail) as it cuts a followed stream: the body is
+    # chunked, so the client sees a truncated body, never a short whole one
+    pod = fake_cluster.add_pod(namespace, "job", phase="Running", log="a\nb\nc\n")
+    fake_cluster.cut_log_streams(after_lines=1, how="reset")
+    try:
+        with pytest.raises(requests.exceptions.ChunkedEncodingError):
+            call(fake_cluster, "GET", log_path(namespace, pod), params={"container": "node"})
+        again = call(fake_cluster, "GET", log_path(namespace, pod), params={"container": "node"})
+    finally:
+        fake_cluster.cut_after = None
+    assert fake_cluster.pods[(namespace, pod)]["cut"] and again.text == "a\nb\nc\n"  # once per pod
+
+
+def test_the_providers_log_read_is_retried_when_its_body_is_cut(fake_cluster, namespace):
+    # the backfill and the progress poll read a tail: a body cut midway is read again, whole
+    pod = fake_cluster.add_pod(namespace, "job", phase="Running", log="a\nb\nc\n")
+    fake_cluster.cut_log_streams(after_lines=1, how="reset")
+    try:
+        lines = provider(fake_cluster, lambda kube: kube.read_log(namespace, pod, "node", tail_lines=10))
+    finally:
+        fake_cluster.cut_after = None
+    assert fake_cluster.pods[(namespace, pod)]["cut"]
+    assert [split_timestamp(line)[1] for line in lines] == ["a", "b", "c"]
+
+
 def test_pods_are_listed_by_label_with_their_containers_status(fake_cluster, namespace):
     # the provider's list_job_pods: labelSelector=<the kind's pod label>=<job>
     fake_cluster.pods[(namespace, "j-master-0")] = {"job": "j", "log": "", "phase": "Succeeded"}

@@ -289,11 +289,12 @@ class FakeCluster:
         return web.json_response({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items})
 
     def cut_log_streams(self, after_lines: int, how: str = "reset") -> None:
-        """Cut each pod's first followed log stream after ``after_lines`` lines, the container running on.
+        """Cut each pod's first log read after ``after_lines`` lines, the container running on.
 
-        ``how="reset"``: the connection drops mid-stream, as when the API server restarts;
-        ``how="end"``: the response ends cleanly, as a proxy's idle timeout or the server's own
-        request timeout ends it, which a client cannot tell from the container's end.
+        ``how="reset"``: the connection drops mid-body, as when the API server restarts: a
+        followed stream, or a plain read (a tail) of more lines than that;
+        ``how="end"``: a followed stream ends cleanly, as a proxy's idle timeout or the server's
+        own request timeout ends it, which a client cannot tell from the container's end.
         """
         self.cut_after = (after_lines, how)
 
@@ -370,12 +371,23 @@ class FakeCluster:
         first = stamped[-int(query["tailLines"]) :] if "tailLines" in query else list(stamped)
         if "tailLines" in query and int(query["tailLines"]) == 0:
             first = []
+        cut = None if info.get("cut") else self.cut_after
         if query.get("follow", "").lower() != "true":
-            return web.Response(body=shown(first), content_type="text/plain")
+            if cut is None or cut[1] != "reset" or len(first) <= cut[0]:
+                return web.Response(body=shown(first), content_type="text/plain")
+            # A read cut midway: the first lines, then the connection drops (chunked, so the
+            # client cannot take it for a whole body).
+            info["cut"] = True
+            response = web.StreamResponse()
+            response.content_type = "text/plain"
+            await response.prepare(request)
+            await response.write(shown(first[: cut[0]]))
+            if request.transport is not None:
+                request.transport.abort()
+            raise asyncio.CancelledError
         response = web.StreamResponse()
         response.content_type = "text/plain"
         await response.prepare(request)
-        cut = None if info.get("cut") else self.cut_after
         sent, position = 0, len(stamped)
         pending = first
         while True:

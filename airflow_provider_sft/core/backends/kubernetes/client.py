@@ -101,9 +101,12 @@ class KubeClient:
         request: Callable[..., Any],
         *args: Any,
         timeout: Any = REQUEST_TIMEOUT,
+        read_body: bool = False,
         **kwargs: Any,
     ) -> Any:
-        """A request whose body the caller reads (watch, logs, plain JSON lists).
+        """A request whose body the caller reads (watch, logs, plain JSON lists); with
+        ``read_body``, its whole body (bytes), read inside the attempt: a body cut midway (an
+        API-server restart) is retried like a request that got no answer.
 
         Without preloading, the generated client does not check the status: done here,
         inside the retried attempt, so a 5xx is retried and a 4xx is a ``KubeApiError``.
@@ -113,7 +116,12 @@ class KubeClient:
         async def attempt() -> Any:
             response = await request(*args, _preload_content=False, _request_timeout=timeout, **kwargs)
             if 200 <= response.status <= 299:
-                return response
+                if not read_body:
+                    return response
+                try:
+                    return await response.read()
+                finally:
+                    response.release()
             try:
                 error = ApiException(status=response.status, reason=response.reason)
                 error.body = (await response.read()).decode("utf-8", errors="replace")
@@ -359,9 +367,11 @@ class KubeClient:
         *,
         since_time: str | None,
         timeout: Any = REQUEST_TIMEOUT,
+        read_body: bool = False,
         **query: str | int,
     ) -> Any:
-        """Open ``pods/{pod}/log`` of one container, its lines prefixed with their timestamps.
+        """Open ``pods/{pod}/log`` of one container, its lines prefixed with their timestamps
+        (with ``read_body``: read it whole, see :meth:`_open`).
 
         Through the API client's ``call_api``: the generated ``read_namespaced_pod_log`` has no
         ``sinceTime``, and a resumed read needs it (``sinceSeconds`` would lean on the clocks of
@@ -383,25 +393,23 @@ class KubeClient:
                 _request_timeout=_request_timeout,
             )
 
-        return await self._open(action, request, timeout=timeout)
+        return await self._open(action, request, timeout=timeout, read_body=read_body)
 
     async def read_log(
         self, namespace: str, pod: str, container: str, *, tail_lines: int, since_time: str | None = None
     ) -> list[str]:
         """The last ``tail_lines`` lines of a container's log (from ``since_time`` on), timestamped."""
-        response = await self._read_log(
+        body = await self._read_log(
             f"Read log of pod {namespace}/{pod}",
             namespace,
             pod,
             container,
             since_time=since_time,
+            read_body=True,
             tailLines=tail_lines,
         )
-        try:
-            # Raw bytes, decoded here: the generated client turns a text/plain body into repr(bytes).
-            return (await response.read()).decode("utf-8", errors="replace").splitlines()
-        finally:
-            response.release()
+        # Raw bytes, decoded here: the generated client turns a text/plain body into repr(bytes).
+        return body.decode("utf-8", errors="replace").splitlines()
 
     async def stream_log(
         self, namespace: str, pod: str, container: str, *, since_time: str | None = None
