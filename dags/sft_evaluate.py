@@ -31,7 +31,9 @@ with DAG(
             None,
             type=["null", "string"],
             title="Model",
-            description="A model directory or hf://org/name[@revision]; empty: the model of the asset event.",
+            description="A model directory, an S3 run prefix (s3://bucket/prefix/runs/<run>/) or "
+            "hf://org/name[@revision]; empty: the model of the asset event (fetched when this worker "
+            "does not see its directory).",
         ),
         "prompt": Param(
             DEFAULT_PROMPT,
@@ -45,6 +47,18 @@ with DAG(
             type=["null", "string"],
             title="Validation file",
             description="Held-out conversations (messages JSONL); empty: the provider's bundled held-out file.",
+        ),
+        "aws_conn_id": Param(
+            "",
+            type="string",
+            title="AWS connection",
+            description="An aws connection to fetch a model published to S3; empty: boto3's own chain.",
+        ),
+        "hf_conn_id": Param(
+            "",
+            type="string",
+            title="Hugging Face connection",
+            description="A huggingface connection to fetch a private Hub model; empty: HF_TOKEN.",
         ),
         "max_new_tokens": Param(
             32,
@@ -61,4 +75,6 @@ with DAG(
         prompt="{{ params.prompt }}",
         validation_file="{{ params.validation_file }}",
         max_new_tokens="{{ params.max_new_tokens }}",
+        aws_conn_id="{{ params.aws_conn_id }}",
+        hf_conn_id="{{ params.hf_conn_id }}",
     )

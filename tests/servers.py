@@ -357,6 +357,29 @@ class _HubHandler(http.server.BaseHTTPRequestHandler):
                 for c in repo.history(rest[1])
             ]
             return self._json(history)
+        if rest[0] == "tree" and len(rest) >= 2:  # list_repo_tree (snapshot_download): one page, recursive
+            commit = self._model_revision(repo, rest[1])
+            if commit is None:
+                return None
+            under = "/".join(rest[2:])
+            entries = []
+            for path, file in sorted(commit.files.items()):
+                if under and not path.startswith(f"{under}/"):
+                    continue
+                entry: dict = {
+                    "type": "file",
+                    "path": path,
+                    "size": len(file.data),
+                    "oid": git_blob_sha1(file.data),
+                }
+                if file.lfs:
+                    entry["lfs"] = {
+                        "oid": hashlib.sha256(file.data).hexdigest(),
+                        "size": len(file.data),
+                        "pointerSize": 134,
+                    }
+                entries.append(entry)
+            return self._json(entries)
         if rest[0] == "refs":
             branches = [
                 {"name": b, "ref": f"refs/heads/{b}", "targetCommit": o} for b, o in repo.branches.items()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -9,7 +11,9 @@ from typing import Any
 from airflow.sdk import BaseOperator
 
 from airflow_provider_sft.assets import MODELS_ALIAS, model_alias, newest_model_event
+from airflow_provider_sft.core.dataset.options import RemoteAccess
 from airflow_provider_sft.core.errors import InvalidParameterError
+from airflow_provider_sft.core.publish.fetch import fetch_model
 from airflow_provider_sft.core.results.evaluate import DEFAULT_PROMPT, evaluate_model, model_location
 from airflow_provider_sft.operators.failures import bad_input_is_final
 
@@ -20,15 +24,20 @@ class EvaluateModelOperator(BaseOperator):
     The model is ``model`` when given; else the one named by the newest event of the asset alias
     ``asset_alias`` (``ExportModelOperator``'s outlet): an event that triggered this run (a DAG
     scheduled on the alias), or, for a manual run, the alias's newest event (the alias is this
-    task's inlet). The event's ``model_path`` is loaded when this worker sees it, else its Hub
-    commit (``model_uri``). See :mod:`airflow_provider_sft.core.results.evaluate`.
+    task's inlet). The event's ``model_path`` is loaded when this worker sees it, else the
+    published model (``model_uri``: the S3 run prefix or the Hub commit) is fetched into a
+    temporary directory and checked against its manifest first. See
+    :mod:`airflow_provider_sft.core.results.evaluate` and :mod:`airflow_provider_sft.core.publish.fetch`.
 
-    :param model: a model directory or ``hf://org/name[@revision]``; empty: from the asset event. (templated)
+    :param model: a model directory, an S3 run prefix (``s3://bucket/prefix/runs/<run>/``) or
+        ``hf://org/name[@revision]``; empty: from the asset event. (templated)
     :param prompt: a question the training data does not ask; its reply is logged. (templated)
     :param validation_file: held-out conversations (messages JSONL); empty: the bundled held-out
         file. Its records are scored, never logged. (templated)
     :param max_new_tokens: the reply's length cap. (templated)
-    :param hf_conn_id: a ``huggingface`` connection for a private Hub model; default ``HF_TOKEN``. (templated)
+    :param hf_conn_id: a ``huggingface`` connection for a Hub model (token, endpoint); default
+        ``HF_TOKEN``/``HF_ENDPOINT``. (templated)
+    :param aws_conn_id: an ``aws`` connection for a model published to S3; default boto3's chain. (templated)
     :param asset_alias: the alias whose events name the model (default ``sft_models``).
 
     Returns (XCom) ``perplexity``, ``mean_nll``, ``scored_tokens``, ``conversations``, ``reply``,
@@ -36,7 +45,14 @@ class EvaluateModelOperator(BaseOperator):
     ``source_run`` (the training run) and ``source_run_id`` (the DAG run that exported it).
     """
 
-    template_fields: Sequence[str] = ("model", "prompt", "validation_file", "max_new_tokens", "hf_conn_id")
+    template_fields: Sequence[str] = (
+        "model",
+        "prompt",
+        "validation_file",
+        "max_new_tokens",
+        "hf_conn_id",
+        "aws_conn_id",
+    )
     ui_color = "#e8f8f5"
 
     def __init__(
@@ -47,6 +63,7 @@ class EvaluateModelOperator(BaseOperator):
         validation_file: str | None = None,
         max_new_tokens: int | str = 32,
         hf_conn_id: str | None = None,
+        aws_conn_id: str | None = None,
         asset_alias: str = MODELS_ALIAS,
         **kwargs: Any,
     ) -> None:
@@ -58,11 +75,22 @@ class EvaluateModelOperator(BaseOperator):
         self.validation_file = validation_file
         self.max_new_tokens = max_new_tokens
         self.hf_conn_id = hf_conn_id
+        self.aws_conn_id = aws_conn_id
         self.asset_alias = asset_alias
 
     def execute(self, context: Any) -> dict[str, Any]:
         with bad_input_is_final():  # a bad parameter is not retried
             return self._execute(context)
+
+    def access(self) -> RemoteAccess:
+        """As whom to fetch a published model (secrets never logged or returned)."""
+        from airflow_provider_sft.hooks.aws_connection import s3_options
+        from airflow_provider_sft.hooks.huggingface import HuggingFaceHook
+
+        hub = HuggingFaceHook(self.hf_conn_id or None)
+        return RemoteAccess.build(
+            s3=s3_options(self.aws_conn_id or None), hf_token=hub.get_token(), hf_endpoint=hub.get_endpoint()
+        )
 
     def _execute(self, context: Any) -> dict[str, Any]:
         if self.model:
@@ -74,21 +102,21 @@ class EvaluateModelOperator(BaseOperator):
                     {"model": f"is empty and the asset alias {self.asset_alias!r} has no model event yet"}
                 )
             event = found
-        location, revision = model_location(event)
-        token = None
-        if revision is not None or not Path(location).is_dir():  # a Hub model
-            from airflow_provider_sft.hooks.huggingface import HuggingFaceHook
-
-            token = HuggingFaceHook(self.hf_conn_id or None).get_token()
-        self.log.info("Evaluating %s%s", location, f"@{revision}" if revision else "")
-        evaluation = evaluate_model(
-            location,
-            prompt=self.prompt,
-            validation_file=Path(self.validation_file) if self.validation_file else None,
-            revision=revision,
-            token=token,
-            max_new_tokens=int(self.max_new_tokens),
-        )
+        location, published = model_location(event)
+        with tempfile.TemporaryDirectory(prefix="sft-evaluate-") as scratch:
+            if published is not None:  # not on this worker: fetched and checked against its manifest
+                location = str(
+                    fetch_model(published, Path(scratch) / "model", access=self.access(), log=self.log.info)
+                )
+            self.log.info("Evaluating %s", published or location)
+            evaluation = evaluate_model(
+                str(location),
+                prompt=self.prompt,
+                validation_file=Path(self.validation_file) if self.validation_file else None,
+                max_new_tokens=int(self.max_new_tokens),
+            )
+        if published is not None:  # what was loaded: the published model, not the scratch copy
+            evaluation = dataclasses.replace(evaluation, model=published)
         self.log.info("Reply to %r: %r", evaluation.prompt, evaluation.reply)
         self.log.info(
             "Perplexity on %s: %.4f (%d held-out conversations, %d reply tokens)",

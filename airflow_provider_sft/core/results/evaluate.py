@@ -77,12 +77,12 @@ def read_conversations(path: Path, *, field: str = "validation_file") -> list[li
 class LoadedModel:
     """A causal LM and its tokenizer, loaded once for the reply and the perplexity."""
 
-    def __init__(self, location: str, *, revision: str | None = None, token: str | None = None) -> None:
+    def __init__(self, location: str) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.location = location
-        self.tokenizer = AutoTokenizer.from_pretrained(location, revision=revision, token=token)
-        self.model = AutoModelForCausalLM.from_pretrained(location, revision=revision, token=token)
+        self.tokenizer = AutoTokenizer.from_pretrained(location)
+        self.model = AutoModelForCausalLM.from_pretrained(location)
         self.model.eval()
 
     def _encode(self, messages: list[dict[str, Any]], *, generation_prompt: bool) -> list[int]:
@@ -135,15 +135,14 @@ def evaluate_model(
     *,
     prompt: str = DEFAULT_PROMPT,
     validation_file: Path | None = None,
-    revision: str | None = None,
-    token: str | None = None,
     max_new_tokens: int = 32,
 ) -> Evaluation:
-    """Load the model at ``location`` (a directory, or a Hub repo id at ``revision``), reply to
-    ``prompt`` and compute the perplexity on ``validation_file`` (default: the bundled held-out file)."""
+    """Load the model in the directory ``location`` (a published one is fetched first:
+    :func:`~airflow_provider_sft.core.publish.fetch.fetch_model`), reply to ``prompt`` and compute
+    the perplexity on ``validation_file`` (default: the bundled held-out file)."""
     path = validation_file or bundled_held_out_path()
     conversations = read_conversations(path)  # before the model is loaded: a bad file costs nothing
-    model = LoadedModel(location, revision=revision, token=token)
+    model = LoadedModel(location)
     reply = model.reply(prompt, max_new_tokens=max_new_tokens)
     total, tokens = model.negative_log_likelihood(conversations)
     mean_nll = total / tokens
@@ -159,24 +158,21 @@ def evaluate_model(
     )
 
 
-def model_location(extra: dict[str, Any], *, exists: Any = None) -> tuple[str, str | None]:
-    """Where to load the model an asset event's ``extra`` names: ``(location, revision)``.
-
-    The exported directory (``model_path``) when this machine sees it, else the published
-    ``model_uri`` when it is a Hub commit (``hf://org/name@sha``); an S3 model is read where the
-    workspace is mounted (the export keeps it at ``model_path`` too).
-    """
+def model_location(extra: dict[str, Any], *, exists: Any = None) -> tuple[str | None, str | None]:
+    """Where the model an asset event's ``extra`` names is: ``(directory, None)`` when this machine
+    sees the exported directory (``model_path``), else ``(None, published URI)`` to fetch
+    (``model_uri``: an S3 run prefix or a Hub commit)."""
     exists = exists or (lambda path: Path(path, "config.json").is_file())
     model_path = extra.get("model_path")
     if model_path and exists(model_path):
         return str(model_path), None
     uri = str(extra.get("model_uri") or "")
-    if uri.startswith("hf://"):
-        repo, _, revision = uri.removeprefix("hf://").partition("@")
-        return repo, revision or None
+    if uri.startswith(("hf://", "s3://")):
+        return None, uri
     raise InvalidParameterError(
         {
             "model": f"{model_path!r} is not a model directory on this worker and {uri!r} is not a "
-            "Hub model: run the evaluation where the workspace is mounted, or publish to hf://"
+            "published model (s3:// or hf://): run the evaluation where the workspace is mounted, "
+            "or publish the model"
         }
     )

@@ -106,17 +106,21 @@ def test_a_bad_validation_record_is_one_error_naming_the_field_and_line_not_its_
         read_conversations(tmp_path / "missing.jsonl")
 
 
-def test_the_model_of_an_event_is_its_directory_here_else_its_hub_commit(tiny_model):
+def test_the_model_of_an_event_is_its_directory_here_else_what_was_published(tiny_model):
     assert model_location({"model_path": str(tiny_model), "model_uri": "hf://a/b@c"}) == (
         str(tiny_model),
         None,
     )
     assert model_location({"model_path": "/not/here", "model_uri": "hf://acme/tiny@0a1b2c"}) == (
-        "acme/tiny",
-        "0a1b2c",
+        None,
+        "hf://acme/tiny@0a1b2c",
+    )
+    assert model_location({"model_path": "/not/here", "model_uri": "s3://b/p/runs/r/"}) == (
+        None,
+        "s3://b/p/runs/r/",
     )
     with pytest.raises(InvalidParameterError) as raised:
-        model_location({"model_path": "/not/here", "model_uri": "s3://b/p/runs/r/"})
+        model_location({"model_path": "/not/here", "model_uri": "/elsewhere/final_model"})
     assert list(raised.value.errors) == ["model"]
 
 
