@@ -285,12 +285,20 @@ def test_a_first_publish_that_fails_leaves_no_pointer(s3, bucket, options, wire,
         "s3://bucket/x?versionId=1",
         "gs://bucket/x",
         "/data/models",
+        "s3://Bad_Bucket/x/",
+        "s3://AKIAEXAMPLE:wJalrXUtnFEMIsecret@bucket/x/",
+        "hf://org/na%me",
+        "hf://-org/..name",
+        "hf://org/name@a@b",
+        "hf://org/name@",
+        "hf://user:hf_tokenSecret@org/name",
     ],
 )
 def test_a_bad_destination_is_refused_before_the_export_writes_anything(value, tiny_model, tmp_path):
     run_dir = finished_run(tmp_path / "ws", tiny_model)
-    with pytest.raises(InvalidParameterError, match=r"publish_to: "):
+    with pytest.raises(InvalidParameterError, match=r"publish_to: ") as raised:
         steps.export(export_config(run_dir, value, S3Options()), log=print)
+    assert "Secret" not in str(raised.value) and "secret" not in str(raised.value)  # never echoed
     assert not (run_dir / c.FINAL_MODEL_DIR).exists() and not (tmp_path / "ws" / c.LATEST_FILE).exists()
 
 
@@ -344,7 +352,7 @@ def test_a_model_without_a_manifest_is_refused(options, tmp_path):
     with pytest.raises(
         PublishError, match=r"not an exported model .*sft_manifest\.json.*nothing was uploaded"
     ):
-        publish_s3(tmp_path / "model", parse_destination("s3://b/"), run_name=RUN, options=options, log=print)
+        publish_s3(tmp_path / "model", parse_destination("s3://bkt/"), run_name=RUN, options=options, log=print)
 
 
 def test_a_file_changed_since_the_export_is_refused_and_no_pointer_moves(

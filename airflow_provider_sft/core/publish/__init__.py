@@ -15,6 +15,7 @@ uploaded. A local or PVC destination is the export's ``model_dir``, not a destin
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -42,25 +43,65 @@ class Destination:
     revision: str | None = None
 
 
+#: S3's bucket naming rules (3-63 characters: lowercase letters, digits, dots and hyphens,
+#: beginning and ending with a letter or digit).
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+#: A Hub repo id, as huggingface_hub's ``validate_repo_id`` has it: org/name of letters, digits,
+#: ``-``, ``_`` and ``.``, not starting or ending with ``-`` or ``.``, without ``--`` or ``..``.
+_HUB_NAME = re.compile(r"^(?![-.])(?!.*(--|\.\.))[\w.-]{1,96}(?<![-.])$")
+#: A branch name for ``@revision`` (no ``@``, spaces, ``..`` or a leading ``-``).
+_REVISION = re.compile(r"^(?!-)(?!.*\.\.)[\w./-]{1,128}$")
+
+
 def parse_destination(value: str | None, *, field: str = "publish_to") -> Destination | None:
-    """The destination ``value`` names, None when empty; anything else is one error naming ``field``."""
+    """The destination ``value`` names, None when empty; anything else is one error naming ``field``.
+
+    Credentials are never part of a destination: a URI with a user or password is refused without
+    echoing it (it would reach the XCom, the asset, the lineage and the logs)."""
     text = (value or "").strip()
     if not text:
         return None
     if text.startswith("s3://"):
         parts = urlsplit(text)
-        if not parts.netloc or parts.query or parts.fragment:
-            raise InvalidParameterError({field: f"{text!r}: an S3 destination is s3://bucket/prefix/"})
+        if "@" in parts.netloc:
+            raise InvalidParameterError(
+                kind="publish",
+                errors={
+                    field: "an s3:// URI with credentials in it: give them in the aws connection (aws_conn_id)"
+                },
+            )
+        if not _BUCKET.match(parts.netloc) or parts.query or parts.fragment:
+            raise InvalidParameterError(
+                kind="publish",
+                errors={
+                    field: f"{text!r}: an S3 destination is s3://bucket/prefix/ (bucket: 3-63 of a-z 0-9 . -)"
+                },
+            )
         prefix = parts.path.strip("/")
         if any(part in ("", ".", "..") for part in prefix.split("/")) and prefix:
-            raise InvalidParameterError({field: f"{text!r}: the prefix has an empty, '.' or '..' part"})
+            raise InvalidParameterError(
+                {field: f"{text!r}: the prefix has an empty, '.' or '..' part"}, kind="publish"
+            )
         prefix = f"{prefix}/" if prefix else ""
         return Destination("s3", f"s3://{parts.netloc}/{prefix}", bucket=parts.netloc, prefix=prefix)
     if text.startswith("hf://"):
-        repo, _, revision = text.removeprefix("hf://").partition("@")
+        repo, at, revision = text.removeprefix("hf://").partition("@")
         names = repo.strip("/").split("/")
-        if len(names) != 2 or not all(names) or (_ and not revision):
-            raise InvalidParameterError({field: f"{text!r}: a Hub destination is hf://org/name[@revision]"})
+        if ":" in repo:
+            raise InvalidParameterError(
+                kind="publish",
+                errors={
+                    field: "an hf:// URI with a token in it: give it in the huggingface connection (hf_conn_id)"
+                },
+            )
+        if len(names) != 2 or not all(_HUB_NAME.match(name) for name in names):
+            raise InvalidParameterError(
+                {field: f"{text!r}: a Hub destination is hf://org/name[@revision]"}, kind="publish"
+            )
+        if at and not _REVISION.match(revision):
+            raise InvalidParameterError(
+                {field: f"{text!r}: {revision!r} is not a branch name"}, kind="publish"
+            )
         repo_id = "/".join(names)
         uri = f"hf://{repo_id}" + (f"@{revision}" if revision else "")
         return Destination("hf", uri, repo_id=repo_id, revision=revision or None)
@@ -68,7 +109,8 @@ def parse_destination(value: str | None, *, field: str = "publish_to") -> Destin
         {
             field: f"{text!r}: publish to s3://bucket/prefix/ or hf://org/name[@revision]; "
             "a local or PVC directory is model_dir"
-        }
+        },
+        kind="publish",
     )
 
 

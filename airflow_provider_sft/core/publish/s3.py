@@ -14,9 +14,11 @@ Verification uses S3's own checksums. Each object is uploaded with ``ChecksumAlg
 recorded: the whole file's sha256 for a single PUT, the composite (sha256 of the parts'
 sha256s, ``-<parts>``) for a multipart upload, whose file is read once more for it. An object
 that does not match is deleted. The file's sha256 also goes into the object's metadata
-(``x-amz-meta-sha256``): a re-run skips an object of this size, this metadata and an S3
-checksum that agrees (the whole sha256 of a single PUT, the part count of a composite), so
-publishing the same model twice sends 0 bytes and reads no file.
+(``x-amz-meta-sha256``): a re-run skips an object of this size, this metadata and the S3
+checksum this file gives (the whole sha256 of a single PUT; a composite recomputed from the
+file, one read of a multipart file and no upload), so publishing the same model twice sends 0
+bytes. The metadata alone is never trusted: an attempt killed between an upload and its check
+leaves an object nobody verified.
 
 The S3 endpoint must support checksums (AWS; MinIO and Ceph RGW releases of recent years):
 one that returns none fails the publish, saying so, rather than publishing unverified.
@@ -260,10 +262,11 @@ def _verify(client: Any, bucket: str, key: str, file: ModelFile, upload: Any, co
 
 
 def _already_there(client: Any, bucket: str, key: str, file: ModelFile, config: Any) -> bool:
-    """The object exists with this file's size and sha256 metadata, and an S3 checksum that
-    agrees: the whole sha256 for a single-PUT object; for a multipart one (whose composite
-    only a full read of the file could recompute), one of this many parts. Our publish wrote
-    the metadata, and deletes an object whose checksum did not match: a re-run reads no file."""
+    """The object exists with this file's size and sha256 metadata, and the S3 checksum this
+    file gives: the whole sha256 for a single-PUT object, read from the manifest; for a
+    multipart one the composite of its parts, which takes one read of the file. Never the
+    metadata alone: an attempt killed between an upload and its check leaves an object with
+    the right metadata that nobody verified, and a re-run must not trust it."""
     from botocore.exceptions import ClientError
 
     try:
@@ -272,13 +275,9 @@ def _already_there(client: Any, bucket: str, key: str, file: ModelFile, config: 
         if str(error.response.get("Error", {}).get("Code")) in ("404", "NoSuchKey", "NotFound"):
             return False
         raise
-    stored = head.get("ChecksumSHA256")
     if (
         head.get("ContentLength") != file.size
         or (head.get("Metadata") or {}).get(SHA256_METADATA) != file.sha256
     ):
         return False
-    if file.size < config.multipart_threshold:
-        return checksum_matches(stored, expected_checksum(file, config))
-    parts = math.ceil(file.size / _part_size(file, config))
-    return bool(stored) and stored.partition("-")[2] in ("", str(parts))
+    return checksum_matches(head.get("ChecksumSHA256"), expected_checksum(file, config))
