@@ -61,18 +61,32 @@ def test_an_s3_model_is_fetched_whole_and_checked_against_its_manifest(published
     assert lines and "matching sft_manifest.json" in lines[0] and SECRET not in lines[0]
 
 
+def test_only_the_files_the_manifest_lists_are_fetched(published_s3, s3, tmp_path):
+    model, publication, options = published_s3
+    leftover = publication.uri.removeprefix("s3://fetched/") + "pytorch_model.bin"  # an earlier attempt's
+    s3.client().put_object(Bucket="fetched", Key=leftover, Body=b"not this model")
+    fetched = fetch_model(publication.uri, tmp_path / "here", access=RemoteAccess(s3=options), log=print)
+    assert not (fetched / "pytorch_model.bin").exists() and sha256s(fetched) == sha256s(model)
+
+
 def test_an_s3_object_changed_after_the_publish_is_refused_naming_it(published_s3, s3, tmp_path):
-    _model, publication, options = published_s3
+    model, publication, options = published_s3
     key = publication.uri.removeprefix("s3://fetched/") + "config.json"
-    s3.client().put_object(Bucket="fetched", Key=key, Body=b'{"model_type": "other"}')
+    same_size = (model / "config.json").read_bytes().replace(b"{", b" ", 1)  # one byte changed
+    s3.client().put_object(Bucket="fetched", Key=key, Body=same_size)
     with pytest.raises(PublishError) as raised:
         fetch_model(publication.uri, tmp_path / "here", access=RemoteAccess(s3=options), log=lambda _: None)
-    assert "config.json do not match sft_manifest.json" in str(raised.value)
+    assert "config.json do not match sft_manifest.json: refused" in str(raised.value)
+    s3.client().put_object(Bucket="fetched", Key=key, Body=b'{"model_type": "other"}')  # another size
+    with pytest.raises(PublishError) as raised:
+        fetch_model(publication.uri, tmp_path / "again", access=RemoteAccess(s3=options), log=lambda _: None)
+    assert "config.json is 23 bytes, the manifest says" in str(raised.value)
+    assert "the model fetched from s3://fetched/" in str(raised.value)
 
 
 def test_an_s3_prefix_with_nothing_under_it_is_not_a_model(published_s3, tmp_path):
     _model, _publication, options = published_s3
-    with pytest.raises(PublishError, match="no object under this prefix"):
+    with pytest.raises(PublishError, match="does not exist"):  # its manifest is not there
         fetch_model(
             "s3://fetched/models/runs/none/", tmp_path / "x", access=RemoteAccess(s3=options), log=print
         )

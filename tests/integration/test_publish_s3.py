@@ -352,7 +352,9 @@ def test_a_model_without_a_manifest_is_refused(options, tmp_path):
     with pytest.raises(
         PublishError, match=r"not an exported model .*sft_manifest\.json.*nothing was uploaded"
     ):
-        publish_s3(tmp_path / "model", parse_destination("s3://bkt/"), run_name=RUN, options=options, log=print)
+        publish_s3(
+            tmp_path / "model", parse_destination("s3://bkt/"), run_name=RUN, options=options, log=print
+        )
 
 
 def test_a_file_changed_since_the_export_is_refused_and_no_pointer_moves(

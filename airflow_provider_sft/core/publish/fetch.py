@@ -1,10 +1,11 @@
 """Fetch a published model back: what a consumer of the model's asset does on a machine that does
 not mount the workspace (another worker, another cluster).
 
-The inverse of :func:`~airflow_provider_sft.core.publish.publish`: every object under an S3 run
-prefix (``s3://bucket/prefix/runs/<run>/``), or a Hub revision (``hf://org/name@<commit>``), into a
-local directory, then every file checked against the ``sft_manifest.json`` that came with it, so
-a model damaged or changed on the way is refused rather than evaluated or served.
+The inverse of :func:`~airflow_provider_sft.core.publish.publish`: the files an S3 run prefix's
+``sft_manifest.json`` lists (``s3://bucket/prefix/runs/<run>/``), or a Hub revision
+(``hf://org/name@<commit>``), into a local directory, then every file checked against that
+manifest (names, sizes, sha256), so a model damaged or changed on the way is refused rather than
+evaluated or served.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
 from airflow_provider_sft.core import constants as c
+from airflow_provider_sft.core import jsonio
 from airflow_provider_sft.core.dataset.options import RemoteAccess
 from airflow_provider_sft.core.errors import InvalidParameterError, PublishError
 from airflow_provider_sft.core.publish import Logger
+from airflow_provider_sft.core.publish.manifest import damaged_files
 
 
 def fetch_model(uri: str, into: Path, *, access: RemoteAccess, log: Logger) -> Path:
@@ -27,15 +30,7 @@ def fetch_model(uri: str, into: Path, *, access: RemoteAccess, log: Logger) -> P
         files = _fetch_hub(uri, into, access)
     else:
         raise InvalidParameterError({"model": f"{uri!r}: fetch an s3:// run prefix or an hf:// model"})
-    from airflow_provider_sft.core.results.export import verify_manifest
-
-    try:
-        damaged = verify_manifest(into)
-    except (OSError, ValueError, KeyError) as error:
-        raise PublishError(
-            f"{uri}: not a model this provider published ({type(error).__name__}: "
-            f"no readable {c.MODEL_MANIFEST_FILE}, or a file it lists is missing)"
-        ) from None
+    damaged = damaged_files(into, outcome=f"the model fetched from {uri} is refused")  # names, sizes, sha256
     if damaged:
         raise PublishError(f"{uri}: {', '.join(damaged)} do not match {c.MODEL_MANIFEST_FILE}: refused")
     log(f"fetched {uri} ({files} files, every one matching {c.MODEL_MANIFEST_FILE}) into {into}")
@@ -50,26 +45,29 @@ def _fetch_s3(uri: str, into: Path, access: RemoteAccess) -> int:
             {"model": f"{uri!r}: an S3 model is its run prefix, s3://bucket/.../runs/<run>/"}
         )
     client = access.s3.client()
-    count = 0
     try:
-        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-            for entry in page.get("Contents", []):
-                relative = PurePosixPath(entry["Key"][len(prefix) :])
-                if not relative.parts or ".." in relative.parts or relative.is_absolute():
-                    raise PublishError(f"s3://{bucket}/{entry['Key']}: a key outside the model; refused")
-                target = into.joinpath(*relative.parts)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                client.download_file(bucket, entry["Key"], str(target))
-                count += 1
+        # The manifest first, then exactly the files it lists: anything else under the prefix
+        # (an earlier attempt's leftovers) is not the model.
+        client.download_file(bucket, prefix + c.MODEL_MANIFEST_FILE, str(into / c.MODEL_MANIFEST_FILE))
+        listed = sorted(jsonio.loads((into / c.MODEL_MANIFEST_FILE).read_bytes())["files"])
+        for name in listed:
+            relative = PurePosixPath(name)
+            if not relative.parts or ".." in relative.parts or relative.is_absolute():
+                raise PublishError(f"{uri}: its manifest lists {name!r}, outside the model; refused")
+            target = into.joinpath(*relative.parts)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            client.download_file(bucket, prefix + name, str(target))
     except PublishError:
         raise
+    except (ValueError, KeyError, TypeError):
+        raise PublishError(
+            f"{uri}: its {c.MODEL_MANIFEST_FILE} is unreadable: not a published model"
+        ) from None
     except Exception as error:
         if type(error).__module__.startswith(("botocore", "boto3", "s3transfer")):
             raise PublishError(access.s3.describe_error(error, uri)) from None
         raise
-    if not count:
-        raise PublishError(f"{uri}: no object under this prefix: not a published model")
-    return count
+    return len(listed) + 1
 
 
 def _fetch_hub(uri: str, into: Path, access: RemoteAccess) -> int:

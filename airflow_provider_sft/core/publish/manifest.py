@@ -26,7 +26,7 @@ class ModelFile:
     size: int
 
 
-def model_files(model_path: Path) -> list[ModelFile]:
+def model_files(model_path: Path, *, outcome: str = "nothing was uploaded") -> list[ModelFile]:
     """Every file the model's ``sft_manifest.json`` lists, then the manifest itself."""
     manifest_path = model_path / c.MODEL_MANIFEST_FILE
     try:
@@ -38,24 +38,33 @@ def model_files(model_path: Path) -> list[ModelFile]:
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
         raise PublishError(
             f"{model_path}: not an exported model (its {c.MODEL_MANIFEST_FILE} is unreadable: {error}); "
-            "nothing was uploaded"
+            f"{outcome}"
         ) from None
     for file in files:
         parts = PurePosixPath(file.name).parts
         if file.name.startswith("/") or "\\" in file.name or ".." in parts or not parts:
-            raise PublishError(
-                f"{model_path}: the manifest lists {file.name!r}; refused, nothing was uploaded"
-            )
+            raise PublishError(f"{model_path}: the manifest lists {file.name!r}; refused, {outcome}")
         if not file.path.is_file():
             raise PublishError(
-                f"{model_path}: {file.name} is in the manifest but not in the model; nothing was uploaded"
+                f"{model_path}: {file.name} is in the manifest but not in the model; {outcome}"
             )
         if file.path.stat().st_size != file.size:
             raise PublishError(
                 f"{model_path}: {file.name} is {file.path.stat().st_size} bytes, the manifest says {file.size} "
-                "(changed since the export); nothing was uploaded"
+                f"(changed since the export); {outcome}"
             )
     manifest = ModelFile(
         c.MODEL_MANIFEST_FILE, manifest_path, sha256_file(manifest_path), manifest_path.stat().st_size
     )
     return [*files, manifest]
+
+
+def damaged_files(model_path: Path, *, outcome: str) -> list[str]:
+    """The files of the model at ``model_path`` whose sha256 is not the manifest's (empty: whole).
+    The manifest's names, presence and sizes are checked first (:func:`model_files`; its error
+    ends with ``outcome``)."""
+    return [
+        file.name
+        for file in model_files(model_path, outcome=outcome)
+        if file.name != c.MODEL_MANIFEST_FILE and sha256_file(file.path) != file.sha256
+    ]
