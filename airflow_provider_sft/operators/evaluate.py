@@ -37,7 +37,8 @@ class EvaluateModelOperator(BaseOperator):
     :param max_new_tokens: the reply's length cap. (templated)
     :param hf_conn_id: a ``huggingface`` connection for a Hub model (token, endpoint); default
         ``HF_TOKEN``/``HF_ENDPOINT``. (templated)
-    :param aws_conn_id: an ``aws`` connection for a model published to S3; default boto3's chain. (templated)
+    :param aws_conn_id: an ``aws`` connection for a model published to S3; default: the one the
+        event's export published through (``aws_conn_id`` in its extra), else boto3's chain. (templated)
     :param asset_alias: the alias whose events name the model (default ``sft_models``).
 
     Returns (XCom) ``perplexity``, ``mean_nll``, ``scored_tokens``, ``conversations``, ``reply``,
@@ -82,14 +83,15 @@ class EvaluateModelOperator(BaseOperator):
         with bad_input_is_final():  # a bad parameter is not retried
             return self._execute(context)
 
-    def access(self) -> RemoteAccess:
+    @staticmethod
+    def access(*, aws_conn_id: str | None, hf_conn_id: str | None) -> RemoteAccess:
         """As whom to fetch a published model (secrets never logged or returned)."""
         from airflow_provider_sft.hooks.aws_connection import s3_options
         from airflow_provider_sft.hooks.huggingface import HuggingFaceHook
 
-        hub = HuggingFaceHook(self.hf_conn_id or None)
+        hub = HuggingFaceHook(hf_conn_id or None)
         return RemoteAccess.build(
-            s3=s3_options(self.aws_conn_id or None), hf_token=hub.get_token(), hf_endpoint=hub.get_endpoint()
+            s3=s3_options(aws_conn_id or None), hf_token=hub.get_token(), hf_endpoint=hub.get_endpoint()
         )
 
     def _execute(self, context: Any) -> dict[str, Any]:
@@ -105,8 +107,13 @@ class EvaluateModelOperator(BaseOperator):
         location, published = model_location(event)
         with tempfile.TemporaryDirectory(prefix="sft-evaluate-") as scratch:
             if published is not None:  # not on this worker: fetched and checked against its manifest
+                # the connections it was published through, unless this task names its own
+                access = self.access(
+                    aws_conn_id=self.aws_conn_id or event.get("aws_conn_id"),
+                    hf_conn_id=self.hf_conn_id or event.get("hf_conn_id"),
+                )
                 location = str(
-                    fetch_model(published, Path(scratch) / "model", access=self.access(), log=self.log.info)
+                    fetch_model(published, Path(scratch) / "model", access=access, log=self.log.info)
                 )
             self.log.info("Evaluating %s", published or location)
             evaluation = evaluate_model(

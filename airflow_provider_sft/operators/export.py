@@ -200,6 +200,9 @@ class ExportModelOperator(WorkspaceStepsMixin, LineageMixin, BaseOperator):
             run=run,
             dag_id=getattr(ti, "dag_id", None),
             run_id=context.get("run_id"),
+            connections={"aws_conn_id": self.aws_conn_id, "hf_conn_id": self.hf_conn_id}
+            if destination
+            else None,
             **pvc,
         )
         if emit_model_event(context, self.asset_alias, uri, extra):

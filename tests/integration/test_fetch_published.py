@@ -92,7 +92,13 @@ def test_an_s3_prefix_with_nothing_under_it_is_not_a_model(published_s3, tmp_pat
         )
 
 
-def test_the_evaluate_task_fetches_a_model_published_to_s3(published_s3, s3, monkeypatch):
+def test_the_evaluate_task_fetches_a_model_published_to_s3_through_the_events_connection(
+    published_s3, s3, tiny_model, monkeypatch
+):
+    from types import SimpleNamespace
+
+    from airflow.sdk import AssetAlias
+
     from airflow_provider_sft.operators.evaluate import EvaluateModelOperator
 
     _model, publication, _options = published_s3
@@ -101,8 +107,19 @@ def test_the_evaluate_task_fetches_a_model_published_to_s3(published_s3, s3, mon
         "AIRFLOW_CONN_MODELS_S3",
         json.dumps({"conn_type": "aws", "login": "reader", "password": SECRET, "extra": extra}),
     )
-    task = EvaluateModelOperator(task_id="evaluate", model=publication.uri, aws_conn_id="models_s3")
-    result = task.execute({})
+    # The event of a cluster-mode export published to S3: model_path is the pods' path (here a
+    # directory this worker happens to have: it must not be loaded), the connection is named.
+    event = SimpleNamespace(
+        timestamp=1,
+        extra={
+            "model_uri": publication.uri,
+            "model_path": str(tiny_model),
+            "exported_uri": "pvc://sft-workspace/runs/run-1/final_model",
+            "aws_conn_id": "models_s3",
+        },
+    )
+    task = EvaluateModelOperator(task_id="evaluate")  # no connection of its own: the event's
+    result = task.execute({"triggering_asset_events": {AssetAlias("sft_models"): [event]}})
     assert result["model"] == publication.uri and result["perplexity"] > 1.0
     assert result["conversations"] > 0 and SECRET not in json.dumps(result)
 

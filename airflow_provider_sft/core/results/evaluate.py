@@ -160,11 +160,13 @@ def evaluate_model(
 
 def model_location(extra: dict[str, Any], *, exists: Any = None) -> tuple[str | None, str | None]:
     """Where the model an asset event's ``extra`` names is: ``(directory, None)`` when this machine
-    sees the exported directory (``model_path``), else ``(None, published URI)`` to fetch
-    (``model_uri``: an S3 run prefix or a Hub commit)."""
+    sees the exported directory (``model_path``, unless ``exported_uri`` says it is a path in the
+    training pods, ``pvc://``, which a worker's own directory could shadow), else
+    ``(None, published URI)`` to fetch (``model_uri``: an S3 run prefix or a Hub commit)."""
     exists = exists or (lambda path: Path(path, "config.json").is_file())
     model_path = extra.get("model_path")
-    if model_path and exists(model_path):
+    on_a_worker = str(extra.get("exported_uri") or "file://").startswith("file://")  # not the pods' path
+    if model_path and on_a_worker and exists(model_path):
         return str(model_path), None
     uri = str(extra.get("model_uri") or "")
     if uri.startswith(("hf://", "s3://")):

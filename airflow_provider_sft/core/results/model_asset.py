@@ -87,9 +87,12 @@ def model_event_extra(
     run_id: str | None = None,
     pvc_name: str | None = None,
     pvc_mount_path: str | None = None,
+    connections: Mapping[str, str | None] | None = None,
 ) -> dict[str, Any]:
     """The asset event's ``extra`` for the export step's result ``export`` of the training run
     ``run`` (its directory's name), exported by the Airflow run ``dag_id``/``run_id``.
+    ``connections``: the names (never the secrets) of the connections it published through
+    (``aws_conn_id``, ``hf_conn_id``), so a consumer can fetch the model as the producer sent it.
 
     ``model_uri`` is this run's model: the published one (``publication.uri``) when there is one,
     else the exported directory's :func:`workspace_uri`; ``model_path`` is where the workspace
@@ -100,15 +103,13 @@ def model_event_extra(
     metrics = export.get("metrics") or {}
     publication = export.get("publication")
     model_path = str(export["model_path"])
-    model_uri = (
-        publication["uri"]
-        if publication
-        else workspace_uri(model_path, pvc_name=pvc_name, pvc_mount_path=pvc_mount_path)
-    )
+    exported = workspace_uri(model_path, pvc_name=pvc_name, pvc_mount_path=pvc_mount_path)
+    model_uri = publication["uri"] if publication else exported
     extra: dict[str, Any] = {
         "asset_uri": asset_uri,
         "model_uri": model_uri,
         "model_path": model_path,
+        "exported_uri": exported,  # file:// (a worker may see model_path) or pvc:// (the pods' path)
         "run": run,
         "dag_id": dag_id,
         "run_id": run_id,
@@ -118,4 +119,5 @@ def model_event_extra(
     efficiency = export.get("efficiency") or {}
     extra["gpu_hours"] = _finite(efficiency.get("gpu_hours"))
     extra["publication"] = dict(publication) if publication else None
+    extra.update({name: value or None for name, value in (connections or {}).items()})
     return extra

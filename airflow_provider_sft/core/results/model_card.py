@@ -16,6 +16,7 @@ data: counts, lengths and hashes only.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -113,7 +114,8 @@ def _header(name: str, base_model: str, source: str, summary: Mapping[str, Any])
     header.append(f"tags: {_yaml(list(TAGS))}")
     if is_hub_model_id(base_model):
         header.append(f"base_model: {_yaml(base_model)}")
-    hub_dataset = source.removeprefix("hf://") if source.startswith("hf://") else None
+    # hf://org/name[@revision][:split] -> the dataset id the Hub knows: org/name
+    hub_dataset = re.split(r"[@:]", source.removeprefix("hf://"))[0] if source.startswith("hf://") else None
     if hub_dataset:
         header.append(f"datasets: {_yaml([hub_dataset])}")
     validation = _finite(summary.get("validation_loss"))

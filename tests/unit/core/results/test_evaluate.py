@@ -119,6 +119,8 @@ def test_the_model_of_an_event_is_its_directory_here_else_what_was_published(tin
         None,
         "s3://b/p/runs/r/",
     )
+    pods_path = {"model_path": str(tiny_model), "exported_uri": "pvc://ws/runs/r/final_model"}
+    assert model_location({**pods_path, "model_uri": "s3://b/p/runs/r/"}) == (None, "s3://b/p/runs/r/")
     with pytest.raises(InvalidParameterError) as raised:
         model_location({"model_path": "/not/here", "model_uri": "/elsewhere/final_model"})
     assert list(raised.value.errors) == ["model"]

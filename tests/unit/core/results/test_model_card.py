@@ -191,3 +191,11 @@ def test_the_card_holds_no_training_data(tmp_path):
     )
     text = card_of(run, [HPARAMS, FACTS, step(1, 2.0)], data_report=DATA_REPORT, efficiency=EFFICIENCY)
     assert "the-patient-record-42" not in text
+
+
+def test_a_hub_dataset_with_a_revision_and_a_split_is_named_by_its_id(tmp_path):
+    run = write_run(tmp_path / "runs" / "pinned-run")
+    facts = {**FACTS, "dataset": {**FACTS["dataset"], "source": "hf://acme/chat@v2:train"}}
+    text = card_of(run, [HPARAMS, facts, step(1, 2.0)])
+    assert ModelCard(text).data.datasets == ["acme/chat"]  # what the Hub links; the body keeps the pin
+    assert "hf://acme/chat@v2:train" in text
