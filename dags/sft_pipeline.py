@@ -85,6 +85,8 @@ with DAG(
         checkpoint_grace_seconds="{{ params.checkpoint_grace_seconds }}",
         gpu_hour_cost="{{ params.gpu_hour_cost }}",
         publish_to="{{ params.publish_to }}",
+        aws_conn_id="{{ params.aws_conn_id }}",
+        hf_conn_id="{{ params.hf_conn_id }}",
     )
     resolve_dataset = ResolveDatasetOperator(
         task_id="resolve_dataset",

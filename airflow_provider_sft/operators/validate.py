@@ -52,6 +52,9 @@ class ValidateRunOperator(BaseOperator):
     :param gpu_hour_cost: as the export task takes it (a number >= 0, empty: no cost). (templated)
     :param publish_to: as the export task takes it (``s3://bucket/prefix/``, ``hf://org/name[@revision]``,
         empty: the model stays in the workspace). (templated)
+    :param aws_conn_id: the export's ``aws`` connection: with an ``s3://`` ``publish_to`` it must
+        exist, found now rather than after the training. (templated)
+    :param hf_conn_id: the same for an ``hf://`` ``publish_to`` and its ``huggingface`` connection. (templated)
     """
 
     template_fields: Sequence[str] = (
@@ -68,6 +71,8 @@ class ValidateRunOperator(BaseOperator):
         "checkpoint_grace_seconds",
         "gpu_hour_cost",
         "publish_to",
+        "aws_conn_id",
+        "hf_conn_id",
     )
     ui_color = "#fef9e7"
 
@@ -87,11 +92,15 @@ class ValidateRunOperator(BaseOperator):
         checkpoint_grace_seconds: int | str | None = None,
         gpu_hour_cost: float | str | None = None,
         publish_to: str | None = None,
+        aws_conn_id: str | None = None,
+        hf_conn_id: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.gpu_hour_cost = gpu_hour_cost
         self.publish_to = publish_to
+        self.aws_conn_id = aws_conn_id
+        self.hf_conn_id = hf_conn_id
         self.max_dropped_fraction = max_dropped_fraction
         self.resume = resume
         self.checkpoint_grace_seconds = checkpoint_grace_seconds
@@ -108,6 +117,30 @@ class ValidateRunOperator(BaseOperator):
         super().render_template_fields(context, jinja_env)
         mask_secret_envs((self.training or {}).get("envs"))
 
+    def _publish_connection(self) -> None:
+        """The destination parses, and the connection the export will publish through exists."""
+        destination = parse_destination(self.publish_to)
+        if destination is None:
+            return
+        field, conn_id = (
+            ("aws_conn_id", self.aws_conn_id)
+            if destination.scheme == "s3"
+            else ("hf_conn_id", self.hf_conn_id)
+        )
+        if not conn_id:
+            return  # boto3's own chain, or HF_TOKEN: nothing to look up
+        from airflow.sdk.bases.hook import BaseHook
+        from airflow.sdk.exceptions import AirflowNotFoundException
+
+        try:
+            BaseHook.get_connection(conn_id)
+        except AirflowNotFoundException:
+            raise InvalidParameterError(
+                {
+                    field: f"no connection {conn_id!r} (publish_to {destination.uri} needs it): define it, or leave it empty"
+                }
+            ) from None
+
     def problems(self, conf: dict[str, Any], known: Sequence[str]) -> dict[str, str]:
         problems: dict[str, str] = {}
         for key in conf:
@@ -122,7 +155,7 @@ class ValidateRunOperator(BaseOperator):
             lambda: checked_resume(self.resume or c.DEFAULT_RESUME),
             lambda: checked_checkpoint_grace_seconds(self.checkpoint_grace_seconds),
             lambda: checked_gpu_hour_cost(self.gpu_hour_cost),
-            lambda: parse_destination(self.publish_to),
+            self._publish_connection,
             self._directories,
             self._backend,
         ]

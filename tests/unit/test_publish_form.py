@@ -41,11 +41,31 @@ def test_the_validate_task_names_publish_to_once(bad):
     assert "publish_to" not in ok
 
 
+def test_the_validate_task_finds_a_missing_publish_connection_before_the_training(monkeypatch):
+    monkeypatch.setenv("AIRFLOW_CONN_MODELS_S3", '{"conn_type": "aws", "login": "k", "password": "s"}')
+    s3, hub = "s3://models/team/", "hf://acme/model"
+    problems = ValidateRunOperator(task_id="v", training={}, publish_to=s3, aws_conn_id="nope").problems(
+        {}, []
+    )
+    assert "no connection 'nope'" in problems["aws_conn_id"]
+    problems = ValidateRunOperator(task_id="v", training={}, publish_to=hub, hf_conn_id="nope").problems(
+        {}, []
+    )
+    assert "no connection 'nope'" in problems["hf_conn_id"]
+    for fine in (
+        ValidateRunOperator(task_id="v", training={}, publish_to=s3, aws_conn_id="models_s3"),
+        ValidateRunOperator(task_id="v", training={}, publish_to=s3, aws_conn_id=""),  # boto3's chain
+        ValidateRunOperator(task_id="v", training={}, aws_conn_id="nope"),  # nothing published
+    ):
+        assert not {"aws_conn_id", "hf_conn_id"} & set(fine.problems({}, []))
+
+
 def test_the_export_task_takes_the_destination_and_the_connections_from_the_form():
     dag = load("sft_pipeline")
     export, validate = dag.get_task("export_model"), dag.get_task("validate")
     assert export.publish_to == validate.publish_to == "{{ params.publish_to }}"
     assert export.aws_conn_id == "{{ params.aws_conn_id }}" and export.hf_conn_id == "{{ params.hf_conn_id }}"
+    assert (validate.aws_conn_id, validate.hf_conn_id) == (export.aws_conn_id, export.hf_conn_id)
     assert export.outlets == [AssetAlias(MODELS_ALIAS)]
 
 
