@@ -50,7 +50,10 @@ CARRIED = (
     "core/data/",  # the bundled chat dataset (the ``bundled`` source)
     "core/dataset/",  # the ``resolve`` step
     "core/pod/",  # the program: entrypoint, steps, protocol
-    "core/publish/",  # the ``export`` step's upload to S3 or the Hub
+    "core/publish/__init__.py",  # the ``export`` step's upload to S3 or the Hub (not fetch.py: a consumer's)
+    "core/publish/hub.py",
+    "core/publish/manifest.py",
+    "core/publish/s3.py",
     "core/results/__init__.py",
     "core/results/efficiency.py",  # tokens/s, MFU, GPU-hours: the summary line and the export step
     "core/results/export.py",  # the ``export`` step
