@@ -15,6 +15,7 @@ from airflow_provider_sft.core.dataset.options import RemoteAccess
 from airflow_provider_sft.core.errors import InvalidParameterError
 from airflow_provider_sft.core.publish.fetch import fetch_model
 from airflow_provider_sft.core.results.evaluate import DEFAULT_PROMPT, evaluate_model, model_location
+from airflow_provider_sft.hooks.remote_access import remote_access
 from airflow_provider_sft.operators.failures import bad_input_is_final
 
 
@@ -83,17 +84,6 @@ class EvaluateModelOperator(BaseOperator):
         with bad_input_is_final():  # a bad parameter is not retried
             return self._execute(context)
 
-    @staticmethod
-    def access(*, aws_conn_id: str | None, hf_conn_id: str | None) -> RemoteAccess:
-        """As whom to fetch a published model (secrets never logged or returned)."""
-        from airflow_provider_sft.hooks.aws_connection import s3_options
-        from airflow_provider_sft.hooks.huggingface import HuggingFaceHook
-
-        hub = HuggingFaceHook(hf_conn_id or None)
-        return RemoteAccess.build(
-            s3=s3_options(aws_conn_id or None), hf_token=hub.get_token(), hf_endpoint=hub.get_endpoint()
-        )
-
     def _execute(self, context: Any) -> dict[str, Any]:
         if self.model:
             event: dict[str, Any] = {"model_path": self.model, "model_uri": self.model}
@@ -108,9 +98,10 @@ class EvaluateModelOperator(BaseOperator):
         with tempfile.TemporaryDirectory(prefix="sft-evaluate-") as scratch:
             if published is not None:  # not on this worker: fetched and checked against its manifest
                 # the connections it was published through, unless this task names its own
-                access = self.access(
-                    aws_conn_id=self.aws_conn_id or event.get("aws_conn_id"),
-                    hf_conn_id=self.hf_conn_id or event.get("hf_conn_id"),
+                access = remote_access(
+                    self.aws_conn_id or event.get("aws_conn_id"),
+                    self.hf_conn_id or event.get("hf_conn_id"),
+                    model=RemoteAccess,
                 )
                 location = str(
                     fetch_model(published, Path(scratch) / "model", access=access, log=self.log.info)

@@ -211,15 +211,10 @@ class ExportModelOperator(WorkspaceStepsMixin, LineageMixin, BaseOperator):
 
     def publish_options(self) -> PublishOptions:
         """As whom to publish, from the connections (secrets never logged or returned)."""
-        from airflow_provider_sft.hooks.aws_connection import s3_options
-        from airflow_provider_sft.hooks.huggingface import HuggingFaceHook
+        from airflow_provider_sft.hooks.remote_access import remote_access
 
-        hub = HuggingFaceHook(self.hf_conn_id or None)
-        return PublishOptions.build(
-            s3=s3_options(self.aws_conn_id or None),
-            hf_token=hub.get_token(),
-            hf_endpoint=hub.get_endpoint(),
-            private=self.publish_private,
+        return remote_access(
+            self.aws_conn_id, self.hf_conn_id, model=PublishOptions, private=self.publish_private
         )
 
 
