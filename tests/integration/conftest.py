@@ -21,6 +21,7 @@ import pytest
 import requests
 
 from tests.k8s import harness
+from tests.servers import MotoServer
 
 NEWEST = "v2.3.0"
 
@@ -190,3 +191,23 @@ def trainer_status(cluster):
     yield server
     cluster.trainer_status = None
     server.close()
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """moto's real S3 server, one per test module; each test makes its own bucket. (A module
+    with preloaded data defines its own ``s3``.)"""
+    server = MotoServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def hub_client_online(monkeypatch):
+    """The real ``huggingface_hub`` client as a publish uses it against the Hub stand-in: online
+    (the suite runs offline), over LFS (the stand-in speaks no Xet), no token from the environment."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_XET", True)
+    monkeypatch.delenv("HF_TOKEN", raising=False)

@@ -18,7 +18,7 @@ from airflow_provider_sft.core.publish.fetch import fetch_model
 from airflow_provider_sft.core.publish.s3 import publish_s3
 from tests.integration.test_publish_hub import TOKEN, export_step, trained_run
 from tests.integration.test_publish_s3 import exported_model
-from tests.servers import HubStandIn, MotoServer
+from tests.servers import HubStandIn
 
 SECRET = "fetch-secret-key-never-shown"
 
@@ -29,13 +29,6 @@ def sha256s(directory: Path) -> dict[str, str]:
         for path in directory.rglob("*")
         if path.is_file() and ".cache" not in path.parts
     }
-
-
-@pytest.fixture(scope="module")
-def s3():
-    server = MotoServer()
-    yield server
-    server.stop()
 
 
 @pytest.fixture
@@ -125,12 +118,7 @@ def test_the_evaluate_task_fetches_a_model_published_to_s3_through_the_events_co
 
 
 @pytest.fixture
-def hub(tmp_path, monkeypatch):
-    import huggingface_hub.constants
-
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # the suite runs offline
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_XET", True)  # the stand-in speaks LFS
-    monkeypatch.delenv("HF_TOKEN", raising=False)
+def hub(tmp_path, hub_client_online):
     server = HubStandIn(tmp_path / "datasets", TOKEN)
     yield server
     server.stop()

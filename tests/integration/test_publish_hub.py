@@ -26,12 +26,7 @@ REPO = "acme/sft-model"
 
 
 @pytest.fixture
-def hub(tmp_path, monkeypatch):
-    import huggingface_hub.constants
-
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # the suite runs offline
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_XET", True)  # the stand-in speaks LFS
-    monkeypatch.delenv("HF_TOKEN", raising=False)
+def hub(tmp_path, hub_client_online):
     server = HubStandIn(tmp_path / "datasets", TOKEN)
     yield server
     server.stop()

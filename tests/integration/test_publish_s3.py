@@ -30,13 +30,6 @@ SECRET = "pUbl1sh-Secret-NotReal/xyz"
 RUN = "manual-20261206-091500-sft-abc123"
 
 
-@pytest.fixture(scope="module")
-def s3():
-    server = MotoServer()
-    yield server
-    server.stop()
-
-
 @pytest.fixture
 def bucket(s3, request) -> str:
     name = f"models-{abs(hash(request.node.name)) % 10**8}"
