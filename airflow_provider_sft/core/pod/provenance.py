@@ -24,8 +24,6 @@ from airflow_provider_sft.core import jsonio
 from airflow_provider_sft.core.files import sha256_file
 
 PROGRAM_SHA256_ENV = "SFT_PROGRAM_SHA256"
-_DATASET_MANIFEST = "manifest.json"  # core/dataset/resolve.py's, beside the train.jsonl it made
-_PREPARED = "prepared.json"  # core/training/prepare.py's, in the processed-data directory
 
 
 def program_sha256(env: Mapping[str, str] = os.environ) -> str | None:
@@ -42,14 +40,18 @@ def dataset_provenance(dataset_path: str, processed_dir: str) -> dict[str, Any]:
     The sha256 is the one the data step just checked (``prepared.json``'s fingerprint, computed
     from this very file), read rather than computed again; a file without it is hashed here.
     """
+    from airflow_provider_sft.core.dataset.resolve import MANIFEST_FILE  # beside the train.jsonl it made
+    from airflow_provider_sft.core.training.prepare import PREPARED_FILE  # in the processed-data directory
+
     path = Path(dataset_path)
     source = str(path)
     # Resolved by the resolve step: the source it came from (s3://, hf://, a URL, bundled).
     with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-        source = str(jsonio.loads((path.parent / _DATASET_MANIFEST).read_bytes())["identity"]["source"])
+        source = str(jsonio.loads((path.parent / MANIFEST_FILE).read_bytes())["identity"]["source"])
     sha256 = None
     try:
-        sha256 = jsonio.loads((Path(processed_dir) / _PREPARED).read_bytes())["fingerprint"]["dataset_sha256"]
+        prepared = jsonio.loads((Path(processed_dir) / PREPARED_FILE).read_bytes())
+        sha256 = prepared["fingerprint"]["dataset_sha256"]
     except (OSError, ValueError, KeyError, TypeError):
         if path.is_file():
             sha256 = sha256_file(path)
