@@ -283,9 +283,8 @@ def run_train_model(
     metrics_file = require_metrics_file(run.output_dir)  # before a model is published
     metrics = read_metrics_log(metrics_file)
     records, summary = metrics.records, summarize_log(metrics)
-    efficiency = run_efficiency(
-        metrics, model_dir=select_final_checkpoint(run.output_dir), job_created=handle.created
-    )
+    checkpoint = select_final_checkpoint(run.output_dir)
+    efficiency = run_efficiency(metrics, model_dir=checkpoint, job_created=handle.created)
     # The same card as an Airflow export's: KFP's launcher uploads output_model with it.
     card = model_card(
         Path(run.output_dir),
@@ -295,8 +294,10 @@ def run_train_model(
         facts=metrics.facts,
     )
     with_card = {MODEL_CARD_FILE: card.encode()}
-    final = export_model(run.output_dir, Path(pvc_path) / c.FINAL_MODEL_DIR, extra_files=with_card)
-    artifact = export_model(run.output_dir, output_model.path, extra_files=with_card)
+    final = export_model(
+        run.output_dir, Path(pvc_path) / c.FINAL_MODEL_DIR, extra_files=with_card, checkpoint=checkpoint
+    )
+    artifact = export_model(run.output_dir, output_model.path, extra_files=with_card, checkpoint=checkpoint)
     output_model.name = f"{params.base_model}-checkpoint"  # as the original component named it
     output_model.metadata.update(
         {

@@ -113,9 +113,10 @@ def export(config: Mapping[str, Any], *, log: Logger, env: Mapping[str, str] = o
     metrics = read_metrics_log(metrics_file)
     records, summary = metrics.records, summarize_log(metrics)
     data_report = read_data_report(run_dir)
+    checkpoint = select_final_checkpoint(run_dir)
     efficiency = run_efficiency(
         metrics,
-        model_dir=select_final_checkpoint(run_dir),  # its config.json: the model's size and shape
+        model_dir=checkpoint,  # its config.json: the model's size and shape
         job_created=config.get("job_created"),
         gpu_hour_cost=gpu_hour_cost,
     ).to_dict()
@@ -126,7 +127,9 @@ def export(config: Mapping[str, Any], *, log: Logger, env: Mapping[str, str] = o
         efficiency=efficiency,
         facts=metrics.facts,
     )
-    result = export_model(run_dir, config["model_dir"], extra_files={MODEL_CARD_FILE: card.encode()})
+    result = export_model(
+        run_dir, config["model_dir"], extra_files={MODEL_CARD_FILE: card.encode()}, checkpoint=checkpoint
+    )
     log(
         f"exported {result.source_checkpoint} -> {result.model_path} ({result.files} files, {result.bytes} bytes)"
     )

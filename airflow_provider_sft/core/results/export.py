@@ -175,6 +175,7 @@ def export_model(
     *,
     workspace: str | Path | None = None,
     extra_files: Mapping[str, bytes] | None = None,
+    checkpoint: Path | None = None,
 ) -> ExportResult:
     """Publish the run's final checkpoint at ``destination`` with a sha256 manifest.
 
@@ -184,12 +185,14 @@ def export_model(
     pod under another UID loads the model. ``workspace`` defaults to the one the run lives in
     (``<workspace>/runs/<run>``). ``extra_files`` (name -> bytes: the model card) are written
     beside the checkpoint's files, replacing any of the same name, and listed in the manifest.
+    ``checkpoint``: the one :func:`select_final_checkpoint` chose, when the caller already has it
+    (it reads every candidate's weight headers).
     """
     run_dir = Path(run_dir)
     if workspace is None:
         workspace = run_dir.parent.parent if run_dir.parent.name == c.RUNS_DIR else run_dir.parent
     destination = checked_target(destination, field="model_dir", workspace=workspace, own_run_dir=run_dir)
-    source = select_final_checkpoint(run_dir)
+    source = checkpoint or select_final_checkpoint(run_dir)
     check_destination(source, destination)
     destination.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_temporaries(destination)
