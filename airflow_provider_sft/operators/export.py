@@ -10,6 +10,7 @@ from airflow.sdk import BaseOperator
 
 from airflow_provider_sft.assets import MODELS_ALIAS, emit_model_event, model_alias
 from airflow_provider_sft.core import constants as c
+from airflow_provider_sft.core.errors import InvalidParameterError
 from airflow_provider_sft.core.publish import Destination, PublishOptions, parse_destination
 from airflow_provider_sft.core.results.chart import write_loss_chart
 from airflow_provider_sft.core.results.efficiency import Efficiency, checked_gpu_hour_cost
@@ -58,7 +59,8 @@ class ExportModelOperator(WorkspaceStepsMixin, LineageMixin, BaseOperator):
         ``endpoint_url`` extra for MinIO or Ceph); default boto3's chain. (templated)
     :param hf_conn_id: a ``huggingface`` connection for an ``hf://`` destination (token,
         endpoint); default ``HF_TOKEN``/``HF_ENDPOINT``. (templated)
-    :param publish_private: a Hub repo the publish creates is private (default True).
+    :param publish_private: a Hub repo the publish creates is private (default True); False is
+        refused for any other destination.
     :param asset_alias: the ``AssetAlias`` this task declares as its outlet (default
         ``sft_models``; None: no asset event). After a successful export it emits, through it, an
         event of the destination's asset (``s3://bucket/prefix``, ``hf://org/name[@revision]``;
@@ -140,6 +142,13 @@ class ExportModelOperator(WorkspaceStepsMixin, LineageMixin, BaseOperator):
     def _execute(self, context: Any) -> dict[str, Any]:
         gpu_hour_cost = checked_gpu_hour_cost(self.gpu_hour_cost)  # before the step does any work
         destination = parse_destination(self.publish_to)
+        if not self.publish_private and (destination is None or destination.scheme != "hf"):
+            raise InvalidParameterError(  # a public repo asked for: never silently ignored
+                {
+                    "publish_private": "False applies only to an hf:// publish_to (an S3 object has no such switch)"
+                },
+                kind="publish",
+            )
         options = self.publish_options() if destination else None
         run_dir = Path(self.training_output_dir)
         model_dir = (

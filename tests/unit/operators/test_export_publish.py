@@ -68,3 +68,19 @@ def test_a_bad_publish_to_fails_before_the_step(monkeypatch, tmp_path):
     )
     with pytest.raises(InvalidParameterError, match="publish_to: 's3:/x': publish to s3://bucket/prefix/"):
         task.execute({"run_id": "manual__1"})
+
+
+@pytest.mark.parametrize("publish_to", ["s3://models/chat/", None])
+def test_a_public_repo_asked_for_outside_the_hub_is_refused_before_the_step(
+    publish_to, monkeypatch, tmp_path
+):
+    monkeypatch.setattr(LocalProcessBackend, "run_step", None)  # any call to it is a TypeError
+    task = ExportModelOperator(
+        task_id="export_model",
+        training_output_dir=str(tmp_path),
+        workspace=str(tmp_path),
+        publish_to=publish_to,
+        publish_private=False,
+    )
+    with pytest.raises(InvalidParameterError, match="publish_private: False applies only to an hf://"):
+        task.execute({"run_id": "manual__1"})
