@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 from huggingface_hub import CommitOperationAdd, HfApi, hf_hub_download
-from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
 
 from tests.servers import GITATTRIBUTES, HubStandIn
 
@@ -53,6 +53,16 @@ def test_a_private_repo_is_invisible_without_the_token(hub):
         hf_hub_download(REPO, ".gitattributes", endpoint=hub.url, token=False)
     info = api(hub).repo_info(REPO)
     assert info.private is True and [s.rfilename for s in info.siblings] == [".gitattributes"]
+
+
+def test_a_tree_is_listed_only_for_a_revision_that_exists_and_a_caller_who_may_see_it(hub):
+    # what snapshot_download asks first (a fetch of a published model)
+    api(hub).create_repo(REPO, private=True)
+    assert [f.path for f in api(hub).list_repo_tree(REPO, recursive=True)] == [".gitattributes"]
+    with pytest.raises(RepositoryNotFoundError):
+        list(api(hub, token=False).list_repo_tree(REPO, recursive=True))
+    with pytest.raises(RevisionNotFoundError):
+        list(api(hub).list_repo_tree(REPO, revision="no-such-branch", recursive=True))
 
 
 def test_a_repo_or_branch_that_exists_is_409_and_exist_ok_accepts_it(hub):
