@@ -40,11 +40,13 @@ def newest_model_event(context: Mapping[str, Any], alias: str = MODELS_ALIAS) ->
     triggered it (an asset-triggered run), else the alias's newest event (``inlet_events``, for a
     manual run of a task with the alias as an inlet); None when there is none."""
     triggering = context.get("triggering_asset_events") or {}
-    events: Sequence[Any] = ()
-    try:
-        events = triggering[AssetAlias(alias)]
-    except KeyError:
-        events = [event for group in triggering.values() for event in group]
+    # By name, not ``triggering[AssetAlias(alias)]``: Airflow 3.1's AssetAlias is not hashable.
+    of_alias = [
+        group for key, group in triggering.items() if isinstance(key, AssetAlias) and key.name == alias
+    ]
+    events: Sequence[Any] = (
+        of_alias[0] if of_alias else [event for group in triggering.values() for event in group]
+    )
     if not events:
         inlet_events = context.get("inlet_events")
         if inlet_events is not None:

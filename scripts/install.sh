@@ -2,6 +2,8 @@
 # Create a venv (if needed) and install the provider into it, printing a line per phase.
 #   scripts/install.sh            -> .venv      with [test]      (Airflow, training, test tools)
 #   scripts/install.sh kfp        -> .venv-kfp  with [kfp-test]  (KFP shim; no Airflow)
+#   scripts/install.sh airflow-3.1 -> .venv-airflow-3.1 with [test] on Airflow 3.1, the oldest
+#                                    supported minor (scripts/test-compat.sh runs in it)
 #
 # torch goes first and pinned (2.13.0). Which build: SFT_TORCH=auto (default) takes the CPU build
 # when no NVIDIA GPU is visible (nvidia-smi or /dev/nvidia0), the CUDA build otherwise;
@@ -12,6 +14,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "${1:-}" = kfp ]; then
   VENV=.venv-kfp EXTRAS=kfp-test CONSTRAINTS=constraints-kfp.txt
+elif [ "${1:-}" = airflow-3.1 ]; then
+  VENV=.venv-airflow-3.1 EXTRAS=test CONSTRAINTS=constraints-airflow-3.1.txt
 else
   VENV=${SFT_VENV:-.venv} EXTRAS=test CONSTRAINTS=constraints.txt
 fi

@@ -1,5 +1,6 @@
 """Airflow operators: resolve dataset -> prepare data -> train -> export model -> report, linked by XCom."""
 
+import airflow_provider_sft.version_compat  # noqa: F401  (refuses an Airflow older than 3.1, as providers do)
 from airflow_provider_sft.operators.dataset import ResolveDatasetOperator
 from airflow_provider_sft.operators.evaluate import EvaluateModelOperator
 from airflow_provider_sft.operators.export import ExportModelOperator, LossChartOperator

@@ -5,8 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
-from airflow.sdk.exceptions import AirflowFailException
-
+from airflow_provider_sft.compat import AirflowFailException
 from airflow_provider_sft.core.errors import InvalidParameterError
 from airflow_provider_sft.core.training.data_report import DataGateError
 

@@ -454,7 +454,7 @@ class SFTTrainOperator(LineageMixin, BaseOperator):
         """
         if not self._killed:
             return
-        from airflow.sdk.exceptions import AirflowTaskTerminated
+        from airflow_provider_sft.compat import AirflowTaskTerminated
 
         backend.cancel(handle)
         kind = handle.kind or "run"
@@ -462,6 +462,17 @@ class SFTTrainOperator(LineageMixin, BaseOperator):
 
     def _defer(self, handle: JobHandle, timeout_seconds: float | None) -> None:
         from airflow_provider_sft.triggers.training_job import TrainingJobTrigger
+        from airflow_provider_sft.version_compat import AIRFLOW_V_3_3_PLUS
+
+        if not AIRFLOW_V_3_3_PLUS:
+            self.log.warning(
+                "Airflow 3.3+ tells a deferred task's trigger that the task was killed; this Airflow does not: "
+                "killing this task while it waits leaves %s %s/%s running (delete it yourself, or set "
+                "deferrable=False to have a kill delete it)",
+                handle.kind,
+                handle.namespace,
+                handle.name,
+            )
 
         now = SYSTEM_CLOCK.now()
         deadline = start_deadline = None
@@ -505,7 +516,7 @@ class SFTTrainOperator(LineageMixin, BaseOperator):
         Those never reach ``execute_complete``: Airflow raises ``TaskDeferralTimeout`` or
         ``TaskDeferralError`` from here instead, and the TrainJob would keep its GPUs.
         """
-        from airflow.sdk.exceptions import TaskDeferralError, TaskDeferralTimeout
+        from airflow_provider_sft.compat import TaskDeferralError, TaskDeferralTimeout
 
         try:
             return super().resume_execution(next_method, next_kwargs, context)

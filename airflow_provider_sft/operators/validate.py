@@ -130,7 +130,8 @@ class ValidateRunOperator(BaseOperator):
         if not conn_id:
             return  # boto3's own chain, or HF_TOKEN: nothing to look up
         from airflow.sdk.bases.hook import BaseHook
-        from airflow.sdk.exceptions import AirflowNotFoundException
+
+        from airflow_provider_sft.compat import AirflowNotFoundException
 
         try:
             BaseHook.get_connection(conn_id)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from airflow.plugins_manager import AirflowPlugin
 
+import airflow_provider_sft.version_compat  # noqa: F401  (refuses an Airflow older than 3.1, as providers do)
 from airflow_provider_sft.plugin.results import PREFIX, app
 
 #: The UI route of the tab: ``/dags/<dag>/runs/<run>/tasks/<task>/plugin/<URL_ROUTE>``.

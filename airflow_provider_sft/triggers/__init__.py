@@ -1,0 +1,3 @@
+"""Airflow triggers: the deferred wait for a training job."""
+
+import airflow_provider_sft.version_compat  # noqa: F401  (refuses an Airflow older than 3.1, as providers do)

@@ -24,6 +24,7 @@ from airflow_provider_sft.core.clock import SYSTEM_CLOCK, Clock
 from airflow_provider_sft.core.results.live_progress import PROGRESS_XCOM_KEY, LiveProgress, progress_text
 from airflow_provider_sft.hooks.sft import SFTTrainingHook
 from airflow_provider_sft.triggers.events import EventStatus, TrainJobEvent
+from airflow_provider_sft.version_compat import AIRFLOW_V_3_3_PLUS
 
 PUBLISH_WAIT_SECONDS = 10.0  # how long the last progress may take to be stored before the event
 
@@ -120,6 +121,14 @@ class TrainingJobTrigger(BaseTrigger):
                 await previous
         ti = self.task_instance
         if ti is None:
+            return
+        if not AIRFLOW_V_3_3_PLUS:  # a trigger stores XComs through the triggerer from 3.3 on
+            if not self._publish_failed:
+                self._publish_failed = True
+                self.log.info(
+                    "Live progress in the Training results tab needs Airflow 3.3+ (a trigger cannot store "
+                    "an XCom before it): the progress lines are in this log, the tab fills when the task ends"
+                )
             return
         from airflow.sdk.execution_time.xcom import XCom
 

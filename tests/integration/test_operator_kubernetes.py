@@ -10,8 +10,8 @@ from datetime import timedelta
 from types import SimpleNamespace
 
 import pytest
-from airflow.sdk.exceptions import TaskDeferralTimeout, TaskDeferred
 
+from airflow_provider_sft.compat import TaskDeferralTimeout, TaskDeferred
 from airflow_provider_sft.core.errors import InvalidParameterError, TrainingFailedError
 from airflow_provider_sft.operators.train import DEFERRAL_TIMEOUT_MARGIN, SFTTrainOperator
 from tests.integration.test_kubernetes_backend import exists, trainjobs

@@ -51,7 +51,10 @@ def test_a_trigger_serialized_under_the_old_class_path_still_follows_its_job(clu
     """A trigger stored in the database before the rename (``triggers.trainjob.TrainJobTrigger``,
     its job without a ``kind``, as versions before PyTorchJobs wrote it) is loaded as the triggerer
     loads it, follows its TrainJob to the end, and serializes itself under the new path."""
-    from airflow._shared.module_loading import import_string  # what the triggerer imports with
+    try:  # what the triggerer imports with
+        from airflow._shared.module_loading import import_string
+    except ImportError:  # Airflow 3.1
+        from airflow.utils.module_loading import import_string
     from airflow.models.trigger import Trigger
 
     submit(cluster, namespace)

@@ -156,8 +156,7 @@ def _load_dag():
 
 @pytest.mark.parametrize("bad", BAD)
 def test_the_train_task_refuses_it_before_anything_starts(tmp_path, bad):
-    from airflow.sdk.exceptions import AirflowFailException
-
+    from airflow_provider_sft.compat import AirflowFailException
     from airflow_provider_sft.operators.train import SFTTrainOperator
     from tests.unit.operators.test_train import context
 
@@ -201,7 +200,8 @@ def test_the_validate_task_names_it_with_the_other_problems():
 @pytest.mark.parametrize("bad", [value for value in BAD if not isinstance(value, str)])
 def test_the_form_refuses_what_the_operator_refuses(bad):
     from airflow.sdk.definitions.param import ParamsDict
-    from airflow.sdk.exceptions import ParamValidationError
+
+    from airflow_provider_sft.compat import ParamValidationError
 
     form = ParamsDict(_load_dag().params)
     with pytest.raises(ParamValidationError, match="checkpoint_grace_seconds"):

@@ -34,8 +34,8 @@ def test_every_training_parameter_is_in_the_form_with_a_title_and_section():
 
 def test_dataset_options_are_in_their_own_section_with_the_cores_choices():
     from airflow.sdk.definitions.param import ParamsDict
-    from airflow.sdk.exceptions import ParamValidationError
 
+    from airflow_provider_sft.compat import ParamValidationError
     from airflow_provider_sft.core.dataset import Format, OnBadRecord, RecordMapping
 
     params = load_dag().params
@@ -115,8 +115,8 @@ def test_the_form_validates_with_its_own_defaults_and_no_optional_text_is_requir
 )
 def test_the_form_refuses_what_the_operator_refuses(name, bad):
     from airflow.sdk.definitions.param import ParamsDict
-    from airflow.sdk.exceptions import ParamValidationError
 
+    from airflow_provider_sft.compat import ParamValidationError
     from airflow_provider_sft.core.errors import InvalidParameterError
 
     form = ParamsDict(load_dag().params)
@@ -215,7 +215,8 @@ NUMBERS = [
 def test_the_forms_number_inputs_get_no_bounds_to_clamp_to_yet_bad_numbers_are_refused_by_title():
     """Airflow's number input clamps what is typed to a top-level minimum/maximum (-8 became 1)."""
     from airflow.sdk.definitions.param import ParamsDict
-    from airflow.sdk.exceptions import ParamValidationError
+
+    from airflow_provider_sft.compat import ParamValidationError
 
     assert {"effective_batch_size", "num_epochs", "learning_rate", "seed"} <= set(NUMBERS)
     for name in NUMBERS:

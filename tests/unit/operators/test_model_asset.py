@@ -210,19 +210,34 @@ def _event(extra, second):
 
 
 def test_the_newest_triggering_event_names_the_model():
-    triggering = {
-        AssetAlias(MODELS_ALIAS): [_event({"model_path": "/a"}, 1), _event({"model_path": "/b"}, 2)]
-    }
+    """On the Task SDK's own accessor (keyed as Airflow keys it: an AssetAlias is not hashable on 3.1)."""
+    from airflow.sdk.definitions.asset import AssetAliasUniqueKey
+    from airflow.sdk.execution_time.context import TriggeringAssetEventsAccessor
+
+    key = AssetAliasUniqueKey.from_asset_alias(AssetAlias(MODELS_ALIAS))
+    triggering = TriggeringAssetEventsAccessor(
+        {key: [_event({"model_path": "/a"}, 1), _event({"model_path": "/b"}, 2)]}
+    )
     assert newest_model_event({"triggering_asset_events": triggering}) == {"model_path": "/b"}
 
 
+class _InletEvents:
+    """The part of the Task SDK's InletEventsAccessors the lookup uses: events by alias, else KeyError."""
+
+    def __init__(self, events):
+        self.events = events
+
+    def __getitem__(self, key):
+        if isinstance(key, AssetAlias) and key.name == MODELS_ALIAS and self.events:
+            return self.events
+        raise KeyError(key)
+
+
 def test_a_manual_run_takes_the_aliases_newest_inlet_event():
-    inlets = {
-        AssetAlias(MODELS_ALIAS): [_event({"model_path": "/old"}, 1), _event({"model_path": "/new"}, 5)]
-    }
+    inlets = _InletEvents([_event({"model_path": "/old"}, 1), _event({"model_path": "/new"}, 5)])
     context = {"triggering_asset_events": {}, "inlet_events": inlets}
     assert newest_model_event(context) == {"model_path": "/new"}
-    assert newest_model_event({"triggering_asset_events": {}, "inlet_events": {}}) is None
+    assert newest_model_event({"triggering_asset_events": {}, "inlet_events": _InletEvents([])}) is None
 
 
 def test_a_hub_publication_is_a_hub_model_dataset_in_lineage():

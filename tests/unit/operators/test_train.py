@@ -72,7 +72,7 @@ def test_bad_input_fails_before_anything_starts(tmp_path, kwargs, error, message
     with pytest.raises(error, match=message) as info:
         op.execute(ctx)
     if error is InvalidParameterError:
-        from airflow.sdk.exceptions import AirflowFailException
+        from airflow_provider_sft.compat import AirflowFailException
 
         assert isinstance(info.value, AirflowFailException)  # never retried: a retry cannot fix it
     assert not (tmp_path / "ws").exists()  # no run directory, no process

@@ -140,10 +140,9 @@ def test_the_evaluate_task_logs_the_reply_never_a_validation_record(tiny_model, 
 
 
 def test_the_evaluate_task_without_a_model_or_an_event_names_the_field():
-    from airflow.sdk.exceptions import AirflowFailException
-
+    from airflow_provider_sft.compat import AirflowFailException
     from airflow_provider_sft.operators.evaluate import EvaluateModelOperator
 
     op = EvaluateModelOperator(task_id="evaluate")
     with pytest.raises(AirflowFailException, match="model"):
-        op.execute({"triggering_asset_events": {}, "inlet_events": {}})
+        op.execute({"triggering_asset_events": {}})  # a manual run of a DAG without the alias as an inlet
