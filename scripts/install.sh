@@ -83,6 +83,10 @@ case "$torch" in
 esac
 
 step "airflow-provider-sft[$EXTRAS] and its dependencies, pinned by $CONSTRAINTS"
-"$VENV/bin/python" -m pip install "${quiet[@]}" -c "$CONSTRAINTS" -e ".[$EXTRAS]"
+# The project's own metadata is built in the source tree (setuptools' egg-info): one venv at a time
+# (scripts/test.sh installs the venvs side by side). Its dependencies then come from the installed
+# metadata, with no lock held.
+flock .install.lock "$VENV/bin/python" -m pip install "${quiet[@]}" --no-deps -c "$CONSTRAINTS" -e .
+"$VENV/bin/python" -m pip install "${quiet[@]}" -c "$CONSTRAINTS" "airflow-provider-sft[$EXTRAS]"
 echo "$want" > "$stamp"
 step "installed into $VENV ($("$VENV/bin/python" -c 'import torch; print("torch", torch.__version__)'))"

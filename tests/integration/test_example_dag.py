@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import statistics
+import time
 from pathlib import Path
 
 import pytest
@@ -23,8 +25,22 @@ def pipeline_run(tiny_model, tmp_path_factory):
     # OpenLineage (installed with the test extra) writes its events to a file: one transport, no server.
     transport = {"type": "file", "log_file_path": str(workspace / "openlineage.jsonl"), "append": True}
     extra_env = {"AIRFLOW__OPENLINEAGE__TRANSPORT": json.dumps(transport)}
+    started = time.monotonic()
     log = run_pipeline(workspace, EXAMPLE_DAGS, conf, echo=False, extra_env=extra_env)
+    record_demo_time(time.monotonic() - started)
     return workspace, log
+
+
+def record_demo_time(seconds: float) -> None:
+    """One line per Airflow the suite ran the demo on (scripts/test.sh prints them at the end)."""
+    from airflow import __version__ as airflow_version
+
+    artifacts = Path(os.environ.get("SFT_TEST_ARTIFACTS", Path(__file__).parents[2] / "test-artifacts"))
+    artifacts.mkdir(parents=True, exist_ok=True)
+    (artifacts / f"demo-pipeline-airflow-{airflow_version}.txt").write_text(
+        f"Airflow {airflow_version}: the demo pipeline (airflow dags test sft_pipeline, local backend) "
+        f"succeeded in {seconds:.1f} s\n"
+    )
 
 
 def xcoms(workspace, task_id):

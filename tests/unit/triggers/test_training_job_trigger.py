@@ -65,3 +65,50 @@ def test_an_unreachable_cluster_is_waited_out_until_the_deadline(tmp_path, monke
     trig = TrainingJobTrigger(job=job("ns", "x"), kubernetes_conn_id="down", deadline=deadline, clock=clock)
     event = asyncio.run(asyncio.wait_for(trig.run().__anext__(), 30)).payload
     assert event["status"] == "timeout"  # an unreachable server is waited out until the deadline
+
+
+def logged(capsys, caplog) -> str:
+    """What the task's or the trigger's logger said: structlog writes to the console, logging to caplog."""
+    return "".join(capsys.readouterr()) + "\n".join(r.getMessage() for r in caplog.records)
+
+
+def test_below_airflow_3_3_the_progress_is_not_stored_and_one_line_says_why(monkeypatch, caplog, capsys):
+    """A trigger cannot store an XCom before Airflow 3.3 (no ``XCom.aset``): one line, then nothing."""
+    from types import SimpleNamespace
+
+    from airflow_provider_sft.triggers import training_job
+
+    monkeypatch.setattr(training_job, "AIRFLOW_V_3_3_PLUS", False)
+    trigger = TrainingJobTrigger(job=job("ns"), kubernetes_conn_id="k")
+    trigger.task_instance = SimpleNamespace(dag_id="d", task_id="t", run_id="r", map_index=-1)
+    caplog.set_level("INFO")
+
+    async def publish_twice():
+        await trigger._publish({"percent": 10}, None)
+        await trigger._publish({"percent": 20}, None)
+
+    asyncio.run(publish_twice())
+    said = logged(capsys, caplog)
+    assert said.count("Live progress in the Training results tab needs Airflow 3.3+") == 1
+    assert "the progress lines are in this log" in said
+
+
+def test_below_airflow_3_3_deferring_says_a_kill_leaves_the_job_running(
+    monkeypatch, caplog, capsys, tmp_path
+):
+    import pytest
+
+    from airflow_provider_sft import version_compat
+    from airflow_provider_sft.compat import TaskDeferred
+    from airflow_provider_sft.core.backends.base import JobHandle
+    from airflow_provider_sft.operators.train import SFTTrainOperator
+
+    op = SFTTrainOperator(task_id="t", workspace=str(tmp_path), dataset_path=str(tmp_path / "d.jsonl"))
+    handle = JobHandle.from_dict(job("team-a", name="run-1"))
+    for supported, warned in ((True, False), (False, True)):
+        monkeypatch.setattr(version_compat, "AIRFLOW_V_3_3_PLUS", supported)
+        caplog.clear()
+        capsys.readouterr()
+        with pytest.raises(TaskDeferred):
+            op._defer(handle, 600)
+        assert ("leaves TrainJob team-a/run-1 running" in logged(capsys, caplog)) is warned
