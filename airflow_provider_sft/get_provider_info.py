@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import airflow_provider_sft.version_compat  # noqa: F401  (refuses an Airflow older than 3.1, as providers do)
 from airflow_provider_sft import __version__
 
 INTEGRATION = "Supervised Fine-Tuning (SFT)"

@@ -36,6 +36,15 @@ def test_core_imports_neither_airflow_nor_kfp():
     assert {k: v for k, v in offenders.items() if v} == {}
 
 
+def test_provider_info_imports_no_airflow():
+    """Airflow's ProvidersManager loads ``get_provider_info`` while Airflow itself is importing: a
+    module that imports Airflow there is half-initialized when it is called (a circular import)."""
+    path = PACKAGE / "get_provider_info.py"
+    airflow_imports = sorted(m for m in imported_modules(path) if m.split(".")[0] == "airflow")
+    assert airflow_imports == []
+    assert "airflow_provider_sft.version_compat" not in imported_modules(path)
+
+
 def test_provider_entry_point_and_info_match_airflows_schema():
     (entry,) = [
         e for e in entry_points(group="apache_airflow_provider") if e.value.startswith("airflow_provider_sft")
