@@ -38,7 +38,12 @@ def carried_names() -> set[str]:
 
 
 def _installed() -> dict[str, importlib.metadata.Distribution]:
-    return {canonicalize_name(d.metadata["Name"]): d for d in importlib.metadata.distributions()}
+    """This venv's distributions (only its site-packages: an import may put a vendored copy of one,
+    such as setuptools' ``packaging``, on ``sys.path``)."""
+    purelib = sysconfig.get_paths()["purelib"]
+    return {
+        canonicalize_name(d.metadata["Name"]): d for d in importlib.metadata.distributions(path=[purelib])
+    }
 
 
 def image_closure(image: set[str], installed: dict[str, importlib.metadata.Distribution]) -> set[str]:

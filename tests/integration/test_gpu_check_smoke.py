@@ -43,7 +43,9 @@ def test_the_stand_in_has_the_image_and_the_wheels_and_nothing_else(image):
 def test_the_check_runs_its_phases_and_reports_them(image, tmp_path):
     python, env, _ = image
     wheels = tmp_path / "wheels"
-    subprocess.run(["bash", str(REPO_ROOT / "scripts" / "gpu-wheels.sh"), str(wheels)], check=True, timeout=600)
+    subprocess.run(
+        ["bash", str(REPO_ROOT / "scripts" / "gpu-wheels.sh"), str(wheels)], check=True, timeout=600
+    )
     out = tmp_path / "out"
     done = subprocess.run(
         [

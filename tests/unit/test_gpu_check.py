@@ -24,6 +24,7 @@ SCRIPTS = REPO_ROOT / "scripts"
 sys.path.insert(0, str(SCRIPTS))
 
 import gpu_check  # noqa: E402
+import gpu_check_args  # noqa: E402
 import gpu_check_report  # noqa: E402
 import gpu_image  # noqa: E402
 
@@ -103,7 +104,9 @@ def python312() -> str | None:
     candidates = sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.12*/bin/python3.12")))
     candidates += [found] if (found := shutil.which("python3.12")) else []
     for candidate in candidates:
-        probe = subprocess.run([candidate, "-c", "import sys; print(sys.version_info[:2])"], capture_output=True)
+        probe = subprocess.run(
+            [candidate, "-c", "import sys; print(sys.version_info[:2])"], capture_output=True
+        )
         if probe.returncode == 0 and probe.stdout.strip() == b"(3, 12)":
             return candidate
     return None
@@ -192,30 +195,30 @@ def gpu_params(tmp_path_factory):
 def test_our_main_ds_arguments_are_run_trainings_for_the_same_training_args(gpu_params, tmp_path):
     """The check's premise: our entrypoint and run_training give main_ds the same arguments (as its
     own argparser reads them), apart from where each run reads and writes."""
-    ours = gpu_check.ours_main_ds_args(
+    ours = gpu_check_args.ours_main_ds_args(
         gpu_params, processed_dir=str(tmp_path / "ours" / "data"), output_dir=str(tmp_path / "ours")
     )
-    train_args = gpu_check.training_args(
+    train_args = gpu_check_args.training_args(
         gpu_params, dataset_path=str(tmp_path / "d.jsonl"), output_dir=tmp_path / "bare", cpu_procs=1
     )
-    command = gpu_check.run_training_command(train_args, gpu_check.torchrun_args(1))
+    command = gpu_check_args.run_training_command(train_args, gpu_check_args.torchrun_args(1))
     assert command[0] == "torchrun" and "--nproc-per-node=1" in command
-    bare = gpu_check.script_args(command)
-    assert gpu_check.argument_differences(ours, bare) == {}
-    parsed = gpu_check.parse_main_ds_args(ours)
+    bare = gpu_check_args.script_args(command)
+    assert gpu_check_args.argument_differences(ours, bare) == {}
+    parsed = gpu_check_args.parse_main_ds_args(ours)
     assert parsed["effective_batch_size"] == 128 and parsed["lr_scheduler"] == "cosine"
     assert parsed["distributed_training_framework"] == "fsdp" and parsed["checkpoint_at_epoch"]
     assert parsed["on_demand_checkpointing"] and not parsed["accelerate_full_state_at_epoch"]
 
 
 def test_the_argument_comparison_sees_a_difference_and_refuses_what_main_ds_refuses(gpu_params, tmp_path):
-    ours = gpu_check.ours_main_ds_args(gpu_params, processed_dir=str(tmp_path), output_dir=str(tmp_path))
+    ours = gpu_check_args.ours_main_ds_args(gpu_params, processed_dir=str(tmp_path), output_dir=str(tmp_path))
     changed = [arg if not arg.startswith("--learning_rate=") else "--learning_rate=0.5" for arg in ours]
-    assert gpu_check.argument_differences(ours, changed) == {"learning_rate": [1e-4, 0.5]}
+    assert gpu_check_args.argument_differences(ours, changed) == {"learning_rate": [1e-4, 0.5]}
     with pytest.raises(SystemExit):
-        gpu_check.parse_main_ds_args([*ours, "--lr_scheduler=sometimes"])  # not one of its choices
+        gpu_check_args.parse_main_ds_args([*ours, "--lr_scheduler=sometimes"])  # not one of its choices
     with pytest.raises(SystemExit):
-        gpu_check.parse_main_ds_args([*ours, "--no_such_flag"])
+        gpu_check_args.parse_main_ds_args([*ours, "--no_such_flag"])
 
 
 # --- the budget and the report -----------------------------------------------------------------
@@ -310,4 +313,7 @@ def test_a_phase_without_metrics_is_reported_not_guessed(tmp_path):
         "steps": 0,
     }
     assert report["tokens_per_second_ratio"] is None and report["meets_target"] is None
-    assert report["phases"]["bare"]["efficiency"]["not_available"]["mfu"] == "the model's config.json could not be read"
+    assert (
+        report["phases"]["bare"]["efficiency"]["not_available"]["mfu"]
+        == "the model's config.json could not be read"
+    )
