@@ -6,7 +6,8 @@ measures the two runs the same way the product measures a user's run:
 
 * tokens/s (per GPU), MFU and time to the first step: :func:`compute_efficiency`, with the
   phase's start as the "job created" moment of both runs (our process's start is later than
-  the phase's: the local backend's submit is counted, as a user's run counts it);
+  the phase's: the local backend's submit is counted, as a user's run counts it); for ours also
+  from its own process's start (its facts line), to tell the pipeline's steps from the entrypoint;
 * peak GPU memory: the largest ``cuda_mem_allocated`` a step line reports (rank 0, after the
   step, torch's allocator) and the peak the sampler saw on the device (every process, the
   allocators' caches included);
@@ -92,6 +93,12 @@ def phase_figures(
     }
     efficiency = compute_efficiency(metrics, facts, model_config=model_config, job_created=outcome.started)
     figures["efficiency"] = efficiency.to_dict()
+    # Ours also says when its own process started (its facts line): the entrypoint's share of the wait.
+    figures["first_step_after_process_start_seconds"] = (
+        compute_efficiency(metrics, facts, model_config=None).time_to_first_step_seconds
+        if metrics.facts.get("started")
+        else None
+    )
     figures["steps"] = len(metrics.records)
     figures["max_cuda_mem_allocated_gib"] = _max_allocated_gib(path)
     figures["final_loss"] = metrics.records[-1].loss if metrics.records else None

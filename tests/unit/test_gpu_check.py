@@ -287,6 +287,7 @@ def test_the_report_reads_both_runs_as_the_product_reads_one(tmp_path):
     flops = 6 * mine["model_parameters"] + 12 * 2 * 64 * (5000 / 50)  # mean sample: 100 tokens
     assert mine["mfu"] == pytest.approx(1000 * flops / 989.5e12)
     assert mine["time_to_first_step_seconds"] == 10 and theirs["time_to_first_step_seconds"] == 5
+    assert report["phases"]["ours"]["first_step_after_process_start_seconds"] is None  # no facts line
     assert report["phases"]["ours"]["max_cuda_mem_allocated_gib"] == 7.0
     assert report["phases"]["ours"]["peak_device_memory_bytes"] == 5 * 2**30
     assert report["loss_curves"][1] == {"step": 2, "ours": 3.0, "bare": 3.1}
