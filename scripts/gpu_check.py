@@ -549,14 +549,19 @@ def main(argv: list[str] | None = None) -> int:
     def log(line: str) -> None:
         print(f"[gpu-check {time.strftime('%H:%M:%S')}] {line}", flush=True)
 
-    report = run_check(
-        options.out,
-        budget_seconds=options.budget,
-        size_name=options.size,
-        work=work,
-        wheel_dir=options.wheels,
-        log=log,
-    )
+    try:
+        report = run_check(
+            options.out,
+            budget_seconds=options.budget,
+            size_name=options.size,
+            work=work,
+            wheel_dir=options.wheels,
+            log=log,
+        )
+    except Exception as exc:  # the report says what stopped the check, beside the log's traceback
+        options.out.mkdir(parents=True, exist_ok=True)
+        (options.out / REPORT_FILE).write_bytes(jsonio.dumps({"error": f"{type(exc).__name__}: {exc}"}))
+        raise
     return 0 if report["phases"]["ours"]["status"] == "completed" else 1
 
 
