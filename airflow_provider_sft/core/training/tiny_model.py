@@ -13,10 +13,14 @@ from __future__ import annotations
 import argparse
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import orjson
 
 from airflow_provider_sft.core.sample_data import bundled_dataset_path
+
+if TYPE_CHECKING:
+    from transformers import LlamaConfig, PreTrainedTokenizerFast
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content']"
@@ -33,22 +37,13 @@ def _texts(dataset: Path) -> Iterable[str]:
                     yield f"{message['role']}\n{message['content']}"
 
 
-def build_tiny_model(
-    out_dir: str | Path,
-    *,
-    dataset: str | Path | None = None,
-    vocab_size: int = 512,
-    hidden_size: int = 256,
-    num_layers: int = 4,
-    max_positions: int = 512,
-    seed: int = 0,
-) -> Path:
-    """Write a tiny Llama model + tokenizer trained on ``dataset``'s text to ``out_dir``."""
-    import torch
+def build_tokenizer(
+    dataset: str | Path | None = None, *, vocab_size: int = 512, max_positions: int = 512
+) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained on ``dataset``'s text (default: the bundled dataset)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
-    out = Path(out_dir)
     texts = list(_texts(Path(dataset) if dataset else bundled_dataset_path()))
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -72,22 +67,77 @@ def build_tiny_model(
         model_max_length=max_positions,
     )
     hf_tokenizer.chat_template = CHAT_TEMPLATE
-    config = LlamaConfig(
-        vocab_size=len(hf_tokenizer),
+    return hf_tokenizer
+
+
+def model_config(
+    tokenizer: PreTrainedTokenizerFast,
+    *,
+    hidden_size: int = 256,
+    num_layers: int = 4,
+    max_positions: int = 512,
+    num_attention_heads: int = 4,
+    num_key_value_heads: int = 2,
+    intermediate_size: int | None = None,
+) -> LlamaConfig:
+    """A Llama config of this shape for ``tokenizer`` (its vocabulary, its special tokens; tied embeddings)."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=len(tokenizer),
         hidden_size=hidden_size,
-        intermediate_size=hidden_size * 2,
+        intermediate_size=intermediate_size or hidden_size * 2,
         num_hidden_layers=num_layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        num_attention_heads=num_attention_heads,
+        num_key_value_heads=num_key_value_heads,
         max_position_embeddings=max_positions,
         tie_word_embeddings=True,
-        bos_token_id=hf_tokenizer.bos_token_id,
-        eos_token_id=hf_tokenizer.eos_token_id,
-        pad_token_id=hf_tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def build_tiny_model(
+    out_dir: str | Path,
+    *,
+    dataset: str | Path | None = None,
+    vocab_size: int = 512,
+    hidden_size: int = 256,
+    num_layers: int = 4,
+    max_positions: int = 512,
+    seed: int = 0,
+    num_attention_heads: int = 4,
+    num_key_value_heads: int = 2,
+    intermediate_size: int | None = None,
+    dtype: str | None = None,
+) -> Path:
+    """Write a tiny Llama model + tokenizer trained on ``dataset``'s text to ``out_dir``.
+
+    The shape arguments let the GPU check (``scripts/gpu_check.py``) build a model big enough to
+    measure with the same tokenizer; ``dtype`` (``"bfloat16"``) is the dtype its weights are saved in,
+    as a published checkpoint's are (default: float32).
+    """
+    import torch
+    from transformers import LlamaForCausalLM
+
+    out = Path(out_dir)
+    hf_tokenizer = build_tokenizer(dataset, vocab_size=vocab_size, max_positions=max_positions)
+    config = model_config(
+        hf_tokenizer,
+        hidden_size=hidden_size,
+        num_layers=num_layers,
+        max_positions=max_positions,
+        num_attention_heads=num_attention_heads,
+        num_key_value_heads=num_key_value_heads,
+        intermediate_size=intermediate_size,
     )
     torch.manual_seed(seed)
     out.mkdir(parents=True, exist_ok=True)
-    LlamaForCausalLM(config).save_pretrained(out)
+    model = LlamaForCausalLM(config)
+    if dtype is not None:
+        model = model.to(getattr(torch, dtype))
+    model.save_pretrained(out)
     hf_tokenizer.save_pretrained(out)
     return out
 
