@@ -73,9 +73,12 @@ finish crdserver optional
 step "tests of the KFP shim (.venv-kfp) and the compatibility job (.venv-airflow-3.1), beside the main suite"
 start kfp side .venv-kfp/bin/python -m pytest tests/kfp -p no:cacheprovider "$@"
 start compat side bash scripts/test-compat.sh "$@"
-step "tests (.venv); screenshots of the UI tests go to test-artifacts/"
+# Two pytest-xdist workers, each given a whole test file at a time (a module's servers start once):
+# a single worker kept about one of the two cores busy, most tests waiting on servers and subprocesses.
+workers=${SFT_TEST_WORKERS:-2}
+step "tests (.venv, $workers workers); screenshots of the UI tests go to test-artifacts/"
 rc=0
-.venv/bin/python -m pytest "$@" || rc=$?
+.venv/bin/python -m pytest -n "$workers" --dist loadfile "$@" || rc=$?
 for side in kfp compat; do
   finish "$side" && tail -n 3 "test-artifacts/side/$side.log"
 done
