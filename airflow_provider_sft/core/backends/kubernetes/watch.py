@@ -427,6 +427,7 @@ async def _follow_shared(
         if job is not None and not is_followed(job):
             return await _watch(client, resource, cursor, report_pending, clock, idle_timeout)
         take(None if job is None else slim(job))
+        del job  # the whole object (its spec is most of it) is not kept for the length of the wait
         while not ended.done():
             now = clock.monotonic()
             if timeout := cursor.timed_out(now):
