@@ -1,16 +1,29 @@
-"""One triggerer process following N concurrent TrainJobs: watch (ours) vs poll-every-N-seconds.
+"""One triggerer process following N concurrent TrainJobs: the shared watch vs a watch per job vs polling.
 
-    python benchmarks/trigger_scale.py [--jobs 100 500 1000] [--window 60] [--poll 10]
+    python benchmarks/trigger_scale.py [--jobs 1000 10000] [--modes shared per-job] [--window 330]
+    python benchmarks/trigger_scale.py --jobs 10000 --modes shared --restart   # an API-server restart
+    python benchmarks/trigger_scale.py --jobs 1000 --modes shared --tracemalloc  # where the memory goes
     python benchmarks/trigger_scale.py --smoke   # 3 jobs, 2 s window: does it still run?
 
-Needs the test API server (tests/k8s/build-crdserver.sh, etcd). For each N it creates
-N running TrainJobs on the REAL server (the upstream v2.3.0 CRDs), then runs, each in a
-fresh child process (the "triggerer"), first our wait (one ``TrainingJobTrigger`` per job:
-``follow_job`` over the shared async client), then the baseline (one GET per job
-every ``--poll`` seconds). After a warm-up it counts the API requests the server
-receives during ``--window`` seconds, then completes every job and times how long
-the waiters take to see it. Requests are counted at the loopback proxy in front of
-the server (tests/k8s/fake_core.py). CPU seconds and peak RSS are the child's.
+Needs the test API server (tests/k8s/build-crdserver.sh, etcd). For each N it creates N running
+TrainJobs on the REAL server (the upstream v2.3.0 CRDs), labelled as the provider labels its jobs and
+reporting progress in ``status.trainerStatus`` (Trainer v2.3's TrainJobStatus: the waiters then read
+no pod log). Then for each mode, in a fresh child process (the "triggerer"), one
+``TrainingJobTrigger`` per job:
+
+* ``shared``: the triggerer's shared watch (informer.py), one per namespace;
+* ``per-job``: each trigger its own watch (``use_shared_watch = False``, the wait before issue 26);
+* ``poll``: the baseline, one GET per job every ``--poll`` seconds.
+
+After the start-up burst it counts, at the loopback proxy in front of the server
+(tests/k8s/fake_core.py), the requests and the connections open to the server during ``--window``
+seconds. Then every job is completed at once: the stand-in writes the N statuses as fast as the
+server takes them (``WRITES_IN_FLIGHT`` at a time, straight to the server), and the time is taken
+from the moment the LAST write was acknowledged until the last waiter saw its job complete (how
+long the writes themselves took is reported beside it). With ``--restart`` the API server is
+stopped and started again (etcd kept) before the completion: the list requests and reads of single
+jobs after the restart are counted, and the completion time is taken from the moment the server is
+ready again (the waiters must have re-connected to see it). CPU seconds and peak RSS are the child's.
 """
 
 from __future__ import annotations
@@ -22,7 +35,9 @@ import multiprocessing as mp
 import resource
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
+from urllib.parse import parse_qs
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -30,25 +45,34 @@ from tests.k8s import harness
 
 WARMUP_SECONDS = 10  # at least, after the triggerer's first request; then until QUIET_SECONDS without one
 QUIET_SECONDS = 3
+WRITES_IN_FLIGHT = 64  # the stand-in's concurrent status writes (creates too)
+RESTART_DOWN_SECONDS = 3  # the API server is down this long
 #: ``--smoke``: tiny sizes, for the test that keeps the benchmark running (its numbers mean nothing).
 SMOKE = {"jobs": [3], "window": 2.0, "poll": 1.0, "warmup": 1.0, "quiet": 1}
+GROUP, VERSION, PLURAL = "trainer.kubeflow.org", "v1alpha1", "trainjobs"
 
 
 def child(
-    mode: str, conn_env: str, namespace: str, names: list[str], poll: float, conn, go_complete, t0
+    mode: str, conn_env: str, namespace: str, names: list[str], poll: float, conn, go, profile: bool
 ) -> None:
-    """The triggerer: one TrainingJobTrigger per job (or the poll baseline); reports CPU, RSS, latency."""
+    """The triggerer: one TrainingJobTrigger per job (or the poll baseline); reports CPU, RSS and when
+    each waiter saw its job end."""
     import os
 
     os.environ["AIRFLOW_CONN_BENCH_K8S"] = conn_env
+    if profile:
+        import tracemalloc
+
+        tracemalloc.start(25)
     from airflow_provider_sft.core.backends.kubernetes.kinds import TRAINJOB
     from airflow_provider_sft.core.backends.kubernetes.status import classify_job_status
     from airflow_provider_sft.hooks.sft import SFTTrainingHook
     from airflow_provider_sft.triggers.training_job import TrainingJobTrigger
 
+    TrainingJobTrigger.use_shared_watch = mode == "shared"
     done_at: dict[str, float] = {}
 
-    async def watch_one(name: str) -> None:
+    async def trigger_one(name: str) -> None:
         job = {
             "backend": "kubernetes",
             "name": name,
@@ -67,31 +91,136 @@ def child(
         done_at[name] = time.monotonic()
 
     async def main() -> None:
-        waiter = watch_one if mode == "watch" else poll_one
+        waiter = poll_one if mode == "poll" else trigger_one
         tasks = [asyncio.create_task(waiter(name)) for name in names]
-        await asyncio.to_thread(go_complete.wait)  # the parent completes the jobs
+        if profile:
+            await asyncio.to_thread(go.wait)  # the parent says: the start-up burst is over
+            go.clear()
+            snapshot = tracemalloc.take_snapshot()
+            top = snapshot.statistics("traceback")[:12]
+            lines = [
+                f"{s.size / 2**20:.1f} MiB in {s.count} blocks\n  "
+                + "\n  ".join(
+                    line
+                    for line in s.traceback.format()
+                    if "airflow_provider_sft" in line or "benchmarks" in line
+                )
+                for s in top
+            ]
+            conn.send({"tracemalloc": lines, "traced_mib": tracemalloc.get_traced_memory()[0] / 2**20})
         await asyncio.gather(*tasks)
         usage = resource.getrusage(resource.RUSAGE_SELF)
         conn.send(
             {
                 "cpu_seconds": usage.ru_utime + usage.ru_stime,
                 "peak_rss_mb": usage.ru_maxrss / 1024,
-                "latency_s": max(done_at.values()) - t0.value,
+                "last_seen": max(done_at.values()),
             }
         )
 
     asyncio.run(main())
 
 
-def wait_for_first_request(cluster, before: int, limit_seconds: float = 120) -> None:
+def trainjob_body(namespace: str, name: str) -> dict:
+    from airflow_provider_sft.core import constants as c
+    from airflow_provider_sft.core.backends.kubernetes import KubernetesConfig, SpecGeneration
+    from airflow_provider_sft.core.backends.kubernetes.manifest import build_trainjob, training_work
+    from airflow_provider_sft.core.params import SFTParams
+    from airflow_provider_sft.core.run import TrainingRun
+
+    # The PVC need not exist: no pod runs here, only the TrainJob objects are read.
+    config = KubernetesConfig.build(namespace=namespace, pvc_name="bench-workspace")
+    run = TrainingRun(name, SFTParams(), "/workspace/d.jsonl", f"/workspace/runs/{name}")
+    labels = {c.LABEL_MANAGED_BY: c.MANAGED_BY_VALUE, c.LABEL_COMPONENT: "sft-training"}  # as the backend's
+    return build_trainjob(training_work(run, config, labels=labels), config, generation=SpecGeneration.V2_2)
+
+
+def status(phase: str) -> dict:
+    """The status the Trainer sets: running (its pods ready, progress reported) or complete."""
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    running = phase == "running"
+    conditions = (
+        []
+        if running
+        else [
+            {
+                "type": "Complete",
+                "status": "True",
+                "reason": "JobsCompleted",
+                "message": "",
+                "lastTransitionTime": now,
+            }
+        ]
+    )
+    return {
+        "status": {
+            "conditions": conditions,
+            "jobsStatus": [
+                {
+                    "name": "node",
+                    "ready": int(running),
+                    "succeeded": int(not running),
+                    "failed": 0,
+                    "active": int(running),
+                    "suspended": 0,
+                }
+            ],
+            "trainerStatus": {"progressPercentage": 10 if running else 100, "lastUpdatedTime": now},
+        }
+    }
+
+
+async def write_all(server, namespace: str, names: list[str], action: str, retry_seconds: float = 0) -> float:
+    """Create (``action="create"``) or set the status of every job, ``WRITES_IN_FLIGHT`` at a time,
+    straight to the API server; returns when the last one was acknowledged (time.monotonic).
+    ``retry_seconds``: keep retrying a write that fails (the server still registering its CRDs)."""
+    from kubernetes_asyncio import client
+
+    config = client.Configuration()
+    config.host, config.ssl_ca_cert = server.url, server.ca_cert
+    config.connection_pool_maxsize = WRITES_IN_FLIGHT
+    gate = asyncio.Semaphore(WRITES_IN_FLIGHT)
+    async with client.ApiClient(config) as api:
+        objects = client.CustomObjectsApi(api)
+
+        async def one(name: str) -> None:
+            deadline = time.monotonic() + retry_seconds
+            async with gate:
+                while True:
+                    try:
+                        if action == "create":
+                            await objects.create_namespaced_custom_object(
+                                GROUP, VERSION, namespace, PLURAL, trainjob_body(namespace, name)
+                            )
+                        else:
+                            await objects.patch_namespaced_custom_object_status(
+                                GROUP,
+                                VERSION,
+                                namespace,
+                                PLURAL,
+                                name,
+                                status(action),
+                                _content_type="application/merge-patch+json",
+                            )
+                        return
+                    except Exception:
+                        if time.monotonic() > deadline:
+                            raise
+                        await asyncio.sleep(0.2)
+
+        await asyncio.gather(*(one(name) for name in names))
+    return time.monotonic()
+
+
+def wait_for_first_request(cluster, before: int, limit_seconds: float = 300) -> None:
     """Until the triggerer (a fresh interpreter importing Airflow) sends its first request."""
     deadline = time.monotonic() + limit_seconds
     while len(cluster.requests) == before and time.monotonic() < deadline:
         time.sleep(0.2)
 
 
-def settle(cluster, warmup: float, quiet_seconds: int, limit_seconds: float = 180) -> None:
-    """Wait out the start-up burst (first GET + watch of every job) before counting."""
+def settle(cluster, warmup: float, quiet_seconds: int, limit_seconds: float = 600) -> None:
+    """Wait out the start-up burst (a read of every job, the watches) before counting."""
     started = time.monotonic()
     last, quiet = len(cluster.requests), 0
     while time.monotonic() - started < limit_seconds:
@@ -103,53 +232,121 @@ def settle(cluster, warmup: float, quiet_seconds: int, limit_seconds: float = 18
             return
 
 
+def calls(cluster, namespace: str, since: int) -> dict[str, int]:
+    """The TrainJob requests of ``namespace`` since index ``since``, by kind."""
+    counted = {"list": 0, "watch": 0, "get": 0}
+    for method, path, query in cluster.queries[since:]:
+        if method != "GET" or f"/namespaces/{namespace}/{PLURAL}" not in path:
+            continue
+        if not path.endswith(f"/{PLURAL}"):
+            counted["get"] += 1
+        elif (parse_qs(query).get("watch") or [""])[0].lower() == "true":
+            counted["watch"] += 1
+        else:
+            counted["list"] += 1
+    return counted
+
+
+def open_connections(port: int) -> int:
+    """Established TCP connections to the proxy's port on loopback (the triggerer's, and the writer's
+    none: it writes straight to the server), read from /proc/net/tcp."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            local_port = int(fields[1].rsplit(":", 1)[1], 16)
+            if local_port == port and fields[3] == "01":  # ESTABLISHED, server side
+                count += 1
+    return count
+
+
 def measure(
-    cluster,
-    mode: str,
-    namespace: str,
-    names: list[str],
-    window: float,
-    poll: float,
-    warmup: float = WARMUP_SECONDS,
-    quiet: int = QUIET_SECONDS,
+    cluster, server, mode: str, namespace: str, names: list[str], args, warmup: float, quiet: int
 ) -> dict:
     context = mp.get_context("spawn")  # a fresh interpreter, like a triggerer process
     parent, child_end = context.Pipe()
-    go_complete = context.Event()
-    t0 = context.Value("d", 0.0)
+    go = context.Event()
     process = context.Process(
         target=child,
-        args=(mode, harness.connection_uri(cluster.url), namespace, names, poll, child_end, go_complete, t0),
+        args=(
+            mode,
+            harness.connection_uri(cluster.url),
+            namespace,
+            names,
+            args.poll,
+            child_end,
+            go,
+            args.tracemalloc,
+        ),
     )
-    # reset status to running for every job, then start the triggerer
-    for name in names:
-        cluster.drive(namespace, name, "running")
+    asyncio.run(write_all(server, namespace, names, "running"))
     started_at = len(cluster.requests)
     process.start()
     wait_for_first_request(cluster, started_at)
-    if mode == "watch":
+    if mode == "poll":  # a poll loop never goes quiet: skip one full poll round of start-up
+        time.sleep(warmup + args.poll)
+    else:
         settle(cluster, warmup, quiet)
-    else:  # a poll loop never goes quiet: skip one full poll round of start-up
-        time.sleep(warmup + poll)
+    result: dict = {"startup_requests": len(cluster.requests) - started_at}
+    if args.tracemalloc:
+        go.set()
+        result.update(parent.recv())
     before = len(cluster.requests)
-    time.sleep(window)
+    time.sleep(args.window)
     steady = len(cluster.requests) - before
-    t0.value = time.monotonic()  # the first completion; latency = until the last waiter saw its own
-    for name in names:
-        cluster.drive(namespace, name, "complete", reason="JobsCompleted")
-    go_complete.set()
-    result = parent.recv()
-    process.join(60)
-    return {**result, "requests_per_job_minute": steady / len(names) / (window / 60)}
+    result["connections"] = open_connections(cluster.port)  # idle pooled ones closed long since
+    result["requests_per_job_minute"] = steady / len(names) / (args.window / 60)
+    if args.restart:
+        before = len(cluster.queries)
+        down = time.monotonic()
+        server.stop_apiserver()
+        time.sleep(RESTART_DOWN_SECONDS)
+        server.start_apiserver()
+        ready = time.monotonic()
+        last_ack = asyncio.run(write_all(server, namespace, names, "complete", retry_seconds=120))
+        outcome = parent.recv()
+        result.update(outcome)
+        result.update(
+            {
+                "restart_down_s": ready - down,
+                "after_restart": calls(cluster, namespace, before),
+                "all_seen_after_ready_s": outcome["last_seen"] - ready,
+                "writes_s": last_ack - ready,
+            }
+        )
+    else:
+        first = time.monotonic()
+        last_ack = asyncio.run(write_all(server, namespace, names, "complete"))
+        result.update(parent.recv())
+        result.update({"writes_s": last_ack - first, "latency_s": result["last_seen"] - last_ack})
+    process.join(120)
+    result.pop("last_seen", None)
+    return result
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--jobs", type=int, nargs="+", default=[100, 500, 1000])
-    parser.add_argument("--window", type=float, default=60.0)
+    parser.add_argument("--jobs", type=int, nargs="+", default=[1000, 10000])
+    parser.add_argument(
+        "--modes", nargs="+", default=["shared", "per-job"], choices=["shared", "per-job", "poll"]
+    )
+    parser.add_argument(
+        "--per-job-max", type=int, default=1000, help="no per-job or poll run above this many jobs"
+    )
+    parser.add_argument("--window", type=float, default=330.0)
     parser.add_argument("--poll", type=float, default=10.0)
+    parser.add_argument(
+        "--restart", action="store_true", help="restart the API server before completing the jobs"
+    )
+    parser.add_argument(
+        "--tracemalloc", action="store_true", help="the child's top allocation sites after start-up"
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, seconds: check it still runs")
     args = parser.parse_args()
     warmup, quiet = WARMUP_SECONDS, QUIET_SECONDS
@@ -158,12 +355,6 @@ def main() -> int:
             SMOKE[k] for k in ("jobs", "window", "poll", "warmup", "quiet")
         )
 
-    from kubernetes import client
-
-    from airflow_provider_sft.core.backends.kubernetes import KubernetesConfig, SpecGeneration
-    from airflow_provider_sft.core.backends.kubernetes.manifest import build_trainjob, training_work
-    from airflow_provider_sft.core.params import SFTParams
-    from airflow_provider_sft.core.run import TrainingRun
     from tests.k8s.fake_core import FakeCluster
 
     if not harness.available():
@@ -174,48 +365,47 @@ def main() -> int:
     rows = []
     try:
         harness.install_trainer(server, "v2.3.0")
-        objects = client.CustomObjectsApi(server.api_client())
         for n in args.jobs:
             namespace = f"bench-{n}"
-            names = [f"job-{i:04d}" for i in range(n)]
-            # The PVC need not exist: no pod runs here, only the TrainJob objects are read.
-            config = KubernetesConfig.build(namespace=namespace, pvc_name="bench-workspace")
-            for name in names:
-                run = TrainingRun(name, SFTParams(), "/workspace/d.jsonl", f"/workspace/runs/{name}")
-                body = build_trainjob(
-                    training_work(run, config, labels={}), config, generation=SpecGeneration.V2_2
-                )
-                objects.create_namespaced_custom_object(
-                    "trainer.kubeflow.org", "v1alpha1", namespace, "trainjobs", body
-                )
-            for mode in ("watch", "poll"):
-                result = measure(cluster, mode, namespace, names, args.window, args.poll, warmup, quiet)
+            names = [f"job-{i:05d}" for i in range(n)]
+            started = time.monotonic()
+            asyncio.run(write_all(server, namespace, names, "create"))
+            print(f"created {n} TrainJobs in {time.monotonic() - started:.1f} s", flush=True)
+            for mode in args.modes:
+                if mode != "shared" and n > args.per_job_max:
+                    continue
+                result = measure(cluster, server, mode, namespace, names, args, warmup, quiet)
                 rows.append({"jobs": n, "mode": mode, **result})
+                for line in rows[-1].pop("tracemalloc", []):
+                    print(line)
                 print(json.dumps(rows[-1]), flush=True)
     finally:
         cluster.stop()
         server.stop()
 
     print(
-        f"\nOne triggerer process, {args.window:.0f} s steady-state window, baseline polls every {args.poll:.0f} s:"
+        f"\nOne triggerer process, {args.window:.0f} s steady-state window{', API-server restart' if args.restart else ''}:"
     )
-    print("| jobs | mode | requests / job-minute | CPU s | peak RSS MB | completion seen after s |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    if args.restart:
+        print(
+            "| jobs | mode | lists after restart | single-job reads after restart | watches after restart | all seen complete after ready s | of which writes s | peak RSS MB |"
+        )
+        print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+        for row in rows:
+            after = row["after_restart"]
+            print(
+                f"| {row['jobs']} | {row['mode']} | {after['list']} | {after['get']} | {after['watch']} | {row['all_seen_after_ready_s']:.1f} | {row['writes_s']:.1f} | {row['peak_rss_mb']:.0f} |"
+            )
+        return 0
+    print(
+        "| jobs | mode | requests / job-minute | connections | CPU s | peak RSS MB | last waiter after last write s | writes s |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for row in rows:
         print(
-            f"| {row['jobs']} | {'watch (ours)' if row['mode'] == 'watch' else f'poll {args.poll:.0f}s'} | "
-            f"{row['requests_per_job_minute']:.2f} | {row['cpu_seconds']:.1f} | {row['peak_rss_mb']:.0f} | {row['latency_s']:.2f} |"
+            f"| {row['jobs']} | {row['mode']} | {row['requests_per_job_minute']:.3f} | {row['connections']} | "
+            f"{row['cpu_seconds']:.1f} | {row['peak_rss_mb']:.0f} | {row['latency_s']:.2f} | {row['writes_s']:.1f} |"
         )
-    for n in args.jobs:
-        watch, poll = (next(r for r in rows if r["jobs"] == n and r["mode"] == m) for m in ("watch", "poll"))
-        cpu = poll["cpu_seconds"] / watch["cpu_seconds"]
-        if watch["requests_per_job_minute"] == 0:
-            print(
-                f"N={n}: poll {poll['requests_per_job_minute']:.1f} requests/job-minute, watch none in the window; CPU poll/watch = {cpu:.2f}"
-            )
-        else:
-            ratio = poll["requests_per_job_minute"] / watch["requests_per_job_minute"]
-            print(f"N={n}: poll sends {ratio:.1f}x the requests of watch; CPU poll/watch = {cpu:.2f}")
     return 0
 
 

@@ -22,6 +22,8 @@ from airflow_provider_sft.core.backends.kubernetes.client import (
     environment_configuration,
     environment_server,
 )
+from airflow_provider_sft.core.backends.kubernetes.informer import SHARED_WATCHES, JobInformer
+from airflow_provider_sft.core.backends.kubernetes.kinds import JobResource
 from airflow_provider_sft.core.backends.kubernetes.retry import RetryPolicy
 from airflow_provider_sft.core.clock import SYSTEM_CLOCK, Clock
 
@@ -65,6 +67,24 @@ class SFTTrainingHook(BaseHook):
         key = (self.kubernetes_conn_id, bool(self._env_server()))
         async with _SHARED_ASYNC_CLIENTS.borrow(key, self._open_async_api) as api:
             yield KubeClient(api, retry=RetryPolicy(clock=clock, log=self.log.warning))
+
+    @contextlib.asynccontextmanager
+    async def shared_watch(
+        self, resource: JobResource, namespace: str, clock: Clock = SYSTEM_CLOCK
+    ) -> AsyncIterator[JobInformer]:
+        """The process's shared watch of ``resource`` jobs in ``namespace`` on this connection
+        (:mod:`~airflow_provider_sft.core.backends.kubernetes.informer`): the first trigger that
+        follows such a job starts it, the last one stops it."""
+        key = (self.kubernetes_conn_id, bool(self._env_server()))
+
+        async def open_informer(stack: contextlib.AsyncExitStack) -> JobInformer:
+            api = await stack.enter_async_context(_SHARED_ASYNC_CLIENTS.borrow(key, self._open_async_api))
+            client = KubeClient(api, retry=RetryPolicy(clock=clock, log=self.log.warning))
+            return JobInformer(client, resource, namespace, clock=clock)
+
+        watch_key = (key, id(asyncio.get_running_loop()), resource.plural, namespace)
+        async with SHARED_WATCHES.use(watch_key, open_informer) as informer:
+            yield informer
 
     async def _open_async_api(self, stack: contextlib.AsyncExitStack) -> Any:
         from kubernetes_asyncio import client

@@ -18,6 +18,7 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 from airflow_provider_sft.core.backends.base import JobHandle
 from airflow_provider_sft.core.backends.kubernetes import result_of
 from airflow_provider_sft.core.backends.kubernetes.backend import delete_job_and_owned, job_namespace
+from airflow_provider_sft.core.backends.kubernetes.informer import JobInformer
 from airflow_provider_sft.core.backends.kubernetes.kinds import JobResource, resource_of
 from airflow_provider_sft.core.backends.kubernetes.watch import follow_job
 from airflow_provider_sft.core.clock import SYSTEM_CLOCK, Clock
@@ -32,6 +33,10 @@ PUBLISH_WAIT_SECONDS = 10.0  # how long the last progress may take to be stored 
 class TrainingJobTrigger(BaseTrigger):
     """Wait for a TrainJob or a PyTorchJob to end.
 
+    The triggers of one triggerer share one watch per connection, namespace and kind of job
+    (:mod:`~airflow_provider_sft.core.backends.kubernetes.informer`); each reads its own job once
+    when it starts.
+
     :param job: the run's ``JobHandle.to_dict()`` (``name``, ``namespace``, ``kind``, ``output_dir``...;
         an earlier version's shape too); the event carries it back, so the operator resumes on
         exactly these coordinates.
@@ -45,6 +50,10 @@ class TrainingJobTrigger(BaseTrigger):
     :param delete_on_kill: delete the job when a user kills the task (Airflow >= 3.3
         calls ``on_kill`` only for user kills, never for a triggerer restart).
     """
+
+    #: Follow the job on the triggerer's shared watch (False: a watch of its own, as before; the
+    #: benchmark compares both). Not serialized: how a triggerer watches is not the task's business.
+    use_shared_watch: bool = True
 
     def __init__(
         self,
@@ -156,9 +165,14 @@ class TrainingJobTrigger(BaseTrigger):
         self._fired_event = True
         return TriggerEvent(event.to_payload())
 
+    def _shared_watch(self) -> contextlib.AbstractAsyncContextManager[JobInformer | None]:
+        if not self.use_shared_watch:
+            return contextlib.nullcontext(None)
+        return self.hook.shared_watch(self.resource, self.namespace, self.clock)
+
     async def run(self) -> AsyncIterator[TriggerEvent]:
         try:
-            async with self.hook.connect(self.clock) as client:
+            async with self.hook.connect(self.clock) as client, self._shared_watch() as informer:
                 waited = await follow_job(
                     client,
                     self.resource,
@@ -172,6 +186,7 @@ class TrainingJobTrigger(BaseTrigger):
                     ),
                     on_note=self.log.warning,
                     on_progress=self._progress,
+                    informer=informer,
                 )
                 await self._published()
             result = result_of(

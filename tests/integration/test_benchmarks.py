@@ -63,10 +63,10 @@ def check_trigger_scale(_tmp_path) -> None:
     if not harness.available():
         pytest.skip(harness.UNAVAILABLE)
     out = run_smoke("trigger_scale.py")
-    for mode in ("watch \\(ours\\)", "poll 1s"):
-        row = rf"^\| 3 \| {mode} \| {NUMBER} \| {NUMBER} \| \d+ \| {NUMBER} \|$"
+    for mode in ("shared", "per-job"):
+        # the last waiter may see its job end a moment before the last write's answer: a negative time
+        row = rf"^\| 3 \| {mode} \| {NUMBER} \| \d+ \| {NUMBER} \| \d+ \| -?{NUMBER} \| {NUMBER} \|$"
         assert re.search(row, out, re.M), f"no {mode} row:\n{out}"
-    assert re.search(rf"^N=3: poll .*; CPU poll/watch = {NUMBER}$", out, re.M), out
 
 
 def check_prepare_data(_tmp_path) -> None:

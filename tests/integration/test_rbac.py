@@ -8,7 +8,9 @@ rule the provider never needs is an error too: least privilege.
 
 from __future__ import annotations
 
+import asyncio
 import re
+from datetime import datetime, timedelta, timezone
 from urllib.parse import parse_qs
 
 import pytest
@@ -17,8 +19,10 @@ import yaml
 from airflow_provider_sft.core.backends.base import JobStatus
 from airflow_provider_sft.core.backends.kubernetes import Credentials
 from airflow_provider_sft.core.errors import InvalidParameterError
+from airflow_provider_sft.triggers.training_job import TrainingJobTrigger
 from tests.conftest import REPO_ROOT
 from tests.integration.test_kubernetes_backend import backend, make_run
+from tests.integration.test_trainjob_trigger import connection  # noqa: F401  (a fixture)
 
 RBAC = REPO_ROOT / "deploy" / "rbac.yaml"
 _PATH = re.compile(
@@ -59,7 +63,24 @@ def allowed(group, resource, verb, name) -> dict | None:
     return None
 
 
-def test_every_call_the_provider_makes_is_granted_and_nothing_more(cluster, namespace):
+def trigger_start_timeout(handle, conn_id):
+    """The triggerer's wait (the shared watch: a list and a watch of the provider's jobs of the
+    kind, a read of the job) until a start deadline a second away."""
+    start_deadline = (datetime.now(timezone.utc) + timedelta(seconds=1)).isoformat()
+    trigger = TrainingJobTrigger(
+        job=handle.to_dict(),
+        kubernetes_conn_id=conn_id,
+        start_deadline=start_deadline,
+        start_timeout_seconds=1,
+    )
+
+    async def first():
+        return (await asyncio.wait_for(trigger.run().__anext__(), 30)).payload
+
+    return asyncio.run(first())
+
+
+def test_every_call_the_provider_makes_is_granted_and_nothing_more(cluster, namespace, connection):  # noqa: F811
     cluster.queries.clear()
     b = backend(cluster, namespace, credentials=Credentials(hf_token="hf_x"), start_timeout_seconds=1)
     handle = b.submit(make_run())  # CRD, runtime, secret, create, owner
@@ -69,6 +90,7 @@ def test_every_call_the_provider_makes_is_granted_and_nothing_more(cluster, name
         b.wait(handle, on_log=lambda _l: None).status is JobStatus.TIMED_OUT
     )  # watch, pods, events, log, delete
     handle = b.submit(make_run())
+    assert trigger_start_timeout(handle, connection)["status"] == "timeout"  # list, watch, get
     cluster.drive(namespace, handle.name, "running", log="[sft] step 1")
     cluster.drive(namespace, handle.name, "failed", reason="JobsFailed")
     b.submit(make_run())  # a failed job is deleted and submitted again
@@ -82,6 +104,7 @@ def test_every_call_the_provider_makes_is_granted_and_nothing_more(cluster, name
     handle = v1.submit(make_run("sft-run-v1"))  # a PyTorchJob: create, owner
     v1.submit(make_run("sft-run-v1"))  # re-attach
     assert v1.wait(handle, on_log=lambda _l: None).status is JobStatus.TIMED_OUT  # watch, pods, delete
+    assert trigger_start_timeout(v1.submit(make_run("sft-run-v1b")), connection)["status"] == "timeout"
 
     used = {authorization(*query) for query in cluster.queries}
     denied = sorted(u for u in used if not allowed(*u))

@@ -215,19 +215,89 @@ class KubeClient:
         connection went silent. Opening the watch is retried by the policy; errors while
         reading are the caller's (it re-reads).
         """
-        response = await self._open(
+        async for event in self._watch_stream(
             f"Watch {resource.kind.value} {namespace}/{name}",
+            resource,
+            namespace,
+            resource_version,
+            timeout_seconds,
+            idle_timeout,
+            field_selector=f"metadata.name={name}",
+        ):
+            yield event
+
+    async def list_jobs_page(
+        self,
+        resource: JobResource,
+        namespace: str,
+        label_selector: str,
+        *,
+        limit: int,
+        continue_token: str | None = None,
+    ) -> dict[str, Any]:
+        """One page of the jobs of a kind in a namespace that match ``label_selector``, as plain JSON
+        (``items``, ``metadata.resourceVersion``, ``metadata.continue``): no model classes, and the
+        caller keeps of each item only what it needs."""
+        extra = {"_continue": continue_token} if continue_token else {}
+        response = await self._open(
+            f"List {resource.kind.value}s in {namespace}",
             self.custom.list_namespaced_custom_object,
             resource.group,
             resource.version,
             namespace,
             resource.plural,
-            field_selector=f"metadata.name={name}",
+            label_selector=label_selector,
+            limit=limit,
+            read_body=True,
+            **extra,
+        )
+        return json.loads(response)
+
+    async def watch_jobs(
+        self,
+        resource: JobResource,
+        namespace: str,
+        label_selector: str,
+        resource_version: str,
+        timeout_seconds: int,
+        idle_timeout: float | None = None,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Watch every job of a kind in a namespace that matches ``label_selector`` (the shared
+        watch of :mod:`.informer`), from ``resource_version``, with bookmarks."""
+        async for event in self._watch_stream(
+            f"Watch {resource.kind.value}s in {namespace}",
+            resource,
+            namespace,
+            resource_version,
+            timeout_seconds,
+            idle_timeout,
+            label_selector=label_selector,
+        ):
+            yield event
+
+    async def _watch_stream(
+        self,
+        action: str,
+        resource: JobResource,
+        namespace: str,
+        resource_version: str | None,
+        timeout_seconds: int,
+        idle_timeout: float | None,
+        **selector: Any,
+    ) -> AsyncIterator[dict[str, Any]]:
+        response = await self._open(
+            action,
+            self.custom.list_namespaced_custom_object,
+            resource.group,
+            resource.version,
+            namespace,
+            resource.plural,
             resource_version=resource_version,
             timeout_seconds=timeout_seconds,
             allow_watch_bookmarks=True,
             watch=True,
             timeout=(REQUEST_TIMEOUT[0], idle_timeout or timeout_seconds + WATCH_TIMEOUT_MARGIN),
+            **selector,
         )
         try:
             async for line in response.content:

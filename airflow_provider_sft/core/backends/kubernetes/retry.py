@@ -8,6 +8,12 @@ body (it may hold a Secret). A 403 is never retried: its message names the RBAC
 rules to grant (``deploy/rbac.yaml``).
 
 Sleeping goes through the injected clock, so tests of backoff need no real time.
+
+A watch is not one call but a loop of them (read, watch, re-read): :class:`Reconnect` paces that
+loop. After an API-server restart every waiter of every triggerer reconnects at once; its
+jittered exponential backoff (tenacity's ``wait_random_exponential``, "full jitter") spreads
+them out, and a watch that the server keeps ending at once is re-opened ever more slowly
+instead of in a tight loop.
 """
 
 from __future__ import annotations
@@ -15,7 +21,8 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from types import SimpleNamespace
+from typing import Any, TypeVar, cast
 
 import tenacity
 
@@ -85,6 +92,37 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, OSError | TimeoutError | asyncio.TimeoutError):
         return True
     return type(exc).__module__.startswith(("aiohttp", "urllib3"))
+
+
+RECONNECT_BASE_SECONDS = 1.0  # the first backed-off reconnect waits up to this long
+RECONNECT_MAX_SECONDS = 30.0  # and none longer than this
+
+
+class Reconnect:
+    """How long to wait before the next reconnect of a watch loop: none the first time (a 410 is
+    re-read at once, as Kubernetes' informers do), then a random time up to a bound that doubles
+    with each reconnect in a row (``RECONNECT_BASE_SECONDS`` .. ``RECONNECT_MAX_SECONDS``).
+
+    ``immediate_first=False`` backs off from the first one (after a failed call: the server is down).
+    """
+
+    def __init__(
+        self, *, base_seconds: float = RECONNECT_BASE_SECONDS, max_seconds: float = RECONNECT_MAX_SECONDS
+    ) -> None:
+        self._wait = tenacity.wait_random_exponential(multiplier=base_seconds, max=max_seconds)
+        self.in_a_row = 0
+
+    def next_delay(self, *, immediate_first: bool = True) -> float:
+        self.in_a_row += 1
+        backoffs = self.in_a_row - 1 if immediate_first else self.in_a_row
+        if backoffs == 0:
+            return 0.0
+        # the wait reads only the attempt number of the state tenacity would pass it
+        return float(self._wait(cast("tenacity.RetryCallState", SimpleNamespace(attempt_number=backoffs))))
+
+    def reset(self) -> None:
+        """The loop got somewhere (a change, or a watch that lasted its window): start over."""
+        self.in_a_row = 0
 
 
 def retry_after_seconds(exc: BaseException) -> float | None:

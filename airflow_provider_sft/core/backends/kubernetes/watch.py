@@ -32,10 +32,12 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from airflow_provider_sft.core.backends.kubernetes.client import KubeClient
+from airflow_provider_sft.core.backends.kubernetes.informer import JobInformer, is_followed, slim
 from airflow_provider_sft.core.backends.kubernetes.kinds import JobResource
 from airflow_provider_sft.core.backends.kubernetes.progress import ProgressFollower
 from airflow_provider_sft.core.backends.kubernetes.retry import (
     KubeApiError,
+    Reconnect,
     as_api_error,
     is_transient,
 )
@@ -52,8 +54,6 @@ from airflow_provider_sft.core.results.live_progress import ProgressSink
 WATCH_WINDOW_SECONDS = 300  # a healthy watch is re-opened (from its resourceVersion) this often
 PENDING_POLL_SECONDS = 30  # how often the pods and events of a job that has not started are read
 MAX_OUTAGE_SECONDS = 600  # the longest run of failed calls a wait rides out
-RECONNECT_BASE_SECONDS = 1.0
-RECONNECT_MAX_SECONDS = 15.0
 #: How long after a deadline a call in flight may still answer (the server ends a watch at the
 #: deadline itself) before the wait stops waiting for it.
 DEADLINE_GRACE_SECONDS = 2.0
@@ -86,7 +86,7 @@ class WatchCursor:
     pending: tuple[str, ...] = ()
     next_pending_check: float = 0.0
     failing_since: float | None = None
-    failures: int = 0
+    reconnect: Reconnect = field(default_factory=Reconnect)  # paces re-reads and re-opened watches
 
     # --- what the server said ---------------------------------------------------------------
 
@@ -138,7 +138,15 @@ class WatchCursor:
         return self.observe(obj)
 
     def succeeded_call(self) -> None:
-        self.failing_since, self.failures = None, 0
+        """The wait got somewhere: the job changed, or a watch lasted its window."""
+        self.failing_since = None
+        self.reconnect.reset()
+
+    def unproductive_round(self) -> float:
+        """A watch ended early without a change (a 410 for a version the server no longer has, a
+        server that closes watches as it restarts): the seconds to wait before reading again.
+        None the first time, then jittered exponential: never a tight loop of read + watch."""
+        return self.reconnect.next_delay()
 
     def failed_call(self, exc: BaseException, now: float) -> float:
         """Decide about a failed call: the seconds to back off before trying again, or raise.
@@ -159,9 +167,8 @@ class WatchCursor:
         self.failing_since = now if self.failing_since is None else self.failing_since
         if now - self.failing_since > MAX_OUTAGE_SECONDS:
             raise error
-        self.failures += 1
         self.resource_version = None  # after an outage, read the job again before watching
-        return min(RECONNECT_MAX_SECONDS, RECONNECT_BASE_SECONDS * 2 ** (self.failures - 1))
+        return self.reconnect.next_delay(immediate_first=False)
 
     # --- what to do next ------------------------------------------------------------------
 
@@ -255,8 +262,14 @@ async def follow_job(
     on_note: Callable[[str], None] = lambda _note: None,
     idle_timeout: float | None = None,
     on_progress: ProgressSink | None = None,
+    informer: JobInformer | None = None,
 ) -> WaitResult:
-    """Wait for the job to end or a deadline to pass (see the module docstring)."""
+    """Wait for the job to end or a deadline to pass (see the module docstring).
+
+    With ``informer`` (the triggerer's shared watch of the job's kind and namespace), the job's
+    changes come from it instead of a watch of its own; a job without the provider's label, which
+    that watch does not see, is still watched on its own.
+    """
     progress = None
     if on_progress is not None:
         progress = ProgressFollower(client, resource, namespace, name, clock, on_progress)
@@ -277,7 +290,11 @@ async def follow_job(
         on_job=progress.observe_job if progress is not None else lambda _job: None,
     )
     report_pending = PendingReporter(client, resource, namespace, name, on_note)
-    watching = asyncio.ensure_future(_watch(client, resource, cursor, report_pending, clock, idle_timeout))
+    if informer is not None:
+        wait = _follow_shared(client, resource, cursor, report_pending, clock, idle_timeout, informer)
+    else:
+        wait = _watch(client, resource, cursor, report_pending, clock, idle_timeout)
+    watching = asyncio.ensure_future(wait)
     polling = asyncio.ensure_future(progress.poll_log()) if progress is not None else None
     try:
         while True:
@@ -327,15 +344,21 @@ async def _watch(
             if timeout := cursor.timed_out(clock.monotonic()):
                 return cursor.result(timeout=timeout)
             window = cursor.window(clock.monotonic())
+            opened, changed = clock.monotonic(), False
             async for event in client.watch_job(
                 resource, namespace, name, cursor.resource_version, window, idle_timeout
             ):
-                cursor.succeeded_call()
+                if event["type"] in ("ADDED", "MODIFIED"):
+                    changed = True
+                    cursor.succeeded_call()
                 if done := cursor.event(event["type"], event["object"]):
                     return cursor.result(done)
                 if cursor.resource_version is None or cursor.pending_check_due(clock.monotonic()):
                     break
-            cursor.succeeded_call()
+            if changed or clock.monotonic() - opened >= window - 1:
+                cursor.succeeded_call()  # a healthy watch: ended by the server after its window
+            else:
+                await clock.asleep(cursor.unproductive_round())
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -343,3 +366,74 @@ async def _watch(
             if timeout := cursor.timed_out(clock.monotonic()):
                 return cursor.result(timeout=timeout)
             await clock.asleep(delay)
+
+
+def _newer(job: dict[str, Any] | None, seen: str | None) -> bool:
+    """Whether ``job`` is not older than the version the wait last saw: a join-time read that
+    answers after the shared watch brought a later change must not undo it. resourceVersions are
+    opaque; where both read as integers (etcd's revisions) they are compared, else taken as newer."""
+    if job is None or seen is None:
+        return True
+    version = str((job.get("metadata") or {}).get("resourceVersion") or "")
+    return not (version.isdigit() and seen.isdigit() and int(version) < int(seen))
+
+
+async def _follow_shared(
+    client: KubeClient,
+    resource: JobResource,
+    cursor: WatchCursor,
+    report_pending: PendingReporter,
+    clock: Clock,
+    idle_timeout: float | None,
+    informer: JobInformer,
+) -> WaitResult:
+    """The wait on the triggerer's shared watch: join it, read the job once, then take what it brings.
+
+    The waiter joins before it reads, so a change between the read and the watch's next event is
+    not missed; what the watch brings runs the cursor in the informer's own step (no task per event).
+    The pending checks and deadlines are this loop's, as in :func:`_watch`.
+    """
+    ended: asyncio.Future[WaitResult] = asyncio.get_running_loop().create_future()
+
+    def take(job: dict[str, Any] | None) -> None:
+        if ended.done() or not _newer(job, cursor.resource_version):
+            return
+        try:
+            state = cursor.observe(job)
+        except Exception as exc:  # a callback's failure ends this wait, not the shared watch
+            ended.set_exception(exc)
+            return
+        if state is not None:
+            ended.set_result(cursor.result(state))
+
+    def fail(exc: BaseException) -> None:
+        if not ended.done():
+            ended.set_exception(exc)
+
+    with informer.waiting(cursor.name, take, fail):
+        while True:  # the join-time read, an outage ridden out as the watch of one job does
+            try:
+                async with informer.join_reads:
+                    job = await client.get_job(resource, cursor.namespace, cursor.name)
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                delay = cursor.failed_call(exc, clock.monotonic())
+                if timeout := cursor.timed_out(clock.monotonic()):
+                    return cursor.result(timeout=timeout)
+                await clock.asleep(delay)
+        cursor.succeeded_call()
+        if job is not None and not is_followed(job):
+            return await _watch(client, resource, cursor, report_pending, clock, idle_timeout)
+        take(None if job is None else slim(job))
+        del job  # the whole object (its spec is most of it) is not kept for the length of the wait
+        while not ended.done():
+            now = clock.monotonic()
+            if timeout := cursor.timed_out(now):
+                return cursor.result(timeout=timeout)
+            if cursor.pending_check_due(now):
+                cursor.checked_pending(now, await report_pending())
+                continue
+            await asyncio.wait({ended}, timeout=cursor.window(now))
+        return ended.result()

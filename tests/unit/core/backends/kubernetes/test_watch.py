@@ -166,14 +166,14 @@ def test_windows_end_at_the_next_deadline_or_look_at_pending_pods():
 def test_failures_back_off_ride_out_outages_and_raise_the_rest():
     cursor = WatchCursor("ns", "j", started_at=0)
     cursor.resource_version = "5"
-    assert cursor.failed_call(ConnectionRefusedError(), now=0) == 1.0
+    assert 0 <= cursor.failed_call(ConnectionRefusedError(), now=0) <= 1.0  # jittered, bound doubling
     assert cursor.resource_version is None  # after an outage, read again before watching
-    assert cursor.failed_call(api_error(503), now=1) == 2.0
-    assert cursor.failed_call(api_error(404, "404 page not found"), now=3) == 4.0  # CRD re-registering
+    assert 0 <= cursor.failed_call(api_error(503), now=1) <= 2.0
+    assert 0 <= cursor.failed_call(api_error(404, "404 page not found"), now=3) <= 4.0  # CRD re-registering
     with pytest.raises(KubeApiError, match="503"):
         cursor.failed_call(api_error(503), now=MAX_OUTAGE_SECONDS + 1)
     cursor.succeeded_call()
-    assert cursor.failed_call(api_error(503), now=MAX_OUTAGE_SECONDS + 2) == 1.0  # a new outage
+    assert cursor.failed_call(api_error(503), now=MAX_OUTAGE_SECONDS + 2) <= 1.0  # a new outage
     with pytest.raises(KubeApiError, match="403 Forbidden") as info:
         cursor.failed_call(api_error(403, "trainjobs is forbidden"), now=0)
     assert "deploy/rbac.yaml" in str(info.value)
@@ -237,7 +237,32 @@ def test_an_outage_is_ridden_out_then_the_job_read_again():
     result = follow(client, clock)
     assert result.state.phase is JobPhase.SUCCEEDED
     assert client.calls == ["get", "watch 1 300", "get", "get"]
-    assert clock.slept == [1.0, 2.0]
+    assert len(clock.slept) == 2 and 0 <= clock.slept[0] <= 1.0 and 0 <= clock.slept[1] <= 2.0
+
+
+GONE_410 = {"type": "ERROR", "object": {"kind": "Status", "code": 410, "reason": "Expired"}}
+
+
+def test_a_watch_the_server_keeps_ending_at_once_is_reopened_with_jittered_backoff():
+    """After an API-server restart, a watch may end at once again and again (410 for a version the
+    fresh server does not have yet, a stream closed as it comes up). Each round read the job and
+    re-opened the watch without a pause: ~42k requests in 180 s for 3 waiters. Now the first
+    re-read is immediate, then each waits a random time up to a doubling bound."""
+    clock = FakeClock(1000.0)
+    rounds = 20
+    client = ScriptedClient(
+        clock,
+        gets=[job(str(i), ready=1) for i in range(rounds)]
+        + [job("99", conditions=[("Complete", "Done", "")])],
+        watches=[[GONE_410] for _ in range(rounds)],
+    )
+    result = follow(client, clock)
+    assert result.state.phase is JobPhase.SUCCEEDED
+    assert len(clock.slept) == rounds
+    assert clock.slept[0] == 0.0  # the first 410 is read again at once, as informers do
+    assert all(0 <= delay <= 30.0 for delay in clock.slept)
+    assert sum(clock.slept) > 60  # ~225 s expected over 20 rounds: never a tight loop
+    assert len(set(clock.slept[1:])) == rounds - 1  # jittered: waiters do not reconnect in step
 
 
 def test_a_403_ends_the_wait_at_once():
