@@ -224,7 +224,7 @@ def run_ours(work: Path, dataset: Path, params: SFTParams, budget_seconds: float
     """The pipeline's steps on the local backend, within ``budget_seconds``."""
     from airflow_provider_sft.core.backends.base import JobStatus
     from airflow_provider_sft.core.backends.local import LocalProcessBackend
-    from airflow_provider_sft.core.pod.steps import STEPS
+    from airflow_provider_sft.core.pod.steps import STEPS, prepare_config
     from airflow_provider_sft.core.run import TrainingRun
 
     started, clock = utc_now(), time.monotonic()
@@ -261,14 +261,7 @@ def run_ours(work: Path, dataset: Path, params: SFTParams, budget_seconds: float
         prepared = backend.run_step(
             "prepare",
             name,
-            {
-                "dataset_path": run.dataset_path,
-                "processed_dir": run.processed_data_dir,
-                "base_model": params.base_model,
-                "max_seq_len": params.max_seq_len,
-                "effective_batch_size": params.effective_batch_size,
-                "num_epochs": params.num_epochs,
-            },
+            prepare_config(run.dataset_path, run.processed_data_dir, params),
             on_log=log,
         )
         log(f"prepared: {prepared['report'].get('kept_samples')} samples kept")

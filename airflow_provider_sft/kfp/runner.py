@@ -221,17 +221,9 @@ def _prepared(run: TrainingRun) -> DataReport:
 
     The training job finds the processed data by its fingerprint and does not process it again.
     """
-    from airflow_provider_sft.core.pod.steps import prepare
+    from airflow_provider_sft.core.pod.steps import prepare, prepare_config
 
-    params = run.params
-    config = {
-        "dataset_path": run.dataset_path,
-        "processed_dir": run.processed_data_dir,
-        "base_model": params.base_model,
-        "max_seq_len": params.max_seq_len,
-        "effective_batch_size": params.effective_batch_size,
-        "num_epochs": params.num_epochs,
-    }
+    config = prepare_config(run.dataset_path, run.processed_data_dir, run.params)
     report = DataReport.from_dict(prepare(config, log=print, env=os.environ)["report"])
     print(f"data report: {report.summary()}", flush=True)
     check_dropped(report, run.max_dropped_fraction, field=MAX_DROPPED_ENV)

@@ -12,6 +12,7 @@ from airflow.sdk import BaseOperator
 from airflow_provider_sft.core import constants as c
 from airflow_provider_sft.core.errors import InvalidParameterError
 from airflow_provider_sft.core.params import SFTParams, kubernetes_quantity
+from airflow_provider_sft.core.pod.steps import prepare_config
 from airflow_provider_sft.core.training.data_report import (
     REPORT_XCOM_KEY,
     DataReport,
@@ -131,14 +132,8 @@ class PrepareDataOperator(WorkspaceStepsMixin, BaseOperator):
         if base_model.startswith(("./", "../")):  # relative to the workspace, as the train task reads it
             base_model = os.path.normpath(Path(self.step_workspace) / base_model)
         run_dir = Path(self.step_workspace) / c.RUNS_DIR / dag_run_dir_name(self, context)
-        return {
-            "dataset_path": str(self.dataset_path),
-            "processed_dir": params.data_output_dir or str(run_dir / c.PROCESSED_DIR),
-            "base_model": base_model,
-            "max_seq_len": params.max_seq_len,
-            "effective_batch_size": params.effective_batch_size,
-            "num_epochs": params.num_epochs,
-        }
+        processed_dir = params.data_output_dir or str(run_dir / c.PROCESSED_DIR)
+        return prepare_config(str(self.dataset_path), processed_dir, params, base_model=base_model)
 
     def job_resources(self) -> dict[str, str]:
         """``cpu`` and ``memory`` checked as Kubernetes quantities, naming the field."""

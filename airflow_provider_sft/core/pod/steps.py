@@ -16,11 +16,14 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow_provider_sft.core import constants as c
 from airflow_provider_sft.core import jsonio
 from airflow_provider_sft.core.training.resume import IDENTITY_FILE
+
+if TYPE_CHECKING:
+    from airflow_provider_sft.core.params import SFTParams
 
 Logger = Callable[[str], None]
 
@@ -58,6 +61,21 @@ def shared_dirs(workspace: Path, relative: Path) -> Path:
             with contextlib.suppress(OSError):  # not ours to change on some volumes
                 path.chmod(0o2775)
     return path
+
+
+def prepare_config(
+    dataset_path: str, processed_dir: str, params: SFTParams, *, base_model: str | None = None
+) -> dict[str, Any]:
+    """The config :func:`prepare` reads, from the training parameters (``base_model``: the
+    parameter's, or the caller's resolved path to it)."""
+    return {
+        "dataset_path": dataset_path,
+        "processed_dir": processed_dir,
+        "base_model": base_model or params.base_model,
+        "max_seq_len": params.max_seq_len,
+        "effective_batch_size": params.effective_batch_size,
+        "num_epochs": params.num_epochs,
+    }
 
 
 def prepare(config: Mapping[str, Any], *, log: Logger, env: Mapping[str, str] = os.environ) -> dict[str, Any]:

@@ -34,10 +34,10 @@ from airflow_provider_sft.core import constants as c
 from airflow_provider_sft.core.backends.kubernetes.client import KubeClient
 from airflow_provider_sft.core.backends.kubernetes.kinds import JobResource
 from airflow_provider_sft.core.backends.kubernetes.retry import (
-    KubeApiError,
     Reconnect,
     as_api_error,
     is_transient,
+    watch_error,
 )
 from airflow_provider_sft.core.clock import SYSTEM_CLOCK, Clock
 
@@ -196,17 +196,10 @@ class JobInformer:
         ):
             kind, obj = event["type"], event["object"]
             if kind == "ERROR":
-                code = int(obj.get("code", 0)) if isinstance(obj, dict) else 0
-                if code == 410:  # compacted: list again, then watch from the list's version
-                    self.resource_version = None
-                    return changed
-                obj = obj if isinstance(obj, dict) else {}
-                raise KubeApiError(
-                    f"Watch {self.resource.kind.value}s in {self.namespace}",
-                    code,
-                    obj.get("reason", ""),
-                    obj.get("message", ""),
-                )
+                if error := watch_error(f"Watch {self.resource.kind.value}s in {self.namespace}", obj):
+                    raise error
+                self.resource_version = None  # compacted: list again, then watch from the list's version
+                return changed
             self.resource_version = obj["metadata"]["resourceVersion"]
             if kind == "BOOKMARK":
                 continue

@@ -82,6 +82,16 @@ def as_api_error(action: str, exc: BaseException) -> KubeApiError:
     return KubeApiError(action, status, reason, message, details=details)
 
 
+def watch_error(action: str, obj: Any) -> KubeApiError | None:
+    """The error a watch's ``ERROR`` event carries (a Status object), or None for a 410: the version
+    the watch resumed from was compacted, and the watcher reads again rather than fails."""
+    code = int(obj.get("code", 0)) if isinstance(obj, dict) else 0
+    if code == 410:
+        return None
+    obj = obj if isinstance(obj, dict) else {}
+    return KubeApiError(action, code, obj.get("reason", ""), obj.get("message", ""))
+
+
 def is_transient(exc: BaseException) -> bool:
     """Worth another try: a 429/5xx answer, no answer at all, or a request that timed out."""
     if isinstance(exc, KubeApiError):

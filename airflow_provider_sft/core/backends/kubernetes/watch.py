@@ -40,6 +40,7 @@ from airflow_provider_sft.core.backends.kubernetes.retry import (
     Reconnect,
     as_api_error,
     is_transient,
+    watch_error,
 )
 from airflow_provider_sft.core.backends.kubernetes.status import (
     GONE,
@@ -119,17 +120,10 @@ class WatchCursor:
     def event(self, kind: str, obj: Any) -> JobState | None:
         """Take one watch event; returns the terminal state when the wait is over."""
         if kind == "ERROR":
-            code = int(obj.get("code", 0)) if isinstance(obj, dict) else 0
-            if code == 410:  # compacted: read again, then watch from the new version
-                self.resource_version = None
-                return None
-            obj = obj if isinstance(obj, dict) else {}
-            raise KubeApiError(
-                f"Watch {self.kind} {self.namespace}/{self.name}",
-                code,
-                obj.get("reason", ""),
-                obj.get("message", ""),
-            )
+            if error := watch_error(f"Watch {self.kind} {self.namespace}/{self.name}", obj):
+                raise error
+            self.resource_version = None  # compacted: read again, then watch from the new version
+            return None
         if kind == "BOOKMARK":
             self.resource_version = obj["metadata"]["resourceVersion"]
             return None
@@ -362,10 +356,18 @@ async def _watch(
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            delay = cursor.failed_call(exc, clock.monotonic())
-            if timeout := cursor.timed_out(clock.monotonic()):
-                return cursor.result(timeout=timeout)
-            await clock.asleep(delay)
+            if ridden_out := await _ride_out(cursor, exc, clock):
+                return ridden_out
+
+
+async def _ride_out(cursor: WatchCursor, exc: BaseException, clock: Clock) -> WaitResult | None:
+    """After a failed call: the wait's timeout result once its deadline has passed (a refusal is
+    raised by ``failed_call``), else None after the backoff's pause, for the caller to try again."""
+    delay = cursor.failed_call(exc, clock.monotonic())
+    if timeout := cursor.timed_out(clock.monotonic()):
+        return cursor.result(timeout=timeout)
+    await clock.asleep(delay)
+    return None
 
 
 def _newer(job: dict[str, Any] | None, seen: str | None) -> bool:
@@ -419,10 +421,8 @@ async def _follow_shared(
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                delay = cursor.failed_call(exc, clock.monotonic())
-                if timeout := cursor.timed_out(clock.monotonic()):
-                    return cursor.result(timeout=timeout)
-                await clock.asleep(delay)
+                if ridden_out := await _ride_out(cursor, exc, clock):
+                    return ridden_out
         cursor.succeeded_call()
         if job is not None and not is_followed(job):
             return await _watch(client, resource, cursor, report_pending, clock, idle_timeout)
