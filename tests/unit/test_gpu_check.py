@@ -118,12 +118,16 @@ def test_the_wheels_install_into_a_clean_python_312_with_no_index(wheels, tmp_pa
     python = python312()
     if python is None:
         # No 3.12 here: pip's resolver checks that every wheel is one a CPython 3.12 on
-        # manylinux x86-64 installs, with no index and no dependency fetched.
+        # manylinux x86-64 installs (the platforms gpu-wheels.sh downloads for: pip matches a
+        # platform tag exactly), with no index and no dependency fetched.
+        platforms = re.findall(r"--platform (\S+)", (SCRIPTS / "gpu-wheels.sh").read_text())
+        assert "manylinux_2_28_x86_64" in platforms
         done = subprocess.run(
             [
                 sys.executable, "-m", "pip", "install", "--dry-run", "--no-index", "--no-deps",
                 "--ignore-installed", "--target", str(tmp_path / "t"), "--python-version", "3.12",
-                "--implementation", "cp", "--abi", "cp312", "--platform", "manylinux_2_28_x86_64",
+                "--implementation", "cp", "--abi", "cp312",
+                *(f"--platform={platform}" for platform in platforms),
                 "--only-binary=:all:", *map(str, sorted(wheels.glob("*.whl"))),
             ],
             capture_output=True, text=True,
